@@ -1,0 +1,158 @@
+"""JetBlock: gated-delta-rule linear attention whose values pass through a dynamic causal convolution.
+
+Per layer, for hidden states x [B, T, hidden] (REFERENCE.md, "JetBlock"):
+    q, k = silu(W_q x), silu(W_k x)                     [B, T, H, dk]  (L2-normalised inside the op)
+    v    = silu(dynconv(W_v x; kernel = gen(x)))        [B, T, H, dv]
+    beta = sigmoid(W_b x), g = -exp(A_log) softplus(W_a x + dt_bias)   [B, T, H]
+    o    = gated_delta_rule(q, k, v, g, beta)           [B, T, H, dv]
+    out  = W_o (RMSNorm(o) * silu(W_g x))               [B, T, hidden]
+Parameter names match the official release so its checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_jet_nemotron import JetNemotronConfig
+from .ops import (
+    chunk_gated_delta_rule,
+    dynamic_conv,
+    dynamic_conv_step,
+    fused_recurrent_gated_delta_rule,
+    gated_delta_rule_step,
+)
+
+
+class DynamicConvKernelGenerator(nn.Module):
+    """Makes one depthwise kernel per token and channel from the layer input.
+
+    x [B, T, hidden] -> kernels [B, T, C, K]; w2's output is channel-major (element c*K + j).
+    """
+
+    def __init__(self, hidden_size: int, channels: int, kernel_size: int, generator_hidden: int):
+        super().__init__()
+        self.channels, self.kernel_size = channels, kernel_size
+        self.w1 = nn.Linear(hidden_size, generator_hidden, bias=False)
+        self.act = nn.SiLU()
+        self.w2 = nn.Linear(generator_hidden, channels * kernel_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.act(self.w1(x))).unflatten(-1, (self.channels, self.kernel_size))
+
+
+class DynamicShortConvolution(nn.Module):
+    """Holds the kernel generator under the official name `dynamic_conv1d.kernel_generator`."""
+
+    def __init__(self, hidden_size: int, channels: int, kernel_size: int, generator_hidden: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.kernel_generator = DynamicConvKernelGenerator(hidden_size, channels, kernel_size, generator_hidden)
+
+
+class JetGatedRMSNorm(nn.Module):
+    """RMSNorm over the last dimension (dv, per head), times its weight, times silu(gate); fp32 inside."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * x * F.silu(gate.float())).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+class JetBlock(nn.Module):
+    """The JetBlock token mixer of one layer (replaces self-attention; lives under `self_attn`)."""
+
+    def __init__(self, config: JetNemotronConfig, layer_idx: int):
+        super().__init__()
+        d = config.jet_dims()
+        self.config, self.layer_idx, self.dims = config, layer_idx, d
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, d.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, d.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, d.value_dim, bias=False)
+        self.g_proj = nn.Linear(hidden, d.value_dim, bias=False)
+        self.a_proj = nn.Linear(hidden, d.num_heads, bias=False)
+        self.b_proj = nn.Linear(hidden, d.num_heads, bias=False)
+        # decay parameters stay fp32 (the official `_no_split`/keep-in-fp32 convention)
+        self.A_log = nn.Parameter(torch.empty(d.num_heads, dtype=torch.float32))
+        self.dt_bias = nn.Parameter(torch.empty(d.num_heads, dtype=torch.float32))
+        self.dynamic_conv1d = DynamicShortConvolution(hidden, d.value_dim, d.conv_size, d.generator_hidden)
+        self.o_norm = JetGatedRMSNorm(d.head_v_dim, eps=d.norm_eps)
+        self.o_proj = nn.Linear(d.value_dim, hidden, bias=False)
+        self.reset_decay_parameters()
+
+    @torch.no_grad()
+    def reset_decay_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Mamba-style start: A in [1, 16], dt log-uniform in [1e-3, 1e-1] (dt_bias = softplus^-1(dt))."""
+        H = self.dims.num_heads
+        A = torch.empty(H).uniform_(1, 16, generator=generator)
+        dt = torch.exp(torch.rand(H, generator=generator) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        dt = dt.clamp(min=1e-4)
+        self.A_log.copy_(A.log())
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        """hidden_states [B, T, hidden]; attention_mask [B, T] (1 = token, 0 = padding) or None."""
+        x = hidden_states
+        B, T, _ = x.shape
+        d = self.dims
+        backend = self.config.kernel_backend
+        cache = past_key_values
+        decoding = cache is not None and cache.has_previous_state(self.layer_idx)
+        layer_cache = cache.layers[self.layer_idx] if cache is not None else None
+
+        q = F.silu(self.q_proj(x)).view(B, T, d.num_heads, d.head_k_dim)
+        k = F.silu(self.k_proj(x)).view(B, T, d.num_heads, d.head_k_dim)
+        v = self.v_proj(x)  # [B, T, C]
+        beta = self.b_proj(x).sigmoid()
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # [B, T, H]
+        if attention_mask is not None:
+            # padding must not reach the state: zero values, zero write strength and no decay
+            m = attention_mask[:, -T:].to(x.device)
+            v = v * m[..., None].to(v.dtype)
+            beta = beta * m[..., None].to(beta.dtype)
+            g = g * m[..., None].to(g.dtype)
+        kernels = self.dynamic_conv1d.kernel_generator(x)  # [B, T, C, K]
+
+        if decoding and T == 1:
+            v = dynamic_conv_step(v[:, 0], kernels[:, 0], layer_cache.conv_states[0], backend=backend)[:, None]
+        else:
+            history = layer_cache.conv_states[0] if decoding else None
+            v_in = v
+            v = dynamic_conv(v, kernels, history, backend=backend)
+            if cache is not None:
+                # keeps the last conv_size raw inputs, zero-padded when the prompt is shorter
+                cache.update_conv_state(v_in.transpose(1, 2), self.layer_idx, conv_kernel_size=d.conv_size)
+        v = v.view(B, T, d.num_heads, d.head_v_dim)
+
+        state = layer_cache.recurrent_states[0] if decoding else None
+        if decoding and T == 1:
+            o = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state, backend=backend)[:, None]
+        else:
+            op = chunk_gated_delta_rule if (T > 1 or self.training) else fused_recurrent_gated_delta_rule
+            o, final_state = op(q, k, v, g, beta, initial_state=state, output_final_state=cache is not None,
+                                backend=backend)
+            if cache is not None:
+                cache.update_recurrent_state(final_state, self.layer_idx)
+
+        gate = self.g_proj(x).view(B, T, d.num_heads, d.head_v_dim)
+        o = self.o_norm(o, gate).reshape(B, T, d.value_dim)
+        return self.o_proj(o), None

@@ -1,0 +1,354 @@
+"""Jet-Nemotron for transformers 5.x: Qwen2 attention in a few layers, JetBlocks everywhere else.
+
+Layers follow `config.layer_types`: "full_attention" and "sliding_attention" are Qwen2 attention (optionally
+with Qwen3's q/k norms), "linear_attention" is a JetBlock (`jet_block.py`). MLPs, norms and embeddings are
+Qwen2's. Parameter names are the official release's, so its checkpoints load as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_recurrent_attention_mask,
+    create_sliding_window_causal_mask,
+)
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils.generic import maybe_autocast
+
+from .cache_jet_nemotron import JetNemotronCache
+from .configuration_jet_nemotron import JetNemotronConfig
+from .jet_block import DynamicConvKernelGenerator, JetBlock
+
+
+class JetNemotronRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * hidden_states.to(dtype)
+
+
+class JetNemotronRotaryEmbedding(nn.Module):
+    """RoPE cos/sin for the attention layers; any rope type transformers knows."""
+
+    def __init__(self, config: JetNemotronConfig):
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        init_fn = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = init_fn(config, None)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: JetNemotronConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        base, dim = config.rope_parameters["rope_theta"], config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        return inv_freq.to(device), 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
+        device_type = x.device.type if x.device.type != "mps" else "cpu"
+        with maybe_autocast(device_type=device_type, enabled=False):  # positions need fp32
+            freqs = (inv_freq @ position_ids[:, None, :].float()).transpose(1, 2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    """q [B, Hq, T, D], k [B, Hkv, T, D], cos/sin [B, T, D]."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, Hkv, T, D] -> [B, Hkv * n_rep, T, D]."""
+    if n_rep == 1:
+        return x
+    B, H, T, D = x.shape
+    return x[:, :, None].expand(B, H, n_rep, T, D).reshape(B, H * n_rep, T, D)
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention; the fallback of transformers' attention interface."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = (query @ key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = (probs @ value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+class JetNemotronAttention(nn.Module):
+    """Qwen2 attention (RoPE, GQA, q/k/v bias) for "full_attention" and "sliding_attention" layers;
+    Qwen3's per-head q/k RMSNorm when `config.qk_norm`."""
+
+    def __init__(self, config: JetNemotronConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        hidden, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(hidden, config.num_attention_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, hidden, bias=False)
+        if config.qk_norm:
+            self.q_norm = JetNemotronRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = JetNemotronRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        is_sliding = config.layer_types[layer_idx] == "sliding_attention"
+        self.sliding_window = config.sliding_window if is_sliding else None
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        shape = (*input_shape, -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(shape)
+        k = self.k_proj(hidden_states).view(shape)
+        if self.config.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                                    eager_attention_forward)
+        out, weights = attention(self, q, k, v, attention_mask,
+                                 dropout=0.0 if not self.training else self.attention_dropout,
+                                 scaling=self.scaling, sliding_window=self.sliding_window, **kwargs)
+        return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+class JetNemotronMLP(nn.Module):
+    def __init__(self, config: JetNemotronConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class JetNemotronDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm residual block; the token mixer (`self_attn`) is attention or a JetBlock per the layer map."""
+
+    def __init__(self, config: JetNemotronConfig, layer_idx: int):
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        mixer = JetBlock if self.layer_type == "linear_attention" else JetNemotronAttention
+        self.self_attn = mixer(config, layer_idx)
+        self.mlp = JetNemotronMLP(config)
+        self.input_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        if self.layer_type == "linear_attention":
+            hidden_states, _ = self.self_attn(hidden_states, attention_mask=attention_mask,
+                                              past_key_values=past_key_values)
+        else:
+            hidden_states, _ = self.self_attn(hidden_states, position_embeddings=position_embeddings,
+                                              attention_mask=attention_mask, past_key_values=past_key_values,
+                                              **kwargs)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
+        return residual + hidden_states
+
+
+class JetNemotronPreTrainedModel(PreTrainedModel):
+    config_class = JetNemotronConfig
+    config: JetNemotronConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["JetNemotronDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False
+    _supports_attention_backend = True
+    _keep_in_fp32_modules_strict = ["A_log", "dt_bias"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, JetBlock):
+            A = torch.empty_like(module.A_log, device="cpu").uniform_(1, 16)
+            init.copy_(module.A_log, A.log())
+            dt = torch.exp(torch.rand_like(module.dt_bias, device="cpu") * (torch.log(torch.tensor(0.1)) -
+                           torch.log(torch.tensor(1e-3))) + torch.log(torch.tensor(1e-3))).clamp(min=1e-4)
+            init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+        elif isinstance(module, DynamicConvKernelGenerator):
+            # start near a static identity convolution (weight 1 on the current token) with a small dynamic part,
+            # so the generator gets gradients from the first step
+            bias = torch.zeros(module.channels, module.kernel_size)
+            bias[:, -1] = 1.0
+            init.copy_(module.w2.bias, bias.flatten())
+        elif isinstance(module, (JetNemotronRMSNorm,)) or type(module).__name__ == "JetGatedRMSNorm":
+            init.ones_(module.weight)
+
+    @classmethod
+    def from_pretrained(cls, *args, allow_missing_weights: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks a tensor the model needs is an error
+        (transformers would silently initialise it at random), unless `allow_missing_weights=True`."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys", []))
+        if missing and not allow_missing_weights:
+            raise ValueError(f"checkpoint {args[0] if args else ''} lacks {len(missing)} tensor(s) the model needs, "
+                             f"e.g. {missing[:5]}; pass allow_missing_weights=True to initialise them at random")
+        return (model, info) if want_info else model
+
+
+class JetNemotronModel(JetNemotronPreTrainedModel):
+    def __init__(self, config: JetNemotronConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(JetNemotronDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = JetNemotronRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """input_ids [B, T]; attention_mask [B, past + T] (1 = token, 0 = left padding)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        T = inputs_embeds.shape[1]
+        if use_cache and past_key_values is None:
+            past_key_values = JetNemotronCache(self.config)
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.ndim == 2:
+                # left padding: positions count real tokens only, as `generate` does
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                past = past_key_values.get_seq_length() if past_key_values is not None else 0
+                position_ids = torch.arange(past, past + T, device=inputs_embeds.device)[None]
+
+        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                           past_key_values=past_key_values, position_ids=position_ids)
+        masks = {"linear_attention": create_recurrent_attention_mask(**mask_kwargs)}
+        if "full_attention" in self.config.layer_types:
+            masks["full_attention"] = create_causal_mask(**mask_kwargs)
+        if "sliding_attention" in self.config.layer_types:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden = [hidden_states] if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask=masks[layer.layer_type],
+                                  position_embeddings=position_embeddings, past_key_values=past_key_values,
+                                  position_ids=position_ids, **kwargs)
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden[-1] = hidden_states
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states,
+                                       past_key_values=past_key_values if use_cache else None,
+                                       hidden_states=tuple(all_hidden) if output_hidden_states else None)
+
+
+class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
+    def __init__(self, config: JetNemotronConfig):
+        super().__init__(config)
+        self.model = JetNemotronModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """labels [B, T] (-100 = ignore) give the shifted next-token loss; logits [B, T', vocab]."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         output_hidden_states=output_hidden_states, **kwargs)
+        hidden = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                        hidden_states=out.hidden_states)
+        return result if return_dict is not False else result.to_tuple()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length):
+        """Use our hybrid cache (with its byte accounting) where transformers would make a DynamicCache."""
+        if (model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False
+                and generation_config.cache_implementation in (None, "dynamic")):
+            model_kwargs["past_key_values"] = JetNemotronCache(self.config)
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
+                                                     max_cache_length)
+
+
+__all__ = ["JetNemotronPreTrainedModel", "JetNemotronModel", "JetNemotronForCausalLM"]

@@ -1,0 +1,111 @@
+"""The single dispatch point of the JetBlock's sequence ops.
+
+Each op has a PyTorch reference (`*_ref.py`, exact, any device) and a Triton kernel (`*_triton.py`, CUDA)
+with the same signature. CUDA tensors take the Triton path when Triton is installed, everything else the
+reference. The backend can be forced with the `JET_NEMOTRON_KERNELS` environment variable or the
+config field `kernel_backend` ("auto", "triton", "reference"); asking for "triton" where it cannot run raises.
+The first call of each op logs which path it took.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
+from .gated_delta_rule_ref import (
+    chunk_gated_delta_rule_ref,
+    gated_delta_rule_step_ref,
+    recurrent_gated_delta_rule_ref,
+)
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "triton", "reference")
+
+_TRITON_IMPORT_ERROR: Exception | None = None
+try:
+    import triton  # noqa: F401  (only to learn whether the kernels can be built)
+except ImportError as err:  # CPU-only installs have no Triton
+    _TRITON_IMPORT_ERROR = err
+
+if _TRITON_IMPORT_ERROR is None:
+    # Triton is there, so a broken kernel module is a bug and must not be swallowed.
+    try:
+        from .gated_delta_rule_triton import (
+            chunk_gated_delta_rule_triton,
+            fused_recurrent_gated_delta_rule_triton,
+            gated_delta_rule_step_triton,
+        )
+        from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
+    except ImportError as err:
+        _TRITON_IMPORT_ERROR = err
+
+_logged: set[tuple[str, str]] = set()
+
+
+def _choose(op: str, x: torch.Tensor, backend: str) -> str:
+    """Return "triton" or "reference" for this call and log the choice once per op."""
+    backend = os.environ.get("JET_NEMOTRON_KERNELS", backend) or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r} (JET_NEMOTRON_KERNELS / kernel_backend)")
+    if backend == "auto":
+        backend = "triton" if (x.is_cuda and _TRITON_IMPORT_ERROR is None) else "reference"
+        reason = "CUDA tensor and Triton present" if backend == "triton" else (
+            "tensor on CPU" if not x.is_cuda else f"Triton kernels unavailable: {_TRITON_IMPORT_ERROR}")
+    else:
+        reason = "forced"
+    if backend == "triton":
+        if _TRITON_IMPORT_ERROR is not None:
+            raise RuntimeError(f"kernel backend 'triton' was asked for {op} but cannot run: {_TRITON_IMPORT_ERROR}")
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"kernel backend 'triton' was asked for {op} on a {x.device} tensor; "
+                               "set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter")
+    if (op, backend) not in _logged:
+        _logged.add((op, backend))
+        logger.warning("jet_nemotron: %s runs on the %s path (%s)", op, backend, reason)
+    return backend
+
+
+def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                           cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
+    """Chunked gated delta rule for prefill and training. See `gated_delta_rule_ref` for shapes."""
+    if _choose("chunk_gated_delta_rule", q, backend) == "triton":
+        return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                             cu_seqlens, use_qk_l2norm_in_kernel)
+    return chunk_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                      cu_seqlens, use_qk_l2norm_in_kernel)
+
+
+def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                                     cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
+    """Token-by-token gated delta rule for short inputs. See `gated_delta_rule_ref` for shapes."""
+    if _choose("fused_recurrent_gated_delta_rule", q, backend) == "triton":
+        return fused_recurrent_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                                       cu_seqlens, use_qk_l2norm_in_kernel)
+    return recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                          cu_seqlens, use_qk_l2norm_in_kernel)
+
+
+def gated_delta_rule_step(q, k, v, g, beta, state, scale=None, use_qk_l2norm_in_kernel=True,
+                          backend: str = "auto"):
+    """One decode step, state updated in place. q, k [B, H, K]; v [B, H, V]; g, beta [B, H]."""
+    if _choose("gated_delta_rule_step", q, backend) == "triton":
+        return gated_delta_rule_step_triton(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
+    return gated_delta_rule_step_ref(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
+
+
+def dynamic_conv(x, kernels, history=None, cu_seqlens=None, backend: str = "auto"):
+    """Dynamic causal convolution + SiLU. x [B, T, C], kernels [B, T, C, K]. See `dynamic_conv_ref`."""
+    if _choose("dynamic_conv", x, backend) == "triton":
+        return dynamic_conv_triton(x, kernels, history, cu_seqlens)
+    return dynamic_conv_ref(x, kernels, history, cu_seqlens)
+
+
+def dynamic_conv_step(x, kernel, conv_state, backend: str = "auto"):
+    """One decode step of the dynamic convolution; conv_state [B, C, K] updated in place."""
+    if _choose("dynamic_conv_step", x, backend) == "triton":
+        return dynamic_conv_step_triton(x, kernel, conv_state)
+    return dynamic_conv_step_ref(x, kernel, conv_state)
