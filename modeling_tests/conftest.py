@@ -1,0 +1,54 @@
+"""Shared helpers: tiny configs and models built in the tests, and the path of ../shared/fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("JET_NEMOTRON_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_config(layer_types=("jet", "attn", "swa", "jet"), **overrides):
+    """A few-layer Jet-Nemotron config small enough for CPU tests (window 8, chunk 64 applies)."""
+    from jet_nemotron import JetNemotronConfig
+
+    kw = dict(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=len(layer_types),
+        num_attention_heads=4, num_key_value_heads=2, layer_types=list(layer_types), max_position_embeddings=8192,
+        efficient_attention_config={
+            "jet": {"num_heads": 2, "head_dim": 16, "expand_v": 2, "conv_size": 4,
+                    "dconv_generator_reduction": 8, "norm_eps": "1e-5"},
+            "swa": {"window_size": 8},
+        },
+        tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        initializer_range=0.2,  # large enough that greedy decoding does not collapse to one token
+    )
+    kw.update(overrides)
+    return JetNemotronConfig(**kw)
+
+
+def tiny_model(seed: int = 0, **config_kwargs):
+    """A random tiny model in fp32, eval mode, with weights big enough that every path matters."""
+    from jet_nemotron import JetNemotronForCausalLM
+
+    torch.manual_seed(seed)
+    model = JetNemotronForCausalLM(tiny_config(**config_kwargs)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("kernel_generator.w2.weight") or name.endswith("kernel_generator.w1.weight"):
+                p.normal_(0, 0.2)  # a strongly input-dependent convolution
+    return model
+
+
+@pytest.fixture
+def official_tiny() -> Path:
+    path = FIXTURES / "official_tiny"
+    if not path.exists():
+        pytest.fail(f"fixture folder {path} is missing: set JET_NEMOTRON_FIXTURES to the shared fixtures folder")
+    return path

@@ -1,0 +1,175 @@
+"""Acceptance 2 and 3: cache semantics (fp32) and cache size.
+
+Bounds: atol = rtol = 1e-4 in fp32 (logits here reach |5|). Cached and uncached paths do the same math in a different order (chunked vs
+token-by-token delta rule, attention over a cache vs a fresh mask), which costs ~1e-6 here; a wrong cache
+(lost state, a leaked pad, a shifted window) moves logits by > 1e-2.
+"""
+
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_model
+from jet_nemotron import JetNemotronCache, JetNemotronForCausalLM
+
+ATOL, RTOL = 1e-4, 1e-4
+
+
+def _ids(B, T, seed=0, vocab=128):
+    return torch.randint(3, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# below, at and above the sliding window (8) and the chunk size (64)
+@pytest.mark.parametrize("prefill", [1, 3, 7, 8, 9, 63, 64, 65])
+@torch.no_grad()
+def test_prefill_then_one_token_at_a_time_equals_full(prefill):
+    model = tiny_model()
+    total = prefill + 12
+    ids = _ids(2, total)
+    full = model(ids, use_cache=False).logits
+    out = model(ids[:, :prefill], use_cache=True)
+    cache = out.past_key_values
+    assert isinstance(cache, JetNemotronCache)
+    logits = [out.logits]
+    for t in range(prefill, total):
+        logits.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("first,second", [(100, 37), (5, 70), (64, 64), (2, 3)])
+@torch.no_grad()
+def test_multi_token_forward_continues_a_cache(first, second):
+    model = tiny_model()
+    ids = _ids(2, first + second, seed=1)
+    full = model(ids, use_cache=False).logits
+    out = model(ids[:, :first], use_cache=True)
+    more = model(ids[:, first:], past_key_values=out.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(torch.cat([out.logits, more], 1), full, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 130])
+@torch.no_grad()
+def test_chunked_equals_recurrent(T):
+    """The JetBlock's chunked form (any T > 1) and its token loop compute the same function."""
+    model = tiny_model()
+    ids = _ids(1, T, seed=2)
+    full = model(ids, use_cache=False).logits
+    cache = JetNemotronCache(model.config)
+    steps = torch.cat([model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(T)], 1)
+    torch.testing.assert_close(steps, full, atol=ATOL, rtol=RTOL)
+
+
+@torch.no_grad()
+def test_greedy_generate_with_and_without_cache():
+    model = tiny_model()
+    prompt = _ids(2, 20, seed=3)
+    kw = dict(max_new_tokens=25, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with_cache = model.generate(prompt, use_cache=True, **kw)
+    without = model.generate(prompt, use_cache=False, **kw)
+    assert torch.equal(with_cache, without)
+    assert len(set(with_cache[0, 20:].tolist())) > 1, "a degenerate generation would make this test meaningless"
+
+
+@torch.no_grad()
+def test_beam_search_with_and_without_cache():
+    model = tiny_model()
+    prompt = _ids(2, 15, seed=4)
+    kw = dict(max_new_tokens=12, num_beams=3, do_sample=False, eos_token_id=None, pad_token_id=0,
+              output_scores=True, return_dict_in_generate=True)
+    a = model.generate(prompt, use_cache=True, **kw)
+    b = model.generate(prompt, use_cache=False, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.sequences_scores, b.sequences_scores, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_sampling_runs_with_cache_and_is_seeded():
+    model = tiny_model()
+    prompt = _ids(1, 10, seed=5)
+    kw = dict(max_new_tokens=10, do_sample=True, top_k=20, temperature=1.0, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(0)
+    a = model.generate(prompt, **kw)
+    torch.manual_seed(0)
+    b = model.generate(prompt, use_cache=False, **kw)
+    assert torch.equal(a, b)
+
+
+@torch.no_grad()
+def test_left_padded_batch_matches_each_row_alone():
+    model = tiny_model()
+    lengths = [70, 23, 5]
+    rows = [_ids(1, n, seed=10 + i)[0] for i, n in enumerate(lengths)]
+    T = max(lengths)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = r
+        mask[i, T - len(r):] = 1
+    # padding with a token that is not 0 shows that padded embeddings never leak either
+    ids[mask == 0] = 77
+    out = model(ids, attention_mask=mask, use_cache=True)
+    for i, r in enumerate(rows):
+        alone = model(r[None], use_cache=False).logits[0]
+        torch.testing.assert_close(out.logits[i, T - len(r):], alone, atol=ATOL, rtol=RTOL)
+    # decoding on from the padded cache stays per-row exact
+    nxt = _ids(len(rows), 6, seed=20)
+    cache, m = out.past_key_values, mask
+    steps = []
+    for t in range(6):
+        m = torch.cat([m, torch.ones(len(rows), 1, dtype=torch.long)], 1)
+        steps.append(model(nxt[:, t : t + 1], attention_mask=m, past_key_values=cache).logits)
+    steps = torch.cat(steps, 1)
+    for i, r in enumerate(rows):
+        alone = model(torch.cat([r, nxt[i]])[None], use_cache=False).logits[0, -6:]
+        torch.testing.assert_close(steps[i], alone, atol=ATOL, rtol=RTOL)
+    # and generate() on the padded batch gives each row its own greedy continuation
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    batch = model.generate(ids, attention_mask=mask, **kw)[:, T:]
+    for i, r in enumerate(rows):
+        assert torch.equal(batch[i], model.generate(r[None], **kw)[0, len(r):])
+
+
+def _expected_bytes(config, B, T, dtype):
+    d = config.jet_dims()
+    elt = torch.tensor([], dtype=dtype).element_size()
+    kv_per_token = 2 * config.num_key_value_heads * config.head_dim * elt * B
+    W = config.sliding_window
+    return {
+        # transformers' sliding layer keeps the W-1 previous keys; the current token makes W
+        "full_attention": config.layer_types.count("full_attention") * kv_per_token * T,
+        "sliding_attention": config.layer_types.count("sliding_attention") * kv_per_token * min(T, W - 1),
+        "linear_attention": config.layer_types.count("linear_attention") * B * (
+            d.num_heads * d.head_k_dim * d.head_v_dim * 4 + d.value_dim * d.conv_size * elt),
+    }
+
+
+@torch.no_grad()
+def test_cache_size_after_4k_prefill_with_the_2b_layer_pattern():
+    official_2b = ["swa" if i in (20, 21) else "attn" if i in (14, 19) else "jet" for i in range(28)]
+    torch.manual_seed(0)
+    config = tiny_config(layer_types=official_2b, hidden_size=32, intermediate_size=32, num_attention_heads=2,
+                         num_key_value_heads=1,
+                         efficient_attention_config={"jet": {"num_heads": 2, "head_dim": 16, "expand_v": 2,
+                                                             "conv_size": 4, "dconv_generator_reduction": 8,
+                                                             "norm_eps": "1e-5"},
+                                                     "swa": {"window_size": 64}})
+    model = JetNemotronForCausalLM(config).eval()
+    sizes = {}
+    for T in (10, 4096):
+        out = model(_ids(1, T, seed=6), use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        sizes[T] = cache.nbytes_per_layer_type()
+        for i, (layer, kind) in enumerate(zip(cache.layers, config.layer_types)):
+            if kind == "full_attention":
+                assert layer.keys.shape[-2] == T, f"layer {i} should hold KV for every token"
+            elif kind == "sliding_attention":
+                assert layer.keys.shape[-2] <= config.sliding_window, f"layer {i} holds more than its window"
+            else:
+                assert layer.recurrent_states[0].shape == (1, 2, 16, 32)
+                assert layer.recurrent_states[0].dtype == torch.float32
+                assert layer.conv_states[0].shape == (1, 64, 4)
+        expected = _expected_bytes(config, 1, T, torch.float32)
+        for kind, n in expected.items():
+            assert sizes[T][kind] == n, (T, kind, sizes[T][kind], n)
+        assert sizes[T]["total"] == sum(expected.values())
+    assert sizes[4096]["linear_attention"] == sizes[10]["linear_attention"]
+    assert sizes[4096]["sliding_attention"] == expected["sliding_attention"]
