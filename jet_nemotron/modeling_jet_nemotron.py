@@ -224,13 +224,20 @@ class JetNemotronPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, allow_missing_weights: bool = False, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks a tensor the model needs is an error
-        (transformers would silently initialise it at random), unless `allow_missing_weights=True`."""
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks a tensor the model needs, or holds one of
+        the wrong shape, is an error naming the tensors (transformers would initialise them at random), unless
+        `allow_missing_weights=True` / `ignore_mismatched_sizes=True`."""
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = sorted(info.get("missing_keys", []))
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        where = args[0] if args else kwargs.get("pretrained_model_name_or_path", "")
+        mismatched = sorted(info.get("mismatched_keys", []) or [])
+        if mismatched and not allow_mismatch:
+            shown = "; ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched[:5])
+            raise ValueError(f"checkpoint {where} has {len(mismatched)} tensor(s) of the wrong shape: {shown}")
+        missing = sorted(info.get("missing_keys", []) or [])
         if missing and not allow_missing_weights:
-            raise ValueError(f"checkpoint {args[0] if args else ''} lacks {len(missing)} tensor(s) the model needs, "
+            raise ValueError(f"checkpoint {where} lacks {len(missing)} tensor(s) the model needs, "
                              f"e.g. {missing[:5]}; pass allow_missing_weights=True to initialise them at random")
         return (model, info) if want_info else model
 

@@ -1,0 +1,71 @@
+"""Acceptance 4: a saved folder loads through remote code in a process where `jet_nemotron` cannot be imported."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from conftest import tiny_model
+
+CHILD = textwrap.dedent("""
+    import sys, importlib.abc, json
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "jet_nemotron" or name.startswith("jet_nemotron."):
+                raise ImportError("jet_nemotron is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    import torch
+    from transformers import AutoModelForCausalLM
+    try:
+        import jet_nemotron  # noqa: F401
+        raise SystemExit("jet_nemotron was importable")
+    except ImportError:
+        pass
+    folder = sys.argv[1]
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    ids = torch.load(folder + "/ids.pt")
+    with torch.no_grad():
+        logits = model(ids).logits
+        gen = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.save({"logits": logits, "gen": gen, "cls": type(model).__module__}, folder + "/child.pt")
+""")
+
+
+def test_remote_code_roundtrip(tmp_path):
+    model = tiny_model()
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    files = sorted(p.name for p in folder.iterdir())
+    for name in ("modeling_jet_nemotron.py", "configuration_jet_nemotron.py", "jet_block.py", "ops.py",
+                 "cache_jet_nemotron.py", "gated_delta_rule_ref.py", "dynamic_conv_ref.py"):
+        assert name in files, f"{name} was not copied next to the weights: {files}"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_jet_nemotron.JetNemotronForCausalLM"
+    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
+    torch.save(ids, folder / "ids.pt")
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = torch.load(folder / "child.pt")
+    assert child["cls"].startswith("transformers_modules"), child["cls"]
+    with torch.no_grad():
+        assert torch.equal(child["logits"], model(ids).logits)
+        assert torch.equal(child["gen"], model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None,
+                                                       pad_token_id=0))
+
+
+def test_save_load_roundtrip_keeps_config(tmp_path):
+    from jet_nemotron import JetNemotronForCausalLM
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    again = JetNemotronForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert again.config.layer_types == model.config.layer_types
+    assert again.config.efficient_attention_config == model.config.efficient_attention_config
+    ids = torch.randint(3, 128, (1, 30))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
