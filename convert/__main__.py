@@ -1,0 +1,7 @@
+"""`python -m convert ...` is `jet-nemotron ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,359 @@
+"""Distil a converted Jet-Nemotron student from its Qwen teacher with `accelerate` (one device or DDP).
+
+One call of `distill` runs one stage:
+    stage 1: only the JetBlocks train (MLPs, embeddings and kept attention frozen); loss =
+             kl_weight * KL(teacher || student) on logits + mse_weight * per-layer attention-output MSE
+             (each JetBlock's output against the output of the attention it replaced, divided by that
+             output's mean square, averaged over JetBlock layers).
+    stage 2: everything trains on the logit KL alone.
+`train` ("jet", "non-mlp", "all") and the two weights override these defaults.
+
+Batches: `batch_size` sequences per optimizer step whatever the number of processes; each process takes
+`micro_batch` of them per forward and accumulates `batch_size / (micro_batch * world)` forwards. The order is
+a seeded permutation of the packed rows, a pure function of the step, so a resumed or a DDP run sees exactly
+the batches of a single uninterrupted run. The learning rate is also a function of the step (warmup + cosine).
+Checkpoints (`accelerator.save_state` + `progress.json`, written to a temporary folder then renamed) every
+`save_every` steps; `resume=True` continues from the newest one. Only the main process logs and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .kl import chunked_kl
+
+
+@dataclass
+class DistillConfig:
+    stage: int = 1
+    steps: int = 100
+    batch_size: int = 8  # sequences per optimizer step (global)
+    micro_batch: int = 8  # sequences per forward per process
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    kl_weight: float = 1.0
+    mse_weight: float | None = None  # default: 1.0 in stage 1, 0 in stage 2
+    train: str | None = None  # "jet", "non-mlp", "all"; default: "jet" in stage 1, "all" in stage 2
+    temperature: float = 1.0
+    kl_chunk: int = 1024  # tokens per KL chunk
+    mixed_precision: str = "no"  # "no" or "bf16"
+    gradient_checkpointing: bool = False
+    save_every: int = 0  # 0: no intermediate checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_batch: int = 8
+    seed: int = 0
+    stop_after: int | None = None  # end the process after this step without finishing (tests "kill")
+    history: list = field(default_factory=list)
+
+    def resolved(self) -> "DistillConfig":
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.mse_weight is None:
+            self.mse_weight = 1.0 if self.stage == 1 else 0.0
+        if self.train is None:
+            self.train = "jet" if self.stage == 1 else "all"
+        if self.train not in ("jet", "non-mlp", "all"):
+            raise ValueError(f"train must be 'jet', 'non-mlp' or 'all', got {self.train!r}")
+        if self.kl_weight <= 0 and self.mse_weight <= 0:
+            raise ValueError("kl_weight and mse_weight are both zero: nothing to train on")
+        if self.steps < 1 or self.batch_size < 1 or self.micro_batch < 1:
+            raise ValueError(f"steps, batch_size and micro_batch must be >= 1 ({self.steps}, {self.batch_size}, "
+                             f"{self.micro_batch})")
+        return self
+
+
+def set_trainable(student, train: str) -> int:
+    """Freeze per `train`; returns the number of trainable parameters."""
+    jet_layers = {i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"}
+    n = 0
+    for name, p in student.named_parameters():
+        if train == "all":
+            on = True
+        elif train == "non-mlp":
+            on = ".mlp." not in name
+        else:
+            parts = name.split(".")
+            on = len(parts) > 3 and parts[1] == "layers" and int(parts[2]) in jet_layers and parts[3] == "self_attn"
+        p.requires_grad_(on)
+        n += p.numel() if on else 0
+    if n == 0:
+        raise ValueError(f"train={train!r} leaves nothing trainable (the map has no JetBlock?)")
+    return n
+
+
+class _Capture:
+    """Forward hooks that record the output of `self_attn` of the given layers (in call order)."""
+
+    def __init__(self, model, layers: list[int]):
+        self.outputs: list[torch.Tensor] = []
+        base = model.model
+        self.handles = [base.layers[i].self_attn.register_forward_hook(self._hook) for i in layers]
+
+    def _hook(self, module, args, output):
+        self.outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+class DistillLoss(nn.Module):
+    """Wraps the student so one DDP forward returns the loss (gradients are then synchronised by DDP).
+
+    forward(input_ids [B, L], teacher_hidden [B, L, d], teacher_head [V, d], teacher_attn list of [B, L, d])
+    -> (loss, kl, mse) scalars.
+    """
+
+    def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
+                 temperature: float):
+        super().__init__()
+        self.student = student
+        self.mse_layers, self.kl_weight, self.mse_weight = mse_layers, kl_weight, mse_weight
+        self.chunk, self.temperature = chunk, temperature
+
+    def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None):
+        cap = _Capture(self.student, self.mse_layers) if self.mse_weight > 0 else None
+        try:
+            h = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        finally:
+            if cap is not None:
+                cap.close()
+        zero = h.new_zeros((), dtype=torch.float32)
+        kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
+                        self.temperature) if self.kl_weight > 0 else zero
+        mse = zero
+        if cap is not None:
+            terms = [((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
+                     for s, t in zip(cap.outputs, teacher_attn)]
+            mse = torch.stack(terms).mean()
+        return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
+
+
+@torch.no_grad()
+def teacher_targets(teacher, input_ids, mse_layers: list[int]):
+    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad)."""
+    cap = _Capture(teacher, mse_layers) if mse_layers else None
+    try:
+        h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+    finally:
+        if cap is not None:
+            cap.close()
+    return h, (cap.outputs if cap is not None else None)
+
+
+def lr_at(step: int, cfg: DistillConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine down to cfg.lr * min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def batch_rows(step: int, n_rows: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Row indices of the global batch of `step`: a fresh seeded permutation of all rows every epoch."""
+    start = step * batch_size
+    idx = []
+    for g in range(start, start + batch_size):
+        epoch, pos = divmod(g, n_rows)
+        if not idx or pos == 0 or g == start:
+            perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        idx.append(perm[pos].item())
+    return torch.tensor(idx, dtype=torch.long)
+
+
+@torch.no_grad()
+def perplexity(model, rows: torch.Tensor, batch: int = 8, device=None) -> float:
+    """exp(mean next-token NLL) over packed rows [N, L]."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    nll, n = 0.0, 0
+    for i in range(0, rows.shape[0], batch):
+        x = rows[i : i + batch].to(device)
+        logits = model(input_ids=x, use_cache=False).logits.float()
+        nll += torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(),
+                                                 reduction="sum").item()
+        n += x[:, 1:].numel()
+    return math.exp(nll / n)
+
+
+@torch.no_grad()
+def eval_kl(student, teacher, rows: torch.Tensor, batch: int = 8, chunk: int = 1024, device=None) -> float:
+    """Mean per-token KL(teacher || student) over packed rows [N, L]."""
+    student.eval()
+    device = device or next(student.parameters()).device
+    total, n = 0.0, 0
+    for i in range(0, rows.shape[0], batch):
+        x = rows[i : i + batch].to(device)
+        hs = student.model(input_ids=x, use_cache=False).last_hidden_state
+        ht = teacher.model(input_ids=x, use_cache=False).last_hidden_state
+        total += chunked_kl(hs, student.lm_head.weight, ht, teacher.lm_head.weight, chunk).item() * x.numel()
+        n += x.numel()
+    return total / n
+
+
+def _checkpoints(ckpt_dir: Path) -> list[Path]:
+    found = [p for p in ckpt_dir.glob("step_*") if p.is_dir() and (p / "progress.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
+            resume: bool = False, eval_rows: torch.Tensor | None = None, accelerator=None) -> dict:
+    """Train `student` in place towards `teacher` on packed rows [N, L]; returns the run summary.
+
+    The summary holds the per-step history (loss, kl, mse, lr, tok/s), held-out KL before and after, tokens
+    seen and wall time. `student` ends unwrapped, on its device, in fp32.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    cfg = cfg.resolved()
+    acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+    world = acc.num_processes
+    per_step = cfg.micro_batch * world
+    if cfg.batch_size % per_step:
+        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "
+                         f"{world} processes")
+    accum = cfg.batch_size // per_step
+    if train_rows.shape[0] < 1:
+        raise ValueError("no training rows")
+    jet_layers = [i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"]
+    mse_layers = jet_layers if cfg.mse_weight > 0 else []
+    n_train = set_trainable(student, cfg.train)
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.train()
+    teacher.eval().requires_grad_(False)
+    teacher.to(acc.device)
+    if cfg.mixed_precision == "bf16":
+        teacher.to(torch.bfloat16)  # the teacher only runs forward: bf16 halves its memory and time
+    wrapper = DistillLoss(student, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    wrapper, opt = acc.prepare(wrapper, opt)
+
+    history: list[dict] = []
+    start = 0
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+    if resume and ckpt_dir is not None and _checkpoints(ckpt_dir):
+        last = _checkpoints(ckpt_dir)[-1]
+        acc.load_state(str(last))
+        prog = json.loads((last / "progress.json").read_text())
+        start, history = prog["step"], prog["history"]
+        acc.print(f"resumed from {last} at step {start}")
+    summary: dict = {"config": {k: v for k, v in asdict(cfg).items() if k != "history"},
+                     "trainable_params": n_train, "world_size": world}
+    if eval_rows is not None and acc.is_main_process:
+        summary["eval_kl_before"] = eval_kl(acc.unwrap_model(wrapper).student, teacher, eval_rows.to(acc.device),
+                                            cfg.eval_batch, cfg.kl_chunk)
+        student.train()
+
+    L = train_rows.shape[1]
+    teacher_head = teacher.lm_head.weight
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"distill stage {cfg.stage}", unit="step",
+               disable=not acc.is_main_process, dynamic_ncols=True)
+    t_run = time.perf_counter()
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        rows = batch_rows(step, train_rows.shape[0], cfg.batch_size, cfg.seed)
+        loss_sum = torch.zeros(3, device=acc.device)
+        for m in range(accum):
+            # this process's share of the global batch for micro-step m
+            lo = (m * world + acc.process_index) * cfg.micro_batch
+            x = train_rows[rows[lo : lo + cfg.micro_batch]].to(acc.device)
+            t_hidden, t_attn = teacher_targets(teacher, x, mse_layers)
+            sync = nullcontext() if m == accum - 1 else acc.no_sync(wrapper)
+            with sync, acc.autocast():
+                loss, kl, mse = wrapper(x, t_hidden, teacher_head, t_attn)
+                acc.backward(loss / accum)
+            loss_sum += torch.stack([loss.detach().float(), kl.float(), mse.float()]) / accum
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum = acc.reduce(loss_sum, reduction="mean")
+        dt = time.perf_counter() - t0
+        rec = {"step": step + 1, "loss": loss_sum[0].item(), "kl": loss_sum[1].item(), "mse": loss_sum[2].item(),
+               "lr": lr_at(step, cfg), "tok_per_s": cfg.batch_size * L / dt}
+        history.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", kl=f"{rec['kl']:.4f}", tok_s=f"{rec['tok_per_s']:.0f}")
+        if acc.is_main_process and cfg.log_every and (step + 1) % cfg.log_every == 0:
+            bar.write(f"step {step + 1}/{cfg.steps} loss {rec['loss']:.4f} kl {rec['kl']:.4f} nats/token "
+                      f"mse {rec['mse']:.4f} lr {rec['lr']:.2e} {dt * 1000:.0f} ms {rec['tok_per_s']:.0f} tok/s")
+        if ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints)
+        if cfg.stop_after is not None and step + 1 >= cfg.stop_after:
+            bar.close()
+            acc.wait_for_everyone()
+            return {"stopped_at": step + 1, "history": history}
+    bar.close()
+    acc.wait_for_everyone()
+    unwrapped = acc.unwrap_model(wrapper).student
+    if cfg.gradient_checkpointing:
+        unwrapped.gradient_checkpointing_disable()
+    unwrapped.requires_grad_(True)
+    summary.update(history=history, tokens=cfg.steps * cfg.batch_size * L, steps=cfg.steps,
+                   wall_s=time.perf_counter() - t_run)
+    if eval_rows is not None and acc.is_main_process:
+        summary["eval_kl_after"] = eval_kl(unwrapped, teacher, eval_rows.to(acc.device), cfg.eval_batch, cfg.kl_chunk)
+    acc.free_memory()
+    return summary
+
+
+def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int) -> Path:
+    """accelerate state + progress.json into step_{step}, written under a temporary name then renamed."""
+    final = ckpt_dir / f"step_{step}"
+    tmp = ckpt_dir / f".tmp_step_{step}"
+    if acc.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    if acc.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in _checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def plot_history(history: list[dict], path: str | Path, title: str = "distillation") -> None:
+    """Loss / KL / MSE against step, log-scale y, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [h["step"] for h in history]
+    for key in ("loss", "kl", "mse"):
+        vals = [h[key] for h in history]
+        if any(v > 0 for v in vals):
+            ax.plot(steps, vals, label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("nats/token (kl), relative (mse)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
