@@ -200,7 +200,7 @@ class JetNemotronPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = False
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
     _supports_attention_backend = True
     _keep_in_fp32_modules_strict = ["A_log", "dt_bias"]
 
@@ -275,20 +275,23 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = JetNemotronCache(self.config)
         if position_ids is None:
-            if attention_mask is not None and attention_mask.ndim == 2:
+            if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
                 # left padding: positions count real tokens only, as `generate` does
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
                 past = past_key_values.get_seq_length() if past_key_values is not None else 0
                 position_ids = torch.arange(past, past + T, device=inputs_embeds.device)[None]
 
-        mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                           past_key_values=past_key_values, position_ids=position_ids)
-        masks = {"linear_attention": create_recurrent_attention_mask(**mask_kwargs)}
-        if "full_attention" in self.config.layer_types:
-            masks["full_attention"] = create_causal_mask(**mask_kwargs)
-        if "sliding_attention" in self.config.layer_types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        if isinstance(attention_mask, dict):  # already built per layer kind, e.g. by `generate` with a static cache
+            masks = {"linear_attention": None, **attention_mask}
+        else:
+            mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               past_key_values=past_key_values, position_ids=position_ids)
+            masks = {"linear_attention": create_recurrent_attention_mask(**mask_kwargs)}
+            if "full_attention" in self.config.layer_types:
+                masks["full_attention"] = create_causal_mask(**mask_kwargs)
+            if "sliding_attention" in self.config.layer_types:
+                masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
