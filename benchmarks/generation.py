@@ -1,0 +1,292 @@
+"""Generation speed: a Jet-Nemotron model vs the Qwen2 model it would be converted from, side by side.
+
+Both models get random weights of the real shapes (Jet-Nemotron-2B vs Qwen2.5-1.5B by default: same hidden size,
+MLP and vocabulary), bf16, one GPU, the same process, and each its best path in transformers: `generate()` with a
+preallocated static cache and the compiled (CUDA-graph) decode step.
+
+- prefill: one sequence of `ctx` tokens, dynamic cache, median of 3 (ms, tok/s).
+- decode: the static cache is filled with random keys/values/states as if `ctx` tokens had been seen (decode cost
+  does not depend on the values, and real prefill of hundreds of 64K sequences would take minutes), then
+  `generate()` runs N1 and N2 new tokens; tok/s = batch * (N2 - N1) / (t2 - t1), which removes the first step.
+  Measured at batch 1 and at the largest batch whose cache fits (capped by --max-batch).
+- roofline: bytes a decode step must read (weights once + the KV/state it needs, state written back) over the
+  card's copy bandwidth measured in the same run; achieved GB/s and the fraction are printed beside every tok/s.
+
+    python benchmarks/generation.py --contexts 4096 16384 65536            # on a GPU
+    python benchmarks/generation.py --smoke                                # tiny shapes, CPU, checks the script
+Writes benchmarks/results/generation.json and generation.png and prints a table of ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM, StaticCache  # noqa: E402
+
+from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM  # noqa: E402
+from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def model_configs(smoke: bool) -> tuple[JetNemotronConfig, Qwen2Config]:
+    """Jet-Nemotron-2B and Qwen2.5-1.5B shapes (or tiny ones for --smoke)."""
+    if smoke:
+        base = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=1 << 17)
+        jet = JetNemotronConfig(**base, layer_types=["jet", "attn", "swa", "jet"], efficient_attention_config={
+            "jet": {"num_heads": 2, "head_dim": 16, "expand_v": 2, "conv_size": 4, "dconv_generator_reduction": 8,
+                    "norm_eps": "1e-5"}, "swa": {"window_size": 16}})
+    else:
+        base = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                    num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
+                    max_position_embeddings=1 << 18)
+        jet = JetNemotronConfig(**base, layer_types=JET_NEMOTRON_2B_LAYER_TYPES)
+    qwen = Qwen2Config(**base, rope_theta=1e6)
+    return jet, qwen
+
+
+def build(cls, config, device, dtype):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(config)
+    return model.to(dtype).eval()
+
+
+def copy_bandwidth(device) -> float:
+    """Device-to-device copy, bytes read + written per second (the achievable HBM ceiling)."""
+    if device.type != "cuda":
+        return float("nan")
+    x = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        y.copy_(x)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * x.numel() * 20 / (start.elapsed_time(end) / 1e3)
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights counted once
+
+
+def step_bytes(model, batch: int, ctx: int) -> int:
+    """Fewest bytes one decode step must move: the weights once, every needed key/value once, and JetBlock
+    states read and written."""
+    c = model.config
+    elt = 2
+    kv_token = 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * elt
+    total = weight_bytes(model)
+    for kind in getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers:
+        if kind == "full_attention":
+            total += batch * kv_token * ctx
+        elif kind == "sliding_attention":
+            total += batch * kv_token * min(ctx, c.sliding_window)
+        else:
+            d = c.jet_dims()
+            total += batch * (2 * d.num_heads * d.head_k_dim * d.head_v_dim * 4 + 2 * d.value_dim * d.conv_size * elt)
+    return total
+
+
+def cache_bytes_per_sequence(model, ctx: int) -> int:
+    c = model.config
+    kv_token = 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
+    total = 0
+    for kind in getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers:
+        if kind == "full_attention":
+            total += kv_token * ctx
+        elif kind == "sliding_attention":
+            total += kv_token * min(ctx, c.sliding_window)
+        else:
+            d = c.jet_dims()
+            total += d.num_heads * d.head_k_dim * d.head_v_dim * 4 + d.value_dim * d.conv_size * 2
+    return total
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def prefill_seconds(model, ctx: int, device) -> float:
+    ids = torch.randint(0, model.config.vocab_size, (1, ctx), device=device)
+    run = lambda: model(ids, use_cache=True, logits_to_keep=1)  # noqa: E731
+    run()
+    return sorted(timed(run, device) for _ in range(3))[1]
+
+
+@torch.no_grad()
+def fill_static_cache(model, batch: int, ctx: int, max_len: int, device):
+    """A static cache that looks as if `ctx` tokens had been processed (random contents)."""
+    cache = StaticCache(config=model.config, max_cache_len=max_len)
+    ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
+    model(ids, past_key_values=cache, use_cache=True)  # allocates every layer lazily
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None:
+            layer.keys.normal_()
+            layer.values.normal_()
+            if hasattr(layer, "cumulative_length_int"):  # sliding: full window
+                layer.cumulative_length_int = ctx
+                layer.cumulative_length.fill_(min(ctx, layer.max_cache_len))
+            else:
+                layer.cumulative_length.fill_(ctx)
+        for states in (getattr(layer, "conv_states", None) or {}).values():
+            states.normal_()
+        for states in (getattr(layer, "recurrent_states", None) or {}).values():
+            states.normal_(std=0.05)
+    return cache
+
+
+@torch.no_grad()
+def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_config) -> float:
+    """tok/s of generate()'s decode loop from a filled static cache (first step excluded by differencing)."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, ctx + 1), device=device)
+    mask = torch.ones_like(ids)
+    times = {}
+    for n in (n1, n2, n1, n2):  # the first pair warms up (compiles, records CUDA graphs)
+        cache = fill_static_cache(model, batch, ctx, ctx + n2 + 2, device)
+        run = lambda: model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n,  # noqa: E731
+                                     min_new_tokens=n, do_sample=False, compile_config=compile_config,
+                                     pad_token_id=0)
+        times[n] = timed(run, device)
+        del cache
+    return batch * (n2 - n1) / (times[n2] - times[n1])
+
+
+def fits(model, batch: int, ctx: int, device, headroom: float) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info()
+    need = batch * (cache_bytes_per_sequence(model, ctx + 64) + ctx * 16 + model.config.vocab_size * 12)
+    return need < free * headroom
+
+
+def largest_batch(model, ctx: int, device, cap: int, headroom: float = 0.8) -> int:
+    b = 1
+    while b * 2 <= cap and fits(model, b * 2, ctx, device, headroom):
+        b *= 2
+    return b
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("jet", "qwen"):
+        rows = [r for r in results["rows"] if r["model"] == name]
+        ctxs = sorted({r["ctx"] for r in rows})
+        for mode, style in (("batch1", "--"), ("max_batch", "-")):
+            ys = [next(r[f"decode_{mode}_tok_s"] for r in rows if r["ctx"] == c) for c in ctxs]
+            axes[0].plot(ctxs, ys, style, marker="o", label=f"{name} decode, {mode.replace('_', ' ')}")
+        axes[1].plot(ctxs, [next(r["prefill_ms"] for r in rows if r["ctx"] == c) for c in ctxs], marker="o", label=name)
+    for ax, title, unit in ((axes[0], "decode throughput", "tok/s"), (axes[1], "prefill, batch 1", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Jet-Nemotron vs its Qwen2 teacher on {results['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    compile_config = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
+    bandwidth = copy_bandwidth(device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device {name}; copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
+    jet_cfg, qwen_cfg = model_configs(smoke)
+    results = {"device": name, "copy_bandwidth_GBps": bandwidth / 1e9, "n_decode_steps": n2 - n1, "rows": [],
+               "torch": torch.__version__}
+    for tag, cls, cfg in (("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)):
+        model = build(cls, cfg, device, dtype)
+        print(f"{tag}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, "
+              f"{weight_bytes(model) / 1e9:.2f} GB", flush=True)
+        for ctx in contexts:
+            row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_bytes_per_sequence(model, ctx) / 1e6}
+            row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
+            row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3
+            for mode, batch in (("batch1", 1), ("max_batch", largest_batch(model, ctx, device, max_batch))):
+                tok_s = decode_tok_s(model, batch, ctx, device, n1, n2, compile_config)
+                gbps = step_bytes(model, batch, ctx) * tok_s / batch / 1e9
+                row[f"decode_{mode}_batch"] = batch
+                row[f"decode_{mode}_tok_s"] = tok_s
+                row[f"decode_{mode}_GBps"] = gbps
+                row[f"decode_{mode}_roofline_frac"] = gbps * 1e9 / bandwidth if bandwidth == bandwidth else None
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if device.type == "cuda":
+                row["peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
+                torch.cuda.reset_peak_memory_stats()
+            results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+    print(f"\n{'ctx':>7} | {'prefill x':>9} | {'decode b1 x':>11} | {'decode max x':>12} | jet b1 tok/s (roofline) "
+          f"| jet max tok/s @batch (roofline) | qwen max tok/s @batch (roofline)")
+    for ctx in contexts:
+        j = next(r for r in results["rows"] if r["model"] == "jet" and r["ctx"] == ctx)
+        q = next(r for r in results["rows"] if r["model"] == "qwen" and r["ctx"] == ctx)
+        ratios = {"prefill": q["prefill_ms"] / j["prefill_ms"],
+                  "decode_batch1": j["decode_batch1_tok_s"] / q["decode_batch1_tok_s"],
+                  "decode_max_batch": j["decode_max_batch_tok_s"] / q["decode_max_batch_tok_s"]}
+        results.setdefault("ratios", {})[str(ctx)] = ratios
+        frac = lambda r, m: f"{100 * r[f'decode_{m}_roofline_frac']:.0f}%" if r[f"decode_{m}_roofline_frac"] else "-"  # noqa: E731
+        print(f"{ctx:>7} | {ratios['prefill']:>8.2f}x | {ratios['decode_batch1']:>10.2f}x | "
+              f"{ratios['decode_max_batch']:>11.2f}x | {j['decode_batch1_tok_s']:.0f} ({frac(j, 'batch1')}) | "
+              f"{j['decode_max_batch_tok_s']:.0f} @{j['decode_max_batch_batch']} ({frac(j, 'max_batch')}) | "
+              f"{q['decode_max_batch_tok_s']:.0f} @{q['decode_max_batch_batch']} ({frac(q, 'max_batch')})")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "generation_smoke" if smoke else "generation"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / f"{stem}.png")
+    print(f"wrote {out / (stem + '.json')} and .png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--max-batch", type=int, default=1024, help="cap on the largest batch tried")
+    parser.add_argument("--steps", type=int, nargs=2, default=[8, 40], metavar=("N1", "N2"))
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, not speed")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    contexts = [64, 128] if args.smoke else args.contexts
+    max_batch = 4 if args.smoke else args.max_batch
+    run(contexts, args.smoke, max_batch, *args.steps, out=args.out)
+
+
+if __name__ == "__main__":
+    main()
