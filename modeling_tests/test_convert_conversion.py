@@ -17,11 +17,11 @@ from convert.qwen_to_jet import (build_jet_config, convert_model, convert_state_
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def tiny_qwen(kind: str = "qwen2", layers: int = 4, tie: bool = False, seed: int = 0):
+def tiny_qwen(kind: str = "qwen2", layers: int = 4, tie: bool = False, seed: int = 0, vocab: int = 101):
     """A random tiny Qwen2 / Qwen3 with non-trivial biases and norms (so dropping one would show)."""
     torch.manual_seed(seed)
     C, M = (Qwen2Config, Qwen2ForCausalLM) if kind == "qwen2" else (Qwen3Config, Qwen3ForCausalLM)
-    cfg = C(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
+    cfg = C(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=tie,
             initializer_range=0.1)
     model = M(cfg).eval()

@@ -1,0 +1,147 @@
+"""Bad input: a clear error naming the problem, and no output folder left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from convert.cli import main
+from convert.data import check_tokenizer_fits, pack_documents
+from convert.layer_map import parse_spec, resolve_layer_map
+from convert.qwen_to_jet import SourceDims, convert_model
+
+from test_convert_conversion import tiny_qwen
+
+
+@pytest.fixture
+def qwen_dir(tmp_path):
+    d = tmp_path / "qwen"
+    tiny_qwen("qwen2").save_pretrained(d)
+    return d
+
+
+def _no_output(tmp_path, out):
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name], "a temporary folder was left behind"
+
+
+def test_cli_converts_and_refuses_to_overwrite(tmp_path, qwen_dir):
+    out = tmp_path / "jet"
+    assert main(["convert", str(qwen_dir), str(out), "--layer-map", "jet,attn,swa,jet", "--window", "8"]) == 0
+    assert (out / "config.json").exists() and (out / "README.md").exists() and (out / "model.safetensors").exists()
+    assert main(["convert", str(qwen_dir), str(out), "--layer-map", "all-attn"]) == 1
+
+
+def test_unsupported_architecture(tmp_path, capsys):
+    d = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4)).save_pretrained(d)
+    out = tmp_path / "out"
+    assert main(["convert", str(d), str(out), "--layer-map", "all-attn"]) == 1
+    assert "unsupported source architecture: model_type 'llama'" in capsys.readouterr().err
+    _no_output(tmp_path, out)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("missing", "is missing tensor model.layers.2.self_attn.k_proj.weight (layer 2)"),
+    ("shape", "model.layers.2.self_attn.k_proj.weight has shape (16, 64), expected (32, 64) (layer 2)"),
+])
+def test_missing_or_misshaped_tensor(tmp_path, qwen_dir, capsys, damage, message):
+    sd = load_file(qwen_dir / "model.safetensors")
+    name = "model.layers.2.self_attn.k_proj.weight"
+    if damage == "missing":
+        del sd[name]
+    else:
+        sd[name] = sd[name][:16].contiguous()
+    src = tiny_qwen("qwen2")
+    with pytest.raises((KeyError, ValueError), match=message.replace("(", r"\(").replace(")", r"\)")):
+        from convert.qwen_to_jet import build_jet_config, convert_state_dict
+
+        convert_state_dict(sd, src.config, build_jet_config(src.config, parse_spec("all-jet", 4)))
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("jet,attn,jet", "has 3 layers but the source model (qwen2) has 4"),
+    ("jet,attn,mamba,jet", "layer 2 has unknown type 'mamba'"),
+    ("attn:9", "layer index 9 is outside 0..3"),
+    ("jet,swa,jet,jet", "sliding-window layers [1] but no window size"),
+])
+def test_bad_layer_map(tmp_path, qwen_dir, capsys, spec, message):
+    out = tmp_path / "out"
+    assert main(["convert", str(qwen_dir), str(out), "--layer-map", spec]) == 1
+    assert message in capsys.readouterr().err
+    _no_output(tmp_path, out)
+
+
+def test_bad_layer_map_json(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({"format": "jet-nemotron-layer-map/v1", "num_layers": 5, "layer_types": ["jet"] * 4}))
+    with pytest.raises(ValueError, match="num_layers is 5 but layer_types has 4"):
+        resolve_layer_map(str(p))
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        resolve_layer_map(str(p))
+
+
+def test_tokenizer_that_does_not_fit(tmp_path):
+    from convert.tiny_teacher import build_tokenizer
+
+    tok = build_tokenizer(["def f(x):\n    return x + 1\n" * 50], vocab_size=300)
+    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model embeds only 101"):
+        check_tokenizer_fits(tok, 101, "model")
+    from convert.export import write_folder
+
+    model = convert_model(tiny_qwen("qwen2"), parse_spec("all-attn", 4))
+    with pytest.raises(ValueError, match="embeds only 101"):
+        write_folder(tmp_path / "out", model, tok)
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_empty_or_too_short_data(tmp_path):
+    from convert.tiny_teacher import build_tokenizer
+
+    tok = build_tokenizer(["def f(x):\n    return x + 1\n" * 50], vocab_size=300)
+    with pytest.raises(ValueError, match="no non-empty document"):
+        pack_documents([("a.txt", ""), ("b.txt", "  \n")], tok, 16)
+    with pytest.raises(ValueError, match="the data is too short"):
+        pack_documents([("a.txt", "x = 1\n")], tok, 16, min_train_rows=4)
+
+
+def test_distill_cli_rejects_short_data_without_output(tmp_path, capsys):
+    from convert.tiny_teacher import build_tokenizer
+
+    qwen_dir = tmp_path / "qwen"
+    tiny_qwen("qwen2", vocab=300).save_pretrained(qwen_dir)
+    conv = tmp_path / "jet"
+    assert main(["convert", str(qwen_dir), str(conv), "--layer-map", "jet,attn,jet,jet"]) == 0
+    tok = build_tokenizer(["x = 1\n" * 20], vocab_size=300)
+    tok.save_pretrained(conv)
+    (tmp_path / "d.txt").write_text("x = 1\n")
+    out = tmp_path / "distilled"
+    assert main(["distill", str(out), "--teacher", str(qwen_dir), "--student", str(conv), "--data",
+                 str(tmp_path / "d.txt"), "--seq-len", "64", "--stage1-steps", "2", "--batch-size", "4",
+                 "--micro-batch", "4"]) == 1
+    assert "the data is too short" in capsys.readouterr().err
+    _no_output(tmp_path, out)
+
+
+def test_source_dims_reject_qwen3_with_o_bias():
+    from transformers import Qwen3Config
+
+    with pytest.raises(ValueError, match="o_proj bias"):
+        SourceDims.from_config(Qwen3Config(attention_bias=True))
+
+
+def test_push_dry_run_lists_exact_files(tmp_path, qwen_dir, capsys):
+    out = tmp_path / "jet"
+    assert main(["convert", str(qwen_dir), str(out), "--layer-map", "all-attn"]) == 0
+    (out / ".cache").mkdir()
+    (out / ".cache" / "x").write_text("junk")
+    assert main(["push", str(out), "me/jet-test", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "model.safetensors" in text and "config.json" in text and ".cache" not in text
+    assert "would upload" in text
