@@ -1,0 +1,224 @@
+"""Dynamic causal depthwise convolution + SiLU in Triton: forward, backward, one-token decode step.
+
+Same signatures and shapes as `dynamic_conv_ref.py`:
+    x [B, T, C], kernels [B, T, C, K], history [N, C, >= K-1] or None, cu_seqlens [N + 1] (then B == 1)
+    y_t[c] = silu(sum_{j<K} kernels_t[c, j] * x_{t-K+1+j}[c])
+Accumulation is fp32. The backward gives dx and dkernels; `history` (the cached inputs of an earlier
+prefill chunk) is treated as a constant and gets no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # transformers' remote-code checker skips imports inside try blocks; ops.py catches the ImportError
+    import triton
+    import triton.language as tl
+except ImportError as err:  # pragma: no cover - exercised only on machines without Triton
+    raise ImportError(f"jet_nemotron's Triton kernels need triton: {err}") from err
+
+
+@triton.jit
+def _token_bounds(cu_seqlens, seq_idx, o_t, m_t, T, IS_VARLEN: tl.constexpr):
+    """Sequence index, first token and end of the sequence of each flattened token (m_t: real tokens)."""
+    if IS_VARLEN:
+        i_n = tl.load(seq_idx + o_t, mask=m_t, other=0)
+        bos = tl.load(cu_seqlens + i_n)
+        eos = tl.load(cu_seqlens + i_n + 1)
+    else:
+        i_n = o_t // T
+        bos = i_n * T
+        eos = bos + T
+    return i_n, bos, eos
+
+
+@triton.jit
+def _conv_input(x, hist, o_t, o_c, m, i_n, bos, C, HL, j: tl.constexpr, KW: tl.constexpr,
+                HAS_HIST: tl.constexpr):
+    """x[t-KW+1+j, c] for a [BT, BC] tile in fp32: from x inside the sequence, from history before it."""
+    src = o_t - (KW - 1) + j
+    in_seq = src >= bos
+    b_x = tl.load(x + src[:, None] * C + o_c[None, :], mask=m & in_seq[:, None], other=0.0).to(tl.float32)
+    if HAS_HIST:
+        # before the start: the last KW-1 cached inputs, most recent at position HL-1
+        p_h = hist + (i_n[:, None] * C + o_c[None, :]) * HL + (HL - (bos - src))[:, None]
+        b_x += tl.load(p_h, mask=m & (~in_seq)[:, None], other=0.0).to(tl.float32)
+    return b_x
+
+
+@triton.jit
+def _conv_acc(x, kern, hist, o_t, m_t, o_c, m_c, i_n, bos, C, HL,
+              KW: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_HIST: tl.constexpr):
+    """The pre-activation sum_j kernels[t, c, j] x[t-KW+1+j, c] for a [BT, BC] tile, in fp32."""
+    b_acc = tl.zeros([BT, BC], dtype=tl.float32)
+    m = m_t[:, None] & m_c[None, :]
+    for j in tl.static_range(KW):
+        b_x = _conv_input(x, hist, o_t, o_c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
+        b_w = tl.load(kern + (o_t[:, None] * C + o_c[None, :]) * KW + j, mask=m, other=0.0).to(tl.float32)
+        b_acc += b_w * b_x
+    return b_acc
+
+
+@triton.jit
+def _conv_fwd_kernel(x, kern, hist, y, cu_seqlens, seq_idx, T, TT, C, HL,
+                     KW: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_HIST: tl.constexpr,
+                     IS_VARLEN: tl.constexpr):
+    i_t, i_c = tl.program_id(0), tl.program_id(1)
+    o_t = (i_t * BT + tl.arange(0, BT)).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_t, m_c = o_t < TT, o_c < C
+    i_n, bos, _ = _token_bounds(cu_seqlens, seq_idx, o_t, m_t, T, IS_VARLEN)
+    b_acc = _conv_acc(x, kern, hist, o_t, m_t, o_c, m_c, i_n, bos, C, HL, KW, BT, BC, HAS_HIST)
+    b_y = b_acc * tl.sigmoid(b_acc)
+    tl.store(y + o_t[:, None] * C + o_c[None, :], b_y.to(y.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
+
+
+@triton.jit
+def _conv_bwd_dz_kernel(x, kern, hist, dy, dz, dkern, cu_seqlens, seq_idx, T, TT, C, HL,
+                        KW: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_HIST: tl.constexpr,
+                        IS_VARLEN: tl.constexpr):
+    """dz = dy * silu'(acc) (fp32, kept for dx) and dkernels[t, c, j] = dz[t, c] x[t-KW+1+j, c]."""
+    i_t, i_c = tl.program_id(0), tl.program_id(1)
+    o_t = (i_t * BT + tl.arange(0, BT)).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_t, m_c = o_t < TT, o_c < C
+    m = m_t[:, None] & m_c[None, :]
+    i_n, bos, _ = _token_bounds(cu_seqlens, seq_idx, o_t, m_t, T, IS_VARLEN)
+    b_acc = _conv_acc(x, kern, hist, o_t, m_t, o_c, m_c, i_n, bos, C, HL, KW, BT, BC, HAS_HIST)
+    b_s = tl.sigmoid(b_acc)
+    b_dy = tl.load(dy + o_t[:, None] * C + o_c[None, :], mask=m, other=0.0).to(tl.float32)
+    b_dz = b_dy * b_s * (1.0 + b_acc * (1.0 - b_s))
+    tl.store(dz + o_t[:, None] * C + o_c[None, :], b_dz, mask=m)
+    for j in tl.static_range(KW):
+        b_x = _conv_input(x, hist, o_t, o_c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
+        tl.store(dkern + (o_t[:, None] * C + o_c[None, :]) * KW + j, (b_dz * b_x).to(dkern.dtype.element_ty),
+                 mask=m)
+
+
+@triton.jit
+def _conv_bwd_dx_kernel(kern, dz, dx, cu_seqlens, seq_idx, T, TT, C,
+                        KW: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """dx[s, c] = sum_j dz[s+KW-1-j, c] kernels[s+KW-1-j, c, j], only over outputs of the same sequence."""
+    i_t, i_c = tl.program_id(0), tl.program_id(1)
+    o_t = (i_t * BT + tl.arange(0, BT)).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_t, m_c = o_t < TT, o_c < C
+    m = m_t[:, None] & m_c[None, :]
+    _, _, eos = _token_bounds(cu_seqlens, seq_idx, o_t, m_t, T, IS_VARLEN)
+    b_dx = tl.zeros([BT, BC], dtype=tl.float32)
+    for j in tl.static_range(KW):
+        dst = o_t + (KW - 1) - j
+        md = m & (dst < eos)[:, None]
+        b_dz = tl.load(dz + dst[:, None] * C + o_c[None, :], mask=md, other=0.0)
+        b_w = tl.load(kern + (dst[:, None] * C + o_c[None, :]) * KW + j, mask=md, other=0.0).to(tl.float32)
+        b_dx += b_dz * b_w
+    tl.store(dx + o_t[:, None] * C + o_c[None, :], b_dx.to(dx.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _conv_step_kernel(x, kern, state, y, C, KW: tl.constexpr, BKW: tl.constexpr, BC: tl.constexpr):
+    """Shift x into the [C, KW] state of one batch row, then y = silu(sum_j state[:, j] kernel[:, j])."""
+    i_c, i_b = tl.program_id(0), tl.program_id(1)
+    o_c = i_c * BC + tl.arange(0, BC)
+    o_j = tl.arange(0, BKW)
+    m_c = o_c < C
+    m = m_c[:, None] & (o_j[None, :] < KW)
+    base = (i_b.to(tl.int64) * C + o_c[:, None]) * KW
+    # every program reads only its own channels' state before writing them, so the update is in place
+    b_old = tl.load(state + base + o_j[None, :] + 1, mask=m & (o_j[None, :] < KW - 1), other=0.0)
+    b_x = tl.load(x + i_b.to(tl.int64) * C + o_c, mask=m_c, other=0.0).to(state.dtype.element_ty)
+    b_new = tl.where(o_j[None, :] == KW - 1, b_x[:, None], b_old)
+    tl.store(state + base + o_j[None, :], b_new, mask=m)
+    b_w = tl.load(kern + base + o_j[None, :], mask=m, other=0.0).to(tl.float32)
+    b_acc = tl.sum(b_new.to(tl.float32) * b_w, 1)
+    tl.store(y + i_b.to(tl.int64) * C + o_c, (b_acc * tl.sigmoid(b_acc)).to(y.dtype.element_ty), mask=m_c)
+
+
+BT_CONV, BC_CONV = 32, 64  # a [32, 64] tile per program: 2K outputs, coalesced along channels
+
+
+def _layout(x, kernels, history, cu_seqlens):
+    """Flattened views and the per-token sequence index when packed."""
+    B, T, C = x.shape
+    KW = kernels.shape[-1]
+    if kernels.shape[:3] != (B, T, C):
+        raise ValueError(f"kernels must be {(B, T, C, KW)}, got {tuple(kernels.shape)}")
+    seq_idx = None
+    if cu_seqlens is not None:
+        if B != 1:
+            raise ValueError(f"cu_seqlens needs a batch of 1 packed sequence, got batch {B}")
+        cu_seqlens = cu_seqlens.to(device=x.device, dtype=torch.int64)
+        lens = cu_seqlens[1:] - cu_seqlens[:-1]
+        seq_idx = torch.repeat_interleave(torch.arange(lens.numel(), device=x.device), lens, output_size=T)
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    HL = 0
+    if history is not None:
+        if history.shape[0] != N or history.shape[1] != C:
+            raise ValueError(f"history must be [{N}, {C}, >= {KW - 1}], got {tuple(history.shape)}")
+        if history.shape[-1] < KW - 1:
+            raise ValueError(f"conv history holds {history.shape[-1]} steps, the kernel needs {KW - 1}")
+        history = history.contiguous()
+        HL = history.shape[-1]
+    return x.contiguous(), kernels.contiguous(), history, cu_seqlens, seq_idx, HL
+
+
+class _DynamicConvFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernels, history, cu_seqlens):
+        x, kernels, history, cu, seq_idx, HL = _layout(x, kernels, history, cu_seqlens)
+        B, T, C = x.shape
+        KW = kernels.shape[-1]
+        y = torch.empty_like(x)
+        grid = (triton.cdiv(B * T, BT_CONV), triton.cdiv(C, BC_CONV))
+        _conv_fwd_kernel[grid](x, kernels, history, y, cu, seq_idx, T, B * T, C, HL, KW=KW, BT=BT_CONV,
+                               BC=BC_CONV, HAS_HIST=history is not None, IS_VARLEN=cu is not None)
+        ctx.save_for_backward(x, kernels, history, cu, seq_idx)
+        ctx.HL = HL
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, kernels, history, cu, seq_idx = ctx.saved_tensors
+        B, T, C = x.shape
+        KW = kernels.shape[-1]
+        grid = (triton.cdiv(B * T, BT_CONV), triton.cdiv(C, BC_CONV))
+        dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)
+        dkernels = torch.empty_like(kernels)
+        dx = torch.empty_like(x)
+        _conv_bwd_dz_kernel[grid](x, kernels, history, dy.contiguous(), dz, dkernels, cu, seq_idx, T, B * T, C,
+                                  ctx.HL, KW=KW, BT=BT_CONV, BC=BC_CONV, HAS_HIST=history is not None,
+                                  IS_VARLEN=cu is not None)
+        _conv_bwd_dx_kernel[grid](kernels, dz, dx, cu, seq_idx, T, B * T, C, KW=KW, BT=BT_CONV, BC=BC_CONV,
+                                  IS_VARLEN=cu is not None)
+        return dx, dkernels, None, None
+
+
+def dynamic_conv_triton(
+    x: torch.Tensor,
+    kernels: torch.Tensor,
+    history: torch.Tensor | None = None,
+    cu_seqlens: torch.LongTensor | None = None,
+) -> torch.Tensor:
+    """Causal dynamic convolution + SiLU with autograd (dx, dkernels; history is a constant).
+
+    x [B, T, C]; kernels [B, T, C, K]; history [N, C, >= K-1]; cu_seqlens [N + 1]. Returns y [B, T, C]."""
+    return _DynamicConvFunction.apply(x, kernels, history, cu_seqlens)
+
+
+def dynamic_conv_step_triton(x: torch.Tensor, kernel: torch.Tensor, conv_state: torch.Tensor) -> torch.Tensor:
+    """One decode step; shifts x into conv_state in place (no autograd).
+
+    x [B, C]; kernel [B, C, K]; conv_state [B, C, K] (most recent last). Returns y [B, C] in x's dtype."""
+    B, C = x.shape
+    KW = kernel.shape[-1]
+    if kernel.shape != (B, C, KW) or conv_state.shape != (B, C, KW):
+        raise ValueError(f"kernel and conv_state must be {(B, C, KW)}, got {tuple(kernel.shape)} "
+                         f"and {tuple(conv_state.shape)}")
+    s = conv_state if conv_state.is_contiguous() else conv_state.contiguous()
+    y = torch.empty(B, C, device=x.device, dtype=x.dtype)
+    BC = 128
+    _conv_step_kernel[(triton.cdiv(C, BC), B)](x.contiguous(), kernel.contiguous(), s, y, C, KW=KW,
+                                               BKW=triton.next_power_of_2(KW), BC=BC)
+    if s is not conv_state:
+        conv_state.copy_(s)
+    return y
