@@ -68,7 +68,9 @@ def run_demo(workdir: str | Path = "jet_nemotron_demo", teacher_steps: int = 150
     tok = AutoTokenizer.from_pretrained(out_dir)
     ids = tok(prompt, return_tensors="pt")
     for label, m in (("teacher", teacher), ("student", model)):
-        gen = m.generate(**ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.eos_token_id)
+        # greedy, with a repetition penalty: a model this small otherwise loops on one token
+        gen = m.generate(**ids, max_new_tokens=40, do_sample=False, repetition_penalty=1.3, no_repeat_ngram_size=3,
+                         pad_token_id=tok.eos_token_id)
         print(f"--- {label} ---\n{tok.decode(gen[0])}")
     print(f"done: {out_dir} (teacher ppl {res['ppl_teacher']:.2f}, student ppl {res['ppl_student']:.2f}, "
           f"loss curve {out_dir / 'loss_curve.png'})")

@@ -71,7 +71,12 @@ def render_card(jet_config, base_config, base_model: str, name: str, layer_map_s
             stages.append({"stage": c["stage"], "train": c["train"], "loss": loss, "steps": s["steps"],
                            "tokens": f"{s['tokens']:,}", "wall": f"{s['wall_s'] / 60:.1f} min"})
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-        ctx.update(stages=stages, data_sources=", ".join(distill.get("data_sources", []))[:500],
+        srcs = list(distill.get("data_sources", []))
+        if len(srcs) > 3:  # many files: name their common folder, not each file
+            import os
+
+            srcs = [f"{len(srcs)}+ files under {os.path.commonpath(srcs)}"]
+        ctx.update(stages=stages, data_sources=", ".join(srcs),
                    data_tokens=f"{distill.get('data_tokens', 0):,}", seq_len=distill.get("seq_len"),
                    **{k: fmt(distill.get(k)) for k in ("ppl_teacher", "ppl_student", "kl_before", "kl_after")})
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

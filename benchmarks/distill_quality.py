@@ -1,0 +1,206 @@
+"""How close does a converted + distilled Jet-Nemotron get to its teacher? (issue #4, acceptance 4)
+
+Offline and self-contained:
+1. Teacher: a Qwen2-architecture model pretrained here on Python's stdlib sources (code, docstrings,
+   comments; `convert/tiny_teacher.py`), byte-level BPE trained on the same text. Held-out: stdlib files whose
+   path hashes into the last 5% (never trained on, neither by the teacher nor by the distillation).
+2. Conversion with a two-full-attention map (full attention at layers L/2 and 3L/4, JetBlocks elsewhere,
+   like the 2B model's 14 and 19 of 28).
+3. Init comparison: the attention-derived JetBlock init against the official model's random start, both
+   distilled (stage 1) for the same short budget; held-out KL at step 0 and after.
+4. Distillation of the attention-init student: stage 1 (JetBlocks, KL + attention MSE), stage 2 (all, KL).
+5. Report: teacher vs student perplexity on held-out text at the distillation context, passkey retrieval
+   at 1x / 2x / 4x the distillation context, cache bytes per sequence (and the ratio) at those contexts.
+
+    python benchmarks/distill_quality.py --out runs/dq            # GPU default: ~8 min on one H100
+    python benchmarks/distill_quality.py --toy --out runs/dq-toy  # CPU, a few minutes, numbers meaningless
+Results go to OUT/results.json, OUT/loss_curve.png and OUT/init_comparison.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert.data import pack_documents  # noqa: E402
+from convert.distill import DistillConfig, distill, eval_kl, perplexity, plot_history  # noqa: E402
+from convert.layer_map import parse_spec  # noqa: E402
+from convert.model_card import cache_bytes  # noqa: E402
+from convert.qwen_to_jet import convert_model  # noqa: E402
+from convert.tiny_teacher import (TeacherSize, build_qwen2, build_tokenizer, pretrain, read_corpus,  # noqa: E402
+                                  stdlib_files)
+
+GPU = dict(size=TeacherSize(vocab=4096, hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1536),
+           corpus_chars=None, teacher_seq=1024, teacher_steps=1500, teacher_batch=32, teacher_lr=2e-3,
+           seq=512, batch=32, micro=32, init_steps=100, stage1=600, stage2=600, lr1=2e-3, lr2=3e-4,
+           passkey_trials=20, eval_rows=64)
+TOY = dict(size=TeacherSize(vocab=1024, hidden=96, layers=4, heads=4, kv_heads=2, intermediate=256),
+           corpus_chars=600_000, teacher_seq=256, teacher_steps=120, teacher_batch=16, teacher_lr=3e-3,
+           seq=128, batch=8, micro=8, init_steps=15, stage1=25, stage2=15, lr1=3e-3, lr2=1e-3,
+           passkey_trials=4, eval_rows=16)
+
+
+def passkey_accuracy(model, tok, filler_ids: list[int], context: int, trials: int, device, seed: int = 0) -> float:
+    """Fraction of trials where greedy decoding reproduces a 5-digit key planted at a random depth.
+
+    The prompt is stdlib code (the models' domain) of about `context` tokens with `PASSKEY = <key>` inserted
+    and `assert PASSKEY == ` at the end; the answer must start with the key.
+    """
+    rng = random.Random(seed)
+    model.eval()
+    hits = 0
+    tail = tok("\nassert PASSKEY == ", add_special_tokens=False)["input_ids"]
+    for t in range(trials):
+        key = str(rng.randint(10000, 99999))
+        needle = tok(f"\nPASSKEY = {key}\n", add_special_tokens=False)["input_ids"]
+        n_fill = context - len(needle) - len(tail)
+        start = rng.randint(0, max(0, len(filler_ids) - n_fill - 1))
+        fill = filler_ids[start:start + n_fill]
+        depth = rng.randint(0, len(fill))
+        ids = torch.tensor([fill[:depth] + needle + fill[depth:] + tail], device=device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                 do_sample=False, pad_token_id=tok.eos_token_id)
+        hits += tok.decode(out[0, ids.shape[1]:]).strip().startswith(key)
+    return hits / trials
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/distill_quality"))
+    ap.add_argument("--toy", action="store_true", help="CPU-sized run (minutes); the numbers mean nothing")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--teacher-steps", type=int)
+    ap.add_argument("--stage1-steps", type=int)
+    ap.add_argument("--stage2-steps", type=int)
+    ap.add_argument("--init-steps", type=int)
+    ap.add_argument("--skip-init-comparison", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    P = dict(TOY if args.toy else GPU)
+    for k, a in (("teacher_steps", args.teacher_steps), ("stage1", args.stage1_steps),
+                 ("stage2", args.stage2_steps), ("init_steps", args.init_steps)):
+        if a is not None:
+            P[k] = a
+    dev = args.device
+    bf16 = dev.startswith("cuda")
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    results: dict = {"params": {k: (asdict(v) if k == "size" else v) for k, v in P.items()}, "device": dev}
+    if dev.startswith("cuda"):
+        results["gpu"] = torch.cuda.get_device_name()
+    t_all = time.perf_counter()
+
+    # 1. teacher --------------------------------------------------------------------------------------------
+    train_texts = read_corpus(stdlib_files("train"), P["corpus_chars"])
+    eval_texts = read_corpus(stdlib_files("eval"))
+    tok = build_tokenizer(train_texts[: max(200, len(train_texts) // 4)], P["size"].vocab)
+    docs = lambda texts: (("stdlib", t) for t in texts)  # noqa: E731
+    teacher_rows = pack_documents(docs(train_texts), tok, P["teacher_seq"], eval_fraction=0.0).train
+    train_rows = pack_documents(docs(train_texts), tok, P["seq"], eval_fraction=0.0).train
+    held = pack_documents(docs(eval_texts), tok, P["seq"], eval_fraction=0.0).train[: P["eval_rows"]]
+    print(f"corpus: {sum(map(len, train_texts)) / 1e6:.1f} M chars train ({train_rows.numel() / 1e6:.2f} M tokens), "
+          f"{held.numel():,} held-out tokens; vocab {len(tok)}")
+    teacher = build_qwen2(P["size"], tok, args.seed)
+    t0 = time.perf_counter()
+    pretrain(teacher, teacher_rows, P["teacher_steps"], P["teacher_batch"], P["teacher_lr"], dev, bf16, args.seed)
+    teacher.to(dev).float().eval()
+    ppl_teacher = perplexity(teacher, held, 8, dev)
+    results["teacher"] = {"params_M": sum(p.numel() for p in teacher.parameters()) / 1e6, "ppl": ppl_teacher,
+                          "tokens": P["teacher_steps"] * P["teacher_batch"] * P["teacher_seq"],
+                          "minutes": (time.perf_counter() - t0) / 60}
+    print(f"teacher: {results['teacher']['params_M']:.1f} M params, held-out ppl {ppl_teacher:.3f} after "
+          f"{results['teacher']['tokens'] / 1e6:.1f} M tokens ({results['teacher']['minutes']:.1f} min)")
+
+    # 2. conversion map --------------------------------------------------------------------------------------
+    L = P["size"].layers
+    spec = f"attn:{L // 2},{(3 * L) // 4}"
+    lm = parse_spec(spec, L)
+    results["layer_map"] = lm.describe()
+    s1 = DistillConfig(stage=1, steps=P["stage1"], batch_size=P["batch"], micro_batch=P["micro"], lr=P["lr1"],
+                       warmup_steps=max(1, P["stage1"] // 20), mixed_precision="bf16" if bf16 else "no",
+                       log_every=50, seed=args.seed)
+    s2 = replace(s1, stage=2, steps=P["stage2"], lr=P["lr2"], warmup_steps=max(1, P["stage2"] // 20))
+
+    # 3. init comparison -------------------------------------------------------------------------------------
+    if not args.skip_init_comparison and P["init_steps"] > 0:
+        comp = {}
+        for scheme in ("attention", "random"):
+            st = convert_model(teacher.float().cpu(), lm, scheme=scheme, seed=args.seed)
+            teacher.to(dev)
+            cfg = replace(s1, steps=P["init_steps"], warmup_steps=max(1, P["init_steps"] // 10), log_every=0)
+            r = distill(st, teacher, train_rows, cfg, eval_rows=held)
+            comp[scheme] = {"kl_step0": r["eval_kl_before"], f"kl_after_{P['init_steps']}_steps": r["eval_kl_after"],
+                            "history": [h["kl"] for h in r["history"]]}
+            teacher.float()
+            print(f"init {scheme}: held-out KL {r['eval_kl_before']:.4f} at step 0 -> {r['eval_kl_after']:.4f} "
+                  f"after {P['init_steps']} stage-1 steps")
+            del st
+        results["init_comparison"] = {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in comp.items()}
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k, v in comp.items():
+            ax.plot(range(1, len(v["history"]) + 1), v["history"], label=f"{k} init")
+        ax.set(yscale="log", xlabel="stage-1 step", ylabel="train KL (nats/token)", title="JetBlock init")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.out / "init_comparison.png", dpi=120)
+        plt.close(fig)
+
+    # 4. distillation -----------------------------------------------------------------------------------------
+    student = convert_model(teacher.float().cpu(), lm, scheme="attention", seed=args.seed)
+    teacher.to(dev)
+    t0 = time.perf_counter()
+    r1 = distill(student, teacher, train_rows, s1, eval_rows=held)
+    r2 = distill(student, teacher, train_rows, s2, eval_rows=held) if s2.steps > 0 else None
+    teacher.float()
+    student.to(dev).eval()
+    stages = [r for r in (r1, r2) if r]
+    hist = [dict(h, step=h["step"] + (P["stage1"] if k else 0)) for k, r in enumerate(stages) for h in r["history"]]
+    plot_history(hist, args.out / "loss_curve.png", "distillation (stage 1 then stage 2)")
+    ppl_student = perplexity(student, held, 8, dev)
+    tokens = sum(r["tokens"] for r in stages)
+    results["distillation"] = {
+        "stage1_steps": P["stage1"], "stage2_steps": P["stage2"], "seq_len": P["seq"], "tokens": tokens,
+        "minutes": (time.perf_counter() - t0) / 60, "kl_before": r1["eval_kl_before"],
+        "kl_after": stages[-1]["eval_kl_after"],
+    }
+    results["ppl"] = {"teacher": ppl_teacher, "student": ppl_student, "ratio": ppl_student / ppl_teacher,
+                      "within_10pct": ppl_student <= 1.1 * ppl_teacher}
+    print(f"distilled on {tokens / 1e6:.1f} M tokens in {results['distillation']['minutes']:.1f} min: held-out ppl "
+          f"teacher {ppl_teacher:.3f}, student {ppl_student:.3f} ({ppl_student / ppl_teacher:.3f}x)")
+
+    # 5. passkey + cache ----------------------------------------------------------------------------------------
+    filler = [i for t in eval_texts for i in tok(t, add_special_tokens=False)["input_ids"]]
+    results["passkey"], results["cache"] = {}, {}
+    for mult in (1, 2, 4):
+        ctx = P["seq"] * mult
+        acc_t = passkey_accuracy(teacher, tok, filler, ctx, P["passkey_trials"], dev, args.seed)
+        acc_s = passkey_accuracy(student, tok, filler, ctx, P["passkey_trials"], dev, args.seed)
+        cb_t, cb_s = cache_bytes(teacher.config, ctx), cache_bytes(student.config, ctx)
+        results["passkey"][f"{mult}x ({ctx} tokens)"] = {"teacher": acc_t, "student": acc_s}
+        results["cache"][f"{ctx}"] = {"teacher_bytes": cb_t, "student_bytes": cb_s, "ratio": cb_t / cb_s}
+        print(f"context {ctx:6d} ({mult}x): passkey teacher {acc_t:.2f}, student {acc_s:.2f}; cache "
+              f"{cb_t / 1e6:.2f} MB vs {cb_s / 1e6:.2f} MB ({cb_t / cb_s:.2f}x smaller)")
+    results["minutes_total"] = (time.perf_counter() - t_all) / 60
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    print(f"total {results['minutes_total']:.1f} min; wrote {args.out / 'results.json'}")
+    return 0 if results["ppl"]["within_10pct"] or args.toy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
