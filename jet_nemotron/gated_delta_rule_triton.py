@@ -22,6 +22,8 @@ Gradients of `fused_recurrent_gated_delta_rule_triton` come from the chunked bac
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:  # transformers' remote-code checker skips imports inside try blocks; ops.py catches the ImportError
@@ -31,6 +33,8 @@ except ImportError as err:  # pragma: no cover - exercised only on machines with
     raise ImportError(f"jet_nemotron's Triton kernels need triton: {err}") from err
 
 BT = 64  # chunk length; also the row count of the per-chunk matrices
+# Route the backward's transposes of computed tiles through memory (see `_trans_tile`); "0"/"1" forces it.
+SAFE_TRANS = os.environ.get("JET_NEMOTRON_SAFE_TRANS", "0") == "1"
 EPS = 1e-6  # inside rsqrt(sum x^2 + eps), as the reference
 
 
@@ -86,7 +90,7 @@ def _state_tile(i_v, i_nh, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, B
 
 
 @triton.jit
-def _load_G(G, row, m_t, bos, L, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+def _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT: tl.constexpr):
     """Cumulative decay of a chunk's rows and of its last valid row; padding rows repeat the last value,
     so exp(G_t - G_s) stays <= 1 there (a zero would overflow exp and turn 0 * inf into NaN)."""
     b_Gl = tl.load(G + (bos + tl.minimum(i_t * BT + BT, L) - 1) * H + i_h)
@@ -129,7 +133,7 @@ def _inv_unit_lower16(b_a, BC: tl.constexpr):
 
 
 @triton.jit
-def _load_sub(k, beta, g, bos, L, i_t, i_h, c: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+def _load_sub(k, beta, g, bos, L, i_t, i_h, c: tl.constexpr, H, K: tl.constexpr,
               BC: tl.constexpr, BK: tl.constexpr, USE_L2: tl.constexpr):
     """Rows c*BC .. c*BC+BC-1 of chunk i_t: normalised k [BC, BK] (input dtype), beta and g [BC] (fp32)."""
     o_t = i_t * 64 + c * BC + tl.arange(0, BC)
@@ -159,7 +163,7 @@ def _a_block(b_ki, b_bi, b_Gi, b_kj, b_Gj, DIAG: tl.constexpr, BC: tl.constexpr)
 
 @triton.jit
 def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
-                    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+                    H, K: tl.constexpr, BK: tl.constexpr,
                     USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
     """Per chunk: G = cumsum(g) and Ai = (I + A)^-1 [BT, BT] by 16x16 diagonal inverses and block merges.
 
@@ -232,7 +236,7 @@ def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets,
 
 @triton.jit
 def _wu_kernel(k, v, beta, G, Ai, w, u, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
-               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+               H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
     """w = Ai (beta exp(G) k) [BT, K] and u = Ai (beta v) [BT, V] for one chunk."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
@@ -260,7 +264,7 @@ def _wu_kernel(k, v, beta, G, Ai, w, u, cu_seqlens, chunk_indices, chunk_offsets
 
 @triton.jit
 def _fwd_h_kernel(k, w, u, G, h, v_new, h0, ht, cu_seqlens, chunk_offsets, T,
-                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, USE_L2: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   IS_VARLEN: tl.constexpr):
     """Sequential over the chunks of one sequence and head, for a BV slice of the state.
@@ -298,7 +302,7 @@ def _fwd_h_kernel(k, w, u, G, h, v_new, h0, ht, cu_seqlens, chunk_offsets, T,
 
 @triton.jit
 def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
-                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
     """o = exp(G) q S + (q k^T * Gamma) v' for one chunk and BV slice."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -334,7 +338,7 @@ def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets
 
 @triton.jit
 def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
-                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                         H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
     """The in-chunk part of dv': (q k^T * Gamma)^T do."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -362,7 +366,7 @@ def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offse
 
 @triton.jit
 def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chunk_offsets, scale, T,
-                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, USE_L2: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                    IS_VARLEN: tl.constexpr):
     """Reverse state recursion over the chunks of one sequence and head, for a BV slice.
@@ -404,10 +408,26 @@ def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chun
 
 
 @triton.jit
-def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg,
+def _trans_tile(b_x, p_scratch, BT: tl.constexpr, SAFE_TRANS: tl.constexpr):
+    """Transpose of a computed [BT, BT] fp32 tile. With SAFE_TRANS the tile goes through a scratch buffer:
+    Triton 3.4-3.7.0 on Hopper can miscompile tl.trans of a dot result fed to another dot (fla #640)."""
+    if SAFE_TRANS:
+        o_r = tl.arange(0, BT)
+        tl.debug_barrier()  # an earlier reader of the scratch tile must be done before it is overwritten
+        tl.store(p_scratch + o_r[:, None] * BT + o_r[None, :], b_x)
+        tl.debug_barrier()
+        b_xt = tl.load(p_scratch + o_r[None, :] * BT + o_r[:, None])
+    else:
+        b_xt = tl.trans(b_x)
+    return b_xt
+
+
+@triton.jit
+def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg, scratch,
                       cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
+                      H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr,
+                      SAFE_TRANS: tl.constexpr):
     """All per-chunk gradients once dh and dv' are known: dq, dk, dv, dbeta, dg (see the module docstring).
 
     S = h[chunk] (state in), dS = dh[chunk] (gradient of the state out), q~ = scale * q:
@@ -473,7 +493,8 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     # output, intra-chunk part
     b_dsg = b_ds * b_gam
     b_dq += tl.dot(b_dsg, b_kn)
-    b_dk = tl.dot(tl.trans(b_dsg), b_q)
+    p_scr = scratch + (i_c * H + i_h).to(tl.int64) * BT * BT
+    b_dk = tl.dot(_trans_tile(b_dsg, p_scr, BT, SAFE_TRANS), b_q)
     b_p = b_dsg * tl.dot(b_q, tl.trans(b_kn))
     b_dG += tl.sum(b_p, 1) - tl.sum(b_p, 0)
     # state update S' = exp(G_L) S + (k exp(G_L - G))^T v'
@@ -498,7 +519,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     b_kk = tl.dot(b_kn, tl.trans(b_kn))
     b_db += tl.sum(b_dA * b_kk, 1)
     b_z = b_dA * b_b[:, None]
-    b_dk += tl.dot(b_z, b_kn) + tl.dot(tl.trans(b_z), b_kn)
+    b_dk += tl.dot(b_z, b_kn) + tl.dot(_trans_tile(b_z, p_scr, BT, SAFE_TRANS), b_kn)
     b_za = b_z * b_kk  # dA * A
     b_dG += tl.sum(b_za, 1) - tl.sum(b_za, 0)
     b_dG += tl.where(o_t == i_last, b_dGl, 0.0)
@@ -521,7 +542,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
 
 @triton.jit
 def _recurrent_kernel(q, k, v, g, beta, o, h0, ht, cu_seqlens, scale, T,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       USE_L2: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                       IS_VARLEN: tl.constexpr):
     """Token loop for one sequence, head and BV slice of the state; h0 and ht may alias (in-place step)."""
@@ -681,9 +702,10 @@ def _chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: _Meta, use_l2, G=None
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     dg = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
-    _bwd_chunk_kernel[(NC, H)](q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg,
+    scratch = torch.empty(NC * H, BT, BT, device=q.device, dtype=torch.float32) if SAFE_TRANS else None
+    _bwd_chunk_kernel[(NC, H)](q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg, scratch,
                                *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=64,
-                               USE_L2=use_l2, IS_VARLEN=meta.varlen, num_warps=8)
+                               USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=SAFE_TRANS, num_warps=8)
     return dq, dk, dv, dg, dbeta, dh0
 
 

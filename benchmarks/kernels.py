@@ -1,0 +1,360 @@
+"""Benchmark the JetBlock kernels: ours (Triton) vs flash-linear-attention vs the PyTorch reference.
+
+    python benchmarks/kernels.py [--out benchmarks/results] [--quick]
+    python benchmarks/kernels.py --plot benchmarks/results/kernels.json   # PNG from a saved JSON, no GPU
+
+Chunked gated delta rule forward and forward+backward, B=1, T = 1K..64K, bf16, at the 2B JetBlock shape
+(H=12, dk=96, dv=256) and the 4B shape (H=16, dk=128, dv=256); the decode step at several batch sizes;
+the dynamic convolution. Times are medians of `triton.testing.do_bench`. Next to each time: the fraction of
+the roofline, max(FLOPs / matmul rate, bytes / copy bandwidth) over the time, both ceilings measured on the
+card first. Bytes are the fewest the op must move (each input read once, each output written once);
+FLOPs are the chunked algorithm's matrix products (chunk C=64, per token and head
+2 (3 C dk + 2 C dv + 3 dk dv) forward; the backward counted as twice the forward).
+flash-linear-attention is a benchmark peer only, never imported by the plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = {"2B": (12, 96, 256), "4B": (16, 128, 256)}
+C = 64
+
+
+def ceilings():
+    """Measured copy bandwidth (bytes read + written per second) and bf16 matmul rate."""
+    from triton.testing import do_bench
+
+    x = torch.empty(2**28, device="cuda", dtype=torch.float32)  # 1 GiB
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), return_mode="median")
+    bw = 2 * x.numel() * 4 / (ms * 1e-3)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench(lambda: a @ b, return_mode="median")
+    flops = 2 * 8192**3 / (ms * 1e-3)
+    del x, y, a, b
+    return bw, flops
+
+
+def gdr_cost(T, H, K, V, bwd):
+    """(FLOPs, bytes) of the chunked gated delta rule for B=1, bf16 q/k/v/beta, fp32 g."""
+    fwd_flops = T * H * 2 * (3 * C * K + 2 * C * V + 3 * K * V)
+    inputs = T * H * (2 * K * 2 + V * 2 + 4 + 2)
+    out = T * H * V * 2
+    if not bwd:
+        return fwd_flops, inputs + out
+    # forward, then the backward reads the inputs and do, writes a gradient of every input
+    return 3 * fwd_flops, (inputs + out) + (inputs + out) + inputs
+
+
+def step_cost(B, H, K, V):
+    """(FLOPs, bytes) of one decode token: the fp32 state is read and written, q/k/v/o are bf16."""
+    return 8 * B * H * K * V, B * H * (2 * K * V * 4 + 2 * K * 2 + 2 * V * 2 + 6)
+
+
+def gdr_inputs(T, H, K, V, requires_grad):
+    q = F.silu(torch.randn(1, T, H, K, device="cuda")).bfloat16()
+    k = F.silu(torch.randn(1, T, H, K, device="cuda")).bfloat16()
+    v = torch.randn(1, T, H, V, device="cuda").bfloat16()
+    g = F.logsigmoid(torch.randn(1, T, H, device="cuda")) * 0.1
+    beta = torch.rand(1, T, H, device="cuda").bfloat16()
+    xs = [q, k, v, g, beta]
+    return [x.requires_grad_(requires_grad) for x in xs]
+
+
+def chunk_impls():
+    from jet_nemotron.gated_delta_rule_ref import chunk_gated_delta_rule_ref
+    from jet_nemotron.gated_delta_rule_triton import chunk_gated_delta_rule_triton
+
+    impls = {
+        "ours": lambda q, k, v, g, b: chunk_gated_delta_rule_triton(q, k, v, g, b, use_qk_l2norm_in_kernel=True),
+        "reference": lambda q, k, v, g, b: chunk_gated_delta_rule_ref(q, k, v, g, b, use_qk_l2norm_in_kernel=True),
+    }
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+        impls["fla"] = lambda q, k, v, g, b: chunk_gated_delta_rule(q, k, v, g, b, use_qk_l2norm_in_kernel=True)
+    except Exception as err:  # noqa: BLE001 - a missing peer is reported, not fatal
+        print(f"flash-linear-attention unavailable: {err}")
+    return impls
+
+
+def bench(fn):
+    from triton.testing import do_bench
+
+    fn()  # compile and autotune outside the timing
+    torch.cuda.synchronize()
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def run_chunk(results, Ts, bw, peak):
+    impls = chunk_impls()
+    for shape, (H, K, V) in SHAPES.items():
+        for T in Ts:
+            for mode in ("fwd", "fwd+bwd"):
+                xs = gdr_inputs(T, H, K, V, mode != "fwd")
+                do = torch.randn(1, T, H, V, device="cuda").bfloat16()
+                flops, nbytes = gdr_cost(T, H, K, V, mode != "fwd")
+                floor_ms = max(flops / peak, nbytes / bw) * 1e3
+                for name, f in impls.items():
+                    if name == "reference" and T > (16384 if mode == "fwd" else 4096):
+                        continue  # the PyTorch loop over chunks: slow and memory hungry beyond this
+                    rec = dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name)
+                    try:
+                        if mode == "fwd":
+                            def fn(f=f):
+                                with torch.no_grad():
+                                    return f(*xs)
+                        else:
+                            def fn(f=f):
+                                o, _ = f(*xs)
+                                return torch.autograd.grad(o, xs, do)
+                        ms = bench(fn)
+                        rec.update(ms=ms, roofline=floor_ms / ms)
+                    except Exception as err:  # noqa: BLE001 - e.g. fla refusing its backward on Hopper
+                        rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                    results.append(rec)
+                    print(rec, flush=True)
+                del xs, do
+                torch.cuda.empty_cache()
+
+
+def run_step(results, batches, bw, peak):
+    from jet_nemotron.gated_delta_rule_ref import gated_delta_rule_step_ref
+    from jet_nemotron.gated_delta_rule_triton import gated_delta_rule_step_triton
+
+    try:
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+    except Exception:  # noqa: BLE001
+        fused_recurrent_gated_delta_rule = None
+    H, K, V = SHAPES["2B"]
+    for B in batches:
+        q, k = (F.silu(torch.randn(B, H, K, device="cuda")).bfloat16() for _ in range(2))
+        v = torch.randn(B, H, V, device="cuda").bfloat16()
+        g = F.logsigmoid(torch.randn(B, H, device="cuda"))
+        beta = torch.rand(B, H, device="cuda").bfloat16()
+        state = torch.randn(B, H, K, V, device="cuda") * 0.1
+        flops, nbytes = step_cost(B, H, K, V)
+        floor_ms = max(flops / peak, nbytes / bw) * 1e3
+        impls = {
+            "ours": lambda: gated_delta_rule_step_triton(q, k, v, g, beta, state),
+            "reference": lambda: gated_delta_rule_step_ref(q, k, v, g, beta, state),
+        }
+        if fused_recurrent_gated_delta_rule is not None:
+            impls["fla"] = lambda: fused_recurrent_gated_delta_rule(
+                q[:, None], k[:, None], v[:, None], g=g[:, None], beta=beta[:, None], initial_state=state,
+                output_final_state=True, use_qk_l2norm_in_kernel=True)
+        for name, f in impls.items():
+            rec = dict(op="step", shape="2B", B=B, H=H, K=K, V=V, mode="fwd", impl=name)
+            try:
+                with torch.no_grad():
+                    ms = bench(f)
+                rec.update(ms=ms, roofline=floor_ms / ms)
+            except Exception as err:  # noqa: BLE001
+                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            results.append(rec)
+            print(rec, flush=True)
+
+
+def run_conv(results, Ts, bw):
+    from jet_nemotron.dynamic_conv_ref import dynamic_conv_ref
+    from jet_nemotron.dynamic_conv_triton import dynamic_conv_triton
+
+    H, K, V = SHAPES["2B"]
+    Cch, KW = H * V, 4
+    for T in Ts:
+        x = torch.randn(1, T, Cch, device="cuda").bfloat16().requires_grad_()
+        kern = torch.randn(1, T, Cch, KW, device="cuda").bfloat16().requires_grad_()
+        dy = torch.randn_like(x)
+        for mode in ("fwd", "fwd+bwd"):
+            nbytes = T * Cch * 2 * (1 + KW + 1) * (1 if mode == "fwd" else 3)
+            for name, f in (("ours", dynamic_conv_triton), ("reference", dynamic_conv_ref)):
+                rec = dict(op="conv", shape="2B", T=T, C=Cch, mode=mode, impl=name)
+                if mode == "fwd":
+                    def fn(f=f):
+                        with torch.no_grad():
+                            return f(x, kern)
+                else:
+                    def fn(f=f):
+                        return torch.autograd.grad(f(x, kern), [x, kern], dy)
+                try:
+                    ms = bench(fn)
+                    rec.update(ms=ms, roofline=nbytes / bw * 1e3 / ms)
+                except Exception as err:  # noqa: BLE001
+                    rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                results.append(rec)
+                print(rec, flush=True)
+
+
+def accuracy(results):
+    """bf16 errors of ours and fla against the fp32 reference at T=4096, 2B shape (fwd o and final state)."""
+    from jet_nemotron.gated_delta_rule_ref import chunk_gated_delta_rule_ref
+
+    impls = chunk_impls()
+    H, K, V = SHAPES["2B"]
+    xs = gdr_inputs(4096, H, K, V, False)
+    o_r, s_r = chunk_gated_delta_rule_ref(*[x.float() if x.dtype == torch.bfloat16 else x for x in xs],
+                                          output_final_state=True)
+    for name in ("ours", "fla"):
+        if name not in impls:
+            continue
+        from jet_nemotron import gated_delta_rule_triton as ours
+        fn = ours.chunk_gated_delta_rule_triton if name == "ours" else None
+        if name == "fla":
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
+        o, s = fn(*xs, output_final_state=True, use_qk_l2norm_in_kernel=True)
+        rec = dict(op="accuracy", impl=name, T=4096, shape="2B",
+                   o_rel=((o.float() - o_r).norm() / o_r.norm()).item(),
+                   state_rel=((s - s_r).norm() / s_r.norm()).item())
+        results.append(rec)
+        print(rec, flush=True)
+
+
+def check_safe_trans(out: Path):
+    """Backward errors vs the fp32 reference with and without SAFE_TRANS (fla #640: Triton 3.4-3.7.0 on Hopper
+    can miscompile a transposed dot result). Writes "1" to out/safe_trans if only the safe variant is right."""
+    from jet_nemotron import gated_delta_rule_triton as ours
+    from jet_nemotron.gated_delta_rule_ref import recurrent_gated_delta_rule_ref
+
+    worst = {}
+    for safe in (False, True):
+        ours.SAFE_TRANS = safe
+        for (T, H, K, V, dtype) in ((200, 2, 32, 64, torch.float32), (200, 2, 64, 64, torch.float32),
+                                    (200, 2, 96, 256, torch.float32), (200, 2, 128, 256, torch.bfloat16)):
+            torch.manual_seed(0)
+            xs = [x.to(dtype) if x.dtype == torch.bfloat16 else x for x in gdr_inputs(T, H, K, V, False)]
+            xs = [x.detach().requires_grad_() for x in xs]
+            h0 = (torch.randn(1, H, K, V, device="cuda") * 0.1).requires_grad_()
+            outs = []
+            for f in (ours.chunk_gated_delta_rule_triton, recurrent_gated_delta_rule_ref):
+                o, ht = f(*xs, initial_state=h0, output_final_state=True)
+                torch.manual_seed(1)
+                do = torch.randn_like(o)
+                outs.append(torch.autograd.grad((o * do).sum() + ht.sum(), xs + [h0]))
+            errs = [((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(*outs)]
+            print(f"safe_trans={safe} T={T} H={H} K={K} V={V} {dtype}: rel errs dq dk dv dg dbeta dh0 =",
+                  " ".join(f"{e:.1e}" for e in errs), flush=True)
+            worst[safe] = max(worst.get(safe, 0.0), max(errs))
+    need = worst[False] > 5e-2 and worst[True] < 5e-2
+    (out / "safe_trans").write_text("1" if need else "0")
+    print(f"worst backward error: plain {worst[False]:.1e}, safe {worst[True]:.1e} -> SAFE_TRANS={int(need)}")
+
+
+def table(results):
+    """Print ours vs fla (ratio = fla time / our time, > 1 means we are faster) and vs the reference."""
+    by = {}
+    for r in results:
+        if "ms" in r:
+            key = (r["op"], r.get("shape"), r.get("T", r.get("B")), r["mode"])
+            by.setdefault(key, {})[r["impl"]] = r
+    print(f"\n{'op':6} {'shape':5} {'T/B':>6} {'mode':8} {'ours ms (roof)':>16} {'fla ms (roof)':>16} "
+          f"{'fla/ours':>8} {'ref/ours':>8}")
+    for key in sorted(by, key=lambda k: (k[0], k[1] or "", k[3], k[2])):
+        d = by[key]
+        if "ours" not in d:
+            continue
+        o = d["ours"]
+        cell = lambda r: f"{r['ms']:9.3f} ({r['roofline'] * 100:3.0f}%)" if r else f"{'-':>16}"  # noqa: E731
+        fla, ref = d.get("fla"), d.get("reference")
+        print(f"{key[0]:6} {key[1]:5} {key[2]:>6} {key[3]:8} {cell(o):>16} {cell(fla):>16} "
+              f"{(fla['ms'] / o['ms']) if fla else float('nan'):8.2f} "
+              f"{(ref['ms'] / o['ms']) if ref else float('nan'):8.2f}")
+    for r in results:
+        if "error" in r:
+            print("error:", r["op"], r.get("shape"), r.get("T", r.get("B")), r["mode"], r["impl"], r["error"])
+
+
+def plot(path_json: Path, path_png: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path_json.read_text())
+    res = data["results"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    for ax, mode in zip(axes[:2], ("fwd", "fwd+bwd")):
+        for shape, ls in (("2B", "-"), ("4B", "--")):
+            for impl, color in (("ours", "C0"), ("fla", "C1"), ("reference", "C2")):
+                pts = sorted((r["T"], r["ms"]) for r in res
+                             if r["op"] == "chunk" and r["mode"] == mode and r["shape"] == shape
+                             and r["impl"] == impl and "ms" in r)
+                if pts:
+                    ax.plot(*zip(*pts), ls, color=color, marker="o", label=f"{impl} {shape}")
+        ax.set(xscale="log", yscale="log", xlabel="T (tokens, B=1)", ylabel="ms (median)",
+               title=f"chunked gated delta rule, {mode}, bf16")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    for impl, color in (("ours", "C0"), ("fla", "C1"), ("reference", "C2")):
+        pts = sorted((r["B"], r["ms"] * 1e3) for r in res if r["op"] == "step" and r["impl"] == impl and "ms" in r)
+        if pts:
+            ax.plot(*zip(*pts), color=color, marker="o", label=impl)
+    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="us (median)", title="decode step, 2B shape")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(data.get("device", ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
+    ap.add_argument("--plot", default=None, help="only draw the PNG of this JSON")
+    ap.add_argument("--check-safe-trans", action="store_true", help="only compare the backward variants")
+    args = ap.parse_args()
+    if args.plot:
+        p = Path(args.plot)
+        plot(p, p.with_suffix(".png"))
+        return
+    if args.check_safe_trans:
+        check_safe_trans(Path(args.out))
+        return
+    import triton
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name()
+    bw, peak = ceilings()
+    print(f"{device}: copy {bw / 1e12:.2f} TB/s, bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
+    results = []
+    Ts = [1024, 4096] if args.quick else [1024, 4096, 16384, 65536]
+    for part in (lambda: accuracy(results), lambda: run_step(results, [1, 16, 64, 256], bw, peak),
+                 lambda: run_chunk(results, Ts, bw, peak), lambda: run_conv(results, [4096, 16384], bw)):
+        try:
+            part()
+        except Exception:  # noqa: BLE001 - keep what was measured
+            traceback.print_exc()
+    meta = dict(device=device, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+                copy_bytes_per_s=bw, bf16_flops_per_s=peak, results=results)
+    try:
+        import fla
+
+        meta["fla"] = getattr(fla, "__version__", "?")
+    except Exception:  # noqa: BLE001
+        pass
+    path = out / "kernels.json"
+    path.write_text(json.dumps(meta, indent=1))
+    table(results)
+    try:
+        plot(path, out / "kernels.png")
+    except Exception as err:  # noqa: BLE001 - matplotlib may be missing on the GPU machine
+        print(f"no plot: {err}")
+
+
+if __name__ == "__main__":
+    main()
