@@ -408,11 +408,12 @@ def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chun
 
 
 @triton.jit
-def _trans_tile(b_x, p_scratch, BT: tl.constexpr, SAFE_TRANS: tl.constexpr):
+def _trans_tile(b_x, scratch, i_prog, BT: tl.constexpr, SAFE_TRANS: tl.constexpr):
     """Transpose of a computed [BT, BT] fp32 tile. With SAFE_TRANS the tile goes through a scratch buffer:
     Triton 3.4-3.7.0 on Hopper can miscompile tl.trans of a dot result fed to another dot (fla #640)."""
     if SAFE_TRANS:
         o_r = tl.arange(0, BT)
+        p_scratch = scratch + i_prog.to(tl.int64) * BT * BT
         tl.debug_barrier()  # an earlier reader of the scratch tile must be done before it is overwritten
         tl.store(p_scratch + o_r[:, None] * BT + o_r[None, :], b_x)
         tl.debug_barrier()
@@ -493,8 +494,8 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     # output, intra-chunk part
     b_dsg = b_ds * b_gam
     b_dq += tl.dot(b_dsg, b_kn)
-    p_scr = scratch + (i_c * H + i_h).to(tl.int64) * BT * BT
-    b_dk = tl.dot(_trans_tile(b_dsg, p_scr, BT, SAFE_TRANS), b_q)
+    i_prog = i_c * H + i_h  # this program's scratch tile
+    b_dk = tl.dot(_trans_tile(b_dsg, scratch, i_prog, BT, SAFE_TRANS), b_q)
     b_p = b_dsg * tl.dot(b_q, tl.trans(b_kn))
     b_dG += tl.sum(b_p, 1) - tl.sum(b_p, 0)
     # state update S' = exp(G_L) S + (k exp(G_L - G))^T v'
@@ -519,7 +520,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     b_kk = tl.dot(b_kn, tl.trans(b_kn))
     b_db += tl.sum(b_dA * b_kk, 1)
     b_z = b_dA * b_b[:, None]
-    b_dk += tl.dot(b_z, b_kn) + tl.dot(_trans_tile(b_z, p_scr, BT, SAFE_TRANS), b_kn)
+    b_dk += tl.dot(b_z, b_kn) + tl.dot(_trans_tile(b_z, scratch, i_prog, BT, SAFE_TRANS), b_kn)
     b_za = b_z * b_kk  # dA * A
     b_dG += tl.sum(b_za, 1) - tl.sum(b_za, 0)
     b_dG += tl.where(o_t == i_last, b_dGl, 0.0)
