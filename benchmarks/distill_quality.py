@@ -45,7 +45,7 @@ GPU = dict(size=TeacherSize(vocab=4096, hidden=512, layers=8, heads=8, kv_heads=
            seq=512, batch=32, micro=32, init_steps=100, stage1=600, stage2=600, lr1=2e-3, lr2=3e-4,
            passkey_trials=20, eval_rows=64)
 TOY = dict(size=TeacherSize(vocab=1024, hidden=96, layers=4, heads=4, kv_heads=2, intermediate=256),
-           corpus_chars=600_000, teacher_seq=256, teacher_steps=120, teacher_batch=16, teacher_lr=3e-3,
+           corpus_chars=600_000, teacher_seq=256, teacher_steps=80, teacher_batch=16, teacher_lr=3e-3,
            seq=128, batch=8, micro=8, init_steps=15, stage1=25, stage2=15, lr1=3e-3, lr2=1e-3,
            passkey_trials=4, eval_rows=16)
 
@@ -107,7 +107,8 @@ def main():
     tok = build_tokenizer(train_texts[: max(200, len(train_texts) // 4)], P["size"].vocab)
     docs = lambda texts: (("stdlib", t) for t in texts)  # noqa: E731
     teacher_rows = pack_documents(docs(train_texts), tok, P["teacher_seq"], eval_fraction=0.0).train
-    train_rows = pack_documents(docs(train_texts), tok, P["seq"], eval_fraction=0.0).train
+    # the same token stream cut into shorter rows (teacher_seq is a multiple of seq): tokenise once
+    train_rows = teacher_rows.reshape(-1, P["seq"])
     held = pack_documents(docs(eval_texts), tok, P["seq"], eval_fraction=0.0).train[: P["eval_rows"]]
     print(f"corpus: {sum(map(len, train_texts)) / 1e6:.1f} M chars train ({train_rows.numel() / 1e6:.2f} M tokens), "
           f"{held.numel():,} held-out tokens; vocab {len(tok)}")

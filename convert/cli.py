@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; user errors become a one-line message and exit status 1."""
     try:
         app(args=argv, standalone_mode=False)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (ValueError, KeyError, OSError, RuntimeError) as err:  # OSError: missing files, Hub offline
         typer.echo(f"error: {err}", err=True)
         return 1
     except Exception as err:  # click's usage errors

@@ -34,7 +34,7 @@ def convert_checkpoint(source: str, out: str | Path, layer_map: str, jet: dict |
     out = Path(out)
     if out.exists() and not overwrite:  # fail before the (possibly long) load
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
-    src_model, tok = load_source(source, gguf_file)
+    src_model, tok = load_source(source, gguf_file, getattr(torch, dtype))
     lm = resolve_layer_map(layer_map, src_model.config.num_hidden_layers)
     if tok is not None:
         check_tokenizer_fits(tok, src_model.config.vocab_size, f"source model {source}")

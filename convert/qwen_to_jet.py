@@ -318,15 +318,23 @@ def convert_state_dict(sd: dict[str, torch.Tensor], src_cfg, jet_cfg, scheme: st
 
 def convert_model(src_model, layer_map: LayerMap, jet: dict | None = None, window: int | None = None,
                   scheme: str = "attention", seed: int = 0, conv_tap: float = 1.0, progress: bool = False):
-    """Build a JetNemotronForCausalLM (fp32, CPU, same device as the source) from a loaded Qwen model."""
+    """Build a JetNemotronForCausalLM on the CPU, in the source model's dtype, from a loaded Qwen model."""
     from transformers.initialization import no_init_weights
 
     from jet_nemotron import JetNemotronForCausalLM
 
     cfg = build_jet_config(src_model.config, layer_map, jet, window)
     sd = convert_state_dict(src_model.state_dict(), src_model.config, cfg, scheme, seed, conv_tap, progress)
-    with no_init_weights():  # every tensor is written below, so skip the random init of a large model
-        model = JetNemotronForCausalLM(cfg)
+    dtype = src_model.get_input_embeddings().weight.dtype
+    old_default = torch.get_default_dtype()
+    try:
+        # built directly in the source dtype (bf16 for a 3B source halves the peak memory); the JetBlock
+        # makes A_log / dt_bias fp32 itself. Every tensor is written below, so skip the random init.
+        torch.set_default_dtype(dtype)
+        with no_init_weights():
+            model = JetNemotronForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old_default)
     want = model.state_dict()
     missing = sorted(set(want) - set(sd))
     extra = sorted(set(sd) - set(want))
