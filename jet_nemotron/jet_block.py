@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_jet_nemotron import JetNemotronConfig
+from .fused_projections import fuse_linears, fused_linear
 from .ops import (
     chunk_gated_delta_rule,
     dynamic_conv,
@@ -91,7 +92,26 @@ class JetBlock(nn.Module):
         self.dynamic_conv1d = DynamicShortConvolution(hidden, d.value_dim, d.conv_size, d.generator_hidden)
         self.o_norm = JetGatedRMSNorm(d.head_v_dim, eps=d.norm_eps)
         self.o_proj = nn.Linear(d.value_dim, hidden, bias=False)
+        self.fused_sizes: list[int] | None = None
         self.reset_decay_parameters()
+
+    def fuse_projections(self) -> None:
+        """Read q/k/v/g/a/b and the generator's w1 as one matrix (inference; see `fused_projections.py`)."""
+        gen = self.dynamic_conv1d.kernel_generator
+        self.fused_sizes = fuse_linears(self, "in_proj_fused", [self.q_proj, self.k_proj, self.v_proj, self.g_proj,
+                                                                 self.a_proj, self.b_proj, gen.w1])
+
+    def _project(self, x: torch.Tensor):
+        """x [B, T, hidden] -> q, k [B, T, H*dk], v, gate [B, T, H*dv], a, b [B, T, H], kernels [B, T, C, K]."""
+        gen = self.dynamic_conv1d.kernel_generator
+        if self.fused_sizes is None:
+            q, k, v, gate, a, b = (lin(x) for lin in (self.q_proj, self.k_proj, self.v_proj, self.g_proj,
+                                                      self.a_proj, self.b_proj))
+            kernels = gen(x)
+        else:
+            q, k, v, gate, a, b, h = fused_linear(self, "in_proj_fused", x, self.fused_sizes)
+            kernels = gen.w2(gen.act(h)).unflatten(-1, (gen.channels, gen.kernel_size))
+        return q, k, v, gate, a, b, kernels
 
     @torch.no_grad()
     def reset_decay_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -119,18 +139,17 @@ class JetBlock(nn.Module):
         decoding = cache is not None and cache.has_previous_state(self.layer_idx)
         layer_cache = cache.layers[self.layer_idx] if cache is not None else None
 
-        q = F.silu(self.q_proj(x)).view(B, T, d.num_heads, d.head_k_dim)
-        k = F.silu(self.k_proj(x)).view(B, T, d.num_heads, d.head_k_dim)
-        v = self.v_proj(x)  # [B, T, C]
-        beta = self.b_proj(x).sigmoid()
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # [B, T, H]
+        q, k, v, gate, a, b, kernels = self._project(x)
+        q = F.silu(q).view(B, T, d.num_heads, d.head_k_dim)
+        k = F.silu(k).view(B, T, d.num_heads, d.head_k_dim)
+        beta = b.sigmoid()
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())  # [B, T, H]
         if attention_mask is not None:
             # padding must not reach the state: zero values, zero write strength and no decay
             m = attention_mask[:, -T:].to(x.device)
             v = v * m[..., None].to(v.dtype)
             beta = beta * m[..., None].to(beta.dtype)
             g = g * m[..., None].to(g.dtype)
-        kernels = self.dynamic_conv1d.kernel_generator(x)  # [B, T, C, K]
 
         if decoding and T == 1:
             v = dynamic_conv_step(v[:, 0], kernels[:, 0], layer_cache.conv_states[0], backend=backend)[:, None]
@@ -153,6 +172,5 @@ class JetBlock(nn.Module):
             if cache is not None:
                 cache.update_recurrent_state(final_state, self.layer_idx)
 
-        gate = self.g_proj(x).view(B, T, d.num_heads, d.head_v_dim)
-        o = self.o_norm(o, gate).reshape(B, T, d.value_dim)
+        o = self.o_norm(o, gate.view(B, T, d.num_heads, d.head_v_dim)).reshape(B, T, d.value_dim)
         return self.o_proj(o), None

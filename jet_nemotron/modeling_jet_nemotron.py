@@ -28,6 +28,7 @@ from transformers.utils.generic import maybe_autocast
 
 from .cache_jet_nemotron import JetNemotronCache
 from .configuration_jet_nemotron import JetNemotronConfig
+from .fused_projections import fuse_linears, fused_linear
 from .jet_block import DynamicConvKernelGenerator, JetBlock
 
 
@@ -129,16 +130,24 @@ class JetNemotronAttention(nn.Module):
             self.k_norm = JetNemotronRMSNorm(self.head_dim, eps=config.rms_norm_eps)
         is_sliding = config.layer_types[layer_idx] == "sliding_attention"
         self.sliding_window = config.sliding_window if is_sliding else None
+        self.fused_sizes: list[int] | None = None
+
+    def fuse_projections(self) -> None:
+        """Read q/k/v as one matrix (inference; see `fused_projections.py`)."""
+        self.fused_sizes = fuse_linears(self, "qkv_fused", [self.q_proj, self.k_proj, self.v_proj])
 
     def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         shape = (*input_shape, -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(shape)
-        k = self.k_proj(hidden_states).view(shape)
+        if self.fused_sizes is None:
+            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        else:
+            q, k, v = fused_linear(self, "qkv_fused", hidden_states, self.fused_sizes)
+        q, k = q.view(shape), k.view(shape)
         if self.config.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        v = v.view(shape).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
@@ -157,9 +166,18 @@ class JetNemotronMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.fused_sizes: list[int] | None = None
+
+    def fuse_projections(self) -> None:
+        """Read gate/up as one matrix (inference; see `fused_projections.py`)."""
+        self.fused_sizes = fuse_linears(self, "gate_up_fused", [self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_sizes is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = fused_linear(self, "gate_up_fused", x, self.fused_sizes)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class JetNemotronDecoderLayer(GradientCheckpointingLayer):
@@ -349,6 +367,22 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                         hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
+
+    def fuse_projections(self) -> "JetNemotronForCausalLM":
+        """Fuse the projections that read the same input (JetBlock inputs, attention q/k/v, MLP gate/up) into one
+        matrix product each, for decoding: same results, about half the kernel launches, no extra memory. Call it
+        after moving the model to its device and dtype; a fused model is for inference and cannot be saved."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "fuse_projections") and getattr(module, "fused_sizes", 0) is None:
+                module.fuse_projections()
+        self._projections_fused = True
+        return self
+
+    def save_pretrained(self, *args, **kwargs):
+        if getattr(self, "_projections_fused", False):
+            raise RuntimeError("this model's projections were fused for inference (fuse_projections); its weights "
+                               "share memory and cannot be saved: reload the checkpoint to save it")
+        return super().save_pretrained(*args, **kwargs)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):

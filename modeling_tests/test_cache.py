@@ -210,3 +210,21 @@ def test_compiled_static_decode_traces_as_one_graph_and_matches_eager():
         compiled = model.generate(prompt, cache_implementation="static", compile_config=config, **kw)
     assert hasattr(model, "_compiled_call"), "generate did not take the compiled path"
     assert torch.equal(compiled, eager)
+
+
+@torch.no_grad()
+def test_fused_projections_give_the_same_logits_and_no_extra_memory():
+    model = tiny_model()
+    ids = _ids(2, 70, seed=9)
+    ref = model(ids).logits
+    n_before = sum(p.numel() for p in model.parameters())
+    model.fuse_projections()
+    block = model.model.layers[0].self_attn
+    assert block.q_proj.weight.untyped_storage().data_ptr() == block.in_proj_fused.untyped_storage().data_ptr()
+    assert sum(p.numel() for p in model.parameters()) == n_before
+    torch.testing.assert_close(model(ids).logits, ref, atol=ATOL, rtol=RTOL)  # a larger GEMM rounds differently
+    kw = dict(max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    fused = model.generate(ids[:, :20], **kw)
+    assert torch.equal(fused, tiny_model().generate(ids[:, :20], **kw))
+    with pytest.raises(RuntimeError, match="fused"):
+        model.save_pretrained("/nonexistent")
