@@ -246,20 +246,22 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
     wrapper, opt = acc.prepare(wrapper, opt)
 
     history: list[dict] = []
-    start = 0
+    start, kl_before = 0, None
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     if resume and ckpt_dir is not None and _checkpoints(ckpt_dir):
         last = _checkpoints(ckpt_dir)[-1]
         acc.load_state(str(last))
         prog = json.loads((last / "progress.json").read_text())
         start, history = prog["step"], prog["history"]
+        kl_before = prog.get("eval_kl_before")
         acc.print(f"resumed from {last} at step {start}")
     summary: dict = {"config": {k: v for k, v in asdict(cfg).items() if k != "history"},
                      "trainable_params": n_train, "world_size": world}
-    if eval_rows is not None and acc.is_main_process:
-        summary["eval_kl_before"] = eval_kl(acc.unwrap_model(wrapper).student, teacher, eval_rows.to(acc.device),
-                                            cfg.eval_batch, cfg.kl_chunk)
+    if eval_rows is not None and acc.is_main_process and start == 0:
+        kl_before = eval_kl(acc.unwrap_model(wrapper).student, teacher, eval_rows.to(acc.device), cfg.eval_batch,
+                            cfg.kl_chunk)
         student.train()
+    summary["eval_kl_before"] = kl_before  # kept in progress.json, so a resumed run reports the true start
 
     L = train_rows.shape[1]
     teacher_head = teacher.lm_head.weight
@@ -297,12 +299,15 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
             bar.write(f"step {step + 1}/{cfg.steps} loss {rec['loss']:.4f} kl {rec['kl']:.4f} nats/token "
                       f"mse {rec['mse']:.4f} lr {rec['lr']:.2e} {dt * 1000:.0f} ms {rec['tok_per_s']:.0f} tok/s")
         if ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints)
+            save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before)
         if cfg.stop_after is not None and step + 1 >= cfg.stop_after:
             bar.close()
             acc.wait_for_everyone()
             return {"stopped_at": step + 1, "history": history}
     bar.close()
+    if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
+        # the finished stage is a checkpoint too, so a resumed run skips it instead of redoing its tail
+        save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before)
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(wrapper).student
     if cfg.gradient_checkpointing:
@@ -316,7 +321,7 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
     return summary
 
 
-def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int) -> Path:
+def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, eval_kl_before=None) -> Path:
     """accelerate state + progress.json into step_{step}, written under a temporary name then renamed."""
     final = ckpt_dir / f"step_{step}"
     tmp = ckpt_dir / f".tmp_step_{step}"
@@ -326,7 +331,8 @@ def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int) ->
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
     if acc.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history}))
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history,
+                                                       "eval_kl_before": eval_kl_before}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in _checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:

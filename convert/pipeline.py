@@ -95,8 +95,9 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         result["ppl_student"] = perplexity(student_model, packed.eval, 8, dev)
         result["kl_before"] = summaries[0].get("eval_kl_before")
         result["kl_after"] = summaries[-1].get("eval_kl_after")
+        kl = " -> ".join("?" if v is None else f"{v:.4f}" for v in (result["kl_before"], result["kl_after"]))
         acc.print(f"held-out perplexity: teacher {result['ppl_teacher']:.3f}, student {result['ppl_student']:.3f}; "
-                  f"KL {result['kl_before']:.4f} -> {result['kl_after']:.4f} nats/token")
+                  f"KL {kl} nats/token")
         history = [dict(h, step=h["step"] + sum(x["steps"] for x in summaries[:k]))
                    for k, s in enumerate(summaries) for h in s["history"]]
         card = render_card(student_model.config, teacher_model.config, teacher, out.name, "config", result)

@@ -145,3 +145,38 @@ def test_push_dry_run_lists_exact_files(tmp_path, qwen_dir, capsys):
     text = capsys.readouterr().out
     assert "model.safetensors" in text and "config.json" in text and ".cache" not in text
     assert "would upload" in text
+
+
+def test_cli_distill_end_to_end_with_resume(tmp_path):
+    """convert -> distill (both stages, checkpoints) -> a folder that reloads; a second run resumes."""
+    import json as _json
+
+    from transformers import AutoModelForCausalLM
+
+    from convert.tiny_teacher import build_tokenizer
+
+    text = "def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 1\n" * 60
+    tok = build_tokenizer([text], vocab_size=300)
+    qwen_dir = tmp_path / "qwen"
+    tiny_qwen("qwen2", vocab=len(tok)).save_pretrained(qwen_dir)
+    tok.save_pretrained(qwen_dir)
+    (tmp_path / "data.jsonl").write_text("\n".join(_json.dumps({"text": text[i:i + 300]})
+                                                   for i in range(0, len(text), 300)))
+    conv = tmp_path / "jet"
+    assert main(["convert", str(qwen_dir), str(conv), "--layer-map", "jet,attn,swa,jet", "--window", "8"]) == 0
+    out = tmp_path / "distilled"
+    args = ["distill", str(out), "--teacher", str(qwen_dir), "--student", str(conv), "--data",
+            str(tmp_path / "data.jsonl"), "--seq-len", "32", "--stage1-steps", "4", "--stage2-steps", "2",
+            "--batch-size", "4", "--micro-batch", "2", "--warmup", "1", "--save-every", "2"]
+    assert main(args) == 0
+    for name in ("README.md", "loss_curve.png", "distillation.json", "config.json", "tokenizer.json"):
+        assert (out / name).exists(), name
+    report = _json.loads((out / "distillation.json").read_text())
+    assert report["kl_after"] < report["kl_before"]
+    assert "| this model |" in (out / "README.md").read_text()
+    assert (tmp_path / "distilled.ckpt" / "stage1" / "step_2" / "progress.json").exists()
+    AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert (tmp_path / "distilled.ckpt" / "stage2" / "step_2" / "progress.json").exists()  # finished stage
+    assert main(args + ["--resume", "--overwrite"]) == 0  # both stages are complete: nothing is retrained
+    again = _json.loads((out / "distillation.json").read_text())
+    assert again["ppl_student"] == report["ppl_student"]
