@@ -290,7 +290,7 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
         opt.zero_grad(set_to_none=True)
         loss_sum = acc.reduce(loss_sum, reduction="mean")
         dt = time.perf_counter() - t0
-        rec = {"step": step + 1, "loss": loss_sum[0].item(), "kl": loss_sum[1].item(), "mse": loss_sum[2].item(),
+        rec = {"stage": cfg.stage, "step": step + 1, "loss": loss_sum[0].item(), "kl": loss_sum[1].item(), "mse": loss_sum[2].item(),
                "lr": lr_at(step, cfg), "tok_per_s": cfg.batch_size * L / dt}
         history.append(rec)
         bar.update(1)
@@ -351,9 +351,13 @@ def plot_history(history: list[dict], path: str | Path, title: str = "distillati
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [h["step"] for h in history]
     for key in ("loss", "kl", "mse"):
-        vals = [h[key] for h in history]
-        if any(v > 0 for v in vals):
+        vals = [h[key] if h[key] > 0 else float("nan") for h in history]  # a term a stage does not use: gap
+        if any(v == v for v in vals):
             ax.plot(steps, vals, label=key)
+    for a, b in zip(history, history[1:]):
+        if a.get("stage") != b.get("stage"):
+            ax.axvline(a["step"] + 0.5, color="grey", ls="--", lw=1)
+            ax.text(a["step"] + 1, ax.get_ylim()[1], f" stage {b.get('stage')}", va="top", fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("nats/token (kl), relative (mse)")
