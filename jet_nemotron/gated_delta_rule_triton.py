@@ -29,6 +29,7 @@ import torch
 try:  # transformers' remote-code checker skips imports inside try blocks; ops.py catches the ImportError
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 except ImportError as err:  # pragma: no cover - exercised only on machines without Triton
     raise ImportError(f"jet_nemotron's Triton kernels need triton: {err}") from err
 
@@ -161,7 +162,7 @@ def _a_block(b_ki, b_bi, b_Gi, b_kj, b_Gj, DIAG: tl.constexpr, BC: tl.constexpr)
     return b_a
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])
 def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
                     H, K: tl.constexpr, BK: tl.constexpr,
                     USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
@@ -234,7 +235,7 @@ def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets,
     tl.store(p3 + 48, b_D3.to(DT), mask=m_t3[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])
 def _wu_kernel(k, v, beta, G, Ai, w, u, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
                H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
@@ -262,7 +263,7 @@ def _wu_kernel(k, v, beta, G, Ai, w, u, cu_seqlens, chunk_indices, chunk_offsets
         tl.store(u + row[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_v)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _fwd_h_kernel(k, w, u, G, h, v_new, h0, ht, cu_seqlens, chunk_offsets, T,
                   H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, USE_L2: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
@@ -300,7 +301,7 @@ def _fwd_h_kernel(k, w, u, G, h, v_new, h0, ht, cu_seqlens, chunk_offsets, T,
         tl.store(ht + p_state, b_h, mask=m_kv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])
 def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                   H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
@@ -336,7 +337,7 @@ def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets
 # backward kernels
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])
 def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                          H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
@@ -364,7 +365,7 @@ def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offse
     tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chunk_offsets, scale, T,
                    H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, USE_L2: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
@@ -423,7 +424,7 @@ def _trans_tile(b_x, scratch, i_prog, BT: tl.constexpr, SAFE_TRANS: tl.constexpr
     return b_xt
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])
 def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg, scratch,
                       cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                       H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -541,7 +542,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
 # recurrent forward and decode step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _recurrent_kernel(q, k, v, g, beta, o, h0, ht, cu_seqlens, scale, T,
                       H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       USE_L2: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
@@ -584,6 +585,15 @@ def _recurrent_kernel(q, k, v, g, beta, o, h0, ht, cu_seqlens, scale, T,
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+def _launch_pipelined(kernel, grid, *args, **kwargs):
+    """Launch with 2 software-pipeline stages, or 1 where the stages' shared-memory buffers do not fit
+    (BK = 128 tiles of q, k and w in the state loops need more than a Hopper SM's 227 KB at 3 stages)."""
+    try:
+        kernel[grid](*args, num_stages=2, **kwargs)
+    except OutOfResources:
+        kernel[grid](*args, num_stages=1, **kwargs)
 
 
 class _Meta:
@@ -665,10 +675,9 @@ def _state_pass(k, w, u, G, h0, want_ht, meta, use_l2):
     v_new = torch.empty_like(u)
     ht = torch.empty(meta.N, H, K, V, device=k.device, dtype=torch.float32) if want_ht else None
     BV = 32  # the sequential pass has only N*H*V/BV programs: small slices keep more SMs busy
-    _fwd_h_kernel[(triton.cdiv(V, BV), meta.N * H)](k, w, u, G, h, v_new, h0, ht, meta.cu, meta.chunk_offsets, T,
-                                                   H=H, K=K, V=V, BT=BT, BK=_pow2(K), BV=BV, USE_L2=use_l2,
-                                                   HAS_H0=h0 is not None, STORE_HT=want_ht,
-                                                   IS_VARLEN=meta.varlen, num_warps=4)
+    _launch_pipelined(_fwd_h_kernel, (triton.cdiv(V, BV), meta.N * H), k, w, u, G, h, v_new, h0, ht, meta.cu,
+                      meta.chunk_offsets, T, H=H, K=K, V=V, BT=BT, BK=_pow2(K), BV=BV, USE_L2=use_l2,
+                      HAS_H0=h0 is not None, STORE_HT=want_ht, IS_VARLEN=meta.varlen, num_warps=4)
     return h, v_new, ht
 
 
@@ -694,19 +703,17 @@ def _chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: _Meta, use_l2, G=None
     dv2 = torch.empty_like(v)
     dh0 = torch.empty(meta.N, H, K, V, device=q.device, dtype=torch.float32) if h0 is not None else None
     BVs = 32
-    _bwd_dh_kernel[(triton.cdiv(V, BVs), meta.N * H)](q, k, w, G, do, dv_local, dv2, dh,
-                                                     None if dht is None else dht.contiguous(), dh0,
-                                                     meta.cu, meta.chunk_offsets, scale, T, H=H, K=K, V=V,
-                                                     BT=BT, BK=BK, BV=BVs, USE_L2=use_l2, HAS_DHT=dht is not None,
-                                                     STORE_DH0=h0 is not None, IS_VARLEN=meta.varlen,
-                                                     num_warps=4)
+    _launch_pipelined(_bwd_dh_kernel, (triton.cdiv(V, BVs), meta.N * H), q, k, w, G, do, dv_local, dv2, dh,
+                      None if dht is None else dht.contiguous(), dh0, meta.cu, meta.chunk_offsets, scale, T,
+                      H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, USE_L2=use_l2, HAS_DHT=dht is not None,
+                      STORE_DH0=h0 is not None, IS_VARLEN=meta.varlen, num_warps=4)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     dg = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
     scratch = torch.empty(NC * H, BT, BT, device=q.device, dtype=torch.float32) if SAFE_TRANS else None
-    _bwd_chunk_kernel[(NC, H)](q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg, scratch,
-                               *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=64,
-                               USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=SAFE_TRANS, num_warps=8)
+    _launch_pipelined(_bwd_chunk_kernel, (NC, H), q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta,
+                      dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=64,
+                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=SAFE_TRANS, num_warps=8)
     return dq, dk, dv, dg, dbeta, dh0
 
 
