@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM, StaticCache  # noqa: E402
 
-from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM  # noqa: E402
+from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM, cache_nbytes_estimate  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,36 +87,12 @@ def weight_bytes(model) -> int:
 
 
 def step_bytes(model, batch: int, ctx: int) -> int:
-    """Fewest bytes one decode step must move: the weights once, every needed key/value once, and JetBlock
-    states read and written."""
-    c = model.config
-    elt = 2
-    kv_token = 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * elt
-    total = weight_bytes(model)
-    for kind in getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers:
-        if kind == "full_attention":
-            total += batch * kv_token * ctx
-        elif kind == "sliding_attention":
-            total += batch * kv_token * min(ctx, c.sliding_window)
-        else:
-            d = c.jet_dims()
-            total += batch * (2 * d.num_heads * d.head_k_dim * d.head_v_dim * 4 + 2 * d.value_dim * d.conv_size * elt)
-    return total
-
-
-def cache_bytes_per_sequence(model, ctx: int) -> int:
-    c = model.config
-    kv_token = 2 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
-    total = 0
-    for kind in getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers:
-        if kind == "full_attention":
-            total += kv_token * ctx
-        elif kind == "sliding_attention":
-            total += kv_token * min(ctx, c.sliding_window)
-        else:
-            d = c.jet_dims()
-            total += d.num_heads * d.head_k_dim * d.head_v_dim * 4 + d.value_dim * d.conv_size * 2
-    return total
+    """Fewest bytes one decode step must move: the weights once, then every cached byte it needs read once and the
+    JetBlock states (fixed-size) written back: weights + cache * batch + JetBlock state * batch."""
+    jet_state = 0
+    if model.config.model_type == "jet_nemotron":
+        jet_state = cache_nbytes_estimate(model.config, 0)  # at context 0 only the fixed-size JetBlock state is left
+    return weight_bytes(model) + batch * (cache_nbytes_estimate(model.config, ctx) + jet_state)
 
 
 def timed(fn, device) -> float:
@@ -179,7 +155,7 @@ def fits(model, batch: int, ctx: int, device, headroom: float) -> bool:
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info()
-    need = batch * (cache_bytes_per_sequence(model, ctx + 64) + ctx * 16 + model.config.vocab_size * 12)
+    need = batch * (cache_nbytes_estimate(model.config, ctx + 64) + ctx * 16 + model.config.vocab_size * 12)
     return need < free * headroom
 
 
@@ -233,7 +209,7 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
         print(f"{tag}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, "
               f"{weight_bytes(model) / 1e9:.2f} GB", flush=True)
         for ctx in contexts:
-            row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_bytes_per_sequence(model, ctx) / 1e6}
+            row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
             row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
             row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3
             for mode, batch in (("batch1", 1), ("max_batch", largest_batch(model, ctx, device, max_batch))):

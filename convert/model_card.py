@@ -1,37 +1,19 @@
 """Model card (README.md) of a converted model, rendered from `model_cards/jet_nemotron.md.jinja`.
 
-Cache sizes are computed from the config, per sequence, with a `kv_bytes` KV dtype (2 = bf16) and the
-fp32 JetBlock recurrent state:
-    full attention  2 (K and V) * n_kv * head_dim * kv_bytes * context
-    sliding window  2 * n_kv * head_dim * kv_bytes * min(context, window)
-    JetBlock        H * dk * dv * 4 (state)  +  H * dv * conv_size * kv_bytes (last raw conv inputs)
+Cache sizes per sequence come from `jet_nemotron.cache_nbytes_estimate` (bf16 KV, fp32 JetBlock state).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from jet_nemotron.cache_jet_nemotron import cache_nbytes_estimate
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "jet_nemotron.md.jinja"
 
 
-def cache_bytes(config, context: int, kv_bytes: int = 2) -> int:
-    """Bytes of cache one sequence of `context` tokens holds; works for Jet-Nemotron and Qwen configs."""
-    n_kv = config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_token = 2 * n_kv * head_dim * kv_bytes
-    types = getattr(config, "layer_types", None) if config.model_type == "jet_nemotron" else None
-    if types is None:
-        return config.num_hidden_layers * per_token * context
-    total = 0
-    for t in types:
-        if t == "full_attention":
-            total += per_token * context
-        elif t == "sliding_attention":
-            total += per_token * min(context, config.sliding_window)
-        else:
-            d = config.jet_dims()
-            total += d.num_heads * d.head_k_dim * d.head_v_dim * 4 + d.value_dim * d.conv_size * kv_bytes
-    return total
+# one formula for the whole project: jet_nemotron.cache_nbytes_estimate (documented there)
+cache_bytes = cache_nbytes_estimate
 
 
 def cache_table(jet_config, base_config, contexts=(4096, 65536), kv_bytes: int = 2) -> dict:

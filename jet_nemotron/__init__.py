@@ -2,7 +2,12 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache, cache_nbytes_per_layer_type
+from .cache_jet_nemotron import (
+    JetNemotronCache,
+    JetNemotronStaticCache,
+    cache_nbytes_estimate,
+    cache_nbytes_per_layer_type,
+)
 from .configuration_jet_nemotron import JetNemotronConfig
 from .modeling_jet_nemotron import JetNemotronForCausalLM, JetNemotronModel, JetNemotronPreTrainedModel
 
@@ -23,4 +28,5 @@ __all__ = [
     "JetNemotronCache",
     "JetNemotronStaticCache",
     "cache_nbytes_per_layer_type",
+    "cache_nbytes_estimate",
 ]

@@ -31,6 +31,29 @@ def cache_nbytes_per_layer_type(cache: Cache, layer_types: list[str]) -> dict[st
     return out
 
 
+def cache_nbytes_estimate(config, context: int, kv_bytes: int = 2) -> int:
+    """Bytes of cache one sequence of `context` tokens holds, from the config alone; for Jet-Nemotron configs and
+    for plain Qwen2 / Qwen3 ones (every layer full attention). `kv_bytes` is the KV dtype's size (2 = bf16):
+        full attention  2 (K and V) * n_kv * head_dim * kv_bytes * context
+        sliding window  2 * n_kv * head_dim * kv_bytes * min(context, window)
+        JetBlock        H * dk * dv * 4 (fp32 state)  +  H * dv * conv_size * kv_bytes (last raw conv inputs)
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_key_value_heads * head_dim * kv_bytes
+    if config.model_type != "jet_nemotron":
+        return config.num_hidden_layers * per_token * context
+    total = 0
+    for kind in config.layer_types:
+        if kind == "full_attention":
+            total += per_token * context
+        elif kind == "sliding_attention":
+            total += per_token * min(context, config.sliding_window)
+        else:
+            d = config.jet_dims()
+            total += d.num_heads * d.head_k_dim * d.head_v_dim * 4 + d.value_dim * d.conv_size * kv_bytes
+    return total
+
+
 class JetNemotronCache(DynamicCache):
     """Dynamic hybrid cache for Jet-Nemotron (the default of `generate`)."""
 
