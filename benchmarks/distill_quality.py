@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.data import pack_documents  # noqa: E402
 from convert.distill import DistillConfig, distill, eval_kl, perplexity, plot_history  # noqa: E402
+from convert.evaluation import passkey_accuracy  # noqa: E402
 from convert.layer_map import parse_spec  # noqa: E402
 from convert.model_card import cache_bytes  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
@@ -48,31 +49,6 @@ TOY = dict(size=TeacherSize(vocab=1024, hidden=96, layers=4, heads=4, kv_heads=2
            corpus_chars=600_000, teacher_seq=256, teacher_steps=80, teacher_batch=16, teacher_lr=3e-3,
            seq=128, batch=8, micro=8, init_steps=15, stage1=25, stage2=15, lr1=3e-3, lr2=1e-3,
            passkey_trials=4, eval_rows=16)
-
-
-def passkey_accuracy(model, tok, filler_ids: list[int], context: int, trials: int, device, seed: int = 0) -> float:
-    """Fraction of trials where greedy decoding reproduces a 5-digit key planted at a random depth.
-
-    The prompt is stdlib code (the models' domain) of about `context` tokens with `PASSKEY = <key>` inserted
-    and `assert PASSKEY == ` at the end; the answer must start with the key.
-    """
-    rng = random.Random(seed)
-    model.eval()
-    hits = 0
-    tail = tok("\nassert PASSKEY == ", add_special_tokens=False)["input_ids"]
-    for t in range(trials):
-        key = str(rng.randint(10000, 99999))
-        needle = tok(f"\nPASSKEY = {key}\n", add_special_tokens=False)["input_ids"]
-        n_fill = context - len(needle) - len(tail)
-        start = rng.randint(0, max(0, len(filler_ids) - n_fill - 1))
-        fill = filler_ids[start:start + n_fill]
-        depth = rng.randint(0, len(fill))
-        ids = torch.tensor([fill[:depth] + needle + fill[depth:] + tail], device=device)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                 do_sample=False, pad_token_id=tok.eos_token_id)
-        hits += tok.decode(out[0, ids.shape[1]:]).strip().startswith(key)
-    return hits / trials
 
 
 def main():
