@@ -151,19 +151,14 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
     return batch * (n2 - n1) / (times[n2] - times[n1])
 
 
-def fits(model, batch: int, ctx: int, device, headroom: float) -> bool:
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info()
-    need = batch * (cache_nbytes_estimate(model.config, ctx + 64) + ctx * 16 + model.config.vocab_size * 12)
-    return need < free * headroom
-
-
 def largest_batch(model, ctx: int, device, cap: int, headroom: float = 0.8) -> int:
-    b = 1
-    while b * 2 <= cap and fits(model, b * 2, ctx, device, headroom):
-        b *= 2
-    return b
+    """The most sequences whose static cache (plus generate's ids, mask and logits) fits in `headroom` of the free
+    memory; the same rule for both models."""
+    if device.type != "cuda":
+        return cap
+    free, _ = torch.cuda.mem_get_info()
+    per_seq = cache_nbytes_estimate(model.config, ctx + 64) + ctx * 16 + model.config.vocab_size * 12
+    return max(1, min(cap, int(free * headroom // per_seq)))
 
 
 def plot(results: dict, path: Path) -> None:
