@@ -28,6 +28,15 @@ from .ops import (
 )
 
 
+def decay_init(num_heads: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-style start for the decay: A in [1, 16], dt log-uniform in [1e-3, 1e-1]; returns (A_log,
+    dt_bias = softplus^-1(dt)), fp32 [H] each."""
+    A = torch.empty(num_heads, device=device, dtype=torch.float32).uniform_(1, 16)
+    u = torch.rand(num_heads, device=device, dtype=torch.float32)
+    dt = torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+    return A.log(), dt + torch.log(-torch.expm1(-dt))
+
+
 class DynamicConvKernelGenerator(nn.Module):
     """Makes one depthwise kernel per token and channel from the layer input.
 
@@ -114,14 +123,10 @@ class JetBlock(nn.Module):
         return q, k, v, gate, a, b, kernels
 
     @torch.no_grad()
-    def reset_decay_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Mamba-style start: A in [1, 16], dt log-uniform in [1e-3, 1e-1] (dt_bias = softplus^-1(dt))."""
-        H = self.dims.num_heads
-        A = torch.empty(H).uniform_(1, 16, generator=generator)
-        dt = torch.exp(torch.rand(H, generator=generator) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        dt = dt.clamp(min=1e-4)
-        self.A_log.copy_(A.log())
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+    def reset_decay_parameters(self) -> None:
+        A_log, dt_bias = decay_init(self.dims.num_heads, self.A_log.device)
+        self.A_log.copy_(A_log)
+        self.dt_bias.copy_(dt_bias)
 
     def forward(
         self,

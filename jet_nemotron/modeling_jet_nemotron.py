@@ -29,7 +29,7 @@ from transformers.utils.generic import maybe_autocast
 from .cache_jet_nemotron import JetNemotronCache
 from .configuration_jet_nemotron import JetNemotronConfig
 from .fused_projections import fuse_linears, fused_linear
-from .jet_block import DynamicConvKernelGenerator, JetBlock
+from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
 
 
 class JetNemotronRMSNorm(nn.Module):
@@ -226,15 +226,13 @@ class JetNemotronPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, JetBlock):
-            A = torch.empty_like(module.A_log, device="cpu").uniform_(1, 16)
-            init.copy_(module.A_log, A.log())
-            dt = torch.exp(torch.rand_like(module.dt_bias, device="cpu") * (torch.log(torch.tensor(0.1)) -
-                           torch.log(torch.tensor(1e-3))) + torch.log(torch.tensor(1e-3))).clamp(min=1e-4)
-            init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+            A_log, dt_bias = decay_init(module.dims.num_heads, module.A_log.device)
+            init.copy_(module.A_log, A_log)
+            init.copy_(module.dt_bias, dt_bias)
         elif isinstance(module, DynamicConvKernelGenerator):
             # start near a static identity convolution (weight 1 on the current token) with a small dynamic part,
             # so the generator gets gradients from the first step
-            bias = torch.zeros(module.channels, module.kernel_size)
+            bias = torch.zeros(module.channels, module.kernel_size, device=module.w2.bias.device)
             bias[:, -1] = 1.0
             init.copy_(module.w2.bias, bias.flatten())
         elif isinstance(module, (JetNemotronRMSNorm,)) or type(module).__name__ == "JetGatedRMSNorm":

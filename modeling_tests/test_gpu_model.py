@@ -1,9 +1,9 @@
 """GPU-only model checks (skipped without CUDA): the Triton path against the PyTorch reference path inside the
 whole model, and the static-cache compiled (CUDA-graph) decode path against eager generation.
 
-Bounds: fp32 logits atol 2e-3 (Triton's tl.dot runs fp32 inputs as TF32 on Hopper: ~3e-4 relative per matmul,
-summed over layers); bf16 logits compared by relative RMS error < 2e-2 (bf16 rounding of activations between two
-differently-ordered computations; a wrong kernel gives O(1)).
+Bounds are on ||a - b|| / ||b|| of the logits: fp32 < 1e-2 (the kernels' fp32 dots run as TF32 on Hopper, which the
+kernel tests bound at 5e-3 per op; four layers of a deliberately large-weight model chain them); bf16 < 2e-2 (bf16
+rounding of activations between two differently ordered computations). A wrong kernel gives O(1).
 """
 
 import pytest
@@ -29,7 +29,7 @@ def test_triton_path_matches_reference_path_fp32(T):
     ids = torch.randint(3, 128, (2, T), device="cuda")
     ref = _model("reference", torch.float32)(ids).logits
     tri = _model("triton", torch.float32)(ids).logits
-    torch.testing.assert_close(tri, ref, atol=2e-3, rtol=2e-3)
+    assert _rel(tri, ref) < 1e-2
 
 
 @torch.no_grad()
