@@ -109,7 +109,7 @@ def run_chunk(results, Ts, bw, peak):
                 flops, nbytes = gdr_cost(T, H, K, V, mode != "fwd")
                 floor_ms = max(flops / peak, nbytes / bw) * 1e3
                 for name, f in impls.items():
-                    if name == "reference" and T > (16384 if mode == "fwd" else 4096):
+                    if name == "reference" and T > (4096 if mode == "fwd" else 1024):
                         continue  # the PyTorch loop over chunks: slow and memory hungry beyond this
                     rec = dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name)
                     try:
@@ -161,6 +161,36 @@ def run_step(results, batches, bw, peak):
             try:
                 with torch.no_grad():
                     ms = bench(f)
+                rec.update(ms=ms, roofline=floor_ms / ms)
+            except Exception as err:  # noqa: BLE001
+                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            results.append(rec)
+            print(rec, flush=True)
+
+
+def step_variants(results, bw, peak):
+    """The decode kernel at B=256 with other state-slice widths and warp counts (for tuning notes)."""
+    from jet_nemotron import gated_delta_rule_triton as m
+
+    H, K, V = SHAPES["2B"]
+    B = 256
+    q, k = (F.silu(torch.randn(B, H, K, device="cuda")).bfloat16() for _ in range(2))
+    v = torch.randn(B, H, V, device="cuda").bfloat16()
+    g = F.logsigmoid(torch.randn(B, H, device="cuda"))
+    beta = torch.rand(B, H, device="cuda").bfloat16()
+    state = torch.randn(B, H, K, V, device="cuda") * 0.1
+    o = torch.empty_like(v)
+    flops, nbytes = step_cost(B, H, K, V)
+    floor_ms = max(flops / peak, nbytes / bw) * 1e3
+    for BV in (8, 16, 32, 64):
+        for nw in (1, 2, 4, 8):
+            def fn(BV=BV, nw=nw):
+                m._recurrent_kernel[(V // BV, B * H)](q, k, v, g, beta, o, state, state, None, K ** -0.5, 1, H=H,
+                                                      K=K, V=V, BK=128, BV=BV, USE_L2=True, HAS_H0=True,
+                                                      STORE_HT=True, IS_VARLEN=False, num_warps=nw)
+            rec = dict(op="step_variant", B=B, BV=BV, num_warps=nw, mode="fwd", impl="ours-variant")
+            try:
+                ms = bench(fn)
                 rec.update(ms=ms, roofline=floor_ms / ms)
             except Exception as err:  # noqa: BLE001
                 rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
@@ -343,7 +373,8 @@ def main():
         pass
     path = out / "kernels.json"
     for part in (lambda: accuracy(results), lambda: run_step(results, [1, 16, 64, 256], bw, peak),
-                 lambda: run_conv(results, [4096, 16384], bw), lambda: run_chunk(results, Ts, bw, peak)):
+                 lambda: step_variants(results, bw, peak), lambda: run_chunk(results, Ts, bw, peak),
+                 lambda: run_conv(results, [4096, 16384], bw)):
         try:
             part()
         except Exception:  # noqa: BLE001 - keep what was measured

@@ -429,7 +429,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
                       cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                       H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr,
-                      SAFE_TRANS: tl.constexpr):
+                      SAFE_TRANS: tl.constexpr, DOT_BF16: tl.constexpr):
     """All per-chunk gradients once dh and dv' are known: dq, dk, dv, dbeta, dg (see the module docstring).
 
     S = h[chunk] (state in), dS = dh[chunk] (gradient of the state out), q~ = scale * q:
@@ -493,11 +493,18 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     b_dq = b_dq * b_eG[:, None]
     b_dG = tl.sum(b_dq * b_q, 1)
     # output, intra-chunk part
+    # Dot operands in the inputs' dtype, and few distinct ones: on Hopper each operand is staged in shared
+    # memory, and fp32 [BT, BK] operands here overflowed the 227 KB of an SM. For fp32 inputs with BK = 128
+    # even that does not fit, so these in-chunk products take bf16 operands (DOT_BF16; fp32 accumulation).
+    if DOT_BF16:
+        DT = tl.bfloat16
+        b_ait = b_ait.to(DT)
+    b_kd = b_kn.to(DT)
     b_dsg = b_ds * b_gam
-    b_dq += tl.dot(b_dsg, b_kn)
+    b_dq += tl.dot(b_dsg.to(DT), b_kd)
     i_prog = i_c * H + i_h  # this program's scratch tile
-    b_dk = tl.dot(_trans_tile(b_dsg, scratch, i_prog, BT, SAFE_TRANS), b_q)
-    b_p = b_dsg * tl.dot(b_q, tl.trans(b_kn))
+    b_dk = tl.dot(_trans_tile(b_dsg, scratch, i_prog, BT, SAFE_TRANS).to(DT), b_q.to(DT))
+    b_p = b_dsg * tl.dot(b_q.to(DT), tl.trans(b_kd))
     b_dG += tl.sum(b_p, 1) - tl.sum(b_p, 0)
     # state update S' = exp(G_L) S + (k exp(G_L - G))^T v'
     b_dks = tl.where(m_t[:, None], b_dks * tl.exp(b_Gl - b_G)[:, None], 0.0)
@@ -508,20 +515,19 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     # WY form: w = Ai (beta exp(G) k), u = Ai (beta v), Ai = (I + A)^-1
     b_dw = -b_dw
     b_bg = b_b * b_eG
-    b_dT += tl.dot(b_dw, tl.trans(b_kn * b_bg[:, None]))
-    b_dkb = tl.dot(b_ait.to(tl.float32), b_dw)  # gradient of beta exp(G) k
+    b_dT += tl.dot(b_dw.to(DT), tl.trans((b_kn * b_bg[:, None]).to(DT)))
+    b_dkb = tl.dot(b_ait, b_dw.to(DT))  # gradient of beta exp(G) k
     b_dk += b_dkb * b_bg[:, None]
     b_tmp = tl.sum(b_dkb * b_kn, 1)
     b_db += b_tmp * b_eG
     b_dG += b_tmp * b_bg
     m_strict = o_t[:, None] > o_t[None, :]
-    b_ait32 = b_ait.to(tl.float32)
-    b_dA = -tl.dot(tl.dot(b_ait32, b_dT), b_ait32)
+    b_dA = -tl.dot(tl.dot(b_ait, b_dT.to(DT)).to(DT), b_ait)
     b_dA = tl.where(m_strict, b_dA * b_gam, 0.0)  # dA * Gamma, strictly lower
-    b_kk = tl.dot(b_kn, tl.trans(b_kn))
+    b_kk = tl.dot(b_kd, tl.trans(b_kd))
     b_db += tl.sum(b_dA * b_kk, 1)
     b_z = b_dA * b_b[:, None]
-    b_dk += tl.dot(b_z, b_kn) + tl.dot(_trans_tile(b_z, scratch, i_prog, BT, SAFE_TRANS), b_kn)
+    b_dk += tl.dot((b_z + _trans_tile(b_z, scratch, i_prog, BT, SAFE_TRANS)).to(DT), b_kd)
     b_za = b_z * b_kk  # dA * A
     b_dG += tl.sum(b_za, 1) - tl.sum(b_za, 0)
     b_dG += tl.where(o_t == i_last, b_dGl, 0.0)
@@ -712,8 +718,10 @@ def _chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: _Meta, use_l2, G=None
     dg = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
     scratch = torch.empty(NC * H, BT, BT, device=q.device, dtype=torch.float32) if SAFE_TRANS else None
     _launch_pipelined(_bwd_chunk_kernel, (NC, H), q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta,
-                      dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=64,
-                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=SAFE_TRANS, num_warps=8)
+                      dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK,
+                      BV=32 if q.dtype == torch.float32 else 64,  # fp32 tiles: half the columns fit
+                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=SAFE_TRANS,
+                      DOT_BF16=q.dtype == torch.float32 and BK > 64 and q.is_cuda, num_warps=8)
     return dq, dk, dv, dg, dbeta, dh0
 
 
