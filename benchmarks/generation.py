@@ -157,7 +157,11 @@ def largest_batch(model, ctx: int, device, cap: int, headroom: float = 0.8) -> i
     if device.type != "cuda":
         return cap
     free, _ = torch.cuda.mem_get_info()
-    per_seq = cache_nbytes_estimate(model.config, ctx + 64) + ctx * 16 + model.config.vocab_size * 12
+    c = model.config
+    per_seq = cache_nbytes_estimate(c, ctx + 64) + ctx * 16 + c.vocab_size * 12
+    if c.model_type != "jet_nemotron":
+        # transformers' sdpa path repeats one layer's K and V per query head when a mask is present (static cache)
+        per_seq += 2 * c.num_attention_heads * (ctx + 64) * (c.hidden_size // c.num_attention_heads) * 2
     return max(1, min(cap, int(free * headroom // per_seq)))
 
 

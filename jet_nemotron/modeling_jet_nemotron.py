@@ -108,6 +108,23 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return out, probs
 
 
+def grouped_decode_attention(module, query, key, value, attention_mask, scaling, **kwargs):
+    """One query token per sequence against a cache, with the query heads of each KV head batched together, so
+    keys and values are read once and never copied per query head (transformers' sdpa path repeats them: with a
+    mask it cannot use GQA natively, which costs memory and bandwidth proportional to the whole cache).
+    query [B, Hq, 1, D], key/value [B, Hkv, L, D], mask [B, 1, 1, L] (bool: True = attend, or additive).
+    Returns [B, 1, Hq, D]."""
+    B, Hq, _, D = query.shape
+    Hkv = key.shape[1]
+    q = query.view(B, Hkv, Hq // Hkv, D)
+    scores = (q @ key.transpose(-1, -2)).float() * scaling  # [B, Hkv, r, L]
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[-2]]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = scores.softmax(-1).to(value.dtype)
+    return (probs @ value).reshape(B, Hq, 1, D).transpose(1, 2), None
+
+
 class JetNemotronAttention(nn.Module):
     """Qwen2 attention (RoPE, GQA, q/k/v bias) for "full_attention" and "sliding_attention" layers;
     Qwen3's per-head q/k RMSNorm when `config.qk_norm`."""
@@ -153,6 +170,8 @@ class JetNemotronAttention(nn.Module):
             k, v = past_key_values.update(k, v, self.layer_idx)
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                                     eager_attention_forward)
+        if q.shape[2] == 1 and past_key_values is not None and self.config._attn_implementation in ("sdpa", "eager"):
+            attention = grouped_decode_attention
         out, weights = attention(self, q, k, v, attention_mask,
                                  dropout=0.0 if not self.training else self.attention_dropout,
                                  scaling=self.scaling, sliding_window=self.sliding_window, **kwargs)
