@@ -4,6 +4,7 @@ Tolerance atol=rtol=1e-4 in fp32 (fixture README: the official run agrees with i
 ~1e-6; plausible bugs move logits by >= 0.02).
 """
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -58,3 +59,17 @@ def test_generate_matches_official(official_tiny):
                          output_logits=True, return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
     assert torch.equal(out.sequences[:, 100:], ref["generated_ids"])
     torch.testing.assert_close(torch.stack(out.logits, 1), ref["generated_logits"], atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+@torch.no_grad()
+def test_every_attention_implementation_matches(official_tiny, attn_implementation):
+    model = JetNemotronForCausalLM.from_pretrained(official_tiny, dtype=torch.float32,
+                                                   attn_implementation=attn_implementation).eval()
+    assert model.config._attn_implementation == attn_implementation
+    ref = load_file(official_tiny / "inputs_and_outputs.safetensors")
+    ids = ref["input_ids"]
+    torch.testing.assert_close(model(ids, use_cache=False).logits, ref["logits_full"], atol=ATOL, rtol=RTOL)
+    out = model(ids[:, :100], use_cache=True)
+    steps = [model(ids[:, t : t + 1], past_key_values=out.past_key_values).logits for t in range(100, 110)]
+    torch.testing.assert_close(torch.cat(steps, 1), ref["step_logits"][:, :10], atol=ATOL, rtol=RTOL)
