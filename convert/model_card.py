@@ -5,11 +5,15 @@ Cache sizes per sequence come from `jet_nemotron.cache_nbytes_estimate` (bf16 KV
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from jet_nemotron.cache_jet_nemotron import cache_nbytes_estimate
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "jet_nemotron.md.jinja"
+# the repository's model_cards/ (checkout or editable install), else the copy a wheel installs under share/
+TEMPLATE = next((p for p in (Path(__file__).resolve().parent.parent / "model_cards" / "jet_nemotron.md.jinja",
+                             Path(sys.prefix) / "share" / "jet-nemotron" / "model_cards" / "jet_nemotron.md.jinja")
+                 if p.exists()), Path(__file__).resolve().parent.parent / "model_cards" / "jet_nemotron.md.jinja")
 
 
 # one formula for the whole project: jet_nemotron.cache_nbytes_estimate (documented there)
