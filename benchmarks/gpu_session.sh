@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything that needs the GPU, in order of priority, for one device call per stage:
+#   bash benchmarks/gpu_session.sh tests        # kernel + model GPU tests (~2 min)
+#   bash benchmarks/gpu_session.sh generation   # Jet-Nemotron vs Qwen2 teacher (~6-8 min: compiles per shape)
+#   bash benchmarks/gpu_session.sh kernels      # ours vs flash-linear-attention (needs .wheels, see below)
+#   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~8 min)
+# Results go to $OUT (the device tool brings them back) or benchmarks/results.
+# flash-linear-attention travels as wheels: on the workstation
+#   pip download --no-deps -d .wheels flash-linear-attention==0.6.0 fla-core==0.6.0 einops
+# and pass carry [".wheels"] to the device call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD
+out=${OUT:-benchmarks/results}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+case "${1:-tests}" in
+  tests)
+    python -m pytest -q -x modeling_tests/test_kernels.py 2>&1 | tail -15
+    python -m pytest -q modeling_tests/test_gpu_model.py 2>&1 | tail -15 ;;
+  generation)
+    python benchmarks/generation.py --contexts 4096 16384 65536 --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -30 ;;
+  kernels)
+    if ls .wheels/*.whl >/dev/null 2>&1; then pip install -q --no-deps .wheels/*.whl; fi
+    python benchmarks/kernels.py --out "$out" 2>&1 | tail -40 ;;
+  distill)
+    python benchmarks/distill_quality.py --out "$out/distill_quality" 2>&1 | tail -40 ;;
+  *) echo "unknown stage $1" >&2; exit 2 ;;
+esac
