@@ -7,7 +7,7 @@ import textwrap
 
 import torch
 
-from conftest import tiny_model
+from conftest import REPO, tiny_model
 
 CHILD = textwrap.dedent("""
     import sys, importlib.abc, json
@@ -69,3 +69,26 @@ def test_save_load_roundtrip_keeps_config(tmp_path):
     ids = torch.randint(3, 128, (1, 30))
     with torch.no_grad():
         assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_official_checkpoint_folder_with_our_files_loads_through_remote_code(tmp_path, official_tiny):
+    """The official configs' auto_map names our file names, so dropping our flat modeling files into an official
+    checkpoint folder makes it load on transformers 5.x with trust_remote_code, no fork needed."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "official"
+    shutil.copytree(official_tiny, folder)
+    for f in (REPO / "jet_nemotron").glob("*.py"):
+        if f.name != "__init__.py":
+            shutil.copy(f, folder / f.name)
+    ref = load_file(folder / "inputs_and_outputs.safetensors")
+    torch.save(ref["input_ids"], folder / "ids.pt")
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = torch.load(folder / "child.pt")
+    torch.testing.assert_close(child["logits"], ref["logits_full"], atol=1e-4, rtol=1e-4)
