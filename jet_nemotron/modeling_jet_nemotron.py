@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, StaticCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import (
     create_causal_mask,
@@ -26,7 +26,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.generic import maybe_autocast
 
-from .cache_jet_nemotron import JetNemotronCache
+from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache
 from .configuration_jet_nemotron import JetNemotronConfig
 from .fused_projections import fuse_linears, fused_linear
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
@@ -410,6 +410,16 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                                      max_cache_length)
+
+    def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
+                              model_kwargs):
+        """`cache_implementation="static"` gets our static cache (same layers, plus the byte accounting)."""
+        cache = super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
+                                              model_kwargs)
+        if type(cache) is StaticCache and not cache.is_initialized and not cache.offloading:
+            # nothing is allocated yet (layers initialise lazily), so swapping costs nothing
+            cache = JetNemotronStaticCache(self.config, max_cache_len=self._previous_max_cache_length)
+        return cache
 
 
 __all__ = ["JetNemotronPreTrainedModel", "JetNemotronModel", "JetNemotronForCausalLM"]

@@ -185,6 +185,7 @@ def test_static_cache_generate_equals_dynamic():
     dynamic = model.generate(prompt, **kw)
     static = model.generate(prompt, cache_implementation="static", return_dict_in_generate=True, **kw)
     assert torch.equal(static.sequences, dynamic)
+    assert isinstance(static.past_key_values, JetNemotronStaticCache)
     assert static.past_key_values.is_compileable
     # our static cache class has the same layout plus the byte accounting
     cache = JetNemotronStaticCache(model.config, max_cache_len=64)
