@@ -133,9 +133,11 @@ class JetBlock(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         past_key_values=None,
+        cu_seqlens: torch.LongTensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
-        """hidden_states [B, T, hidden]; attention_mask [B, T] (1 = token, 0 = padding) or None."""
+        """hidden_states [B, T, hidden]; attention_mask [B, T] (1 = token, 0 = padding) or None; cu_seqlens [N + 1]
+        offsets of packed documents in the flattened [B * T] tokens (state and convolution restart at each)."""
         x = hidden_states
         B, T, _ = x.shape
         d = self.dims
@@ -155,6 +157,11 @@ class JetBlock(nn.Module):
             v = v * m[..., None].to(v.dtype)
             beta = beta * m[..., None].to(beta.dtype)
             g = g * m[..., None].to(g.dtype)
+
+        if cu_seqlens is not None:
+            if cache is not None:
+                raise ValueError("packed documents (cu_seqlens) cannot be combined with a cache")
+            return self._forward_packed(x, q, k, v, g, beta, gate, kernels, cu_seqlens), None
 
         if decoding and T == 1:
             v = dynamic_conv_step(v[:, 0], kernels[:, 0], layer_cache.conv_states[0], backend=backend)[:, None]
@@ -179,3 +186,15 @@ class JetBlock(nn.Module):
 
         o = self.o_norm(o, gate.view(B, T, d.num_heads, d.head_v_dim)).reshape(B, T, d.value_dim)
         return self.o_proj(o), None
+
+    def _forward_packed(self, x, q, k, v, g, beta, gate, kernels, cu_seqlens):
+        """All rows flattened into one packed sequence [1, B*T, ...] so the ops restart at every document."""
+        B, T, _ = x.shape
+        d, backend = self.dims, self.config.kernel_backend
+        flat = lambda t: t.reshape(1, B * T, *t.shape[2:])  # noqa: E731
+        v = dynamic_conv(flat(v), flat(kernels), None, cu_seqlens, backend=backend)
+        v = v.view(1, B * T, d.num_heads, d.head_v_dim)
+        o, _ = chunk_gated_delta_rule(flat(q), flat(k), v, flat(g), flat(beta), cu_seqlens=cu_seqlens,
+                                      backend=backend)
+        o = self.o_norm(o.view(B, T, d.num_heads, d.head_v_dim), gate.view(B, T, d.num_heads, d.head_v_dim))
+        return self.o_proj(o.reshape(B, T, d.value_dim))

@@ -32,6 +32,19 @@ from .fused_projections import fuse_linears, fused_linear
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
 
 
+def packed_cu_seqlens(position_ids: torch.Tensor) -> torch.LongTensor | None:
+    """Offsets [N + 1] of the documents in the flattened [B * T] token axis when `position_ids` [B, T] restart
+    inside a row (packed training data), else None. A new document starts wherever the position does not grow
+    by one, and at every row start."""
+    B, T = position_ids.shape
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    if int(starts.sum()) == B:  # one document per row: nothing to do (this check syncs, as transformers' own does)
+        return None
+    idx = starts.flatten().nonzero().flatten()
+    return torch.cat([idx, idx.new_tensor([B * T])])
+
+
 class JetNemotronRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
@@ -211,12 +224,13 @@ class JetNemotronDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None,
+                cu_seqlens=None, **kwargs):
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         if self.layer_type == "linear_attention":
             hidden_states, _ = self.self_attn(hidden_states, attention_mask=attention_mask,
-                                              past_key_values=past_key_values)
+                                              past_key_values=past_key_values, cu_seqlens=cu_seqlens)
         else:
             hidden_states, _ = self.self_attn(hidden_states, position_embeddings=position_embeddings,
                                               attention_mask=attention_mask, past_key_values=past_key_values,
@@ -327,6 +341,11 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
                 masks["full_attention"] = create_causal_mask(**mask_kwargs)
             if "sliding_attention" in self.config.layer_types:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        # packed documents (positions restart, no mask, no cache): transformers' masks keep attention inside each
+        # document, and the JetBlocks must restart their state and convolution at the same boundaries
+        cu_seqlens = None
+        if attention_mask is None and past_key_values is None and position_ids is not None:
+            cu_seqlens = packed_cu_seqlens(position_ids.expand(inputs_embeds.shape[0], -1))
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
@@ -334,7 +353,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=masks[layer.layer_type],
                                   position_embeddings=position_embeddings, past_key_values=past_key_values,
-                                  position_ids=position_ids, **kwargs)
+                                  position_ids=position_ids, cu_seqlens=cu_seqlens, **kwargs)
             if output_hidden_states:
                 all_hidden.append(hidden_states)
         hidden_states = self.norm(hidden_states)
