@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in order of priority, for one device call per stage:
 #   bash benchmarks/gpu_session.sh tests        # kernel + model GPU tests (~2 min)
+#   bash benchmarks/gpu_session.sh sanitize     # compute-sanitizer on the bf16 model test
 #   bash benchmarks/gpu_session.sh generation   # Jet-Nemotron vs Qwen2 teacher (~6-8 min: compiles per shape)
 #   bash benchmarks/gpu_session.sh kernels      # ours vs flash-linear-attention (needs .wheels, see below)
 #   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~8 min)
@@ -15,8 +16,16 @@ out=${OUT:-benchmarks/results}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case "${1:-tests}" in
   tests)
-    python -m pytest -q -x modeling_tests/test_kernels.py 2>&1 | tail -15
-    python -m pytest -q modeling_tests/test_gpu_model.py 2>&1 | tail -15 ;;
+    # one process per test file and per GPU-model test: a crashed kernel poisons its CUDA context, so a shared
+    # process would turn one failure into many (seen on 2026-11-27); CUDA_LAUNCH_BLOCKING names the kernel
+    CUDA_LAUNCH_BLOCKING=1 python -m pytest -q modeling_tests/test_kernels.py 2>&1 | tail -15
+    for t in $(python -m pytest -q --collect-only modeling_tests/test_gpu_model.py 2>/dev/null | grep '::'); do
+      CUDA_LAUNCH_BLOCKING=1 python -m pytest -q "$t" 2>&1 | tail -3
+    done ;;
+  sanitize)
+    # an illegal address in a bf16 kernel (dk 16 / 32) was seen once: compute-sanitizer names the kernel and offset
+    compute-sanitizer --tool memcheck python -m pytest -q -x modeling_tests/test_gpu_model.py \
+      -k bf16 2>&1 | grep -E "Invalid|at 0x|by thread|kernel|passed|failed" | head -40 ;;
   generation)
     python benchmarks/generation.py --contexts 4096 16384 65536 --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -30 ;;
   kernels)
