@@ -32,10 +32,22 @@ def test_triton_path_matches_reference_path_fp32(T):
     assert _rel(tri, ref) < 1e-2
 
 
+# the tiny test head (dk 16), and the official 2B and 4B JetBlock heads
+JET_HEADS = [(16, 2), (96, 2.6666666667), (128, 2)]
+
+
+def _jet(head_dim, expand_v):
+    return {"jet": {"num_heads": 2, "head_dim": head_dim, "expand_v": expand_v, "conv_size": 4,
+                    "dconv_generator_reduction": 8, "norm_eps": "1e-5"}, "swa": {"window_size": 8}}
+
+
+@pytest.mark.parametrize("head_dim,expand_v", JET_HEADS)
 @torch.no_grad()
-def test_triton_path_matches_reference_path_bf16_with_cache():
+def test_triton_path_matches_reference_path_bf16_with_cache(head_dim, expand_v):
     ids = torch.randint(3, 128, (3, 200), device="cuda")
-    ref_model, tri_model = _model("reference", torch.bfloat16), _model("triton", torch.bfloat16)
+    eac = _jet(head_dim, expand_v)
+    ref_model = _model("reference", torch.bfloat16, efficient_attention_config=eac)
+    tri_model = _model("triton", torch.bfloat16, efficient_attention_config=eac)
     ref = ref_model(ids[:, :150], use_cache=True)
     tri = tri_model(ids[:, :150], use_cache=True)
     assert _rel(tri.logits, ref.logits) < 2e-2
