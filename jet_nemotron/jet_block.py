@@ -143,8 +143,6 @@ class JetBlock(nn.Module):
         d = self.dims
         backend = self.config.kernel_backend
         cache = past_key_values
-        decoding = cache is not None and cache.has_previous_state(self.layer_idx)
-        layer_cache = cache.layers[self.layer_idx] if cache is not None else None
 
         q, k, v, gate, a, b, kernels = self._project(x)
         q = F.silu(q).view(B, T, d.num_heads, d.head_k_dim)
@@ -159,10 +157,26 @@ class JetBlock(nn.Module):
             g = g * m[..., None].to(g.dtype)
 
         if cu_seqlens is not None:
+            # packed documents: all rows as one sequence [1, B*T, ...]; the ops restart at every document
             if cache is not None:
                 raise ValueError("packed documents (cu_seqlens) cannot be combined with a cache")
-            return self._forward_packed(x, q, k, v, g, beta, gate, kernels, cu_seqlens), None
+            flat = lambda t: t.reshape(1, B * T, *t.shape[2:])  # noqa: E731
+            v = dynamic_conv(flat(v), flat(kernels), None, cu_seqlens, backend=backend)
+            o, _ = chunk_gated_delta_rule(flat(q), flat(k), v.view(1, B * T, d.num_heads, d.head_v_dim), flat(g),
+                                          flat(beta), cu_seqlens=cu_seqlens, backend=backend)
+        else:
+            o = self._mix(q, k, v, g, beta, kernels, cache)
 
+        o = self.o_norm(o.view(B, T, d.num_heads, d.head_v_dim), gate.view(B, T, d.num_heads, d.head_v_dim))
+        return self.o_proj(o.reshape(B, T, d.value_dim)), None
+
+    def _mix(self, q, k, v, g, beta, kernels, cache) -> torch.Tensor:
+        """Convolution + delta rule with the cache: the in-place one-token step when decoding, else the chunked
+        (or, for one token in eval, recurrent) form continuing from the cached state. Returns o [B, T, H, dv]."""
+        B, T = q.shape[:2]
+        d, backend = self.dims, self.config.kernel_backend
+        decoding = cache is not None and cache.has_previous_state(self.layer_idx)
+        layer_cache = cache.layers[self.layer_idx] if cache is not None else None
         if decoding and T == 1:
             v = dynamic_conv_step(v[:, 0], kernels[:, 0], layer_cache.conv_states[0], backend=backend)[:, None]
         else:
@@ -176,25 +190,11 @@ class JetBlock(nn.Module):
 
         state = layer_cache.recurrent_states[0] if decoding else None
         if decoding and T == 1:
-            o = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state, backend=backend)[:, None]
-        else:
-            op = chunk_gated_delta_rule if (T > 1 or self.training) else fused_recurrent_gated_delta_rule
-            o, final_state = op(q, k, v, g, beta, initial_state=state, output_final_state=cache is not None,
-                                backend=backend)
-            if cache is not None:
-                cache.update_recurrent_state(final_state, self.layer_idx)
-
-        o = self.o_norm(o, gate.view(B, T, d.num_heads, d.head_v_dim)).reshape(B, T, d.value_dim)
-        return self.o_proj(o), None
-
-    def _forward_packed(self, x, q, k, v, g, beta, gate, kernels, cu_seqlens):
-        """All rows flattened into one packed sequence [1, B*T, ...] so the ops restart at every document."""
-        B, T, _ = x.shape
-        d, backend = self.dims, self.config.kernel_backend
-        flat = lambda t: t.reshape(1, B * T, *t.shape[2:])  # noqa: E731
-        v = dynamic_conv(flat(v), flat(kernels), None, cu_seqlens, backend=backend)
-        v = v.view(1, B * T, d.num_heads, d.head_v_dim)
-        o, _ = chunk_gated_delta_rule(flat(q), flat(k), v, flat(g), flat(beta), cu_seqlens=cu_seqlens,
-                                      backend=backend)
-        o = self.o_norm(o.view(B, T, d.num_heads, d.head_v_dim), gate.view(B, T, d.num_heads, d.head_v_dim))
-        return self.o_proj(o.reshape(B, T, d.value_dim))
+            return gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state,
+                                         backend=backend)[:, None]
+        op = chunk_gated_delta_rule if (T > 1 or self.training) else fused_recurrent_gated_delta_rule
+        o, final_state = op(q, k, v, g, beta, initial_state=state, output_final_state=cache is not None,
+                            backend=backend)
+        if cache is not None:
+            cache.update_recurrent_state(final_state, self.layer_idx)
+        return o

@@ -19,6 +19,7 @@ from transformers.masking_utils import (
     create_causal_mask,
     create_recurrent_attention_mask,
     create_sliding_window_causal_mask,
+    find_packed_sequence_indices,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -34,13 +35,14 @@ from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
 
 def packed_cu_seqlens(position_ids: torch.Tensor) -> torch.LongTensor | None:
     """Offsets [N + 1] of the documents in the flattened [B * T] token axis when `position_ids` [B, T] restart
-    inside a row (packed training data), else None. A new document starts wherever the position does not grow
-    by one, and at every row start."""
-    B, T = position_ids.shape
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    if int(starts.sum()) == B:  # one document per row: nothing to do (this check syncs, as transformers' own does)
+    inside a row (packed training data), else None. Documents are the ones transformers' packed attention masks
+    find (`find_packed_sequence_indices`), so JetBlocks and attention agree on every boundary."""
+    doc = find_packed_sequence_indices(position_ids)  # [B, T] document index per token, or None
+    if doc is None:
         return None
+    B, T = doc.shape
+    starts = torch.ones_like(doc, dtype=torch.bool)  # every row starts a document
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
     idx = starts.flatten().nonzero().flatten()
     return torch.cat([idx, idx.new_tensor([B * T])])
 
@@ -183,7 +185,7 @@ class JetNemotronAttention(nn.Module):
             k, v = past_key_values.update(k, v, self.layer_idx)
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                                     eager_attention_forward)
-        if q.shape[2] == 1 and past_key_values is not None and self.config._attn_implementation in ("sdpa", "eager"):
+        if q.shape[2] == 1 and past_key_values is not None and self.config._attn_implementation == "sdpa":
             attention = grouped_decode_attention
         out, weights = attention(self, q, k, v, attention_mask,
                                  dropout=0.0 if not self.training else self.attention_dropout,
@@ -268,8 +270,6 @@ class JetNemotronPreTrainedModel(PreTrainedModel):
             bias = torch.zeros(module.channels, module.kernel_size, device=module.w2.bias.device)
             bias[:, -1] = 1.0
             init.copy_(module.w2.bias, bias.flatten())
-        elif isinstance(module, (JetNemotronRMSNorm,)) or type(module).__name__ == "JetGatedRMSNorm":
-            init.ones_(module.weight)
 
     @classmethod
     def from_pretrained(cls, *args, allow_missing_weights: bool = False, **kwargs):
@@ -321,6 +321,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         T = inputs_embeds.shape[1]
+        positions_given = position_ids is not None
         if use_cache and past_key_values is None:
             past_key_values = JetNemotronCache(self.config)
         if position_ids is None:
@@ -344,7 +345,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         # packed documents (positions restart, no mask, no cache): transformers' masks keep attention inside each
         # document, and the JetBlocks must restart their state and convolution at the same boundaries
         cu_seqlens = None
-        if attention_mask is None and past_key_values is None and position_ids is not None:
+        if positions_given and attention_mask is None and past_key_values is None:
             cu_seqlens = packed_cu_seqlens(position_ids.expand(inputs_embeds.shape[0], -1))
 
         hidden_states = inputs_embeds
