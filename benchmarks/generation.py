@@ -32,11 +32,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM, StaticCache  # noqa: E402
 
 from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM, cache_nbytes_estimate  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
+from roofline import ceilings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,23 +65,6 @@ def build(cls, config, device, dtype):
     with torch.device(device):
         model = cls(config)
     return model.to(dtype).eval()
-
-
-def copy_bandwidth(device) -> float:
-    """Device-to-device copy, bytes read + written per second (the achievable HBM ceiling)."""
-    if device.type != "cuda":
-        return float("nan")
-    x = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        y.copy_(x)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * x.numel() * 20 / (start.elapsed_time(end) / 1e3)
 
 
 def weight_bytes(model) -> int:
@@ -195,11 +180,13 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile_config = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
-    bandwidth = copy_bandwidth(device)
+    bandwidth, matmul_rate = ceilings() if device.type == "cuda" else (float("nan"), float("nan"))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device {name}; copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
+    print(f"device {name}; copy bandwidth {bandwidth / 1e9:.0f} GB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s",
+          flush=True)
     jet_cfg, qwen_cfg = model_configs(smoke)
-    results = {"device": name, "copy_bandwidth_GBps": bandwidth / 1e9, "n_decode_steps": n2 - n1, "rows": [],
+    results = {"device": name, "copy_bandwidth_GBps": bandwidth / 1e9, "bf16_matmul_TFLOPs": matmul_rate / 1e12,
+               "n_decode_steps": n2 - n1, "rows": [],
                "torch": torch.__version__, "jet_projections_fused": fuse}
     for tag, cls, cfg in (("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)):
         model = build(cls, cfg, device, dtype)

@@ -27,25 +27,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from roofline import ceilings  # noqa: E402
 
 SHAPES = {"2B": (12, 96, 256), "4B": (16, 128, 256)}
 C = 64
-
-
-def ceilings():
-    """Measured copy bandwidth (bytes read + written per second) and bf16 matmul rate."""
-    from triton.testing import do_bench
-
-    x = torch.empty(2**28, device="cuda", dtype=torch.float32)  # 1 GiB
-    y = torch.empty_like(x)
-    ms = do_bench(lambda: y.copy_(x), return_mode="median")
-    bw = 2 * x.numel() * 4 / (ms * 1e-3)
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = do_bench(lambda: a @ b, return_mode="median")
-    flops = 2 * 8192**3 / (ms * 1e-3)
-    del x, y, a, b
-    return bw, flops
 
 
 def gdr_cost(T, H, K, V, bwd):
