@@ -288,9 +288,9 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
             acc.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss_sum = acc.reduce(loss_sum, reduction="mean")
+        loss_val, kl_val, mse_val = acc.reduce(loss_sum, reduction="mean").tolist()  # one device sync per step
         dt = time.perf_counter() - t0
-        rec = {"stage": cfg.stage, "step": step + 1, "loss": loss_sum[0].item(), "kl": loss_sum[1].item(), "mse": loss_sum[2].item(),
+        rec = {"stage": cfg.stage, "step": step + 1, "loss": loss_val, "kl": kl_val, "mse": mse_val,
                "lr": lr_at(step, cfg), "tok_per_s": cfg.batch_size * L / dt}
         history.append(rec)
         bar.update(1)
