@@ -16,6 +16,7 @@ preallocated static cache and the compiled (CUDA-graph) decode step.
 
     python benchmarks/generation.py --contexts 4096 16384 65536            # on a GPU
     python benchmarks/generation.py --smoke                                # tiny shapes, CPU, checks the script
+    python benchmarks/generation.py --merge a/generation.json b/generation.json   # one table from several runs
 Writes benchmarks/results/generation.json and generation.png and prints a table of ratios.
 """
 
@@ -176,6 +177,42 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report(results: dict, out: Path, stem: str = "generation") -> None:
+    """Print the table of ratios for every context both models reached, write the JSON and the PNG."""
+    contexts = sorted({r["ctx"] for r in results["rows"] if r["model"] == "jet"}
+                      & {r["ctx"] for r in results["rows"] if r["model"] == "qwen"})
+    print(f"\n{'ctx':>7} | {'prefill x':>9} | {'decode b1 x':>11} | {'decode max x':>12} | jet b1 tok/s (roofline) "
+          f"| jet max tok/s @batch (roofline) | qwen max tok/s @batch (roofline)")
+    for ctx in contexts:
+        j = next(r for r in results["rows"] if r["model"] == "jet" and r["ctx"] == ctx)
+        q = next(r for r in results["rows"] if r["model"] == "qwen" and r["ctx"] == ctx)
+        ratios = {"prefill": q["prefill_ms"] / j["prefill_ms"],
+                  "decode_batch1": j["decode_batch1_tok_s"] / q["decode_batch1_tok_s"],
+                  "decode_max_batch": j["decode_max_batch_tok_s"] / q["decode_max_batch_tok_s"]}
+        results.setdefault("ratios", {})[str(ctx)] = ratios
+        frac = lambda r, m: f"{100 * r[f'decode_{m}_roofline_frac']:.0f}%" if r[f"decode_{m}_roofline_frac"] else "-"  # noqa: E731
+        print(f"{ctx:>7} | {ratios['prefill']:>8.2f}x | {ratios['decode_batch1']:>10.2f}x | "
+              f"{ratios['decode_max_batch']:>11.2f}x | {j['decode_batch1_tok_s']:.0f} ({frac(j, 'batch1')}) | "
+              f"{j['decode_max_batch_tok_s']:.0f} @{j['decode_max_batch_batch']} ({frac(j, 'max_batch')}) | "
+              f"{q['decode_max_batch_tok_s']:.0f} @{q['decode_max_batch_batch']} ({frac(q, 'max_batch')})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / f"{stem}.png")
+    print(f"wrote {out / (stem + '.json')} and .png")
+
+
+def merge(paths: list[Path]) -> dict:
+    """Rows of several runs (for instance one context per device call) on the same card, as one result."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    devices = {r["device"] for r in runs}
+    if len(devices) != 1:
+        raise ValueError(f"cannot merge runs from different cards: {sorted(devices)} ({[str(p) for p in paths]})")
+    merged = {k: v for k, v in runs[0].items() if k not in ("rows", "ratios")}
+    merged["rows"] = [row for r in runs for row in r["rows"]]
+    merged["copy_bandwidth_GBps"] = [r["copy_bandwidth_GBps"] for r in runs]  # each run measured its own
+    return merged
+
+
 def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path, fuse: bool = True) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -188,6 +225,7 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
     results = {"device": name, "copy_bandwidth_GBps": bandwidth / 1e9, "bf16_matmul_TFLOPs": matmul_rate / 1e12,
                "n_decode_steps": n2 - n1, "rows": [],
                "torch": torch.__version__, "jet_projections_fused": fuse}
+    stem = "generation_smoke" if smoke else "generation"
     for tag, cls, cfg in (("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)):
         model = build(cls, cfg, device, dtype)
         if tag == "jet" and fuse:
@@ -213,31 +251,15 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                 torch.cuda.reset_peak_memory_stats()
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{stem}.json").write_text(json.dumps(results, indent=1))  # a run cut short keeps its rows
         del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         torch._dynamo.reset()
 
-    print(f"\n{'ctx':>7} | {'prefill x':>9} | {'decode b1 x':>11} | {'decode max x':>12} | jet b1 tok/s (roofline) "
-          f"| jet max tok/s @batch (roofline) | qwen max tok/s @batch (roofline)")
-    for ctx in contexts:
-        j = next(r for r in results["rows"] if r["model"] == "jet" and r["ctx"] == ctx)
-        q = next(r for r in results["rows"] if r["model"] == "qwen" and r["ctx"] == ctx)
-        ratios = {"prefill": q["prefill_ms"] / j["prefill_ms"],
-                  "decode_batch1": j["decode_batch1_tok_s"] / q["decode_batch1_tok_s"],
-                  "decode_max_batch": j["decode_max_batch_tok_s"] / q["decode_max_batch_tok_s"]}
-        results.setdefault("ratios", {})[str(ctx)] = ratios
-        frac = lambda r, m: f"{100 * r[f'decode_{m}_roofline_frac']:.0f}%" if r[f"decode_{m}_roofline_frac"] else "-"  # noqa: E731
-        print(f"{ctx:>7} | {ratios['prefill']:>8.2f}x | {ratios['decode_batch1']:>10.2f}x | "
-              f"{ratios['decode_max_batch']:>11.2f}x | {j['decode_batch1_tok_s']:.0f} ({frac(j, 'batch1')}) | "
-              f"{j['decode_max_batch_tok_s']:.0f} @{j['decode_max_batch_batch']} ({frac(j, 'max_batch')}) | "
-              f"{q['decode_max_batch_tok_s']:.0f} @{q['decode_max_batch_batch']} ({frac(q, 'max_batch')})")
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "generation_smoke" if smoke else "generation"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / f"{stem}.png")
-    print(f"wrote {out / (stem + '.json')} and .png")
+    report(results, out, stem)
     return results
 
 
@@ -249,7 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, not speed")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-fuse", action="store_true", help="keep Jet-Nemotron's projections unfused")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="combine earlier runs' JSON (same card) into one table, JSON and plot; runs nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        report(merge(args.merge), args.out)
+        return
     contexts = [64, 128] if args.smoke else args.contexts
     max_batch = 4 if args.smoke else args.max_batch
     run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse)
