@@ -122,19 +122,31 @@ def fill_static_cache(model, batch: int, ctx: int, max_len: int, device):
 
 
 @torch.no_grad()
-def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_config) -> float:
-    """tok/s of generate()'s decode loop from a filled static cache (first step excluded by differencing)."""
+def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_config) -> tuple[float, float]:
+    """tok/s of generate()'s decode loop from a filled static cache (first step excluded by differencing), and the
+    seconds of the compiled one-token step alone: the last step's inputs replayed without generate()'s loop."""
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx + 1), device=device)
     mask = torch.ones_like(ids)
-    times = {}
-    for n in (n1, n2, n1, n2):  # the first pair warms up (compiles, records CUDA graphs)
+    times, last_call = {}, {}
+    for i, n in enumerate((n1, n2, n1, n2)):  # the first pair warms up (compiles, records CUDA graphs)
         cache = fill_static_cache(model, batch, ctx, ctx + n2 + 2, device)
         run = lambda: model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n,  # noqa: E731
                                      min_new_tokens=n, do_sample=False, compile_config=compile_config,
                                      pad_token_id=0)
+        if i == 3 and hasattr(model, "_compiled_call"):  # generate() reuses it while the config is unchanged
+            compiled = model._compiled_call
+            model._compiled_call = lambda **kw: (last_call.update(kw), compiled(**kw))[1]
         times[n] = timed(run, device)
         del cache
-    return batch * (n2 - n1) / (times[n2] - times[n1])
+    tok_s = batch * (n2 - n1) / (times[n2] - times[n1])
+    if not last_call:  # generate() compiles only on CUDA (transformers' auto-compile criteria): no step to replay
+        return tok_s, float("nan")
+    model._compiled_call = compiled
+    step = lambda: [compiled(**last_call) for _ in range(10)]  # noqa: E731
+    step()
+    step_s = sorted(timed(step, device) for _ in range(3))[1] / 10
+    last_call.clear()
+    return tok_s, step_s
 
 
 def largest_batch(model, ctx: int, device, cap: int, headroom: float = 0.8) -> int:
@@ -181,8 +193,10 @@ def report(results: dict, out: Path, stem: str = "generation") -> None:
     """Print the table of ratios for every context both models reached, write the JSON and the PNG."""
     contexts = sorted({r["ctx"] for r in results["rows"] if r["model"] == "jet"}
                       & {r["ctx"] for r in results["rows"] if r["model"] == "qwen"})
-    print(f"\n{'ctx':>7} | {'prefill x':>9} | {'decode b1 x':>11} | {'decode max x':>12} | jet b1 tok/s (roofline) "
-          f"| jet max tok/s @batch (roofline) | qwen max tok/s @batch (roofline)")
+    pct = lambda x: f"{100 * x:.0f}%" if x else "-"  # noqa: E731
+    print(f"\n{'ctx':>7} | {'prefill x':>9} | {'decode b1 x':>11} | {'decode max x':>12} | "
+          "jet b1: generate tok/s, step ms (roofline) | jet max: tok/s @batch (roofline) | qwen max: tok/s @batch "
+          "(roofline) | qwen b1 step ms (roofline)")
     for ctx in contexts:
         j = next(r for r in results["rows"] if r["model"] == "jet" and r["ctx"] == ctx)
         q = next(r for r in results["rows"] if r["model"] == "qwen" and r["ctx"] == ctx)
@@ -190,11 +204,13 @@ def report(results: dict, out: Path, stem: str = "generation") -> None:
                   "decode_batch1": j["decode_batch1_tok_s"] / q["decode_batch1_tok_s"],
                   "decode_max_batch": j["decode_max_batch_tok_s"] / q["decode_max_batch_tok_s"]}
         results.setdefault("ratios", {})[str(ctx)] = ratios
-        frac = lambda r, m: f"{100 * r[f'decode_{m}_roofline_frac']:.0f}%" if r[f"decode_{m}_roofline_frac"] else "-"  # noqa: E731
         print(f"{ctx:>7} | {ratios['prefill']:>8.2f}x | {ratios['decode_batch1']:>10.2f}x | "
-              f"{ratios['decode_max_batch']:>11.2f}x | {j['decode_batch1_tok_s']:.0f} ({frac(j, 'batch1')}) | "
-              f"{j['decode_max_batch_tok_s']:.0f} @{j['decode_max_batch_batch']} ({frac(j, 'max_batch')}) | "
-              f"{q['decode_max_batch_tok_s']:.0f} @{q['decode_max_batch_batch']} ({frac(q, 'max_batch')})")
+              f"{ratios['decode_max_batch']:>11.2f}x | {j['decode_batch1_tok_s']:.0f}, "
+              f"{j.get('step_batch1_ms', float('nan')):.2f} ({pct(j.get('step_batch1_roofline_frac'))}) | "
+              f"{j['decode_max_batch_tok_s']:.0f} @{j['decode_max_batch_batch']} "
+              f"({pct(j['decode_max_batch_roofline_frac'])}) | {q['decode_max_batch_tok_s']:.0f} "
+              f"@{q['decode_max_batch_batch']} ({pct(q['decode_max_batch_roofline_frac'])}) | "
+              f"{q.get('step_batch1_ms', float('nan')):.2f} ({pct(q.get('step_batch1_roofline_frac'))})")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     plot(results, out / f"{stem}.png")
@@ -237,12 +253,16 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
             row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
             row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3
             for mode, batch in (("batch1", 1), ("max_batch", largest_batch(model, ctx, device, max_batch))):
-                tok_s = decode_tok_s(model, batch, ctx, device, n1, n2, compile_config)
+                tok_s, step_s = decode_tok_s(model, batch, ctx, device, n1, n2, compile_config)
                 gbps = step_bytes(model, batch, ctx) * tok_s / batch / 1e9
                 row[f"decode_{mode}_batch"] = batch
                 row[f"decode_{mode}_tok_s"] = tok_s
                 row[f"decode_{mode}_GBps"] = gbps
                 row[f"decode_{mode}_roofline_frac"] = gbps * 1e9 / bandwidth if bandwidth == bandwidth else None
+                # the compiled step alone, without generate()'s per-token Python (logits processors, stopping checks)
+                row[f"step_{mode}_ms"] = step_s * 1e3
+                row[f"step_{mode}_roofline_frac"] = (step_bytes(model, batch, ctx) / step_s / bandwidth
+                                                     if bandwidth == bandwidth else None)
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
