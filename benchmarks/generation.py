@@ -129,7 +129,7 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
     mask = torch.ones_like(ids)
     times, last_call = {}, {}
     for i, n in enumerate((n1, n2, n1, n2)):  # the first pair warms up (compiles, records CUDA graphs)
-        cache = fill_static_cache(model, batch, ctx, ctx + n2 + 2, device)
+        cache = fill_static_cache(model, batch, ctx, ctx + n2 + 16, device)  # room for the replayed steps
         run = lambda: model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n,  # noqa: E731
                                      min_new_tokens=n, do_sample=False, compile_config=compile_config,
                                      pad_token_id=0)
@@ -142,7 +142,15 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
     if not last_call:  # generate() compiles only on CUDA (transformers' auto-compile criteria): no step to replay
         return tok_s, float("nan")
     model._compiled_call = compiled
-    step = lambda: [compiled(**last_call) for _ in range(10)]  # noqa: E731
+    # transformers' static layers advance their own write position: rewind it before each burst of 10 steps
+    counters = [(t, t.clone()) for layer in last_call["past_key_values"].layers
+                for t in [getattr(layer, "cumulative_length", None)] if isinstance(t, torch.Tensor)]
+
+    def step():
+        for t, start in counters:
+            t.copy_(start)
+        for _ in range(10):
+            compiled(**last_call)
     step()
     step_s = sorted(timed(step, device) for _ in range(3))[1] / 10
     last_call.clear()
@@ -233,6 +241,9 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile_config = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
+    if smoke:  # exercise the compiled-step path on the CPU too, with dynamo's eager backend (no C++ build)
+        compile_config = CompileConfig(fullgraph=True, backend="eager")
+        compile_config._compile_all_devices = True
     bandwidth, matmul_rate = ceilings() if device.type == "cuda" else (float("nan"), float("nan"))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {name}; copy bandwidth {bandwidth / 1e9:.0f} GB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s",

@@ -20,7 +20,7 @@ case "${1:-tests}" in
     # process would turn one failure into many (seen on 2026-11-27); CUDA_LAUNCH_BLOCKING names the kernel
     CUDA_LAUNCH_BLOCKING=1 python -m pytest -q modeling_tests/test_kernels.py 2>&1 | tail -15
     for t in $(python -m pytest -q --collect-only modeling_tests/test_gpu_model.py 2>/dev/null | grep '::'); do
-      CUDA_LAUNCH_BLOCKING=1 python -m pytest -q "$t" 2>&1 | tail -3
+      CUDA_LAUNCH_BLOCKING=1 python -m pytest -q "$t" 2>&1 | grep -E "^E |passed|failed|Error" | head -12
     done ;;
   sanitize)
     # an illegal address in a bf16 kernel (dk 16 / 32) was seen once: compute-sanitizer names the kernel and offset

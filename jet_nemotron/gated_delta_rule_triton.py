@@ -592,7 +592,9 @@ def _recurrent_kernel(q, k, v, g, beta, o, h0, ht, cu_seqlens, scale, T,
 
 
 def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    # at least 32: with a 16-wide K block the backward kernels read out of bounds on Hopper with Triton 3.6
+    # (illegal address at K = 16 on an H200, with or without SAFE_TRANS; K = 16 padded to 32 matches the reference)
+    return max(32, triton.next_power_of_2(n))
 
 
 def _launch_pipelined(kernel, grid, *args, **kwargs):
