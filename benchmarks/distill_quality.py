@@ -76,6 +76,10 @@ def main():
         results["gpu"] = torch.cuda.get_device_name()
     t_all = time.perf_counter()
 
+    def save() -> None:  # after every phase, so a run cut short keeps what it measured
+        results["minutes_total"] = (time.perf_counter() - t_all) / 60
+        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+
     # 1. teacher --------------------------------------------------------------------------------------------
     train_texts = read_corpus(stdlib_files("train"), P["corpus_chars"])
     eval_texts = read_corpus(stdlib_files("eval"))
@@ -97,6 +101,7 @@ def main():
                           "minutes": (time.perf_counter() - t0) / 60}
     print(f"teacher: {results['teacher']['params_M']:.1f} M params, held-out ppl {ppl_teacher:.3f} after "
           f"{results['teacher']['tokens'] / 1e6:.1f} M tokens ({results['teacher']['minutes']:.1f} min)")
+    save()
 
     # 2. conversion map --------------------------------------------------------------------------------------
     L = P["size"].layers
@@ -123,6 +128,7 @@ def main():
                   f"after {P['init_steps']} stage-1 steps")
             del st
         results["init_comparison"] = {k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in comp.items()}
+        save()
         import matplotlib
 
         matplotlib.use("Agg")
@@ -159,6 +165,7 @@ def main():
                       "within_10pct": ppl_student <= 1.1 * ppl_teacher}
     print(f"distilled on {tokens / 1e6:.1f} M tokens in {results['distillation']['minutes']:.1f} min: held-out ppl "
           f"teacher {ppl_teacher:.3f}, student {ppl_student:.3f} ({ppl_student / ppl_teacher:.3f}x)")
+    save()
 
     # 5. passkey + cache ----------------------------------------------------------------------------------------
     filler = [i for t in eval_texts for i in tok(t, add_special_tokens=False)["input_ids"]]
@@ -172,8 +179,7 @@ def main():
         results["cache"][f"{ctx}"] = {"teacher_bytes": cb_t, "student_bytes": cb_s, "ratio": cb_t / cb_s}
         print(f"context {ctx:6d} ({mult}x): passkey teacher {acc_t:.2f}, student {acc_s:.2f}; cache "
               f"{cb_t / 1e6:.2f} MB vs {cb_s / 1e6:.2f} MB ({cb_t / cb_s:.2f}x smaller)")
-    results["minutes_total"] = (time.perf_counter() - t_all) / 60
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    save()
     print(f"total {results['minutes_total']:.1f} min; wrote {args.out / 'results.json'}")
     return 0 if results["ppl"]["within_10pct"] or args.toy else 1
 
