@@ -165,9 +165,13 @@ def largest_batch(model, ctx: int, device, cap: int, headroom: float = 0.8) -> i
     free, _ = torch.cuda.mem_get_info()
     c = model.config
     per_seq = cache_nbytes_estimate(c, ctx + 64) + ctx * 16 + c.vocab_size * 12
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    # inductor benchmarks its cache-write kernel on a clone of the buffer it writes (one layer's K): at 64K and
+    # batch 516 that clone was 17.6 GiB, which an H200 run did not have (2026-11-27)
+    per_seq += c.num_key_value_heads * (ctx + 64) * head_dim * 2
     if c.model_type != "jet_nemotron":
         # transformers' sdpa path repeats one layer's K and V per query head when a mask is present (static cache)
-        per_seq += 2 * c.num_attention_heads * (ctx + 64) * (c.hidden_size // c.num_attention_heads) * 2
+        per_seq += 2 * c.num_attention_heads * (ctx + 64) * head_dim * 2
     return max(1, min(cap, int(free * headroom // per_seq)))
 
 

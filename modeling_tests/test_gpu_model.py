@@ -1,9 +1,11 @@
 """GPU-only model checks (skipped without CUDA): the Triton path against the PyTorch reference path inside the
 whole model, and the static-cache compiled (CUDA-graph) decode path against eager generation.
 
-Bounds are on ||a - b|| / ||b|| of the logits: fp32 < 1e-2 (the kernels' fp32 dots run as TF32 on Hopper, which the
-kernel tests bound at 5e-3 per op; four layers of a deliberately large-weight model chain them); bf16 < 2e-2 (bf16
-rounding of activations between two differently ordered computations). A wrong kernel gives O(1).
+Errors are ||a - b|| / ||b||. fp32: logits < 1e-2 (the kernels' fp32 dots run as TF32 on Hopper, which the kernel
+tests bound at 5e-3 per op; four layers of a deliberately large-weight model chain them). bf16: both paths are
+measured against the fp32 reference model, and the Triton path may lose at most twice what the reference path loses
+to bf16 (plus 5e-3): a fixed bf16-vs-bf16 bound was either loose or flaky, since the two orders of rounding differ
+by 2-4% on this model (H100/H200 runs, 2026-11-27). A wrong kernel gives O(1) either way.
 """
 
 import pytest
@@ -26,6 +28,7 @@ def _model(backend, dtype, **kw):
 @pytest.mark.parametrize("T", [1, 63, 64, 65, 300, 1000])
 @torch.no_grad()
 def test_triton_path_matches_reference_path_fp32(T):
+    torch.manual_seed(T)
     ids = torch.randint(3, 128, (2, T), device="cuda")
     ref = _model("reference", torch.float32)(ids).logits
     tri = _model("triton", torch.float32)(ids).logits
@@ -44,20 +47,26 @@ def _jet(head_dim, expand_v):
 @pytest.mark.parametrize("head_dim,expand_v", JET_HEADS)
 @torch.no_grad()
 def test_triton_path_matches_reference_path_bf16_with_cache(head_dim, expand_v):
+    torch.manual_seed(0)
     ids = torch.randint(3, 128, (3, 200), device="cuda")
     eac = _jet(head_dim, expand_v)
-    ref_model = _model("reference", torch.bfloat16, efficient_attention_config=eac)
-    tri_model = _model("triton", torch.bfloat16, efficient_attention_config=eac)
-    ref = ref_model(ids[:, :150], use_cache=True)
-    tri = tri_model(ids[:, :150], use_cache=True)
-    assert _rel(tri.logits, ref.logits) < 2e-2
+    models = {"truth": _model("reference", torch.float32, efficient_attention_config=eac),
+              "ref": _model("reference", torch.bfloat16, efficient_attention_config=eac),
+              "tri": _model("triton", torch.bfloat16, efficient_attention_config=eac)}
+    outs = {k: m(ids[:, :150], use_cache=True) for k, m in models.items()}
+
+    def check(logits, what):
+        err_ref, err_tri = _rel(logits["ref"], logits["truth"]), _rel(logits["tri"], logits["truth"])
+        assert err_tri < 2 * err_ref + 5e-3, f"{what}: triton bf16 {err_tri:.3g} vs reference bf16 {err_ref:.3g}"
+
+    check({k: o.logits for k, o in outs.items()}, "prefill")
     for t in range(150, 160):
-        r = ref_model(ids[:, t : t + 1], past_key_values=ref.past_key_values).logits
-        s = tri_model(ids[:, t : t + 1], past_key_values=tri.past_key_values).logits
-        assert _rel(s, r) < 2e-2, t
+        check({k: m(ids[:, t : t + 1], past_key_values=outs[k].past_key_values).logits for k, m in models.items()},
+              f"decode step {t}")
 
 
 def test_triton_training_gradients_match_reference():
+    torch.manual_seed(0)
     ids = torch.randint(3, 128, (2, 130), device="cuda")
     grads = {}
     for backend in ("reference", "triton"):
@@ -65,15 +74,20 @@ def test_triton_training_gradients_match_reference():
         model(ids, labels=ids).loss.backward()
         grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads["reference"].keys() == grads["triton"].keys()
+    # 3e-2: TF32 products (5e-4 each) through four large-weight layers forward and back; the embedding gradient,
+    # the end of that chain, measured 1.3e-2 on an H200 (9e-3 or less on an H100). A wrong gradient gives O(1).
     for n, g in grads["reference"].items():
-        assert _rel(grads["triton"][n], g) < 1e-2, n
+        assert _rel(grads["triton"][n], g) < 3e-2, n
 
 
 @torch.no_grad()
 def test_compiled_static_decode_equals_eager_generation():
+    """fp32, so that equal tokens are a fair demand: in bf16 the compiled graph fuses and rounds in another order,
+    and a random model's near-ties then flip (an H200 run diverged at the 17th new token)."""
     from transformers import CompileConfig
 
-    model = _model("auto", torch.bfloat16)
+    torch.manual_seed(0)
+    model = _model("auto", torch.float32)
     prompt = torch.randint(3, 128, (2, 40), device="cuda")
     kw = dict(max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
     eager = model.generate(prompt, **kw)
