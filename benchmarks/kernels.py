@@ -5,7 +5,8 @@
 
 Chunked gated delta rule forward and forward+backward, B=1, T = 1K..64K, bf16, at the 2B JetBlock shape
 (H=12, dk=96, dv=256) and the 4B shape (H=16, dk=128, dv=256); the decode step at several batch sizes;
-the dynamic convolution. Times are medians of `triton.testing.do_bench`. Next to each time: the fraction of
+the dynamic convolution; one-token decode attention over a static KV cache (ours vs the grouped PyTorch path
+the model uses, eager and compiled, vs sdpa with enable_gqa). Times are medians of `triton.testing.do_bench`. Next to each time: the fraction of
 the roofline, max(FLOPs / matmul rate, bytes / copy bandwidth) over the time, both ceilings measured on the
 card first. Bytes are the fewest the op must move (each input read once, each output written once);
 FLOPs are the chunked algorithm's matrix products (chunk C=64, per token and head
@@ -215,6 +216,42 @@ def run_conv(results, Ts, bw):
                 print(rec, flush=True)
 
 
+def run_decode_attention(results, cases, bw):
+    """One-token attention of the 2B full-attention layer (12 query heads, 2 KV heads, D 128) over a static-cache
+    buffer: ours (split-KV Triton) vs the grouped PyTorch path the model uses now (eager and compiled) vs
+    PyTorch's sdpa with enable_gqa. Bytes = K and V of the valid positions read once (+ q and o)."""
+    from jet_nemotron.decode_attention_triton import decode_attention_triton
+    from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention
+
+    Hq, Hkv, D = 12, 2, 128
+    grouped = lambda q, k, v, m: grouped_decode_attention(None, q[:, :, None], k, v, m[:, None, None], D**-0.5)[0]  # noqa: E731
+    grouped_compiled = torch.compile(grouped, fullgraph=True, dynamic=False)
+    for B, L in cases:
+        q = torch.randn(B, Hq, D, device="cuda").bfloat16()
+        k = torch.randn(B, Hkv, L + 64, D, device="cuda").bfloat16()  # a static cache with room left
+        v = torch.randn_like(k)
+        mask = torch.zeros(B, L + 64, dtype=torch.bool, device="cuda")
+        mask[:, :L] = True
+        nbytes = 2 * B * Hkv * L * D * 2 + 2 * B * Hq * D * 2
+        impls = {"ours": lambda: decode_attention_triton(q, k, v, mask),
+                 "grouped (eager)": lambda: grouped(q, k, v, mask),
+                 "grouped (compiled)": lambda: grouped_compiled(q, k, v, mask),
+                 "sdpa enable_gqa": lambda: F.scaled_dot_product_attention(
+                     q[:, :, None], k, v, attn_mask=mask[:, None, None], enable_gqa=True)}
+        for name, f in impls.items():
+            rec = dict(op="decode_attention", shape="2B", B=B, T=L, H=Hq, K=D, V=D, mode="fwd", impl=name)
+            try:
+                with torch.no_grad():
+                    ms = bench(f)
+                rec.update(ms=ms, roofline=nbytes / bw * 1e3 / ms)
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory for a path that copies the cache
+                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            results.append(rec)
+            print(rec, flush=True)
+        del q, k, v, mask
+        torch.cuda.empty_cache()
+
+
 def accuracy(results):
     """bf16 errors of ours and fla against the fp32 reference at T=4096, 2B shape (fwd o and final state)."""
     from jet_nemotron.gated_delta_rule_ref import chunk_gated_delta_rule_ref
@@ -274,7 +311,8 @@ def table(results):
     by = {}
     for r in results:
         if "ms" in r:
-            key = (r["op"], r.get("shape"), r.get("T", r.get("B")), r["mode"])
+            tb = f"{r['B']}x{r['T']}" if r["op"] == "decode_attention" else r.get("T", r.get("B"))
+            key = (r["op"], r.get("shape"), tb, r["mode"])
             by.setdefault(key, {})[r["impl"]] = r
     print(f"\n{'op':6} {'shape':5} {'T/B':>6} {'mode':8} {'ours ms (roof)':>16} {'fla ms (roof)':>16} "
           f"{'fla/ours':>8} {'ref/ours':>8}")
@@ -288,6 +326,14 @@ def table(results):
         print(f"{key[0]:6} {str(key[1] or '-'):5} {key[2]:>6} {key[3]:8} {cell(o):>16} {cell(fla):>16} "
               f"{(fla['ms'] / o['ms']) if fla else float('nan'):8.2f} "
               f"{(ref['ms'] / o['ms']) if ref else float('nan'):8.2f}")
+    print(f"\n{'decode attention BxL':>20} {'ours ms (roof)':>16} {'grouped compiled ms (roof)':>27} {'x':>6} "
+          f"{'sdpa gqa ms (roof)':>19}")
+    for key in sorted(k for k in by if k[0] == "decode_attention"):
+        d = by[key]
+        cell = lambda r: f"{r['ms']:9.3f} ({r['roofline'] * 100:3.0f}%)" if r else "-"  # noqa: E731
+        o, g = d.get("ours"), d.get("grouped (compiled)")
+        print(f"{key[2]:>20} {cell(o):>16} {cell(g):>27} {(g['ms'] / o['ms']) if o and g else float('nan'):6.2f} "
+              f"{cell(d.get('sdpa enable_gqa')):>19}")
     for r in results:
         if "error" in r:
             print("error:", r["op"], r.get("shape"), r.get("T", r.get("B")), r["mode"], r["impl"], r["error"])
@@ -359,7 +405,9 @@ def main():
     except Exception:  # noqa: BLE001
         pass
     path = out / "kernels.json"
-    for part in (lambda: accuracy(results), lambda: run_step(results, [1, 16, 64, 256], bw, peak),
+    da_cases = [(1, 8192), (64, 8192)] if args.quick else [(1, 8192), (1, 65536), (64, 8192), (256, 65536)]
+    for part in (lambda: run_decode_attention(results, da_cases, bw),
+                 lambda: accuracy(results), lambda: run_step(results, [1, 16, 64, 256], bw, peak),
                  lambda: step_variants(results, bw, peak), lambda: run_chunk(results, Ts, bw, peak),
                  lambda: run_conv(results, [4096, 16384], bw)):
         try:

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from .decode_attention_ref import decode_attention_ref
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_delta_rule_ref import (
     chunk_gated_delta_rule_ref,
@@ -40,6 +41,7 @@ if _TRITON_IMPORT_ERROR is None:
             gated_delta_rule_step_triton,
         )
         from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
+        from .decode_attention_triton import decode_attention_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
 
@@ -109,3 +111,13 @@ def dynamic_conv_step(x, kernel, conv_state, backend: str = "auto"):
     if _choose("dynamic_conv_step", x, backend) == "triton":
         return dynamic_conv_step_triton(x, kernel, conv_state)
     return dynamic_conv_step_ref(x, kernel, conv_state)
+
+
+def decode_attention(q, k, v, mask=None, scale=None, backend: str = "auto"):
+    """One query token per sequence against a KV cache. q [B, Hq, D]; k, v [B, Hkv, L, D]; mask [B, L] bool.
+
+    Not yet called by the model: its GPU speed against the grouped PyTorch path is unmeasured (benchmarks/kernels.py
+    measures it); until then full-attention layers decode through `grouped_decode_attention`."""
+    if _choose("decode_attention", q, backend) == "triton":
+        return decode_attention_triton(q, k, v, mask, scale)
+    return decode_attention_ref(q, k, v, mask, scale)
