@@ -9,6 +9,10 @@ preallocated static cache and the compiled (CUDA-graph) decode step.
   does not depend on the values, and real prefill of hundreds of 64K sequences would take minutes), then
   `generate()` runs N1 and N2 new tokens; tok/s = batch * (N2 - N1) / (t2 - t1), which removes the first step.
   Measured at batch 1 and at the largest batch whose cache fits (capped by --max-batch).
+- The teacher decodes through the same grouped-query attention as Jet-Nemotron's full-attention layers (registered
+  with transformers' AttentionInterface as "grouped_decode": sdpa for prefill, `grouped_decode_attention` for one
+  token), so that neither model pays for transformers' sdpa path repeating K/V per query head under a mask.
+  `--teacher-attention sdpa` measures the teacher exactly as transformers ships it.
 - Jet-Nemotron's same-input projections are fused into one matrix product each (`fuse_projections()`, same
   math); the teacher runs transformers' Qwen2 as it is. `--no-fuse` turns ours off.
 - roofline: bytes a decode step must read (weights once + the KV/state it needs, state written back) over the
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM, StaticCache  # noqa: E402
 
 from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM, cache_nbytes_estimate  # noqa: E402
+from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 from roofline import ceilings  # noqa: E402
 
@@ -59,6 +64,22 @@ def model_configs(smoke: bool) -> tuple[JetNemotronConfig, Qwen2Config]:
         jet = JetNemotronConfig(**base, layer_types=JET_NEMOTRON_2B_LAYER_TYPES)
     qwen = Qwen2Config(**base, rope_theta=1e6)
     return jet, qwen
+
+
+def register_grouped_decode() -> str:
+    """Give transformers' models our grouped decode attention as attn_implementation "grouped_decode"."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        if query.shape[2] == 1 and key.shape[2] > 1:
+            return grouped_decode_attention(module, query, key, value, attention_mask, kwargs["scaling"])
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("grouped_decode", attention)
+    AttentionMaskInterface.register("grouped_decode", sdpa_mask)
+    return "grouped_decode"
 
 
 def build(cls, config, device, dtype):
@@ -169,7 +190,7 @@ def largest_batch(model, ctx: int, device, cap: int, headroom: float = 0.8) -> i
     # inductor benchmarks its cache-write kernel on a clone of the buffer it writes (one layer's K): at 64K and
     # batch 516 that clone was 17.6 GiB, which an H200 run did not have (2026-11-27)
     per_seq += c.num_key_value_heads * (ctx + 64) * head_dim * 2
-    if c.model_type != "jet_nemotron":
+    if c.model_type != "jet_nemotron" and c._attn_implementation == "sdpa":
         # transformers' sdpa path repeats one layer's K and V per query head when a mask is present (static cache)
         per_seq += 2 * c.num_attention_heads * (ctx + 64) * head_dim * 2
     return max(1, min(cap, int(free * headroom // per_seq)))
@@ -241,7 +262,8 @@ def merge(paths: list[Path]) -> dict:
     return merged
 
 
-def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path, fuse: bool = True) -> dict:
+def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path, fuse: bool = True,
+        teacher_attention: str = "grouped") -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile_config = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
@@ -253,9 +275,11 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
     print(f"device {name}; copy bandwidth {bandwidth / 1e9:.0f} GB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s",
           flush=True)
     jet_cfg, qwen_cfg = model_configs(smoke)
+    qwen_cfg._attn_implementation = register_grouped_decode() if teacher_attention == "grouped" else "sdpa"
     results = {"device": name, "copy_bandwidth_GBps": bandwidth / 1e9, "bf16_matmul_TFLOPs": matmul_rate / 1e12,
                "n_decode_steps": n2 - n1, "rows": [],
-               "torch": torch.__version__, "jet_projections_fused": fuse}
+               "torch": torch.__version__, "jet_projections_fused": fuse,
+               "teacher_attention": qwen_cfg._attn_implementation}
     stem = "generation_smoke" if smoke else "generation"
     for tag, cls, cfg in (("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)):
         model = build(cls, cfg, device, dtype)
@@ -306,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, not speed")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-fuse", action="store_true", help="keep Jet-Nemotron's projections unfused")
+    parser.add_argument("--teacher-attention", choices=["grouped", "sdpa"], default="grouped",
+                        help="the teacher's decode attention: ours (like with like) or transformers' sdpa as shipped")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="combine earlier runs' JSON (same card) into one table, JSON and plot; runs nothing")
     args = parser.parse_args(argv)
@@ -314,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     contexts = [64, 128] if args.smoke else args.contexts
     max_batch = 4 if args.smoke else args.max_batch
-    run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse)
+    run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse,
+        teacher_attention=args.teacher_attention)
 
 
 if __name__ == "__main__":
