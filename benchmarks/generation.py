@@ -222,6 +222,38 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+@torch.no_grad()
+def profile_model(model, tag: str, ctx: int, device, out: Path) -> None:
+    """Where the time goes: kernels of one prefill of `ctx` tokens and of one eager decode step (batch 1, filled
+    static cache), sorted by device time; tables printed and written to OUT/profile_{tag}_{ctx}.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    ids = torch.randint(0, model.config.vocab_size, (1, ctx), device=device)
+    prefill = lambda: model(ids, use_cache=True, logits_to_keep=1)  # noqa: E731
+    cache = fill_static_cache(model, 1, ctx, ctx + 8, device)
+    pos = torch.tensor([ctx], device=device)
+    step = lambda: model(ids[:, :1], past_key_values=cache, cache_position=pos, use_cache=True)  # noqa: E731
+    text = []
+    for name, fn in (("prefill", prefill), ("eager decode step", step)):
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        with profile(activities=acts) as prof:
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        events = prof.key_averages()
+        n_kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
+                        and str(e.device_type).endswith("CUDA"))
+        text.append(f"== {tag} {name}, context {ctx}: {n_kernels} device kernels ==\n"
+                    + events.table(sort_by=sort, row_limit=25))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"profile_{tag}_{ctx}.txt").write_text("\n\n".join(text))
+    print("\n\n".join(text), flush=True)
+
+
 def report(results: dict, out: Path, stem: str = "generation") -> None:
     """Print the table of ratios for every context both models reached, write the JSON and the PNG."""
     contexts = sorted({r["ctx"] for r in results["rows"] if r["model"] == "jet"}
@@ -263,7 +295,7 @@ def merge(paths: list[Path]) -> dict:
 
 
 def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path, fuse: bool = True,
-        teacher_attention: str = "grouped") -> dict:
+        teacher_attention: str = "grouped", profile_ctx: int = 0) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile_config = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
@@ -287,6 +319,9 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
             model.fuse_projections()  # same math, fewer launches per decode step (fused_projections.py)
         print(f"{tag}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, "
               f"{weight_bytes(model) / 1e9:.2f} GB", flush=True)
+        if profile_ctx:
+            profile_model(model, tag, profile_ctx, device, out)
+            continue
         for ctx in contexts:
             row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
             row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
@@ -318,6 +353,8 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
             torch.cuda.empty_cache()
         torch._dynamo.reset()
 
+    if profile_ctx:
+        return results
     report(results, out, stem)
     return results
 
@@ -332,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-fuse", action="store_true", help="keep Jet-Nemotron's projections unfused")
     parser.add_argument("--teacher-attention", choices=["grouped", "sdpa"], default="grouped",
                         help="the teacher's decode attention: ours (like with like) or transformers' sdpa as shipped")
+    parser.add_argument("--profile", type=int, default=0, metavar="CTX",
+                        help="only profile one prefill of CTX tokens and one eager decode step per model")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="combine earlier runs' JSON (same card) into one table, JSON and plot; runs nothing")
     args = parser.parse_args(argv)
@@ -341,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     contexts = [64, 128] if args.smoke else args.contexts
     max_batch = 4 if args.smoke else args.max_batch
     run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse,
-        teacher_attention=args.teacher_attention)
+        teacher_attention=args.teacher_attention, profile_ctx=args.profile)
 
 
 if __name__ == "__main__":

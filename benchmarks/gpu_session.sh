@@ -2,7 +2,10 @@
 # Everything that needs the GPU, in order of priority, for one device call per stage:
 #   bash benchmarks/gpu_session.sh tests        # kernel + model GPU tests (~2 min)
 #   bash benchmarks/gpu_session.sh sanitize     # compute-sanitizer on the bf16 model test
-#   bash benchmarks/gpu_session.sh generation   # Jet-Nemotron vs Qwen2 teacher (~6-8 min: compiles per shape)
+#   bash benchmarks/gpu_session.sh generation 65536   # Jet-Nemotron vs Qwen2 teacher at one context (~5 min on an
+#                                                     # H200 at 64K: compiles per batch shape); merge runs with
+#                                                     # python benchmarks/generation.py --merge a.json b.json
+#   bash benchmarks/gpu_session.sh profile 65536      # where prefill and decode time goes, per kernel (~2 min)
 #   bash benchmarks/gpu_session.sh kernels      # ours vs flash-linear-attention (needs .wheels, see below)
 #   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~8 min)
 # Results go to $OUT (the device tool brings them back) or benchmarks/results.
@@ -27,7 +30,12 @@ case "${1:-tests}" in
     compute-sanitizer --tool memcheck python -m pytest -q -x modeling_tests/test_gpu_model.py \
       -k bf16 2>&1 | grep -E "Invalid|at 0x|by thread|kernel|passed|failed" | head -40 ;;
   generation)
-    python benchmarks/generation.py --contexts 4096 16384 65536 --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -30 ;;
+    shift
+    for ctx in "${@:-8192}"; do
+      python benchmarks/generation.py --contexts "$ctx" --out "$out/gen_$ctx" 2>&1 | grep -v "^jet_nemotron:" | tail -8
+    done ;;
+  profile)
+    python benchmarks/generation.py --profile "${2:-65536}" --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -120 ;;
   kernels)
     if ls .wheels/*.whl >/dev/null 2>&1; then pip install -q --no-deps .wheels/*.whl; fi
     python benchmarks/kernels.py --out "$out" 2>&1 | tail -40 ;;
