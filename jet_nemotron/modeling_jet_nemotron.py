@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -140,6 +141,36 @@ def grouped_decode_attention(module, query, key, value, attention_mask, scaling,
     return (probs @ value).reshape(B, Hq, 1, D).transpose(1, 2), None
 
 
+def banded_sliding_attention(query, key, value, window: int, scaling: float, dropout: float = 0.0) -> torch.Tensor:
+    """Causal attention inside a window over a whole sequence (no cached prefix, no padding), without a [T, T] mask.
+
+    Queries go in blocks of `window`; block i sees its own keys and block i-1's, through one [W, 2W] band mask
+    shared by all blocks: O(T * 2W) work instead of sdpa's O(T^2) with the dense mask that transformers builds for
+    sliding layers (4 GiB of mask at 64K tokens). Query p sees keys p-W+1 .. p, as `create_sliding_window_causal_mask`.
+    query [B, Hq, T, D], key/value [B, Hkv, T, D] -> [B, T, Hq, D]."""
+    B, Hq, T, D = query.shape
+    W, rep = window, Hq // key.shape[1]
+    key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+    nb = -(-T // W)
+    pad = (0, 0, 0, nb * W - T)
+    qb, kb, vb = (F.pad(t, pad).view(B, Hq, nb, W, D) for t in (query, key, value))
+    first = F.scaled_dot_product_attention(qb[:, :, 0], kb[:, :, 0], vb[:, :, 0], dropout_p=dropout,
+                                           is_causal=True, scale=scaling)  # block 0: causal within itself
+    if nb == 1:
+        return first[:, :, :T].transpose(1, 2)
+    o_r = torch.arange(W, device=query.device)
+    o_c = torch.arange(2 * W, device=query.device)
+    band = (o_c[None, :] > o_r[:, None]) & (o_c[None, :] <= o_r[:, None] + W)  # key (i-1)W+c for query iW+r
+    blocks = lambda t: t.transpose(1, 2).reshape(B * (nb - 1), Hq, t.shape[-2], D)  # noqa: E731
+    k2 = torch.cat([kb[:, :, :-1], kb[:, :, 1:]], dim=3)
+    v2 = torch.cat([vb[:, :, :-1], vb[:, :, 1:]], dim=3)
+    rest = F.scaled_dot_product_attention(blocks(qb[:, :, 1:]), blocks(k2), blocks(v2), attn_mask=band,
+                                          dropout_p=dropout, scale=scaling)
+    rest = rest.view(B, nb - 1, Hq, W, D).transpose(1, 2)
+    out = torch.cat([first[:, :, None], rest], dim=2).reshape(B, Hq, nb * W, D)[:, :, :T]
+    return out.transpose(1, 2)
+
+
 class JetNemotronAttention(nn.Module):
     """Qwen2 attention (RoPE, GQA, q/k/v bias) for "full_attention" and "sliding_attention" layers;
     Qwen3's per-head q/k RMSNorm when `config.qk_norm`."""
@@ -187,6 +218,11 @@ class JetNemotronAttention(nn.Module):
                                                                     eager_attention_forward)
         if q.shape[2] == 1 and past_key_values is not None and self.config._attn_implementation == "sdpa":
             attention = grouped_decode_attention
+        if self.sliding_window and attention_mask is None and k.shape[2] == q.shape[2] > self.sliding_window:
+            # the model left this sliding layer's mask out on purpose (JetNemotronModel._bands_sliding_layers)
+            out = banded_sliding_attention(q, k, v, self.sliding_window, self.scaling,
+                                           self.attention_dropout if self.training else 0.0)
+            return self.o_proj(out.reshape(*input_shape, -1).contiguous()), None
         out, weights = attention(self, q, k, v, attention_mask,
                                  dropout=0.0 if not self.training else self.attention_dropout,
                                  scaling=self.scaling, sliding_window=self.sliding_window, **kwargs)
@@ -341,7 +377,8 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
             if "full_attention" in self.config.layer_types:
                 masks["full_attention"] = create_causal_mask(**mask_kwargs)
             if "sliding_attention" in self.config.layer_types:
-                masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+                banded = self._bands_sliding_layers(attention_mask, past_key_values, positions_given, T)
+                masks["sliding_attention"] = None if banded else create_sliding_window_causal_mask(**mask_kwargs)
         # packed documents (positions restart, no mask, no cache): transformers' masks keep attention inside each
         # document, and the JetBlocks must restart their state and convolution at the same boundaries
         cu_seqlens = None
@@ -363,6 +400,19 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states,
                                        past_key_values=past_key_values if use_cache else None,
                                        hidden_states=tuple(all_hidden) if output_hidden_states else None)
+
+    def _bands_sliding_layers(self, attention_mask, past_key_values, positions_given: bool, T: int) -> bool:
+        """Whether sliding layers can skip their dense [T, T] mask and band the window themselves
+        (`banded_sliding_attention`): sdpa, a whole sequence longer than two windows with nothing cached before it,
+        and no padding or packed documents that the dense mask would have to express."""
+        W = self.config.sliding_window
+        if self.config._attn_implementation != "sdpa" or not W or T <= 2 * W or torch.compiler.is_compiling():
+            return False
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            return False
+        if attention_mask is None:
+            return not positions_given  # given positions may mark packed documents
+        return attention_mask.ndim == 2 and attention_mask.shape[-1] == T and bool(attention_mask.all())
 
 
 class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
