@@ -1,4 +1,4 @@
-"""Distil a converted Jet-Nemotron student from its Qwen teacher with `accelerate` (one device or DDP).
+"""Distil a converted Jet-Nemotron student from its Qwen teacher with `accelerate` (one device, DDP or FSDP2).
 
 One call of `distill` runs one stage:
     stage 1: only the JetBlocks train (MLPs, embeddings and kept attention frozen); loss =
@@ -14,10 +14,16 @@ a seeded permutation of the packed rows, a pure function of the step, so a resum
 the batches of a single uninterrupted run. The learning rate is also a function of the step (warmup + cosine).
 Checkpoints (`accelerator.save_state` + `progress.json`, written to a temporary folder then renamed) every
 `save_every` steps; `resume=True` continues from the newest one. Only the main process logs and writes.
+
+FSDP (accelerate configured with `fsdp_version: 2`): a copy of the student is sharded across the processes
+(parameters, gradients and Adam state), checkpoints are accelerate's sharded ones, and at the end the full
+weights are gathered back into the caller's `student`, which stays an ordinary module. The teacher only runs
+forward and is not sharded: every process holds a full copy (bf16 with `mixed_precision="bf16"`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -122,6 +128,8 @@ class DistillLoss(nn.Module):
                  temperature: float):
         super().__init__()
         self.student = student
+        # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
+        self._no_split_modules = getattr(student, "_no_split_modules", None)
         self.mse_layers, self.kl_weight, self.mse_weight = mse_layers, kl_weight, mse_weight
         self.chunk, self.temperature = chunk, temperature
 
@@ -210,12 +218,77 @@ def _checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
+def _uses_fsdp(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def _check_fsdp_plugin(plugin) -> None:
+    """Refuse the FSDP settings this training loop cannot honour."""
+    if getattr(plugin, "fsdp_version", 1) != 2:  # accelerate before FSDP2 support has no such field
+        # FSDP1 flattens each unit's parameters, which breaks stage 1's frozen / trainable mix unless
+        # use_orig_params is set, and gathers state differently; FSDP2 handles both natively
+        raise ValueError("FSDP1 is not supported for distillation: set `fsdp_version: 2` in the accelerate config")
+    if plugin.cpu_ram_efficient_loading:
+        # transformers then loads real weights on the first process only; the teacher is never sharded or
+        # broadcast, so the other processes would distil from an uninitialised teacher
+        raise ValueError("fsdp_cpu_ram_efficient_loading must be false for distillation: every process needs "
+                         "the teacher's weights")
+
+
+def _fsdp_match_single_device(acc) -> None:
+    """Make FSDP do the arithmetic of one device (up to summation order), whatever `mixed_precision` says.
+
+    With bf16, accelerate's FSDP2 policy gathers bf16 copies of the weights and reduces gradients in bf16,
+    a different computation from the one-device / DDP run (fp32 weights under bf16 autocast, fp32 gradients),
+    so the loss curves would part by more than summation order. Keeping the shards' own fp32 for both leaves
+    bf16 to autocast, as on one device, at the price of twice the bytes per all-gather / reduce-scatter.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    acc.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy()
+
+
+def _gather_full_state(wrapper) -> dict[str, torch.Tensor]:
+    """The student's full weights as CPU tensors on every process, from the FSDP2-sharded `DistillLoss`.
+
+    A collective: every process must call it. Parameters are gathered one at a time, so the device holds at
+    most one full tensor beyond its shards.
+    """
+    from torch.distributed.tensor import DTensor
+
+    full = {}
+    for name, t in wrapper.state_dict().items():
+        t = t.full_tensor() if isinstance(t, DTensor) else t
+        # FSDP's activation checkpointing inserts this module level into the names
+        name = name.replace("._checkpoint_wrapped_module", "")
+        full[name.removeprefix("student.")] = t.detach().to("cpu", copy=True)
+    return full
+
+
+def _held_out_kl(student, teacher, rows: torch.Tensor, cfg: DistillConfig, device, park: bool) -> float:
+    """eval_kl on `device`; with `park` the student goes back to the CPU afterwards.
+
+    Under FSDP the caller's student is a full, unsharded copy kept on the CPU while its sharded twin trains;
+    it visits the device only for this evaluation (main process), which needs the model to fit one device
+    for inference, as the pipeline's perplexity does.
+    """
+    student.to(device)
+    kl = eval_kl(student, teacher, rows.to(device), cfg.eval_batch, cfg.kl_chunk)
+    student.train()
+    if park:
+        student.to("cpu")
+    return kl
+
+
 def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
             resume: bool = False, eval_rows: torch.Tensor | None = None, accelerator=None) -> dict:
     """Train `student` in place towards `teacher` on packed rows [N, L]; returns the run summary.
 
     The summary holds the per-step history (loss, kl, mse, lr, tok/s), held-out KL before and after, tokens
-    seen and wall time. `student` ends unwrapped, on its device, in fp32.
+    seen and wall time. `student` ends unwrapped, on its device, in fp32 (under FSDP it is never sharded: it
+    waits on the CPU and receives the gathered weights at the end, then moves to the device).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -232,6 +305,10 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
         raise ValueError("no training rows")
     jet_layers = [i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"]
     mse_layers = jet_layers if cfg.mse_weight > 0 else []
+    fsdp = _uses_fsdp(acc)
+    if fsdp:
+        _check_fsdp_plugin(acc.state.fsdp_plugin)
+        _fsdp_match_single_device(acc)
     n_train = set_trainable(student, cfg.train)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -240,10 +317,14 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
     teacher.to(acc.device)
     if cfg.mixed_precision == "bf16":
         teacher.to(torch.bfloat16)  # the teacher only runs forward: bf16 halves its memory and time
-    wrapper = DistillLoss(student, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature)
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
+    # (on the CPU until the end) into which the trained full weights are gathered
+    trained = copy.deepcopy(student.to("cpu")) if fsdp else student
+    wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature)
+    opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     wrapper, opt = acc.prepare(wrapper, opt)
+    params = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the sharded parameters
 
     history: list[dict] = []
     start, kl_before = 0, None
@@ -258,9 +339,8 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
     summary: dict = {"config": {k: v for k, v in asdict(cfg).items() if k != "history"},
                      "trainable_params": n_train, "world_size": world}
     if eval_rows is not None and acc.is_main_process and start == 0:
-        kl_before = eval_kl(acc.unwrap_model(wrapper).student, teacher, eval_rows.to(acc.device), cfg.eval_batch,
-                            cfg.kl_chunk)
-        student.train()
+        # the trained weights still equal the caller's student; under FSDP only the latter is whole
+        kl_before = _held_out_kl(student, teacher, eval_rows, cfg, acc.device, park=fsdp)
     summary["eval_kl_before"] = kl_before  # kept in progress.json, so a resumed run reports the true start
 
     L = train_rows.shape[1]
@@ -279,7 +359,9 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
             lo = (m * world + acc.process_index) * cfg.micro_batch
             x = train_rows[rows[lo : lo + cfg.micro_batch]].to(acc.device)
             t_hidden, t_attn = teacher_targets(teacher, x, mse_layers)
-            sync = nullcontext() if m == accum - 1 else acc.no_sync(wrapper)
+            # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
+            # it would keep full unsharded gradients on every device, the memory FSDP is there to save
+            sync = nullcontext() if fsdp or m == accum - 1 else acc.no_sync(wrapper)
             with sync, acc.autocast():
                 loss, kl, mse = wrapper(x, t_hidden, teacher_head, t_attn)
                 acc.backward(loss / accum)
@@ -309,7 +391,14 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
         # the finished stage is a checkpoint too, so a resumed run skips it instead of redoing its tail
         save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before)
     acc.wait_for_everyone()
-    unwrapped = acc.unwrap_model(wrapper).student
+    if fsdp:
+        full = _gather_full_state(wrapper)
+        wrapper = opt = params = trained = None  # drop the shards and Adam state before the full model moves in
+        acc.free_memory()
+        student.load_state_dict(full)
+        unwrapped = student.to(acc.device)
+    else:
+        unwrapped = acc.unwrap_model(wrapper).student
     if cfg.gradient_checkpointing:
         unwrapped.gradient_checkpointing_disable()
     unwrapped.requires_grad_(True)
@@ -330,6 +419,7 @@ def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, ev
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
+    acc.wait_for_everyone()  # every process writes its own files (RNG state; FSDP: its shards) before the rename
     if acc.is_main_process:
         (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history,
                                                        "eval_kl_before": eval_kl_before}))
