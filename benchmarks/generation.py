@@ -148,7 +148,7 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
     seconds of the compiled one-token step alone: the last step's inputs replayed without generate()'s loop."""
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx + 1), device=device)
     mask = torch.ones_like(ids)
-    times, last_call = {}, {}
+    times, last_call, compiled = {}, {}, None
     for i, n in enumerate((n1, n2, n1, n2)):  # the first pair warms up (compiles, records CUDA graphs)
         cache = fill_static_cache(model, batch, ctx, ctx + n2 + 16, device)  # room for the replayed steps
         run = lambda: model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n,  # noqa: E731
@@ -159,10 +159,11 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
             model._compiled_call = lambda **kw: (last_call.update(kw), compiled(**kw))[1]
         times[n] = timed(run, device)
         del cache
+    if compiled is not None:
+        model._compiled_call = compiled  # the recording wrapper goes, whatever happens next
     tok_s = batch * (n2 - n1) / (times[n2] - times[n1])
     if not last_call:  # generate() compiles only on CUDA (transformers' auto-compile criteria): no step to replay
         return tok_s, float("nan")
-    model._compiled_call = compiled
     # transformers' static layers advance their own write position: rewind it before each burst of 10 steps
     counters = [(t, t.clone()) for layer in last_call["past_key_values"].layers
                 for t in [getattr(layer, "cumulative_length", None)] if isinstance(t, torch.Tensor)]
