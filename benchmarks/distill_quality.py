@@ -3,9 +3,9 @@
 Offline and self-contained:
 1. Teacher: a Qwen2-architecture model pretrained here on Python's stdlib sources (code, docstrings,
    comments; `convert/tiny_teacher.py`; the GPU run adds the stdlib's own tests to the training text), byte-level
-   BPE trained on the same text, for about one epoch (an earlier teacher that saw its corpus ~8 times looked
-   over-fit: its distilled student beat it on held-out text). Held-out: stdlib files whose path hashes into the last 5% (never trained on,
-   neither by the teacher nor by the distillation).
+   BPE trained on the same text, for 2 passes over its text (an earlier teacher that saw its corpus ~8 times
+   looked over-fit: its distilled student beat it on held-out text). Held-out: stdlib files whose path hashes into
+   the last 5% (never trained on, neither by the teacher nor by the distillation).
    A stated fraction of the teacher's and the distillation's rows are synthetic passkey documents
    (`convert.evaluation.passkey_rows`: training-split filler, `PASSKEY = <key>` at a random depth, the
    question and the key at the end), so the teacher can retrieve and the passkey columns measure something.
@@ -46,17 +46,20 @@ from convert.tiny_teacher import (TeacherSize, build_qwen2, build_tokenizer, pre
                                   stdlib_files)
 
 # teacher_steps None: teacher_epochs passes over the teacher's rows (text + passkey), counted on this machine's
-# stdlib. With the tests the corpus is ~9.5 M tokens on CPython 3.11 (~4.0 M without; ~30 s to read and tokenise
-# on one CPU core), so one epoch of text + 20% passkey rows at batch 16 x 1024 is ~720 steps (11.9 M tokens).
-# Batch 16 rather than 32 gives the step-limited one-epoch teacher twice the updates.
+# stdlib: ~9.5 M tokens with the `test` packages on CPython 3.11, ~3.1 M where the distribution strips them (the
+# H200 machine's Python 3.12, 2026-11-27). Passkey retrieval is learnt from the count of examples (a CPU toy needed
+# ~50,000 documents); teachers that saw 9,000 and 17,400 documents scored 0. So the teacher's rows are 75% passkey
+# rows (~3.9 documents each) and it makes 2 passes over its text: ~70,000 documents and ~1,500 steps at batch
+# 16 x 1024 on the 3.1 M-token corpus (~1.5 min on an H200). The distillation keeps 25% passkey rows: enough to
+# carry the skill over, and most of its budget stays on the text whose perplexity is compared.
 GPU = dict(size=TeacherSize(vocab=4096, hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1536),
-           corpus_chars=None, with_tests=True, teacher_seq=1024, teacher_epochs=1.0, teacher_steps=None,
-           teacher_batch=16, teacher_lr=2e-3, passkey_fraction=0.2,
+           corpus_chars=None, with_tests=True, teacher_seq=1024, teacher_epochs=2.0, teacher_steps=None,
+           teacher_batch=16, teacher_lr=2e-3, passkey_fraction=0.75, distill_passkey_fraction=0.25,
            seq=512, batch=32, micro=32, init_steps=100, stage1=600, stage2=600, lr1=2e-3, lr2=3e-4,
            passkey_trials=20, eval_rows=64)
 TOY = dict(size=TeacherSize(vocab=1024, hidden=96, layers=4, heads=4, kv_heads=2, intermediate=256),
            corpus_chars=600_000, with_tests=False, teacher_seq=256, teacher_epochs=1.25, teacher_steps=None,
-           teacher_batch=16, teacher_lr=3e-3, passkey_fraction=0.2,
+           teacher_batch=16, teacher_lr=3e-3, passkey_fraction=0.2, distill_passkey_fraction=0.2,
            seq=128, batch=8, micro=8, init_steps=15, stage1=25, stage2=15, lr1=3e-3, lr2=1e-3,
            passkey_trials=10, eval_rows=16)
 
@@ -94,7 +97,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--teacher-steps", type=int, help="overrides the one-epoch default")
     ap.add_argument("--teacher-epochs", type=float)
-    ap.add_argument("--passkey-fraction", type=float, help="of the teacher's and the distillation's rows")
+    ap.add_argument("--passkey-fraction", type=float, help="of the teacher's rows")
+    ap.add_argument("--distill-passkey-fraction", type=float, help="of the distillation's rows")
     ap.add_argument("--stage1-steps", type=int)
     ap.add_argument("--stage2-steps", type=int)
     ap.add_argument("--init-steps", type=int)
@@ -103,7 +107,8 @@ def main():
     args = ap.parse_args()
     P = dict(TOY if args.toy else GPU)
     for k, a in (("teacher_steps", args.teacher_steps), ("teacher_epochs", args.teacher_epochs),
-                 ("passkey_fraction", args.passkey_fraction), ("stage1", args.stage1_steps),
+                 ("passkey_fraction", args.passkey_fraction),
+                 ("distill_passkey_fraction", args.distill_passkey_fraction), ("stage1", args.stage1_steps),
                  ("stage2", args.stage2_steps), ("init_steps", args.init_steps)):
         if a is not None:
             P[k] = a
@@ -135,7 +140,8 @@ def main():
     # passkey rows of the teacher's length, and separately of the distillation's (halving a teacher row would
     # part questions from their needles); the text is the same token stream cut shorter (tokenised once)
     teacher_rows = with_passkey(text_rows, tok, filler, P["passkey_fraction"], args.seed + 1)
-    train_rows = with_passkey(text_rows.reshape(-1, P["seq"]), tok, filler, P["passkey_fraction"], args.seed + 2)
+    train_rows = with_passkey(text_rows.reshape(-1, P["seq"]), tok, filler, P["distill_passkey_fraction"],
+                              args.seed + 2)
     corpus_tokens = text_rows.numel()
     results["corpus"] = {"files": len(train_texts), "chars": sum(map(len, train_texts)), "tokens": corpus_tokens,
                          "held_out_tokens": held.numel(), "with_tests": P["with_tests"],

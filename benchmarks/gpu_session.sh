@@ -6,7 +6,7 @@
 #                                                     # H200 at 64K: compiles per batch shape); merge runs with
 #                                                     # python benchmarks/generation.py --merge a.json b.json
 #   bash benchmarks/gpu_session.sh profile 65536      # where prefill and decode time goes, per kernel (~2 min)
-#   bash benchmarks/gpu_session.sh kernels      # ours vs flash-linear-attention (needs .wheels, see below)
+#   bash benchmarks/gpu_session.sh kernels [--only decode_attention ...]  # ours vs flash-linear-attention (needs .wheels)
 #   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~8 min)
 # Results go to $OUT (the device tool brings them back) or benchmarks/results.
 # flash-linear-attention travels as wheels: on the workstation
@@ -38,7 +38,7 @@ case "${1:-tests}" in
     python benchmarks/generation.py --profile "${2:-65536}" --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -120 ;;
   kernels)
     if ls .wheels/*.whl >/dev/null 2>&1; then pip install -q --no-deps .wheels/*.whl; fi
-    python benchmarks/kernels.py --out "$out" 2>&1 | tail -40 ;;
+    python benchmarks/kernels.py --out "$out" "${@:2}" 2>&1 | tail -40 ;;
   distill)
     python benchmarks/distill_quality.py --out "$out/distill_quality" 2>&1 | tail -40 ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;

@@ -23,6 +23,7 @@ import platform
 import sys
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -218,13 +219,15 @@ def run_conv(results, Ts, bw):
 
 def run_decode_attention(results, cases, bw):
     """One-token attention of the 2B full-attention layer (12 query heads, 2 KV heads, D 128) over a static-cache
-    buffer: ours (split-KV Triton) vs the grouped PyTorch path the model uses now (eager and compiled) vs
+    buffer: ours (split-KV Triton) vs the grouped PyTorch path the model takes off CUDA (eager and compiled) vs
     PyTorch's sdpa with enable_gqa. Bytes = K and V of the valid positions read once (+ q and o)."""
     from jet_nemotron.decode_attention_triton import decode_attention_triton
     from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention
 
     Hq, Hkv, D = 12, 2, 128
-    grouped = lambda q, k, v, m: grouped_decode_attention(None, q[:, :, None], k, v, m[:, None, None], D**-0.5)[0]  # noqa: E731
+    torch_path = SimpleNamespace(config=SimpleNamespace(kernel_backend="reference"))  # the model's CPU path
+    grouped = lambda q, k, v, m: grouped_decode_attention(torch_path, q[:, :, None], k, v, m[:, None, None],  # noqa: E731
+                                                          D**-0.5)[0]
     grouped_compiled = torch.compile(grouped, fullgraph=True, dynamic=False)
     for B, L in cases:
         q = torch.randn(B, Hq, D, device="cuda").bfloat16()
@@ -373,12 +376,16 @@ def plot(path_json: Path, path_png: Path):
     fig.savefig(path_png, dpi=120)
 
 
+PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
     ap.add_argument("--plot", default=None, help="only draw the PNG of this JSON")
     ap.add_argument("--check-safe-trans", action="store_true", help="only compare the backward variants")
+    ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     args = ap.parse_args()
     if args.plot:
         p = Path(args.plot)
@@ -406,12 +413,13 @@ def main():
         pass
     path = out / "kernels.json"
     da_cases = [(1, 8192), (64, 8192)] if args.quick else [(1, 8192), (1, 65536), (64, 8192), (256, 65536)]
-    for part in (lambda: run_decode_attention(results, da_cases, bw),
-                 lambda: accuracy(results), lambda: run_step(results, [1, 16, 64, 256], bw, peak),
-                 lambda: step_variants(results, bw, peak), lambda: run_chunk(results, Ts, bw, peak),
-                 lambda: run_conv(results, [4096, 16384], bw)):
+    parts = {"decode_attention": lambda: run_decode_attention(results, da_cases, bw),
+             "accuracy": lambda: accuracy(results), "step": lambda: run_step(results, [1, 16, 64, 256], bw, peak),
+             "step_variants": lambda: step_variants(results, bw, peak),
+             "chunk": lambda: run_chunk(results, Ts, bw, peak), "conv": lambda: run_conv(results, [4096, 16384], bw)}
+    for name in args.only or PARTS:
         try:
-            part()
+            parts[name]()
         except Exception:  # noqa: BLE001 - keep what was measured
             traceback.print_exc()
         path.write_text(json.dumps(meta, indent=1))  # after every part: a cut-off run keeps what it measured
