@@ -65,19 +65,25 @@ def test_triton_path_matches_reference_path_bf16_with_cache(head_dim, expand_v):
               f"decode step {t}")
 
 
-def test_triton_training_gradients_match_reference():
+# Triton's error may be this many times the TF32 reference's (plus 5e-3). dk 32: at or below 1x on an H200
+# (worst 6.3e-3 against 8.4e-3 for the reference under TF32). dk 16, the K block padded to 32: 2.7x (worst: a
+# q_proj gradient, 1.1e-1 against 4.2e-2), which the interpreter's exact fp32 run at dk 16 (test_kernels) says
+# is rounding, not logic; why padding costs that much is open (2026-11-27 notes).
+GRAD_FACTOR = {16: 4.0, 32: 2.0, 96: 2.0}
+
+
+@pytest.mark.parametrize("head_dim", sorted(GRAD_FACTOR))
+def test_triton_training_gradients_match_reference(head_dim):
     """fp32 training gradients. The kernels' fp32 dots run as TF32 (10-bit mantissa), the reference's as IEEE fp32,
-    and the error grows through four deliberately large-weight layers forward and back (the embedding gradient, the
-    end of that chain, measured 1.3e-2 and 3.5e-2 on H200s under two seeds). So the measure of what TF32 costs is
-    the reference path itself with TF32 matmuls: Triton may lose at most twice that, plus 5e-3. A wrong gradient
-    gives O(1)."""
-    torch.manual_seed(0)
-    ids = torch.randint(3, 128, (2, 130), device="cuda")
+    and the error grows through four deliberately large-weight layers forward and back (gradients 1e-2 to 1e-1 off
+    for the reference path itself under TF32, H200). So the yardstick is the reference path with TF32 matmuls.
+    A wrong gradient gives O(1)."""
+    ids = torch.randint(3, 128, (2, 130), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    eac = _jet(head_dim, 2)
     grads = {}
     for name, backend, tf32 in (("truth", "reference", False), ("ref_tf32", "reference", True),
                                 ("triton", "triton", False)):
-        torch.manual_seed(0)
-        model = _model(backend, torch.float32).train()
+        model = _model(backend, torch.float32, efficient_attention_config=eac).train()
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
@@ -86,9 +92,9 @@ def test_triton_training_gradients_match_reference():
             torch.backends.cuda.matmul.allow_tf32 = old
         grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads["truth"].keys() == grads["triton"].keys()
-    for n, g in grads["truth"].items():
-        err_tri, err_tf32 = _rel(grads["triton"][n], g), _rel(grads["ref_tf32"][n], g)
-        assert err_tri < 2 * err_tf32 + 5e-3, f"{n}: triton {err_tri:.3g} vs reference under TF32 {err_tf32:.3g}"
+    errs = {n: (_rel(grads["triton"][n], g), _rel(grads["ref_tf32"][n], g)) for n, g in grads["truth"].items()}
+    bad = {n: e for n, e in errs.items() if e[0] >= GRAD_FACTOR[head_dim] * e[1] + 5e-3}
+    assert not bad, f"(triton, reference under TF32) errors over the bound: {bad}"
 
 
 @torch.no_grad()
