@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in order of priority, for one device call per stage:
-#   bash benchmarks/gpu_session.sh tests        # kernel + model GPU tests (~2 min)
+#   bash benchmarks/gpu_session.sh tests        # kernel + model GPU tests (~7 min on an H200: kernels 5 min)
 #   bash benchmarks/gpu_session.sh sanitize     # compute-sanitizer on the bf16 model test
 #   bash benchmarks/gpu_session.sh generation 65536   # Jet-Nemotron vs Qwen2 teacher at one context (~5 min on an
 #                                                     # H200 at 64K: compiles per batch shape); merge runs with
 #                                                     # python benchmarks/generation.py --merge a.json b.json
 #   bash benchmarks/gpu_session.sh profile 65536      # where prefill and decode time goes, per kernel (~2 min)
 #   bash benchmarks/gpu_session.sh kernels [--only decode_attention ...]  # ours vs flash-linear-attention (needs .wheels)
-#   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~8 min)
+#   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~5 min on an H200)
+#   bash benchmarks/gpu_session.sh multi_gpu    # 1 GPU vs DDP vs FSDP2 on 2 GPUs (~7 min on 2x H200)
 # Results go to $OUT (the device tool brings them back) or benchmarks/results.
 # flash-linear-attention travels as wheels: on the workstation
 #   pip download --no-deps -d .wheels flash-linear-attention==0.6.0 fla-core==0.6.0 einops
@@ -41,5 +42,8 @@ case "${1:-tests}" in
     python benchmarks/kernels.py --out "$out" "${@:2}" 2>&1 | tail -40 ;;
   distill)
     python benchmarks/distill_quality.py --out "$out/distill_quality" 2>&1 | tail -40 ;;
+  multi_gpu)
+    python benchmarks/distill_multi_gpu.py --out "$out/distill_multi_gpu" --work /tmp/distill_multi_gpu \
+      --modes single repeat ddp fsdp 2>&1 | tail -12 ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac
