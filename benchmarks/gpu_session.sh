@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh generation 65536   # Jet-Nemotron vs Qwen2 teacher at one context (~5 min on an
 #                                                     # H200 at 64K: compiles per batch shape); merge runs with
 #                                                     # python benchmarks/generation.py --merge a.json b.json
-#   bash benchmarks/gpu_session.sh profile 65536      # where prefill and decode time goes, per kernel (~2 min)
+#   bash benchmarks/gpu_session.sh profile 65536 [515]  # where prefill and decode time goes, per kernel (~2 min);
+#                                                       # with a batch, also generate()'s compiled loop at that batch
 #   bash benchmarks/gpu_session.sh kernels [--only decode_attention ...]  # ours vs flash-linear-attention (needs .wheels)
 #   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~5 min on an H200)
 #   bash benchmarks/gpu_session.sh multi_gpu    # 1 GPU vs DDP vs FSDP2 on 2 GPUs (~7 min on 2x H200)
@@ -36,7 +37,7 @@ case "${1:-tests}" in
       python benchmarks/generation.py --contexts "$ctx" --out "$out/gen_$ctx" 2>&1 | grep -v "^jet_nemotron:" | tail -8
     done ;;
   profile)
-    python benchmarks/generation.py --profile "${2:-65536}" --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -120 ;;
+    python benchmarks/generation.py --profile "${2:-65536}" ${3:+--profile-batch "$3"} --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -120 ;;
   kernels)
     if ls .wheels/*.whl >/dev/null 2>&1; then pip install -q --no-deps .wheels/*.whl; fi
     python benchmarks/kernels.py --out "$out" "${@:2}" 2>&1 | tail -40 ;;
