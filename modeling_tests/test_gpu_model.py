@@ -65,11 +65,11 @@ def test_triton_path_matches_reference_path_bf16_with_cache(head_dim, expand_v):
               f"decode step {t}")
 
 
-# Triton's error may be this many times the TF32 reference's (plus 5e-3). dk 32: at or below 1x on an H200
-# (worst 6.3e-3 against 8.4e-3 for the reference under TF32). dk 16, the K block padded to 32: 2.7x (worst: a
-# q_proj gradient, 1.1e-1 against 4.2e-2), which the interpreter's exact fp32 run at dk 16 (test_kernels) says
-# is rounding, not logic; why padding costs that much is open (2026-11-27 notes).
-GRAD_FACTOR = {16: 4.0, 32: 2.0, 96: 2.0}
+# Triton's error may be this many times the TF32 reference's (plus 5e-3). On an H200, dk 32 was at or below 1x
+# (worst 6.3e-3 against 8.4e-3); dk 16 was 2.7x (1.1e-1 against 4.2e-2) until the output kernel's products went
+# IEEE for fp32 inputs: with TF32 emulated on the interpreter, that kernel alone had put the A_log gradient 20%
+# off (test_kernels.py::test_model_gradients_under_emulated_tf32). Not yet rerun on the GPU since.
+GRAD_FACTOR = {16: 2.0, 32: 2.0, 96: 2.0}
 
 
 @pytest.mark.parametrize("head_dim", sorted(GRAD_FACTOR))
