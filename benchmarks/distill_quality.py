@@ -95,7 +95,7 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("runs/distill_quality"))
     ap.add_argument("--toy", action="store_true", help="CPU-sized run (minutes); the numbers mean nothing")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--teacher-steps", type=int, help="overrides the one-epoch default")
+    ap.add_argument("--teacher-steps", type=int, help="overrides --teacher-epochs")
     ap.add_argument("--teacher-epochs", type=float)
     ap.add_argument("--passkey-fraction", type=float, help="of the teacher's rows")
     ap.add_argument("--distill-passkey-fraction", type=float, help="of the distillation's rows")

@@ -223,36 +223,44 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _profiled(fn, device):
+    """Event averages of one call of `fn` under torch.profiler (CPU, and CUDA kernels on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync()
+    with profile(activities=acts) as prof:
+        fn()
+        sync()
+    return prof.key_averages()
+
+
+def _write_tables(out: Path, name: str, tables: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text("\n\n".join(tables))
+    print("\n\n".join(tables), flush=True)
+
+
 @torch.no_grad()
 def profile_model(model, tag: str, ctx: int, device, out: Path) -> None:
     """Where the time goes: kernels of one prefill of `ctx` tokens and of one eager decode step (batch 1, filled
     static cache), sorted by device time; tables printed and written to OUT/profile_{tag}_{ctx}.txt."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     ids = torch.randint(0, model.config.vocab_size, (1, ctx), device=device)
     prefill = lambda: model(ids, use_cache=True, logits_to_keep=1)  # noqa: E731
     cache = fill_static_cache(model, 1, ctx, ctx + 8, device)
     pos = torch.tensor([ctx], device=device)
     step = lambda: model(ids[:, :1], past_key_values=cache, cache_position=pos, use_cache=True)  # noqa: E731
-    text = []
+    tables = []
     for name, fn in (("prefill", prefill), ("eager decode step", step)):
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        with profile(activities=acts) as prof:
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        events = prof.key_averages()
+        fn()  # warm-up
+        events = _profiled(fn, device)
         n_kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
                         and str(e.device_type).endswith("CUDA"))
-        text.append(f"== {tag} {name}, context {ctx}: {n_kernels} device kernels ==\n"
-                    + events.table(sort_by=sort, row_limit=25))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"profile_{tag}_{ctx}.txt").write_text("\n\n".join(text))
-    print("\n\n".join(text), flush=True)
+        tables.append(f"== {tag} {name}, context {ctx}: {n_kernels} device kernels ==\n"
+                      + events.table(sort_by=sort, row_limit=25))
+    _write_tables(out, f"profile_{tag}_{ctx}.txt", tables)
 
 
 def profile_generate(model, tag: str, ctx: int, batch: int, device, out: Path, compile_config, n: int = 8) -> None:
@@ -260,9 +268,6 @@ def profile_generate(model, tag: str, ctx: int, batch: int, device, out: Path, c
     static cache, after two warm-up runs (compile, CUDA graphs), sorted by device time and by self CPU time; written
     to OUT/profile_{tag}_{ctx}_generate_b{batch}.txt. The step alone and the loop differ by 4.3 ms per token for Jet
     at 64K and batch 515 on an H200 (29.7 ms against 34.0 ms), and this table is to say where that goes."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx + 1), device=device)
     mask = torch.ones_like(ids)
 
@@ -273,20 +278,11 @@ def profile_generate(model, tag: str, ctx: int, batch: int, device, out: Path, c
     for _ in range(2):
         run(fill_static_cache(model, batch, ctx, ctx + n + 16, device))
     cache = fill_static_cache(model, batch, ctx, ctx + n + 16, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    with profile(activities=acts) as prof:
-        run(cache)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    events = prof.key_averages()
-    text = []
-    for sort in (["cuda_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]:
-        text.append(f"== {tag} generate(), {n} tokens at batch {batch}, context {ctx}, sorted by {sort} ==\n"
-                    + events.table(sort_by=sort, row_limit=30))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"profile_{tag}_{ctx}_generate_b{batch}.txt").write_text("\n\n".join(text))
-    print("\n\n".join(text), flush=True)
+    events = _profiled(lambda: run(cache), device)
+    sorts = (["cuda_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]
+    _write_tables(out, f"profile_{tag}_{ctx}_generate_b{batch}.txt",
+                  [f"== {tag} generate(), {n} tokens at batch {batch}, context {ctx}, sorted by {sort} ==\n"
+                   + events.table(sort_by=sort, row_limit=30) for sort in sorts])
 
 
 def report(results: dict, out: Path, stem: str = "generation") -> None:

@@ -48,7 +48,7 @@ if _TRITON_IMPORT_ERROR is None:
 _logged: set[tuple[str, str]] = set()
 
 
-def choose_backend(op: str, x: torch.Tensor, backend: str) -> str:
+def _choose(op: str, x: torch.Tensor, backend: str) -> str:
     """Return "triton" or "reference" for this call and log the choice once per op."""
     backend = os.environ.get("JET_NEMOTRON_KERNELS", backend) or "auto"
     if backend not in BACKENDS:
@@ -74,7 +74,7 @@ def choose_backend(op: str, x: torch.Tensor, backend: str) -> str:
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                            cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
     """Chunked gated delta rule for prefill and training. See `gated_delta_rule_ref` for shapes."""
-    if choose_backend("chunk_gated_delta_rule", q, backend) == "triton":
+    if _choose("chunk_gated_delta_rule", q, backend) == "triton":
         return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
                                              cu_seqlens, use_qk_l2norm_in_kernel)
     return chunk_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
@@ -84,7 +84,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                                      cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
     """Token-by-token gated delta rule for short inputs. See `gated_delta_rule_ref` for shapes."""
-    if choose_backend("fused_recurrent_gated_delta_rule", q, backend) == "triton":
+    if _choose("fused_recurrent_gated_delta_rule", q, backend) == "triton":
         return fused_recurrent_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
                                                        cu_seqlens, use_qk_l2norm_in_kernel)
     return recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
@@ -94,21 +94,21 @@ def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
 def gated_delta_rule_step(q, k, v, g, beta, state, scale=None, use_qk_l2norm_in_kernel=True,
                           backend: str = "auto"):
     """One decode step, state updated in place. q, k [B, H, K]; v [B, H, V]; g, beta [B, H]."""
-    if choose_backend("gated_delta_rule_step", q, backend) == "triton":
+    if _choose("gated_delta_rule_step", q, backend) == "triton":
         return gated_delta_rule_step_triton(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
     return gated_delta_rule_step_ref(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
 
 
 def dynamic_conv(x, kernels, history=None, cu_seqlens=None, backend: str = "auto"):
     """Dynamic causal convolution + SiLU. x [B, T, C], kernels [B, T, C, K]. See `dynamic_conv_ref`."""
-    if choose_backend("dynamic_conv", x, backend) == "triton":
+    if _choose("dynamic_conv", x, backend) == "triton":
         return dynamic_conv_triton(x, kernels, history, cu_seqlens)
     return dynamic_conv_ref(x, kernels, history, cu_seqlens)
 
 
 def dynamic_conv_step(x, kernel, conv_state, backend: str = "auto"):
     """One decode step of the dynamic convolution; conv_state [B, C, K] updated in place."""
-    if choose_backend("dynamic_conv_step", x, backend) == "triton":
+    if _choose("dynamic_conv_step", x, backend) == "triton":
         return dynamic_conv_step_triton(x, kernel, conv_state)
     return dynamic_conv_step_ref(x, kernel, conv_state)
 
@@ -118,6 +118,6 @@ def decode_attention(q, k, v, mask=None, scale=None, backend: str = "auto"):
 
     Not called by the model: on an H200 it lost to sdpa with enable_gqa (6.1 vs 3.9 ms at batch 256 x 64K, 2B
     shapes; benchmarks/results/decode_attention.json), which `grouped_decode_attention` uses on CUDA."""
-    if choose_backend("decode_attention", q, backend) == "triton":
+    if _choose("decode_attention", q, backend) == "triton":
         return decode_attention_triton(q, k, v, mask, scale)
     return decode_attention_ref(q, k, v, mask, scale)
