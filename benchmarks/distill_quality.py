@@ -191,13 +191,12 @@ def main():
     if not args.skip_init_comparison and P["init_steps"] > 0:
         comp = {}
         for scheme in ("attention", "random"):
-            st = convert_model(teacher.float().cpu(), lm, scheme=scheme, seed=args.seed)
+            st = convert_model(teacher.cpu(), lm, scheme=scheme, seed=args.seed)
             teacher.to(dev)
             cfg = replace(s1, steps=P["init_steps"], warmup_steps=max(1, P["init_steps"] // 10), log_every=0)
             r = distill(st, teacher, train_rows, cfg, eval_rows=held)
             comp[scheme] = {"kl_step0": r["eval_kl_before"], f"kl_after_{P['init_steps']}_steps": r["eval_kl_after"],
                             "history": [h["kl"] for h in r["history"]]}
-            teacher.float()
             print(f"init {scheme}: held-out KL {r['eval_kl_before']:.4f} at step 0 -> {r['eval_kl_after']:.4f} "
                   f"after {P['init_steps']} stage-1 steps")
             del st
@@ -218,12 +217,11 @@ def main():
         plt.close(fig)
 
     # 4. distillation -----------------------------------------------------------------------------------------
-    student = convert_model(teacher.float().cpu(), lm, scheme="attention", seed=args.seed)
+    student = convert_model(teacher.cpu(), lm, scheme="attention", seed=args.seed)
     teacher.to(dev)
     t0 = time.perf_counter()
     r1 = distill(student, teacher, train_rows, s1, eval_rows=held)
     r2 = distill(student, teacher, train_rows, s2, eval_rows=held) if s2.steps > 0 else None
-    teacher.float()
     student.to(dev).eval()
     stages = [r for r in (r1, r2) if r]
     hist = [dict(h, step=h["step"] + (P["stage1"] if k else 0)) for k, r in enumerate(stages) for h in r["history"]]

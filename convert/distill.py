@@ -18,7 +18,8 @@ Checkpoints (`accelerator.save_state` + `progress.json`, written to a temporary 
 FSDP (accelerate configured with `fsdp_version: 2`): a copy of the student is sharded across the processes
 (parameters, gradients and Adam state), checkpoints are accelerate's sharded ones, and at the end the full
 weights are gathered back into the caller's `student`, which stays an ordinary module. The teacher only runs
-forward and is not sharded: every process holds a full copy (bf16 with `mixed_precision="bf16"`).
+forward and is not sharded: every process holds a full copy (bf16 with `mixed_precision="bf16"`). The caller's
+teacher is left as it was, on its device and in its dtype: distillation runs a copy made on the device.
 """
 
 from __future__ import annotations
@@ -149,6 +150,30 @@ class DistillLoss(nn.Module):
                      for s, t in zip(cap.outputs, teacher_attn)]
             mse = torch.stack(terms).mean()
         return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
+
+
+@torch.no_grad()
+def teacher_on(teacher: nn.Module, device, dtype: torch.dtype | None = None) -> nn.Module:
+    """`teacher` in eval mode, frozen, on `device` with floating parameters in `dtype` (None: their own).
+
+    Returns the teacher itself when it is already there, else a copy whose parameters are cast one at a time
+    straight onto the device, so the caller's model keeps its weights: casting it in place rounded them to
+    bf16 for good, and the teacher perplexity measured after a bf16 run was then a bf16 model's. Buffers
+    (rotary frequencies) keep their dtype.
+    """
+    teacher.eval().requires_grad_(False)
+    device = torch.device(device)
+    params = list(teacher.parameters())
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
+
+    if all(p.device == device and cast(p) is p for p in params):
+        return teacher
+    # deepcopy takes the cast tensors from the memo instead of copying the originals (tied weights stay tied)
+    memo = {id(p): nn.Parameter(cast(p.detach()), requires_grad=False) for p in params}
+    memo.update({id(b): b.detach().to(device) for b in teacher.buffers()})
+    return copy.deepcopy(teacher, memo)
 
 
 @torch.no_grad()
@@ -313,10 +338,8 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
-    teacher.eval().requires_grad_(False)
-    teacher.to(acc.device)
-    if cfg.mixed_precision == "bf16":
-        teacher.to(torch.bfloat16)  # the teacher only runs forward: bf16 halves its memory and time
+    # the teacher only runs forward: in bf16 it takes half the memory and time
+    teacher = teacher_on(teacher, acc.device, torch.bfloat16 if cfg.mixed_precision == "bf16" else None)
     # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .data import check_tokenizer_fits, load_packed
-from .distill import DistillConfig, distill, perplexity, plot_history
+from .distill import DistillConfig, distill, perplexity, plot_history, teacher_on
 from .export import load_source, write_folder
 from .layer_map import resolve_layer_map
 from .model_card import cache_bytes, render_card
@@ -91,7 +91,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
               "seq_len": seq_len}
     if acc.is_main_process:
         dev = acc.device
-        result["ppl_teacher"] = perplexity(teacher_model, packed.eval, 8, dev)
+        result["ppl_teacher"] = perplexity(teacher_on(teacher_model, dev), packed.eval, 8, dev)
         result["ppl_student"] = perplexity(student_model, packed.eval, 8, dev)
         result["kl_before"] = summaries[0].get("eval_kl_before")
         result["kl_after"] = summaries[-1].get("eval_kl_after")

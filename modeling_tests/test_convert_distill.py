@@ -74,3 +74,43 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert [h["step"] for h in res["history"]] == list(range(1, 7))
     for (n, a), b in zip(ref.state_dict().items(), fresh.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
+
+
+def test_bf16_distillation_leaves_the_callers_teacher_exact():
+    # distill() used to cast the caller's teacher to bf16 in place: every later teacher measurement was a
+    # bf16-rounded model's
+    from accelerate.state import AcceleratorState
+
+    teacher, student, train, held = _setup()
+    before = {n: t.clone() for n, t in teacher.state_dict().items()}
+    AcceleratorState._reset_state(True)  # accelerate keeps one process-wide precision; this test needs bf16
+    try:
+        distill(student, teacher, train, DistillConfig(stage=1, steps=2, batch_size=4, micro_batch=2,
+                                                       mixed_precision="bf16", log_every=0), eval_rows=held)
+    finally:
+        AcceleratorState._reset_state(True)
+    after = teacher.state_dict()
+    assert before.keys() == after.keys()
+    for n, t in before.items():
+        assert after[n].dtype == t.dtype and torch.equal(after[n], t), n
+
+
+def test_teacher_on_casts_a_copy_and_keeps_ties_and_buffers():
+    from convert.distill import teacher_on
+
+    teacher = tiny_qwen("qwen2", layers=2, seed=0)
+    teacher.config.tie_word_embeddings = True
+    teacher.lm_head.weight = teacher.model.embed_tokens.weight
+    assert teacher_on(teacher, "cpu") is teacher  # already there: no copy
+    run = teacher_on(teacher, "cpu", torch.bfloat16)
+    assert run is not teacher and run.lm_head.weight is run.model.embed_tokens.weight
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in run.parameters())
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    for (n, a), b in zip(teacher.named_buffers(), run.buffers()):
+        assert b.dtype == a.dtype, n  # rotary frequencies stay fp32
+    x = torch.randint(0, 101, (2, 16))
+    with torch.no_grad():
+        want, got = teacher(input_ids=x).logits, run(input_ids=x).logits.float()
+    # the copy is the same model, rounded: bf16 logits within bf16 distance of the fp32 ones
+    err = (got - want).abs().max() / want.abs().max()
+    assert 0 < err < 3e-2, err
