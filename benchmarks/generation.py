@@ -395,7 +395,8 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 65536])
-    parser.add_argument("--max-batch", type=int, default=1024, help="cap on the largest batch tried")
+    parser.add_argument("--max-batch", type=int, default=4096,
+                        help="cap on the largest batch tried (below it, free memory decides)")
     parser.add_argument("--steps", type=int, nargs=2, default=[8, 40], metavar=("N1", "N2"))
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script, not speed")
     parser.add_argument("--out", type=Path, default=RESULTS)

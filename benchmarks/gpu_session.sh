@@ -23,9 +23,10 @@ case "${1:-tests}" in
   tests)
     # one process per test file and per GPU-model test: a crashed kernel poisons its CUDA context, so a shared
     # process would turn one failure into many (seen on 2026-11-27); CUDA_LAUNCH_BLOCKING names the kernel
-    CUDA_LAUNCH_BLOCKING=1 python -m pytest -q modeling_tests/test_kernels.py 2>&1 | tail -15
+    CUDA_LAUNCH_BLOCKING=1 python -m pytest -q modeling_tests/test_kernels.py 2>&1 | tail -15 || true
     for t in $(python -m pytest -q --collect-only modeling_tests/test_gpu_model.py 2>/dev/null | grep '::'); do
-      CUDA_LAUNCH_BLOCKING=1 python -m pytest -q "$t" 2>&1 | grep -E "^E |passed|failed|Error" | head -12
+      # || true: under pipefail a failing test would end the loop and hide the results of the tests after it
+      CUDA_LAUNCH_BLOCKING=1 python -m pytest -q -s "$t" 2>&1 | grep -E "^E |passed|failed|Error|^dk " | head -12 || true
     done ;;
   sanitize)
     # an illegal address in a bf16 kernel (dk 16 / 32) was seen once: compute-sanitizer names the kernel and offset
@@ -39,7 +40,7 @@ case "${1:-tests}" in
   profile)
     python benchmarks/generation.py --profile "${2:-65536}" ${3:+--profile-batch "$3"} --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -120 ;;
   kernels)
-    if ls .wheels/*.whl >/dev/null 2>&1; then pip install -q --no-deps .wheels/*.whl; fi
+    if ls .wheels/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps .wheels/*.whl; fi
     python benchmarks/kernels.py --out "$out" "${@:2}" 2>&1 | tail -40 ;;
   distill)
     python benchmarks/distill_quality.py --out "$out/distill_quality" 2>&1 | tail -40 ;;

@@ -87,9 +87,10 @@ def bench(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def run_chunk(results, Ts, bw, peak):
+def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
     impls = chunk_impls()
-    for shape, (H, K, V) in SHAPES.items():
+    for shape in shapes:
+        H, K, V = SHAPES[shape]
         for T in Ts:
             for mode in ("fwd", "fwd+bwd"):
                 xs = gdr_inputs(T, H, K, V, mode != "fwd")
@@ -186,34 +187,44 @@ def step_variants(results, bw, peak):
             print(rec, flush=True)
 
 
+def time_modes(results, rec0: dict, impls, inputs: list, dy, nbytes: dict, bw):
+    """Time every (name, f) of `impls` on f(*inputs): forward under no_grad, and forward + the gradients of the inputs
+    that require them against dy. nbytes[mode] is what the op must move, for the roofline fraction."""
+    wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    for mode in ("fwd", "fwd+bwd"):
+        for name, f in impls:
+            rec = dict(rec0, mode=mode, impl=name)
+            if mode == "fwd":
+                def fn(f=f):
+                    with torch.no_grad():
+                        return f(*inputs)
+            else:
+                def fn(f=f):
+                    return torch.autograd.grad(f(*inputs), wrt, dy)
+            try:
+                ms = bench(fn)
+                rec.update(ms=ms, roofline=nbytes[mode] / bw * 1e3 / ms)
+            except Exception as err:  # noqa: BLE001
+                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            results.append(rec)
+            print(rec, flush=True)
+
+
 def run_conv(results, Ts, bw):
     from jet_nemotron.dynamic_conv_ref import dynamic_conv_ref
     from jet_nemotron.dynamic_conv_triton import dynamic_conv_triton
 
     H, K, V = SHAPES["2B"]
     Cch, KW = H * V, 4
+    # the reference compiled too: the peer on its best path
+    impls = (("ours", dynamic_conv_triton), ("reference", dynamic_conv_ref),
+             ("reference compiled", torch.compile(dynamic_conv_ref)))
     for T in Ts:
         x = torch.randn(1, T, Cch, device="cuda").bfloat16().requires_grad_()
         kern = torch.randn(1, T, Cch, KW, device="cuda").bfloat16().requires_grad_()
-        dy = torch.randn_like(x)
-        for mode in ("fwd", "fwd+bwd"):
-            nbytes = T * Cch * 2 * (1 + KW + 1) * (1 if mode == "fwd" else 3)
-            for name, f in (("ours", dynamic_conv_triton), ("reference", dynamic_conv_ref)):
-                rec = dict(op="conv", shape="2B", T=T, C=Cch, mode=mode, impl=name)
-                if mode == "fwd":
-                    def fn(f=f):
-                        with torch.no_grad():
-                            return f(x, kern)
-                else:
-                    def fn(f=f):
-                        return torch.autograd.grad(f(x, kern), [x, kern], dy)
-                try:
-                    ms = bench(fn)
-                    rec.update(ms=ms, roofline=nbytes / bw * 1e3 / ms)
-                except Exception as err:  # noqa: BLE001
-                    rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-                results.append(rec)
-                print(rec, flush=True)
+        nbytes = T * Cch * 2 * (1 + KW + 1)  # x, kernels, y
+        time_modes(results, dict(op="conv", shape="2B", T=T, C=Cch), impls, [x, kern], torch.randn_like(x),
+                   {"fwd": nbytes, "fwd+bwd": 3 * nbytes}, bw)
 
 
 def run_decode_attention(results, cases, bw):
@@ -315,17 +326,18 @@ def table(results):
             key = (r["op"], r.get("shape"), tb, r["mode"])
             by.setdefault(key, {})[r["impl"]] = r
     print(f"\n{'op':6} {'shape':5} {'T/B':>6} {'mode':8} {'ours ms (roof)':>16} {'fla ms (roof)':>16} "
-          f"{'fla/ours':>8} {'ref/ours':>8}")
+          f"{'fla/ours':>8} {'ref/ours':>8} {'compiled ref/ours':>17}")
     for key in sorted(by, key=lambda k: (k[0], k[1] or "", k[3], k[2])):
         d = by[key]
         if "ours" not in d or key[0] == "decode_attention":  # its own table below: no fla or reference there
             continue
         o = d["ours"]
         cell = lambda r: f"{r['ms']:9.3f} ({r['roofline'] * 100:3.0f}%)" if r else f"{'-':>16}"  # noqa: E731
-        fla, ref = d.get("fla"), d.get("reference")
+        fla, ref, cref = d.get("fla"), d.get("reference"), d.get("reference compiled")
         print(f"{key[0]:6} {str(key[1] or '-'):5} {key[2]:>6} {key[3]:8} {cell(o):>16} {cell(fla):>16} "
               f"{(fla['ms'] / o['ms']) if fla else float('nan'):8.2f} "
-              f"{(ref['ms'] / o['ms']) if ref else float('nan'):8.2f}")
+              f"{(ref['ms'] / o['ms']) if ref else float('nan'):8.2f} "
+              f"{(cref['ms'] / o['ms']) if cref else float('nan'):17.2f}")
     print(f"\n{'decode attention BxL':>20} {'ours ms (roof)':>16} {'grouped compiled ms (roof)':>27} {'x':>6} "
           f"{'sdpa gqa ms (roof)':>19}")
     for key in sorted(k for k in by if k[0] == "decode_attention"):
@@ -373,7 +385,25 @@ def plot(path_json: Path, path_png: Path):
     fig.savefig(path_png, dpi=120)
 
 
-PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv")
+def run_norm(results, Ts, bw):
+    """The JetBlock output norm (2B: T x 12 heads rows of dv 256): ours vs the PyTorch reference, eager and compiled."""
+    from jet_nemotron.gated_rmsnorm_ref import gated_rmsnorm_ref
+    from jet_nemotron.gated_rmsnorm_triton import gated_rmsnorm_triton
+
+    H, _, V = SHAPES["2B"]
+    w = torch.ones(V, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    impls = (("ours", gated_rmsnorm_triton), ("reference", gated_rmsnorm_ref),
+             ("reference compiled", torch.compile(gated_rmsnorm_ref)))
+    for T in Ts:
+        x = torch.randn(1, T, H, V, device="cuda").bfloat16().requires_grad_()
+        gate = torch.randn_like(x).requires_grad_()
+        # forward reads x, gate and writes y; the backward reads x, gate, dy and writes dx, dgate
+        n = x.numel() * 2
+        time_modes(results, dict(op="norm", shape="2B", T=T), impls, [x, gate, w, 1e-6], torch.randn_like(x),
+                   {"fwd": 3 * n, "fwd+bwd": 8 * n}, bw)
+
+
+PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm")
 
 
 def main():
@@ -383,6 +413,8 @@ def main():
     ap.add_argument("--plot", default=None, help="only draw the PNG of this JSON")
     ap.add_argument("--check-safe-trans", action="store_true", help="only compare the backward variants")
     ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
+    ap.add_argument("--T", nargs="+", type=int, help="sequence lengths of the chunk part (default 1K 4K 16K 64K)")
+    ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="JetBlock shapes of the chunk part")
     args = ap.parse_args()
     if args.plot:
         p = Path(args.plot)
@@ -399,7 +431,7 @@ def main():
     bw, peak = ceilings()
     print(f"{device}: copy {bw / 1e12:.2f} TB/s, bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     results = []
-    Ts = [1024, 4096] if args.quick else [1024, 4096, 16384, 65536]
+    Ts = args.T or ([1024, 4096] if args.quick else [1024, 4096, 16384, 65536])
     meta = dict(device=device, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
                 copy_bytes_per_s=bw, bf16_flops_per_s=peak, results=results)
     try:
@@ -413,7 +445,8 @@ def main():
     parts = {"decode_attention": lambda: run_decode_attention(results, da_cases, bw),
              "accuracy": lambda: accuracy(results), "step": lambda: run_step(results, [1, 16, 64, 256], bw, peak),
              "step_variants": lambda: step_variants(results, bw, peak),
-             "chunk": lambda: run_chunk(results, Ts, bw, peak), "conv": lambda: run_conv(results, [4096, 16384], bw)}
+             "chunk": lambda: run_chunk(results, Ts, bw, peak, args.shapes or tuple(SHAPES)), "conv": lambda: run_conv(results, [4096, 16384], bw),
+             "norm": lambda: run_norm(results, [4096, 65536], bw)}
     for name in args.only or PARTS:
         try:
             parts[name]()

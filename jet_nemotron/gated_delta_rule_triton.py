@@ -2,7 +2,8 @@
 
 Same signatures and shapes as `gated_delta_rule_ref.py` (q, k [B, T, H, K]; v [B, T, H, V]; g, beta [B, T, H];
 states [N, H, K, V] fp32; `cu_seqlens` [N + 1] packs N sequences into a batch of 1). Accumulation is fp32;
-the state and the log decay are fp32; the intermediates w, u, v_new, h are stored in the inputs' dtype.
+the state and the log decay are fp32; the intermediates w, u, v_new, h are stored in the inputs' dtype. fp32 inputs
+multiply in IEEE fp32 unless torch allows TF32 (`_dot_precision`).
 
 Chunked algorithm (chunk BT = 64, per sequence and head), with G the within-chunk cumulative sum of g,
 Gamma[t, s] = exp(G_t - G_s) for s <= t, and q already L2-normalised and scaled:
@@ -15,7 +16,8 @@ the reverse state recursion dS (sequential, also finishing dv'), and one per-chu
 dq, dk, dv, dbeta and dg (the last through a reverse cumulative sum of dG within the chunk).
 
 The q/k L2 norm is fused: every kernel that reads q or k loads whole rows (BK >= K) and normalises them in
-registers, so the normalised tensors never touch memory; the backward applies the norm's Jacobian at the end.
+registers; the backward applies the norm's Jacobian at the end. The one normalised tensor in memory is k for the
+sequential state pass, written by `_wu_kernel`, because a norm on that pass's critical path cost it 1.4x.
 
 Gradients of `fused_recurrent_gated_delta_rule_triton` come from the chunked backward (same function).
 """
@@ -149,10 +151,10 @@ def _load_sub(k, beta, g, bos, L, i_t, i_h, c: tl.constexpr, H, K: tl.constexpr,
 
 
 @triton.jit
-def _a_block(b_ki, b_bi, b_Gi, b_kj, b_Gj, DIAG: tl.constexpr, BC: tl.constexpr):
+def _a_block(b_ki, b_bi, b_Gi, b_kj, b_Gj, DIAG: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
     """Block (i, j) of A = beta_t Gamma[t, s] k_t.k_s; strictly lower on the diagonal."""
     b_d = b_Gi[:, None] - b_Gj[None, :]
-    b_a = tl.dot(b_ki, tl.trans(b_kj)) * b_bi[:, None]
+    b_a = tl.dot(b_ki, tl.trans(b_kj), input_precision=PREC) * b_bi[:, None]
     if DIAG:
         o_r = tl.arange(0, BC)
         m = o_r[:, None] > o_r[None, :]
@@ -165,7 +167,7 @@ def _a_block(b_ki, b_bi, b_Gi, b_kj, b_Gj, DIAG: tl.constexpr, BC: tl.constexpr)
 @triton.jit(do_not_specialize=["T", "NT"])
 def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
                     H, K: tl.constexpr, BK: tl.constexpr,
-                    USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
+                    USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Per chunk: G = cumsum(g) and Ai = (I + A)^-1 [BT, BT] by 16x16 diagonal inverses and block merges.
 
     With D_i the inverse of diagonal block i: T_ij = -D_i sum_{m=j}^{i-1} A_im T_mj for i > j."""
@@ -187,16 +189,16 @@ def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets,
     tl.store(G + (bos + o_t3) * H + i_h, b_G3, mask=m_t3)
 
     # diagonal inverses
-    b_D0 = _inv_unit_lower16(_a_block(b_k0, b_b0, b_G0, b_k0, b_G0, True, BC), BC)
-    b_D1 = _inv_unit_lower16(_a_block(b_k1, b_b1, b_G1, b_k1, b_G1, True, BC), BC)
-    b_D2 = _inv_unit_lower16(_a_block(b_k2, b_b2, b_G2, b_k2, b_G2, True, BC), BC)
-    b_D3 = _inv_unit_lower16(_a_block(b_k3, b_b3, b_G3, b_k3, b_G3, True, BC), BC)
-    b_A10 = _a_block(b_k1, b_b1, b_G1, b_k0, b_G0, False, BC)
-    b_A20 = _a_block(b_k2, b_b2, b_G2, b_k0, b_G0, False, BC)
-    b_A21 = _a_block(b_k2, b_b2, b_G2, b_k1, b_G1, False, BC)
-    b_A30 = _a_block(b_k3, b_b3, b_G3, b_k0, b_G0, False, BC)
-    b_A31 = _a_block(b_k3, b_b3, b_G3, b_k1, b_G1, False, BC)
-    b_A32 = _a_block(b_k3, b_b3, b_G3, b_k2, b_G2, False, BC)
+    b_D0 = _inv_unit_lower16(_a_block(b_k0, b_b0, b_G0, b_k0, b_G0, True, BC, PREC), BC)
+    b_D1 = _inv_unit_lower16(_a_block(b_k1, b_b1, b_G1, b_k1, b_G1, True, BC, PREC), BC)
+    b_D2 = _inv_unit_lower16(_a_block(b_k2, b_b2, b_G2, b_k2, b_G2, True, BC, PREC), BC)
+    b_D3 = _inv_unit_lower16(_a_block(b_k3, b_b3, b_G3, b_k3, b_G3, True, BC, PREC), BC)
+    b_A10 = _a_block(b_k1, b_b1, b_G1, b_k0, b_G0, False, BC, PREC)
+    b_A20 = _a_block(b_k2, b_b2, b_G2, b_k0, b_G0, False, BC, PREC)
+    b_A21 = _a_block(b_k2, b_b2, b_G2, b_k1, b_G1, False, BC, PREC)
+    b_A30 = _a_block(b_k3, b_b3, b_G3, b_k0, b_G0, False, BC, PREC)
+    b_A31 = _a_block(b_k3, b_b3, b_G3, b_k1, b_G1, False, BC, PREC)
+    b_A32 = _a_block(b_k3, b_b3, b_G3, b_k2, b_G2, False, BC, PREC)
     # block merges in exact fp32: T entries can be large and these dots are tiny
     b_T10 = -tl.dot(b_D1, tl.dot(b_A10, b_D0, input_precision="ieee"), input_precision="ieee")
     b_T21 = -tl.dot(b_D2, tl.dot(b_A21, b_D1, input_precision="ieee"), input_precision="ieee")
@@ -236,10 +238,11 @@ def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets,
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
-def _wu_kernel(k, v, beta, G, Ai, w, u, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
+def _wu_kernel(k, v, beta, G, Ai, w, u, kn, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
                H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """w = Ai (beta exp(G) k) [BT, K] and u = Ai (beta v) [BT, V] for one chunk."""
+               BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """w = Ai (beta exp(G) k) [BT, K] and u = Ai (beta v) [BT, V] for one chunk; with USE_L2 also the normalised
+    k, for the sequential state pass (a norm inside its loop made that pass 1.4x slower, 2B shapes at 64K, H100)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_t, _ = _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN)
     bos, L = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
@@ -253,24 +256,27 @@ def _wu_kernel(k, v, beta, G, Ai, w, u, cu_seqlens, chunk_indices, chunk_offsets
     b_G, _ = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
     m_k = m_t[:, None] & (o_k[None, :] < K)
     b_k = _l2norm_rows(tl.load(k + row[:, None] * K + o_k[None, :], mask=m_k, other=0.0).to(tl.float32), USE_L2)
-    b_w = tl.dot(b_ai, (b_k * (b_b * tl.exp(b_G))[:, None]).to(DT))
+    if USE_L2:
+        tl.store(kn + row[:, None] * K + o_k[None, :], b_k.to(kn.dtype.element_ty), mask=m_k)
+    b_w = tl.dot(b_ai, (b_k * (b_b * tl.exp(b_G))[:, None]).to(DT), input_precision=PREC)
     tl.store(w + row[:, None] * K + o_k[None, :], b_w.to(w.dtype.element_ty), mask=m_k)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = m_t[:, None] & (o_v[None, :] < V)
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_v, other=0.0).to(tl.float32)
-        b_u = tl.dot(b_ai, (b_v * b_b[:, None]).to(DT))
+        b_u = tl.dot(b_ai, (b_v * b_b[:, None]).to(DT), input_precision=PREC)
         tl.store(u + row[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_v)
 
 
 @triton.jit(do_not_specialize=["T"])
 def _fwd_h_kernel(k, w, u, G, h, v_new, h0, ht, cu_seqlens, chunk_offsets, T,
                   H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, USE_L2: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  IS_VARLEN: tl.constexpr):
+                  BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                  IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Sequential over the chunks of one sequence and head, for a BV slice of the state.
 
-    Stores h[chunk] (the state entering it) and v' = u - w S; carries S [BK, BV] in fp32 registers."""
+    k is already L2-normalised (`_wu_kernel`). Stores h[chunk] (the state entering it) and v' = u - w S; carries
+    S [BK, BV] in fp32 registers."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_h = i_nh % H
     bos, L, NT, boh = _seq_chunks(cu_seqlens, chunk_offsets, i_nh // H, T, BT, IS_VARLEN)
@@ -289,14 +295,12 @@ def _fwd_h_kernel(k, w, u, G, h, v_new, h0, ht, cu_seqlens, chunk_offsets, T,
         m_tv = m_t[:, None] & (o_v[None, :] < V)
         b_w = tl.load(w + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
         b_v = tl.load(u + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-        b_v -= tl.dot(b_w, b_h.to(DT))
+        b_v -= tl.dot(b_w, b_h.to(DT), input_precision=PREC)
         tl.store(v_new + row[:, None] * V + o_v[None, :], b_v.to(v_new.dtype.element_ty), mask=m_tv)
         b_G, b_Gl = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
-        # k^T as [BK, BT]: normalise over columns
-        b_kt = tl.load(k + row[None, :] * K + o_k[:, None], mask=(o_k[:, None] < K) & m_t[None, :], other=0.0).to(tl.float32)
-        b_kt = _l2norm_cols(b_kt, USE_L2)
+        b_kt = tl.load(k + row[None, :] * K + o_k[:, None], mask=(o_k[:, None] < K) & m_t[None, :], other=0.0)
         b_v = tl.where(m_t[:, None], b_v * tl.exp(b_Gl - b_G)[:, None], 0.0)
-        b_h = b_h * tl.exp(b_Gl) + tl.dot(b_kt.to(DT), b_v.to(DT))
+        b_h = b_h * tl.exp(b_Gl) + tl.dot(b_kt.to(DT), b_v.to(DT), input_precision=PREC)
     if STORE_HT:
         tl.store(ht + p_state, b_h, mask=m_kv)
 
@@ -345,7 +349,7 @@ def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets
 @triton.jit(do_not_specialize=["T", "NT"])
 def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                          H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                         BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr):
+                         BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     """The in-chunk part of dv': (q k^T * Gamma)^T do."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_t, _ = _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN)
@@ -363,10 +367,10 @@ def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offse
     b_G, _ = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
     # [s, t] = k_s.q_t Gamma[t, s] for t >= s
     m_st = o_t[:, None] <= o_t[None, :]
-    b_at = tl.dot(b_k.to(DT), tl.trans((b_q * scale).to(DT)))
+    b_at = tl.dot(b_k.to(DT), tl.trans((b_q * scale).to(DT)), input_precision=PREC)
     b_at = tl.where(m_st, b_at * tl.exp(tl.where(m_st, b_G[None, :] - b_G[:, None], 0.0)), 0.0)
     b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-    b_dv = tl.dot(b_at.to(DT), b_do.to(DT))
+    b_dv = tl.dot(b_at.to(DT), b_do.to(DT), input_precision=PREC)
     tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
@@ -374,7 +378,7 @@ def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offse
 def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chunk_offsets, scale, T,
                    H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, USE_L2: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   IS_VARLEN: tl.constexpr):
+                   IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Reverse state recursion over the chunks of one sequence and head, for a BV slice.
 
     With dS the gradient of the state leaving the chunk: stores dh[chunk] = dS, finishes
@@ -401,14 +405,15 @@ def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chun
                            USE_L2)
         b_k = tl.where(m_t[:, None], b_k * tl.exp(b_Gl - b_G)[:, None], 0.0)
         b_dv = tl.load(dv_local + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-        b_dv += tl.dot(b_k.to(DT), b_dh.to(DT))
+        b_dv += tl.dot(b_k.to(DT), b_dh.to(DT), input_precision=PREC)
         tl.store(dv2 + row[:, None] * V + o_v[None, :], b_dv.to(dv2.dtype.element_ty), mask=m_tv)
         b_qt = _l2norm_cols(tl.load(q + row[None, :] * K + o_k[:, None], mask=(o_k[:, None] < K) & m_t[None, :], other=0.0).to(tl.float32),
                             USE_L2)
         b_qt = b_qt * (scale * tl.exp(b_G))[None, :]
         b_wt = tl.load(w + row[None, :] * K + o_k[:, None], mask=(o_k[:, None] < K) & m_t[None, :], other=0.0)
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
-        b_dh = b_dh * tl.exp(b_Gl) + tl.dot(b_qt.to(DT), b_do) - tl.dot(b_wt, b_dv.to(DT))
+        b_dh = (b_dh * tl.exp(b_Gl) + tl.dot(b_qt.to(DT), b_do, input_precision=PREC)
+                - tl.dot(b_wt, b_dv.to(DT), input_precision=PREC))
     if STORE_DH0:
         tl.store(dh0 + p_state, b_dh, mask=m_kv)
 
@@ -434,7 +439,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
                       cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                       H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr,
-                      SAFE_TRANS: tl.constexpr, DOT_BF16: tl.constexpr):
+                      SAFE_TRANS: tl.constexpr, DOT_BF16: tl.constexpr, PREC: tl.constexpr):
     """All per-chunk gradients once dh and dv' are known: dq, dk, dv, dbeta, dg (see the module docstring).
 
     S = h[chunk] (state in), dS = dh[chunk] (gradient of the state out), q~ = scale * q:
@@ -481,13 +486,13 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
         b_du = tl.load(dv2 + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-        b_dq += tl.dot(b_do, tl.trans(b_h))
-        b_dks += tl.dot(b_vn, tl.trans(b_dh))
-        b_dw += tl.dot(b_du, tl.trans(b_h))
-        b_ds += tl.dot(b_do, tl.trans(b_vn))
+        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        b_dks += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+        b_dw += tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
+        b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         b_dgl += b_h.to(tl.float32) * b_dh.to(tl.float32)
-        b_dT += tl.dot(b_du, tl.trans((b_v * b_b[:, None]).to(DT)))
-        b_dvb = tl.dot(b_ait, b_du)  # Ai^T du: gradient of beta v
+        b_dT += tl.dot(b_du, tl.trans((b_v * b_b[:, None]).to(DT)), input_precision=PREC)
+        b_dvb = tl.dot(b_ait, b_du, input_precision=PREC)  # Ai^T du: gradient of beta v
         tl.store(dv + row[:, None] * V + o_v[None, :], (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v, 1)
 
@@ -508,10 +513,10 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     b_ait = b_ait.to(DT)
     b_kd = b_kn.to(DT)
     b_dsg = b_ds * b_gam
-    b_dq += tl.dot(b_dsg.to(DT), b_kd)
+    b_dq += tl.dot(b_dsg.to(DT), b_kd, input_precision=PREC)
     i_prog = i_c * H + i_h  # this program's scratch tile
-    b_dk = tl.dot(_trans_tile(b_dsg, scratch, i_prog, BT, SAFE_TRANS).to(DT), b_q.to(DT))
-    b_p = b_dsg * tl.dot(b_q.to(DT), tl.trans(b_kd))
+    b_dk = tl.dot(_trans_tile(b_dsg, scratch, i_prog, BT, SAFE_TRANS).to(DT), b_q.to(DT), input_precision=PREC)
+    b_p = b_dsg * tl.dot(b_q.to(DT), tl.trans(b_kd), input_precision=PREC)
     b_dG += tl.sum(b_p, 1) - tl.sum(b_p, 0)
     # state update S' = exp(G_L) S + (k exp(G_L - G))^T v'
     b_dks = tl.where(m_t[:, None], b_dks * tl.exp(b_Gl - b_G)[:, None], 0.0)
@@ -522,19 +527,19 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     # WY form: w = Ai (beta exp(G) k), u = Ai (beta v), Ai = (I + A)^-1
     b_dw = -b_dw
     b_bg = b_b * b_eG
-    b_dT += tl.dot(b_dw.to(DT), tl.trans((b_kn * b_bg[:, None]).to(DT)))
-    b_dkb = tl.dot(b_ait, b_dw.to(DT))  # gradient of beta exp(G) k
+    b_dT += tl.dot(b_dw.to(DT), tl.trans((b_kn * b_bg[:, None]).to(DT)), input_precision=PREC)
+    b_dkb = tl.dot(b_ait, b_dw.to(DT), input_precision=PREC)  # gradient of beta exp(G) k
     b_dk += b_dkb * b_bg[:, None]
     b_tmp = tl.sum(b_dkb * b_kn, 1)
     b_db += b_tmp * b_eG
     b_dG += b_tmp * b_bg
     m_strict = o_t[:, None] > o_t[None, :]
-    b_dA = -tl.dot(tl.dot(b_ait, b_dT.to(DT)).to(DT), b_ait)
+    b_dA = -tl.dot(tl.dot(b_ait, b_dT.to(DT), input_precision=PREC).to(DT), b_ait, input_precision=PREC)
     b_dA = tl.where(m_strict, b_dA * b_gam, 0.0)  # dA * Gamma, strictly lower
-    b_kk = tl.dot(b_kd, tl.trans(b_kd))
+    b_kk = tl.dot(b_kd, tl.trans(b_kd), input_precision=PREC)
     b_db += tl.sum(b_dA * b_kk, 1)
     b_z = b_dA * b_b[:, None]
-    b_dk += tl.dot((b_z + _trans_tile(b_z, scratch, i_prog, BT, SAFE_TRANS)).to(DT), b_kd)
+    b_dk += tl.dot((b_z + _trans_tile(b_z, scratch, i_prog, BT, SAFE_TRANS)).to(DT), b_kd, input_precision=PREC)
     b_za = b_z * b_kk  # dA * A
     b_dG += tl.sum(b_za, 1) - tl.sum(b_za, 0)
     b_dG += tl.where(o_t == i_last, b_dGl, 0.0)
@@ -596,19 +601,30 @@ def _recurrent_kernel(q, k, v, g, beta, o, h0, ht, cu_seqlens, scale, T,
 # host side
 
 
+def _dot_precision(dtype: torch.dtype) -> str:
+    """How the kernels multiply fp32 tiles: IEEE, unless TF32 is allowed for fp32 matmuls
+    (`torch.backends.cuda.matmul.allow_tf32` or `torch.set_float32_matmul_precision("high")`), as PyTorch's own
+    matmuls do. Triton's own default is TF32, which put fp32 training gradients 3x further from the exact ones than
+    the reference path's under TF32 (A_log 2.7e-2 against 8.4e-3, H100). bf16 tiles are unaffected (wgmma either
+    way), so bf16 inputs keep "tf32" and their speed."""
+    return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+
+
 def _pow2(n: int) -> int:
     # at least 32: with a 16-wide K block the backward kernels read out of bounds on Hopper with Triton 3.6
     # (illegal address at K = 16 on an H200, with or without SAFE_TRANS; K = 16 padded to 32 matches the reference)
     return max(32, triton.next_power_of_2(n))
 
 
-def _launch_pipelined(kernel, grid, *args, **kwargs):
-    """Launch with 2 software-pipeline stages, or 1 where the stages' shared-memory buffers do not fit
-    (BK = 128 tiles of q, k and w in the state loops need more than a Hopper SM's 227 KB at 3 stages)."""
-    try:
-        kernel[grid](*args, num_stages=2, **kwargs)
-    except OutOfResources:
-        kernel[grid](*args, num_stages=1, **kwargs)
+def _launch_pipelined(kernel, grid, *args, stages: int = 2, **kwargs):
+    """Launch with `stages` software-pipeline stages, or fewer where the stages' shared-memory buffers do not fit
+    (fp32 BK = 128 tiles of q, k and w in the state loops need more than a Hopper SM's 227 KB at 3 stages)."""
+    for n in range(stages, 0, -1):
+        try:
+            return kernel[grid](*args, num_stages=n, **kwargs)
+        except OutOfResources:
+            if n == 1:
+                raise
 
 
 class _Meta:
@@ -662,9 +678,10 @@ def _chunk_fwd(q, k, v, g, beta, scale, h0, want_ht, meta: _Meta, use_l2):
     G = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
     Ai = torch.empty(B, T, H, BT, device=q.device, dtype=q.dtype)
     _prepare_kernel[(NC, H)](k, beta, g, G, Ai, *meta.args(), T, meta.NT, H=H, K=K, BK=BK,
-                             USE_L2=use_l2, IS_VARLEN=meta.varlen, num_warps=4)
-    w, u = _recompute_wu(q, k, v, beta, G, Ai, meta, use_l2)
-    h, v_new, ht = _state_pass(k, w, u, G, h0, want_ht, meta, use_l2)
+                             USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC=_dot_precision(q.dtype), num_warps=4)
+    w, u, kn = _recompute_wu(q, k, v, beta, G, Ai, meta, use_l2)
+    h, v_new, ht = _state_pass(kn, w, u, G, h0, want_ht, meta)
+    del kn
     o = torch.empty_like(v)
     BV = 64
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](q, k, v_new, h, G, o, *meta.args(), scale, T, meta.NT, H=H, K=K,
@@ -674,25 +691,33 @@ def _chunk_fwd(q, k, v, g, beta, scale, h0, want_ht, meta: _Meta, use_l2):
 
 
 def _recompute_wu(q, k, v, beta, G, Ai, meta, use_l2):
+    """w [B, T, H, K], u [B, T, H, V] and the L2-normalised k (k itself without the norm)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     w = torch.empty_like(k)
     u = torch.empty_like(v)
-    _wu_kernel[(meta.total_chunks, H)](k, v, beta, G, Ai, w, u, *meta.args(), T, meta.NT, H=H, K=K, V=V, BT=BT,
-                                      BK=_pow2(K), BV=64, USE_L2=use_l2, IS_VARLEN=meta.varlen, num_warps=4)
-    return w, u
+    kn = torch.empty_like(k) if use_l2 else k
+    _wu_kernel[(meta.total_chunks, H)](k, v, beta, G, Ai, w, u, kn, *meta.args(), T, meta.NT, H=H, K=K, V=V, BT=BT,
+                                      BK=_pow2(K), BV=64, USE_L2=use_l2, IS_VARLEN=meta.varlen,
+                                      PREC=_dot_precision(k.dtype), num_warps=4)
+    return w, u, kn
 
 
-def _state_pass(k, w, u, G, h0, want_ht, meta, use_l2):
+def _state_pass(kn, w, u, G, h0, want_ht, meta):
+    """h [chunks, H, K, V] (state entering each chunk), v' [B, T, H, V] and the final state; kn is k normalised."""
+    k = kn
     B, T, H, K = k.shape
     V = u.shape[-1]
     h = torch.empty(meta.total_chunks, H, K, V, device=k.device, dtype=k.dtype)
     v_new = torch.empty_like(u)
     ht = torch.empty(meta.N, H, K, V, device=k.device, dtype=torch.float32) if want_ht else None
-    BV = 32  # the sequential pass has only N*H*V/BV programs: small slices keep more SMs busy
+    # the sequential pass has only N*H*V/BV programs: small slices keep more SMs busy. BV 32, 4 warps, 3 stages:
+    # fastest of BV 16-64 x 2-8 warps x 1-3 stages (2B shapes, 64K, bf16, H100: 1.34 ms; 2 stages 1.6x slower)
+    BV = 32
     _launch_pipelined(_fwd_h_kernel, (triton.cdiv(V, BV), meta.N * H), k, w, u, G, h, v_new, h0, ht, meta.cu,
-                      meta.chunk_offsets, T, H=H, K=K, V=V, BT=BT, BK=_pow2(K), BV=BV, USE_L2=use_l2,
-                      HAS_H0=h0 is not None, STORE_HT=want_ht, IS_VARLEN=meta.varlen, num_warps=4)
+                      meta.chunk_offsets, T, H=H, K=K, V=V, BT=BT, BK=_pow2(K), BV=BV,
+                      HAS_H0=h0 is not None, STORE_HT=want_ht, IS_VARLEN=meta.varlen, PREC=_dot_precision(k.dtype),
+                      stages=3, num_warps=4)
     return h, v_new, ht
 
 
@@ -705,23 +730,28 @@ def _chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: _Meta, use_l2, G=None
         G = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
         Ai = torch.empty(B, T, H, BT, device=q.device, dtype=q.dtype)
         _prepare_kernel[(NC, H)](k, beta, g, G, Ai, *meta.args(), T, meta.NT, H=H, K=K, BK=BK,
-                                 USE_L2=use_l2, IS_VARLEN=meta.varlen, num_warps=4)
-    w, u = _recompute_wu(q, k, v, beta, G, Ai, meta, use_l2)
-    h, v_new, _ = _state_pass(k, w, u, G, h0, False, meta, use_l2)
+                                 USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC=_dot_precision(q.dtype), num_warps=4)
+    w, u, kn = _recompute_wu(q, k, v, beta, G, Ai, meta, use_l2)
+    h, v_new, _ = _state_pass(kn, w, u, G, h0, False, meta)
+    del kn
     do = do.contiguous()
     dv_local = torch.empty_like(v)
     BV = 64
     _bwd_dv_local_kernel[(triton.cdiv(V, BV), NC, H)](q, k, G, do, dv_local, *meta.args(), scale, T, meta.NT,
                                                      H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_L2=use_l2,
-                                                     IS_VARLEN=meta.varlen, num_warps=4)
+                                                     IS_VARLEN=meta.varlen, PREC=_dot_precision(q.dtype),
+                                                     num_warps=4)
     dh = torch.empty_like(h)
     dv2 = torch.empty_like(v)
     dh0 = torch.empty(meta.N, H, K, V, device=q.device, dtype=torch.float32) if h0 is not None else None
+    # BV 32, 8 warps, 3 stages: fastest of BV 16-64 x 2-8 warps x 1-3 stages (2B shapes, 64K, bf16, H100: 3.53 ms;
+    # 4 warps and 2 stages 4.90 ms)
     BVs = 32
     _launch_pipelined(_bwd_dh_kernel, (triton.cdiv(V, BVs), meta.N * H), q, k, w, G, do, dv_local, dv2, dh,
                       None if dht is None else dht.contiguous(), dh0, meta.cu, meta.chunk_offsets, scale, T,
                       H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, USE_L2=use_l2, HAS_DHT=dht is not None,
-                      STORE_DH0=h0 is not None, IS_VARLEN=meta.varlen, num_warps=4)
+                      STORE_DH0=h0 is not None, IS_VARLEN=meta.varlen, PREC=_dot_precision(q.dtype),
+                      stages=3, num_warps=8)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     dg = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
@@ -730,7 +760,7 @@ def _chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: _Meta, use_l2, G=None
                       dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK,
                       BV=32 if q.dtype == torch.float32 else 64,  # fp32 tiles: half the columns fit
                       USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=SAFE_TRANS,
-                      DOT_BF16=BK > 64 and q.is_cuda, num_warps=8)
+                      DOT_BF16=BK > 64 and q.is_cuda, PREC=_dot_precision(q.dtype), num_warps=8)
     return dq, dk, dv, dg, dbeta, dh0
 
 

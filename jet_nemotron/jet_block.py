@@ -25,6 +25,7 @@ from .ops import (
     dynamic_conv_step,
     fused_recurrent_gated_delta_rule,
     gated_delta_rule_step,
+    gated_rmsnorm,
 )
 
 
@@ -64,18 +65,17 @@ class DynamicShortConvolution(nn.Module):
 
 
 class JetGatedRMSNorm(nn.Module):
-    """RMSNorm over the last dimension (dv, per head), times its weight, times silu(gate); fp32 inside."""
+    """RMSNorm over the last dimension (dv, per head), times its weight, times silu(gate); fp32 inside.
+
+    x, gate [..., dv] -> [..., dv] in x's dtype (`ops.gated_rmsnorm`: one Triton pass on CUDA)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * x * F.silu(gate.float())).to(dtype)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        return gated_rmsnorm(x, gate, self.weight, self.eps, backend=backend)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
@@ -167,7 +167,8 @@ class JetBlock(nn.Module):
         else:
             o = self._mix(q, k, v, g, beta, kernels, cache)
 
-        o = self.o_norm(o.view(B, T, d.num_heads, d.head_v_dim), gate.view(B, T, d.num_heads, d.head_v_dim))
+        o = self.o_norm(o.view(B, T, d.num_heads, d.head_v_dim), gate.view(B, T, d.num_heads, d.head_v_dim),
+                        backend=backend)
         return self.o_proj(o.reshape(B, T, d.value_dim)), None
 
     def _mix(self, q, k, v, g, beta, kernels, cache) -> torch.Tensor:

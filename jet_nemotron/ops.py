@@ -16,6 +16,7 @@ import torch
 
 from .decode_attention_ref import decode_attention_ref
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
+from .gated_rmsnorm_ref import gated_rmsnorm_ref
 from .gated_delta_rule_ref import (
     chunk_gated_delta_rule_ref,
     gated_delta_rule_step_ref,
@@ -42,6 +43,7 @@ if _TRITON_IMPORT_ERROR is None:
         )
         from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
         from .decode_attention_triton import decode_attention_triton
+        from .gated_rmsnorm_triton import gated_rmsnorm_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
 
@@ -111,6 +113,13 @@ def dynamic_conv_step(x, kernel, conv_state, backend: str = "auto"):
     if _choose("dynamic_conv_step", x, backend) == "triton":
         return dynamic_conv_step_triton(x, kernel, conv_state)
     return dynamic_conv_step_ref(x, kernel, conv_state)
+
+
+def gated_rmsnorm(x, gate, weight, eps: float, backend: str = "auto"):
+    """The JetBlock's output norm: RMSNorm(x) * weight * silu(gate). x, gate [..., D]; weight [D]."""
+    if _choose("gated_rmsnorm", x, backend) == "triton":
+        return gated_rmsnorm_triton(x, gate, weight, eps)
+    return gated_rmsnorm_ref(x, gate, weight, eps)
 
 
 def decode_attention(q, k, v, mask=None, scale=None, backend: str = "auto"):

@@ -65,24 +65,29 @@ def test_triton_path_matches_reference_path_bf16_with_cache(head_dim, expand_v):
               f"decode step {t}")
 
 
-# Triton's error may be this many times the TF32 reference's (plus 5e-3). On an H200, dk 32 was at or below 1x
-# (worst 6.3e-3 against 8.4e-3); dk 16 was 2.7x (1.1e-1 against 4.2e-2) until the output kernel's products went
-# IEEE for fp32 inputs: with TF32 emulated on the interpreter, that kernel alone had put the A_log gradient 20%
-# off (test_kernels.py::test_model_gradients_under_emulated_tf32). Not yet rerun on the GPU since.
-GRAD_FACTOR = {16: 2.0, 32: 2.0, 96: 2.0}
+# How far Triton's fp32 gradients may be from the exact ones, per head size: (factor, floor), the bound being factor
+# times the reference path's own error with TF32 matmuls (measured in the same test) plus floor.
+# - By default fp32 tiles multiply in IEEE (`_dot_precision`): only summation order differs, so dk 16 / 32 must be
+#   far inside the TF32 yardstick (0.25x). dk 96 pads K to 128, where the backward's per-chunk products take bf16
+#   operands (fp32 [64, 128] operands overflow an SM's shared memory): 2^-9 per operand, 4x TF32's 2^-11.
+#   Measured on an H200: dk 16 worst 3.9e-5 (the reference under TF32: 8.4e-3).
+# - With TF32 allowed, every product but the output kernel's is TF32, and the chunked algorithm chains more of them
+#   than the reference's (the WY inverse, w, u, v', the state): measured 3.1x at dk 16 on an H200 (q_proj 1.29e-1
+#   against 4.2e-2) and A_log 2.7e-2 against 8.4e-3 at dk 96 on an H100, hence 4x.
+GRAD_FACTOR = {(16, False): (0.25, 1e-3), (32, False): (0.25, 1e-3), (96, False): (4.0, 5e-3),
+               (16, True): (4.0, 5e-3), (32, True): (4.0, 5e-3), (96, True): (4.0, 5e-3)}
 
 
-@pytest.mark.parametrize("head_dim", sorted(GRAD_FACTOR))
-def test_triton_training_gradients_match_reference(head_dim):
-    """fp32 training gradients. The kernels' fp32 dots run as TF32 (10-bit mantissa), the reference's as IEEE fp32,
-    and the error grows through four deliberately large-weight layers forward and back (gradients 1e-2 to 1e-1 off
-    for the reference path itself under TF32, H200). So the yardstick is the reference path with TF32 matmuls.
-    A wrong gradient gives O(1)."""
+@pytest.mark.parametrize("head_dim,allow_tf32", sorted(GRAD_FACTOR))
+def test_triton_training_gradients_match_reference(head_dim, allow_tf32):
+    """fp32 training gradients against the exact reference path. The error grows through four deliberately
+    large-weight layers forward and back (1e-2 to 1e-1 for the reference path itself under TF32), so the yardstick
+    is the reference path with TF32 matmuls. A wrong gradient gives O(1)."""
     ids = torch.randint(3, 128, (2, 130), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     eac = _jet(head_dim, 2)
     grads = {}
     for name, backend, tf32 in (("truth", "reference", False), ("ref_tf32", "reference", True),
-                                ("triton", "triton", False)):
+                                ("triton", "triton", allow_tf32)):
         model = _model(backend, torch.float32, efficient_attention_config=eac).train()
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -93,7 +98,11 @@ def test_triton_training_gradients_match_reference(head_dim):
         grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads["truth"].keys() == grads["triton"].keys()
     errs = {n: (_rel(grads["triton"][n], g), _rel(grads["ref_tf32"][n], g)) for n, g in grads["truth"].items()}
-    bad = {n: e for n, e in errs.items() if e[0] >= GRAD_FACTOR[head_dim] * e[1] + 5e-3}
+    worst = max(errs, key=lambda n: errs[n][0])
+    print(f"dk {head_dim}, TF32 allowed {allow_tf32}: worst triton error {errs[worst][0]:.2e} ({worst}; "
+          f"reference under TF32 {errs[worst][1]:.2e}), median {sorted(e[0] for e in errs.values())[len(errs) // 2]:.2e}")
+    factor, floor = GRAD_FACTOR[head_dim, allow_tf32]
+    bad = {n: e for n, e in errs.items() if e[0] >= factor * e[1] + floor}
     assert not bad, f"(triton, reference under TF32) errors over the bound: {bad}"
 
 

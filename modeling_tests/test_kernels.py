@@ -32,6 +32,8 @@ from jet_nemotron import dynamic_conv_triton as conv_tri  # noqa: E402
 from jet_nemotron import gated_delta_rule_triton as gdr_tri  # noqa: E402
 from jet_nemotron import decode_attention_ref as da_ref  # noqa: E402
 from jet_nemotron import decode_attention_triton as da_tri  # noqa: E402
+from jet_nemotron import gated_rmsnorm_ref as norm_ref  # noqa: E402
+from jet_nemotron import gated_rmsnorm_triton as norm_tri  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -239,6 +241,29 @@ def test_dynamic_conv_matches_reference(T, hist_len, dtype):
         assert a.dtype == b.dtype and rel(a, b) < bound
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,D", [(1, 64), (17, 96), (300, 256)])  # 1 row; a partial row block; D not 2^n
+def test_gated_rmsnorm_matches_reference(rows, D, dtype):
+    gen = torch.Generator().manual_seed(rows + D)
+    x = (3 * torch.randn(rows, 2, D, generator=gen)).to(DEVICE, dtype).requires_grad_()
+    gate = torch.randn(rows, 2, D, generator=gen).to(DEVICE, dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(D, generator=gen)).to(DEVICE, dtype).requires_grad_()
+    y, y_r = norm_tri.gated_rmsnorm_triton(x, gate, w, 1e-6), norm_ref.gated_rmsnorm_ref(x, gate, w, 1e-6)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad((y * dy).sum(), [x, gate, w])
+    grads_r = torch.autograd.grad((y_r * dy).sum(), [x, gate, w])
+    # fp32: the same arithmetic, reduced in another order; bf16: y and the gradients are rounded once to bf16
+    # (2^-8 = 4e-3) where the reference's autograd rounds at other points, and dw sums 2 * rows of them
+    bound = 1e-5 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and rel(y, y_r) < bound
+    for name, a, b in zip(("dx", "dgate", "dweight"), grads, grads_r):
+        assert a.dtype == b.dtype and rel(a, b) < bound, name
+    with torch.no_grad():  # inference takes the direct launch, without autograd's bookkeeping
+        assert torch.equal(norm_tri.gated_rmsnorm_triton(x, gate, w, 1e-6), y)
+    with pytest.raises(ValueError, match="weight"):
+        norm_tri.gated_rmsnorm_triton(x, gate, w[:-1], 1e-6)
+
+
 @pytest.mark.parametrize("with_hist", [True, False])
 def test_dynamic_conv_varlen(with_hist):
     lens = [2, 40, 17]  # one sequence shorter than the kernel width
@@ -357,11 +382,14 @@ def _emulate_tf32_dots(monkeypatch):
 
 @pytest.mark.skipif(CUDA, reason="CPU interpreter only: on the GPU test_gpu_model.py measures real TF32")
 def test_model_gradients_under_emulated_tf32(monkeypatch):
-    """fp32 training gradients of a tiny model (dk 16) through the kernels with TF32 dots, against the exact
-    reference path. Under a strong decay an output is mostly its own q.k v' product and the decay's gradient is
-    the small rest; with that product in TF32 the A_log gradient was 20% off (worst 2e-1), so the output kernel runs
-    IEEE for fp32. Measured now: worst 1.3e-2 (dt_bias), median 2.4e-3; the bound 3e-2 is TF32's 5e-4 per product
-    through four deliberately large-weight layers forward and back."""
+    """fp32 training gradients of a tiny model (dk 16) through the kernels, with the interpreter's dots rounding
+    their inputs to TF32 wherever a kernel asks for TF32, against the exact reference path.
+
+    By default (torch's allow_tf32 off) every fp32 product asks for IEEE, so the emulation must change nothing.
+    With TF32 allowed, the output kernel still runs IEEE: under a strong decay an output is mostly its own q.k v'
+    product and the decay's gradient is the small rest; with that product in TF32 the A_log gradient was 20% off
+    (worst 2e-1). Measured with TF32 allowed: worst 1.3e-2 (dt_bias), median 2.4e-3; the bound 3e-2 is TF32's
+    5e-4 per product through four deliberately large-weight layers forward and back."""
     from conftest import tiny_model
 
     ids = torch.randint(3, 128, (2, 130), generator=torch.Generator().manual_seed(0))
@@ -373,6 +401,10 @@ def test_model_gradients_under_emulated_tf32(monkeypatch):
 
     ref, exact = grads("reference"), grads("triton")
     _emulate_tf32_dots(monkeypatch)
+    default = grads("triton")
+    for n, g in exact.items():  # nothing asked for TF32: bit-identical to the unemulated run
+        assert torch.equal(default[n], g), n
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     tf32 = grads("triton")
     err_exact = {n: rel(exact[n], g) for n, g in ref.items()}
     err_tf32 = {n: rel(tf32[n], g) for n, g in ref.items()}

@@ -1,0 +1,105 @@
+"""The JetBlock's output norm in Triton, forward and backward: one pass over x and gate instead of PyTorch's
+chain of fp32 elementwise kernels (about 8 full-size fp32 tensors written per layer in eager prefill).
+
+Same signature and shapes as `gated_rmsnorm_ref.py`: x, gate [..., D]; weight [D]; y in x's dtype, fp32 inside.
+With r = rsqrt(mean(x^2) + eps), n = x r, s = silu(gate):
+    y = w n s;  dw = sum_rows dy n s;  dgate = dy w n silu'(gate);  dx = r (dn - n mean(dn n)), dn = dy w s
+The backward recomputes r from x (one row reduction) rather than saving it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # transformers' remote-code checker skips imports inside try blocks; ops.py catches the ImportError
+    import triton
+    import triton.language as tl
+except ImportError as err:  # pragma: no cover - exercised only on machines without Triton
+    raise ImportError(f"jet_nemotron's Triton kernels need triton: {err}") from err
+
+ROWS = 16  # rows per program: [16, 256] fp32 tiles for the 2B shape's dv = 256
+
+
+@triton.jit
+def _rows(x, gate, w, i, n_rows, D, eps, BR: tl.constexpr, BD: tl.constexpr):
+    """Offsets, mask and the fp32 tiles (x, gate, weight, n = x r, r) of row block i."""
+    o_r = (i * BR + tl.arange(0, BR)).to(tl.int64)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    m = (o_r < n_rows)[:, None] & m_d[None, :]
+    p = o_r[:, None] * D + o_d[None, :]
+    b_x = tl.load(x + p, mask=m, other=0.0).to(tl.float32)
+    b_g = tl.load(gate + p, mask=m, other=0.0).to(tl.float32)
+    b_w = tl.load(w + o_d, mask=m_d, other=0.0).to(tl.float32)
+    b_r = tl.rsqrt(tl.sum(b_x * b_x, 1) / D + eps)
+    return p, m, b_x, b_g, b_w, b_x * b_r[:, None], b_r
+
+
+@triton.jit
+def _norm_fwd_kernel(x, gate, w, y, n_rows, D, eps, BR: tl.constexpr, BD: tl.constexpr):
+    p, m, b_x, b_g, b_w, b_n, _ = _rows(x, gate, w, tl.program_id(0), n_rows, D, eps, BR, BD)
+    b_y = b_w[None, :] * b_n * (b_g * tl.sigmoid(b_g))
+    tl.store(y + p, b_y.to(y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _norm_bwd_kernel(x, gate, w, dy, dx, dgate, dw_part, n_rows, D, eps, BR: tl.constexpr, BD: tl.constexpr):
+    """dx, dgate for a row block; its share of dw into dw_part[program] (summed on the host side)."""
+    i = tl.program_id(0)
+    p, m, b_x, b_g, b_w, b_n, b_r = _rows(x, gate, w, i, n_rows, D, eps, BR, BD)
+    b_dy = tl.load(dy + p, mask=m, other=0.0).to(tl.float32)
+    b_sg = tl.sigmoid(b_g)
+    b_s = b_g * b_sg
+    b_dgate = b_dy * b_w[None, :] * b_n * b_sg * (1.0 + b_g * (1.0 - b_sg))
+    b_dn = b_dy * b_w[None, :] * b_s
+    b_dx = b_r[:, None] * (b_dn - b_n * (tl.sum(b_dn * b_n, 1) / D)[:, None])
+    tl.store(dx + p, b_dx.to(dx.dtype.element_ty), mask=m)
+    tl.store(dgate + p, b_dgate.to(dgate.dtype.element_ty), mask=m)
+    o_d = tl.arange(0, BD)
+    tl.store(dw_part + i * D + o_d, tl.sum(b_dy * b_n * b_s, 0), mask=o_d < D)
+
+
+def _check(x, gate, weight):
+    D = x.shape[-1]
+    if gate.shape != x.shape or weight.shape != (D,):
+        raise ValueError(f"gated RMSNorm needs gate of x's shape {tuple(x.shape)} and weight [{D}], got gate "
+                         f"{tuple(gate.shape)} and weight {tuple(weight.shape)}")
+    return D, x.numel() // D if D else 0
+
+
+def _forward(x, gate, weight, eps):
+    D, n_rows = _check(x, gate, weight)
+    x, gate = x.contiguous(), gate.contiguous()
+    y = torch.empty_like(x)
+    if n_rows:
+        _norm_fwd_kernel[(triton.cdiv(n_rows, ROWS),)](x, gate, weight, y, n_rows, D, eps, BR=ROWS,
+                                                       BD=triton.next_power_of_2(D), num_warps=4)
+    return y
+
+
+class _GatedRMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gate, weight, eps):
+        ctx.save_for_backward(x, gate, weight)
+        ctx.eps = eps
+        return _forward(x, gate, weight, eps)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, gate, weight = ctx.saved_tensors
+        D, n_rows = _check(x, gate, weight)
+        x, gate, dy = x.contiguous(), gate.contiguous(), dy.contiguous()
+        dx, dgate = torch.empty_like(x), torch.empty_like(gate)
+        n_prog = triton.cdiv(n_rows, ROWS)
+        dw_part = torch.empty(n_prog, D, device=x.device, dtype=torch.float32)
+        if n_rows:
+            _norm_bwd_kernel[(n_prog,)](x, gate, weight, dy, dx, dgate, dw_part, n_rows, D, ctx.eps, BR=ROWS,
+                                        BD=triton.next_power_of_2(D), num_warps=4)
+        return dx, dgate, dw_part.sum(0).to(weight.dtype), None
+
+
+def gated_rmsnorm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x times weight times silu(gate), with autograd. x, gate [..., D]; weight [D]; y in x's dtype."""
+    if torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad or weight.requires_grad):
+        return _GatedRMSNormFunction.apply(x, gate, weight, eps)
+    return _forward(x, gate, weight, eps)
