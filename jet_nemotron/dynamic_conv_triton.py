@@ -34,8 +34,9 @@ def _token_bounds(cu_seqlens, seq_idx, o_t, m_t, T, IS_VARLEN: tl.constexpr):
 
 @triton.jit
 def _elements(i, n_el, C, BLOCK: tl.constexpr):
-    """Flat (token, channel) indices of block i, their mask, token and channel."""
-    o = (i * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    """Flat (token, channel) indices of block i, their mask, token and channel (int64: B*T*C passes 2^31 at 16 x 64K
+    tokens of the 2B shape)."""
+    o = i.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     return o, o < n_el, o // C, o % C
 
 

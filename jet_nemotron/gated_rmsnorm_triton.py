@@ -23,7 +23,7 @@ ROWS = 16  # rows per program: [16, 256] fp32 tiles for the 2B shape's dv = 256
 @triton.jit
 def _rows(x, gate, w, i, n_rows, D, eps, BR: tl.constexpr, BD: tl.constexpr):
     """Offsets, mask and the fp32 tiles (x, gate, weight, n = x r, r) of row block i."""
-    o_r = (i * BR + tl.arange(0, BR)).to(tl.int64)
+    o_r = i.to(tl.int64) * BR + tl.arange(0, BR)
     o_d = tl.arange(0, BD)
     m_d = o_d < D
     m = (o_r < n_rows)[:, None] & m_d[None, :]
@@ -56,7 +56,7 @@ def _norm_bwd_kernel(x, gate, w, dy, dx, dgate, dw_part, n_rows, D, eps, BR: tl.
     tl.store(dx + p, b_dx.to(dx.dtype.element_ty), mask=m)
     tl.store(dgate + p, b_dgate.to(dgate.dtype.element_ty), mask=m)
     o_d = tl.arange(0, BD)
-    tl.store(dw_part + i * D + o_d, tl.sum(b_dy * b_n * b_s, 0), mask=o_d < D)
+    tl.store(dw_part + i.to(tl.int64) * D + o_d, tl.sum(b_dy * b_n * b_s, 0), mask=o_d < D)
 
 
 def _check(x, gate, weight):
