@@ -169,23 +169,26 @@ def banded_sliding_attention(query, key, value, window: int, scaling: float, dro
     sliding layers (4 GiB of mask at 64K tokens). Query p sees keys p-W+1 .. p, as `create_sliding_window_causal_mask`.
     query [B, Hq, T, D], key/value [B, Hkv, T, D] -> [B, T, Hq, D]."""
     B, Hq, T, D = query.shape
-    W, rep = window, Hq // key.shape[1]
-    key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+    Hkv = key.shape[1]
+    W, rep = window, Hq // Hkv
     nb = -(-T // W)
     pad = (0, 0, 0, nb * W - T)
-    qb, kb, vb = (F.pad(t, pad).view(B, Hq, nb, W, D) for t in (query, key, value))
-    first = F.scaled_dot_product_attention(qb[:, :, 0], kb[:, :, 0], vb[:, :, 0], dropout_p=dropout,
+    qb = F.pad(query, pad).view(B, Hq, nb, W, D)
+    # K/V are padded and paired at the KV-head count and repeated per query head once, at the end
+    kb, vb = (F.pad(t, pad).view(B, Hkv, nb, W, D) for t in (key, value))
+    first = F.scaled_dot_product_attention(qb[:, :, 0], kb[:, :, 0].repeat_interleave(rep, 1),
+                                           vb[:, :, 0].repeat_interleave(rep, 1), dropout_p=dropout,
                                            is_causal=True, scale=scaling)  # block 0: causal within itself
     if nb == 1:
         return first[:, :, :T].transpose(1, 2)
     o_r = torch.arange(W, device=query.device)
     o_c = torch.arange(2 * W, device=query.device)
     band = (o_c[None, :] > o_r[:, None]) & (o_c[None, :] <= o_r[:, None] + W)  # key (i-1)W+c for query iW+r
-    blocks = lambda t: t.transpose(1, 2).reshape(B * (nb - 1), Hq, t.shape[-2], D)  # noqa: E731
-    k2 = torch.cat([kb[:, :, :-1], kb[:, :, 1:]], dim=3)
-    v2 = torch.cat([vb[:, :, :-1], vb[:, :, 1:]], dim=3)
-    rest = F.scaled_dot_product_attention(blocks(qb[:, :, 1:]), blocks(k2), blocks(v2), attn_mask=band,
-                                          dropout_p=dropout, scale=scaling)
+    blocks = lambda t: t.transpose(1, 2).reshape(B * (nb - 1), t.shape[1], t.shape[-2], D)  # noqa: E731
+    k2 = blocks(torch.cat([kb[:, :, :-1], kb[:, :, 1:]], dim=3)).repeat_interleave(rep, 1)
+    v2 = blocks(torch.cat([vb[:, :, :-1], vb[:, :, 1:]], dim=3)).repeat_interleave(rep, 1)
+    rest = F.scaled_dot_product_attention(blocks(qb[:, :, 1:]), k2, v2, attn_mask=band, dropout_p=dropout,
+                                          scale=scaling)
     rest = rest.view(B, nb - 1, Hq, W, D).transpose(1, 2)
     out = torch.cat([first[:, :, None], rest], dim=2).reshape(B, Hq, nb * W, D)[:, :, :T]
     return out.transpose(1, 2)
