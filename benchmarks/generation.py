@@ -17,6 +17,9 @@ preallocated static cache and the compiled (CUDA-graph) decode step.
   math); the teacher runs transformers' Qwen2 as it is. `--no-fuse` turns ours off.
 - roofline: bytes a decode step must read (weights once + the KV/state it needs, state written back) over the
   card's copy bandwidth measured in the same run; achieved GB/s and the fraction are printed beside every tok/s.
+- bound: the same, except that the weights cost the longer of reading them once and multiplying them by the batch
+  at the card's measured bf16 matmul rate. At large batches the linear layers are compute-bound kernels whose time
+  adds to the memory-bound attention and state kernels', so this, not the bytes alone, is what a step can reach.
 
     python benchmarks/generation.py --contexts 4096 16384 65536            # on a GPU
     python benchmarks/generation.py --smoke                                # tiny shapes, CPU, checks the script
@@ -100,6 +103,20 @@ def step_bytes(model, batch: int, ctx: int) -> int:
     if model.config.model_type == "jet_nemotron":
         jet_state = cache_nbytes_estimate(model.config, 0)  # at context 0 only the fixed-size JetBlock state is left
     return weight_bytes(model) + batch * (cache_nbytes_estimate(model.config, ctx) + jet_state)
+
+
+def linear_weights(model) -> int:
+    """Weights every token multiplies: all nn.Linear layers, lm_head included (the embedding lookup is no product)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def bound_seconds(model, batch: int, ctx: int, bandwidth: float, matmul_rate: float) -> float:
+    """The least time one decode step can take on this card: the weights are either read once or multiplied by the
+    batch (2 FLOPs per weight and sequence), whichever is slower, and every cached byte is moved once. Attention and
+    the JetBlock state update do their arithmetic inside memory-bound kernels, so only their bytes count."""
+    weights = weight_bytes(model)
+    matmul_s = 2 * linear_weights(model) * batch / matmul_rate
+    return max(weights / bandwidth, matmul_s) + (step_bytes(model, batch, ctx) - weights) / bandwidth
 
 
 def timed(fn, device) -> float:
@@ -289,6 +306,7 @@ def report(results: dict, out: Path, stem: str = "generation") -> None:
     """Print the table of ratios for every context both models reached, write the JSON and the PNG."""
     contexts = sorted({r["ctx"] for r in results["rows"] if r["model"] == "jet"}
                       & {r["ctx"] for r in results["rows"] if r["model"] == "qwen"})
+    derive_bounds(results)
     pct = lambda x: f"{100 * x:.0f}%" if x else "-"  # noqa: E731
     print(f"\n{'ctx':>7} | {'prefill x':>9} | {'decode b1 x':>11} | {'decode max x':>12} | "
           "jet b1: generate tok/s, step ms (roofline) | jet max: tok/s @batch (roofline) | qwen max: tok/s @batch "
@@ -307,10 +325,49 @@ def report(results: dict, out: Path, stem: str = "generation") -> None:
               f"({pct(j['decode_max_batch_roofline_frac'])}) | {q['decode_max_batch_tok_s']:.0f} "
               f"@{q['decode_max_batch_batch']} ({pct(q['decode_max_batch_roofline_frac'])}) | "
               f"{q.get('step_batch1_ms', float('nan')):.2f} ({pct(q.get('step_batch1_roofline_frac'))})")
+    for ctx in contexts:
+        j, q = (next(r for r in results["rows"] if r["model"] == m and r["ctx"] == ctx) for m in ("jet", "qwen"))
+        if j.get("decode_max_batch_bound_frac") and q.get("decode_max_batch_bound_frac"):
+            # tok/s at 100% of the bound = measured tok/s / fraction: the ratio the two bounds allow
+            cap = (j["decode_max_batch_tok_s"] / j["decode_max_batch_bound_frac"]) / (
+                q["decode_max_batch_tok_s"] / q["decode_max_batch_bound_frac"])
+            print(f"{ctx:>7} | largest batch against the bytes + FLOPs bound: jet "
+                  f"{pct(j['decode_max_batch_bound_frac'])} (step {pct(j.get('step_max_batch_bound_frac'))}), qwen "
+                  f"{pct(q['decode_max_batch_bound_frac'])} (step {pct(q.get('step_max_batch_bound_frac'))}); "
+                  f"the bounds allow {cap:.2f}x")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     plot(results, out / f"{stem}.png")
     print(f"wrote {out / (stem + '.json')} and .png")
+
+
+def derive_bounds(results: dict) -> None:
+    """Add the bytes + FLOPs bound fractions to rows measured before they were recorded: the models are rebuilt on
+    the meta device (shapes only) and the run's own measured ceilings are used (their mean for merged runs)."""
+    rows = [r for r in results["rows"] if "decode_max_batch_tok_s" in r and "decode_max_batch_bound_frac" not in r]
+    bw, rate = results.get("copy_bandwidth_GBps"), results.get("bf16_matmul_TFLOPs")
+    if not rows or bw is None or rate is None:
+        return
+    def mean(x):  # merged runs keep one value per run, possibly nested
+        flat = [v for item in (x if isinstance(x, list) else [x]) for v in (item if isinstance(item, list) else [item])]
+        return sum(flat) / len(flat)
+
+    bw, rate = 1e9 * mean(bw), 1e12 * mean(rate)
+    if bw != bw or rate != rate:  # a CPU run has no ceilings
+        return
+    smoke = results["rows"][0]["ctx"] < 1024
+    configs = dict(zip(("jet", "qwen"), model_configs(smoke)))
+    models = {}
+    for tag, cls in (("jet", JetNemotronForCausalLM), ("qwen", Qwen2ForCausalLM)):
+        with torch.device("meta"):
+            models[tag] = cls(configs[tag]).to(torch.bfloat16)
+    for r in rows:
+        for mode in ("batch1", "max_batch"):
+            batch, tok_s = r[f"decode_{mode}_batch"], r[f"decode_{mode}_tok_s"]
+            bound = bound_seconds(models[r["model"]], batch, r["ctx"], bw, rate)
+            r[f"decode_{mode}_bound_frac"] = bound * tok_s / batch
+            if r.get(f"step_{mode}_ms"):
+                r[f"step_{mode}_bound_frac"] = bound / (r[f"step_{mode}_ms"] / 1e3)
 
 
 def merge(paths: list[Path]) -> dict:
@@ -370,6 +427,10 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                 row[f"step_{mode}_ms"] = step_s * 1e3
                 row[f"step_{mode}_roofline_frac"] = (step_bytes(model, batch, ctx) / step_s / bandwidth
                                                      if bandwidth == bandwidth else None)
+                if bandwidth == bandwidth:
+                    bound = bound_seconds(model, batch, ctx, bandwidth, matmul_rate)
+                    row[f"decode_{mode}_bound_frac"] = bound * tok_s / batch
+                    row[f"step_{mode}_bound_frac"] = bound / step_s
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

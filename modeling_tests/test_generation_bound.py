@@ -1,0 +1,54 @@
+"""benchmarks/generation.py's step bound: the weights cost the longer of one read and the batch's matmuls, every
+cache byte one move; and its derivation for rows measured before the bound was recorded."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generation.py"
+
+
+@pytest.fixture(scope="module")
+def gen():
+    spec = importlib.util.spec_from_file_location("generation_benchmark", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _models(gen):
+    jet_cfg, qwen_cfg = gen.model_configs(smoke=True)
+    with torch.device("meta"):
+        return (gen.JetNemotronForCausalLM(jet_cfg).to(torch.bfloat16),
+                gen.Qwen2ForCausalLM(qwen_cfg).to(torch.bfloat16))
+
+
+def test_bound_is_bytes_at_batch_1_and_matmuls_at_large_batch(gen):
+    bw, rate = 1e12, 1e14
+    for model in _models(gen):
+        w, n_lin = gen.weight_bytes(model), gen.linear_weights(model)
+        cache = gen.step_bytes(model, 1, 128) - w
+        assert cache > 0 and 0 < n_lin * 2 <= 2 * w  # bf16: 2 bytes per weight; the embedding is no linear layer
+        # batch 1: one read of the weights (1e-12 s/byte) dwarfs 2 FLOPs per weight (1e-14 s/FLOP)
+        assert gen.bound_seconds(model, 1, 128, bw, rate) == pytest.approx((w + cache) / bw)
+        B = 10_000  # 2 * n_lin * B / rate > w / bw: the matmuls set the weights' cost
+        want = 2 * n_lin * B / rate + B * cache / bw
+        assert gen.bound_seconds(model, B, 128, bw, rate) == pytest.approx(want)
+
+
+def test_derived_fraction_is_one_at_the_bound(gen):
+    jet, _ = _models(gen)
+    bw, rate, batch, ctx = 2e12, 3e14, 64, 128
+    tok_s = batch / gen.bound_seconds(jet, batch, ctx, bw, rate)  # a run exactly at the bound
+    row = {"model": "jet", "ctx": ctx, "decode_batch1_batch": 1, "decode_batch1_tok_s": 1.0,
+           "decode_max_batch_batch": batch, "decode_max_batch_tok_s": tok_s,
+           "step_max_batch_ms": 1e3 * batch / tok_s}
+    results = {"rows": [row], "copy_bandwidth_GBps": [bw / 1e9, [bw / 1e9]], "bf16_matmul_TFLOPs": rate / 1e12}
+    gen.derive_bounds(results)
+    assert row["decode_max_batch_bound_frac"] == pytest.approx(1.0)
+    assert row["step_max_batch_bound_frac"] == pytest.approx(1.0)
+    assert 0 < row["decode_batch1_bound_frac"] < 1
