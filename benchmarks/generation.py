@@ -357,6 +357,7 @@ def derive_bounds(results: dict) -> None:
         return
     smoke = results["rows"][0]["ctx"] < 1024
     configs = dict(zip(("jet", "qwen"), model_configs(smoke)))
+    configs["jet"].recurrent_state_dtype = results.get("jet_recurrent_state_dtype", "float32")
     models = {}
     for tag, cls in (("jet", JetNemotronForCausalLM), ("qwen", Qwen2ForCausalLM)):
         with torch.device("meta"):
@@ -383,7 +384,8 @@ def merge(paths: list[Path]) -> dict:
 
 
 def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path, fuse: bool = True,
-        teacher_attention: str = "grouped", profile_ctx: int = 0, profile_batch: int = 0) -> dict:
+        teacher_attention: str = "grouped", profile_ctx: int = 0, profile_batch: int = 0,
+        state_dtype: str = "float32") -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compile_config = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
@@ -395,11 +397,12 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
     print(f"device {name}; copy bandwidth {bandwidth / 1e9:.0f} GB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s",
           flush=True)
     jet_cfg, qwen_cfg = model_configs(smoke)
+    jet_cfg.recurrent_state_dtype = state_dtype
     qwen_cfg._attn_implementation = register_grouped_decode() if teacher_attention == "grouped" else "sdpa"
     results = {"device": name, "copy_bandwidth_GBps": bandwidth / 1e9, "bf16_matmul_TFLOPs": matmul_rate / 1e12,
                "n_decode_steps": n2 - n1, "rows": [],
                "torch": torch.__version__, "jet_projections_fused": fuse,
-               "teacher_attention": qwen_cfg._attn_implementation}
+               "teacher_attention": qwen_cfg._attn_implementation, "jet_recurrent_state_dtype": state_dtype}
     stem = "generation_smoke" if smoke else "generation"
     for tag, cls, cfg in (("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)):
         model = build(cls, cfg, device, dtype)
@@ -468,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="only profile one prefill of CTX tokens and one eager decode step per model")
     parser.add_argument("--profile-batch", type=int, default=0, metavar="B",
                         help="with --profile: also profile generate()'s compiled decode loop at batch B")
+    parser.add_argument("--state-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="Jet-Nemotron's recurrent_state_dtype: how its cache stores the JetBlock states")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="combine earlier runs' JSON (same card) into one table, JSON and plot; runs nothing")
     args = parser.parse_args(argv)
@@ -477,7 +482,8 @@ def main(argv: list[str] | None = None) -> None:
     contexts = [64, 128] if args.smoke else args.contexts
     max_batch = 4 if args.smoke else args.max_batch
     run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse,
-        teacher_attention=args.teacher_attention, profile_ctx=args.profile, profile_batch=args.profile_batch)
+        teacher_attention=args.teacher_attention, profile_ctx=args.profile, profile_batch=args.profile_batch,
+        state_dtype=args.state_dtype)
 
 
 if __name__ == "__main__":

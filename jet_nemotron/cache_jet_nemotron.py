@@ -1,5 +1,6 @@
 """The hybrid cache: growing KV only for full-attention layers, at most the window for sliding layers, and a
-fixed-size state for JetBlocks (fp32 recurrent state [B, H, dk, dv] + the last conv_size raw values [B, H*dv, K]).
+fixed-size state for JetBlocks (recurrent state [B, H, dk, dv], fp32 unless `recurrent_state_dtype` says bfloat16,
++ the last conv_size raw values [B, H*dv, K]).
 
 It is transformers' own per-layer cache machinery (`DynamicCache` / `StaticCache` built from
 `config.layer_types`), so `generate()`, beam-search reordering, masks and `torch.compile` work unchanged;
@@ -36,7 +37,8 @@ def cache_nbytes_estimate(config, context: int, kv_bytes: int = 2) -> int:
     for plain Qwen2 / Qwen3 ones (every layer full attention). `kv_bytes` is the KV dtype's size (2 = bf16):
         full attention  2 (K and V) * n_kv * head_dim * kv_bytes * context
         sliding window  2 * n_kv * head_dim * kv_bytes * min(context, window)
-        JetBlock        H * dk * dv * 4 (fp32 state)  +  H * dv * conv_size * kv_bytes (last raw conv inputs)
+        JetBlock        H * dk * dv * 4 (fp32 state; 2 with recurrent_state_dtype "bfloat16")
+                        +  H * dv * conv_size * kv_bytes (last raw conv inputs)
     """
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     per_token = 2 * config.num_key_value_heads * head_dim * kv_bytes
@@ -50,7 +52,8 @@ def cache_nbytes_estimate(config, context: int, kv_bytes: int = 2) -> int:
             total += per_token * min(context, config.sliding_window)
         else:
             d = config.jet_dims()
-            total += d.num_heads * d.head_k_dim * d.head_v_dim * 4 + d.value_dim * d.conv_size * kv_bytes
+            state_bytes = 2 if getattr(config, "recurrent_state_dtype", "float32") == "bfloat16" else 4
+            total += d.num_heads * d.head_k_dim * d.head_v_dim * state_bytes + d.value_dim * d.conv_size * kv_bytes
     return total
 
 

@@ -80,6 +80,9 @@ class JetNemotronConfig(PreTrainedConfig):
         attention_bias (`bool`): bias on q/k/v of attention layers (Qwen2: True, Qwen3: False).
         qk_norm (`bool`): per-head RMSNorm on q and k in attention layers (Qwen3).
         kernel_backend (`str`): "auto", "triton" or "reference" for the JetBlock ops.
+        recurrent_state_dtype (`str`): how the cache stores each JetBlock's [H, dk, dv] state between tokens,
+            "float32" (default, as the official release) or "bfloat16" (half the state bytes a decode step reads and
+            writes back; the arithmetic stays fp32).
     """
 
     model_type = "jet_nemotron"
@@ -116,6 +119,7 @@ class JetNemotronConfig(PreTrainedConfig):
     efficient_attention_config: dict | None = None
     sliding_window: int | None = None
     kernel_backend: str = "auto"
+    recurrent_state_dtype: str = "float32"
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -154,6 +158,9 @@ class JetNemotronConfig(PreTrainedConfig):
         self.jet_dims()  # validate the JetBlock sizes now, not at the first forward
         if self.kernel_backend not in ("auto", "triton", "reference"):
             raise ValueError(f"kernel_backend must be 'auto', 'triton' or 'reference', got {self.kernel_backend!r}")
+        if self.recurrent_state_dtype not in ("float32", "bfloat16"):
+            raise ValueError("recurrent_state_dtype must be 'float32' or 'bfloat16', "
+                             f"got {self.recurrent_state_dtype!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                              f"num_key_value_heads ({self.num_key_value_heads})")

@@ -577,7 +577,7 @@ def _recurrent_kernel(q, k, v, g, beta, o, h0, ht, cu_seqlens, scale, T,
     p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
-        b_h += tl.load(h0 + p_state, mask=m_kv, other=0.0)
+        b_h += tl.load(h0 + p_state, mask=m_kv, other=0.0).to(tl.float32)
     for t in range(L):
         row = (bos + t) * H + i_h
         b_q = tl.load(q + row * K + o_k, mask=m_k, other=0.0).to(tl.float32)
@@ -594,7 +594,7 @@ def _recurrent_kernel(q, k, v, g, beta, o, h0, ht, cu_seqlens, scale, T,
         b_o = tl.sum(b_h * b_q[:, None], 0) * scale
         tl.store(o + row * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
     if STORE_HT:
-        tl.store(ht + p_state, b_h, mask=m_kv)
+        tl.store(ht + p_state, b_h.to(ht.dtype.element_ty), mask=m_kv)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -884,11 +884,12 @@ def gated_delta_rule_step_triton(
 ) -> torch.Tensor:
     """One decode token for a batch, state updated in place (no autograd).
 
-    q, k [B, H, K]; v [B, H, V]; g, beta [B, H]; state [B, H, K, V] fp32. Returns o [B, H, V]."""
+    q, k [B, H, K]; v [B, H, V]; g, beta [B, H]; state [B, H, K, V] fp32 or bf16 (read and written in its own
+    dtype, updated in fp32). Returns o [B, H, V]."""
     B, H, K = q.shape
     V = v.shape[-1]
-    if state.shape != (B, H, K, V) or state.dtype != torch.float32:
-        raise ValueError(f"state must be fp32 {(B, H, K, V)}, got {state.dtype} {tuple(state.shape)}")
+    if state.shape != (B, H, K, V) or state.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"state must be fp32 or bf16 {(B, H, K, V)}, got {state.dtype} {tuple(state.shape)}")
     scale = K ** -0.5 if scale is None else float(scale)
     # a [B, H, D] token is a [B, 1, H, D] sequence of length 1; the kernel reads the state before writing it
     s = state if state.is_contiguous() else state.contiguous()

@@ -197,5 +197,7 @@ class JetBlock(nn.Module):
         o, final_state = op(q, k, v, g, beta, initial_state=state, output_final_state=cache is not None,
                             backend=backend)
         if cache is not None:
-            cache.update_recurrent_state(final_state, self.layer_idx)
+            # the state is stored in recurrent_state_dtype (the cache allocates it from the first update's dtype)
+            state_dtype = getattr(torch, self.config.recurrent_state_dtype)
+            cache.update_recurrent_state(final_state.to(state_dtype), self.layer_idx)
         return o
