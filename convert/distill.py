@@ -25,6 +25,7 @@ teacher is left as it was, on its device and in its dtype: distillation runs a c
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -196,16 +197,20 @@ def lr_at(step: int, cfg: DistillConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+@functools.lru_cache(maxsize=2)  # a batch spans at most two epochs; each is drawn once, not once per step
+def _epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 def batch_rows(step: int, n_rows: int, batch_size: int, seed: int) -> torch.Tensor:
     """Row indices of the global batch of `step`: a fresh seeded permutation of all rows every epoch."""
-    start = step * batch_size
-    idx = []
-    for g in range(start, start + batch_size):
-        epoch, pos = divmod(g, n_rows)
-        if not idx or pos == 0 or g == start:
-            perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        idx.append(perm[pos].item())
-    return torch.tensor(idx, dtype=torch.long)
+    g = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epoch, pos = g // n_rows, g % n_rows
+    out = torch.empty(batch_size, dtype=torch.long)
+    for e in epoch.unique().tolist():
+        sel = epoch == e
+        out[sel] = _epoch_permutation(n_rows, seed, e)[pos[sel]]
+    return out
 
 
 @torch.no_grad()

@@ -52,7 +52,7 @@ def cache_nbytes_estimate(config, context: int, kv_bytes: int = 2) -> int:
             total += per_token * min(context, config.sliding_window)
         else:
             d = config.jet_dims()
-            state_bytes = 2 if getattr(config, "recurrent_state_dtype", "float32") == "bfloat16" else 4
+            state_bytes = getattr(torch, getattr(config, "recurrent_state_dtype", "float32")).itemsize
             total += d.num_heads * d.head_k_dim * d.head_v_dim * state_bytes + d.value_dim * d.conv_size * kv_bytes
     return total
 

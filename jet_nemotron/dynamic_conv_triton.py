@@ -71,7 +71,7 @@ def _conv_input(x, hist, o, t, c, m, i_n, bos, C, HL, j: tl.constexpr, KW: tl.co
 @triton.jit
 def _conv_acc(x, kern, hist, o, t, c, m, i_n, bos, C, HL, KW: tl.constexpr, BKW: tl.constexpr,
               HAS_HIST: tl.constexpr):
-    """The pre-activation sum_j kernels[t, c, j] x[t-KW+1+j, c] of each element, fp32; also the kernel rows."""
+    """The pre-activation sum_j kernels[t, c, j] x[t-KW+1+j, c] of each element, fp32."""
     b_w, o_j = _kernel_rows(kern, o, m, KW, BKW)
     b_acc = tl.zeros_like(_tap(b_w, o_j, 0))
     for j in tl.static_range(KW):

@@ -703,9 +703,8 @@ def _recompute_wu(q, k, v, beta, G, Ai, meta, use_l2):
     return w, u, kn
 
 
-def _state_pass(kn, w, u, G, h0, want_ht, meta):
-    """h [chunks, H, K, V] (state entering each chunk), v' [B, T, H, V] and the final state; kn is k normalised."""
-    k = kn
+def _state_pass(k, w, u, G, h0, want_ht, meta):
+    """h [chunks, H, K, V] (state entering each chunk), v' [B, T, H, V] and the final state; k already normalised."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     h = torch.empty(meta.total_chunks, H, K, V, device=k.device, dtype=k.dtype)

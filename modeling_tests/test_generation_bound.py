@@ -47,7 +47,8 @@ def test_derived_fraction_is_one_at_the_bound(gen):
     row = {"model": "jet", "ctx": ctx, "decode_batch1_batch": 1, "decode_batch1_tok_s": 1.0,
            "decode_max_batch_batch": batch, "decode_max_batch_tok_s": tok_s,
            "step_max_batch_ms": 1e3 * batch / tok_s}
-    results = {"rows": [row], "copy_bandwidth_GBps": [bw / 1e9, [bw / 1e9]], "bf16_matmul_TFLOPs": rate / 1e12}
+    results = {"rows": [row], "copy_bandwidth_GBps": [bw / 1e9, [bw / 1e9]], "bf16_matmul_TFLOPs": rate / 1e12,
+               "smoke": True}
     gen.derive_bounds(results)
     assert row["decode_max_batch_bound_frac"] == pytest.approx(1.0)
     assert row["step_max_batch_bound_frac"] == pytest.approx(1.0)
