@@ -378,6 +378,10 @@ def merge(paths: list[Path]) -> dict:
     devices = {r["device"] for r in runs}
     if len(devices) != 1:
         raise ValueError(f"cannot merge runs from different cards: {sorted(devices)} ({[str(p) for p in paths]})")
+    state_dtypes = {r.get("jet_recurrent_state_dtype", "float32") for r in runs}
+    if len(state_dtypes) != 1:  # one JSON field names the state dtype of every Jet row
+        raise ValueError(f"cannot merge runs with different Jet-Nemotron state dtypes: {sorted(state_dtypes)} "
+                         f"({[str(p) for p in paths]})")
     merged = {k: v for k, v in runs[0].items() if k not in ("rows", "ratios")}
     merged["rows"] = [row for r in runs for row in r["rows"]]
     merged["copy_bandwidth_GBps"] = [r["copy_bandwidth_GBps"] for r in runs]  # each run measured its own

@@ -53,3 +53,18 @@ def test_derived_fraction_is_one_at_the_bound(gen):
     assert row["decode_max_batch_bound_frac"] == pytest.approx(1.0)
     assert row["step_max_batch_bound_frac"] == pytest.approx(1.0)
     assert 0 < row["decode_batch1_bound_frac"] < 1
+
+
+def test_merge_refuses_mixed_cards_and_state_dtypes(gen, tmp_path):
+    def run(name, device, state_dtype):
+        path = tmp_path / name
+        path.write_text(gen.json.dumps({"device": device, "copy_bandwidth_GBps": 1.0, "rows": [{"ctx": 1}],
+                                        "jet_recurrent_state_dtype": state_dtype}))
+        return path
+
+    a, b = run("a.json", "H200", "float32"), run("b.json", "H200", "float32")
+    assert len(gen.merge([a, b])["rows"]) == 2
+    with pytest.raises(ValueError, match="different cards"):
+        gen.merge([a, run("c.json", "H100", "float32")])
+    with pytest.raises(ValueError, match="state dtypes.*bfloat16"):
+        gen.merge([a, run("d.json", "H200", "bfloat16")])
