@@ -419,7 +419,10 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
         if profile_ctx:
             profile_model(model, tag, profile_ctx, device, out)
             if profile_batch:
-                profile_generate(model, tag, profile_ctx, profile_batch, device, out, compile_config)
+                # the teacher's cache may not hold the student's largest batch: each model at most its own
+                batch = min(profile_batch, largest_batch(model, profile_ctx, device, profile_batch))
+                print(f"{tag}: profiling generate() at batch {batch}", flush=True)
+                profile_generate(model, tag, profile_ctx, batch, device, out, compile_config)
             continue
         for ctx in contexts:
             row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
@@ -472,7 +475,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="CTX",
                         help="only profile one prefill of CTX tokens and one eager decode step per model")
     parser.add_argument("--profile-batch", type=int, default=0, metavar="B",
-                        help="with --profile: also profile generate()'s compiled decode loop at batch B")
+                        help="with --profile: also profile generate()'s compiled decode loop at batch B "
+                             "(or the largest that fits, if smaller)")
     parser.add_argument("--state-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="Jet-Nemotron's recurrent_state_dtype: how its cache stores the JetBlock states")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",

@@ -47,9 +47,20 @@ def gdr_cost(T, H, K, V, bwd):
     return 3 * fwd_flops, (inputs + out) + (inputs + out) + inputs
 
 
-def step_cost(B, H, K, V):
-    """(FLOPs, bytes) of one decode token: the fp32 state is read and written, q/k/v/o are bf16."""
-    return 8 * B * H * K * V, B * H * (2 * K * V * 4 + 2 * K * 2 + 2 * V * 2 + 6)
+def step_cost(B, H, K, V, state_bytes=4):
+    """(FLOPs, bytes) of one decode token: the state (fp32, or bf16 with state_bytes=2) is read and written,
+    q/k/v/o are bf16."""
+    return 8 * B * H * K * V, B * H * (2 * K * V * state_bytes + 2 * K * 2 + 2 * V * 2 + 6)
+
+
+def step_inputs(B, H, K, V, state_dtype=torch.float32):
+    """q, k [B, H, K], v [B, H, V] bf16; g [B, H] fp32; beta [B, H] bf16; state [B, H, K, V] in state_dtype."""
+    q, k = (F.silu(torch.randn(B, H, K, device="cuda")).bfloat16() for _ in range(2))
+    v = torch.randn(B, H, V, device="cuda").bfloat16()
+    g = F.logsigmoid(torch.randn(B, H, device="cuda"))
+    beta = torch.rand(B, H, device="cuda").bfloat16()
+    state = (torch.randn(B, H, K, V, device="cuda") * 0.1).to(state_dtype)
+    return q, k, v, g, beta, state
 
 
 def gdr_inputs(T, H, K, V, requires_grad):
@@ -121,6 +132,8 @@ def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
 
 
 def run_step(results, batches, bw, peak):
+    """The one-token decode step: ours with an fp32 and a bf16 state, fla's fused recurrent kernel and the
+    reference with an fp32 state (theirs takes no other)."""
     from jet_nemotron.gated_delta_rule_ref import gated_delta_rule_step_ref
     from jet_nemotron.gated_delta_rule_triton import gated_delta_rule_step_triton
 
@@ -130,61 +143,63 @@ def run_step(results, batches, bw, peak):
         fused_recurrent_gated_delta_rule = None
     H, K, V = SHAPES["2B"]
     for B in batches:
-        q, k = (F.silu(torch.randn(B, H, K, device="cuda")).bfloat16() for _ in range(2))
-        v = torch.randn(B, H, V, device="cuda").bfloat16()
-        g = F.logsigmoid(torch.randn(B, H, device="cuda"))
-        beta = torch.rand(B, H, device="cuda").bfloat16()
-        state = torch.randn(B, H, K, V, device="cuda") * 0.1
-        flops, nbytes = step_cost(B, H, K, V)
-        floor_ms = max(flops / peak, nbytes / bw) * 1e3
-        impls = {
-            "ours": lambda: gated_delta_rule_step_triton(q, k, v, g, beta, state),
-            "reference": lambda: gated_delta_rule_step_ref(q, k, v, g, beta, state),
-        }
-        if fused_recurrent_gated_delta_rule is not None:
-            impls["fla"] = lambda: fused_recurrent_gated_delta_rule(
-                q[:, None], k[:, None], v[:, None], g=g[:, None], beta=beta[:, None], initial_state=state,
-                output_final_state=True, use_qk_l2norm_in_kernel=True)
-        for name, f in impls.items():
-            rec = dict(op="step", shape="2B", B=B, H=H, K=K, V=V, mode="fwd", impl=name)
-            try:
-                with torch.no_grad():
-                    ms = bench(f)
-                rec.update(ms=ms, roofline=floor_ms / ms)
-            except Exception as err:  # noqa: BLE001
-                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-            results.append(rec)
-            print(rec, flush=True)
+        for state_dtype in (torch.float32, torch.bfloat16):
+            q, k, v, g, beta, state = step_inputs(B, H, K, V, state_dtype)
+            flops, nbytes = step_cost(B, H, K, V, state.element_size())
+            floor_ms = max(flops / peak, nbytes / bw) * 1e3
+            ours = "ours" if state_dtype == torch.float32 else "ours (bf16 state)"
+            impls = {ours: lambda: gated_delta_rule_step_triton(q, k, v, g, beta, state)}
+            if state_dtype == torch.float32:
+                impls["reference"] = lambda: gated_delta_rule_step_ref(q, k, v, g, beta, state)
+                if fused_recurrent_gated_delta_rule is not None:
+                    impls["fla"] = lambda: fused_recurrent_gated_delta_rule(
+                        q[:, None], k[:, None], v[:, None], g=g[:, None], beta=beta[:, None], initial_state=state,
+                        output_final_state=True, use_qk_l2norm_in_kernel=True)
+            for name, f in impls.items():
+                rec = dict(op="step", shape="2B", B=B, H=H, K=K, V=V, mode="fwd", impl=name,
+                           state_dtype=str(state_dtype).removeprefix("torch."))
+                try:
+                    with torch.no_grad():
+                        ms = bench(f)
+                    rec.update(ms=ms, roofline=floor_ms / ms)
+                except Exception as err:  # noqa: BLE001
+                    rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                results.append(rec)
+                print(rec, flush=True)
+            del q, k, v, g, beta, state
+            torch.cuda.empty_cache()
 
 
 def step_variants(results, bw, peak):
-    """The decode kernel at B=256 with other state-slice widths and warp counts (for tuning notes)."""
+    """The decode kernel with other state-slice widths and warp counts, per state dtype, at a middling batch and
+    at the largest batches of 8K decoding (for `RECURRENT_CONFIG`)."""
     from jet_nemotron import gated_delta_rule_triton as m
 
     H, K, V = SHAPES["2B"]
-    B = 256
-    q, k = (F.silu(torch.randn(B, H, K, device="cuda")).bfloat16() for _ in range(2))
-    v = torch.randn(B, H, V, device="cuda").bfloat16()
-    g = F.logsigmoid(torch.randn(B, H, device="cuda"))
-    beta = torch.rand(B, H, device="cuda").bfloat16()
-    state = torch.randn(B, H, K, V, device="cuda") * 0.1
-    o = torch.empty_like(v)
-    flops, nbytes = step_cost(B, H, K, V)
-    floor_ms = max(flops / peak, nbytes / bw) * 1e3
-    for BV in (8, 16, 32, 64):
-        for nw in (1, 2, 4, 8):
-            def fn(BV=BV, nw=nw):
-                m._recurrent_kernel[(V // BV, B * H)](q, k, v, g, beta, o, state, state, None, K ** -0.5, 1, H=H,
-                                                      K=K, V=V, BK=128, BV=BV, USE_L2=True, HAS_H0=True,
-                                                      STORE_HT=True, IS_VARLEN=False, num_warps=nw)
-            rec = dict(op="step_variant", B=B, BV=BV, num_warps=nw, mode="fwd", impl="ours-variant")
-            try:
-                ms = bench(fn)
-                rec.update(ms=ms, roofline=floor_ms / ms)
-            except Exception as err:  # noqa: BLE001
-                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-            results.append(rec)
-            print(rec, flush=True)
+    for B in (256, 2048):
+        for state_dtype in (torch.float32, torch.bfloat16):
+            q, k, v, g, beta, state = step_inputs(B, H, K, V, state_dtype)
+            o = torch.empty_like(v)
+            flops, nbytes = step_cost(B, H, K, V, state.element_size())
+            floor_ms = max(flops / peak, nbytes / bw) * 1e3
+            for BV in (16, 32, 64, 128):
+                for nw in (1, 2, 4, 8):
+                    def fn(BV=BV, nw=nw):
+                        m._recurrent_kernel[(V // BV, B * H)](q, k, v, g, beta, o, state, state, None, K ** -0.5, 1,
+                                                              H=H, K=K, V=V, BK=128, BV=BV, USE_L2=True, HAS_H0=True,
+                                                              STORE_HT=True, IS_VARLEN=False, num_warps=nw)
+                    rec = dict(op="step_variant", B=B, BV=BV, num_warps=nw, mode="fwd", impl="ours-variant",
+                               state_dtype=str(state_dtype).removeprefix("torch."),
+                               chosen=m.RECURRENT_CONFIG[state_dtype] == (BV, nw))
+                    try:
+                        ms = bench(fn)
+                        rec.update(ms=ms, roofline=floor_ms / ms)
+                    except Exception as err:  # noqa: BLE001
+                        rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                    results.append(rec)
+                    print(rec, flush=True)
+            del q, k, v, g, beta, state, o
+            torch.cuda.empty_cache()
 
 
 def time_modes(results, rec0: dict, impls, inputs: list, dy, nbytes: dict, bw):
@@ -346,6 +361,25 @@ def table(results):
         o, g = d.get("ours"), d.get("grouped (compiled)")
         print(f"{key[2]:>20} {cell(o):>16} {cell(g):>27} {(g['ms'] / o['ms']) if o and g else float('nan'):6.2f} "
               f"{cell(d.get('sdpa enable_gqa')):>19}")
+    steps = sorted(k for k in by if k[0] == "step" and "ours (bf16 state)" in by[k])
+    if steps:
+        print(f"\n{'decode step B':>13} {'fp32 state ms (roof)':>21} {'bf16 state ms (roof)':>21} {'fp32/bf16':>9}")
+    for key in steps:
+        d = by[key]
+        o, b = d.get("ours"), d["ours (bf16 state)"]
+        print(f"{key[2]:>13} {cell(o) if o else '-':>21} {cell(b):>21} "
+              f"{(o['ms'] / b['ms']) if o else float('nan'):9.2f}")
+    best = {}
+    for r in results:
+        if r["op"] == "step_variant" and "ms" in r:
+            k = (r["B"], r["state_dtype"])
+            best[k] = min(best.get(k, r), r, key=lambda x: x["ms"])
+    for (B, sd), r in sorted(best.items()):
+        chosen = next((c for c in results if c["op"] == "step_variant" and c["B"] == B and c["state_dtype"] == sd
+                       and c.get("chosen") and "ms" in c), None)
+        print(f"step variants B={B} {sd} state: fastest BV {r['BV']} x {r['num_warps']} warps {r['ms']:.3f} ms "
+              f"({r['roofline'] * 100:.0f}%); chosen " + (f"{chosen['ms']:.3f} ms ({chosen['roofline'] * 100:.0f}%)"
+                                                           if chosen else "-"))
     for r in results:
         if "error" in r:
             print("error:", r["op"], r.get("shape"), r.get("T", r.get("B")), r["mode"], r["impl"], r["error"])
@@ -373,7 +407,7 @@ def plot(path_json: Path, path_png: Path):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     ax = axes[2]
-    for impl, color in (("ours", "C0"), ("fla", "C1"), ("reference", "C2")):
+    for impl, color in (("ours", "C0"), ("ours (bf16 state)", "C3"), ("fla", "C1"), ("reference", "C2")):
         pts = sorted((r["B"], r["ms"] * 1e3) for r in res if r["op"] == "step" and r["impl"] == impl and "ms" in r)
         if pts:
             ax.plot(*zip(*pts), color=color, marker="o", label=impl)
@@ -443,7 +477,7 @@ def main():
     path = out / "kernels.json"
     da_cases = [(1, 8192), (64, 8192)] if args.quick else [(1, 8192), (1, 65536), (64, 8192), (256, 65536)]
     parts = {"decode_attention": lambda: run_decode_attention(results, da_cases, bw),
-             "accuracy": lambda: accuracy(results), "step": lambda: run_step(results, [1, 16, 64, 256], bw, peak),
+             "accuracy": lambda: accuracy(results), "step": lambda: run_step(results, [1, 16, 64, 256, 2048], bw, peak),
              "step_variants": lambda: step_variants(results, bw, peak),
              "chunk": lambda: run_chunk(results, Ts, bw, peak, args.shapes or tuple(SHAPES)), "conv": lambda: run_conv(results, [4096, 16384], bw),
              "norm": lambda: run_norm(results, [4096, 65536], bw)}

@@ -818,18 +818,25 @@ class _RecurrentFunction(torch.autograd.Function):
         return dq, dk, dv, dg.to(g_dtype), dbeta, None, dh0, None, None, None
 
 
+# (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
+# fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes.
+# fp32: BV 32 and 2 warps were the fastest of BV 8..64 x 1..8 warps at B=256 on an H100 (0.231 ms, 88% of the copy
+# roofline; 8 warps 0.288 ms): each state row is one 128-byte segment. A bf16 state at BV 32 reads 64-byte rows;
+# BV 64 at 4 warps keeps 128-byte rows and the same registers a thread. benchmarks/kernels.py --only step_variants
+# sweeps both dtypes.
+RECURRENT_CONFIG = {torch.float32: (32, 2), torch.bfloat16: (64, 4)}
+
+
 def _launch_recurrent(q, k, v, g, beta, o, h0, ht, cu, scale, T, N, use_l2):
     H, K = q.shape[-2:]
     V = v.shape[-1]
     BK = _pow2(K)
-    # each program holds a [BK, BV] fp32 slice of the state; 32 columns keep it in registers and give
-    # N*H*V/32 programs, enough to fill the GPU at decode batch sizes. 2 warps: fastest of BV 8..64 x
-    # 1..8 warps at B=256 on an H100 (0.231 ms, 88% of the copy roofline; 8 warps 0.288 ms)
-    BV = 32
+    state = ht if ht is not None else h0
+    BV, num_warps = RECURRENT_CONFIG[state.dtype if state is not None else torch.float32]
     _recurrent_kernel[(triton.cdiv(V, BV), N * H)](q, k, v, g, beta, o, h0, ht, cu, scale, T, H=H, K=K, V=V,
                                                   BK=BK, BV=BV, USE_L2=use_l2, HAS_H0=h0 is not None,
                                                   STORE_HT=ht is not None, IS_VARLEN=cu is not None,
-                                                  num_warps=2)
+                                                  num_warps=num_warps)
 
 
 def chunk_gated_delta_rule_triton(
