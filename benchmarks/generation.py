@@ -7,7 +7,8 @@ preallocated static cache and the compiled (CUDA-graph) decode step.
 - prefill: one sequence of `ctx` tokens, dynamic cache, median of 3 (ms, tok/s).
 - decode: the static cache is filled with random keys/values/states as if `ctx` tokens had been seen (decode cost
   does not depend on the values, and real prefill of hundreds of 64K sequences would take minutes), then
-  `generate()` runs N1 and N2 new tokens; tok/s = batch * (N2 - N1) / (t2 - t1), which removes the first step.
+  `generate()` runs N1 and N2 new tokens, three times after a warm-up pair; tok/s = batch * (N2 - N1) / the median
+  of (t2 - t1), which removes the first step.
   Measured at batch 1 and at the largest batch whose cache fits (capped by --max-batch).
 - The teacher decodes through the same grouped-query attention as Jet-Nemotron's full-attention layers (registered
   with transformers' AttentionInterface as "grouped_decode": sdpa for prefill, `grouped_decode_attention` for one
@@ -160,25 +161,32 @@ def fill_static_cache(model, batch: int, ctx: int, max_len: int, device):
 
 
 @torch.no_grad()
-def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_config) -> tuple[float, float]:
+def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_config,
+                 repeats: int = 3) -> tuple[float, float]:
     """tok/s of generate()'s decode loop from a filled static cache (first step excluded by differencing), and the
     seconds of the compiled one-token step alone: the last step's inputs replayed without generate()'s loop."""
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx + 1), device=device)
     mask = torch.ones_like(ids)
-    times, last_call, compiled = {}, {}, None
-    for i, n in enumerate((n1, n2, n1, n2)):  # the first pair warms up (compiles, records CUDA graphs)
+    times, last_call, compiled = {n1: [], n2: []}, {}, None
+    # the first pair warms up (compiles, records CUDA graphs); then `repeats` pairs, and the median difference:
+    # single pairs at batch 1 moved by up to 1.5x between runs on one H200 (host-side jitter of generate's loop)
+    order = [n1, n2] * (1 + repeats)
+    for i, n in enumerate(order):
         cache = fill_static_cache(model, batch, ctx, ctx + n2 + 16, device)  # room for the replayed steps
         run = lambda: model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n,  # noqa: E731
                                      min_new_tokens=n, do_sample=False, compile_config=compile_config,
                                      pad_token_id=0)
-        if i == 3 and hasattr(model, "_compiled_call"):  # generate() reuses it while the config is unchanged
+        if i == len(order) - 1 and hasattr(model, "_compiled_call"):  # generate() reuses it while the config is unchanged
             compiled = model._compiled_call
             model._compiled_call = lambda **kw: (last_call.update(kw), compiled(**kw))[1]
-        times[n] = timed(run, device)
+        t = timed(run, device)
+        if i >= 2:
+            times[n].append(t)
         del cache
     if compiled is not None:
         model._compiled_call = compiled  # the recording wrapper goes, whatever happens next
-    tok_s = batch * (n2 - n1) / (times[n2] - times[n1])
+    diffs = sorted(b - a for a, b in zip(times[n1], times[n2]))
+    tok_s = batch * (n2 - n1) / diffs[len(diffs) // 2]
     if not last_call:  # generate() compiles only on CUDA (transformers' auto-compile criteria): no step to replay
         return tok_s, float("nan")
     # transformers' static layers advance their own write position: rewind it before each burst of 10 steps
