@@ -819,12 +819,12 @@ class _RecurrentFunction(torch.autograd.Function):
 
 
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
-# fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes.
-# fp32: BV 32 and 2 warps were the fastest of BV 8..64 x 1..8 warps at B=256 on an H100 (0.231 ms, 88% of the copy
-# roofline; 8 warps 0.288 ms): each state row is one 128-byte segment. A bf16 state at BV 32 reads 64-byte rows;
-# BV 64 at 4 warps keeps 128-byte rows and the same registers a thread. benchmarks/kernels.py --only step_variants
-# sweeps both dtypes.
-RECURRENT_CONFIG = {torch.float32: (32, 2), torch.bfloat16: (64, 4)}
+# fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes. From a sweep of BV
+# 16..128 x 1..8 warps per state dtype at B = 256 and 2048 on an H200 (benchmarks/kernels.py --only step_variants):
+# fp32 BV 16 x 1 warp, 81% / 84% of the copy roofline (BV 32 x 2, the earlier choice from an H100 sweep where the
+# two tied: 77% / 79%); bf16 BV 32 x 1 warp, 55% / 58%, the best of all 16 configs (BV 64 x 4: 51% / 54%). A bf16
+# state halves the bytes but not the per-program latency, so it gains 1.4x, not 2x.
+RECURRENT_CONFIG = {torch.float32: (16, 1), torch.bfloat16: (32, 1)}
 
 
 def _launch_recurrent(q, k, v, g, beta, o, h0, ht, cu, scale, T, N, use_l2):
