@@ -45,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM, StaticCache  # noqa: E402
 
-from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM, cache_nbytes_estimate  # noqa: E402
+from jet_nemotron import (JetNemotronConfig, JetNemotronForCausalLM, JetNemotronStaticCache,  # noqa: E402
+                          cache_nbytes_estimate)
+from jet_nemotron.cache_jet_nemotron import StaticRingWindowLayer  # noqa: E402
 from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 from roofline import ceilings  # noqa: E402
@@ -141,7 +143,9 @@ def prefill_seconds(model, ctx: int, device) -> float:
 @torch.no_grad()
 def fill_static_cache(model, batch: int, ctx: int, max_len: int, device):
     """A static cache that looks as if `ctx` tokens had been processed (random contents)."""
-    cache = StaticCache(config=model.config, max_cache_len=max_len)
+    # Jet-Nemotron's own static cache (what its generate() makes for cache_implementation="static": ring windows)
+    cls = JetNemotronStaticCache if isinstance(model, JetNemotronForCausalLM) else StaticCache
+    cache = cls(config=model.config, max_cache_len=max_len)
     ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
     model(ids, past_key_values=cache, use_cache=True)  # allocates every layer lazily
     for layer in cache.layers:
@@ -150,7 +154,9 @@ def fill_static_cache(model, batch: int, ctx: int, max_len: int, device):
             layer.values.normal_()
             if hasattr(layer, "cumulative_length_int"):  # sliding: full window
                 layer.cumulative_length_int = ctx
-                layer.cumulative_length.fill_(min(ctx, layer.max_cache_len))
+                # a ring counts every token (its next slot is ctx % window); transformers' own layer stops at the window
+                layer.cumulative_length.fill_(ctx if isinstance(layer, StaticRingWindowLayer) else
+                                              min(ctx, layer.max_cache_len))
             else:
                 layer.cumulative_length.fill_(ctx)
         for states in (getattr(layer, "conv_states", None) or {}).values():
@@ -431,8 +437,7 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                 batch = min(profile_batch, largest_batch(model, profile_ctx, device, profile_batch))
                 print(f"{tag}: profiling generate() at batch {batch}", flush=True)
                 profile_generate(model, tag, profile_ctx, batch, device, out, compile_config)
-            continue
-        for ctx in contexts:
+        for ctx in contexts if not profile_ctx else []:
             row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
             row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
             row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3

@@ -10,7 +10,7 @@ what we add is the accounting of bytes per layer kind.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, StaticCache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache, StaticSlidingWindowLayer
 
 
 def _layer_tensors(layer) -> list[torch.Tensor]:
@@ -69,12 +69,70 @@ class JetNemotronCache(DynamicCache):
         return cache_nbytes_per_layer_type(self, self.layer_types)
 
 
+class StaticRingWindowLayer(StaticSlidingWindowLayer):
+    """A sliding-window layer whose window is a ring: the token at position p sits in slot p % window.
+
+    transformers' `StaticSlidingWindowLayer` keeps its window in position order, so once full every one-token step
+    rolls the whole window by one and copies it back, for K and V: four window-sized moves each, where one slot
+    changes. In Jet-Nemotron's decoding at 8K context and batch 2792 that was 10% of the step (H200 profile,
+    `benchmarks/results/profiles/profile_jet_8192_generate_b2792.txt`). Here a one-token step writes one slot. The
+    keys are stored after RoPE, so their order does not matter to attention, only the mask's columns must follow
+    the slots (`ring_order_mask`). Multi-token updates past a full window (chat continuation, chunked prefill)
+    return their keys in position order, as the parent does, and store the window back in ring order.
+    `cumulative_length` (a tensor, for CUDA graphs) counts every token, as `cumulative_length_int` does."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """key_states, value_states [B, H_kv, T, D]. Returns the keys and values to attend to."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        W, T = self.max_cache_len, key_states.shape[-2]
+        seen = self.cumulative_length_int
+        self.cumulative_length_int += T
+        if seen + T <= W or (seen >= W and T == 1):
+            # slots seen .. seen+T-1 of an unfilled window, or the one slot the oldest token frees
+            slots = (torch.arange(T, device=self.device) + self.cumulative_length) % W
+            self.keys.index_copy_(2, slots, key_states)
+            self.values.index_copy_(2, slots, value_states)
+            self.cumulative_length.add_(T)
+            return self.keys, self.values
+        # in position order: the window so far (all of it once full, less its oldest token as the parent keeps
+        # window - 1 + T keys for T queries), then the new tokens
+        past_k, past_v = ((self.keys[:, :, :seen], self.values[:, :, :seen]) if seen < W else
+                          (self.keys.roll(-(seen % W), dims=2)[:, :, 1:],
+                           self.values.roll(-(seen % W), dims=2)[:, :, 1:]))
+        full_k, full_v = torch.cat((past_k, key_states), dim=-2), torch.cat((past_v, value_states), dim=-2)
+        shift = (seen + T) % W  # the last W tokens, position p into slot p % W
+        self.keys.copy_(full_k[:, :, -W:].roll(shift, dims=2))
+        self.values.copy_(full_v[:, :, -W:].roll(shift, dims=2))
+        self.cumulative_length.add_(T)
+        return full_k, full_v
+
+
+def ring_order_mask(mask: torch.Tensor | None, cache, query_length: int) -> torch.Tensor | None:
+    """The sliding layers' mask [B, 1, Q, W] (bool or additive), built by transformers over the window in position
+    order, with its key columns permuted to `StaticRingWindowLayer`'s slots. Only a one-token step on a full window
+    needs it: before the window fills, slots and positions coincide, and longer updates return keys in position
+    order. The column of slot s is position p = s (mod W) of the window seen + 1 - W .. seen."""
+    layer = next((layer for layer in getattr(cache, "layers", ()) if isinstance(layer, StaticRingWindowLayer)), None)
+    if mask is None or layer is None or query_length != 1 or layer.cumulative_length_int < layer.max_cache_len:
+        return mask
+    W = layer.max_cache_len
+    cols = (torch.arange(W, device=mask.device) - layer.cumulative_length.to(mask.device) - 1) % W
+    return mask[..., :W].index_select(-1, cols)
+
+
 class JetNemotronStaticCache(StaticCache):
-    """Preallocated hybrid cache for compiled / CUDA-graph decoding (`cache_implementation="static"`)."""
+    """Preallocated hybrid cache for compiled / CUDA-graph decoding (`cache_implementation="static"`); sliding
+    layers keep their window as a ring (`StaticRingWindowLayer`)."""
 
     def __init__(self, config, max_cache_len: int, **kwargs):
         super().__init__(config=config, max_cache_len=max_cache_len, **kwargs)
-        self.layer_types = list(config.get_text_config(decoder=True).layer_types)
+        text_config = config.get_text_config(decoder=True)
+        self.layer_types = list(text_config.layer_types)
+        for i, kind in enumerate(self.layer_types):
+            if kind == "sliding_attention":
+                self.layers[i] = StaticRingWindowLayer(max_cache_len=max_cache_len,
+                                                       sliding_window=text_config.sliding_window)
 
     def nbytes_per_layer_type(self) -> dict[str, int]:
         """Bytes held (preallocated) per layer kind and in total."""

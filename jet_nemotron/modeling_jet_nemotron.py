@@ -28,7 +28,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.generic import maybe_autocast
 
-from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache
+from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache, ring_order_mask
 from .configuration_jet_nemotron import JetNemotronConfig
 from .fused_projections import fuse_linears, fused_linear
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
@@ -402,6 +402,8 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
             if "sliding_attention" in self.config.layer_types:
                 banded = self._bands_sliding_layers(attention_mask, past_key_values, positions_given, T)
                 masks["sliding_attention"] = None if banded else create_sliding_window_causal_mask(**mask_kwargs)
+        if masks.get("sliding_attention") is not None:
+            masks["sliding_attention"] = ring_order_mask(masks["sliding_attention"], past_key_values, T)
         # packed documents (positions restart, no mask, no cache): transformers' masks keep attention inside each
         # document, and the JetBlocks must restart their state and convolution at the same boundaries
         cu_seqlens = None

@@ -266,3 +266,40 @@ def test_fused_projections_give_the_same_logits_and_no_extra_memory():
     assert torch.equal(fused, tiny_model().generate(ids[:, :20], **kw))
     with pytest.raises(RuntimeError, match="fused"):
         model.save_pretrained("/nonexistent")
+
+
+@torch.no_grad()
+def test_static_ring_window_matches_recomputation_with_padding_and_continuation():
+    """The static cache keeps sliding windows as rings (slot = position % window, one slot written per token).
+    Left padding long enough to stay inside the window after it wraps checks that the mask's columns follow the
+    slots; a multi-token continuation on a full window checks the return to position order. Every step is compared
+    with the uncached logits of the same row alone."""
+    from jet_nemotron import JetNemotronStaticCache
+    from jet_nemotron.cache_jet_nemotron import StaticRingWindowLayer
+
+    model = tiny_model()
+    W = model.config.sliding_window  # 8
+    lengths = [13, 3]  # row 1 has 10 pad tokens: pads stay in its window for the first steps after the wrap
+    T = max(lengths)
+    rows = [_ids(1, n, seed=30 + i)[0] for i, n in enumerate(lengths)]
+    ids = torch.full((2, T), 77)
+    mask = torch.zeros(2, T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):], mask[i, T - len(r):] = r, 1
+    cache = JetNemotronStaticCache(model.config, max_cache_len=64)
+    assert sum(isinstance(layer, StaticRingWindowLayer) for layer in cache.layers) == 1
+    model(ids, attention_mask=mask, past_key_values=cache)
+    nxt = _ids(2, 2 * W + 3, seed=40)
+    steps, m = [], mask
+    for t in range(nxt.shape[1]):  # wraps the ring twice
+        m = torch.cat([m, torch.ones(2, 1, dtype=torch.long)], 1)
+        steps.append(model(nxt[:, t:t + 1], attention_mask=m, past_key_values=cache).logits)
+    more = _ids(2, 5, seed=41)  # five tokens at once into a full window
+    m = torch.cat([m, torch.ones(2, 5, dtype=torch.long)], 1)
+    steps.append(model(more, attention_mask=m, past_key_values=cache).logits)
+    m = torch.cat([m, torch.ones(2, 1, dtype=torch.long)], 1)  # and one-token steps after it
+    steps.append(model(more[:, :1], attention_mask=m, past_key_values=cache).logits)
+    got = torch.cat(steps, 1)
+    for i, r in enumerate(rows):
+        alone = model(torch.cat([r, nxt[i], more[i], more[i, :1]])[None], use_cache=False).logits[0]
+        torch.testing.assert_close(got[i], alone[-got.shape[1]:], atol=ATOL, rtol=RTOL)
