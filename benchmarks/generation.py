@@ -249,7 +249,13 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Jet-Nemotron vs its Qwen2 teacher on {results['device']}")
+    state = results.get("jet_recurrent_state_dtype", "float32")
+    fig.suptitle(f"Jet-Nemotron ({state} JetBlock state) vs its Qwen2 teacher on {results['device']}")
+    for ctx, ratios in sorted(results.get("ratios", {}).items(), key=lambda kv: int(kv[0])):  # the ratio at each point
+        x = int(ctx)
+        y = next(r["decode_max_batch_tok_s"] for r in results["rows"] if r["model"] == "jet" and r["ctx"] == x)
+        axes[0].annotate(f"{ratios['decode_max_batch']:.2f}x", (x, y), textcoords="offset points", xytext=(6, 4),
+                         fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
