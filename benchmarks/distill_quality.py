@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, replace
@@ -37,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.data import pack_documents  # noqa: E402
-from convert.distill import DistillConfig, distill, eval_kl, perplexity, plot_history  # noqa: E402
+from convert.distill import DistillConfig, distill, perplexity, plot_history  # noqa: E402
 from convert.evaluation import passkey_accuracy, passkey_rows  # noqa: E402
 from convert.layer_map import parse_spec  # noqa: E402
 from convert.model_card import cache_bytes  # noqa: E402

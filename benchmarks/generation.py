@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,6 @@ from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM, StaticCac
 
 from jet_nemotron import (JetNemotronConfig, JetNemotronForCausalLM, JetNemotronStaticCache,  # noqa: E402
                           cache_nbytes_estimate)
-from jet_nemotron.cache_jet_nemotron import StaticRingWindowLayer  # noqa: E402
 from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 from roofline import ceilings  # noqa: E402
@@ -152,18 +150,22 @@ def fill_static_cache(model, batch: int, ctx: int, max_len: int, device):
         if getattr(layer, "keys", None) is not None:
             layer.keys.normal_()
             layer.values.normal_()
-            if hasattr(layer, "cumulative_length_int"):  # sliding: full window
+            if hasattr(layer, "cumulative_length_int"):  # sliding: a full window
                 layer.cumulative_length_int = ctx
-                # a ring counts every token (its next slot is ctx % window); transformers' own layer stops at the window
-                layer.cumulative_length.fill_(ctx if isinstance(layer, StaticRingWindowLayer) else
-                                              min(ctx, layer.max_cache_len))
-            else:
-                layer.cumulative_length.fill_(ctx)
+            # every layer counts the ctx tokens (a ring window's next slot is ctx % window; transformers' own
+            # sliding layer reads the count only before its window is full)
+            layer.cumulative_length.fill_(ctx)
         for states in (getattr(layer, "conv_states", None) or {}).values():
             states.normal_()
         for states in (getattr(layer, "recurrent_states", None) or {}).values():
             states.normal_(std=0.05)
     return cache
+
+
+def greedy(model, ids, cache, n: int, compile_config):
+    """generate() exactly n new tokens for every row of ids [B, L] from a filled static cache (no stop, no padding)."""
+    return model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, max_new_tokens=n,
+                          min_new_tokens=n, do_sample=False, compile_config=compile_config, pad_token_id=0)
 
 
 @torch.no_grad()
@@ -172,16 +174,13 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
     """tok/s of generate()'s decode loop from a filled static cache (first step excluded by differencing), and the
     seconds of the compiled one-token step alone: the last step's inputs replayed without generate()'s loop."""
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx + 1), device=device)
-    mask = torch.ones_like(ids)
     times, last_call, compiled = {n1: [], n2: []}, {}, None
     # the first pair warms up (compiles, records CUDA graphs); then `repeats` pairs, and the median difference:
     # single pairs at batch 1 moved by up to 1.5x between runs on one H200 (host-side jitter of generate's loop)
     order = [n1, n2] * (1 + repeats)
     for i, n in enumerate(order):
         cache = fill_static_cache(model, batch, ctx, ctx + n2 + 16, device)  # room for the replayed steps
-        run = lambda: model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n,  # noqa: E731
-                                     min_new_tokens=n, do_sample=False, compile_config=compile_config,
-                                     pad_token_id=0)
+        run = lambda: greedy(model, ids, cache, n, compile_config)  # noqa: E731
         if i == len(order) - 1 and hasattr(model, "_compiled_call"):  # generate() reuses it while the config is unchanged
             compiled = model._compiled_call
             model._compiled_call = lambda **kw: (last_call.update(kw), compiled(**kw))[1]
@@ -306,16 +305,10 @@ def profile_generate(model, tag: str, ctx: int, batch: int, device, out: Path, c
     to OUT/profile_{tag}_{ctx}_generate_b{batch}.txt. The step alone and the loop differ by 4.3 ms per token for Jet
     at 64K and batch 515 on an H200 (29.7 ms against 34.0 ms), and this table is to say where that goes."""
     ids = torch.randint(0, model.config.vocab_size, (batch, ctx + 1), device=device)
-    mask = torch.ones_like(ids)
-
-    def run(cache):
-        return model.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n, min_new_tokens=n,
-                              do_sample=False, compile_config=compile_config, pad_token_id=0)
-
     for _ in range(2):
-        run(fill_static_cache(model, batch, ctx, ctx + n + 16, device))
+        greedy(model, ids, fill_static_cache(model, batch, ctx, ctx + n + 16, device), n, compile_config)
     cache = fill_static_cache(model, batch, ctx, ctx + n + 16, device)
-    events = _profiled(lambda: run(cache), device)
+    events = _profiled(lambda: greedy(model, ids, cache, n, compile_config), device)
     sorts = (["cuda_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]
     _write_tables(out, f"profile_{tag}_{ctx}_generate_b{batch}.txt",
                   [f"== {tag} generate(), {n} tokens at batch {batch}, context {ctx}, sorted by {sort} ==\n"

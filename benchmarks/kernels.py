@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import traceback
@@ -98,6 +97,18 @@ def bench(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def record(results: list, rec: dict, fn, floor_ms: float) -> None:
+    """Time fn into rec (ms, and the fraction of the roofline time floor_ms), or the error that stopped it (a peer
+    refusing its backward on Hopper, out of memory), then keep and print rec."""
+    try:
+        ms = bench(fn)
+        rec.update(ms=ms, roofline=floor_ms / ms)
+    except Exception as err:  # noqa: BLE001 - reported in the results, not fatal
+        rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    results.append(rec)
+    print(rec, flush=True)
+
+
 def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
     impls = chunk_impls()
     for shape in shapes:
@@ -111,22 +122,16 @@ def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
                 for name, f in impls.items():
                     if name == "reference" and T > (4096 if mode == "fwd" else 1024):
                         continue  # the PyTorch loop over chunks: slow and memory hungry beyond this
-                    rec = dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name)
-                    try:
-                        if mode == "fwd":
-                            def fn(f=f):
-                                with torch.no_grad():
-                                    return f(*xs)
-                        else:
-                            def fn(f=f):
-                                o, _ = f(*xs)
-                                return torch.autograd.grad(o, xs, do)
-                        ms = bench(fn)
-                        rec.update(ms=ms, roofline=floor_ms / ms)
-                    except Exception as err:  # noqa: BLE001 - e.g. fla refusing its backward on Hopper
-                        rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-                    results.append(rec)
-                    print(rec, flush=True)
+                    if mode == "fwd":
+                        def fn(f=f):
+                            with torch.no_grad():
+                                return f(*xs)
+                    else:
+                        def fn(f=f):
+                            o, _ = f(*xs)
+                            return torch.autograd.grad(o, xs, do)
+                    record(results, dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name), fn,
+                           floor_ms)
                 del xs, do
                 torch.cuda.empty_cache()
 
@@ -158,14 +163,7 @@ def run_step(results, batches, bw, peak):
             for name, f in impls.items():
                 rec = dict(op="step", shape="2B", B=B, H=H, K=K, V=V, mode="fwd", impl=name,
                            state_dtype=str(state_dtype).removeprefix("torch."))
-                try:
-                    with torch.no_grad():
-                        ms = bench(f)
-                    rec.update(ms=ms, roofline=floor_ms / ms)
-                except Exception as err:  # noqa: BLE001
-                    rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-                results.append(rec)
-                print(rec, flush=True)
+                record(results, rec, torch.no_grad()(f), floor_ms)
             del q, k, v, g, beta, state
             torch.cuda.empty_cache()
 
@@ -191,13 +189,7 @@ def step_variants(results, bw, peak):
                     rec = dict(op="step_variant", B=B, BV=BV, num_warps=nw, mode="fwd", impl="ours-variant",
                                state_dtype=str(state_dtype).removeprefix("torch."),
                                chosen=m.RECURRENT_CONFIG[state_dtype] == (BV, nw))
-                    try:
-                        ms = bench(fn)
-                        rec.update(ms=ms, roofline=floor_ms / ms)
-                    except Exception as err:  # noqa: BLE001
-                        rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-                    results.append(rec)
-                    print(rec, flush=True)
+                    record(results, rec, fn, floor_ms)
             del q, k, v, g, beta, state, o
             torch.cuda.empty_cache()
 
@@ -216,13 +208,7 @@ def time_modes(results, rec0: dict, impls, inputs: list, dy, nbytes: dict, bw):
             else:
                 def fn(f=f):
                     return torch.autograd.grad(f(*inputs), wrt, dy)
-            try:
-                ms = bench(fn)
-                rec.update(ms=ms, roofline=nbytes[mode] / bw * 1e3 / ms)
-            except Exception as err:  # noqa: BLE001
-                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-            results.append(rec)
-            print(rec, flush=True)
+            record(results, rec, fn, nbytes[mode] / bw * 1e3)
 
 
 def run_conv(results, Ts, bw):
@@ -266,14 +252,7 @@ def run_decode_attention(results, cases, bw):
                      q[:, :, None], k, v, attn_mask=mask[:, None, None], enable_gqa=True)}
         for name, f in impls.items():
             rec = dict(op="decode_attention", shape="2B", B=B, T=L, H=Hq, K=D, V=D, mode="fwd", impl=name)
-            try:
-                with torch.no_grad():
-                    ms = bench(f)
-                rec.update(ms=ms, roofline=nbytes / bw * 1e3 / ms)
-            except Exception as err:  # noqa: BLE001 - e.g. out of memory for a path that copies the cache
-                rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-            results.append(rec)
-            print(rec, flush=True)
+            record(results, rec, torch.no_grad()(f), nbytes / bw * 1e3)
         del q, k, v, mask
         torch.cuda.empty_cache()
 

@@ -68,8 +68,8 @@ def _check(x, gate, weight):
 
 
 def _forward(x, gate, weight, eps):
+    """y for contiguous x and gate."""
     D, n_rows = _check(x, gate, weight)
-    x, gate = x.contiguous(), gate.contiguous()
     y = torch.empty_like(x)
     if n_rows:
         _norm_fwd_kernel[(triton.cdiv(n_rows, ROWS),)](x, gate, weight, y, n_rows, D, eps, BR=ROWS,
@@ -80,6 +80,7 @@ def _forward(x, gate, weight, eps):
 class _GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gate, weight, eps):
+        x, gate = x.contiguous(), gate.contiguous()  # once, for both passes
         ctx.save_for_backward(x, gate, weight)
         ctx.eps = eps
         return _forward(x, gate, weight, eps)
@@ -88,7 +89,7 @@ class _GatedRMSNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, gate, weight = ctx.saved_tensors
         D, n_rows = _check(x, gate, weight)
-        x, gate, dy = x.contiguous(), gate.contiguous(), dy.contiguous()
+        dy = dy.contiguous()
         dx, dgate = torch.empty_like(x), torch.empty_like(gate)
         n_prog = triton.cdiv(n_rows, ROWS)
         dw_part = torch.empty(n_prog, D, device=x.device, dtype=torch.float32)
@@ -104,4 +105,4 @@ def gated_rmsnorm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tens
     """RMSNorm of x times weight times silu(gate), with autograd. x, gate [..., D]; weight [D]; y in x's dtype."""
     if torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad or weight.requires_grad):
         return _GatedRMSNormFunction.apply(x, gate, weight, eps)
-    return _forward(x, gate, weight, eps)
+    return _forward(x.contiguous(), gate.contiguous(), weight, eps)

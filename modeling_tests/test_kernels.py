@@ -284,6 +284,11 @@ def test_gated_rmsnorm_matches_reference(rows, D, dtype):
         assert a.dtype == b.dtype and rel(a, b) < bound, name
     with torch.no_grad():  # inference takes the direct launch, without autograd's bookkeeping
         assert torch.equal(norm_tri.gated_rmsnorm_triton(x, gate, w, 1e-6), y)
+    # a strided gate (the model's fused projection hands over a column slice) is laid out once for both passes
+    wide = torch.cat([gate.detach(), torch.zeros_like(gate)], -1).requires_grad_()
+    y_s = norm_tri.gated_rmsnorm_triton(x, wide[..., :D], w, 1e-6)
+    assert torch.equal(y_s, y)
+    assert torch.equal(torch.autograd.grad((y_s * dy).sum(), wide)[0][..., :D], grads[1])
     with pytest.raises(ValueError, match="weight"):
         norm_tri.gated_rmsnorm_triton(x, gate, w[:-1], 1e-6)
 
