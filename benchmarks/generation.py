@@ -47,6 +47,7 @@ from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM, StaticCac
 from jet_nemotron import (JetNemotronConfig, JetNemotronForCausalLM, JetNemotronStaticCache,  # noqa: E402
                           cache_nbytes_estimate)
 from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention  # noqa: E402
+from jet_nemotron.transformers_compat import CACHE_NAME  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 from roofline import ceilings  # noqa: E402
 
@@ -164,7 +165,7 @@ def fill_static_cache(model, batch: int, ctx: int, max_len: int, device):
 
 def greedy(model, ids, cache, n: int, compile_config):
     """generate() exactly n new tokens for every row of ids [B, L] from a filled static cache (no stop, no padding)."""
-    return model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, max_new_tokens=n,
+    return model.generate(ids, attention_mask=torch.ones_like(ids), **{CACHE_NAME: cache}, max_new_tokens=n,
                           min_new_tokens=n, do_sample=False, compile_config=compile_config, pad_token_id=0)
 
 
@@ -195,7 +196,7 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
     if not last_call:  # generate() compiles only on CUDA (transformers' auto-compile criteria): no step to replay
         return tok_s, float("nan")
     # transformers' static layers advance their own write position: rewind it before each burst of 10 steps
-    counters = [(t, t.clone()) for layer in last_call["past_key_values"].layers
+    counters = [(t, t.clone()) for layer in last_call[CACHE_NAME].layers
                 for t in [getattr(layer, "cumulative_length", None)] if isinstance(t, torch.Tensor)]
 
     def step():

@@ -24,6 +24,8 @@ def generate(model_path: str, prompts: list[str], max_new_tokens: int = 64, stat
     """Generate a continuation for each prompt (left-padded batch); print tok/s and cache bytes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from jet_nemotron import CACHE_NAME  # `.cache` on transformers >= 5.24, `.past_key_values` before
+
     cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(model_path, padding_side="left")
     if tok.pad_token is None:
@@ -47,7 +49,7 @@ def generate(model_path: str, prompts: list[str], max_new_tokens: int = 64, stat
     texts = tok.batch_decode(new, skip_special_tokens=True)
     print(f"{new.numel() / seconds:.1f} tok/s over {new.shape[0]} sequence(s) (includes prefill"
           f"{' and compilation' if static else ''})")
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_NAME)
     if hasattr(cache, "nbytes_per_layer_type"):
         sizes = cache.nbytes_per_layer_type()
         print("cache: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()))

@@ -10,6 +10,7 @@ from .cache_jet_nemotron import (
 )
 from .configuration_jet_nemotron import JetNemotronConfig
 from .modeling_jet_nemotron import JetNemotronForCausalLM, JetNemotronModel, JetNemotronPreTrainedModel
+from .transformers_compat import CACHE_NAME
 
 AutoConfig.register(JetNemotronConfig.model_type, JetNemotronConfig, exist_ok=True)
 AutoModel.register(JetNemotronConfig, JetNemotronModel, exist_ok=True)
@@ -29,4 +30,5 @@ __all__ = [
     "JetNemotronStaticCache",
     "cache_nbytes_per_layer_type",
     "cache_nbytes_estimate",
+    "CACHE_NAME",
 ]

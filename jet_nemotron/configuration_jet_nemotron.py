@@ -86,7 +86,7 @@ class JetNemotronConfig(PreTrainedConfig):
     """
 
     model_type = "jet_nemotron"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     base_model_tp_plan = {
         "layers.*.mlp.gate_proj": "colwise",
         "layers.*.mlp.up_proj": "colwise",

@@ -19,6 +19,7 @@ from torch import nn
 
 from .configuration_jet_nemotron import JetNemotronConfig
 from .fused_projections import fuse_linears, fused_linear
+from .transformers_compat import pick_cache
 from .ops import (
     chunk_gated_delta_rule,
     dynamic_conv,
@@ -132,8 +133,9 @@ class JetBlock(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         cu_seqlens: torch.LongTensor | None = None,
+        past_key_values=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         """hidden_states [B, T, hidden]; attention_mask [B, T] (1 = token, 0 = padding) or None; cu_seqlens [N + 1]
@@ -142,7 +144,7 @@ class JetBlock(nn.Module):
         B, T, _ = x.shape
         d = self.dims
         backend = self.config.kernel_backend
-        cache = past_key_values
+        cache = pick_cache(cache, past_key_values)  # either name, as the model's forward
 
         q, k, v, gate, a, b, kernels = self._project(x)
         q = F.silu(q).view(B, T, d.num_heads, d.head_k_dim)

@@ -32,6 +32,7 @@ from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache, ring_o
 from .configuration_jet_nemotron import JetNemotronConfig
 from .fused_projections import fuse_linears, fused_linear
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
+from .transformers_compat import CACHE_NAME, MASK_CACHE_NAME, pick_cache
 
 
 def packed_cu_seqlens(position_ids: torch.Tensor) -> torch.LongTensor | None:
@@ -222,7 +223,7 @@ class JetNemotronAttention(nn.Module):
         """Read q/k/v as one matrix (inference; see `fused_projections.py`)."""
         self.fused_sizes = fuse_linears(self, "qkv_fused", [self.q_proj, self.k_proj, self.v_proj])
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         shape = (*input_shape, -1, self.head_dim)
         if self.fused_sizes is None:
@@ -235,11 +236,11 @@ class JetNemotronAttention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(shape).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                                     eager_attention_forward)
-        if q.shape[2] == 1 and past_key_values is not None and self.config._attn_implementation == "sdpa":
+        if q.shape[2] == 1 and cache is not None and self.config._attn_implementation == "sdpa":
             attention = grouped_decode_attention
         if self.sliding_window and attention_mask is None and k.shape[2] == q.shape[2] > self.sliding_window:
             # the model left this sliding layer's mask out on purpose (JetNemotronModel._bands_sliding_layers)
@@ -285,17 +286,18 @@ class JetNemotronDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None,
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, past_key_values=None,
                 cu_seqlens=None, **kwargs):
+        # the model passes the cache under this transformers' name (CACHE_NAME), which gradient checkpointing clears
+        cache = pick_cache(cache, past_key_values)
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         if self.layer_type == "linear_attention":
-            hidden_states, _ = self.self_attn(hidden_states, attention_mask=attention_mask,
-                                              past_key_values=past_key_values, cu_seqlens=cu_seqlens)
+            hidden_states, _ = self.self_attn(hidden_states, attention_mask=attention_mask, cache=cache,
+                                              cu_seqlens=cu_seqlens)
         else:
             hidden_states, _ = self.self_attn(hidden_states, position_embeddings=position_embeddings,
-                                              attention_mask=attention_mask, past_key_values=past_key_values,
-                                              **kwargs)
+                                              attention_mask=attention_mask, cache=cache, **kwargs)
         hidden_states = residual + hidden_states
         residual = hidden_states
         hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
@@ -308,7 +310,7 @@ class JetNemotronPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["JetNemotronDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = False
@@ -366,13 +368,16 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """input_ids [B, T]; attention_mask [B, past + T] (1 = token, 0 = left padding)."""
+        """input_ids [B, T]; attention_mask [B, past + T] (1 = token, 0 = left padding). The cache comes as
+        `cache` (transformers >= 5.24) or `past_key_values` (earlier releases); either name works on every release."""
+        past_key_values = pick_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -394,8 +399,8 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         if isinstance(attention_mask, dict):  # already built per layer kind, e.g. by `generate` with a static cache
             masks = {"linear_attention": None, **attention_mask}
         else:
-            mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                               past_key_values=past_key_values, position_ids=position_ids)
+            mask_kwargs = {"config": self.config, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                           MASK_CACHE_NAME: past_key_values, "position_ids": position_ids}
             masks = {"linear_attention": create_recurrent_attention_mask(**mask_kwargs)}
             if "full_attention" in self.config.layer_types:
                 masks["full_attention"] = create_causal_mask(**mask_kwargs)
@@ -415,16 +420,16 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         all_hidden = [hidden_states] if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=masks[layer.layer_type],
-                                  position_embeddings=position_embeddings, past_key_values=past_key_values,
-                                  position_ids=position_ids, cu_seqlens=cu_seqlens, **kwargs)
+                                  position_embeddings=position_embeddings, position_ids=position_ids,
+                                  cu_seqlens=cu_seqlens, **{CACHE_NAME: past_key_values}, **kwargs)
             if output_hidden_states:
                 all_hidden.append(hidden_states)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden[-1] = hidden_states
         return BaseModelOutputWithPast(last_hidden_state=hidden_states,
-                                       past_key_values=past_key_values if use_cache else None,
-                                       hidden_states=tuple(all_hidden) if output_hidden_states else None)
+                                       hidden_states=tuple(all_hidden) if output_hidden_states else None,
+                                       **{CACHE_NAME: past_key_values if use_cache else None})
 
     def _bands_sliding_layers(self, attention_mask, past_key_values, positions_given: bool, T: int) -> bool:
         """Whether sliding layers can skip their dense [T, T] mask and band the window themselves
@@ -457,18 +462,20 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """labels [B, T] (-100 = ignore) give the shifted next-token loss; logits [B, T', vocab]."""
+        """labels [B, T] (-100 = ignore) give the shifted next-token loss; logits [B, T', vocab]. The cache comes
+        as `cache` or `past_key_values` and is returned under this transformers' name (`.cache` from 5.24 on)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         cache=pick_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
                          output_hidden_states=output_hidden_states, **kwargs)
         hidden = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -476,8 +483,8 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                        hidden_states=out.hidden_states)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                        **{CACHE_NAME: out[CACHE_NAME] if CACHE_NAME in out else None})
         return result if return_dict is not False else result.to_tuple()
 
     def fuse_projections(self) -> "JetNemotronForCausalLM":
@@ -499,9 +506,9 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):
         """Use our hybrid cache (with its byte accounting) where transformers would make a DynamicCache."""
-        if (model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False
+        if (model_kwargs.get(CACHE_NAME) is None and generation_config.use_cache is not False
                 and generation_config.cache_implementation in (None, "dynamic")):
-            model_kwargs["past_key_values"] = JetNemotronCache(self.config)
+            model_kwargs[CACHE_NAME] = JetNemotronCache(self.config)
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                                      max_cache_length)

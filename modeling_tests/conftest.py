@@ -1,4 +1,4 @@
-"""Shared helpers: tiny configs and models built in the tests, and the path of ../shared/fixtures."""
+"""Shared helpers: tiny configs and models built in the tests, and the repo's own fixtures (modeling_tests/fixtures)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("JET_NEMOTRON_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# official-parity data travels with the repo (outputs of NVIDIA's code; see fixtures/official_tiny/README.md)
+FIXTURES = Path(os.environ.get("JET_NEMOTRON_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -50,5 +51,5 @@ def tiny_model(seed: int = 0, **config_kwargs):
 def official_tiny() -> Path:
     path = FIXTURES / "official_tiny"
     if not path.exists():
-        pytest.fail(f"fixture folder {path} is missing: set JET_NEMOTRON_FIXTURES to the shared fixtures folder")
+        pytest.fail(f"fixture folder {path} is missing: it ships in modeling_tests/fixtures (or set JET_NEMOTRON_FIXTURES)")
     return path

@@ -10,6 +10,7 @@ import torch
 
 from conftest import tiny_config, tiny_model
 from jet_nemotron import JetNemotronCache, JetNemotronForCausalLM
+from jet_nemotron.transformers_compat import CACHE_NAME
 
 ATOL, RTOL = 1e-4, 1e-4
 
@@ -27,7 +28,7 @@ def test_prefill_then_one_token_at_a_time_equals_full(prefill):
     ids = _ids(2, total)
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :prefill], use_cache=True)
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_NAME)
     assert isinstance(cache, JetNemotronCache)
     logits = [out.logits]
     for t in range(prefill, total):
@@ -42,7 +43,7 @@ def test_multi_token_forward_continues_a_cache(first, second):
     ids = _ids(2, first + second, seed=1)
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :first], use_cache=True)
-    more = model(ids[:, first:], past_key_values=out.past_key_values, use_cache=True).logits
+    more = model(ids[:, first:], past_key_values=getattr(out, CACHE_NAME), use_cache=True).logits
     torch.testing.assert_close(torch.cat([out.logits, more], 1), full, atol=ATOL, rtol=RTOL)
 
 
@@ -112,7 +113,7 @@ def test_left_padded_batch_matches_each_row_alone():
         torch.testing.assert_close(out.logits[i, T - len(r):], alone, atol=ATOL, rtol=RTOL)
     # decoding on from the padded cache stays per-row exact
     nxt = _ids(len(rows), 6, seed=20)
-    cache, m = out.past_key_values, mask
+    cache, m = getattr(out, CACHE_NAME), mask
     steps = []
     for t in range(6):
         m = torch.cat([m, torch.ones(len(rows), 1, dtype=torch.long)], 1)
@@ -156,7 +157,7 @@ def test_cache_size_after_4k_prefill_with_the_2b_layer_pattern():
     sizes = {}
     for T in (10, 4096):
         out = model(_ids(1, T, seed=6), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = getattr(out, CACHE_NAME)
         sizes[T] = cache.nbytes_per_layer_type()
         for i, (layer, kind) in enumerate(zip(cache.layers, config.layer_types)):
             if kind == "full_attention":
@@ -222,11 +223,11 @@ def test_static_cache_generate_equals_dynamic():
     dynamic = model.generate(prompt, **kw)
     static = model.generate(prompt, cache_implementation="static", return_dict_in_generate=True, **kw)
     assert torch.equal(static.sequences, dynamic)
-    assert isinstance(static.past_key_values, JetNemotronStaticCache)
-    assert static.past_key_values.is_compileable
+    assert isinstance(getattr(static, CACHE_NAME), JetNemotronStaticCache)
+    assert getattr(static, CACHE_NAME).is_compileable
     # our static cache class has the same layout plus the byte accounting
     cache = JetNemotronStaticCache(model.config, max_cache_len=64)
-    out = model.generate(prompt, past_key_values=cache, **kw)
+    out = model.generate(prompt, **{CACHE_NAME: cache}, **kw)
     assert torch.equal(out, dynamic)
     sizes = cache.nbytes_per_layer_type()
     assert sizes["full_attention"] == 2 * 2 * 64 * 16 * 4 * 2  # K and V, batch 2, 2 kv heads, 64 slots, dim 16, fp32

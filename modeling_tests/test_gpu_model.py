@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from jet_nemotron.transformers_compat import CACHE_NAME
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -61,7 +62,7 @@ def test_triton_path_matches_reference_path_bf16_with_cache(head_dim, expand_v):
 
     check({k: o.logits for k, o in outs.items()}, "prefill")
     for t in range(150, 160):
-        check({k: m(ids[:, t : t + 1], past_key_values=outs[k].past_key_values).logits for k, m in models.items()},
+        check({k: m(ids[:, t : t + 1], past_key_values=getattr(outs[k], CACHE_NAME)).logits for k, m in models.items()},
               f"decode step {t}")
 
 

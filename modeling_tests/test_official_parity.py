@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from jet_nemotron import JetNemotronForCausalLM
+from jet_nemotron.transformers_compat import CACHE_NAME
 
 ATOL = RTOL = 1e-4
 
@@ -43,7 +44,7 @@ def test_prefill_then_steps(official_tiny):
     ids = ref["input_ids"]
     out = model(ids[:, :100], attention_mask=torch.ones(2, 100, dtype=torch.long), use_cache=True)
     torch.testing.assert_close(out.logits, ref["prefill_logits"], atol=ATOL, rtol=RTOL)
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_NAME)
     steps = []
     for i in range(50):
         mask = torch.ones(2, 101 + i, dtype=torch.long)
@@ -71,7 +72,7 @@ def test_every_attention_implementation_matches(official_tiny, attn_implementati
     ids = ref["input_ids"]
     torch.testing.assert_close(model(ids, use_cache=False).logits, ref["logits_full"], atol=ATOL, rtol=RTOL)
     out = model(ids[:, :100], use_cache=True)
-    steps = [model(ids[:, t : t + 1], past_key_values=out.past_key_values).logits for t in range(100, 110)]
+    steps = [model(ids[:, t : t + 1], past_key_values=getattr(out, CACHE_NAME)).logits for t in range(100, 110)]
     torch.testing.assert_close(torch.cat(steps, 1), ref["step_logits"][:, :10], atol=ATOL, rtol=RTOL)
 
 

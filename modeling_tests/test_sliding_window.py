@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_model
 from jet_nemotron.modeling_jet_nemotron import banded_sliding_attention
+from jet_nemotron.transformers_compat import CACHE_NAME
 
 
 def dense_sliding(q, k, v, W, scale):
@@ -54,7 +55,7 @@ def test_model_bands_only_where_exact(monkeypatch):
     # with an all-ones mask (as generate passes) still banded; continuing the cache is not
     model(ids, attention_mask=torch.ones_like(ids))
     assert calls == [40, 40]
-    model(ids[:, :1], past_key_values=out.past_key_values)
+    model(ids[:, :1], past_key_values=getattr(out, CACHE_NAME))
     model(ids[:, :10])  # 10 <= 2 * window
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
