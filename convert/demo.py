@@ -65,7 +65,7 @@ def run_demo(workdir: str | Path = "jet_nemotron_demo", teacher_steps: int = 150
                              student_model=student, tokenizer=tok)
     print(f"[4/4] reloading {out_dir} with trust_remote_code=True and generating")
     model = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
-    tok = AutoTokenizer.from_pretrained(out_dir)
+    tok = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)
     ids = tok(prompt, return_tensors="pt")
     for label, m in (("teacher", teacher), ("student", model)):
         # greedy, with a repetition penalty: a model this small otherwise loops on one token

@@ -19,6 +19,14 @@ def files_to_upload(folder: str | Path) -> list[tuple[str, int]]:
     return sorted((r, (folder / r).stat().st_size) for r in kept)
 
 
+def card_for_repo(card: str, repo_id: str) -> str:
+    """The folder's model card with its usage snippet loading `repo_id` (the card names the local folder until
+    the model has a repository)."""
+    import re
+
+    return re.sub(r'(from_pretrained\(")[^"]*(")', lambda m: m.group(1) + repo_id + m.group(2), card)
+
+
 def push(folder: str | Path, repo_id: str, private: bool = True, revision: str | None = None,
          dry_run: bool = False, message: str = "Upload Jet-Nemotron conversion") -> list[tuple[str, int]]:
     """Create the repo (if needed), the branch `revision` (if given) and upload; returns the file list."""
@@ -27,10 +35,14 @@ def push(folder: str | Path, repo_id: str, private: bool = True, revision: str |
         return files
     from huggingface_hub import HfApi
 
+    from huggingface_hub import CommitOperationAdd
+
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, commit_message=message,
-                      ignore_patterns=list(IGNORE))
+    # one commit; the card goes up with the repo id in its usage snippet, the local folder stays as it is
+    ops = [CommitOperationAdd(name, card_for_repo((Path(folder) / name).read_text(), repo_id).encode()
+                              if name == "README.md" else str(Path(folder) / name)) for name, _ in files]
+    api.create_commit(repo_id, ops, commit_message=message, revision=revision)
     return files

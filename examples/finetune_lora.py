@@ -75,13 +75,18 @@ def finetune_lora(
 
     merged = peft_model.merge_and_unload().eval()
     out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent if out_dir.parent.exists() else None))
-    merged.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    # the temporary folder sits beside the target: a rename across file systems (the system temp dir) fails
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        merged.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     probe = blocks[:2]
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True, dtype=merged.dtype).eval()
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(args.model)
+    tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True,
                                                  dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     if torch.cuda.is_available():

@@ -27,7 +27,7 @@ def generate(model_path: str, prompts: list[str], max_new_tokens: int = 64, stat
     from jet_nemotron import CACHE_NAME  # `.cache` on transformers >= 5.24, `.past_key_values` before
 
     cuda = torch.cuda.is_available()
-    tok = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    tok = AutoTokenizer.from_pretrained(model_path, padding_side="left", trust_remote_code=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True,

@@ -4,15 +4,15 @@ Each op has a PyTorch reference (`*_ref.py`, exact, any device) and a Triton ker
 with the same signature. CUDA tensors take the Triton path when Triton is installed, everything else the
 reference. The backend can be forced with the `JET_NEMOTRON_KERNELS` environment variable or the
 config field `kernel_backend` ("auto", "triton", "reference"); asking for "triton" where it cannot run raises.
-The first call of each op logs which path it took.
+The first call logs, once per process and path, which path the ops take (transformers' logging).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
+from transformers.utils import logging
 
 from .decode_attention_ref import decode_attention_ref
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
@@ -23,7 +23,7 @@ from .gated_delta_rule_ref import (
     recurrent_gated_delta_rule_ref,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -47,11 +47,11 @@ if _TRITON_IMPORT_ERROR is None:
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
 
-_logged: set[tuple[str, str]] = set()
+_logged: set[tuple[str, str]] = set()  # (path, reason) pairs already logged by this process
 
 
 def _choose(op: str, x: torch.Tensor, backend: str) -> str:
-    """Return "triton" or "reference" for this call and log the choice once per op."""
+    """Return "triton" or "reference" for this call; the first call on each path says so, once per process."""
     backend = os.environ.get("JET_NEMOTRON_KERNELS", backend) or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r} (JET_NEMOTRON_KERNELS / kernel_backend)")
@@ -67,9 +67,9 @@ def _choose(op: str, x: torch.Tensor, backend: str) -> str:
         if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"kernel backend 'triton' was asked for {op} on a {x.device} tensor; "
                                "set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter")
-    if (op, backend) not in _logged:
-        _logged.add((op, backend))
-        logger.warning("jet_nemotron: %s runs on the %s path (%s)", op, backend, reason)
+    if (backend, reason) not in _logged:
+        _logged.add((backend, reason))
+        logger.warning("jet_nemotron: JetBlock ops run on the %s path (%s)", backend, reason)
     return backend
 
 

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("JET_NEMOTRON_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests own their data: nothing may reach for the Hub
 
 
 def tiny_config(layer_types=("jet", "attn", "swa", "jet"), **overrides):
