@@ -2,6 +2,7 @@
 
     jet-nemotron convert SOURCE OUT --layer-map jet-nemotron-2b
     jet-nemotron distill --teacher SOURCE --student CONVERTED OUT --data corpus/ ...
+    jet-nemotron export OUT OUT-official --layout official
     jet-nemotron push OUT user/repo [--private] [--revision main] [--dry-run]
     jet-nemotron demo
 Errors are printed as one line naming the file / tensor / layer and exit with status 1; nothing is written.
@@ -38,13 +39,15 @@ def convert(
     dtype: Annotated[str, typer.Option(help="saved dtype: float32, bfloat16, float16")] = "bfloat16",
     seed: int = 0,
     overwrite: bool = False,
+    layout: Annotated[str, typer.Option(help="folder layout: 'transformers' (ours) or 'official' (NVIDIA's "
+                                             "release: loads in its HF code and in SGLang)")] = "transformers",
 ):
     """Convert a Qwen checkpoint into a Jet-Nemotron folder (undistilled)."""
     from .pipeline import convert_checkpoint
 
     jet = {"num_heads": jet_heads, "head_dim": jet_head_dim, "expand_v": expand_v, "conv_size": conv_size,
            "dconv_generator_reduction": generator_reduction}
-    convert_checkpoint(source, out, layer_map, jet, window, gguf_file, init, seed, dtype, overwrite)
+    convert_checkpoint(source, out, layer_map, jet, window, gguf_file, init, seed, dtype, overwrite, layout=layout)
 
 
 @app.command()
@@ -76,6 +79,8 @@ def distill(
     resume: bool = False,
     overwrite: bool = False,
     seed: int = 0,
+    layout: Annotated[str, typer.Option(help="folder layout: 'transformers' (ours) or 'official' (NVIDIA's "
+                                             "release: loads in its HF code and in SGLang)")] = "transformers",
 ):
     """Distil a converted model from its teacher (stage 1, then stage 2 if --stage2-steps > 0)."""
     from .distill import DistillConfig
@@ -87,7 +92,24 @@ def distill(
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, **common)
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **common)
     distill_checkpoint(teacher, student, out, data, seq_len, s1, s2, text_field, max_tokens,
-                       ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite)
+                       ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,
+                       layout=layout)
+
+
+@app.command()
+def export(
+    folder: Annotated[Path, typer.Argument(help="a Jet-Nemotron folder: ours (convert / distill) or an official one")],
+    out: Annotated[Path, typer.Argument(help="output folder (written atomically)")],
+    layout: Annotated[str, typer.Option(help="'official' (config and tensors as NVIDIA's release: its HF code and "
+                                             "SGLang load it) or 'transformers' (ours)")] = "official",
+    dtype: Annotated[str, typer.Option(help="dtype of every tensor: bfloat16 (the release's), float32, float16")
+                     ] = "bfloat16",
+    overwrite: bool = False,
+):
+    """Re-write a model folder in another layout; tokenizer, card and reports are copied, modeling files added."""
+    from .official_layout import export_folder
+
+    export_folder(folder, out, layout, dtype, overwrite)
 
 
 @app.command()

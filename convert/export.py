@@ -67,14 +67,24 @@ def atomic_folder(out: str | Path, overwrite: bool = False):
 
 def write_folder(out: str | Path, model, tokenizer=None, generation_config=None, card: str | None = None,
                  extra_files: dict[str, str] | None = None, overwrite: bool = False,
-                 max_shard_size: str = "2GB", copy_files: dict[str, str | Path] | None = None) -> Path:
-    """save_pretrained (safetensors, sharded above `max_shard_size`) + tokenizer + generation config + card."""
+                 max_shard_size: str = "2GB", copy_files: dict[str, str | Path] | None = None,
+                 layout: str = "transformers") -> Path:
+    """save_pretrained (safetensors, sharded above `max_shard_size`) + tokenizer + generation config + card.
+
+    `layout="official"` writes the config and tensors as the official release does (`official_layout.py`)."""
     from .data import check_tokenizer_fits
+    from .official_layout import check_layout, check_representable, save_official
+
+    if check_layout(layout) == "official":
+        check_representable(model.config)  # before any output
 
     if tokenizer is not None:
         check_tokenizer_fits(tokenizer, model.config.vocab_size, "converted model")
     with atomic_folder(out, overwrite) as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if layout == "official":
+            save_official(model, tmp, max_shard_size=max_shard_size)
+        else:
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if generation_config is not None:

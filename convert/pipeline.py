@@ -16,6 +16,7 @@ from .distill import DistillConfig, distill, perplexity, plot_history, teacher_o
 from .export import load_source, write_folder
 from .layer_map import resolve_layer_map
 from .model_card import cache_bytes, render_card
+from .official_layout import check_layout, check_representable
 from .qwen_to_jet import convert_model
 
 
@@ -26,7 +27,8 @@ def _generation_config(src_model):
 
 def convert_checkpoint(source: str, out: str | Path, layer_map: str, jet: dict | None = None,
                        window: int | None = None, gguf_file: str | None = None, init: str = "attention",
-                       seed: int = 0, dtype: str = "float32", overwrite: bool = False, name: str | None = None):
+                       seed: int = 0, dtype: str = "float32", overwrite: bool = False, name: str | None = None,
+                       layout: str = "transformers"):
     """Load `source`, convert with `layer_map`, save to `out` with tokenizer, generation config and card.
 
     Returns (model, tokenizer, source_model) so callers can go on (the demo distils right away).
@@ -34,6 +36,7 @@ def convert_checkpoint(source: str, out: str | Path, layer_map: str, jet: dict |
     out = Path(out)
     if out.exists() and not overwrite:  # fail before the (possibly long) load
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_layout(layout)
     src_model, tok = load_source(source, gguf_file, getattr(torch, dtype))
     lm = resolve_layer_map(layer_map, src_model.config.num_hidden_layers)
     if tok is not None:
@@ -43,7 +46,7 @@ def convert_checkpoint(source: str, out: str | Path, layer_map: str, jet: dict |
     card = render_card(model.config, src_model.config, source, name or out.name, lm.source)
     extra = {"conversion.json": json.dumps({"source": source, "gguf_file": gguf_file, "layer_map": lm.to_json(),
                                             "init": init, "seed": seed}, indent=2)}
-    write_folder(out, model, tok, _generation_config(src_model), card, extra, overwrite)
+    write_folder(out, model, tok, _generation_config(src_model), card, extra, overwrite, layout=layout)
     ratio = cache_bytes(src_model.config, 65536) / cache_bytes(model.config, 65536)
     print(f"wrote {out}: {lm.describe()} | cache at 64K context {ratio:.1f}x smaller than the source")
     return model, tok, src_model
@@ -53,7 +56,8 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                        stage1: DistillConfig | None = None, stage2: DistillConfig | None = None,
                        text_field: str = "text", max_tokens: int | None = None, eval_fraction: float = 0.05,
                        ckpt_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                       gguf_file: str | None = None, teacher_model=None, student_model=None, tokenizer=None) -> dict:
+                       gguf_file: str | None = None, teacher_model=None, student_model=None, tokenizer=None,
+                       layout: str = "transformers") -> dict:
     """Stage 1 then stage 2 (either may be None), perplexities, loss curve, card; saves the student to `out`."""
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,6 +67,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_layout(layout)
     stages = [c for c in (stage1, stage2) if c is not None and c.steps > 0]
     if not stages:
         raise ValueError("no distillation stage has steps > 0")
@@ -70,6 +75,8 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         teacher_model, _ = load_source(teacher, gguf_file)
     if student_model is None:
         student_model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    if layout == "official":
+        check_representable(student_model.config)  # not after hours of training
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(student)
     if student_model.config.vocab_size != teacher_model.config.vocab_size:
@@ -107,6 +114,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         with tempfile.TemporaryDirectory() as td:
             png = Path(td) / "loss_curve.png"
             plot_history(history, png, f"distillation of {out.name}")
-            write_folder(out, student_model, tokenizer, gen, card, report, overwrite, copy_files={png.name: png})
+            write_folder(out, student_model, tokenizer, gen, card, report, overwrite, copy_files={png.name: png},
+                         layout=layout)
     acc.wait_for_everyone()
     return result
