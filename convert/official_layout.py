@@ -147,6 +147,10 @@ def save_official(model, folder: str | Path, dtype: torch.dtype | None = None, m
     folder = Path(folder)
     dtype = dtype or model.get_input_embeddings().weight.dtype
     config = official_config(model.config, dtype)  # validates before anything is written
+    for name, default in (("kernel_backend", "auto"), ("recurrent_state_dtype", "float32")):
+        if getattr(model.config, name) != default:  # our runtime settings; the official config has no field
+            print(f"note: {name}={getattr(model.config, name)!r} is not written in the official layout; pass it "
+                  f"to from_pretrained({name}=...) when loading with our code")
     sd = official_state_dict(model, dtype)
     # save_pretrained shards, writes generation_config.json and copies our modeling files (auto_map's targets)
     model.save_pretrained(folder, state_dict=sd, max_shard_size=max_shard_size)
