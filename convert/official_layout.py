@@ -52,7 +52,8 @@ def eps_string(eps) -> str:
 
 def official_expand_v(head_dim: int, head_v_dim: int, num_heads: int, stored) -> float:
     """An `expand_v` from which the official code and SGLang, which truncate with int(), get `head_v_dim` back
-    (for the 2B sizes 96 -> 256: 2.6666666667, the release's value; 8/3 in binary truncates to 255 in some products)."""
+    (2B sizes 96 -> 256: the release's 2.6666666667). The plain ratio dv / dk truncates one short for some sizes
+    (dk 7, dv 61: int(7 * (61 / 7)) == 60), hence the rounded-up candidates."""
     exact = head_v_dim / head_dim
     for e in (stored, round(exact, 10), math.ceil(exact * 1e10) / 1e10):
         e = float(e)

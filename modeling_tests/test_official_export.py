@@ -241,6 +241,18 @@ def test_distill_with_official_layout(tmp_path):
         assert (out / name).exists(), name
 
 
+def test_norm_eps_and_expand_v_as_the_official_loaders_read_them():
+    from convert.official_layout import eps_string, official_expand_v
+
+    assert [eps_string(x) for x in (1e-5, "1e-6", 1e-05, 2.5e-7)] == ["1e-5", "1e-6", "1e-5", "2.5e-7"]
+    # both loaders truncate with int(): the written expand_v must give dv back from dk and from H * dk
+    for dk, dv, heads in ((96, 256, 12), (7, 61, 3), (128, 256, 16), (100, 333, 5)):
+        e = official_expand_v(dk, dv, heads, dv / dk)
+        assert int(dk * e) == dv and int(heads * dk * e) == heads * dv, (dk, dv, e)
+    assert int(7 * (61 / 7)) == 60  # why the plain ratio is not enough
+    assert official_expand_v(96, 256, 12, 2.6666666667) == 2.6666666667  # the release's value is kept
+
+
 def test_models_the_official_layout_cannot_hold_are_refused(tmp_path, capsys):
     from conftest import tiny_config
 
