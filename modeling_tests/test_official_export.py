@@ -173,10 +173,17 @@ def test_bf16_export_rounds_only_the_dtype(tmp_path):
     tensors (A_log and dt_bias too) are rounded to bf16: nothing else changes."""
     from jet_nemotron import JetNemotronForCausalLM
 
+    from convert.official_layout import export_folder
+
     model = tiny_model()
     model.save_pretrained(tmp_path / "ours")
     run_cli("export", tmp_path / "ours", tmp_path / "off")
     check_official_folder(tmp_path / "off")
+    # sharded (the 2B model in bf16 is ~3 GB, over the 2 GB shard size): same names, shapes and dtypes
+    export_folder(tmp_path / "ours", tmp_path / "sharded", max_shard_size="100KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    assert read_folder(tmp_path / "sharded") == read_folder(tmp_path / "off")
     again = JetNemotronForCausalLM.from_pretrained(tmp_path / "off", dtype=torch.float32).eval()
     with torch.no_grad():
         for p in model.parameters():
