@@ -5,6 +5,8 @@
     jet-nemotron export OUT OUT-official --layout official
     jet-nemotron push OUT user/repo [--private] [--revision main] [--dry-run]
     jet-nemotron demo
+    jet-nemotron search placement SOURCE --attn 2 --swa 2 --objective retrieval,lm --data corpus/ --out DIR
+    jet-nemotron search hardware SOURCE --state-bytes 1179648 --out DIR
 Errors are printed as one line naming the file / tensor / layer and exit with status 1; nothing is written.
 """
 
@@ -160,6 +162,93 @@ def card(
 
     cfg = AutoConfig.from_pretrained(folder)
     typer.echo(render_card(cfg, AutoConfig.from_pretrained(base), base, folder.name))
+
+
+search_app = typer.Typer(no_args_is_help=True, help="PostNAS search: where attention stays, which JetBlock shape.")
+app.add_typer(search_app, name="search")
+
+
+@search_app.command("placement")
+def search_placement_cmd(
+    source: Annotated[str, typer.Argument(help="the source Qwen (local folder, Hub id, or .gguf)")],
+    out: Annotated[Path, typer.Option(help="output folder: layer_map.json, heatmap.png, search_log.jsonl, "
+                                           "search.json")],
+    data: Annotated[list[str], typer.Option(help="supernet training text (files / folders; repeat for several)")],
+    attn: Annotated[int, typer.Option(help="K: full-attention layers to place")] = 2,
+    swa: Annotated[int, typer.Option(help="M: sliding-window layers to place (after the attention layers)")] = 0,
+    objective: Annotated[str, typer.Option(help="comma list of retrieval, lm, code, mc, each optionally :weight")] = "retrieval,lm",
+    beam: Annotated[int, typer.Option(help="beam width")] = 4,
+    method: Annotated[str, typer.Option(help="'beam' or 'kl-guided' (restore one layer at a time, keep the top K)")] = "beam",
+    window: Annotated[Optional[int], typer.Option(help="sliding window of 'swa' layers (tokens)")] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option(help="held-out text for lm and the retrieval haystack "
+                                                                "(default: the last 5% of --data)")] = None,
+    jet_heads: Annotated[Optional[int], typer.Option(help="JetBlock heads (default: the source's heads)")] = None,
+    jet_head_dim: Annotated[Optional[int], typer.Option(help="JetBlock key head size dk")] = None,
+    expand_v: Annotated[Optional[float], typer.Option(help="value head size dv = dk * expand_v")] = None,
+    seq_len: Annotated[int, typer.Option(help="supernet training row length (tokens)")] = 1024,
+    steps: Annotated[int, typer.Option(help="supernet steps (one sampled sub-network each)")] = 300,
+    batch_size: Annotated[int, typer.Option(help="rows per supernet step, all processes together")] = 8,
+    micro_batch: int = 8,
+    lr: float = 1e-3,
+    sampling: Annotated[str, typer.Option(help="'exact' (K and M layers a step) or 'bernoulli'")] = "exact",
+    mse_weight: float = 1.0,
+    kl_weight: float = 1.0,
+    bf16: Annotated[bool, typer.Option(help="bf16 frozen weights and autocast (GPU)")] = False,
+    retrieval_n: int = 16,
+    retrieval_length: Annotated[int, typer.Option(help="tokens per retrieval prompt")] = 2048,
+    retrieval_kind: Annotated[str, typer.Option(help="'passkey' or 'kv'")] = "passkey",
+    lm_rows: int = 8,
+    lm_length: int = 1024,
+    code_n: Annotated[int, typer.Option(help="HumanEval problems scored")] = 20,
+    mc_file: Annotated[Optional[Path], typer.Option(help="multiple-choice JSON (default: the shipped example)")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="stop tokenising --data after this many tokens")] = None,
+    save_every: int = 50,
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+):
+    """Train a once-for-all supernet on SOURCE and search where K attention (+ M window) layers go."""
+    from .search.objectives import MC_EXAMPLE
+    from .search.run import EvalConfig, search_placement
+    from .search.train import SupernetConfig
+
+    train = SupernetConfig(steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr, sampling=sampling,
+                           mse_weight=mse_weight, kl_weight=kl_weight, mixed_precision="bf16" if bf16 else "no",
+                           save_every=save_every, seed=seed, attn=attn, swa=swa)
+    ev = EvalConfig(retrieval_n=retrieval_n, retrieval_length=retrieval_length, retrieval_kind=retrieval_kind,
+                    lm_rows=lm_rows, lm_length=lm_length, code_n=code_n, mc_file=str(mc_file or MC_EXAMPLE))
+    jet = {"num_heads": jet_heads, "head_dim": jet_head_dim, "expand_v": expand_v}
+    search_placement(source, out, attn, swa, objective, data, eval_data, beam, method, window, jet, seq_len, train,
+                     ev, max_tokens=max_tokens, resume=resume, overwrite=overwrite)
+
+
+@search_app.command("hardware")
+def search_hardware_cmd(
+    source: Annotated[str, typer.Argument(help="the source Qwen (folder or Hub id; only its config is read)")],
+    state_bytes: Annotated[int, typer.Option(help="recurrent state per JetBlock layer and sequence, bytes "
+                                                  "(fp32: 4 * heads * dk * dv; Jet-Nemotron-2B: 1179648)")],
+    out: Annotated[Path, typer.Option(help="output folder: hardware.json, hardware.md, hardware.png")],
+    layer_map: Annotated[Optional[str], typer.Option(help="a layer map (preset / JSON / spec) to write the chosen "
+                                                          "shape into (default: jet-nemotron-2b for 28 layers)")] = None,
+    batch: Annotated[int, typer.Option(help="prefill batch")] = 1,
+    prefill_len: Annotated[int, typer.Option(help="prefill tokens per sequence")] = 8192,
+    decode_batch: Annotated[int, typer.Option(help="sequences per decode step")] = 256,
+    heads: Annotated[str, typer.Option(help="head counts to consider, comma list ('' = any)")] = "4,8,12,16",
+    min_dim: int = 64,
+    max_dk: int = 256,
+    max_dv: int = 1024,
+    dim_multiple: int = 16,
+    tolerance: Annotated[float, typer.Option(help="shapes within this fraction of the fastest decode count as "
+                                                  "equally fast")] = 0.05,
+    cpu_reference: Annotated[bool, typer.Option(help="run the reference ops on the CPU (tests, tiny sizes only)")] = False,
+    overwrite: bool = False,
+):
+    """Time every valid (heads, dk, dv) at a fixed recurrent-state size with our kernels (paper Table 2)."""
+    from .search.hardware import search_hardware
+
+    search_hardware(source, state_bytes, out, layer_map, batch, prefill_len, decode_batch, min_dim, max_dk, max_dv,
+                    dim_multiple, tolerance, cpu_reference, overwrite,
+                    heads=[int(h) for h in heads.split(",") if h.strip()] or None)
 
 
 def main(argv: list[str] | None = None) -> int:
