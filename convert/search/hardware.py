@@ -104,6 +104,8 @@ def time_shape(src_cfg, heads: int, dk: int, dv: int, batch: int, prefill_len: i
                                                                 "expand_v": dv / dk, "conv_size": 4,
                                                                 "dconv_generator_reduction": 8}},
                             kernel_backend=backend)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the previous shape's block and cache are gone by now
     block = JetBlock(cfg, 0).to(device, dtype).eval()
     block.A_log.data, block.dt_bias.data = block.A_log.data.float(), block.dt_bias.data.float()
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -113,9 +115,6 @@ def time_shape(src_cfg, heads: int, dk: int, dv: int, batch: int, prefill_len: i
     block(torch.randn(decode_batch, 8, cfg.hidden_size, generator=g).to(device, dtype), past_key_values=cache)
     x1 = (torch.randn(decode_batch, 1, cfg.hidden_size, generator=g) * 0.5).to(device, dtype)
     t_decode = _time(lambda: block(x1, past_key_values=cache), repeats * 4, device)
-    del block, cache, x
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"prefill_s": t_prefill, "decode_step_s": t_decode,
             "prefill_tok_s": batch * prefill_len / t_prefill, "decode_tok_s": decode_batch / t_decode}
 
@@ -168,9 +167,9 @@ def search_hardware(source: str, state_bytes: int, out: str | Path, layer_map: s
                     shapes: list[tuple[int, int, int]] | None = None) -> dict:
     """Time every valid shape (or the given `shapes`), write hardware.json / .md / .png and the layer map."""
     from tqdm.auto import tqdm
-    from transformers import AutoConfig
 
     from ..layer_map import resolve_layer_map
+    from .run import source_config
     from ..qwen_to_jet import SourceDims
 
     out = Path(out)
@@ -179,7 +178,7 @@ def search_hardware(source: str, state_bytes: int, out: str | Path, layer_map: s
     if not torch.cuda.is_available() and not cpu_reference:
         raise RuntimeError("search hardware times our Triton kernels and needs a CUDA GPU; on the CPU only "
                            "--cpu-reference (the PyTorch reference ops, tiny sizes, for tests) runs")
-    src_cfg = AutoConfig.from_pretrained(source)
+    src_cfg = source_config(source)
     SourceDims.from_config(src_cfg)
     L = src_cfg.num_hidden_layers
     lm = resolve_layer_map(layer_map or ("jet-nemotron-2b" if L == 28 else "all-jet"), L)

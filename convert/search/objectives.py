@@ -8,7 +8,8 @@
     mc         mean NLL of the correct answer of local multiple-choice questions (JSON, see `mc_set`)
 Scores are normalised per objective before they are combined (`Normaliser`): 0 = the source's score (every
 layer attention), 1 = the all-JetBlock sub-network's, so weights mean the same whatever each loss's scale.
-`--objective retrieval,lm:0.5` weights retrieval 1 and lm 0.5.
+`--objective retrieval,lm:0.5` weights retrieval 1 and lm 0.5; a weight of 0 scores and reports an objective
+(heatmap, per-layer scores) without letting it steer the search.
 
 Every set is a list of (prompt ids, answer ids) or packed rows; building one from a tokenizer is separate from
 scoring it, so tests build them from token ids directly.
@@ -211,7 +212,7 @@ def score_answers(net, aset: AnswerSet, device, max_tokens: int = 16384, autocas
             h, _ = net.hidden(x.to(device))
         for r, i in enumerate(group):
             p, a = len(aset.prompts[i]), len(aset.answers[i])
-            logits = (h[r, p - 1: p - 1 + a].float() @ net.head.float().t())  # [a, V]
+            logits = (h[r, p - 1: p - 1 + a] @ net.head.t()).float()  # [a, V], in the model's dtype then fp32
             target = torch.tensor(aset.answers[i], device=logits.device)
             nll += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
             n_tok += a
@@ -265,9 +266,13 @@ class Normaliser:
     def usable(self) -> dict[str, float]:
         return {k: w for k, w in self.weights.items() if w > 0 and self.floor[k] - self.teacher[k] > self.eps}
 
+    def scale(self, k: str) -> float:
+        """The source-to-all-JetBlock gap; where there is none, the source's own score (so numbers stay readable)."""
+        gap = self.floor[k] - self.teacher[k]
+        return gap if gap > self.eps else max(abs(self.teacher[k]), 1.0)
+
     def normalised(self, scores: dict[str, dict]) -> dict[str, float]:
-        return {k: (scores[k]["score"] - self.teacher[k]) / max(self.floor[k] - self.teacher[k], self.eps)
-                for k in self.weights}
+        return {k: (scores[k]["score"] - self.teacher[k]) / self.scale(k) for k in self.weights}
 
     def combined(self, scores: dict[str, dict]) -> float:
         use = self.usable() or {k: w for k, w in self.weights.items() if w > 0}

@@ -71,7 +71,8 @@ def single_layer_scores(scorer: Scorer, norm: Normaliser, base: tuple[str, ...],
     """Restore one layer at a time to `kind` on top of `base`: {"layers": [i...], objective: [normalised score per
     layer], "combined": [...]} (layers already not "jet" in `base` are left out)."""
     free = [i for i, t in enumerate(base) if t == "jet"]
-    out: dict = {"layers": free, "combined": []}
+    out: dict = {"layers": free, "combined": [], "base": {k: [i for i, t in enumerate(base) if t == k]
+                                                         for k in ("attn", "swa")}}
     for k in norm.weights:
         out[k] = []
     for i in free:

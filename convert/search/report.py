@@ -9,17 +9,6 @@ from pathlib import Path
 from ..layer_map import LayerMap
 
 
-def importance(single: dict, objectives: list[str]) -> list[list[float]]:
-    """[layer][objective] share of the source-vs-all-JetBlock gap that restoring that one layer closes
-    (1 - normalised score; 1 = the source's score, 0 = no better than all-JetBlock). Layers not swept: nan."""
-    n = max(single["layers"]) + 1 if single["layers"] else 0
-    rows = [[float("nan")] * len(objectives) for _ in range(n)]
-    for j, k in enumerate(objectives):
-        for i, s in zip(single["layers"], single[k]):
-            rows[i][j] = 1.0 - s
-    return rows
-
-
 def plot_heatmap(result: dict, objectives: list[str], path: Path, title: str) -> None:
     """One panel per swept kind ("attn", then "swa" on top of the chosen attention): layers down, objectives across."""
     import matplotlib
@@ -38,7 +27,7 @@ def plot_heatmap(result: dict, objectives: list[str], path: Path, title: str) ->
         for j, k in enumerate(cols):
             for i, s in zip(single["layers"], single[k]):
                 m[i, j] = 1.0 - s
-        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=min(0.0, np.nanmin(m)), vmax=max(1.0, np.nanmax(m)))
+        im = ax.imshow(np.clip(m, -0.25, 1.0), aspect="auto", cmap="viridis", vmin=-0.25, vmax=1.0)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if m[i, j] == m[i, j]:
@@ -47,7 +36,9 @@ def plot_heatmap(result: dict, objectives: list[str], path: Path, title: str) ->
         chosen = [i for i, t in enumerate(result["placement"]) if t == kind]
         ax.set_yticks(range(m.shape[0]), [f"{i}{' *' if i in chosen else ''}" for i in range(m.shape[0])], fontsize=7)
         ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=8)
-        ax.set_title(f"restore one layer as {kind}", fontsize=9)
+        base = single.get("base", {}).get("attn") or []
+        ax.set_title(f"restore one layer as {kind}" + (f" (attn at {base})" if base else " (all others JetBlock)"),
+                     fontsize=9)
         ax.set_ylabel("layer (* = chosen)")
         fig.colorbar(im, ax=ax, fraction=0.05, label="gap closed (1 = source)")
     fig.suptitle(title, fontsize=10)
@@ -81,7 +72,7 @@ def layer_map_json(result: dict, jet: dict, window: int | None, base_model: str,
     """The searched map in `jet-nemotron-layer-map/v1`, per-layer scores per objective under "search"."""
     types = list(result["placement"])
     search = {"method": method, "objective": weights, "combined": result["combined"],
-              "scores": {kind: {k: v for k, v in s.items()} for kind, s in result["single"].items()},
+              "scores": {kind: dict(s) for kind, s in result["single"].items()},
               "scores_note": "normalised per objective: 0 = the source's score, 1 = all-JetBlock's; lower is better; "
                              "'attn' restores one attention layer on all-JetBlock, 'swa' one window on the chosen "
                              "attention layers",

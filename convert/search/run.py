@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -57,9 +57,9 @@ def check_shape(num_layers: int, attn: int, swa: int, window: int | None, method
 
 
 def build_eval_sets(weights: dict, tok, eval_ids: list[int], ev: EvalConfig) -> dict:
-    """One set per objective with a positive weight, from the held-out token stream `eval_ids` (lm rows, haystack)."""
+    """One set per named objective (weight 0 too: it is reported), from the held-out token stream `eval_ids`."""
     sets = {}
-    for name in (k for k, w in weights.items() if w > 0):
+    for name in weights:
         if name == "lm":
             n = min(ev.lm_rows, len(eval_ids) // ev.lm_length)
             if n < 1:
@@ -98,6 +98,16 @@ def search_supernet(net: Supernet, sets: dict, weights: dict, attn: int, swa: in
     return result, scorer
 
 
+def source_config(source: str, gguf_file: str | None = None):
+    """The source's config without its weights (a folder, a Hub id, or a .gguf file / folder + gguf_file)."""
+    from transformers import AutoConfig
+
+    path = Path(source)
+    if gguf_file is None and path.is_file() and path.suffix == ".gguf":
+        source, gguf_file = str(path.parent), path.name
+    return AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+
+
 def _fingerprint(**kw) -> str:
     return hashlib.sha1(json.dumps(kw, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -110,7 +120,6 @@ def search_placement(source: str, out: str | Path, attn: int, swa: int, objectiv
                      ckpt_dir: str | Path | None = None, gguf_file: str | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-    from transformers import AutoConfig
 
     from ..data import check_tokenizer_fits, iter_documents, load_packed, pack_documents
     from ..export import load_source
@@ -124,9 +133,8 @@ def search_placement(source: str, out: str | Path, attn: int, swa: int, objectiv
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     if not data:
         raise ValueError("--data: the supernet needs training text (files or folders)")
-    cfg_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     if Path(source).exists() or "/" in source:
-        src_cfg = AutoConfig.from_pretrained(source, **cfg_kwargs)
+        src_cfg = source_config(source, gguf_file)
         SourceDims.from_config(src_cfg)  # unsupported source: error before the weights load
         check_shape(src_cfg.num_hidden_layers, attn, swa, window, method, beam)
     train.attn, train.swa = attn, swa

@@ -18,7 +18,6 @@ placement, and the JetBlocks of layers the placement does not use get no gradien
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
