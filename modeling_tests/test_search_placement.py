@@ -217,3 +217,22 @@ def test_beam_search_places_windows_after_attention(trained_supernet, scorer):
     assert "swa" in res["single"] and RETRIEVAL_LAYER not in res["single"]["swa"]["layers"]
     # memoised: every distinct placement is scored once
     assert scorer.evaluations == len({tuple(r["placement"]) for r in scorer.log})
+
+
+def test_a_placement_computes_what_the_converted_model_computes(trained_supernet):
+    """Switching flags gives the model `convert` would build for that map (fresh JetBlocks: the converter's init)."""
+    from convert.layer_map import LayerMap
+    from convert.qwen_to_jet import convert_model
+    from convert.search.supernet import Supernet
+
+    teacher = trained_supernet[0]
+    types = ["jet", "swa", "attn", "swa"]  # one JetBlock first: the init draws the same random numbers in both
+    net = Supernet.from_source(teacher, window=8)
+    net.set_placement(types)
+    ref = convert_model(teacher, LayerMap(types, swa={"window_size": 8})).eval()
+    x = training_rows(2, 32, 5)  # longer than the window
+    with torch.no_grad():
+        h, _ = net.hidden(x)
+        torch.testing.assert_close(h @ net.head.t(), ref(input_ids=x).logits, rtol=1e-5, atol=1e-5)
+        net.set_placement(["jet", "attn", "attn", "attn"])  # the window matters: without it the logits move
+        assert (net.hidden(x)[0] @ net.head.t() - ref(input_ids=x).logits).abs().max() > 1e-3

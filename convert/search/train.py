@@ -232,4 +232,5 @@ def train_supernet(supernet: Supernet, rows: torch.Tensor, cfg: SupernetConfig, 
     if ran:
         log(f"supernet: {ran} steps in {wall:.1f} s ({wall / ran * 1000:.0f} ms/step, "
             f"{ran * cfg.batch_size * L / wall:.0f} tok/s); last loss {history[-1]['loss']:.4f}")
-    return {"history": history, "wall_s": wall, "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * L}
+    return {"history": history, "wall_s": wall, "steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * L,
+            "world_size": world}
