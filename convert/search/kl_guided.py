@@ -13,10 +13,10 @@ from .objectives import Normaliser
 from .placement import Scorer, single_layer_scores
 
 
-def kl_guided(scorer: Scorer, norm: Normaliser, num_layers: int, attn: int, swa: int) -> dict:
+def kl_guided(scorer: Scorer, norm: Normaliser, num_layers: int, attn: int, swa: int, progress: bool = True) -> dict:
     """Same result layout as `placement.beam_search` (rounds hold the ranking)."""
     base = tuple(["jet"] * num_layers)
-    single = {"attn": single_layer_scores(scorer, norm, base, "attn")}
+    single = {"attn": single_layer_scores(scorer, norm, base, "attn", progress)}
     a = single["attn"]
     order = [i for _, i in sorted(zip(a["combined"], a["layers"]))]
     chosen = list(base)
@@ -24,7 +24,7 @@ def kl_guided(scorer: Scorer, norm: Normaliser, num_layers: int, attn: int, swa:
         chosen[i] = "attn"
     rounds = [[{"layer": i, "combined": c} for c, i in sorted(zip(a["combined"], a["layers"]))]]
     if swa:
-        single["swa"] = single_layer_scores(scorer, norm, tuple(chosen), "swa")
+        single["swa"] = single_layer_scores(scorer, norm, tuple(chosen), "swa", progress)
         s = single["swa"]
         for _, i in sorted(zip(s["combined"], s["layers"]))[:swa]:
             chosen[i] = "swa"

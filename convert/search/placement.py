@@ -67,7 +67,8 @@ def _with(placement: tuple[str, ...], i: int, kind: str) -> tuple[str, ...]:
     return placement[:i] + (kind,) + placement[i + 1:]
 
 
-def single_layer_scores(scorer: Scorer, norm: Normaliser, base: tuple[str, ...], kind: str) -> dict:
+def single_layer_scores(scorer: Scorer, norm: Normaliser, base: tuple[str, ...], kind: str,
+                        progress: bool = False) -> dict:
     """Restore one layer at a time to `kind` on top of `base`: {"layers": [i...], objective: [normalised score per
     layer], "combined": [...]} (layers already not "jet" in `base` are left out)."""
     free = [i for i, t in enumerate(base) if t == "jet"]
@@ -75,7 +76,9 @@ def single_layer_scores(scorer: Scorer, norm: Normaliser, base: tuple[str, ...],
                                                          for k in ("attn", "swa")}}
     for k in norm.weights:
         out[k] = []
-    for i in free:
+    from tqdm.auto import tqdm
+
+    for i in tqdm(free, desc=f"one layer as {kind}", unit="layer", disable=not progress, leave=False):
         s = scorer(_with(base, i, kind))
         n = norm.normalised(s)
         for k in norm.weights:
@@ -98,9 +101,9 @@ def beam_search(scorer: Scorer, norm: Normaliser, num_layers: int, attn: int, sw
     bar = tqdm(total=len(plan), desc="beam search", unit="round", disable=not progress)
     for r, kind in enumerate(plan):
         if kind == "swa" and "swa" not in single:
-            single["swa"] = single_layer_scores(scorer, norm, beam[0], "swa")
+            single["swa"] = single_layer_scores(scorer, norm, beam[0], "swa", progress)
         if r == 0:
-            single["attn"] = single_layer_scores(scorer, norm, beam[0], "attn")
+            single["attn"] = single_layer_scores(scorer, norm, beam[0], "attn", progress)
         cands = sorted({_with(p, i, kind) for p in beam for i, t in enumerate(p) if t == "jet"})
         ranked = sorted(((norm.combined(scorer(c)), c) for c in cands), key=lambda x: (x[0], x[1]))
         beam = [c for _, c in ranked[:width]]

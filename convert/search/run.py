@@ -91,7 +91,7 @@ def search_supernet(net: Supernet, sets: dict, weights: dict, attn: int, swa: in
     if method == "beam":
         result = beam_search(scorer, norm, L, attn, swa, beam, progress)
     else:
-        result = kl_guided(scorer, norm, L, attn, swa)
+        result = kl_guided(scorer, norm, L, attn, swa, progress)
     result.update(num_layers=L, endpoints={"source": teacher, "all_jet": floor},
                   best_scores=scorer(result["placement"]), search_s=time.perf_counter() - t0,
                   evaluations=scorer.evaluations, dropped_objectives=dropped)
