@@ -75,6 +75,13 @@ def test_search_placement_cli_writes_a_layer_map_the_converter_takes(source, tmp
     assert rc == 0
     again = json.loads((out / "search.json").read_text())
     assert again["placement"] == summary["placement"] and again["timings_s"]["scoring"] == 0.0
+    # without --resume the supernet is trained afresh and nothing measured on the old one is reused
+    rc = run(*placement_args(source, out, "--attn", 1, "--swa", 1, "--window", 16, "--method", "kl-guided",
+                             "--objective", "retrieval,lm:0.5,code,mc", "--overwrite"))
+    assert rc == 0
+    fresh = json.loads((out / "search.json").read_text())
+    assert fresh["method"] == "kl-guided" and fresh["timings_s"]["scoring"] > 0
+    assert sorted(fresh["placement"]) == ["attn", "swa"]
 
 
 def test_supernet_resumes_bit_exactly_after_a_kill(source, tmp_path):

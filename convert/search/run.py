@@ -163,6 +163,11 @@ def search_placement(source: str, out: str | Path, attn: int, swa: int, objectiv
     jet_sizes = dict(net.jet_config.efficient_attention_config["jet"])
     del src_model
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else out.with_name(out.name + ".ckpt")
+    if not resume and ckpt_dir.is_dir() and acc.is_main_process:
+        # a fresh supernet: the old checkpoints and the scores measured on the old one must not be picked up
+        for old in [*ckpt_dir.glob("supernet_step_*.pt"), *ckpt_dir.glob("scores_*.jsonl")]:
+            old.unlink()
+    acc.wait_for_everyone()
     t0 = time.perf_counter()
     summary_train = train_supernet(net, packed.train, train, ckpt_dir, resume, acc)
     train_s = time.perf_counter() - t0
