@@ -17,12 +17,13 @@ Two parts, each one call of the device tool (<= 10 minutes), each writing JSON /
 
     python benchmarks/search_real.py --part hardware --source /path/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --out $OUT
     python benchmarks/search_real.py --part placement --source ...gguf --out $OUT \\
-        --data "$(python -c 'import torch, os; print(os.path.dirname(torch.__file__))')" \\
+        --data "$(python -c 'import torch, os; print(os.path.dirname(torch.__file__))')"/{_inductor,nn} \\
         --eval-data "$(python -c 'import email, os; print(os.path.dirname(email.__file__))')"
     python benchmarks/search_real.py --part placement --toy --out /tmp/sr   # CPU smoke test, numbers meaningless
 
-Training text and held-out text must not overlap (whole packages: torch's sources to train on, the stdlib's email
-package for the haystack and lm rows). The GGUF needs the `gguf` package. Prints where each minute went.
+Training text and held-out text must not overlap (whole packages: torch's _inductor and nn sources to train on, the
+stdlib's email package for the haystack and lm rows; not all of torch/, whose .json files `--data` would read as
+JSON lines). The GGUF needs the `gguf` package. Prints where each minute went.
 """
 
 from __future__ import annotations
