@@ -25,3 +25,18 @@ def pick_cache(cache, past_key_values):
     if cache is not None and past_key_values is not None and cache is not past_key_values:
         raise ValueError("pass the cache once: as `cache` (transformers >= 5.24) or `past_key_values`, not both")
     return cache if cache is not None else past_key_values
+
+
+def checkpointing_enable(model, **checkpoint_kwargs) -> None:
+    """Gradient (activation) checkpointing on, `checkpoint_kwargs` going to torch.utils.checkpoint (e.g.
+    use_reentrant=False): transformers 5.24 renamed `gradient_checkpointing_enable(gradient_checkpointing_kwargs=)`
+    to `activation_checkpointing_enable(activation_checkpointing_kwargs=)` and deprecated the old name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+
+
+def checkpointing_disable(model) -> None:
+    """The counterpart of `checkpointing_enable`."""
+    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()

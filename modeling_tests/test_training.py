@@ -4,6 +4,7 @@ generator included), gradient checkpointing gives the same gradients, bf16 train
 import torch
 
 from conftest import tiny_model
+from jet_nemotron.transformers_compat import checkpointing_enable
 
 
 def _grads(model, ids):
@@ -41,7 +42,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model = tiny_model().train()
     ids = torch.randint(3, 128, (2, 70))
     loss, plain = _grads(model, ids)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing_enable(model, use_reentrant=False)
     assert model.model.layers[0].gradient_checkpointing
     loss_ckpt, ckpt = _grads(model, ids)
     torch.testing.assert_close(loss_ckpt, loss)
