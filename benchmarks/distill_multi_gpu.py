@@ -138,7 +138,7 @@ def prepare(work: Path, setup: Setup) -> dict[str, Path]:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the runs below are other processes: give them the memory back
     convert_checkpoint(str(paths["teacher"]), paths["student"], setup.layer_map, window=setup.window,
-                       overwrite=True)
+                       dtype="float32", overwrite=True)
     paths["data"].parent.mkdir(parents=True, exist_ok=True)
     texts = read_corpus(stdlib_files("train"), setup.data_chars)
     tmp = paths["data"].with_suffix(".tmp")

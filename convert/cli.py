@@ -7,7 +7,8 @@
     jet-nemotron demo
     jet-nemotron search placement SOURCE --attn 2 --swa 2 --objective retrieval,lm --data corpus/ --out DIR
     jet-nemotron search hardware SOURCE --state-bytes 1179648 --out DIR
-Errors are printed as one line naming the file / tensor / layer and exit with status 1; nothing is written.
+Errors are printed as one line naming the file / tensor / layer / flag and exit with status 1; nothing is written.
+`jet-nemotron --debug COMMAND ...` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from .dtypes import DEFAULT_DTYPE
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert Qwen2 / Qwen2.5 / Qwen3 checkpoints to Jet-Nemotron, distil, and upload.")
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error instead of "
+                                                                  "one line")] = False):
+    _state["debug"] = debug
 
 
 @app.command()
@@ -38,9 +48,9 @@ def convert(
     window: Annotated[Optional[int], typer.Option(help="sliding window of 'swa' layers (tokens)")] = None,
     init: Annotated[str, typer.Option(help="JetBlock init: 'attention' (from the replaced attention) or "
                                            "'random'")] = "attention",
-    dtype: Annotated[str, typer.Option(help="saved dtype: float32, bfloat16, float16")] = "bfloat16",
-    seed: int = 0,
-    overwrite: bool = False,
+    dtype: Annotated[str, typer.Option(help="saved dtype: float32, bfloat16, float16")] = DEFAULT_DTYPE,
+    seed: Annotated[int, typer.Option(help="seed of the JetBlock tensors not copied from the source")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
     layout: Annotated[str, typer.Option(help="folder layout: 'transformers' (ours) or 'official' (NVIDIA's "
                                              "release: loads in its HF code and in SGLang)")] = "transformers",
 ):
@@ -49,7 +59,8 @@ def convert(
 
     jet = {"num_heads": jet_heads, "head_dim": jet_head_dim, "expand_v": expand_v, "conv_size": conv_size,
            "dconv_generator_reduction": generator_reduction}
-    convert_checkpoint(source, out, layer_map, jet, window, gguf_file, init, seed, dtype, overwrite, layout=layout)
+    convert_checkpoint(source, out, layer_map, jet=jet, window=window, gguf_file=gguf_file, init=init, seed=seed,
+                       dtype=dtype, overwrite=overwrite, layout=layout)
 
 
 @app.command()
@@ -59,28 +70,32 @@ def distill(
     student: Annotated[str, typer.Option(help="a folder written by `jet-nemotron convert`")],
     data: Annotated[list[str], typer.Option(help="text/jsonl/parquet files, folders, or a saved datasets folder; "
                                                  "repeat for several")],
-    seq_len: int = 2048,
-    text_field: str = "text",
+    seq_len: Annotated[int, typer.Option(help="tokens per training row (documents are packed, EOS between)")] = 2048,
+    text_field: Annotated[str, typer.Option(help="field holding the text in .jsonl / parquet / datasets data")] = "text",
     max_tokens: Annotated[Optional[int], typer.Option(help="stop tokenising after this many tokens")] = None,
-    stage1_steps: int = 1000,
-    stage2_steps: int = 0,
+    stage1_steps: Annotated[int, typer.Option(help="optimizer steps of stage 1 (JetBlocks only: KL + attention "
+                                                   "MSE); 0 skips it")] = 1000,
+    stage2_steps: Annotated[int, typer.Option(help="optimizer steps of stage 2 (everything: KL); 0 skips it")] = 0,
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
-    lr1: float = 1e-3,
-    lr2: float = 1e-4,
-    warmup: int = 50,
+    lr1: Annotated[float, typer.Option(help="peak learning rate of stage 1 (AdamW)")] = 1e-3,
+    lr2: Annotated[float, typer.Option(help="peak learning rate of stage 2")] = 1e-4,
+    warmup: Annotated[int, typer.Option(help="linear warm-up steps of each stage, then cosine to 10% of the peak")] = 50,
     mse_weight: Annotated[float, typer.Option(help="stage-1 attention-output MSE weight")] = 1.0,
-    kl_weight: float = 1.0,
+    kl_weight: Annotated[float, typer.Option(help="weight of the logit KL(teacher || student), both stages")] = 1.0,
     train1: Annotated[str, typer.Option(help="stage-1 trainable set: jet, non-mlp, all")] = "jet",
     train2: Annotated[str, typer.Option(help="stage-2 trainable set: jet, non-mlp, all")] = "all",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU)")] = False,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")] = False,
     kl_chunk: Annotated[int, typer.Option(help="tokens per chunk of the vocabulary-wide KL")] = 1024,
-    save_every: int = 200,
+    save_every: Annotated[int, typer.Option(help="checkpoint every N optimizer steps (0: only at the end of a "
+                                                 "stage)")] = 200,
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint of this same run (settings, "
+                                              "data and models must match)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace OUT and, on a fresh run, clear the checkpoint "
+                                                 "folder")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the batch order")] = 0,
     layout: Annotated[str, typer.Option(help="folder layout: 'transformers' (ours) or 'official' (NVIDIA's "
                                              "release: loads in its HF code and in SGLang)")] = "transformers",
 ):
@@ -93,9 +108,9 @@ def distill(
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, **common)
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **common)
-    distill_checkpoint(teacher, student, out, data, seq_len, s1, s2, text_field, max_tokens,
-                       ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,
-                       layout=layout)
+    distill_checkpoint(teacher, student, out, data, seq_len=seq_len, stage1=s1, stage2=s2, text_field=text_field,
+                       max_tokens=max_tokens, ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume,
+                       overwrite=overwrite, layout=layout)
 
 
 @app.command()
@@ -105,8 +120,8 @@ def export(
     layout: Annotated[str, typer.Option(help="'official' (config and tensors as NVIDIA's release: its HF code and "
                                              "SGLang load it) or 'transformers' (ours)")] = "official",
     dtype: Annotated[str, typer.Option(help="dtype of every tensor: bfloat16 (the release's), float32, float16")
-                     ] = "bfloat16",
-    overwrite: bool = False,
+                     ] = DEFAULT_DTYPE,
+    overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
 ):
     """Re-write a model folder in another layout; tokenizer, card and reports are copied, modeling files added."""
     from .official_layout import export_folder
@@ -118,14 +133,14 @@ def export(
 def push(
     folder: Annotated[Path, typer.Argument(help="a converted or distilled folder")],
     repo_id: Annotated[str, typer.Argument(help="owner/name on the Hub")],
-    private: bool = True,
+    private: Annotated[bool, typer.Option(help="create the repo private (the default)")] = True,
     revision: Annotated[Optional[str], typer.Option(help="branch to upload to (created if missing)")] = None,
     dry_run: Annotated[bool, typer.Option(help="list the files that would be uploaded and stop")] = False,
 ):
     """Upload a folder to the Hugging Face Hub."""
     from .push import push as do_push
 
-    files = do_push(folder, repo_id, private, revision, dry_run)
+    files = do_push(folder, repo_id, private=private, revision=revision, dry_run=dry_run)
     total = sum(n for _, n in files)
     for name, n in files:
         typer.echo(f"{n / 1e6:12.3f} MB  {name}")
@@ -138,9 +153,9 @@ def push(
 def demo(
     workdir: Annotated[Path, typer.Option(help="where the teacher, the conversion and the result go")] = Path(
         "jet_nemotron_demo"),
-    teacher_steps: int = 150,
-    stage1_steps: int = 40,
-    stage2_steps: int = 40,
+    teacher_steps: Annotated[int, typer.Option(help="pretraining steps of the tiny teacher")] = 150,
+    stage1_steps: Annotated[int, typer.Option(help="distillation steps of stage 1")] = 40,
+    stage2_steps: Annotated[int, typer.Option(help="distillation steps of stage 2")] = 40,
 ):
     """Build a tiny Qwen2 teacher offline, convert, distil, save, reload, generate (a few CPU minutes)."""
     from .demo import run_demo
@@ -251,20 +266,34 @@ def search_hardware_cmd(
                     heads=[int(h) for h in heads.split(",") if h.strip()] or None)
 
 
+def one_line(err: BaseException) -> str:
+    """An error as one line: its message (KeyError's without quotes), whitespace collapsed; a type name added
+    for errors that are not the usual user-input kinds."""
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    msg = " ".join(str(msg).split()) or type(err).__name__
+    if not isinstance(err, (ValueError, KeyError, OSError, RuntimeError)):
+        msg = f"{type(err).__name__}: {msg}"
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; user errors become a one-line message and exit status 1."""
+    """Console-script entry point; any error becomes a one-line message and exit status 1 (--debug: traceback)."""
+    import click
+
+    _state["debug"] = False
     try:
         app(args=argv, standalone_mode=False)
-    except (ValueError, KeyError, OSError, RuntimeError) as err:  # OSError: missing files, Hub offline
-        typer.echo(f"error: {err}", err=True)
+    except click.exceptions.Abort:
+        typer.echo("error: aborted", err=True)
         return 1
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            return err.exit_code
-        raise
+    except click.exceptions.ClickException as err:  # usage errors: click's own message
+        err.show()
+        return err.exit_code
+    except Exception as err:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {one_line(err)}", err=True)
+        return 1
     return 0
 
 

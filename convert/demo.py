@@ -53,15 +53,17 @@ def run_demo(workdir: str | Path = "jet_nemotron_demo", teacher_steps: int = 150
     print(f"[1/4] building the teacher in {teacher_dir}")
     make_teacher(teacher_dir, steps=teacher_steps, seq_len=seq_len)
     print(f"[2/4] converting with map {DEMO_MAP}")
-    student, tok, teacher = convert_checkpoint(str(teacher_dir), conv_dir, DEMO_MAP, window=32, overwrite=overwrite)
+    # fp32: the converted model is distilled right away, in memory
+    student, tok, teacher = convert_checkpoint(str(teacher_dir), conv_dir, DEMO_MAP, window=32, dtype="float32",
+                                               overwrite=overwrite)
     print("[3/4] distilling")
     eval_files = [str(p) for p in stdlib_files("eval")[:20]]
     data_files = [str(p) for p in stdlib_files("train")[:60]] + eval_files
     s1 = DistillConfig(stage=1, steps=stage1_steps, batch_size=8, micro_batch=8, lr=3e-3, warmup_steps=4,
                        log_every=10)
     s2 = replace(s1, stage=2, steps=stage2_steps, lr=1e-3)
-    res = distill_checkpoint(str(teacher_dir), str(conv_dir), out_dir, data_files, seq_len, s1, s2,
-                             max_tokens=200_000, eval_fraction=0.1, overwrite=overwrite, teacher_model=teacher,
+    res = distill_checkpoint(str(teacher_dir), str(conv_dir), out_dir, data_files, seq_len=seq_len, stage1=s1,
+                             stage2=s2, max_tokens=200_000, eval_fraction=0.1, overwrite=overwrite, teacher_model=teacher,
                              student_model=student, tokenizer=tok)
     print(f"[4/4] reloading {out_dir} with trust_remote_code=True and generating")
     model = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)

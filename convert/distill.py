@@ -13,7 +13,9 @@ Batches: `batch_size` sequences per optimizer step whatever the number of proces
 a seeded permutation of the packed rows, a pure function of the step, so a resumed or a DDP run sees exactly
 the batches of a single uninterrupted run. The learning rate is also a function of the step (warmup + cosine).
 Checkpoints (`accelerator.save_state` + `progress.json`, written to a temporary folder then renamed) every
-`save_every` steps; `resume=True` continues from the newest one. Only the main process logs and writes.
+`save_every` steps carry the run's identity (`run_identity.py`); `resume=True` continues from the newest one
+and refuses one that another run wrote. A loss or gradient norm that goes NaN / Inf stops the run before the
+optimizer applies it, naming the step and the last good checkpoint. Only the main process logs and writes.
 
 FSDP (accelerate configured with `fsdp_version: 2`): a copy of the student is sharded across the processes
 (parameters, gradients and Adam state), checkpoints are accelerate's sharded ones, and at the end the full
@@ -34,11 +36,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .kl import chunked_kl
+from .run_identity import describe_difference, stage_fields
 
 
 @dataclass
@@ -64,7 +68,6 @@ class DistillConfig:
     log_every: int = 10
     eval_batch: int = 8
     seed: int = 0
-    stop_after: int | None = None  # end the process after this step without finishing (tests "kill")
     history: list = field(default_factory=list)
 
     def resolved(self) -> "DistillConfig":
@@ -78,9 +81,22 @@ class DistillConfig:
             raise ValueError(f"train must be 'jet', 'non-mlp' or 'all', got {self.train!r}")
         if self.kl_weight <= 0 and self.mse_weight <= 0:
             raise ValueError("kl_weight and mse_weight are both zero: nothing to train on")
-        if self.steps < 1 or self.batch_size < 1 or self.micro_batch < 1:
-            raise ValueError(f"steps, batch_size and micro_batch must be >= 1 ({self.steps}, {self.batch_size}, "
-                             f"{self.micro_batch})")
+        for name in ("steps", "batch_size", "micro_batch", "kl_chunk", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"stage {self.stage}: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "save_every", "log_every", "keep_checkpoints", "weight_decay", "grad_clip",
+                     "kl_weight", "mse_weight"):
+            v = getattr(self, name)
+            if not v >= 0 or not math.isfinite(v):
+                raise ValueError(f"stage {self.stage}: {name} must be >= 0, got {v}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"stage {self.stage}: lr must be a positive number, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"stage {self.stage}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.temperature > 0:
+            raise ValueError(f"stage {self.stage}: temperature must be > 0, got {self.temperature}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         return self
 
 
@@ -146,7 +162,7 @@ class DistillLoss(nn.Module):
         kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
                         self.temperature) if self.kl_weight > 0 else zero
         mse = zero
-        if cap is not None:
+        if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
             terms = [((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
                      for s, t in zip(cap.outputs, teacher_attn)]
             mse = torch.stack(terms).mean()
@@ -312,29 +328,96 @@ def _held_out_kl(student, teacher, rows: torch.Tensor, cfg: DistillConfig, devic
     return kl
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm went NaN / Inf; the run stopped before the optimizer step applied it."""
+
+
+@dataclass
+class _Training:
+    """What one stage's loop works on, built by `_prepare`."""
+
+    acc: object
+    wrapper: nn.Module  # DistillLoss, prepared by accelerate (DDP / FSDP wrapped)
+    opt: torch.optim.Optimizer
+    params: list  # the optimizer's parameters (FSDP: the shards)
+    teacher: nn.Module  # the teacher copy on the device
+    mse_layers: list[int]
+    accum: int  # forwards accumulated per optimizer step on each process
+    fsdp: bool
+    n_train: int
+
+
 def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
-            resume: bool = False, eval_rows: torch.Tensor | None = None, accelerator=None) -> dict:
+            resume: bool = False, eval_rows: torch.Tensor | None = None, accelerator=None, *,
+            identity: dict | None = None, stop: Callable[[int], bool] | None = None) -> dict:
     """Train `student` in place towards `teacher` on packed rows [N, L]; returns the run summary.
 
     The summary holds the per-step history (loss, kl, mse, lr, tok/s), held-out KL before and after, tokens
     seen and wall time. `student` ends unwrapped, on its device, in fp32 (under FSDP it is never sharded: it
     waits on the CPU and receives the gathered weights at the end, then moves to the device).
+
+    Checkpoints: `resume=True` continues from the newest checkpoint in `ckpt_dir` and refuses one written by a
+    different run (`identity`, see run_identity.py; this stage's settings and a hash of `train_rows` are always
+    part of it) or none at all; a fresh run refuses a `ckpt_dir` that already holds checkpoints. A loss that
+    goes non-finite raises `NonFiniteLossError` naming the step and the last good checkpoint.
+    `stop(step)` (optional) is called after every step; True ends the stage there, as a kill would after that
+    step's checkpoint, and returns {"stopped_at": step, "history": ...}.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     cfg = cfg.resolved()
     acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+    identity = {**(identity or {}), "train_rows": rows_fingerprint(train_rows), "this_stage": stage_fields(cfg)}
+    if ckpt_dir is not None and not resume and _checkpoints(ckpt_dir):
+        raise FileExistsError(f"checkpoint folder {ckpt_dir} already holds checkpoints "
+                              f"({_checkpoints(ckpt_dir)[-1].name}); resume them or clear the folder")
+    run = _prepare(student, teacher, train_rows, cfg, acc)
+    start, history, kl_before = _restore(acc, ckpt_dir, identity) if resume else (0, [], None)
+    if eval_rows is not None and acc.is_main_process and start == 0:
+        # the trained weights still equal the caller's student; under FSDP only the latter is whole
+        kl_before = _held_out_kl(student, run.teacher, eval_rows, cfg, acc.device, park=run.fsdp)
+    t_run = time.perf_counter()
+    stopped = _train_steps(run, train_rows, cfg, start, history, ckpt_dir, identity, kl_before, stop)
+    if stopped is not None:
+        return {"stopped_at": stopped, "history": history}
+    if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
+        # the finished stage is a checkpoint too, so a resumed run skips it instead of redoing its tail
+        save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before, identity)
+    acc.wait_for_everyone()
+    unwrapped = _finish(run, student, cfg)
+    summary = {"config": {k: v for k, v in asdict(cfg).items() if k != "history"}, "trainable_params": run.n_train,
+               "world_size": acc.num_processes, "eval_kl_before": kl_before, "history": history,
+               "tokens": cfg.steps * cfg.batch_size * train_rows.shape[1], "steps": cfg.steps,
+               "wall_s": time.perf_counter() - t_run}
+    if eval_rows is not None and acc.is_main_process:
+        summary["eval_kl_after"] = eval_kl(unwrapped, run.teacher, eval_rows.to(acc.device), cfg.eval_batch,
+                                           cfg.kl_chunk)
+    acc.free_memory()
+    return summary
+
+
+def rows_fingerprint(rows: torch.Tensor) -> str:
+    """Shape and a hash of the packed token rows (one pass over them)."""
+    import hashlib
+
+    data = rows.detach().to("cpu").contiguous().numpy()
+    return f"{list(rows.shape)}:{hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()}"
+
+
+def _prepare(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, acc) -> _Training:
+    """Check the batch split, freeze per `cfg.train`, copy the teacher to the device, wrap for accelerate."""
     world = acc.num_processes
     per_step = cfg.micro_batch * world
     if cfg.batch_size % per_step:
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "
                          f"{world} processes")
-    accum = cfg.batch_size // per_step
-    if train_rows.shape[0] < 1:
-        raise ValueError("no training rows")
+    if train_rows.ndim != 2 or train_rows.shape[0] < 1:
+        raise ValueError(f"training rows must be [N >= 1, seq_len], got shape {tuple(train_rows.shape)}")
     jet_layers = [i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"]
     mse_layers = jet_layers if cfg.mse_weight > 0 else []
+    if cfg.kl_weight <= 0 and not mse_layers:
+        raise ValueError("kl_weight is 0 and the student has no JetBlock for the attention MSE: nothing to train on")
     fsdp = _uses_fsdp(acc)
     if fsdp:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
@@ -353,93 +436,119 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     wrapper, opt = acc.prepare(wrapper, opt)
     params = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the sharded parameters
+    return _Training(acc, wrapper, opt, params, teacher, mse_layers, cfg.batch_size // per_step, fsdp, n_train)
 
-    history: list[dict] = []
-    start, kl_before = 0, None
-    ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
-    if resume and ckpt_dir is not None and _checkpoints(ckpt_dir):
-        last = _checkpoints(ckpt_dir)[-1]
+
+def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, float | None]:
+    """(start step, history, eval_kl_before) of the newest checkpoint, after checking it is this run's."""
+    found = _checkpoints(ckpt_dir) if ckpt_dir is not None else []
+    if not found:
+        raise FileNotFoundError(f"nothing to resume: no checkpoint in {ckpt_dir}; start without resume")
+    last = found[-1]
+    prog = json.loads((last / "progress.json").read_text())
+    diff = describe_difference(prog.get("identity"), identity)
+    if diff:
+        raise ValueError(f"checkpoint {last} belongs to a different run: {diff}; resume with the original settings "
+                         "or start a fresh run in another checkpoint folder")
+    try:
         acc.load_state(str(last))
-        prog = json.loads((last / "progress.json").read_text())
-        start, history = prog["step"], prog["history"]
-        kl_before = prog.get("eval_kl_before")
-        acc.print(f"resumed from {last} at step {start}")
-    summary: dict = {"config": {k: v for k, v in asdict(cfg).items() if k != "history"},
-                     "trainable_params": n_train, "world_size": world}
-    if eval_rows is not None and acc.is_main_process and start == 0:
-        # the trained weights still equal the caller's student; under FSDP only the latter is whole
-        kl_before = _held_out_kl(student, teacher, eval_rows, cfg, acc.device, park=fsdp)
-    summary["eval_kl_before"] = kl_before  # kept in progress.json, so a resumed run reports the true start
+    except Exception as err:  # truncated or partly deleted files: name the checkpoint, not a pickle offset
+        raise ValueError(f"checkpoint {last} cannot be loaded ({type(err).__name__}: {err}); delete it to "
+                         "resume from the one before") from err
+    acc.print(f"resumed from {last} at step {prog['step']}")
+    return prog["step"], prog["history"], prog.get("eval_kl_before")
 
-    L = train_rows.shape[1]
-    teacher_head = teacher.lm_head.weight
+
+def _train_steps(run: _Training, train_rows: torch.Tensor, cfg: DistillConfig, start: int, history: list,
+                 ckpt_dir: Path | None, identity: dict, kl_before, stop) -> int | None:
+    """Optimizer steps start..cfg.steps, appending to `history`; the step it stopped at when `stop` says so."""
+    from tqdm.auto import tqdm
+
+    acc = run.acc
     bar = tqdm(total=cfg.steps, initial=start, desc=f"distill stage {cfg.stage}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
-    t_run = time.perf_counter()
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        rows = batch_rows(step, train_rows.shape[0], cfg.batch_size, cfg.seed)
-        loss_sum = torch.zeros(3, device=acc.device)
-        for m in range(accum):
-            # this process's share of the global batch for micro-step m
-            lo = (m * world + acc.process_index) * cfg.micro_batch
-            x = train_rows[rows[lo : lo + cfg.micro_batch]].to(acc.device)
-            t_hidden, t_attn = teacher_targets(teacher, x, mse_layers)
-            # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
-            # it would keep full unsharded gradients on every device, the memory FSDP is there to save
-            sync = nullcontext() if fsdp or m == accum - 1 else acc.no_sync(wrapper)
-            with sync, acc.autocast():
-                loss, kl, mse = wrapper(x, t_hidden, teacher_head, t_attn)
-                acc.backward(loss / accum)
-            loss_sum += torch.stack([loss.detach().float(), kl.float(), mse.float()]) / accum
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_val, kl_val, mse_val = acc.reduce(loss_sum, reduction="mean").tolist()  # one device sync per step
-        dt = time.perf_counter() - t0
-        rec = {"stage": cfg.stage, "step": step + 1, "loss": loss_val, "kl": kl_val, "mse": mse_val,
-               "lr": lr_at(step, cfg), "tok_per_s": cfg.batch_size * L / dt}
-        history.append(rec)
-        bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}", kl=f"{rec['kl']:.4f}", tok_s=f"{rec['tok_per_s']:.0f}")
-        if acc.is_main_process and cfg.log_every and (step + 1) % cfg.log_every == 0:
-            bar.write(f"step {step + 1}/{cfg.steps} loss {rec['loss']:.4f} kl {rec['kl']:.4f} nats/token "
-                      f"mse {rec['mse']:.4f} lr {rec['lr']:.2e} {dt * 1000:.0f} ms {rec['tok_per_s']:.0f} tok/s")
-        if ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before)
-        if cfg.stop_after is not None and step + 1 >= cfg.stop_after:
-            bar.close()
-            acc.wait_for_everyone()
-            return {"stopped_at": step + 1, "history": history}
-    bar.close()
-    if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
-        # the finished stage is a checkpoint too, so a resumed run skips it instead of redoing its tail
-        save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before)
-    acc.wait_for_everyone()
-    if fsdp:
-        full = _gather_full_state(wrapper)
-        wrapper = opt = params = trained = None  # drop the shards and Adam state before the full model moves in
+    last_good = _checkpoints(ckpt_dir)[-1] if ckpt_dir is not None and _checkpoints(ckpt_dir) else None
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            rec = _one_step(run, train_rows, cfg, step, last_good)
+            dt = time.perf_counter() - t0
+            rec["tok_per_s"] = cfg.batch_size * train_rows.shape[1] / dt
+            history.append(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", kl=f"{rec['kl']:.4f}", tok_s=f"{rec['tok_per_s']:.0f}")
+            if acc.is_main_process and cfg.log_every and (step + 1) % cfg.log_every == 0:
+                bar.write(f"step {step + 1}/{cfg.steps} loss {rec['loss']:.4f} kl {rec['kl']:.4f} nats/token "
+                          f"mse {rec['mse']:.4f} lr {rec['lr']:.2e} {dt * 1000:.0f} ms {rec['tok_per_s']:.0f} tok/s")
+            if ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
+                                            identity)
+            if stop is not None and stop(step + 1):
+                acc.wait_for_everyone()
+                return step + 1
+    finally:
+        bar.close()
+    return None
+
+
+def _one_step(run: _Training, train_rows: torch.Tensor, cfg: DistillConfig, step: int, last_good) -> dict:
+    """Forward/backward over this process's micro-batches of `step`, then the optimizer step; its history row."""
+    acc, world = run.acc, run.acc.num_processes
+    for group in run.opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    rows = batch_rows(step, train_rows.shape[0], cfg.batch_size, cfg.seed)
+    loss_sum = torch.zeros(3, device=acc.device)
+    teacher_head = run.teacher.lm_head.weight
+    for m in range(run.accum):
+        # this process's share of the global batch for micro-step m
+        lo = (m * world + acc.process_index) * cfg.micro_batch
+        x = train_rows[rows[lo : lo + cfg.micro_batch]].to(acc.device)
+        t_hidden, t_attn = teacher_targets(run.teacher, x, run.mse_layers)
+        # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
+        # it would keep full unsharded gradients on every device, the memory FSDP is there to save
+        sync = nullcontext() if run.fsdp or m == run.accum - 1 else acc.no_sync(run.wrapper)
+        with sync, acc.autocast():
+            loss, kl, mse = run.wrapper(x, t_hidden, teacher_head, t_attn)
+            acc.backward(loss / run.accum)
+        loss_sum += torch.stack([loss.detach().float(), kl.float(), mse.float()]) / run.accum
+    norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+    # one device sync per step, before the optimizer applies anything
+    vals = acc.reduce(loss_sum, reduction="mean")
+    if norm is not None:
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a replicated DTensor
+        vals = torch.cat([vals, norm.detach().float().reshape(1).to(vals.device)])
+    vals = vals.tolist()
+    if not all(math.isfinite(v) for v in vals):
+        what = "loss" if not math.isfinite(vals[0]) else "gradient norm"
+        raise NonFiniteLossError(f"stage {cfg.stage}: the {what} became {vals[0] if what == 'loss' else vals[3]} at "
+                                 f"step {step + 1}; stopped before applying it. Last good checkpoint: "
+                                 f"{last_good or 'none (no checkpoint saved yet in this stage)'}")
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    return {"stage": cfg.stage, "step": step + 1, "loss": vals[0], "kl": vals[1], "mse": vals[2],
+            "lr": lr_at(step, cfg)}
+
+
+def _finish(run: _Training, student, cfg: DistillConfig):
+    """The trained student as a plain module on the device (FSDP: gathered into the caller's `student`)."""
+    acc = run.acc
+    if run.fsdp:
+        full = _gather_full_state(run.wrapper)
+        run.wrapper = run.opt = run.params = None  # drop the shards and Adam state before the full model moves in
         acc.free_memory()
         student.load_state_dict(full)
         unwrapped = student.to(acc.device)
     else:
-        unwrapped = acc.unwrap_model(wrapper).student
+        unwrapped = acc.unwrap_model(run.wrapper).student
     if cfg.gradient_checkpointing:
         unwrapped.gradient_checkpointing_disable()
     unwrapped.requires_grad_(True)
-    summary.update(history=history, tokens=cfg.steps * cfg.batch_size * L, steps=cfg.steps,
-                   wall_s=time.perf_counter() - t_run)
-    if eval_rows is not None and acc.is_main_process:
-        summary["eval_kl_after"] = eval_kl(unwrapped, teacher, eval_rows.to(acc.device), cfg.eval_batch, cfg.kl_chunk)
-    acc.free_memory()
-    return summary
+    return unwrapped
 
 
-def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, eval_kl_before=None) -> Path:
-    """accelerate state + progress.json into step_{step}, written under a temporary name then renamed."""
+def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, eval_kl_before=None,
+                    identity: dict | None = None) -> Path:
+    """accelerate state + progress.json (step, history, run identity) into step_{step}, via a temporary name."""
     final = ckpt_dir / f"step_{step}"
     tmp = ckpt_dir / f".tmp_step_{step}"
     if acc.is_main_process:
@@ -450,7 +559,7 @@ def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, ev
     acc.wait_for_everyone()  # every process writes its own files (RNG state; FSDP: its shards) before the rename
     if acc.is_main_process:
         (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history,
-                                                       "eval_kl_before": eval_kl_before}))
+                                                       "eval_kl_before": eval_kl_before, "identity": identity}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in _checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:

@@ -1,9 +1,12 @@
 """Loading the source checkpoint and writing the output folder atomically.
 
 `load_source` accepts a local folder, a Hub id (when online) or a GGUF file (transformers dequantises it)
-and refuses architectures the converter does not handle before loading any weights. `write_folder` saves into
-`<out>.tmp-<pid>` next to the target and renames it only once everything (weights, config, modeling code,
-tokenizer, generation config, card) is written; on any error the temporary folder is removed.
+and refuses architectures the converter does not handle before loading any weights; a local folder's tensors
+are checked by name and shape from the safetensors headers first, and every loaded tensor must be finite
+(`source_check.py`). `write_folder` saves into `.<out>.tmp-<pid>` next to the target, reads back what it wrote
+(every tensor present, right shape, finite; the config loads) and renames it only then; on any error the
+temporary folder is removed. Temporary folders of processes that no longer run (a `kill -9`) are removed by the
+next write to the same target. `refuse_overlap` keeps a command from writing over its own input.
 """
 
 from __future__ import annotations
@@ -15,30 +18,109 @@ from pathlib import Path
 
 import torch
 
-from .qwen_to_jet import SourceDims
+from .qwen_to_jet import SourceDims, source_shapes
+from .source_check import check_finite, check_loading_info, check_safetensors_files, read_headers, safetensors_files
+
+
+def load_source_config(source: str, **kwargs):
+    """AutoConfig of a source, with a broken or missing config.json named."""
+    from transformers import AutoConfig
+
+    path = Path(source)
+    if path.is_dir() and not (path / "config.json").is_file() and not kwargs.get("gguf_file"):
+        raise FileNotFoundError(f"source folder {path} has no config.json; is it a model folder?")
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        if path.is_dir():  # not a Hub lookup problem: the local config itself is bad
+            raise ValueError(f"{path / 'config.json'} cannot be read as a model config: {err}") from err
+        raise
 
 
 def load_source(source: str, gguf_file: str | None = None, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer-or-None) of a Qwen2 / Qwen2.5 / Qwen3 checkpoint; the model in `dtype`, eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer-or-None) of a Qwen2 / Qwen2.5 / Qwen3 checkpoint; the model in `dtype`, eval mode.
+
+    Refused before the weights load: an unsupported architecture; for a local folder, any missing, unexpected or
+    misshaped tensor and unreadable weight files. Refused after: anything transformers reports it initialised at
+    random, and any NaN / Inf tensor.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {}
     path = Path(source)
     if gguf_file is None and path.is_file() and path.suffix == ".gguf":
         source, gguf_file = str(path.parent), path.name
+        path = Path(source)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+        if path.is_dir() and not (path / gguf_file).is_file():
+            raise FileNotFoundError(f"GGUF file {path / gguf_file} does not exist")
     if not path.exists() and ("/" not in source or source.startswith((".", "/"))):
         raise FileNotFoundError(f"source {source} is neither a local folder/file nor a Hub id (owner/name)")
-    cfg = AutoConfig.from_pretrained(source, **kwargs)
-    SourceDims.from_config(cfg)  # unsupported architecture -> clear error before loading weights
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).eval()
+    cfg = load_source_config(source, **kwargs)
+    src = SourceDims.from_config(cfg)  # unsupported architecture -> clear error before loading weights
+    if path.is_dir() and not gguf_file:
+        check_safetensors_files(path, source_shapes(src), optional=["lm_head.weight"] if src.tie_word_embeddings else [])
+    model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True,
+                                                       ignore_mismatched_sizes=True, **kwargs)
+    check_loading_info(info, source)
+    check_finite(model.state_dict().items(), f"source {source}")
+    model.eval()
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as err:  # a bare weights folder is fine; the caller decides whether it needs one
         print(f"note: no tokenizer loaded from {source} ({type(err).__name__}: {err})")
         tok = None
     return model, tok
+
+
+def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output that is, contains or lies inside one of the local `inputs` ({role: path}).
+
+    Replacing `out` would delete an input inside it; writing into an input's folder mixes the two.
+    """
+    o = Path(out).resolve()
+    for role, p in inputs.items():
+        if p is None or not Path(p).exists():
+            continue
+        i = Path(p).resolve()
+        if o == i or o in i.parents or i in o.parents:
+            raise ValueError(f"output {out} overlaps the {role} {p}: a command never writes over its own input; "
+                             "choose another output folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove `.<name>.tmp-<pid>` / `.<name>.old-<pid>` beside `out` whose process is gone; returns them."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        _remove(p)
+        removed.append(p)
+    if removed:
+        print(f"removed {len(removed)} temporary folder(s) left by processes that no longer run: "
+              f"{[p.name for p in removed]}")
+    return removed
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -48,6 +130,7 @@ def atomic_folder(out: str | Path, overwrite: bool = False):
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -60,7 +143,7 @@ def atomic_folder(out: str | Path, overwrite: bool = False):
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)  # a file replaced by --overwrite too, which rmtree left behind
     else:
         os.replace(tmp, out)
 
@@ -95,4 +178,36 @@ def write_folder(out: str | Path, model, tokenizer=None, generation_config=None,
             (tmp / name).write_text(text)
         for name, path in (copy_files or {}).items():
             shutil.copyfile(path, tmp / name)
+        verify_folder(tmp, model, names=layout == "transformers")
     return Path(out)
+
+
+def verify_folder(folder: Path, model, names: bool = True) -> None:
+    """Read back a just-written folder: every tensor finite, the config loads, and (`names`: our layout, whose
+    names are the model's) every tensor of `model` present with its shape.
+
+    A tensor may be absent when it shares storage with a saved one (tied embeddings).
+    """
+    from transformers import AutoConfig
+
+    files = safetensors_files(folder)
+    if not files:
+        raise RuntimeError(f"{folder}: no safetensors file was written")
+    found = read_headers(files)
+    saved_ptrs = set()
+    want = model.state_dict() if names else {}
+    for n, t in want.items():
+        if n in found:
+            saved_ptrs.add(t.data_ptr())
+    for n, t in want.items():
+        if n not in found and t.data_ptr() not in saved_ptrs:
+            raise RuntimeError(f"{folder}: tensor {n} was not written")
+        if n in found and found[n][0] != tuple(t.shape):
+            raise RuntimeError(f"{folder}: tensor {n} was written with shape {found[n][0]}, the model has "
+                               f"{tuple(t.shape)}")
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            check_finite(((k, h.get_tensor(k)) for k in h.keys()), f"written file {f.name}")
+    AutoConfig.from_pretrained(folder)

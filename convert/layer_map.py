@@ -161,10 +161,15 @@ def parse_spec(spec: str, num_layers: int | None = None) -> LayerMap:
         if num_layers is None:
             raise ValueError(f"layer map {source}: a placement spec needs the model's layer count")
         types = ["jet"] * num_layers
+        placed: dict[int, str] = {}
         for group in text.replace(";", " ").split():
             kind, _, idx = group.partition(":")
             kind = _canonical(kind, -1, source)
             for i in _parse_indices(idx, num_layers, source):
+                if i in placed:  # a contradiction or a typo either way: refuse rather than let the last win
+                    raise ValueError(f"layer map {source}: layer {i} is placed twice ({placed[i]} and {kind}); "
+                                     "name each layer once")
+                placed[i] = kind
                 types[i] = kind
         return LayerMap(types, source=source)
     types = []

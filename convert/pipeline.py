@@ -6,6 +6,7 @@ Every step validates its inputs before writing anything and writes its folder at
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,11 +14,14 @@ import torch
 
 from .data import check_tokenizer_fits, load_packed
 from .distill import DistillConfig, distill, perplexity, plot_history, teacher_on
-from .export import load_source, write_folder
+from .dtypes import DEFAULT_DTYPE, torch_dtype
+from .export import load_source, refuse_overlap, write_folder
 from .layer_map import resolve_layer_map
 from .model_card import cache_bytes, render_card
 from .official_layout import check_layout, check_representable
 from .qwen_to_jet import convert_model
+from .run_identity import data_fingerprint, describe_difference, run_identity
+from .source_check import check_finite, read_headers, safetensors_files
 
 
 def _generation_config(src_model):
@@ -25,24 +29,30 @@ def _generation_config(src_model):
     return gc if gc is not None and src_model.can_generate() else None
 
 
-def convert_checkpoint(source: str, out: str | Path, layer_map: str, jet: dict | None = None,
+def convert_checkpoint(source: str, out: str | Path, layer_map: str, *, jet: dict | None = None,
                        window: int | None = None, gguf_file: str | None = None, init: str = "attention",
-                       seed: int = 0, dtype: str = "float32", overwrite: bool = False, name: str | None = None,
+                       seed: int = 0, dtype: str = DEFAULT_DTYPE, overwrite: bool = False, name: str | None = None,
                        layout: str = "transformers"):
     """Load `source`, convert with `layer_map`, save to `out` with tokenizer, generation config and card.
 
     Returns (model, tokenizer, source_model) so callers can go on (the demo distils right away).
     """
     out = Path(out)
+    dtype_t = torch_dtype(dtype)
+    if init not in ("attention", "random"):
+        raise ValueError(f"--init {init!r} is not a JetBlock init scheme; allowed: 'attention', 'random'")
     if out.exists() and not overwrite:  # fail before the (possibly long) load
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     check_layout(layout)
-    src_model, tok = load_source(source, gguf_file, getattr(torch, dtype))
+    refuse_overlap(out, {"source": source})
+    if Path(layer_map).is_file():
+        refuse_overlap(out, {"layer map": layer_map})
+    src_model, tok = load_source(source, gguf_file, dtype_t)
     lm = resolve_layer_map(layer_map, src_model.config.num_hidden_layers)
     if tok is not None:
         check_tokenizer_fits(tok, src_model.config.vocab_size, f"source model {source}")
     model = convert_model(src_model, lm, jet, window, init, seed, progress=True)
-    model.to(getattr(torch, dtype))
+    model.to(dtype_t)
     card = render_card(model.config, src_model.config, source, name or out.name, lm.source)
     extra = {"conversion.json": json.dumps({"source": source, "gguf_file": gguf_file, "layer_map": lm.to_json(),
                                             "init": init, "seed": seed}, indent=2)}
@@ -52,29 +62,107 @@ def convert_checkpoint(source: str, out: str | Path, layer_map: str, jet: dict |
     return model, tok, src_model
 
 
-def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[str], seq_len: int = 512,
+def load_student(student: str | Path):
+    """A converted Jet-Nemotron folder, in fp32, with its weights checked (present, right shape, finite)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(student)
+    if not path.is_dir():
+        raise FileNotFoundError(f"student folder {student} does not exist (give a folder written by "
+                                "`jet-nemotron convert`)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"student folder {student} has no config.json; is it a converted model folder?")
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        raise ValueError(f"{path / 'config.json'} cannot be read as a model config: {err}") from err
+    if cfg.model_type != "jet_nemotron":
+        raise ValueError(f"student folder {student} holds a {cfg.model_type!r} model, not a Jet-Nemotron one; "
+                         "convert it first with `jet-nemotron convert`")
+    read_headers(safetensors_files(path))  # a truncated weight file is named before transformers reads it
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    check_finite(model.state_dict().items(), f"student {student}")
+    return model
+
+
+def prepare_checkpoint_folder(ckpt_dir: Path | None, resume: bool, overwrite: bool) -> None:
+    """A fresh run needs an empty checkpoint folder (cleared with `overwrite`); a resumed one needs a checkpoint."""
+    if ckpt_dir is None:
+        return
+    ckpt_dir = Path(ckpt_dir)
+    found = sorted(p.relative_to(ckpt_dir).as_posix() for p in ckpt_dir.glob("stage*/step_*")) \
+        if ckpt_dir.is_dir() else []
+    if resume and not found:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (missing or empty); run without --resume "
+                                "to start fresh")
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"checkpoint folder {ckpt_dir} holds an earlier run ({', '.join(found[-2:]) or 'files'}"
+                                  "); pass --resume to continue it or --overwrite to clear it")
+        shutil.rmtree(ckpt_dir)
+        print(f"cleared checkpoint folder {ckpt_dir} (--overwrite)")
+
+
+def check_resume_identity(ckpt_dir: Path, identity: dict) -> None:
+    """Refuse to resume checkpoints another run wrote, naming every setting that differs."""
+    for stage_dir in sorted(Path(ckpt_dir).glob("stage*")):
+        steps = sorted(stage_dir.glob("step_*/progress.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+        if not steps:
+            continue
+        try:
+            saved = json.loads(steps[-1].read_text()).get("identity")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"checkpoint {steps[-1].parent} has a broken progress.json ({err})") from err
+        saved = {k: v for k, v in (saved or {}).items() if k not in ("train_rows", "this_stage")} or None
+        diff = describe_difference(saved, identity)
+        if diff:
+            raise ValueError(f"--resume: checkpoint {steps[-1].parent} belongs to a different run: {diff}")
+
+
+def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[str], *, seq_len: int = 512,
                        stage1: DistillConfig | None = None, stage2: DistillConfig | None = None,
                        text_field: str = "text", max_tokens: int | None = None, eval_fraction: float = 0.05,
                        ckpt_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
                        gguf_file: str | None = None, teacher_model=None, student_model=None, tokenizer=None,
                        layout: str = "transformers") -> dict:
-    """Stage 1 then stage 2 (either may be None), perplexities, loss curve, card; saves the student to `out`."""
+    """Stage 1 then stage 2 (either may be None), perplexities, loss curve, card; saves the student to `out`.
+
+    Everything is validated before the models load: stage settings, data paths, that `out` and `ckpt_dir`
+    overlap no input, and the checkpoint folder (a fresh run needs it empty or `overwrite`; `resume` needs a
+    checkpoint of this very run).
+    """
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     import jet_nemotron  # noqa: F401  (registers the auto classes)
 
     out = Path(out)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     check_layout(layout)
-    stages = [c for c in (stage1, stage2) if c is not None and c.steps > 0]
+    stages = [c.resolved() for c in (stage1, stage2) if c is not None and c.steps > 0]
     if not stages:
-        raise ValueError("no distillation stage has steps > 0")
+        raise ValueError("no distillation stage has steps > 0 (--stage1-steps / --stage2-steps)")
+    if seq_len < 2:
+        raise ValueError(f"--seq-len must be >= 2, got {seq_len}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
+    for d in data:
+        if not Path(d).exists():
+            raise FileNotFoundError(f"data path {d} does not exist")
+    inputs = {"teacher": teacher, "student": student, **{f"data path {d}": d for d in data}}
+    refuse_overlap(out, inputs)
+    if ckpt_dir is not None:
+        refuse_overlap(ckpt_dir, inputs)
+        o, c = out.resolve(), ckpt_dir.resolve()
+        if o == c or o in c.parents or c in o.parents:  # replacing the output would delete the checkpoints
+            raise ValueError(f"checkpoint folder {ckpt_dir} overlaps the output {out}; give --ckpt-dir outside it")
+    prepare_checkpoint_folder(ckpt_dir, resume, overwrite)
     if teacher_model is None:
         teacher_model, _ = load_source(teacher, gguf_file)
     if student_model is None:
-        student_model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+        student_model = load_student(student)
     if layout == "official":
         check_representable(student_model.config)  # not after hours of training
     if tokenizer is None:
@@ -83,38 +171,55 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         raise ValueError(f"student vocab {student_model.config.vocab_size} != teacher vocab "
                          f"{teacher_model.config.vocab_size}: the KL needs one vocabulary")
     check_tokenizer_fits(tokenizer, student_model.config.vocab_size, "student")
+    fingerprint = data_fingerprint(data, text_field=text_field, max_tokens=max_tokens, eval_fraction=eval_fraction)
+    identity = run_identity(stages, seq_len, fingerprint, teacher_model.config, student_model.config)
+    if resume:
+        check_resume_identity(ckpt_dir, identity)  # before the (possibly long) tokenisation
     need = max(c.batch_size for c in stages)
     packed = load_packed(data, tokenizer, seq_len, text_field, eval_fraction, min_train_rows=need,
                          max_tokens=max_tokens)
     acc = Accelerator(mixed_precision=stages[0].mixed_precision)
     acc.print(f"data: {packed.num_documents} documents, {packed.num_tokens:,} tokens -> {packed.train.shape[0]} "
               f"train rows and {packed.eval.shape[0]} held-out rows of {seq_len}")
-    summaries = []
-    for i, cfg in enumerate(stages):
-        sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
-        s = distill(student_model, teacher_model, packed.train, cfg, sub, resume, packed.eval, acc)
-        summaries.append(s)
+    summaries = _run_stages(student_model, teacher_model, packed, stages, ckpt_dir, resume, identity, acc)
     result = {"stages": summaries, "data_sources": packed.sources[:20], "data_tokens": packed.num_tokens,
-              "seq_len": seq_len}
+              "seq_len": seq_len, "identity": identity}
     if acc.is_main_process:
-        dev = acc.device
-        result["ppl_teacher"] = perplexity(teacher_on(teacher_model, dev), packed.eval, 8, dev)
-        result["ppl_student"] = perplexity(student_model, packed.eval, 8, dev)
-        result["kl_before"] = summaries[0].get("eval_kl_before")
-        result["kl_after"] = summaries[-1].get("eval_kl_after")
-        kl = " -> ".join("?" if v is None else f"{v:.4f}" for v in (result["kl_before"], result["kl_after"]))
-        acc.print(f"held-out perplexity: teacher {result['ppl_teacher']:.3f}, student {result['ppl_student']:.3f}; "
-                  f"KL {kl} nats/token")
-        history = [dict(h, step=h["step"] + sum(x["steps"] for x in summaries[:k]))
-                   for k, s in enumerate(summaries) for h in s["history"]]
-        card = render_card(student_model.config, teacher_model.config, teacher, out.name, "config", result)
-        student_model.to(torch.float32)
-        gen = getattr(teacher_model, "generation_config", None)
-        report = {"distillation.json": json.dumps(result, indent=1, default=str)}
-        with tempfile.TemporaryDirectory() as td:
-            png = Path(td) / "loss_curve.png"
-            plot_history(history, png, f"distillation of {out.name}")
-            write_folder(out, student_model, tokenizer, gen, card, report, overwrite, copy_files={png.name: png},
-                         layout=layout)
+        _report_and_save(result, student_model, teacher_model, tokenizer, packed, teacher, out, overwrite, acc, layout)
     acc.wait_for_everyone()
     return result
+
+
+def _run_stages(student, teacher, packed, stages, ckpt_dir, resume: bool, identity: dict, acc) -> list[dict]:
+    """Each stage in turn; with `resume`, a stage resumes when its folder has a checkpoint, else starts fresh."""
+    summaries = []
+    for cfg in stages:
+        sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
+        again = resume and sub is not None and any(sub.glob("step_*/progress.json"))
+        summaries.append(distill(student, teacher, packed.train, cfg, sub, again, packed.eval, acc,
+                                 identity=identity))
+    return summaries
+
+
+def _report_and_save(result: dict, student, teacher, tokenizer, packed, teacher_name: str, out: Path,
+                     overwrite: bool, acc, layout: str = "transformers") -> None:
+    """Perplexities and KL into `result`, then the folder: weights, card, distillation.json, loss curve."""
+    summaries, dev = result["stages"], acc.device
+    result["ppl_teacher"] = perplexity(teacher_on(teacher, dev), packed.eval, 8, dev)
+    result["ppl_student"] = perplexity(student, packed.eval, 8, dev)
+    result["kl_before"] = summaries[0].get("eval_kl_before")
+    result["kl_after"] = summaries[-1].get("eval_kl_after")
+    kl = " -> ".join("?" if v is None else f"{v:.4f}" for v in (result["kl_before"], result["kl_after"]))
+    acc.print(f"held-out perplexity: teacher {result['ppl_teacher']:.3f}, student {result['ppl_student']:.3f}; "
+              f"KL {kl} nats/token")
+    history = [dict(h, step=h["step"] + sum(x["steps"] for x in summaries[:k]))
+               for k, s in enumerate(summaries) for h in s["history"]]
+    card = render_card(student.config, teacher.config, teacher_name, out.name, "config", result)
+    student.to(torch.float32)
+    gen = getattr(teacher, "generation_config", None)
+    report = {"distillation.json": json.dumps(result, indent=1, default=str)}
+    with tempfile.TemporaryDirectory() as td:
+        png = Path(td) / "loss_curve.png"
+        plot_history(history, png, f"distillation of {out.name}")
+        write_folder(out, student, tokenizer, gen, card, report, overwrite, copy_files={png.name: png},
+                     layout=layout)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from .layer_map import LayerMap
+from .source_check import layer_hint
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
 
@@ -60,6 +61,11 @@ JET_NAMES = (
     "dynamic_conv1d.kernel_generator.w1.weight", "dynamic_conv1d.kernel_generator.w2.weight",
     "dynamic_conv1d.kernel_generator.w2.bias", "o_norm.weight",
 )
+
+
+# JetBlock sizes a caller may override, with the `convert` flag that sets each
+JET_FLAGS = {"num_heads": "--jet-heads", "head_dim": "--jet-head-dim", "expand_v": "--expand-v",
+             "conv_size": "--conv-size", "dconv_generator_reduction": "--generator-reduction"}
 
 
 @dataclass(frozen=True)
@@ -85,15 +91,29 @@ class SourceDims:
             arch = getattr(cfg, "architectures", None)
             raise ValueError(f"unsupported source architecture: model_type {model_type!r} ({arch}); the converter "
                              f"handles {list(SUPPORTED_MODEL_TYPES)} (Qwen2, Qwen2.5, Qwen3 dense)")
+        _check_positive(cfg, ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+                              "num_hidden_layers"))
+        kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        if not isinstance(kv, int) or kv < 1 or cfg.num_attention_heads % kv:
+            raise ValueError(f"source config: num_key_value_heads = {kv!r} must be a positive divisor of "
+                             f"num_attention_heads = {cfg.num_attention_heads}")
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if head_dim < 1:
+            raise ValueError(f"source config: head_dim = {head_dim!r} must be >= 1")
         bias = True if model_type == "qwen2" else bool(getattr(cfg, "attention_bias", False))
         if model_type == "qwen3" and bias:
             raise ValueError("Qwen3 with attention_bias=True has an o_proj bias, which Jet-Nemotron's attention "
                              "layers do not have; not supported")
-        return cls(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads,
-                   head_dim, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers, bias,
+        return cls(cfg.hidden_size, cfg.num_attention_heads, kv, head_dim, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers, bias,
                    model_type == "qwen3", bool(getattr(cfg, "tie_word_embeddings", False)),
                    float(getattr(cfg, "initializer_range", 0.02)))
+
+
+def _check_positive(cfg, fields: tuple[str, ...]) -> None:
+    for f in fields:
+        v = getattr(cfg, f, None)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"source config: {f} = {v!r} must be a positive integer")
 
 
 def attention_names(src: SourceDims) -> dict[str, tuple[int, ...]]:
@@ -127,15 +147,10 @@ def check_source_state_dict(sd: dict[str, torch.Tensor], src: SourceDims, where:
     """Raise naming the first missing or misshaped tensor (and its layer) before anything is written."""
     for name, shape in source_shapes(src).items():
         if name not in sd:
-            raise KeyError(f"{where} is missing tensor {name}" + _layer_hint(name))
+            raise KeyError(f"{where} is missing tensor {name}" + layer_hint(name))
         if tuple(sd[name].shape) != shape:
             raise ValueError(f"{where}: tensor {name} has shape {tuple(sd[name].shape)}, expected {shape}"
-                             + _layer_hint(name))
-
-
-def _layer_hint(name: str) -> str:
-    parts = name.split(".")
-    return f" (layer {parts[2]})" if len(parts) > 2 and parts[1] == "layers" else ""
+                             + layer_hint(name))
 
 
 def build_jet_config(src_cfg, layer_map: LayerMap, jet: dict | None = None, window: int | None = None):
@@ -151,10 +166,21 @@ def build_jet_config(src_cfg, layer_map: LayerMap, jet: dict | None = None, wind
     jet_cfg = {"num_heads": src.num_heads, "head_dim": src.head_dim, "expand_v": 2.0, "conv_size": 4,
                "dconv_generator_reduction": 8, "norm_eps": "1e-5"}
     jet_cfg.update(layer_map.jet)
-    jet_cfg.update({k: v for k, v in (jet or {}).items() if v is not None})
+    given = {k: v for k, v in (jet or {}).items() if v is not None}
+    for k, v in given.items():
+        if k not in JET_FLAGS:
+            raise ValueError(f"unknown JetBlock size {k!r}; allowed: {sorted(JET_FLAGS)}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or not math.isfinite(v):
+            raise ValueError(f"JetBlock {k} ({JET_FLAGS[k]}) must be a positive number, got {v!r}")
+    jet_cfg.update(given)
     eac = {"jet": jet_cfg}
+    if window is not None and window < 1:
+        raise ValueError(f"--window must be >= 1 (tokens), got {window}")
+    if window is not None and "swa" not in layer_map.layer_types:
+        raise ValueError(f"--window {window} was given but layer map {layer_map.source} has no sliding-window "
+                         "('swa') layer; drop --window or add swa layers")
     if "swa" in layer_map.layer_types:
-        w = window or layer_map.swa.get("window_size")
+        w = window if window is not None else layer_map.swa.get("window_size")
         if w is None:
             raise ValueError(f"layer map {layer_map.source} has sliding-window layers {layer_map.indices('swa')} "
                              "but no window size; give --window or 'swa': {'window_size': W} in the map")

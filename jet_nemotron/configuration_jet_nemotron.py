@@ -58,6 +58,9 @@ def normalize_layer_types(layer_types) -> list[str]:
     if isinstance(layer_types, str):
         text = layer_types.strip()
         layer_types = json.loads(text) if text.startswith("[") else [t for t in text.replace(",", " ").split() if t]
+    if not isinstance(layer_types, (list, tuple)):
+        raise ValueError(f"layer_types must be a list of layer type names, got {type(layer_types).__name__} "
+                         f"{layer_types!r}")
     out = []
     allowed = sorted(OFFICIAL_TO_HF_LAYER_TYPES) + sorted(HF_TO_OFFICIAL_LAYER_TYPES)
     for i, t in enumerate(layer_types):
@@ -127,10 +130,18 @@ class JetNemotronConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.rope_parameters is None and "rope_theta" not in kwargs:
             kwargs["rope_theta"] = 1_000_000.0
+        for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        if not isinstance(self.num_key_value_heads, int) or self.num_key_value_heads < 1:
+            raise ValueError(f"num_key_value_heads must be a positive integer, got {self.num_key_value_heads!r}")
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if not isinstance(self.head_dim, int) or self.head_dim < 1:
+            raise ValueError(f"head_dim must be a positive integer, got {self.head_dim!r}")
         if self.layer_types is None:
             self.layer_types = JET_NEMOTRON_2B_LAYER_TYPES if self.num_hidden_layers == 28 else ["jet"] * self.num_hidden_layers
         self.layer_types = normalize_layer_types(self.layer_types)

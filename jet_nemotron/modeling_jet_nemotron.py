@@ -31,6 +31,7 @@ from transformers.utils.generic import maybe_autocast
 from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache, ring_order_mask
 from .configuration_jet_nemotron import JetNemotronConfig
 from .fused_projections import fuse_linears, fused_linear
+from .input_checks import check_forward_inputs
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
 from .transformers_compat import CACHE_NAME, MASK_CACHE_NAME, pick_cache
 
@@ -380,6 +381,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         past_key_values = pick_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        check_forward_inputs(self.config, input_ids, inputs_embeds, attention_mask, position_ids)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         if inputs_embeds is None:

@@ -67,7 +67,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     distill(ref, teacher, train, DistillConfig(**cfg))
 
     teacher, student, train, _ = _setup()
-    out = distill(student, teacher, train, DistillConfig(**cfg, stop_after=3), ckpt_dir=tmp_path)  # "killed" at 3
+    out = distill(student, teacher, train, DistillConfig(**cfg), ckpt_dir=tmp_path,
+                  stop=lambda step: step >= 3)  # "killed" after step 3
     assert out["stopped_at"] == 3 and (tmp_path / "step_2").is_dir() and not (tmp_path / "step_4").exists()
     teacher, fresh, train, _ = _setup()  # a new process would start from the converted weights again
     res = distill(fresh, teacher, train, DistillConfig(**cfg), ckpt_dir=tmp_path, resume=True)

@@ -57,18 +57,18 @@ WORKER = textwrap.dedent("""
         assert acc.is_fsdp2 and acc.num_processes == 2
         return acc
 
-    def run(ckpt, resume=False, **over):
+    def run(ckpt, resume=False, stop=None):
         teacher, student, train, _ = _setup()
         acc = fsdp_accelerator()
-        out = distill(student, teacher, train, DistillConfig(**{cfg!r}, **over), ckpt_dir=ckpt, resume=resume,
-                      accelerator=acc)
+        out = distill(student, teacher, train, DistillConfig(**{cfg!r}), ckpt_dir=ckpt, resume=resume,
+                      accelerator=acc, stop=stop)
         return acc, student, out
 
     acc, student, full = run({tmp!r} + "/ck_full")
     if acc.is_main_process:
         write_folder({tmp!r} + "/distilled", student)  # what the pipeline writes: save_pretrained
         json.dump(full["history"], open({tmp!r} + "/history_full.json", "w"))
-    run({tmp!r} + "/ck_killed", stop_after=3)  # "killed" after step 3; its newest checkpoint is step 2
+    run({tmp!r} + "/ck_killed", stop=lambda step: step >= 3)  # "killed" after step 3; its newest checkpoint is step 2
     acc, resumed, res = run({tmp!r} + "/ck_killed", resume=True)
     if acc.is_main_process:
         json.dump(res["history"], open({tmp!r} + "/history_resumed.json", "w"))
