@@ -31,8 +31,8 @@ def load_source_config(source: str, **kwargs):
         raise FileNotFoundError(f"source folder {path} has no config.json; is it a model folder?")
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
-    except (ValueError, TypeError, KeyError, OSError) as err:
-        if path.is_dir():  # not a Hub lookup problem: the local config itself is bad
+    except Exception as err:
+        if path.is_dir():  # not a Hub lookup problem: the local config itself is bad (JSON, a zero head count...)
             raise ValueError(f"{path / 'config.json'} cannot be read as a model config: {err}") from err
         raise
 
@@ -60,7 +60,10 @@ def load_source(source: str, gguf_file: str | None = None, dtype: torch.dtype = 
     cfg = load_source_config(source, **kwargs)
     src = SourceDims.from_config(cfg)  # unsupported architecture -> clear error before loading weights
     if path.is_dir() and not gguf_file:
-        check_safetensors_files(path, source_shapes(src), optional=["lm_head.weight"] if src.tie_word_embeddings else [])
+        checked = check_safetensors_files(path, source_shapes(src),
+                                          optional=["lm_head.weight"] if src.tie_word_embeddings else [])
+        if not checked and not any(path.glob("*.bin")):
+            raise FileNotFoundError(f"source folder {path} has no weights (*.safetensors or *.bin)")
     model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True,
                                                        ignore_mismatched_sizes=True, **kwargs)
     check_loading_info(info, source)
@@ -74,7 +77,7 @@ def load_source(source: str, gguf_file: str | None = None, dtype: torch.dtype = 
     return model, tok
 
 
-def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None], what: str = "output") -> None:
     """Refuse an output that is, contains or lies inside one of the local `inputs` ({role: path}).
 
     Replacing `out` would delete an input inside it; writing into an input's folder mixes the two.
@@ -85,7 +88,7 @@ def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None]) -> Non
             continue
         i = Path(p).resolve()
         if o == i or o in i.parents or i in o.parents:
-            raise ValueError(f"output {out} overlaps the {role} {p}: a command never writes over its own input; "
+            raise ValueError(f"{what} {out} overlaps the {role} {p}: a command never writes over its own input; "
                              "choose another output folder")
 
 

@@ -68,13 +68,13 @@ def load_student(student: str | Path):
 
     path = Path(student)
     if not path.is_dir():
-        raise FileNotFoundError(f"student folder {student} does not exist (give a folder written by "
-                                "`jet-nemotron convert`)")
+        why = "is not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"student folder {student} {why} (give a folder written by `jet-nemotron convert`)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"student folder {student} has no config.json; is it a converted model folder?")
     try:
         cfg = AutoConfig.from_pretrained(path)
-    except (ValueError, TypeError, KeyError, OSError) as err:
+    except Exception as err:  # a local file: whatever the config class raised, the file is what is wrong
         raise ValueError(f"{path / 'config.json'} cannot be read as a model config: {err}") from err
     if cfg.model_type != "jet_nemotron":
         raise ValueError(f"student folder {student} holds a {cfg.model_type!r} model, not a Jet-Nemotron one; "
@@ -141,7 +141,13 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     check_layout(layout)
+    for c in (stage1, stage2):
+        if c is not None and c.steps < 0:
+            raise ValueError(f"--stage{c.stage}-steps must be >= 0, got {c.steps}")
     stages = [c.resolved() for c in (stage1, stage2) if c is not None and c.steps > 0]
+    for c in stages:
+        if c.batch_size % c.micro_batch:
+            raise ValueError(f"--batch-size {c.batch_size} is not a multiple of --micro-batch {c.micro_batch}")
     if not stages:
         raise ValueError("no distillation stage has steps > 0 (--stage1-steps / --stage2-steps)")
     if seq_len < 2:
@@ -154,7 +160,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     inputs = {"teacher": teacher, "student": student, **{f"data path {d}": d for d in data}}
     refuse_overlap(out, inputs)
     if ckpt_dir is not None:
-        refuse_overlap(ckpt_dir, inputs)
+        refuse_overlap(ckpt_dir, inputs, what="checkpoint folder")
         o, c = out.resolve(), ckpt_dir.resolve()
         if o == c or o in c.parents or c in o.parents:  # replacing the output would delete the checkpoints
             raise ValueError(f"checkpoint folder {ckpt_dir} overlaps the output {out}; give --ckpt-dir outside it")

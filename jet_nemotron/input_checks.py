@@ -38,4 +38,5 @@ def check_forward_inputs(config, input_ids=None, inputs_embeds=None, attention_m
     if position_ids is not None:
         p = tuple(position_ids.shape)
         if position_ids.ndim not in (1, 2) or p[-1] != T or (position_ids.ndim == 2 and p[0] not in (1, B)):
-            raise ValueError(f"position_ids must be [batch {B} or 1, {T}] for inputs of shape ({B}, {T}), got {p}")
+            raise ValueError(f"position_ids must be [batch {B} or 1, {T}] for inputs of shape ({B}, {T}), got {p} "
+                             "(generate derives them from attention_mask: is it [batch, past + seq_len]?)")
