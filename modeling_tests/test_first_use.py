@@ -151,9 +151,10 @@ def test_push_puts_the_repo_id_into_the_usage_snippet(tmp_path, monkeypatch):
 
     from convert import push as push_mod
 
+    from conftest import tiny_model
+
     folder = tmp_path / "jet-tiny"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    tiny_model().save_pretrained(folder)  # push validates the config and weights before uploading
     (folder / "README.md").write_text(_card("Qwen/Qwen2.5-1.5B", tmp_path))
     commits = []
 
