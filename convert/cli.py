@@ -71,7 +71,8 @@ def distill(
     data: Annotated[list[str], typer.Option(help="text/jsonl/parquet files, folders, or a saved datasets folder; "
                                                  "repeat for several")],
     seq_len: Annotated[int, typer.Option(help="tokens per training row (documents are packed, EOS between)")] = 2048,
-    text_field: Annotated[str, typer.Option(help="field holding the text in .jsonl / parquet / datasets data")] = "text",
+    text_field: Annotated[str, typer.Option(help="field holding the text in .jsonl / parquet / datasets data")
+                          ] = "text",
     max_tokens: Annotated[Optional[int], typer.Option(help="stop tokenising after this many tokens")] = None,
     stage1_steps: Annotated[int, typer.Option(help="optimizer steps of stage 1 (JetBlocks only: KL + attention "
                                                    "MSE); 0 skips it")] = 1000,
@@ -80,13 +81,15 @@ def distill(
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
     lr1: Annotated[float, typer.Option(help="peak learning rate of stage 1 (AdamW)")] = 1e-3,
     lr2: Annotated[float, typer.Option(help="peak learning rate of stage 2")] = 1e-4,
-    warmup: Annotated[int, typer.Option(help="linear warm-up steps of each stage, then cosine to 10% of the peak")] = 50,
+    warmup: Annotated[int, typer.Option(help="linear warm-up steps of each stage, then cosine to 10% of the peak")
+                      ] = 50,
     mse_weight: Annotated[float, typer.Option(help="stage-1 attention-output MSE weight")] = 1.0,
     kl_weight: Annotated[float, typer.Option(help="weight of the logit KL(teacher || student), both stages")] = 1.0,
     train1: Annotated[str, typer.Option(help="stage-1 trainable set: jet, non-mlp, all")] = "jet",
     train2: Annotated[str, typer.Option(help="stage-2 trainable set: jet, non-mlp, all")] = "all",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU)")] = False,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")
+                                      ] = False,
     kl_chunk: Annotated[int, typer.Option(help="tokens per chunk of the vocabulary-wide KL")] = 1024,
     save_every: Annotated[int, typer.Option(help="checkpoint every N optimizer steps (0: only at the end of a "
                                                  "stage)")] = 200,

@@ -63,8 +63,8 @@ def run_demo(workdir: str | Path = "jet_nemotron_demo", teacher_steps: int = 150
                        log_every=10)
     s2 = replace(s1, stage=2, steps=stage2_steps, lr=1e-3)
     res = distill_checkpoint(str(teacher_dir), str(conv_dir), out_dir, data_files, seq_len=seq_len, stage1=s1,
-                             stage2=s2, max_tokens=200_000, eval_fraction=0.1, overwrite=overwrite, teacher_model=teacher,
-                             student_model=student, tokenizer=tok)
+                             stage2=s2, max_tokens=200_000, eval_fraction=0.1, overwrite=overwrite,
+                             teacher_model=teacher, student_model=student, tokenizer=tok)
     print(f"[4/4] reloading {out_dir} with trust_remote_code=True and generating")
     model = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
     tok = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)

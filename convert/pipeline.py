@@ -93,12 +93,15 @@ def prepare_checkpoint_folder(ckpt_dir: Path | None, resume: bool, overwrite: bo
     found = sorted(p.relative_to(ckpt_dir).as_posix() for p in ckpt_dir.glob("stage*/step_*")) \
         if ckpt_dir.is_dir() else []
     if resume and not found:
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (missing or empty); run without --resume "
-                                "to start fresh")
+        leftovers = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())  # e.g. a save cut short by a kill
+        what, how = ("only unfinished files", " and with --overwrite") if leftovers else ("missing or empty", "")
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} ({what}); run without --resume{how} to start "
+                                "fresh")
     if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"checkpoint folder {ckpt_dir} holds an earlier run ({', '.join(found[-2:]) or 'files'}"
-                                  "); pass --resume to continue it or --overwrite to clear it")
+            held = ", ".join(found[-2:]) or "files"
+            raise FileExistsError(f"checkpoint folder {ckpt_dir} holds an earlier run ({held}); pass --resume to "
+                                  "continue it or --overwrite to clear it")
         shutil.rmtree(ckpt_dir)
         print(f"cleared checkpoint folder {ckpt_dir} (--overwrite)")
 

@@ -104,8 +104,8 @@ class SourceDims:
         if model_type == "qwen3" and bias:
             raise ValueError("Qwen3 with attention_bias=True has an o_proj bias, which Jet-Nemotron's attention "
                              "layers do not have; not supported")
-        return cls(cfg.hidden_size, cfg.num_attention_heads, kv, head_dim, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers, bias,
-                   model_type == "qwen3", bool(getattr(cfg, "tie_word_embeddings", False)),
+        return cls(cfg.hidden_size, cfg.num_attention_heads, kv, head_dim, cfg.intermediate_size, cfg.vocab_size,
+                   cfg.num_hidden_layers, bias, model_type == "qwen3", bool(getattr(cfg, "tie_word_embeddings", False)),
                    float(getattr(cfg, "initializer_range", 0.02)))
 
 
