@@ -679,3 +679,16 @@ def test_a_non_finite_model_is_never_written(tmp_path):
                                          r"\(layer 1\) has 1 non-finite"):
         write_folder(tmp_path / "out", model)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_input_checks_trace_into_one_graph():
+    # the forward's shape checks read static shapes only: dynamo traces through them without a graph break
+    from conftest import tiny_model
+
+    m = tiny_model(layer_types=("attn", "swa"))
+    ids, mask = torch.randint(3, 100, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    compiled = torch.compile(m.model, backend="eager", fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        got = compiled(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        want = m.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    torch.testing.assert_close(got, want)
