@@ -41,6 +41,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from jet_nemotron.transformers_compat import checkpointing_disable, checkpointing_enable
+
 from .kl import chunked_kl
 from .run_identity import describe_difference, stage_fields
 
@@ -424,7 +426,7 @@ def _prepare(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, acc
         _fsdp_match_single_device(acc)
     n_train = set_trainable(student, cfg.train)
     if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpointing_enable(student, use_reentrant=False)  # the name transformers 5.24 renamed, either release
     student.train()
     # the teacher only runs forward: in bf16 it takes half the memory and time
     teacher = teacher_on(teacher, acc.device, torch.bfloat16 if cfg.mixed_precision == "bf16" else None)
@@ -541,7 +543,7 @@ def _finish(run: _Training, student, cfg: DistillConfig):
     else:
         unwrapped = acc.unwrap_model(run.wrapper).student
     if cfg.gradient_checkpointing:
-        unwrapped.gradient_checkpointing_disable()
+        checkpointing_disable(unwrapped)
     unwrapped.requires_grad_(True)
     return unwrapped
 
