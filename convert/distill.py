@@ -104,7 +104,7 @@ class DistillConfig:
 
 def set_trainable(student, train: str) -> int:
     """Freeze per `train`; returns the number of trainable parameters."""
-    jet_layers = {i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"}
+    jet_layers = {i for i, t in enumerate(student.config.official_layer_types) if t == "jet"}
     n = 0
     for name, p in student.named_parameters():
         if train == "all":
@@ -416,7 +416,7 @@ def _prepare(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, acc
                          f"{world} processes")
     if train_rows.ndim != 2 or train_rows.shape[0] < 1:
         raise ValueError(f"training rows must be [N >= 1, seq_len], got shape {tuple(train_rows.shape)}")
-    jet_layers = [i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"]
+    jet_layers = [i for i, t in enumerate(student.config.official_layer_types) if t == "jet"]
     mse_layers = jet_layers if cfg.mse_weight > 0 else []
     if cfg.kl_weight <= 0 and not mse_layers:
         raise ValueError("kl_weight is 0 and the student has no JetBlock for the attention MSE: nothing to train on")

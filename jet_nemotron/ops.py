@@ -14,6 +14,7 @@ import os
 import torch
 from transformers.utils import logging
 
+from .configuration_jet_nemotron import KERNEL_BACKENDS
 from .decode_attention_ref import decode_attention_ref
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_rmsnorm_ref import gated_rmsnorm_ref
@@ -24,8 +25,6 @@ from .gated_delta_rule_ref import (
 )
 
 logger = logging.get_logger(__name__)
-
-BACKENDS = ("auto", "triton", "reference")
 
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:
@@ -53,8 +52,8 @@ _logged: set[tuple[str, str]] = set()  # (path, reason) pairs already logged by 
 def _choose(op: str, x: torch.Tensor, backend: str) -> str:
     """Return "triton" or "reference" for this call; the first call on each path says so, once per process."""
     backend = os.environ.get("JET_NEMOTRON_KERNELS", backend) or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r} (JET_NEMOTRON_KERNELS / kernel_backend)")
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"kernel backend must be one of {KERNEL_BACKENDS}, got {backend!r} (JET_NEMOTRON_KERNELS / kernel_backend)")
     if backend == "auto":
         backend = "triton" if (x.is_cuda and _TRITON_IMPORT_ERROR is None) else "reference"
         reason = "CUDA tensor and Triton present" if backend == "triton" else (
