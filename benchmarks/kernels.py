@@ -5,8 +5,8 @@
 
 Chunked gated delta rule forward and forward+backward, B=1, T = 1K..64K, bf16, at the 2B JetBlock shape
 (H=12, dk=96, dv=256) and the 4B shape (H=16, dk=128, dv=256); the decode step at several batch sizes;
-the dynamic convolution; one-token decode attention over a static KV cache (ours vs the grouped PyTorch path
-the model uses, eager and compiled, vs sdpa with enable_gqa). Times are medians of `triton.testing.do_bench`. Next to each time: the fraction of
+the dynamic convolution; one-token decode attention over a static KV cache (the model's two paths: the grouped
+PyTorch product, eager and compiled, and sdpa with enable_gqa). Times are medians of `triton.testing.do_bench`. Next to each time: the fraction of
 the roofline, max(FLOPs / matmul rate, bytes / copy bandwidth) over the time, both ceilings measured on the
 card first. Bytes are the fewest the op must move (each input read once, each output written once);
 FLOPs are the chunked algorithm's matrix products (chunk C=64, per token and head
@@ -171,7 +171,8 @@ def run_step(results, batches, bw, peak):
 def step_variants(results, bw, peak):
     """The decode kernel with other state-slice widths and warp counts, per state dtype, at a middling batch and
     at the largest batches of 8K decoding (for `RECURRENT_CONFIG`)."""
-    from jet_nemotron import gated_delta_rule_triton as m
+    from jet_nemotron.gated_delta_rule_triton_launch import RECURRENT_CONFIG
+    from jet_nemotron.gated_delta_rule_triton_recurrent import _recurrent_kernel
 
     H, K, V = SHAPES["2B"]
     for B in (256, 2048):
@@ -183,12 +184,12 @@ def step_variants(results, bw, peak):
             for BV in (16, 32, 64, 128):
                 for nw in (1, 2, 4, 8):
                     def fn(BV=BV, nw=nw):
-                        m._recurrent_kernel[(V // BV, B * H)](q, k, v, g, beta, o, state, state, None, K ** -0.5, 1,
-                                                              H=H, K=K, V=V, BK=128, BV=BV, USE_L2=True, HAS_H0=True,
-                                                              STORE_HT=True, IS_VARLEN=False, num_warps=nw)
+                        _recurrent_kernel[(V // BV, B * H)](q, k, v, g, beta, o, state, state, None, K ** -0.5, 1,
+                                                            H=H, K=K, V=V, BK=128, BV=BV, USE_L2=True, HAS_H0=True,
+                                                            STORE_HT=True, IS_VARLEN=False, num_warps=nw)
                     rec = dict(op="step_variant", B=B, BV=BV, num_warps=nw, mode="fwd", impl="ours-variant",
                                state_dtype=str(state_dtype).removeprefix("torch."),
-                               chosen=m.RECURRENT_CONFIG[state_dtype] == (BV, nw))
+                               chosen=RECURRENT_CONFIG[state_dtype] == (BV, nw))
                     record(results, rec, fn, floor_ms)
             del q, k, v, g, beta, state, o
             torch.cuda.empty_cache()
@@ -230,9 +231,8 @@ def run_conv(results, Ts, bw):
 
 def run_decode_attention(results, cases, bw):
     """One-token attention of the 2B full-attention layer (12 query heads, 2 KV heads, D 128) over a static-cache
-    buffer: ours (split-KV Triton) vs the grouped PyTorch path the model takes off CUDA (eager and compiled) vs
-    PyTorch's sdpa with enable_gqa. Bytes = K and V of the valid positions read once (+ q and o)."""
-    from jet_nemotron.decode_attention_triton import decode_attention_triton
+    buffer: the grouped PyTorch path the model takes off CUDA (eager and compiled) vs PyTorch's sdpa with
+    enable_gqa, which it takes on CUDA. Bytes = K and V of the valid positions read once (+ q and o)."""
     from jet_nemotron.modeling_jet_nemotron import grouped_product_attention
 
     Hq, Hkv, D = 12, 2, 128
@@ -245,8 +245,7 @@ def run_decode_attention(results, cases, bw):
         mask = torch.zeros(B, L + 64, dtype=torch.bool, device="cuda")
         mask[:, :L] = True
         nbytes = 2 * B * Hkv * L * D * 2 + 2 * B * Hq * D * 2
-        impls = {"ours": lambda: decode_attention_triton(q, k, v, mask),
-                 "grouped (eager)": lambda: grouped(q, k, v, mask),
+        impls = {"grouped (eager)": lambda: grouped(q, k, v, mask),
                  "grouped (compiled)": lambda: grouped_compiled(q, k, v, mask),
                  "sdpa enable_gqa": lambda: F.scaled_dot_product_attention(
                      q[:, :, None], k, v, attn_mask=mask[:, None, None], enable_gqa=True)}
@@ -285,11 +284,12 @@ def check_safe_trans(out: Path):
     """Backward errors vs the fp32 reference with and without SAFE_TRANS (fla #640: Triton 3.4-3.7.0 on Hopper
     can miscompile a transposed dot result). Writes "1" to out/safe_trans if only the safe variant is right."""
     from jet_nemotron import gated_delta_rule_triton as ours
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
     from jet_nemotron.gated_delta_rule_ref import recurrent_gated_delta_rule_ref
 
     worst = {}
     for safe in (False, True):
-        ours.SAFE_TRANS = safe
+        launch.SAFE_TRANS = safe  # the backward reads it at each call
         for (T, H, K, V, dtype) in ((200, 2, 32, 64, torch.float32), (200, 2, 64, 64, torch.float32),
                                     (200, 2, 96, 256, torch.float32), (200, 2, 128, 256, torch.bfloat16)):
             torch.manual_seed(0)
@@ -332,14 +332,13 @@ def table(results):
               f"{(fla['ms'] / o['ms']) if fla else float('nan'):8.2f} "
               f"{(ref['ms'] / o['ms']) if ref else float('nan'):8.2f} "
               f"{(cref['ms'] / o['ms']) if cref else float('nan'):17.2f}")
-    print(f"\n{'decode attention BxL':>20} {'ours ms (roof)':>16} {'grouped compiled ms (roof)':>27} {'x':>6} "
-          f"{'sdpa gqa ms (roof)':>19}")
+    print(f"\n{'decode attention BxL':>20} {'sdpa gqa ms (roof)':>19} {'grouped compiled ms (roof)':>27} "
+          f"{'grouped/sdpa':>12}")
     for key in sorted(k for k in by if k[0] == "decode_attention"):
         d = by[key]
         cell = lambda r: f"{r['ms']:9.3f} ({r['roofline'] * 100:3.0f}%)" if r else "-"  # noqa: E731
-        o, g = d.get("ours"), d.get("grouped (compiled)")
-        print(f"{key[2]:>20} {cell(o):>16} {cell(g):>27} {(g['ms'] / o['ms']) if o and g else float('nan'):6.2f} "
-              f"{cell(d.get('sdpa enable_gqa')):>19}")
+        s, g = d.get("sdpa enable_gqa"), d.get("grouped (compiled)")
+        print(f"{key[2]:>20} {cell(s):>19} {cell(g):>27} {(g['ms'] / s['ms']) if s and g else float('nan'):12.2f}")
     steps = sorted(k for k in by if k[0] == "step" and "ours (bf16 state)" in by[k])
     if steps:
         print(f"\n{'decode step B':>13} {'fp32 state ms (roof)':>21} {'bf16 state ms (roof)':>21} {'fp32/bf16':>9}")

@@ -15,7 +15,6 @@ import torch
 from transformers.utils import logging
 
 from .configuration_jet_nemotron import KERNEL_BACKENDS
-from .decode_attention_ref import decode_attention_ref
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_rmsnorm_ref import gated_rmsnorm_ref
 from .gated_delta_rule_ref import (
@@ -41,7 +40,6 @@ if _TRITON_IMPORT_ERROR is None:
             gated_delta_rule_step_triton,
         )
         from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
-        from .decode_attention_triton import decode_attention_triton
         from .gated_rmsnorm_triton import gated_rmsnorm_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
@@ -120,12 +118,3 @@ def gated_rmsnorm(x, gate, weight, eps: float, backend: str = "auto"):
         return gated_rmsnorm_triton(x, gate, weight, eps)
     return gated_rmsnorm_ref(x, gate, weight, eps)
 
-
-def decode_attention(q, k, v, mask=None, scale=None, backend: str = "auto"):
-    """One query token per sequence against a KV cache. q [B, Hq, D]; k, v [B, Hkv, L, D]; mask [B, L] bool.
-
-    Not called by the model: on an H200 it lost to sdpa with enable_gqa (6.1 vs 3.9 ms at batch 256 x 64K, 2B
-    shapes; benchmarks/results/decode_attention.json), which `grouped_decode_attention` uses on CUDA."""
-    if _choose("decode_attention", q, backend) == "triton":
-        return decode_attention_triton(q, k, v, mask, scale)
-    return decode_attention_ref(q, k, v, mask, scale)

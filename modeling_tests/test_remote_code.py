@@ -29,7 +29,14 @@ CHILD = textwrap.dedent("""
     with torch.no_grad():
         logits = model(ids).logits
         gen = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
-    torch.save({"logits": logits, "gen": gen, "cls": type(model).__module__}, folder + "/child.pt")
+    loaded = sorted(m.rsplit(".", 1)[-1] for m in sys.modules if m.startswith("transformers_modules."))
+    try:
+        import triton  # noqa: F401
+        has_triton = True
+    except ImportError:
+        has_triton = False
+    torch.save({"logits": logits, "gen": gen, "cls": type(model).__module__, "loaded": loaded,
+                "has_triton": has_triton}, folder + "/child.pt")
 """)
 
 
@@ -44,6 +51,8 @@ def test_remote_code_roundtrip(tmp_path):
         assert name in files, f"{name} was not copied next to the weights: {files}"
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_jet_nemotron.JetNemotronForCausalLM"
+    unread = {"mode", "dconv_implementation"} & set(config["efficient_attention_config"]["jet"])
+    assert not unread, f"the config carries JetBlock keys nothing reads: {unread}"
     ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
     torch.save(ids, folder / "ids.pt")
     env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
@@ -53,6 +62,11 @@ def test_remote_code_roundtrip(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     child = torch.load(folder / "child.pt")
     assert child["cls"].startswith("transformers_modules"), child["cls"]
+    # the folder carries what the model runs: every copied file was imported by the loaded model (the Triton
+    # files only where Triton is installed; ops.py imports them inside a try)
+    copied = {p.stem for p in folder.glob("*.py")}
+    expected = copied if child["has_triton"] else {n for n in copied if "triton" not in n}
+    assert expected <= set(child["loaded"]), f"copied but never imported: {sorted(expected - set(child['loaded']))}"
     with torch.no_grad():
         assert torch.equal(child["logits"], model(ids).logits)
         assert torch.equal(child["gen"], model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None,
