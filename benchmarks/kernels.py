@@ -109,6 +109,18 @@ def record(results: list, rec: dict, fn, floor_ms: float) -> None:
     print(rec, flush=True)
 
 
+def timed_call(f, inputs: list, mode: str, wrt: list, dy):
+    """What `record` times: f(*inputs) under no_grad ("fwd"), or f(*inputs) and the gradients of `wrt` against dy
+    ("fwd+bwd"; of the first output where f returns several)."""
+    if mode == "fwd":
+        return torch.no_grad()(lambda: f(*inputs))
+
+    def fwd_bwd():
+        out = f(*inputs)
+        return torch.autograd.grad(out[0] if isinstance(out, tuple) else out, wrt, dy)
+    return fwd_bwd
+
+
 def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
     impls = chunk_impls()
     for shape in shapes:
@@ -122,16 +134,8 @@ def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
                 for name, f in impls.items():
                     if name == "reference" and T > (4096 if mode == "fwd" else 1024):
                         continue  # the PyTorch loop over chunks: slow and memory hungry beyond this
-                    if mode == "fwd":
-                        def fn(f=f):
-                            with torch.no_grad():
-                                return f(*xs)
-                    else:
-                        def fn(f=f):
-                            o, _ = f(*xs)
-                            return torch.autograd.grad(o, xs, do)
-                    record(results, dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name), fn,
-                           floor_ms)
+                    record(results, dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name),
+                           timed_call(f, xs, mode, xs, do), floor_ms)
                 del xs, do
                 torch.cuda.empty_cache()
 
@@ -201,15 +205,8 @@ def time_modes(results, rec0: dict, impls, inputs: list, dy, nbytes: dict, bw):
     wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     for mode in ("fwd", "fwd+bwd"):
         for name, f in impls:
-            rec = dict(rec0, mode=mode, impl=name)
-            if mode == "fwd":
-                def fn(f=f):
-                    with torch.no_grad():
-                        return f(*inputs)
-            else:
-                def fn(f=f):
-                    return torch.autograd.grad(f(*inputs), wrt, dy)
-            record(results, rec, fn, nbytes[mode] / bw * 1e3)
+            record(results, dict(rec0, mode=mode, impl=name), timed_call(f, inputs, mode, wrt, dy),
+                   nbytes[mode] / bw * 1e3)
 
 
 def run_conv(results, Ts, bw):

@@ -25,21 +25,18 @@ HF_TO_OFFICIAL_LAYER_TYPES = {v: k for k, v in OFFICIAL_TO_HF_LAYER_TYPES.items(
 JET_NEMOTRON_2B_LAYER_TYPES = ["attn" if i in (14, 19) else "swa" if i in (20, 21) else "jet" for i in range(28)]
 JET_NEMOTRON_4B_LAYER_TYPES = ["attn" if i in (17, 20, 32) else "swa" if i in (5, 16, 19, 21, 22, 25, 27) else "jet"
                                for i in range(36)]
+
+
+def _release(layer_types: list[str], num_heads: int, head_dim: int, expand_v: float, window: int, base: str) -> dict:
+    """One official release; both use conv 4, generator reduction 8 and norm eps 1e-5."""
+    jet = {"num_heads": num_heads, "head_dim": head_dim, "expand_v": expand_v, "conv_size": 4,
+           "dconv_generator_reduction": 8, "norm_eps": "1e-5"}
+    return {"layer_types": layer_types, "jet": jet, "swa": {"window_size": window}, "base_model": base}
+
+
 OFFICIAL_MODELS: dict[str, dict] = {
-    "jet-nemotron-2b": {
-        "layer_types": JET_NEMOTRON_2B_LAYER_TYPES,
-        "jet": {"num_heads": 12, "head_dim": 96, "expand_v": 2.6666666667, "conv_size": 4,
-                "dconv_generator_reduction": 8, "norm_eps": "1e-5"},
-        "swa": {"window_size": 1152},
-        "base_model": "Qwen/Qwen2.5-1.5B",
-    },
-    "jet-nemotron-4b": {
-        "layer_types": JET_NEMOTRON_4B_LAYER_TYPES,
-        "jet": {"num_heads": 16, "head_dim": 128, "expand_v": 2.0, "conv_size": 4,
-                "dconv_generator_reduction": 8, "norm_eps": "1e-5"},
-        "swa": {"window_size": 2048},
-        "base_model": "Qwen/Qwen2.5-3B",
-    },
+    "jet-nemotron-2b": _release(JET_NEMOTRON_2B_LAYER_TYPES, 12, 96, 2.6666666667, 1152, "Qwen/Qwen2.5-1.5B"),
+    "jet-nemotron-4b": _release(JET_NEMOTRON_4B_LAYER_TYPES, 16, 128, 2.0, 2048, "Qwen/Qwen2.5-3B"),
 }
 # The config's defaults describe Jet-Nemotron-2B. The official configs also carry "mode" and
 # "dconv_implementation" in the JetBlock sizes; nothing here reads them, so we do not write them (a loaded

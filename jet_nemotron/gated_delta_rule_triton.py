@@ -53,16 +53,9 @@ class _GatedDeltaRuleFunction(torch.autograd.Function):
 
 
 def chunk_gated_delta_rule_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.LongTensor | None = None,
-    use_qk_l2norm_in_kernel: bool = True,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.LongTensor | None = None, use_qk_l2norm_in_kernel: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule (chunk 64) with autograd. Shapes as `chunk_gated_delta_rule_ref`.
 
@@ -73,16 +66,9 @@ def chunk_gated_delta_rule_triton(
 
 
 def fused_recurrent_gated_delta_rule_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.LongTensor | None = None,
-    use_qk_l2norm_in_kernel: bool = True,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.LongTensor | None = None, use_qk_l2norm_in_kernel: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token-by-token forward in one kernel, for short inputs. Shapes as `recurrent_gated_delta_rule_ref`.
 

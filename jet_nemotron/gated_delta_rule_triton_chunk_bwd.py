@@ -26,11 +26,10 @@ from .gated_delta_rule_triton_launch import (
 )
 from .gated_delta_rule_triton_tiles import (
     BT,
-    _chunk_coords,
+    _chunk_rows,
     _l2norm_cols,
     _l2norm_rows,
     _load_G,
-    _seq_bounds,
     _seq_chunks,
     _state_tile,
 )
@@ -42,12 +41,9 @@ def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offse
                          BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     """The in-chunk part of dv': (q k^T * Gamma)^T do."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_t, _ = _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN)
-    bos, L = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    i_t, _, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
+                                                  H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < L
-    row = (bos + o_t) * H + i_h
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_tk = m_t[:, None] & (o_k[None, :] < K)
@@ -138,12 +134,9 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     dG collects every place G appears; dg is its reverse cumulative sum within the chunk, and the
     gradient of G_L (the whole chunk's decay) is added at the last row so the sum carries it to every row."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_t, i_ch = _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN)
-    bos, L = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
+                                                  H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < L
-    row = (bos + o_t) * H + i_h
     o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k[None, :] < K)
     b_qr = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)

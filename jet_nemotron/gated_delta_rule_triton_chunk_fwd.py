@@ -33,6 +33,7 @@ from .gated_delta_rule_triton_launch import (
 from .gated_delta_rule_triton_tiles import (
     BT,
     _chunk_coords,
+    _chunk_rows,
     _l2norm_rows,
     _load_G,
     _seq_bounds,
@@ -84,6 +85,16 @@ def _a_block(b_ki, b_bi, b_Gi, b_kj, b_Gj, DIAG: tl.constexpr, BC: tl.constexpr,
     return b_a
 
 
+@triton.jit
+def _store_row(p, b_0, b_1, b_2, b_3, m_t):
+    """One row of 16x16 blocks of Ai: columns 0-15, 16-31, 32-47, 48-63 from p, rows masked by m_t."""
+    DT = p.dtype.element_ty
+    tl.store(p, b_0.to(DT), mask=m_t[:, None])
+    tl.store(p + 16, b_1.to(DT), mask=m_t[:, None])
+    tl.store(p + 32, b_2.to(DT), mask=m_t[:, None])
+    tl.store(p + 48, b_3.to(DT), mask=m_t[:, None])
+
+
 @triton.jit(do_not_specialize=["T", "NT"])
 def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
                     H, K: tl.constexpr, BK: tl.constexpr,
@@ -132,29 +143,16 @@ def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets,
                     + tl.dot(b_A32, b_T20, input_precision="ieee"), input_precision="ieee")
 
     # write the 4x4 blocks of Ai [BT, BT], zeros above the diagonal so consumers can load the full tile
-    DT = Ai.dtype.element_ty
     o_c = tl.arange(0, BC)
     b_z = tl.zeros([BC, BC], dtype=tl.float32)
     p0 = Ai + ((bos + o_t0) * H + i_h)[:, None] * 64 + o_c[None, :]
     p1 = Ai + ((bos + o_t1) * H + i_h)[:, None] * 64 + o_c[None, :]
     p2 = Ai + ((bos + o_t2) * H + i_h)[:, None] * 64 + o_c[None, :]
     p3 = Ai + ((bos + o_t3) * H + i_h)[:, None] * 64 + o_c[None, :]
-    tl.store(p0, b_D0.to(DT), mask=m_t0[:, None])
-    tl.store(p0 + 16, b_z.to(DT), mask=m_t0[:, None])
-    tl.store(p0 + 32, b_z.to(DT), mask=m_t0[:, None])
-    tl.store(p0 + 48, b_z.to(DT), mask=m_t0[:, None])
-    tl.store(p1, b_T10.to(DT), mask=m_t1[:, None])
-    tl.store(p1 + 16, b_D1.to(DT), mask=m_t1[:, None])
-    tl.store(p1 + 32, b_z.to(DT), mask=m_t1[:, None])
-    tl.store(p1 + 48, b_z.to(DT), mask=m_t1[:, None])
-    tl.store(p2, b_T20.to(DT), mask=m_t2[:, None])
-    tl.store(p2 + 16, b_T21.to(DT), mask=m_t2[:, None])
-    tl.store(p2 + 32, b_D2.to(DT), mask=m_t2[:, None])
-    tl.store(p2 + 48, b_z.to(DT), mask=m_t2[:, None])
-    tl.store(p3, b_T30.to(DT), mask=m_t3[:, None])
-    tl.store(p3 + 16, b_T31.to(DT), mask=m_t3[:, None])
-    tl.store(p3 + 32, b_T32.to(DT), mask=m_t3[:, None])
-    tl.store(p3 + 48, b_D3.to(DT), mask=m_t3[:, None])
+    _store_row(p0, b_D0, b_z, b_z, b_z, m_t0)
+    _store_row(p1, b_T10, b_D1, b_z, b_z, m_t1)
+    _store_row(p2, b_T20, b_T21, b_D2, b_z, m_t2)
+    _store_row(p3, b_T30, b_T31, b_T32, b_D3, m_t3)
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
@@ -164,12 +162,9 @@ def _wu_kernel(k, v, beta, G, Ai, w, u, kn, cu_seqlens, chunk_indices, chunk_off
     """w = Ai (beta exp(G) k) [BT, K] and u = Ai (beta v) [BT, V] for one chunk; with USE_L2 also the normalised
     k, for the sequential state pass (a norm inside its loop made that pass 1.4x slower, 2B shapes at 64K, H100)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_t, _ = _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN)
-    bos, L = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    i_t, _, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
+                                                  H, BT, IS_VARLEN)
     DT = k.dtype.element_ty
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < L
-    row = (bos + o_t) * H + i_h
     o_k = tl.arange(0, BK)
     b_ai = tl.load(Ai + row[:, None] * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None], other=0.0).to(DT)
     b_b = tl.load(beta + row, mask=m_t, other=0.0).to(tl.float32)
@@ -236,12 +231,9 @@ def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets
     tiny fp32 model, found with TF32 emulated on the interpreter; with these three products in IEEE and TF32
     everywhere else the worst gradient error fell from 2e-1 to 1.3e-2). bf16 inputs are unaffected."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_t, i_ch = _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN)
-    bos, L = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
+                                                  H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < L
-    row = (bos + o_t) * H + i_h
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_tk = m_t[:, None] & (o_k[None, :] < K)

@@ -8,14 +8,8 @@ from .gated_delta_rule_triton_recurrent import launch_recurrent
 
 
 def gated_delta_rule_step_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    use_qk_l2norm_in_kernel: bool = True,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    state: torch.Tensor, scale: float | None = None, use_qk_l2norm_in_kernel: bool = True,
 ) -> torch.Tensor:
     """One decode token for a batch, state updated in place (no autograd).
 

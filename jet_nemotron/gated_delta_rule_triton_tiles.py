@@ -42,6 +42,18 @@ def _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN: tl.constexpr
 
 
 @triton.jit
+def _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT, H, BT: tl.constexpr,
+                IS_VARLEN: tl.constexpr):
+    """The prologue of a per-chunk kernel: chunk i_t of its sequence, its row in h, the sequence's first token and
+    length, and the chunk's token offsets o_t [BT], their mask and their flat rows (bos + o_t) * H + i_h."""
+    i_n, i_t, i_ch = _chunk_coords(chunk_indices, chunk_offsets, i_c, NT, IS_VARLEN)
+    bos, L = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < L
+    return i_t, i_ch, bos, L, o_t, m_t, (bos + o_t) * H + i_h
+
+
+@triton.jit
 def _seq_chunks(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """For the sequential kernels: first token, length, chunk count and first row in h of sequence i_n."""
     bos, L = _seq_bounds(cu_seqlens, i_n, T, IS_VARLEN)

@@ -25,6 +25,9 @@ from .gated_delta_rule_ref import (
 
 logger = logging.get_logger(__name__)
 
+# the Triton functions, replaced below where Triton imports; `_choose` never picks one that is None
+chunk_gated_delta_rule_triton = fused_recurrent_gated_delta_rule_triton = gated_delta_rule_step_triton = None
+dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = None
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:
     import triton  # noqa: F401  (only to learn whether the kernels can be built)
@@ -70,51 +73,44 @@ def _choose(op: str, x: torch.Tensor, backend: str) -> str:
     return backend
 
 
+def _pick(op: str, fast, ref, x: torch.Tensor, backend: str):
+    """The Triton or the reference function of `op` for this call (`_choose`)."""
+    return fast if _choose(op, x, backend) == "triton" else ref
+
+
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                            cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
     """Chunked gated delta rule for prefill and training. See `gated_delta_rule_ref` for shapes."""
-    if _choose("chunk_gated_delta_rule", q, backend) == "triton":
-        return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                             cu_seqlens, use_qk_l2norm_in_kernel)
-    return chunk_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                      cu_seqlens, use_qk_l2norm_in_kernel)
+    fn = _pick("chunk_gated_delta_rule", chunk_gated_delta_rule_triton, chunk_gated_delta_rule_ref, q, backend)
+    return fn(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
 
 
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                                      cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
-    """Token-by-token gated delta rule for short inputs. See `gated_delta_rule_ref` for shapes."""
-    if _choose("fused_recurrent_gated_delta_rule", q, backend) == "triton":
-        return fused_recurrent_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                                       cu_seqlens, use_qk_l2norm_in_kernel)
-    return recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                          cu_seqlens, use_qk_l2norm_in_kernel)
+    """Token-by-token gated delta rule for short inputs (same function as the chunked form)."""
+    return _pick("fused_recurrent_gated_delta_rule", fused_recurrent_gated_delta_rule_triton,
+                 recurrent_gated_delta_rule_ref, q, backend)(q, k, v, g, beta, scale, initial_state,
+                                                             output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
 
 
 def gated_delta_rule_step(q, k, v, g, beta, state, scale=None, use_qk_l2norm_in_kernel=True,
                           backend: str = "auto"):
     """One decode step, state updated in place. q, k [B, H, K]; v [B, H, V]; g, beta [B, H]."""
-    if _choose("gated_delta_rule_step", q, backend) == "triton":
-        return gated_delta_rule_step_triton(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
-    return gated_delta_rule_step_ref(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
+    fn = _pick("gated_delta_rule_step", gated_delta_rule_step_triton, gated_delta_rule_step_ref, q, backend)
+    return fn(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
 
 
 def dynamic_conv(x, kernels, history=None, cu_seqlens=None, backend: str = "auto"):
     """Dynamic causal convolution + SiLU. x [B, T, C], kernels [B, T, C, K]. See `dynamic_conv_ref`."""
-    if _choose("dynamic_conv", x, backend) == "triton":
-        return dynamic_conv_triton(x, kernels, history, cu_seqlens)
-    return dynamic_conv_ref(x, kernels, history, cu_seqlens)
+    return _pick("dynamic_conv", dynamic_conv_triton, dynamic_conv_ref, x, backend)(x, kernels, history, cu_seqlens)
 
 
 def dynamic_conv_step(x, kernel, conv_state, backend: str = "auto"):
     """One decode step of the dynamic convolution; conv_state [B, C, K] updated in place."""
-    if _choose("dynamic_conv_step", x, backend) == "triton":
-        return dynamic_conv_step_triton(x, kernel, conv_state)
-    return dynamic_conv_step_ref(x, kernel, conv_state)
+    fn = _pick("dynamic_conv_step", dynamic_conv_step_triton, dynamic_conv_step_ref, x, backend)
+    return fn(x, kernel, conv_state)
 
 
 def gated_rmsnorm(x, gate, weight, eps: float, backend: str = "auto"):
     """The JetBlock's output norm: RMSNorm(x) * weight * silu(gate). x, gate [..., D]; weight [D]."""
-    if _choose("gated_rmsnorm", x, backend) == "triton":
-        return gated_rmsnorm_triton(x, gate, weight, eps)
-    return gated_rmsnorm_ref(x, gate, weight, eps)
-
+    return _pick("gated_rmsnorm", gated_rmsnorm_triton, gated_rmsnorm_ref, x, backend)(x, gate, weight, eps)

@@ -40,6 +40,16 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _load_in_child(folder, tmp_path) -> dict:
+    """Run CHILD on `folder` in a fresh process without jet_nemotron; returns what it saved."""
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(folder / "child.pt")
+
+
 def test_remote_code_roundtrip(tmp_path):
     model = tiny_model()
     folder = tmp_path / "saved"
@@ -55,12 +65,7 @@ def test_remote_code_roundtrip(tmp_path):
     assert not unread, f"the config carries JetBlock keys nothing reads: {unread}"
     ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
     torch.save(ids, folder / "ids.pt")
-    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-           "PYTHONNOUSERSITE": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    child = torch.load(folder / "child.pt")
+    child = _load_in_child(folder, tmp_path)
     assert child["cls"].startswith("transformers_modules"), child["cls"]
     # the folder carries what the model runs: every copied file was imported by the loaded model (the Triton
     # files only where Triton is installed; ops.py imports them inside a try)
@@ -100,10 +105,5 @@ def test_official_checkpoint_folder_with_our_files_loads_through_remote_code(tmp
             shutil.copy(f, folder / f.name)
     ref = load_file(folder / "inputs_and_outputs.safetensors")
     torch.save(ref["input_ids"], folder / "ids.pt")
-    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-           "PYTHONNOUSERSITE": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    child = torch.load(folder / "child.pt")
+    child = _load_in_child(folder, tmp_path)
     torch.testing.assert_close(child["logits"], ref["logits_full"], atol=1e-4, rtol=1e-4)
