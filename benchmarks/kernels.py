@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py [--out benchmarks/results] [--quick]
     python benchmarks/kernels.py --plot benchmarks/results/kernels.json   # PNG from a saved JSON, no GPU
+    python benchmarks/kernels.py --merge run/kernels.json   # a run's parts replace those of results/kernels.json
 
 Chunked gated delta rule forward and forward+backward, B=1, T = 1K..64K, bf16, at the 2B JetBlock shape
 (H=12, dk=96, dv=256) and the 4B shape (H=16, dk=128, dv=256); the decode step at several batch sizes;
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from roofline import ceilings  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 SHAPES = {"2B": (12, 96, 256), "4B": (16, 128, 256)}
 C = 64
@@ -389,7 +391,8 @@ def plot(path_json: Path, path_png: Path):
     ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="us (median)", title="decode step, 2B shape")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(data.get("device", ""), fontsize=9)
+    fig.suptitle("; ".join(sorted({f"{s['card']} ({', '.join(s['parts'])}, {s['commit'][:7]})"
+                                   for s in data["stamp"]})), fontsize=8)
     fig.tight_layout()
     fig.savefig(path_png, dpi=120)
 
@@ -412,6 +415,24 @@ def run_norm(results, Ts, bw):
                    {"fwd": 3 * n, "fwd+bwd": 8 * n}, bw)
 
 
+# the ops each part records, so that a merged run replaces exactly the rows it re-measured
+PART_OPS = {"decode_attention": ("decode_attention",), "accuracy": ("accuracy",), "step": ("step",),
+            "step_variants": ("step_variant",), "chunk": ("chunk",), "conv": ("conv",), "norm": ("norm",)}
+
+
+def merge_runs(current: dict, new: dict) -> dict:
+    """`current` with the parts of `new` (one run) replaced by new's rows; every row names its run in "stamp"."""
+    (run,) = new["stamp"]
+    ops = {op for part in run["parts"] for op in PART_OPS[part]}
+    rows = [r for r in current["results"] if r["op"] not in ops]
+    kept = {r["run"] for r in rows}
+    stamps = [dict(s, parts=[p for p in s["parts"] if p not in run["parts"]]) for s in current["stamp"]
+              if s["run"] in kept]
+    run = dict(run, run=max([s["run"] for s in current["stamp"]], default=-1) + 1)
+    rows += [dict(r, run=run["run"]) for r in new["results"]]
+    return {"stamp": stamps + [run], "results": rows}
+
+
 PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm")
 
 
@@ -420,6 +441,8 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
     ap.add_argument("--plot", default=None, help="only draw the PNG of this JSON")
+    ap.add_argument("--merge", type=Path, help="only merge this run's JSON into --into (its parts replace those rows)")
+    ap.add_argument("--into", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels.json")
     ap.add_argument("--check-safe-trans", action="store_true", help="only compare the backward variants")
     ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     ap.add_argument("--T", nargs="+", type=int, help="sequence lengths of the chunk part (default 1K 4K 16K 64K)")
@@ -428,6 +451,15 @@ def main():
     if args.plot:
         p = Path(args.plot)
         plot(p, p.with_suffix(".png"))
+        return
+    if args.merge:
+        current = json.loads(args.into.read_text()) if args.into.exists() else {"stamp": [], "results": []}
+        merged = merge_runs(current, json.loads(args.merge.read_text()))
+        tmp = args.into.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        tmp.rename(args.into)
+        plot(args.into, args.into.with_suffix(".png"))
+        print(f"merged {args.merge} into {args.into}: runs {[s['run'] for s in merged['stamp']]}")
         return
     if args.check_safe_trans:
         check_safe_trans(Path(args.out))
@@ -441,14 +473,15 @@ def main():
     print(f"{device}: copy {bw / 1e12:.2f} TB/s, bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     results = []
     Ts = args.T or ([1024, 4096] if args.quick else [1024, 4096, 16384, 65536])
-    meta = dict(device=device, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                copy_bytes_per_s=bw, bf16_flops_per_s=peak, results=results)
+    run_stamp = stamp(run=0, parts=list(args.only or PARTS), torch=torch.__version__, triton=triton.__version__,
+                      python=platform.python_version(), copy_bytes_per_s=bw, bf16_flops_per_s=peak)
     try:
         import fla
 
-        meta["fla"] = getattr(fla, "__version__", "?")
+        run_stamp["fla"] = getattr(fla, "__version__", "?")
     except Exception:  # noqa: BLE001
         pass
+    meta = dict(stamp=[run_stamp], results=results)
     path = out / "kernels.json"
     da_cases = [(1, 8192), (64, 8192)] if args.quick else [(1, 8192), (1, 65536), (64, 8192), (256, 65536)]
     parts = {"decode_attention": lambda: run_decode_attention(results, da_cases, bw),
@@ -461,6 +494,8 @@ def main():
             parts[name]()
         except Exception:  # noqa: BLE001 - keep what was measured
             traceback.print_exc()
+        for r in results:
+            r["run"] = 0
         path.write_text(json.dumps(meta, indent=1))  # after every part: a cut-off run keeps what it measured
     table(results)
     try:
