@@ -40,13 +40,15 @@ from jet_nemotron.configuration_jet_nemotron import (
     OFFICIAL_TO_HF_LAYER_TYPES,
 )
 
+from .official_layout import OFFICIAL_JET_DEFAULTS
+
 LAYER_MAP_FORMAT = "jet-nemotron-layer-map/v1"
 
 # Official names are what we store; transformers' names and one-letter short forms are accepted.
 LAYER_TYPES = tuple(OFFICIAL_TO_HF_LAYER_TYPES)
 _ALIASES = {**{t: t for t in LAYER_TYPES}, **{t[0]: t for t in LAYER_TYPES}, **HF_TO_OFFICIAL_LAYER_TYPES}
-# keys of the official JetBlock sizes that no code reads; accepted in a map so official configs pass through
-_IGNORED_JET_KEYS = ("mode", "dconv_implementation")
+# keys of the official JetBlock sizes that nothing of ours reads; accepted in a map so official configs pass through
+_IGNORED_JET_KEYS = tuple(OFFICIAL_JET_DEFAULTS)
 
 PRESETS: dict[str, dict] = OFFICIAL_MODELS
 

@@ -23,9 +23,10 @@ SAFE_TRANS = os.environ.get("JET_NEMOTRON_SAFE_TRANS", "0") == "1"
 CHUNK_BV = 64
 # The sequential state passes have only N*H*V/BV programs, so small slices keep more SMs busy.
 # Forward: BV 32, 4 warps, 3 stages, the fastest of BV 16-64 x 2-8 warps x 1-3 stages (2B shapes, 64K, bf16, H100:
-# 1.34 ms; 2 stages 1.6x slower).
+# 1.34 ms; 2 stages 1.6x slower; benchmarks/results/state_pass_sweep_h100.json).
 STATE_PASS_FWD = dict(BV=32, num_warps=4, stages=3)
-# Backward: BV 32, 8 warps, 3 stages, the fastest of the same sweep (3.53 ms; 4 warps and 2 stages 4.90 ms).
+# Backward: BV 32, 8 warps, 3 stages, the fastest of the same sweep that keeps q's L2 norm in the loop (3.53 ms; 4
+# warps and 2 stages 4.90 ms).
 STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
 # fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes. From a sweep of BV
@@ -46,6 +47,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def pow2_block(n: int) -> int:
+    """The block that holds a whole head dimension n: the next power of two, at least 32."""
     # at least 32: with a 16-wide K block the backward kernels read out of bounds on Hopper with Triton 3.6
     # (illegal address at K = 16 on an H200, with or without SAFE_TRANS; K = 16 padded to 32 matches the reference)
     return max(32, triton.next_power_of_2(n))
@@ -94,6 +96,7 @@ class ChunkMeta:
 
 
 def _check_shapes(q, k, v, g, beta, initial_state, N):
+    """Raise naming the tensor whose shape disagrees (shapes as `gated_delta_rule_ref`)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     if k.shape != q.shape or v.shape[:3] != (B, T, H) or g.shape != (B, T, H) or beta.shape != (B, T, H):
@@ -106,6 +109,7 @@ def _check_shapes(q, k, v, g, beta, initial_state, N):
 
 
 def prep_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens):
+    """Checked, contiguous inputs (g fp32, the initial state fp32), the scale and the chunk tables."""
     B, T, H, K = q.shape
     meta = ChunkMeta(B, T, cu_seqlens, q.device)
     _check_shapes(q, k, v, g, beta, initial_state, meta.N)

@@ -7,15 +7,10 @@ import textwrap
 
 import torch
 
-from conftest import REPO, tiny_model
+from conftest import BLOCK_JET_NEMOTRON, REPO, tiny_model
 
-CHILD = textwrap.dedent("""
-    import sys, importlib.abc, json
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "jet_nemotron" or name.startswith("jet_nemotron."):
-                raise ImportError("jet_nemotron is blocked in this process")
-    sys.meta_path.insert(0, Block())
+CHILD = BLOCK_JET_NEMOTRON + textwrap.dedent("""
+    import json
     import torch
     from transformers import AutoModelForCausalLM
     try:
