@@ -4,6 +4,7 @@
     jet-nemotron distill --teacher SOURCE --student CONVERTED OUT --data corpus/ ...
     jet-nemotron export OUT OUT-official --layout official
     jet-nemotron push OUT user/repo [--private] [--revision main] [--dry-run]
+    jet-nemotron eval MODEL [--baseline TEACHER] --suite ppl,niah,humaneval,speed,lm-eval:TASKS --out DIR
     jet-nemotron demo
     jet-nemotron search placement SOURCE --attn 2 --swa 2 --objective retrieval,lm --data corpus/ --out DIR
     jet-nemotron search hardware SOURCE --state-bytes 1179648 --out DIR
@@ -150,6 +151,58 @@ def push(
     verb = "would upload" if dry_run else "uploaded"
     typer.echo(f"{verb} {len(files)} files, {total / 1e6:.1f} MB to {repo_id}"
                f"{'@' + revision if revision else ''} ({'private' if private else 'public'})")
+
+
+def _ints(spec: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"{flag} {spec!r}: give comma-separated integers") from err
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="a Jet-Nemotron or Qwen folder, or a .gguf file")],
+    out: Annotated[Path, typer.Option(help="report folder: eval.json, eval.md, retrieval.png, speed.png")],
+    suite: Annotated[str, typer.Option(help="comma-separated: ppl, niah, humaneval, speed, and lm-eval:TASKS last "
+                                            "(its own comma-separated lm-eval task names)")] = "ppl,niah",
+    baseline: Annotated[Optional[str], typer.Option(help="the model to compare with (e.g. the teacher); same "
+                                                         "tokenizer")] = None,
+    text: Annotated[Optional[list[str]], typer.Option(help="held-out text for perplexity (files, folders, jsonl); "
+                                                           "repeat for several")] = None,
+    haystack: Annotated[Optional[list[str]], typer.Option(help="real text the needles hide in (default: --text)")] = None,
+    text_field: str = "text",
+    ppl_window: Annotated[int, typer.Option(help="tokens per perplexity window")] = 4096,
+    ppl_max_tokens: Annotated[Optional[int], typer.Option(help="score at most this many tokens")] = None,
+    lengths: Annotated[str, typer.Option(help="retrieval prompt lengths (tokens)")] = "1024,2048,4096,8192",
+    depths: Annotated[str, typer.Option(help="needle depths (fractions)")] = "0,0.25,0.5,0.75,1",
+    trials: Annotated[int, typer.Option(help="prompts per retrieval cell")] = 4,
+    retrieval_tasks: str = "passkey,niah,multi_needle,kv,variable_tracking",
+    humaneval_limit: Annotated[Optional[int], typer.Option(help="only the first N problems")] = None,
+    humaneval_max_new_tokens: int = 512,
+    humaneval_batch: int = 256,
+    speed_contexts: str = "4096,8192,16384,32768",
+    speed_max_batch: int = 1024,
+    lm_eval_limit: Annotated[Optional[int], typer.Option(help="lm-eval --limit (documents per task)")] = None,
+    overwrite: bool = False,
+    seed: int = 0,
+):
+    """Quality and speed of MODEL beside its baseline: perplexity, retrieval grid, HumanEval, speed, lm-eval."""
+    from .eval.suite import EvalOptions, run_eval
+
+    try:
+        depth_list = [float(x) for x in depths.split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"--depths {depths!r}: give comma-separated fractions") from err
+    if any(not 0 <= d <= 1 for d in depth_list):
+        raise ValueError(f"--depths {depths!r}: every depth is a fraction in [0, 1]")
+    opt = EvalOptions(text=text or [], haystack=haystack or [], text_field=text_field, ppl_window=ppl_window,
+                      ppl_max_tokens=ppl_max_tokens, lengths=_ints(lengths, "--lengths"), depths=depth_list,
+                      trials=trials, retrieval_tasks=[t for t in retrieval_tasks.split(",") if t],
+                      humaneval_limit=humaneval_limit, humaneval_max_new_tokens=humaneval_max_new_tokens,
+                      humaneval_batch=humaneval_batch, speed_contexts=_ints(speed_contexts, "--speed-contexts"),
+                      speed_max_batch=speed_max_batch, lm_eval_limit=lm_eval_limit, seed=seed)
+    run_eval(model, baseline, suite, out, opt, overwrite)
 
 
 @app.command()

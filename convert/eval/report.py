@@ -1,0 +1,143 @@
+"""The report of `jet-nemotron eval`: eval.json, eval.md (MODEL | baseline | ratio), retrieval.png (needle grid
+heatmaps side by side), speed.png (tok/s vs context).
+
+`summary(results)` is the one list of rows both the markdown table and the model card show.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _rows_of(suite: str, r: dict) -> list[tuple[str, float, bool]]:
+    """(metric, value, higher is better) of one model's result of one suite."""
+    if suite == "ppl":
+        return [(f"perplexity ({r['tokens']:,} tokens, windows of {r['window']:,})", r["perplexity"], False)]
+    if suite == "niah":
+        out = []
+        for task in ("passkey", "niah", "multi_needle", "kv", "variable_tracking"):
+            for n, acc in r.get(task, {}).get("by_length", {}).items():
+                out.append((f"{task} @{int(n):,}", acc, True))
+        return out
+    if suite == "humaneval":
+        return [(f"HumanEval pass@1 ({r['problems']} problems)", r["pass@1"], True)]
+    if suite == "speed":
+        out = []
+        for row in r["rows"]:
+            c = f"{row['ctx']:,}"
+            out += [(f"prefill tok/s @{c}", row["prefill_tok_s"], True),
+                    (f"decode tok/s @{c}, batch 1", row["decode_batch1_tok_s"], True),
+                    (f"decode tok/s @{c}, largest batch", row["decode_max_batch_tok_s"], True),
+                    (f"cache MB/sequence @{c}", row["cache_MB_per_seq"], False)]
+        return out
+    if suite == "lm-eval":
+        return [(f"lm-eval {task} {metric}", v, "perplexity" not in metric and "bits" not in metric)
+                for task, metrics in r.items() for metric, v in metrics.items() if metric != "sample_len"]
+    raise ValueError(f"unknown suite {suite!r}")
+
+
+def summary(results: dict) -> list[dict]:
+    """[{metric, model, baseline, ratio}] over every suite in `results` (baseline and ratio None without one)."""
+    rows = []
+    for suite, per in results["suites"].items():
+        base = dict((k, v) for k, v, _ in _rows_of(suite, per["baseline"])) if per.get("baseline") else {}
+        for metric, value, _ in _rows_of(suite, per["model"]):
+            b = base.get(metric)
+            rows.append({"metric": metric, "model": value, "baseline": b,
+                         "ratio": value / b if b not in (None, 0) else None})
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and abs(v) < 1 and v != 0:
+        return f"{v:.3f}"
+    return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
+
+
+def markdown(results: dict) -> str:
+    model, base = Path(results["model"]).name, Path(results["baseline"]).name if results.get("baseline") else None
+    head = f"| metric | {model} |" + (f" {base} | ratio |" if base else "")
+    sep = "|---|---:|" + ("---:|---:|" if base else "")
+    lines = [head, sep]
+    for r in summary(results):
+        cells = [r["metric"], _fmt(r["model"])] + ([_fmt(r["baseline"]), f"{r['ratio']:.2f}x" if r["ratio"] else "-"]
+                                                   if base else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    seconds = ", ".join(f"{s} {sum(p.get('seconds', {}).values()):.0f} s" for s, p in results["suites"].items())
+    return "\n".join(lines) + f"\n\nWall time per suite (all models): {seconds}.\n"
+
+
+def plot_retrieval(results: dict, path: Path) -> bool:
+    """Heatmaps of the needle grid (length x depth), one per model side by side; False when there is no grid."""
+    per = results["suites"].get("niah")
+    if not per or "grid" not in per["model"].get("niah", {}):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [(results["model"], per["model"])] + ([(results["baseline"], per["baseline"])] if per.get("baseline") else [])
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, (name, r) in zip(axes[0], models):
+        g, lengths, depths = r["niah"]["grid"], r["lengths"], r["niah"]["depths"]
+        im = ax.imshow([list(row) for row in zip(*g)], vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        for i, row in enumerate(g):
+            for j, acc in enumerate(row):
+                ax.text(i, j, f"{acc:.0%}", ha="center", va="center", fontsize=7)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("needle depth")
+        ax.set_title(f"{Path(name).name}: needle accuracy ({r['trials']} trials/cell)", fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_speed(results: dict, path: Path) -> bool:
+    """Decode tok/s (batch 1 and largest batch) and prefill tok/s against context, both models."""
+    per = results["suites"].get("speed")
+    if not per:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in [(results["model"], per["model"])] + (
+            [(results["baseline"], per["baseline"])] if per.get("baseline") else []):
+        ctx = [row["ctx"] for row in r["rows"]]
+        label = Path(name).name
+        axes[0].plot(ctx, [row["decode_max_batch_tok_s"] for row in r["rows"]], "-o", label=f"{label}, largest batch")
+        axes[0].plot(ctx, [row["decode_batch1_tok_s"] for row in r["rows"]], "--o", label=f"{label}, batch 1")
+        axes[1].plot(ctx, [row["prefill_tok_s"] for row in r["rows"]], "-o", label=label)
+    for ax, title in ((axes[0], "decode"), (axes[1], "prefill, one sequence")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("tok/s")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"speed on {per['model']['device']} ({per['model']['dtype']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict, folder: Path) -> list[Path]:
+    """eval.json, eval.md and the PNGs into `folder`; the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text(json.dumps(results, indent=1))
+    (folder / "eval.md").write_text(markdown(results))
+    written = [folder / "eval.json", folder / "eval.md"]
+    for name, fn in (("retrieval.png", plot_retrieval), ("speed.png", plot_speed)):
+        if fn(results, folder / name):
+            written.append(folder / name)
+    return written
