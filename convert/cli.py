@@ -183,6 +183,9 @@ def eval_(
     humaneval_batch: int = 256,
     speed_contexts: str = "4096,8192,16384,32768",
     speed_max_batch: int = 1024,
+    speed_steps: Annotated[str, typer.Option(help="N1,N2: decode tok/s from the difference of N1 and N2 new "
+                                                  "tokens")] = "8,40",
+    speed_repeats: Annotated[int, typer.Option(help="timed (N1, N2) pairs after the warm-up pair")] = 3,
     lm_eval_limit: Annotated[Optional[int], typer.Option(help="lm-eval --limit (documents per task)")] = None,
     overwrite: bool = False,
     seed: int = 0,
@@ -196,12 +199,16 @@ def eval_(
         raise ValueError(f"--depths {depths!r}: give comma-separated fractions") from err
     if any(not 0 <= d <= 1 for d in depth_list):
         raise ValueError(f"--depths {depths!r}: every depth is a fraction in [0, 1]")
+    steps = tuple(_ints(speed_steps, "--speed-steps"))
+    if len(steps) != 2 or not 0 < steps[0] < steps[1]:
+        raise ValueError(f"--speed-steps {speed_steps!r}: give N1,N2 with 0 < N1 < N2")
     opt = EvalOptions(text=text or [], haystack=haystack or [], text_field=text_field, ppl_window=ppl_window,
                       ppl_max_tokens=ppl_max_tokens, lengths=_ints(lengths, "--lengths"), depths=depth_list,
                       trials=trials, retrieval_tasks=[t for t in retrieval_tasks.split(",") if t],
                       humaneval_limit=humaneval_limit, humaneval_max_new_tokens=humaneval_max_new_tokens,
                       humaneval_batch=humaneval_batch, speed_contexts=_ints(speed_contexts, "--speed-contexts"),
-                      speed_max_batch=speed_max_batch, lm_eval_limit=lm_eval_limit, seed=seed)
+                      speed_max_batch=speed_max_batch, speed_steps=steps, speed_repeats=speed_repeats,
+                      lm_eval_limit=lm_eval_limit, seed=seed)
     run_eval(model, baseline, suite, out, opt, overwrite)
 
 
@@ -224,15 +231,16 @@ def card(
     folder: Annotated[Path, typer.Argument(help="a converted folder")],
     base: Annotated[str, typer.Option(help="the source checkpoint (for its config)")],
 ):
-    """Print the model card a folder would get (no distillation section)."""
+    """Print the model card a folder would get (no distillation section; the evaluation table if FOLDER/eval.json)."""
     from transformers import AutoConfig
 
     import jet_nemotron  # noqa: F401
 
-    from .model_card import render_card
+    from .model_card import evaluation_table, render_card
 
     cfg = AutoConfig.from_pretrained(folder)
-    typer.echo(render_card(cfg, AutoConfig.from_pretrained(base), base, folder.name))
+    typer.echo(render_card(cfg, AutoConfig.from_pretrained(base), base, folder.name,
+                           evaluation=evaluation_table(folder)))
 
 
 search_app = typer.Typer(no_args_is_help=True, help="PostNAS search: where attention stays, which JetBlock shape.")

@@ -29,6 +29,18 @@ def cache_table(jet_config, base_config, contexts=(4096, 65536), kv_bytes: int =
     return {"dtype": {2: "bf16", 4: "fp32", 1: "8-bit"}.get(kv_bytes, f"{kv_bytes}-byte"), "rows": rows}
 
 
+def evaluation_table(folder: str | Path) -> str | None:
+    """The markdown table of `jet-nemotron eval` (MODEL | baseline | ratio) when FOLDER/eval.json exists."""
+    path = Path(folder) / "eval.json"
+    if not path.is_file():
+        return None
+    import json
+
+    from .eval.report import markdown
+
+    return markdown(json.loads(path.read_text()))
+
+
 def hub_id(source: str) -> str | None:
     """`owner/name` when `source` names a Hub repository rather than a local path, else None."""
     import re
@@ -73,12 +85,14 @@ def describe_sources(sources: list[str]) -> str:
 
 
 def render_card(jet_config, base_config, base_model: str, name: str, layer_map_source: str = "",
-                distill: dict | None = None, repo_hint: str | None = None, license: str | None = None) -> str:
+                distill: dict | None = None, repo_hint: str | None = None, license: str | None = None,
+                evaluation: str | None = None) -> str:
     """Render the card. `base_model`: the source as given (a Hub id is linked and put in the card's metadata; a
     local path is named by its last component only). `repo_hint`: the id the usage snippet loads (default
     `name`; `push` puts the repo id there). `license`: default the source card's, else "other".
     `distill`: {"stages": [summary, ...], "data_sources", "data_tokens", "seq_len", "ppl_teacher", "ppl_student",
-    "kl_before", "kl_after"} (summaries as returned by `distill.distill`)."""
+    "kl_before", "kl_after"} (summaries as returned by `distill.distill`). `evaluation`: the markdown table of
+    `evaluation_table` (shown under "Evaluation")."""
     import jinja2
 
     from .layer_map import LayerMap
@@ -98,7 +112,7 @@ def render_card(jet_config, base_config, base_model: str, name: str, layer_map_s
         "window": jet_config.sliding_window,
         "layer_map": LayerMap(official).describe(), "layer_map_source": layer_map_source or "config",
         "layer_types": list(enumerate(official)), "jet": d, "cache": cache_table(jet_config, base_config),
-        "distilled": bool(distill and distill.get("stages")),
+        "distilled": bool(distill and distill.get("stages")), "evaluation": evaluation,
     }
     if ctx["distilled"]:
         stages = []

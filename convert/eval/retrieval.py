@@ -14,6 +14,7 @@ have exactly `length` tokens, so a batch needs no padding.
 
 from __future__ import annotations
 
+import functools
 import random
 
 from tqdm.auto import tqdm
@@ -33,10 +34,17 @@ def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+@functools.lru_cache(maxsize=4)
+def newline_ids(tok) -> frozenset[int]:
+    """Ids whose text ends a line: needles go in after one, so no word of the haystack is cut in two."""
+    return frozenset(i for i in range(len(tok)) if tok.decode([i]).endswith("\n"))
+
+
 def plant(filler: list[int], length: int, pieces: list[tuple[list[int], float]], question: list[int],
-          rng: random.Random) -> list[int]:
+          rng: random.Random, line_ends: frozenset[int] = frozenset()) -> list[int]:
     """A prompt of exactly `length` ids: a window of `filler` (random start) with each (ids, depth in [0, 1])
-    inserted at that fraction of the filler, in order of depth, then `question`."""
+    inserted at that fraction of the filler (moved to the next line start within 64 tokens, when `line_ends`
+    names the ids that end a line), in order of depth, then `question`."""
     n_fill = length - len(question) - sum(len(p) for p, _ in pieces)
     if n_fill < 0:
         raise ValueError(f"a prompt of {length} tokens cannot hold its needles and question "
@@ -47,7 +55,9 @@ def plant(filler: list[int], length: int, pieces: list[tuple[list[int], float]],
     fill = filler[start:start + n_fill]
     out, at = [], 0
     for ids, depth in sorted(pieces, key=lambda p: p[1]):
-        cut = round(depth * n_fill)
+        cut = max(at, round(depth * n_fill))
+        nxt = next((k for k in range(cut, min(cut + 64, n_fill)) if k == 0 or fill[k - 1] in line_ends), None)
+        cut = cut if nxt is None else nxt
         out += fill[at:cut] + ids
         at = cut
     return out + fill[at:] + question
@@ -66,23 +76,24 @@ def make_prompt(task: str, tok, filler: list[int], length: int, rng: random.Rand
     """One prompt (ids of exactly `length`) and its answer text for `task`."""
     if task == "passkey":
         return passkey_prompt(tok, filler, length, rng)
+    ends = newline_ids(tok)
     if task == "niah":
         name, value = rng.choice(WORDS), _number(rng, 7)
         needle = _ids(tok, f"\n{name}_MAGIC_NUMBER = {value}\n")
         q = _ids(tok, f"\nassert {name}_MAGIC_NUMBER == ")
-        return plant(filler, length, [(needle, rng.random() if depth is None else depth)], q, rng), value
+        return plant(filler, length, [(needle, rng.random() if depth is None else depth)], q, rng, ends), value
     if task == "multi_needle":
         names = rng.sample(WORDS, n_needles)
         values = [_number(rng, 7) for _ in names]
         pieces = [(_ids(tok, f"\n{n}_MAGIC_NUMBER = {v}\n"), rng.random()) for n, v in zip(names, values)]
         k = rng.randrange(n_needles)
-        return plant(filler, length, pieces, _ids(tok, f"\nassert {names[k]}_MAGIC_NUMBER == "), rng), values[k]
+        return plant(filler, length, pieces, _ids(tok, f"\nassert {names[k]}_MAGIC_NUMBER == "), rng, ends), values[k]
     if task == "kv":
         pairs = [(_hex(rng), _hex(rng)) for _ in range(max(2, min(n_pairs, length // 50)))]
         block = "\nLOOKUP = {\n" + "".join(f'    "{k}": "{v}",\n' for k, v in pairs) + "}\n"
         key, value = rng.choice(pairs)
         q = _ids(tok, f'\nassert LOOKUP["{key}"] == "')
-        return plant(filler, length, [(_ids(tok, block), rng.random())], q, rng), value
+        return plant(filler, length, [(_ids(tok, block), rng.random())], q, rng, ends), value
     if task == "variable_tracking":
         names = rng.sample(WORDS, 2 * (n_hops + 1))
         chain, decoy = names[:n_hops + 1], names[n_hops + 1:]
@@ -92,14 +103,15 @@ def make_prompt(task: str, tok, filler: list[int], length: int, rng: random.Rand
             depths = sorted(rng.random() for _ in c)
             pieces.append((_ids(tok, f"\n{c[0]} = {v}\n"), depths[0]))
             pieces += [(_ids(tok, f"\n{b} = {a}\n"), d) for a, b, d in zip(c, c[1:], depths[1:])]
-        return plant(filler, length, pieces, _ids(tok, f"\nassert {chain[-1]} == "), rng), value
+        return plant(filler, length, pieces, _ids(tok, f"\nassert {chain[-1]} == "), rng, ends), value
     raise ValueError(f"unknown retrieval task {task!r}; choose from {', '.join(TASKS)}")
 
 
 def score(m: EvalModel, prompts: list[tuple[list[int], str]], batch_size: int, desc: str) -> list[bool]:
     """Whether each prompt's greedy answer starts with its answer text."""
     n_new = max(len(_ids(m.tok, a)) for _, a in prompts) + 4  # room for a leading space or quote
-    new = greedy(m, [p for p, _ in prompts], max_new_tokens=n_new, batch_size=batch_size, desc=desc)
+    # eager decoding: a dozen tokens per batch, where compiling each new (batch, length) shape would cost more
+    new = greedy(m, [p for p, _ in prompts], max_new_tokens=n_new, batch_size=batch_size, compiled=False, desc=desc)
     return [m.tok.decode(ids).strip().startswith(a) for ids, (_, a) in zip(new, prompts)]
 
 

@@ -151,14 +151,24 @@ def largest_batch(model, ctx: int, device, cap: int, headroom: float = 0.8) -> i
 
 
 def speed(m: EvalModel, contexts: list[int], max_batch: int = 1024, steps: tuple[int, int] = (8, 40),
-          grouped_teacher: bool = True) -> dict:
+          grouped_teacher: bool = True, repeats: int = 3) -> dict:
     """{"rows": [{ctx, prefill_ms, prefill_tok_s, decode_batch1_tok_s, decode_max_batch_tok_s,
     decode_max_batch_batch, cache_MB_per_seq}], "device"}: `m` as loaded (its weights and dtype)."""
     for c in contexts:
         check_length(m, c + steps[1] + 16, "a speed context (plus the decoded tokens)")
     device, model = m.device, m.model
+    attn = model.config._attn_implementation
     if grouped_teacher and model.config.model_type != "jet_nemotron":
         model.set_attn_implementation(register_grouped_decode())
+    try:
+        return _speed(m, contexts, max_batch, steps, repeats)
+    finally:
+        model.set_attn_implementation(attn)  # the other suites measure the model as loaded
+        torch._dynamo.reset()
+
+
+def _speed(m: EvalModel, contexts: list[int], max_batch: int, steps: tuple[int, int], repeats: int) -> dict:
+    device, model = m.device, m.model
     # generate() compiles its decode step on CUDA only (transformers' criteria): the CPU runs eager, step_ms is nan
     cc = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead") if device.type == "cuda" else None
     rows = []
@@ -167,7 +177,7 @@ def speed(m: EvalModel, contexts: list[int], max_batch: int = 1024, steps: tuple
         row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
         row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3
         for mode, batch in (("batch1", 1), ("max_batch", largest_batch(model, ctx, device, max_batch))):
-            tok_s, step_s = decode_tok_s(model, batch, ctx, device, *steps, cc)
+            tok_s, step_s = decode_tok_s(model, batch, ctx, device, *steps, cc, repeats)
             row[f"decode_{mode}_batch"], row[f"decode_{mode}_tok_s"] = batch, tok_s
             row[f"step_{mode}_ms"] = step_s * 1e3
             gc.collect()
@@ -177,6 +187,5 @@ def speed(m: EvalModel, contexts: list[int], max_batch: int = 1024, steps: tuple
         print(f"speed {m.name} @{ctx}: prefill {row['prefill_tok_s']:,.0f} tok/s, decode "
               f"{row['decode_batch1_tok_s']:,.1f} tok/s at batch 1, {row['decode_max_batch_tok_s']:,.0f} at batch "
               f"{row['decode_max_batch_batch']}, cache {row['cache_MB_per_seq']:,.1f} MB/sequence")
-    torch._dynamo.reset()
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     return {"device": name, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "rows": rows}

@@ -1,5 +1,5 @@
-"""`jet-nemotron eval`: run the suites asked for on MODEL and (optionally) its baseline, one model at a time in one
-process, and write the report.
+"""`jet-nemotron eval`: run the suites asked for on MODEL and (optionally) its baseline, both loaded in one
+process, each suite on both before the next suite, and write the report.
 
 Every input is checked before any weights load: the suite names, the tokenizers (a baseline must tokenise the
 same), every length against each model's maximum, the text (non-empty, long enough for the haystack), and the
@@ -40,6 +40,7 @@ class EvalOptions:
     speed_contexts: list[int] = field(default_factory=lambda: [4096, 8192, 16384, 32768])
     speed_max_batch: int = 1024
     speed_steps: tuple[int, int] = (8, 40)
+    speed_repeats: int = 3
     lm_eval_limit: int | None = None
     lm_eval_batch: int = 8
     seed: int = 0
@@ -88,7 +89,7 @@ def _check(models: list[EvalModel], suites: dict, opt: EvalOptions) -> dict:
         sources = opt.haystack or opt.text
         if not sources:
             raise ValueError("the niah suite needs --haystack (or --text): real text to hide the needles in")
-        texts = read_texts(sources, opt.text_field) if sources != opt.text else prepared["texts"]
+        texts = prepared["texts"] if sources is opt.text and "texts" in prepared else read_texts(sources, opt.text_field)
         filler = [t for t in token_stream(models[0].tok, texts) if t != models[0].tok.eos_token_id]
         if len(filler) < max(opt.lengths):
             raise ValueError(f"the haystack {', '.join(sources)} has {len(filler):,} tokens; retrieval prompts of "
@@ -123,7 +124,7 @@ def _run_suite(suite: str, m: EvalModel, arg, opt: EvalOptions, prepared: dict) 
     if suite == "speed":
         from .speed import speed
 
-        return speed(m, opt.speed_contexts, opt.speed_max_batch, opt.speed_steps)
+        return speed(m, opt.speed_contexts, opt.speed_max_batch, opt.speed_steps, repeats=opt.speed_repeats)
     if suite == "lm-eval":
         from .lm_harness import lm_eval
 
@@ -133,7 +134,7 @@ def _run_suite(suite: str, m: EvalModel, arg, opt: EvalOptions, prepared: dict) 
 
 def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path, opt: EvalOptions | None = None,
              overwrite: bool = False, device=None) -> dict:
-    """Run the suites on MODEL, then on the baseline; write OUT/eval.json, eval.md and PNGs; return the results."""
+    """Run each suite on MODEL and then on the baseline; write OUT/eval.json, eval.md and PNGs; return the results."""
     from . import report
 
     opt = opt or EvalOptions()
@@ -146,15 +147,17 @@ def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path,
     results = {"model": model, "baseline": baseline, "suite": suite_spec, "suites": {}}
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for role, m in zip(("model", "baseline"), models):
-        in_process = [s for s in suites if s != "lm-eval"]
-        if in_process:
+    roles = list(zip(("model", "baseline"), models))
+    if any(s != "lm-eval" for s in suites):
+        for _, m in roles:  # both in memory: each suite runs on both before the next, so a cut run compares
             t = time.perf_counter()
             load_weights(m, device)
             print(f"loaded {m.name} in {time.perf_counter() - t:.1f} s", flush=True)
-        for suite in suites:
-            if suite == "lm-eval":
-                free(m)  # lm-eval loads the model itself, in its own process
+    for suite in suites:
+        if suite == "lm-eval":  # lm-eval loads each model itself, in its own process
+            for _, m in roles:
+                free(m)
+        for role, m in roles:
             t = time.perf_counter()
             res = _run_suite(suite, m, suites[suite], opt, prepared)
             entry = results["suites"].setdefault(suite, {"seconds": {}})
@@ -162,6 +165,7 @@ def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path,
             entry["seconds"][role] = time.perf_counter() - t
             print(f"{suite} on {m.name}: {entry['seconds'][role]:.1f} s", flush=True)
             report.write(results, tmp)  # a run cut short keeps what it has
+    for _, m in roles:
         free(m)
     report.write(results, tmp)
     if out.exists():

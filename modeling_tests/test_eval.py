@@ -1,0 +1,303 @@
+"""`jet-nemotron eval` (convert/eval/) on tiny models built here, CPU: every suite end to end, each number checked
+against an independent computation where one exists, and the bad inputs refused before any weights load."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_model
+
+STDLIB = Path(random.__file__).parent
+TEXT_FILES = [str(STDLIB / "json" / "decoder.py"), str(STDLIB / "json" / "encoder.py")]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny Jet-Nemotron folder and a tiny Qwen2 folder with the same BPE (built from stdlib text), a second
+    Qwen2 with another tokenizer; max_position_embeddings 8192 (Jet) and 4096 (Qwen)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from convert.tiny_teacher import build_tokenizer
+
+    root = tmp_path_factory.mktemp("eval_models")
+    text = (STDLIB / "random.py").read_text()
+    tok = build_tokenizer([text], vocab_size=300)
+    jet = tiny_model(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    jet.save_pretrained(root / "jet")  # copies the modeling code: lm-eval loads it through trust_remote_code
+    tok.save_pretrained(root / "jet")
+    torch.manual_seed(1)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    Qwen2ForCausalLM(cfg).save_pretrained(root / "qwen")
+    tok.save_pretrained(root / "qwen")
+    other = build_tokenizer([text], vocab_size=280)
+    Qwen2ForCausalLM(cfg).save_pretrained(root / "other")
+    other.save_pretrained(root / "other")
+    return {k: str(root / k) for k in ("jet", "qwen", "other")}
+
+
+def test_suites_parse_and_unknown_ones_are_refused():
+    from convert.eval.suite import parse_suites
+
+    assert parse_suites("ppl,niah,lm-eval:a,b") == {"ppl": None, "niah": None, "lm-eval": "a,b"}
+    for bad, msg in (("ppl,bleu", "unknown suite 'bleu'"), ("lm-eval", "needs its tasks"),
+                     ("ppl,lm-eval:", "at least one task"), ("", "names no suite")):
+        with pytest.raises(ValueError, match=msg):
+            parse_suites(bad)
+
+
+def test_bad_input_is_refused_before_any_weights_load(folders, tmp_path, monkeypatch):
+    from convert.eval import suite
+    from convert.eval.suite import EvalOptions, run_eval
+
+    def no_load(*a, **k):
+        raise AssertionError("weights were loaded before the inputs were checked")
+
+    monkeypatch.setattr(suite, "load_weights", no_load)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    short = tmp_path / "short.py"
+    short.write_text((STDLIB / "json" / "decoder.py").read_text()[:3000])
+    out = tmp_path / "out"
+    cases = [
+        (dict(baseline=folders["other"], spec="ppl", opt=EvalOptions(text=TEXT_FILES)), "another tokenizer"),
+        (dict(baseline=None, spec="ppl", opt=EvalOptions(text=[str(empty)])), "no text in"),
+        (dict(baseline=None, spec="ppl", opt=EvalOptions(text=[])), "needs --text"),
+        (dict(baseline=folders["qwen"], spec="niah", opt=EvalOptions(text=TEXT_FILES, lengths=[1024, 6000])),
+         "beyond .*qwen's maximum of 4,096"),
+        (dict(baseline=None, spec="niah", opt=EvalOptions(text=TEXT_FILES, haystack=[str(short)], lengths=[4096])),
+         "haystack .* has [0-9,]+ tokens"),
+        (dict(baseline=None, spec="niah", opt=EvalOptions(text=TEXT_FILES, lengths=[32])), "cannot hold|needs at least"),
+        (dict(baseline=None, spec="niah", opt=EvalOptions(text=TEXT_FILES, retrieval_tasks=["bogus"])),
+         "unknown retrieval task"),
+        (dict(baseline=None, spec="speed", opt=EvalOptions(speed_contexts=[8192])), "beyond"),
+        (dict(baseline=None, spec="ppl,bleu", opt=EvalOptions(text=TEXT_FILES)), "unknown suite"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            run_eval(folders["jet"], kw["baseline"], kw["spec"], out, kw["opt"])
+        assert not out.exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_eval(str(tmp_path / "missing"), None, "ppl", out, EvalOptions(text=TEXT_FILES))
+
+
+def test_perplexity_is_token_weighted_over_windows(folders):
+    from convert.eval.models import load
+    from convert.eval.perplexity import perplexity, read_texts, token_stream
+
+    m = load(folders["jet"])
+    texts = read_texts(TEXT_FILES[:1])
+    ids = token_stream(m.tok, texts)[:300]  # windows of 128: two full ones and a tail of 44
+    r = perplexity(m, texts, window=128, max_tokens=300)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, 300, 128):
+            x = torch.tensor([ids[s:s + 128]])
+            loss = m.model(x, labels=x, use_cache=False).loss.item()
+            nll, n = nll + loss * (x.shape[1] - 1), n + x.shape[1] - 1
+    assert r["tokens"] == n == 297 and r["windows"] == 3
+    assert math.isclose(r["perplexity"], math.exp(nll / n), rel_tol=1e-5)
+
+
+def test_retrieval_prompts_hold_their_answer_in_real_text(folders):
+    from convert.eval.models import open_model
+    from convert.eval.perplexity import read_texts, token_stream
+    from convert.eval.retrieval import TASKS, make_prompt
+
+    m = open_model(folders["qwen"])
+    filler = [t for t in token_stream(m.tok, read_texts(TEXT_FILES)) if t != m.tok.eos_token_id]
+    grams = {tuple(filler[i:i + 16]) for i in range(len(filler) - 15)}
+    rng = random.Random(0)
+    for task in TASKS:
+        for length in (1500, 3000):
+            ids, answer = make_prompt(task, m.tok, filler, length, rng, depth=0.5)
+            assert len(ids) == length, (task, length)
+            text = m.tok.decode(ids)
+            assert answer in text[:-1] and text.rstrip().endswith(("==", '== "')), (task, text[-60:])
+            # the haystack is the real files' text: the prompt starts with a run of their ids, not a sentence
+            # the haystack is the real files' text, not a repeated sentence: most 16-token pieces of the prompt
+            # are runs of the files' ids
+            pieces = [tuple(ids[i:i + 16]) for i in range(0, length - 16, 16)]
+            if task != "kv":  # (with this 300-token BPE its block of hex pairs is half the prompt)
+                assert sum(p in grams for p in pieces) >= 0.5 * len(pieces), (task, text[:200])
+            if task == "niah":  # the needle starts a line of its own, after a whole line of the haystack
+                assert re.search(r"\n\n[A-Z]+_MAGIC_NUMBER = ", text), text
+    # depth moves the needle: at 0 it is near the start, at 1 just before the question
+    for depth, where in ((0.0, slice(0, 40)), (1.0, slice(-60, None))):
+        ids, answer = make_prompt("niah", m.tok, filler, 600, random.Random(1), depth=depth)
+        assert "MAGIC_NUMBER = " + answer in m.tok.decode(ids[where])
+
+
+def test_retrieval_scores_the_answers_it_is_given(folders, monkeypatch):
+    """The accuracy is the fraction of answers that start with the planted value: an oracle scores 1, a model
+    that answers the first number of the prompt scores (almost) 0."""
+    from convert.eval import retrieval
+    from convert.eval.models import open_model
+    from convert.eval.perplexity import read_texts, token_stream
+
+    m = open_model(folders["qwen"])
+    filler = [t for t in token_stream(m.tok, read_texts(TEXT_FILES)) if t != m.tok.eos_token_id]
+    answers = {}
+    real_make = retrieval.make_prompt
+
+    def recording_make(*a, **k):
+        ids, ans = real_make(*a, **k)
+        answers[tuple(ids)] = ans
+        return ids, ans
+
+    monkeypatch.setattr(retrieval, "make_prompt", recording_make)
+    monkeypatch.setattr(retrieval, "greedy", lambda m, prompts, **k: [m.tok(" " + answers[tuple(p)])["input_ids"]
+                                                                        for p in prompts])
+    r = retrieval.retrieval(m, filler, [400, 600], depths=[0.0, 1.0], trials=2)
+    assert all(v == 1.0 for t in retrieval.TASKS for v in r[t]["by_length"].values())
+    assert r["niah"]["grid"] == [[1.0, 1.0], [1.0, 1.0]]
+    monkeypatch.setattr(retrieval, "greedy", lambda m, prompts, **k: [m.tok(" 12345678")["input_ids"] for _ in prompts])
+    r = retrieval.retrieval(m, filler, [400], depths=[0.5], trials=2)
+    assert all(v == 0.0 for t in retrieval.TASKS for v in r[t]["by_length"].values())
+
+
+def _uncached_greedy(model, ids: list[int], n: int, eos: int) -> list[int]:
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(torch.tensor([out]), use_cache=False).logits[0, -1].argmax().item()
+            if nxt == eos:
+                break
+            out.append(nxt)
+    return out[len(ids):]
+
+
+@pytest.mark.parametrize("which", ["qwen", "jet"])
+def test_batched_left_padded_static_greedy_matches_uncached_decoding(folders, which):
+    from convert.eval.generation import greedy
+    from convert.eval.models import load
+
+    m = load(folders[which])
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (5, 17, 11)]
+    want = [_uncached_greedy(m.model, p, 6, m.tok.eos_token_id) for p in prompts]
+    try:
+        got = greedy(m, prompts, max_new_tokens=6, batch_size=3)
+    except RuntimeError:
+        got = None
+    if which == "jet" and got != want:  # remove once issue 11 lands on main
+        pytest.xfail("issue 11: Jet-Nemotron's static-cache generate() under left padding on transformers 5.24")
+    assert got == want
+
+
+def test_humaneval_sandbox_passes_right_code_and_stops_the_rest():
+    from convert.eval.humaneval import load_problems, program, run_sandboxed
+
+    problems = load_problems(3)
+    assert [p["task_id"] for p in problems] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert len(load_problems()) == 164
+    assert all(run_sandboxed(program(p, p["canonical_solution"])) == "passed" for p in problems)
+    assert run_sandboxed(program(problems[0], "    return True\n")).startswith("failed: AssertionError")
+    assert run_sandboxed("while True:\n    pass\n", timeout=1.5) == "timed out"
+    net = run_sandboxed("import socket\nsocket.create_connection(('127.0.0.1', 9))\n")
+    assert "network access is disabled" in net
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_humaneval_pipeline_scores_what_the_model_writes(folders, monkeypatch, chat):
+    """Prompt -> generation -> cut at the stop -> sandbox: a model that writes the canonical solution (and then
+    rambles past the stop) passes every problem; one that writes `pass` passes none."""
+    from convert.eval import humaneval
+    from convert.eval.models import open_model
+
+    m = open_model(folders["qwen"])
+    if not chat:
+        m.tok.chat_template = None
+    problems = humaneval.load_problems(3)
+    seen = []
+
+    def writer(body):
+        def fake_greedy(m, prompts, max_new_tokens, batch_size, stop_strings, desc):
+            seen.extend(m.tok.decode(p) for p in prompts)
+            tail = "\n```\nThat is all." if chat else "\n\ndef unrelated():\n    raise SystemExit(1)\n"
+            return [m.tok(body(pr) + tail)["input_ids"] for pr in problems]
+        return fake_greedy
+
+    monkeypatch.setattr(humaneval, "greedy", writer(lambda p: p["canonical_solution"]))
+    r = humaneval.humaneval(m, limit=3)
+    assert r["pass@1"] == 1.0 and r["chat_template"] is chat, [x["result"] for x in r["results"]]
+    assert ("<|im_start|>assistant" in seen[0]) is chat and problems[0]["prompt"].strip()[:40] in seen[0]
+    monkeypatch.setattr(humaneval, "greedy", writer(lambda p: "    pass\n"))
+    r = humaneval.humaneval(m, limit=3)
+    assert r["passed"] == 0 and [x["task_id"] for x in r["results"]] == [p["task_id"] for p in problems]
+
+
+def test_speed_rows_and_cache_bytes(folders):
+    from jet_nemotron import cache_nbytes_estimate
+
+    from convert.eval.models import load
+    from convert.eval.speed import speed
+
+    m = load(folders["jet"])
+    r = speed(m, [48], max_batch=2, steps=(1, 3), repeats=1)
+    (row,) = r["rows"]
+    assert row["ctx"] == 48 and row["decode_max_batch_batch"] == 2
+    assert row["prefill_tok_s"] > 0 and row["decode_batch1_tok_s"] > 0 and row["decode_max_batch_tok_s"] > 0
+    assert row["cache_MB_per_seq"] == cache_nbytes_estimate(m.model.config, 48) / 1e6
+
+
+def test_cli_runs_every_in_process_suite_and_the_card_shows_the_table(folders, tmp_path):
+    from transformers import AutoConfig
+
+    from convert.cli import main
+    from convert.model_card import evaluation_table, render_card
+
+    out = tmp_path / "report"
+    rc = main(["eval", folders["jet"], "--baseline", folders["qwen"], "--suite", "ppl,niah,humaneval,speed",
+               "--out", str(out), "--text", TEXT_FILES[0], "--ppl-window", "128", "--ppl-max-tokens", "400",
+               "--lengths", "300", "--depths", "0,1", "--trials", "1", "--humaneval-limit", "1",
+               "--humaneval-max-new-tokens", "4", "--speed-contexts", "32", "--speed-max-batch", "1",
+               "--speed-steps", "1,3", "--speed-repeats", "1"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md", "retrieval.png", "speed.png"]
+    res = json.loads((out / "eval.json").read_text())
+    assert list(res["suites"]) == ["ppl", "niah", "humaneval", "speed"]
+    for suite in res["suites"].values():
+        assert set(suite["seconds"]) == {"model", "baseline"}
+    ppl = res["suites"]["ppl"]
+    assert ppl["model"]["tokens"] == ppl["baseline"]["tokens"] == 400 - 4  # 400 ids in 4 windows (128, 128, 128, 16)
+    table = (out / "eval.md").read_text()
+    ratio = ppl["model"]["perplexity"] / ppl["baseline"]["perplexity"]
+    assert "| metric | jet | qwen | ratio |" in table and f"{ratio:.2f}x" in table
+    assert "niah @300" in table and "HumanEval pass@1 (1 problems)" in table
+    folder = tmp_path / "card"
+    folder.mkdir()
+    (folder / "eval.json").write_text((out / "eval.json").read_text())
+    cfg = AutoConfig.from_pretrained(folders["jet"])
+    card = render_card(cfg, AutoConfig.from_pretrained(folders["qwen"]), "Qwen/x", "jet",
+                       evaluation=evaluation_table(folder))
+    assert "## Evaluation" in card and "| metric | jet | qwen | ratio |" in card
+    assert "## Evaluation" not in render_card(cfg, AutoConfig.from_pretrained(folders["qwen"]), "Qwen/x", "jet")
+
+
+def test_lm_eval_example_tasks_run_on_a_tiny_model(folders):
+    """`lm_eval run --model hf --model_args pretrained=DIR,trust_remote_code=True` on the three example tasks over
+    local JSON; the rolling task's bits per byte equals our own NLL of the same programs."""
+    from convert.eval.lm_harness import TASKS_DIR, lm_eval
+    from convert.eval.models import load
+
+    r = lm_eval(folders["jet"], "jet_python", limit=3, batch_size=3, device="cpu")
+    assert set(r) == {"python_mc", "python_gen", "python_rolling"}
+    assert 0 <= r["python_mc"]["acc"] <= 1 and 0 <= r["python_gen"]["exact_match"] <= 1
+    m = load(folders["jet"])
+    docs = [json.loads(line)["text"] for line in (TASKS_DIR / "python_programs.jsonl").read_text().splitlines()[:3]]
+    nll, n_bytes = 0.0, 0
+    with torch.no_grad():
+        for d in docs:  # lm-eval conditions the first token on the EOS token (its prefix token)
+            x = torch.tensor([[m.tok.eos_token_id] + m.tok(d, add_special_tokens=False)["input_ids"]])
+            nll += m.model(x, labels=x, use_cache=False).loss.item() * (x.shape[1] - 1)
+            n_bytes += len(d.encode())
+    assert math.isclose(r["python_rolling"]["bits_per_byte"], nll / n_bytes / math.log(2), rel_tol=1e-3)
