@@ -181,6 +181,7 @@ def eval_(
     humaneval_limit: Annotated[Optional[int], typer.Option(help="only the first N problems")] = None,
     humaneval_max_new_tokens: int = 512,
     humaneval_batch: int = 256,
+    humaneval_compile: Annotated[Optional[bool], typer.Option(help="compiled decode step (default: on CUDA)")] = None,
     speed_contexts: str = "4096,8192,16384,32768",
     speed_max_batch: int = 1024,
     speed_steps: Annotated[str, typer.Option(help="N1,N2: decode tok/s from the difference of N1 and N2 new "
@@ -206,7 +207,8 @@ def eval_(
                       ppl_max_tokens=ppl_max_tokens, lengths=_ints(lengths, "--lengths"), depths=depth_list,
                       trials=trials, retrieval_tasks=[t for t in retrieval_tasks.split(",") if t],
                       humaneval_limit=humaneval_limit, humaneval_max_new_tokens=humaneval_max_new_tokens,
-                      humaneval_batch=humaneval_batch, speed_contexts=_ints(speed_contexts, "--speed-contexts"),
+                      humaneval_batch=humaneval_batch, humaneval_compiled=humaneval_compile,
+                      speed_contexts=_ints(speed_contexts, "--speed-contexts"),
                       speed_max_batch=speed_max_batch, speed_steps=steps, speed_repeats=speed_repeats,
                       lm_eval_limit=lm_eval_limit, seed=seed)
     run_eval(model, baseline, suite, out, opt, overwrite)

@@ -76,7 +76,7 @@ def test_bad_input_is_refused_before_any_weights_load(folders, tmp_path, monkeyp
         (dict(baseline=None, spec="niah", opt=EvalOptions(text=TEXT_FILES, haystack=[str(short)], lengths=[4096])),
          "haystack .* has [0-9,]+ tokens"),
         (dict(baseline=None, spec="niah", opt=EvalOptions(text=TEXT_FILES, lengths=[32])), "cannot hold|needs at least"),
-        (dict(baseline=None, spec="niah", opt=EvalOptions(text=TEXT_FILES, retrieval_tasks=["bogus"])),
+        (dict(baseline=None, spec="niah", opt=EvalOptions(text=TEXT_FILES, lengths=[1024], retrieval_tasks=["bogus"])),
          "unknown retrieval task"),
         (dict(baseline=None, spec="speed", opt=EvalOptions(speed_contexts=[8192])), "beyond"),
         (dict(baseline=None, spec="ppl,bleu", opt=EvalOptions(text=TEXT_FILES)), "unknown suite"),
@@ -220,7 +220,7 @@ def test_humaneval_pipeline_scores_what_the_model_writes(folders, monkeypatch, c
     seen = []
 
     def writer(body):
-        def fake_greedy(m, prompts, max_new_tokens, batch_size, stop_strings, desc):
+        def fake_greedy(m, prompts, max_new_tokens, batch_size, stop_strings, compiled, desc):
             seen.extend(m.tok.decode(p) for p in prompts)
             tail = "\n```\nThat is all." if chat else "\n\ndef unrelated():\n    raise SystemExit(1)\n"
             return [m.tok(body(pr) + tail)["input_ids"] for pr in problems]

@@ -87,14 +87,15 @@ def cut(text: str, stops: list[str]) -> str:
 
 
 def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512, batch_size: int = 256,
-              timeout: float = 10.0, workers: int | None = None) -> dict:
+              timeout: float = 10.0, workers: int | None = None, compiled: bool | None = None) -> dict:
     """{"pass@1", "passed", "problems", "chat_template", "results": [{task_id, passed, result, completion}]}."""
     problems = load_problems(limit)
     texts = [prompt_text(m.tok, p) for p in problems]
     chat = texts[0][1]
     prompts = [m.tok(t, add_special_tokens=False)["input_ids"] for t, _ in texts]
     stops = CHAT_STOPS if chat else BASE_STOPS
-    new = greedy(m, prompts, max_new_tokens, batch_size, stop_strings=stops, desc=f"humaneval {m.name}")
+    new = greedy(m, prompts, max_new_tokens, batch_size, stop_strings=stops, compiled=compiled,
+                 desc=f"humaneval {m.name}")
     completions = [cut(m.tok.decode(ids, skip_special_tokens=True), stops) for ids in new]
     with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
         runs = list(tqdm(pool.map(lambda pc: run_sandboxed(program(*pc), timeout), zip(problems, completions)),

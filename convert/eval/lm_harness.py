@@ -21,7 +21,10 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 def model_args(model: str, dtype: str | None = None) -> str:
     """`--model_args` of a folder or a .gguf file (lm-eval's hf model takes gguf_file= like transformers)."""
-    p = Path(model).resolve()
+    p = Path(model)
+    if not p.exists():  # a Hub id
+        return f"pretrained={model},trust_remote_code=True" + (f",dtype={dtype}" if dtype else "")
+    p = p.resolve()
     args = f"pretrained={p.parent},gguf_file={p.name}" if p.is_file() else f"pretrained={p}"
     return args + ",trust_remote_code=True" + (f",dtype={dtype}" if dtype else "")
 
@@ -31,8 +34,6 @@ def lm_eval(model: str, tasks: str, limit: int | None = None, batch_size: int | 
     """{task: {metric: value}} of lm-eval's run on `model` (folder or .gguf) for comma-separated `tasks`."""
     if not tasks.strip():
         raise ValueError("lm-eval: no tasks given (use --suite lm-eval:TASK1,TASK2)")
-    if not Path(model).exists():
-        raise FileNotFoundError(f"lm-eval: model {model} does not exist")
     device = device or ("cuda" if _cuda() else "cpu")
     with tempfile.TemporaryDirectory(prefix="lm-eval-") as tmp:
         cmd = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", model_args(model, dtype),

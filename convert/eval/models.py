@@ -18,7 +18,7 @@ class EvalModel:
     tok: object  # a transformers tokenizer (left padding, a pad token)
     config: object
     max_length: int  # the model's max_position_embeddings (positions it was configured for)
-    source: tuple[Path, dict]  # folder and from_pretrained kwargs (gguf_file)
+    source: tuple[Path | str, dict]  # folder (or Hub id) and from_pretrained kwargs (gguf_file)
     model: torch.nn.Module | None = None  # set by load_weights
 
     @property
@@ -31,17 +31,20 @@ def default_device() -> torch.device:
 
 
 def open_model(path: str) -> EvalModel:
-    """Tokenizer and config of a model folder (Jet-Nemotron or Qwen) or a .gguf file, without the weights: enough
-    to check every input before the long work."""
+    """Tokenizer and config of a model folder (Jet-Nemotron or Qwen), a .gguf file or a Hub id, without the
+    weights: enough to check every input before the long work."""
     from transformers import AutoConfig, AutoTokenizer
 
     import jet_nemotron  # noqa: F401  (registers the Jet-Nemotron classes with the Auto* factories)
 
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"model {path} does not exist (a model folder or a .gguf file)")
+    is_hub = not p.exists() and path.count("/") == 1 and not path.startswith((".", "/"))
+    if not p.exists() and not is_hub:
+        raise FileNotFoundError(f"model {path} does not exist (a model folder, a .gguf file or a Hub id owner/name)")
     kwargs = {}
-    if p.is_file():
+    if is_hub:
+        p = path
+    elif p.is_file():
         if p.suffix != ".gguf":
             raise ValueError(f"model {path} is a file but not a .gguf; give a model folder or a GGUF file")
         kwargs["gguf_file"], p = p.name, p.parent

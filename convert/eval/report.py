@@ -85,7 +85,7 @@ def plot_retrieval(results: dict, path: Path) -> bool:
     for ax, (name, r) in zip(axes[0], models):
         g, lengths, depths = r["niah"]["grid"], r["lengths"], r["niah"]["depths"]
         im = ax.imshow([list(row) for row in zip(*g)], vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
-        ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths])
+        ax.set_xticks(range(len(lengths)), [f"{n / 1000:.0f}K" if n >= 1000 else str(n) for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
         for i, row in enumerate(g):
             for j, acc in enumerate(row):

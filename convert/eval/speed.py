@@ -156,7 +156,7 @@ def speed(m: EvalModel, contexts: list[int], max_batch: int = 1024, steps: tuple
     decode_max_batch_batch, cache_MB_per_seq}], "device"}: `m` as loaded (its weights and dtype)."""
     for c in contexts:
         check_length(m, c + steps[1] + 16, "a speed context (plus the decoded tokens)")
-    device, model = m.device, m.model
+    model = m.model
     attn = model.config._attn_implementation
     if grouped_teacher and model.config.model_type != "jet_nemotron":
         model.set_attn_implementation(register_grouped_decode())

@@ -37,6 +37,7 @@ class EvalOptions:
     humaneval_limit: int | None = None
     humaneval_max_new_tokens: int = 512
     humaneval_batch: int = 256
+    humaneval_compiled: bool | None = None  # None: compiled on CUDA
     speed_contexts: list[int] = field(default_factory=lambda: [4096, 8192, 16384, 32768])
     speed_max_batch: int = 1024
     speed_steps: tuple[int, int] = (8, 40)
@@ -78,7 +79,7 @@ def _check(models: list[EvalModel], suites: dict, opt: EvalOptions) -> dict:
         if "ppl" in suites:
             check_length(m, opt.ppl_window, "--ppl-window")
         for n in opt.lengths if "niah" in suites else []:
-            check_length(m, n, "a retrieval length")
+            check_length(m, n + 16, "a retrieval length plus room for its answer (16 tokens)")
         for n in opt.speed_contexts if "speed" in suites else []:
             check_length(m, n + opt.speed_steps[1] + 16, "a speed context (plus the decoded tokens)")
     if "ppl" in suites:
@@ -120,7 +121,8 @@ def _run_suite(suite: str, m: EvalModel, arg, opt: EvalOptions, prepared: dict) 
     if suite == "humaneval":
         from .humaneval import humaneval
 
-        return humaneval(m, opt.humaneval_limit, opt.humaneval_max_new_tokens, opt.humaneval_batch)
+        return humaneval(m, opt.humaneval_limit, opt.humaneval_max_new_tokens, opt.humaneval_batch,
+                         compiled=opt.humaneval_compiled)
     if suite == "speed":
         from .speed import speed
 
@@ -145,13 +147,14 @@ def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path,
     models = [open_model(model)] + ([open_model(baseline)] if baseline else [])
     prepared = _check(models, suites, opt)
     results = {"model": model, "baseline": baseline, "suite": suite_spec, "suites": {}}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"  # no leading dot: a cut run's partial report stays visible
     shutil.rmtree(tmp, ignore_errors=True)
     roles = list(zip(("model", "baseline"), models))
     if any(s != "lm-eval" for s in suites):
-        for _, m in roles:  # both in memory: each suite runs on both before the next, so a cut run compares
+        for role, m in roles:  # both in memory: each suite runs on both before the next, so a cut run compares
             t = time.perf_counter()
             load_weights(m, device)
+            results.setdefault("load_seconds", {})[role] = time.perf_counter() - t
             print(f"loaded {m.name} in {time.perf_counter() - t:.1f} s", flush=True)
     for suite in suites:
         if suite == "lm-eval":  # lm-eval loads each model itself, in its own process
