@@ -114,6 +114,9 @@ def decode_tok_s(model, batch: int, ctx: int, device, n1: int, n2: int, compile_
     if compiled is not None:
         model._compiled_call = compiled  # the recording wrapper goes, whatever happens next
     diffs = sorted(b - a for a, b in zip(times[n1], times[n2]))
+    if diffs[len(diffs) // 2] <= 0:  # timing noise larger than N2 - N1 steps: no rate can be read off
+        raise RuntimeError(f"decode timing at batch {batch}, context {ctx}: {n2} tokens took no longer than {n1} "
+                           f"(median of {diffs}); use more steps (--speed-steps) or repeats")
     tok_s = batch * (n2 - n1) / diffs[len(diffs) // 2]
     if not last_call:  # generate() compiles only on CUDA (transformers' auto-compile criteria): no step to replay
         return tok_s, float("nan")
