@@ -296,3 +296,15 @@ def test_lm_eval_example_tasks_run_on_a_tiny_model(folders):
             nll += m.model(x, labels=x, use_cache=False).loss.item() * (x.shape[1] - 1)
             n_bytes += len(d.encode())
     assert math.isclose(r["python_rolling"]["bits_per_byte"], nll / n_bytes / math.log(2), rel_tol=1e-3)
+
+
+def test_speed_decodes_a_plain_qwen_through_grouped_attention_and_restores_it(folders, monkeypatch):
+    from convert.eval import speed as speed_mod
+    from convert.eval.models import load
+
+    m = load(folders["qwen"])
+    calls = []
+    real = speed_mod.grouped_decode_attention
+    monkeypatch.setattr(speed_mod, "grouped_decode_attention", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    speed_mod.speed(m, [32], max_batch=1, steps=(2, 6), repeats=1)
+    assert calls and m.model.config._attn_implementation == "sdpa"

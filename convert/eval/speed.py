@@ -162,11 +162,12 @@ def speed(m: EvalModel, contexts: list[int], max_batch: int = 1024, steps: tuple
     model = m.model
     attn = model.config._attn_implementation
     if grouped_teacher and model.config.model_type != "jet_nemotron":
-        model.set_attn_implementation(register_grouped_decode())
+        # the attention layers and mask builders read the config's name at every call (as generation.py sets it)
+        model.config._attn_implementation = register_grouped_decode()
     try:
         return _speed(m, contexts, max_batch, steps, repeats)
     finally:
-        model.set_attn_implementation(attn)  # the other suites measure the model as loaded
+        model.config._attn_implementation = attn  # the other suites measure the model as loaded
         torch._dynamo.reset()
 
 
