@@ -13,6 +13,13 @@ Runs, each suite on both models before the next (both stay loaded, so a run cut 
 - speed: prefill and decode tok/s at 4K..32K, batch 1 and the largest batch that fits (capped), cache bytes.
 Writes OUT/eval/{eval.json, eval.md, retrieval.png, speed.png} (a cut run leaves them in OUT/eval.tmp-PID/)
 and prints the table; eval.json has the seconds each suite took per model, and the load times.
+
+Expected on one H200 for the 1.5B teacher (GGUF) and its student, estimated from FLOP counts and this project's
+generation benchmark, not yet measured: loading ~2-3 min (the GGUF is parsed twice: tokenizer and config for the
+checks, then dequantised), ppl < 30 s, niah 2-4 min (3 x 11 cells + 4 tasks x 3 prompts per length, the 32K
+prompts dominate), humaneval 1-2 min (164 prompts, one batch, eager decode: compiling costs more than one batch
+saves), speed 4-8 min (torch.compile and CUDA-graph capture per context and batch). Suites run in that order, so a
+cut run keeps the quality numbers.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--suite", default="ppl,niah,humaneval,speed")
     ap.add_argument("--text", nargs="*", help="held-out text (default: the stdlib's held-out split)")
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32000")
-    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--trials", type=int, default=3, help="prompts per grid cell and per task and length")
     ap.add_argument("--speed-contexts", default="4096,8192,16384,32000")
     ap.add_argument("--speed-max-batch", type=int, default=1024)
     ap.add_argument("--humaneval-compile", action="store_true",
