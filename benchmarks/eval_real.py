@@ -47,13 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=3, help="prompts per grid cell and per task and length")
     ap.add_argument("--speed-contexts", default="4096,8192,16384,32000")
     ap.add_argument("--speed-max-batch", type=int, default=1024)
+    ap.add_argument("--ppl-max-tokens", type=int, help="score at most this many held-out tokens")
+    ap.add_argument("--humaneval-limit", type=int, help="only the first N problems (a smoke run)")
+    ap.add_argument("--humaneval-max-new-tokens", type=int, default=512)
     ap.add_argument("--humaneval-compile", action="store_true",
                     help="compile the decode step for HumanEval (one batch of 164: compiling costs more than it saves)")
     args = ap.parse_args(argv)
     text = args.text or [str(p) for p in stdlib_files("eval")]
-    opt = EvalOptions(text=text, ppl_window=4096, lengths=[int(x) for x in args.lengths.split(",")],
+    opt = EvalOptions(text=text, ppl_window=4096, ppl_max_tokens=args.ppl_max_tokens,
+                      lengths=[int(x) for x in args.lengths.split(",")],
                       depths=[i / 10 for i in range(11)], trials=args.trials,
-                      humaneval_batch=256, humaneval_max_new_tokens=512, humaneval_compiled=args.humaneval_compile,
+                      humaneval_batch=256, humaneval_max_new_tokens=args.humaneval_max_new_tokens,
+                      humaneval_limit=args.humaneval_limit, humaneval_compiled=args.humaneval_compile,
                       speed_contexts=[int(x) for x in args.speed_contexts.split(",")],
                       speed_max_batch=args.speed_max_batch)
     t = time.perf_counter()

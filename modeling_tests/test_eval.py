@@ -266,7 +266,7 @@ def test_cli_runs_every_in_process_suite_and_the_card_shows_the_table(folders, t
     assert ppl["model"]["tokens"] == ppl["baseline"]["tokens"] == 400 - 4  # 400 ids in 4 windows (128, 128, 128, 16)
     table = (out / "eval.md").read_text()
     ratio = ppl["model"]["perplexity"] / ppl["baseline"]["perplexity"]
-    assert "| metric | jet | qwen | ratio |" in table and f"{ratio:.2f}x" in table
+    assert "| metric | jet | qwen | ratio (jet / qwen) |" in table and f"{ratio:.2f}x" in table
     assert "niah @300" in table and "HumanEval pass@1 (1 problems)" in table
     folder = tmp_path / "card"
     folder.mkdir()
@@ -274,7 +274,7 @@ def test_cli_runs_every_in_process_suite_and_the_card_shows_the_table(folders, t
     cfg = AutoConfig.from_pretrained(folders["jet"])
     card = render_card(cfg, AutoConfig.from_pretrained(folders["qwen"]), "Qwen/x", "jet",
                        evaluation=evaluation_table(folder))
-    assert "## Evaluation" in card and "| metric | jet | qwen | ratio |" in card
+    assert "## Evaluation" in card and "| metric | jet | qwen | ratio (jet / qwen) |" in card
     assert "## Evaluation" not in render_card(cfg, AutoConfig.from_pretrained(folders["qwen"]), "Qwen/x", "jet")
 
 

@@ -59,7 +59,7 @@ def _fmt(v) -> str:
 
 def markdown(results: dict) -> str:
     model, base = Path(results["model"]).name, Path(results["baseline"]).name if results.get("baseline") else None
-    head = f"| metric | {model} |" + (f" {base} | ratio |" if base else "")
+    head = f"| metric | {model} |" + (f" {base} | ratio ({model} / {base}) |" if base else "")
     sep = "|---|---:|" + ("---:|---:|" if base else "")
     lines = [head, sep]
     for r in summary(results):
@@ -81,7 +81,7 @@ def plot_retrieval(results: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     models = [(results["model"], per["model"])] + ([(results["baseline"], per["baseline"])] if per.get("baseline") else [])
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False, layout="constrained")
     for ax, (name, r) in zip(axes[0], models):
         g, lengths, depths = r["niah"]["grid"], r["lengths"], r["niah"]["depths"]
         im = ax.imshow([list(row) for row in zip(*g)], vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
@@ -91,7 +91,8 @@ def plot_retrieval(results: dict, path: Path) -> bool:
             for j, acc in enumerate(row):
                 ax.text(i, j, f"{acc:.0%}", ha="center", va="center", fontsize=7)
         ax.set_xlabel("context (tokens)")
-        ax.set_ylabel("needle depth")
+        if ax is axes[0][0]:
+            ax.set_ylabel("needle depth")
         ax.set_title(f"{Path(name).name}: needle accuracy ({r['trials']} trials/cell)", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.savefig(path, dpi=120)
@@ -110,13 +111,13 @@ def plot_speed(results: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in [(results["model"], per["model"])] + (
-            [(results["baseline"], per["baseline"])] if per.get("baseline") else []):
-        ctx = [row["ctx"] for row in r["rows"]]
-        label = Path(name).name
-        axes[0].plot(ctx, [row["decode_max_batch_tok_s"] for row in r["rows"]], "-o", label=f"{label}, largest batch")
-        axes[0].plot(ctx, [row["decode_batch1_tok_s"] for row in r["rows"]], "--o", label=f"{label}, batch 1")
-        axes[1].plot(ctx, [row["prefill_tok_s"] for row in r["rows"]], "-o", label=label)
+    models = [(results["model"], per["model"])] + ([(results["baseline"], per["baseline"])] if per.get("baseline") else [])
+    for k, (name, r) in enumerate(models):
+        ctx, label, c = [row["ctx"] for row in r["rows"]], Path(name).name, f"C{k}"  # one colour per model
+        axes[0].plot(ctx, [row["decode_max_batch_tok_s"] for row in r["rows"]], "-o", color=c,
+                     label=f"{label}, largest batch")
+        axes[0].plot(ctx, [row["decode_batch1_tok_s"] for row in r["rows"]], "--o", color=c, label=f"{label}, batch 1")
+        axes[1].plot(ctx, [row["prefill_tok_s"] for row in r["rows"]], "-o", color=c, label=label)
     for ax, title in ((axes[0], "decode"), (axes[1], "prefill, one sequence")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
