@@ -93,8 +93,13 @@ def test_perplexity_is_token_weighted_over_windows(folders):
     from convert.eval.models import load
     from convert.eval.perplexity import perplexity, read_texts, token_stream
 
+    from transformers import AutoTokenizer
+
+    from convert.eval.models import wrap
+
     m = load(folders["jet"])
     texts = read_texts(TEXT_FILES[:1])
+    same = perplexity(wrap(m.model, AutoTokenizer.from_pretrained(folders["jet"]), "in memory"), texts, 128, 300)
     ids = token_stream(m.tok, texts)[:300]  # windows of 128: two full ones and a tail of 44
     r = perplexity(m, texts, window=128, max_tokens=300)
     nll, n = 0.0, 0
@@ -105,6 +110,7 @@ def test_perplexity_is_token_weighted_over_windows(folders):
             nll, n = nll + loss * (x.shape[1] - 1), n + x.shape[1] - 1
     assert r["tokens"] == n == 297 and r["windows"] == 3
     assert math.isclose(r["perplexity"], math.exp(nll / n), rel_tol=1e-5)
+    assert same["perplexity"] == r["perplexity"]
 
 
 def test_retrieval_prompts_hold_their_answer_in_real_text(folders):

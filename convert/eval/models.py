@@ -73,6 +73,15 @@ def load_weights(m: EvalModel, device: torch.device | None = None, dtype: torch.
     return m
 
 
+def wrap(model: torch.nn.Module, tok, name: str = "model") -> EvalModel:
+    """An EvalModel around a model already in memory (the search scores its candidates with the same suites)."""
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    max_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
+    return EvalModel(name, tok, model.config, max_length, (name, {}), model)
+
+
 def load(path: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> EvalModel:
     """`open_model` + `load_weights`."""
     return load_weights(open_model(path), device, dtype)
