@@ -8,8 +8,9 @@ have exactly `length` tokens, so a batch needs no padding.
 - multi_needle: `n_needles` needles with distinct names at random depths; the question asks one of them.
 - kv: a dict literal of random hex keys -> hex values (`n_pairs`, fewer in prompts under 1,600 tokens: at most
   one pair per 50 tokens), as one block at a random depth; one key asked.
-- variable_tracking: `X = <value>`, then a chain `Y = X`, `Z = Y`, ... at increasing depths, beside a
-  distractor chain with another value; the question asks the chain's last name (multi-hop).
+- variable_tracking: `X = <value>`, then a chain `Y = X`, `Z = Y` (`n_hops`, default 2) at increasing depths,
+  beside a decoy chain with another value; the question asks the chain's last name (multi-hop). The real
+  Qwen2.5-Coder-1.5B-Instruct answered 3 of 4 such prompts at 1K tokens with 2 hops and 0 of 2 with 4 hops (CPU).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _hex(rng: random.Random) -> str:
 
 
 def make_prompt(task: str, tok, filler: list[int], length: int, rng: random.Random, depth: float | None = None,
-                n_needles: int = 4, n_pairs: int = 32, n_hops: int = 4) -> tuple[list[int], str]:
+                n_needles: int = 4, n_pairs: int = 32, n_hops: int = 2) -> tuple[list[int], str]:
     """One prompt (ids of exactly `length`) and its answer text for `task`."""
     if task == "passkey":
         return passkey_prompt(tok, filler, length, rng)
