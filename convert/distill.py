@@ -43,7 +43,7 @@ from .kl import chunked_kl
 
 @dataclass
 class DistillConfig:
-    stage: int = 1
+    stage: int = 1  # 1, 2, or 3 (a long-context stage: stage 2's defaults, usually with a longer seq_len)
     steps: int = 100
     batch_size: int = 8  # sequences per optimizer step (global)
     micro_batch: int = 8  # sequences per forward per process
@@ -65,11 +65,13 @@ class DistillConfig:
     eval_batch: int = 8
     seed: int = 0
     stop_after: int | None = None  # end the process after this step without finishing (tests "kill")
+    seq_len: int | None = None  # rows of this stage; None: the pipeline's --seq-len
+    peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
 
     def resolved(self) -> "DistillConfig":
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.mse_weight is None:
             self.mse_weight = 1.0 if self.stage == 1 else 0.0
         if self.train is None:
@@ -179,14 +181,20 @@ def teacher_on(teacher: nn.Module, device, dtype: torch.dtype | None = None) -> 
 
 @torch.no_grad()
 def teacher_targets(teacher, input_ids, mse_layers: list[int]):
-    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad)."""
+    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad).
+
+    The forward runs under inference mode (no version counters or autograd metadata at all); its outputs are
+    cloned out of it because autograd refuses to save inference tensors, and the student's loss saves them
+    (the MSE's normaliser, the checkpointed KL chunks). A clone is one read and write of [B, L, d] per tensor.
+    """
     cap = _Capture(teacher, mse_layers) if mse_layers else None
     try:
-        h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        with torch.inference_mode():
+            h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
     finally:
         if cap is not None:
             cap.close()
-    return h, (cap.outputs if cap is not None else None)
+    return h.clone(), ([t.clone() for t in cap.outputs] if cap is not None else None)
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:
@@ -200,6 +208,18 @@ def lr_at(step: int, cfg: DistillConfig) -> float:
 @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs; each is drawn once, not once per step
 def _epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class TensorRows:
+    """Packed rows [N, L] as a batch source (the path before `corpus.py`): `batch_rows` of the step."""
+
+    def __init__(self, rows: torch.Tensor, seed: int):
+        if rows.shape[0] < 1:
+            raise ValueError("no training rows")
+        self.rows, self.seed, self.seq_len = rows, seed, rows.shape[1]
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        return self.rows[batch_rows(step, self.rows.shape[0], batch_size, self.seed)]
 
 
 def batch_rows(step: int, n_rows: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -312,9 +332,12 @@ def _held_out_kl(student, teacher, rows: torch.Tensor, cfg: DistillConfig, devic
     return kl
 
 
-def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
+def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
             resume: bool = False, eval_rows: torch.Tensor | None = None, accelerator=None) -> dict:
-    """Train `student` in place towards `teacher` on packed rows [N, L]; returns the run summary.
+    """Train `student` in place towards `teacher`; returns the run summary.
+
+    `train_rows`: packed rows [N, L] (a tensor), or a batch source with `.seq_len` and `.batch(step, size)` ->
+    [size, L] int64, a pure function of the step (`corpus.MixtureSampler`).
 
     The summary holds the per-step history (loss, kl, mse, lr, tok/s), held-out KL before and after, tokens
     seen and wall time. `student` ends unwrapped, on its device, in fp32 (under FSDP it is never sharded: it
@@ -331,8 +354,7 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "
                          f"{world} processes")
     accum = cfg.batch_size // per_step
-    if train_rows.shape[0] < 1:
-        raise ValueError("no training rows")
+    data = TensorRows(train_rows, cfg.seed) if isinstance(train_rows, torch.Tensor) else train_rows
     jet_layers = [i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"]
     mse_layers = jet_layers if cfg.mse_weight > 0 else []
     fsdp = _uses_fsdp(acc)
@@ -371,21 +393,21 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
         kl_before = _held_out_kl(student, teacher, eval_rows, cfg, acc.device, park=fsdp)
     summary["eval_kl_before"] = kl_before  # kept in progress.json, so a resumed run reports the true start
 
-    L = train_rows.shape[1]
+    L = data.seq_len
     teacher_head = teacher.lm_head.weight
     bar = tqdm(total=cfg.steps, initial=start, desc=f"distill stage {cfg.stage}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
+    meter, prefetch = _meter_and_prefetch(data, student, teacher, cfg, acc, start, summary)
     t_run = time.perf_counter()
     for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        rows = batch_rows(step, train_rows.shape[0], cfg.batch_size, cfg.seed)
+        batch = prefetch.get(step)  # [batch_size, L], built on a background thread while the last step ran
         loss_sum = torch.zeros(3, device=acc.device)
         for m in range(accum):
             # this process's share of the global batch for micro-step m
             lo = (m * world + acc.process_index) * cfg.micro_batch
-            x = train_rows[rows[lo : lo + cfg.micro_batch]].to(acc.device)
+            x = batch[lo : lo + cfg.micro_batch].to(acc.device, non_blocking=True)
             t_hidden, t_attn = teacher_targets(teacher, x, mse_layers)
             # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
             # it would keep full unsharded gradients on every device, the memory FSDP is there to save
@@ -398,22 +420,21 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
             acc.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss_val, kl_val, mse_val = acc.reduce(loss_sum, reduction="mean").tolist()  # one device sync per step
-        dt = time.perf_counter() - t0
-        rec = {"stage": cfg.stage, "step": step + 1, "loss": loss_val, "kl": kl_val, "mse": mse_val,
-               "lr": lr_at(step, cfg), "tok_per_s": cfg.batch_size * L / dt}
-        history.append(rec)
+        meter.add(step + 1, lr_at(step, cfg), loss_sum)  # stays on the device: no sync here
         bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}", kl=f"{rec['kl']:.4f}", tok_s=f"{rec['tok_per_s']:.0f}")
-        if acc.is_main_process and cfg.log_every and (step + 1) % cfg.log_every == 0:
-            bar.write(f"step {step + 1}/{cfg.steps} loss {rec['loss']:.4f} kl {rec['kl']:.4f} nats/token "
-                      f"mse {rec['mse']:.4f} lr {rec['lr']:.2e} {dt * 1000:.0f} ms {rec['tok_per_s']:.0f} tok/s")
-        if ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+        saving = ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps
+        stopping = cfg.stop_after is not None and step + 1 >= cfg.stop_after
+        if (cfg.log_every and (step + 1) % cfg.log_every == 0) or saving or stopping or step + 1 == cfg.steps:
+            _log_flush(meter, history, acc, bar, cfg)  # the one host sync, every log_every steps
+        if saving:
             save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before)
-        if cfg.stop_after is not None and step + 1 >= cfg.stop_after:
+            meter.restart_clock()  # writing the checkpoint is not training time
+        if stopping:
+            prefetch.close()
             bar.close()
             acc.wait_for_everyone()
             return {"stopped_at": step + 1, "history": history}
+    prefetch.close()
     bar.close()
     if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
         # the finished stage is a checkpoint too, so a resumed run skips it instead of redoing its tail
@@ -430,12 +451,43 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
     if cfg.gradient_checkpointing:
         unwrapped.gradient_checkpointing_disable()
     unwrapped.requires_grad_(True)
-    summary.update(history=history, tokens=cfg.steps * cfg.batch_size * L, steps=cfg.steps,
-                   wall_s=time.perf_counter() - t_run)
+    wall = time.perf_counter() - t_run
+    summary.update(history=history, tokens=cfg.steps * cfg.batch_size * L, steps=cfg.steps, wall_s=wall,
+                   tok_per_s=(cfg.steps - start) * cfg.batch_size * L / wall if cfg.steps > start else None)
+    if summary["tok_per_s"] and summary["peak_flops"]:
+        summary["mfu"] = summary["tok_per_s"] * summary["flops_per_token"]["total"] / (summary["peak_flops"] * world)
     if eval_rows is not None and acc.is_main_process:
         summary["eval_kl_after"] = eval_kl(unwrapped, teacher, eval_rows.to(acc.device), cfg.eval_batch, cfg.kl_chunk)
     acc.free_memory()
     return summary
+
+
+def _meter_and_prefetch(data, student, teacher, cfg: DistillConfig, acc, start: int, summary: dict):
+    """The step meter (FLOPs per token of this stage's trainable set, the device's peak) and the batch
+    prefetcher; records the FLOP count and the peak in `summary`."""
+    from .prefetch import Prefetcher
+    from .throughput import StepMeter, flops_per_token, peak_flops
+
+    fpt = flops_per_token(student, teacher, data.seq_len)
+    peak, peak_note = peak_flops(acc.device, cfg.mixed_precision == "bf16", cfg.peak_tflops)
+    summary.update(flops_per_token=fpt, peak_flops=peak, peak_note=peak_note)
+    acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.2f} GFLOP per token (student {fpt['student'] / 1e9:.2f}, "
+              f"teacher {fpt['teacher'] / 1e9:.2f}); MFU against {peak_note}")
+    meter = StepMeter(cfg.batch_size * data.seq_len, fpt["total"], peak, acc.num_processes)
+    prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
+    return meter, prefetch
+
+
+def _log_flush(meter, history: list, acc, bar, cfg: DistillConfig) -> None:
+    """Read the pending steps' losses back (one sync, averaged over processes), log the last one."""
+    recs = meter.flush(lambda t: acc.reduce(t, reduction="mean"), cfg.stage)
+    history.extend(recs)
+    r = recs[-1]
+    mfu = f" MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+    bar.set_postfix(loss=f"{r['loss']:.4f}", kl=f"{r['kl']:.4f}", tok_s=f"{r['tok_per_s']:.0f}")
+    if acc.is_main_process and cfg.log_every:
+        bar.write(f"step {r['step']}/{cfg.steps} loss {r['loss']:.4f} kl {r['kl']:.4f} nats/token mse {r['mse']:.4f} "
+                  f"lr {r['lr']:.2e} {r['ms_per_step']:.0f} ms/step {r['tok_per_s']:,.0f} tok/s{mfu}")
 
 
 def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, eval_kl_before=None) -> Path:

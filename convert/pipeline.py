@@ -7,17 +7,44 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from .data import check_tokenizer_fits, load_packed
+from .corpus import build_corpus
+from .data import check_tokenizer_fits
 from .distill import DistillConfig, distill, perplexity, plot_history, teacher_on
 from .export import load_source, write_folder
 from .layer_map import resolve_layer_map
 from .model_card import cache_bytes, render_card
 from .official_layout import check_layout, check_representable
 from .qwen_to_jet import convert_model
+
+
+def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, retrieval: dict | None = None):
+    """One `MixtureSampler` per stage, at the stage's seq_len; each starts after the tokens the earlier stages
+    drew, so stage 2 continues stage 1's epoch instead of re-reading its first rows."""
+    from .retrieval_data import RetrievalStream
+
+    out, tokens = [], 0
+    for cfg in stages:
+        L = cfg.seq_len or seq_len
+        extra = []
+        if retrieval and retrieval.get("ratio", 0) > 0:
+            r = retrieval["ratio"]
+            if not 0 < r < 1:
+                raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
+            hay = max((s.train for s in data.sources), key=len)
+            stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", ("passkey", "kv")), cfg.seed + 17)
+            extra = [(stream, r / (1 - r) * sum(data.weights))]  # r of all rows
+        sampler = data.sampler(L, cfg.seed, extra, row_offset=tokens // L)
+        if cfg.batch_size > sum(getattr(s, "n", cfg.batch_size) for s in sampler.streams):
+            raise ValueError(f"the data is too short: {data.train_tokens} training tokens make fewer rows of {L} "
+                             f"than one batch of {cfg.batch_size}; add text or lower --seq-len / --batch-size")
+        tokens += cfg.steps * cfg.batch_size * L
+        out.append(sampler)
+    return out
 
 
 def _generation_config(src_model):
@@ -57,8 +84,18 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                        text_field: str = "text", max_tokens: int | None = None, eval_fraction: float = 0.05,
                        ckpt_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
                        gguf_file: str | None = None, teacher_model=None, student_model=None, tokenizer=None,
+                       stage3: DistillConfig | None = None, corpus: dict | None = None,
+                       retrieval: dict | None = None, eval_rows: int = 64,
                        layout: str = "transformers") -> dict:
-    """Stage 1 then stage 2 (either may be None), perplexities, loss curve, card; saves the student to `out`."""
+    """Stages 1, 2, 3 (any may be None), perplexities, loss curve, card; saves the student to `out`.
+
+    The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
+    arguments: weights, held_out, cache_dir, workers, on_stale, max_eval_tokens). A stage's rows have its own
+    `cfg.seq_len` (default `seq_len`); each stage continues the walk over the corpus where the one before
+    stopped. `retrieval` = {"ratio": r, "kinds": [...]} mixes generated passkey / key-value rows
+    (`retrieval_data.py`) into a fraction r of every stage's rows. Perplexity is measured on `eval_rows` held-out
+    rows of `seq_len`.
+    """
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +105,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     check_layout(layout)
-    stages = [c for c in (stage1, stage2) if c is not None and c.steps > 0]
+    stages = [c for c in (stage1, stage2, stage3) if c is not None and c.steps > 0]
     if not stages:
         raise ValueError("no distillation stage has steps > 0")
     if teacher_model is None:
@@ -83,23 +120,29 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         raise ValueError(f"student vocab {student_model.config.vocab_size} != teacher vocab "
                          f"{teacher_model.config.vocab_size}: the KL needs one vocabulary")
     check_tokenizer_fits(tokenizer, student_model.config.vocab_size, "student")
-    need = max(c.batch_size for c in stages)
-    packed = load_packed(data, tokenizer, seq_len, text_field, eval_fraction, min_train_rows=need,
-                         max_tokens=max_tokens)
     acc = Accelerator(mixed_precision=stages[0].mixed_precision)
-    acc.print(f"data: {packed.num_documents} documents, {packed.num_tokens:,} tokens -> {packed.train.shape[0]} "
-              f"train rows and {packed.eval.shape[0]} held-out rows of {seq_len}")
+    t0 = time.perf_counter()
+    kw = dict(corpus or {})
+    with acc.main_process_first():  # the main process tokenises into the cache; the others then read it
+        data_ = build_corpus(data, tokenizer, kw.pop("weights", None), max_tokens, text_field=text_field,
+                             eval_fraction=eval_fraction, progress=acc.is_main_process, **kw)
+    samplers = stage_samplers(data_, stages, seq_len, tokenizer, retrieval)
+    held = data_.eval_rows(seq_len, eval_rows)
+    acc.print(f"data: {data_.describe()}; {held.shape[0]} held-out rows of {seq_len} "
+              f"({time.perf_counter() - t0:.1f} s)")
     summaries = []
-    for i, cfg in enumerate(stages):
+    for cfg, sampler in zip(stages, samplers):
         sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
-        s = distill(student_model, teacher_model, packed.train, cfg, sub, resume, packed.eval, acc)
+        s = distill(student_model, teacher_model, sampler, cfg, sub, resume, held, acc)
+        s["epochs"] = sampler.epochs_at((sampler.row_offset + cfg.steps * cfg.batch_size))
         summaries.append(s)
-    result = {"stages": summaries, "data_sources": packed.sources[:20], "data_tokens": packed.num_tokens,
-              "seq_len": seq_len}
+    result = {"stages": summaries, "data_sources": [s.manifest["settings"]["source"] for s in data_.sources],
+              "data": data_.manifest(), "data_tokens": data_.train_tokens,
+              "held_out_tokens": data_.eval_tokens, "seq_len": seq_len, "data_seconds": time.perf_counter() - t0}
     if acc.is_main_process:
         dev = acc.device
-        result["ppl_teacher"] = perplexity(teacher_on(teacher_model, dev), packed.eval, 8, dev)
-        result["ppl_student"] = perplexity(student_model, packed.eval, 8, dev)
+        result["ppl_teacher"] = perplexity(teacher_on(teacher_model, dev), held, 8, dev)
+        result["ppl_student"] = perplexity(student_model, held, 8, dev)
         result["kl_before"] = summaries[0].get("eval_kl_before")
         result["kl_after"] = summaries[-1].get("eval_kl_after")
         kl = " -> ".join("?" if v is None else f"{v:.4f}" for v in (result["kl_before"], result["kl_after"]))
