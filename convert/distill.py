@@ -471,8 +471,8 @@ def _meter_and_prefetch(data, student, teacher, cfg: DistillConfig, acc, start: 
     fpt = flops_per_token(student, teacher, data.seq_len)
     peak, peak_note = peak_flops(acc.device, cfg.mixed_precision == "bf16", cfg.peak_tflops)
     summary.update(flops_per_token=fpt, peak_flops=peak, peak_note=peak_note)
-    acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.2f} GFLOP per token (student {fpt['student'] / 1e9:.2f}, "
-              f"teacher {fpt['teacher'] / 1e9:.2f}); MFU against {peak_note}")
+    acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.3g} GFLOP per token (student {fpt['student'] / 1e9:.3g}, "
+              f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}")
     meter = StepMeter(cfg.batch_size * data.seq_len, fpt["total"], peak, acc.num_processes)
     prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
     return meter, prefetch

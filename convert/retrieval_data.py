@@ -6,7 +6,8 @@ Two kinds of documents, each ended by EOS and packed whole into rows of `seq_len
            haystack, `assert PASSKEY == <key>` at the end (the format the passkey evaluation asks);
   kv       key-value lookup: `n_pairs` assignments `<name> = '<6 hex>'` at random depths, one name asked at the
            end: `assert <name> == '<value>'`. Names come from a fixed word list, so a question is only
-           answerable from the context, not from the name.
+           answerable from the context, not from the name. A document too short for `n_pairs` holds half as
+           many (down to one; below that it becomes a passkey document).
 Row k of a stream is a pure function of (seed, k): `RetrievalStream.draw(k)` builds it from its own RNG and a
 haystack window at an RNG-chosen offset of the train tokens, so resumed and multi-process runs see the same rows.
 """
@@ -84,11 +85,15 @@ class RetrievalStream:
             if room - n < self.min_len:  # too little would be left for another document: this one fills the row
                 n = room
             kind = rng.choice(self.kinds)
-            if kind == "kv" and n - 1 < 40 * self.n_pairs // 2:  # short documents ask one passkey instead
-                kind = "passkey"
-            if kind == "passkey":
+            doc = None
+            if kind == "kv":  # a short document holds fewer pairs; too short for one pair: a passkey instead
+                pairs = self.n_pairs
+                while doc is None and pairs >= 1:
+                    try:
+                        doc = kv_prompt(self.tok, filler, n - 1, rng, pairs, answered=True)[0]
+                    except ValueError:
+                        pairs //= 2
+            if doc is None:
                 doc = passkey_prompt(self.tok, filler, n - 1, rng, answered=True)[0]
-            else:
-                doc = kv_prompt(self.tok, filler, n - 1, rng, self.n_pairs, answered=True)[0]
             row += doc + [self.eos]
         return np.asarray(row[: self.seq_len], dtype=np.int64)
