@@ -110,6 +110,9 @@ def distill(
                                                 "device (a sync) only then")] = 10,
     peak_tflops: Annotated[Optional[float], typer.Option(help="per-device peak for MFU (default: the card's "
                                                               "bf16 dense spec, e.g. H200 989.4)")] = None,
+    compile_student: Annotated[bool, typer.Option("--compile", help="torch.compile each student decoder layer "
+                                                                    "(opt-in: compile time, graph breaks at "
+                                                                    "the JetBlock kernels)")] = False,
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -123,7 +126,8 @@ def distill(
 
     common = dict(warmup_steps=warmup, kl_weight=kl_weight, min_lr_ratio=min_lr_ratio,
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
-                  kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops)
+                  kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
+                  compile=compile_student)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, **batch, **common)
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **batch, **common)

@@ -44,7 +44,8 @@ import torch
 
 FORMAT_VERSION = 1
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
-ROW_SUFFIXES = (".jsonl", ".json", ".parquet")  # one document per row
+ROW_SUFFIXES = (".jsonl", ".json", ".parquet")  # one document per row (a .json file is read as JSON lines)
+FOLDER_ROW_SUFFIXES = (".jsonl", ".parquet")  # inside folders .json files are configs and schemas, not corpora
 
 
 def default_cache_dir() -> Path:
@@ -76,27 +77,27 @@ def _stat(p: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def list_units(source: Path, text_field: str) -> tuple[str, list[dict], list[list]]:
+def list_units(source: Path, text_field: str) -> tuple[str, list[dict] | None, list[list]]:
     """(kind, units, fingerprint) of a source.
 
     kind "files": units are the files of a folder (or the one text file), {"rel", "path"}; "rows": units are
-    the rows of one jsonl/parquet file or saved dataset, {"rel": "row <i>", "row": i}. The fingerprint lists
-    (relative path, size, mtime_ns) of every file the tokens depend on.
+    the rows of one jsonl/parquet file or saved dataset, {"rel": "row <i>", "row": i}, listed by `row_units`
+    only when building (counting them means reading the data). The fingerprint lists (relative path, size,
+    mtime_ns) of every file the tokens depend on.
     """
     if not source.exists():
         raise FileNotFoundError(f"data path {source} does not exist")
     if _is_saved_dataset(source) or (source.is_file() and source.suffix.lower() in ROW_SUFFIXES):
         files = sorted(f for f in source.rglob("*") if f.is_file()) if source.is_dir() else [source]
         fp = [[str(f.relative_to(source)) if source.is_dir() else f.name, *_stat(f)] for f in files]
-        n = _count_rows(source, text_field)
-        return "rows", [{"rel": f"row {i}", "row": i} for i in range(n)], fp
+        return "rows", None, fp
     if source.is_file():
         return "files", [{"rel": source.name, "path": str(source)}], [[source.name, *_stat(source)]]
     units, fp = [], []
     for root, dirs, names in os.walk(source, followlinks=False):
         dirs.sort()
         for name in sorted(names):
-            if not name.lower().endswith(TEXT_SUFFIXES + ROW_SUFFIXES):
+            if not name.lower().endswith(TEXT_SUFFIXES + FOLDER_ROW_SUFFIXES):
                 continue
             f = Path(root) / name
             try:
@@ -107,12 +108,12 @@ def list_units(source: Path, text_field: str) -> tuple[str, list[dict], list[lis
             units.append({"rel": rel, "path": str(f)})
             fp.append([rel, size, mtime])
     if not units:
-        raise ValueError(f"data path {source} holds no {'/'.join(TEXT_SUFFIXES + ROW_SUFFIXES)} files")
+        raise ValueError(f"data path {source} holds no {'/'.join(TEXT_SUFFIXES + FOLDER_ROW_SUFFIXES)} files")
     return "files", units, fp
 
 
-def _count_rows(source: Path, text_field: str) -> int:
-    return len(_row_texts(source, text_field, None))
+def row_units(source: Path, text_field: str) -> list[dict]:
+    return [{"rel": f"row {i}", "row": i} for i in range(len(_row_texts(source, text_field, None)))]
 
 
 @functools.lru_cache(maxsize=4)
@@ -177,39 +178,47 @@ def _init_worker(tok_json: str | None, tok_pickled: bytes | None, eos: int, text
     _WORKER.update(encode=encode, eos=eos, text_field=text_field, max_file_bytes=max_file_bytes)
 
 
-def _read_texts(task: tuple) -> list[str]:
+def _read_texts(task: tuple) -> tuple[list[str], list[str]]:
+    """(texts, skipped) of a task. Skipped, by name: files over max_file_bytes (vendored data, minified
+    bundles), binary files with a text suffix, unreadable files, and row files of a folder that are not JSON lines
+    / parquet with the text field (a single-file source is strict instead: see `_row_table`)."""
     kind, payload = task
     if kind == "texts":
-        return [str(t) for t in payload if t is not None]
+        return [str(t) for t in payload if t is not None], []
     from .data import _iter_file
 
-    texts = []
+    texts, skipped = [], []
     for path in payload:
         p = Path(path)
         try:
-            if p.stat().st_size > _WORKER["max_file_bytes"]:  # vendored data blobs, minified bundles
-                continue
-            if p.suffix.lower() in ROW_SUFFIXES:
+            if p.stat().st_size > _WORKER["max_file_bytes"]:
+                skipped.append(f"{path} (over {_WORKER['max_file_bytes']} bytes)")
+            elif p.suffix.lower() in ROW_SUFFIXES:
                 texts.extend(str(t) for t in _iter_file(p, _WORKER["text_field"]) if t is not None)
             else:
                 t = p.read_text(errors="replace")
-                if "\x00" not in t:  # a binary file with a text suffix
+                if "\x00" in t:
+                    skipped.append(f"{path} (binary)")
+                else:
                     texts.append(t)
-        except OSError:
-            continue
-    return texts
+        except (OSError, ValueError, KeyError) as err:
+            skipped.append(f"{path} ({type(err).__name__}: {str(err)[:80]})")
+    return texts, skipped
 
 
-def _tokenise_task(task: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens uint32 [T], document lengths int64 [D]) of one task; every document ends with EOS."""
-    texts = [t for t in _read_texts(task) if t.strip()]
+def _tokenise_task(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+    """(tokens uint32 [T], document lengths int64 [D], skipped files, CPU seconds) of one task; every document
+    ends with EOS."""
+    c0 = time.process_time()
+    texts, skipped = _read_texts(task)
+    texts = [t for t in texts if t.strip()]
     if not texts:
-        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        return np.zeros(0, np.uint32), np.zeros(0, np.int64), skipped, time.process_time() - c0
     ids = _WORKER["encode"](texts)
     eos = [_WORKER["eos"]]
     lens = np.fromiter((len(x) + 1 for x in ids), np.int64, len(ids))
     flat = itertools.chain.from_iterable(itertools.chain.from_iterable((x, eos) for x in ids))
-    return np.fromiter(flat, np.uint32, int(lens.sum())), lens
+    return np.fromiter(flat, np.uint32, int(lens.sum())), lens, skipped, time.process_time() - c0
 
 
 def _tasks(kind: str, source: Path, units: list[dict], text_field: str, bytes_per_task: int, fp: dict):
@@ -231,9 +240,11 @@ def _tasks(kind: str, source: Path, units: list[dict], text_field: str, bytes_pe
 
 def _write_split(path: Path, results, budget: int | None, bar) -> dict:
     """Append task results to path.bin, whole documents up to `budget` tokens; write path_docs.npy."""
-    n_tok, lens_all = 0, []
+    n_tok, lens_all, skipped, cpu = 0, [], [], 0.0
     with open(path.with_suffix(".bin"), "wb") as f:
-        for toks, lens in results:
+        for toks, lens, skip, sec in results:
+            skipped += skip
+            cpu += sec
             full = budget is not None and n_tok + len(toks) > budget
             if full:  # keep the documents that still fit, then stop
                 lens = lens[: int(np.searchsorted(np.cumsum(lens), budget - n_tok, side="right"))]
@@ -246,7 +257,8 @@ def _write_split(path: Path, results, budget: int | None, bar) -> dict:
                 break
     lens = np.concatenate(lens_all) if lens_all else np.zeros(0, np.int64)
     np.save(path.parent / f"{path.name}_docs.npy", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
-    return {"tokens": n_tok, "documents": int(len(lens))}
+    return {"tokens": n_tok, "documents": int(len(lens)), "skipped_files": len(skipped),
+            "skipped_examples": skipped[:5], "cpu_seconds": cpu}
 
 
 # -- one source --------------------------------------------------------------------------------------------------
@@ -301,7 +313,7 @@ def build_source(source: str | Path, tokenizer, cache_dir: str | Path | None = N
                 "tokenizer": tokenizer_hash(tokenizer), "eos": tokenizer.eos_token_id, "held_out": held_out,
                 "eval_fraction": eval_fraction if not held_out else None, "max_tokens": max_tokens,
                 "max_eval_tokens": max_eval_tokens, "max_file_bytes": max_file_bytes,
-                "suffixes": list(TEXT_SUFFIXES + ROW_SUFFIXES)}
+                "suffixes": list(TEXT_SUFFIXES + FOLDER_ROW_SUFFIXES)}
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache_dir / f"{source.name}-{_hash(json.dumps(settings, sort_keys=True))}"
     name = source.name
@@ -318,6 +330,7 @@ def build_source(source: str | Path, tokenizer, cache_dir: str | Path | None = N
         raise ValueError("the tokenizer has no EOS token to put between documents")
 
     t0 = time.perf_counter()
+    units = units if units is not None else row_units(source, text_field)
     held = [is_held_out(u["rel"], held_out, eval_fraction) for u in units]
     if held_out and not any(held):
         raise ValueError(f"--held-out {held_out} matches nothing in {source} (first entries: "
@@ -364,9 +377,14 @@ def build_source(source: str | Path, tokenizer, cache_dir: str | Path | None = N
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     n = counts["train"]["tokens"] + counts["eval"]["tokens"]
+    cpu = counts["train"]["cpu_seconds"] + counts["eval"]["cpu_seconds"]
+    skipped = counts["train"]["skipped_files"] + counts["eval"]["skipped_files"]
+    examples = (counts["train"]["skipped_examples"] + counts["eval"]["skipped_examples"])[:2]
     print(f"corpus {name}: {counts['train']['tokens']:,} train + {counts['eval']['tokens']:,} held-out tokens "
           f"from {len(units):,} {'rows' if kind == 'rows' else 'files'} in {seconds:.1f} s "
-          f"({n / max(seconds, 1e-9) / 1e6:.2f} M tok/s, {workers} processes) -> {folder}")
+          f"({n / max(seconds, 1e-9) / 1e6:.2f} M tok/s with {workers} processes; "
+          f"{n / max(cpu, 1e-9) / 1e6:.2f} M tok per worker CPU-second) -> {folder}"
+          + (f"; skipped {skipped} files, e.g. {examples}" if skipped else ""))
     return _open(folder, manifest, name, hit=False)
 
 

@@ -66,6 +66,7 @@ class DistillConfig:
     seed: int = 0
     stop_after: int | None = None  # end the process after this step without finishing (tests "kill")
     seq_len: int | None = None  # rows of this stage; None: the pipeline's --seq-len
+    compile: bool = False  # torch.compile each decoder layer of the student (opt-in: compile time, graph breaks)
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
 
@@ -129,20 +130,36 @@ class DistillLoss(nn.Module):
     """
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
-                 temperature: float):
+                 temperature: float, compiled: bool = False):
         super().__init__()
         self.student = student
         # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
         self._no_split_modules = getattr(student, "_no_split_modules", None)
         self.mse_layers, self.kl_weight, self.mse_weight = mse_layers, kl_weight, mse_weight
         self.chunk, self.temperature = chunk, temperature
+        # compiled layers guard on their hooks: new hooks every forward would recompile every step, so the
+        # capture stays registered for the stage (`release` removes it)
+        self.persistent = _Capture(student, mse_layers) if compiled and mse_weight > 0 else None
+
+    def release(self) -> None:
+        """Remove the stage's persistent hooks and compiled layers: the caller's student must not keep capturing
+        outputs, and evaluates eagerly (nn.Module.compile keeps its compiled forward in `_compiled_call_impl`)."""
+        if self.persistent is not None:
+            self.persistent.close()
+            self.persistent = None
+        for layer in self.student.model.layers:
+            layer._compiled_call_impl = None
 
     def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None):
-        cap = _Capture(self.student, self.mse_layers) if self.mse_weight > 0 else None
+        cap = self.persistent
+        if cap is not None:
+            cap.outputs = []
+        elif self.mse_weight > 0:
+            cap = _Capture(self.student, self.mse_layers)
         try:
             h = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
         finally:
-            if cap is not None:
+            if cap is not None and cap is not self.persistent:
                 cap.close()
         zero = h.new_zeros((), dtype=torch.float32)
         kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
@@ -370,7 +387,10 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
-    wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature)
+    wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
+                          compiled=cfg.compile)
+    if cfg.compile:
+        compile_layers(trained)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     wrapper, opt = acc.prepare(wrapper, opt)
@@ -430,10 +450,12 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
             save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before)
             meter.restart_clock()  # writing the checkpoint is not training time
         if stopping:
+            acc.unwrap_model(wrapper).release()
             prefetch.close()
             bar.close()
             acc.wait_for_everyone()
             return {"stopped_at": step + 1, "history": history}
+    acc.unwrap_model(wrapper).release()
     prefetch.close()
     bar.close()
     if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
@@ -460,6 +482,14 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
         summary["eval_kl_after"] = eval_kl(unwrapped, teacher, eval_rows.to(acc.device), cfg.eval_batch, cfg.kl_chunk)
     acc.free_memory()
     return summary
+
+
+def compile_layers(model) -> None:
+    """torch.compile every decoder layer in place (`nn.Module.compile`: the module keeps its parameters and
+    state-dict names). Per layer rather than the whole model: one layer's graph serves every layer of its type,
+    and the JetBlock's Triton kernels break the graph only inside their own layers."""
+    for layer in model.model.layers:
+        layer.compile(dynamic=False)
 
 
 def _meter_and_prefetch(data, student, teacher, cfg: DistillConfig, acc, start: int, summary: dict):
