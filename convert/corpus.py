@@ -503,6 +503,20 @@ class Corpus:
             base += n
         return torch.from_numpy(np.stack(rows))
 
+    def hold_out_tail(self, seq_len: int, fraction: float) -> int:
+        """When the held-out files hold less than one row (a corpus of one text file cannot be split by files):
+        move the last `fraction` of the largest source's train windows (at least one row) to its held-out
+        stream, views of the same maps. Returns the tokens moved; the caller says so."""
+        s = max(self.sources, key=lambda x: len(x.train))
+        n = max(1, round(len(s.train) // seq_len * fraction)) * seq_len
+        if len(s.train) - n < seq_len:
+            raise ValueError(f"the data is too short: {len(s.train)} tokens of {s.name} cannot give both a "
+                             f"training row and a held-out row of {seq_len}; add text or lower --seq-len")
+        cut = len(s.train) - n
+        s.eval = np.concatenate([s.eval, s.train[cut:]]) if len(s.eval) else s.train[cut:]
+        s.train = s.train[:cut]
+        return n
+
     def describe(self) -> str:
         parts = [f"{s.name} {len(s.train) / 1e6:.2f} M train / {len(s.eval) / 1e6:.2f} M held-out tokens "
                  f"(weight {w:g}{', cached' if s.cache_hit else ''})" for s, w in zip(self.sources, self.weights)]

@@ -126,6 +126,10 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     with acc.main_process_first():  # the main process tokenises into the cache; the others then read it
         data_ = build_corpus(data, tokenizer, kw.pop("weights", None), max_tokens, text_field=text_field,
                              eval_fraction=eval_fraction, progress=acc.is_main_process, **kw)
+    if data_.eval_tokens < seq_len and eval_fraction > 0:
+        moved = data_.hold_out_tail(seq_len, eval_fraction)
+        acc.print(f"note: the held-out files hold less than one row of {seq_len} tokens (one file cannot be split "
+                  f"by files): the last {moved:,} training tokens are held out instead")
     samplers = stage_samplers(data_, stages, seq_len, tokenizer, retrieval)
     held = data_.eval_rows(seq_len, eval_rows)
     acc.print(f"data: {data_.describe()}; {held.shape[0]} held-out rows of {seq_len} "

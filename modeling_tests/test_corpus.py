@@ -202,3 +202,20 @@ def test_killed_run_on_the_corpus_path_resumes_bit_exactly(tmp_path, tok):
     assert all(h["tok_per_s"] > 0 for h in res["history"])
     for (n, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
+
+
+def test_a_single_text_file_holds_out_its_tail(tmp_path, tok):
+    f = tmp_path / "one.py"
+    f.write_text("\n".join(f"x_{i} = {i}" for i in range(400)))
+    corpus = build_corpus([f], tok, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert corpus.eval_tokens == 0  # one file: nothing to hold out by files
+    total = corpus.train_tokens
+    moved = corpus.hold_out_tail(16, 0.1)
+    assert moved % 16 == 0 and moved >= 16 and corpus.train_tokens + corpus.eval_tokens == total
+    held = corpus.eval_rows(16, 1000)
+    train = corpus.sampler(16).streams[0]
+    assert held.shape[0] == moved // 16 and train.n == corpus.train_tokens // 16
+    # the held-out rows are the stream's last tokens, after every training window
+    assert np.array_equal(held.flatten().numpy(), np.asarray(corpus.sources[0].eval, np.int64))
+    with pytest.raises(ValueError, match="the data is too short"):
+        corpus.hold_out_tail(10 ** 6, 0.1)
