@@ -2,19 +2,24 @@
 distilled on the machine's own site-packages for a wall-clock budget, then measured against the teacher.
 
 Phases, each timed (results.json "wall_s"):
-  gguf      rebuild the GGUF from its 22 parts and check its md5 (skipped when --gguf exists and no --parts)
-  load      load the teacher (dequantised to fp32) and convert it with the layer map (no write)
+  gguf      rebuild the GGUF from its 22 parts and check its md5 (skipped when the GGUF exists)
+  load      load the teacher (dequantised to fp32) and convert it with the layer map (no write), or read the
+            student an earlier call of --stages left in WORK
   tokenise  `convert.corpus.build_corpus` of --site-packages, --held-out package(s) never trained on
-  probe     a few stage-1 steps on a copy of the student: measured tok/s, which with each stage's FLOPs per
+  plan      a few stage-1 steps on a copy of the student: measured tok/s, which with each stage's FLOPs per
             token (convert/throughput.py; equal MFU assumed) turns --time-budget-min into step counts
   distil    `convert.pipeline.distill_checkpoint`: stage 1 (JetBlocks; KL + attention MSE), stage 2 (all; KL),
             stage 3 (all; KL at --stage3-seq-len), optionally with generated retrieval rows; it re-opens the
-            cached corpus, measures held-out perplexity (teacher and student) and writes OUT/distilled
+            cached corpus, measures held-out perplexity (teacher and student) and writes WORK/distilled
+            (or WORK/student_after_stageN when this call stops before stage 3)
   evaluate  passkey retrieval at the distillation length and 4x it, student and teacher (greedy, held-out
             filler); HumanEval is `jet-nemotron eval` (printed at the end)
 
-    python benchmarks/distill_real.py --parts /data/parts --gguf /data/qwen.gguf --out $OUT/real \\
-        --site-packages /opt/torch/.venv/lib/python3.12/site-packages --held-out pandas --time-budget-min 12
+    SP=/opt/torch/.venv/lib/python3.12/site-packages
+    python benchmarks/distill_real.py --parts PARTS --out $OUT --site-packages $SP --time-budget-min 6
+    # or a 12-minute run over two calls of at most 10 minutes each (same --work, a warm machine between them):
+    python benchmarks/distill_real.py --parts PARTS --out $OUT --site-packages $SP --time-budget-min 12 --stages 1
+    python benchmarks/distill_real.py --out $OUT --site-packages $SP --time-budget-min 12 --stages 2,3
     python benchmarks/distill_real.py --toy --out runs/real-toy    # CPU plumbing check on a tiny teacher
 """
 
@@ -85,9 +90,14 @@ def toy_models(work: Path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="results.json, the distilled folder, the cache")
-    ap.add_argument("--gguf", type=Path, help="the GGUF file (rebuilt here from --parts if given)")
+    ap.add_argument("--out", type=Path, required=True, help="results.json (small files only: no model here)")
+    ap.add_argument("--work", type=Path, default=Path("runs/distill_real"),
+                    help="GGUF, corpus cache, plan.json and the model folders (kept between calls on a warm machine)")
+    ap.add_argument("--gguf", type=Path, help="the GGUF file (rebuilt from --parts if missing; default WORK/"
+                                              + GGUF_NAME + ")")
     ap.add_argument("--parts", type=Path, help="folder holding the 22 part*.bin files")
+    ap.add_argument("--stages", default="1,2,3", help="stages to run in this call: '1' then '2,3' in a second call "
+                                                      "splits a run over two 10-minute commands")
     ap.add_argument("--layer-map", default="jet-nemotron-2b")
     ap.add_argument("--site-packages", type=Path, action="append",
                     help="corpus source(s); default the running interpreter's site-packages")
@@ -116,43 +126,57 @@ def main():
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args()
 
-    out = args.out
+    out, work = args.out, args.work
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("JET_NEMOTRON_CACHE", str(out / "cache"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("JET_NEMOTRON_CACHE", str(work / "cache"))
+    stages = sorted({int(x) for x in args.stages.split(",")})
+    if not stages or not set(stages) <= {1, 2, 3} or stages != list(range(stages[0], stages[-1] + 1)):
+        raise SystemExit(f"--stages must be consecutive stages among 1,2,3; got {args.stages!r}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = dev.type == "cuda"
     wall: dict[str, float] = {}
     res: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "device": str(dev), "wall_s": wall}
     if dev.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name()
+    tag = "stages" + "".join(map(str, stages))
 
     def save():
-        (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+        (out / f"results_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
 
     def phase(name, t0):
         wall[name] = time.perf_counter() - t0
         print(f"[{name}] {wall[name]:.1f} s")
         save()
 
-    # gguf + load -------------------------------------------------------------------------------------------
+    # gguf + load: the teacher, and the student converted (stage 1) or as an earlier call left it ---------------
     t0 = time.perf_counter()
+    before = work / f"student_after_stage{stages[0] - 1}"
     if not args.toy:
-        if args.gguf is None:
-            raise SystemExit("--gguf is required (the file, or where to rebuild it from --parts)")
-        if args.parts is not None and not args.gguf.exists():
-            res["gguf_md5"] = rebuild_gguf(args.parts, args.gguf)
-        elif not args.gguf.exists():
-            raise SystemExit(f"{args.gguf} does not exist; pass --parts to rebuild it")
+        gguf = args.gguf or work / GGUF_NAME
+        if not gguf.exists():
+            if args.parts is None:
+                raise SystemExit(f"{gguf} does not exist; pass --parts to rebuild it")
+            res["gguf_md5"] = rebuild_gguf(args.parts, gguf)
         phase("gguf", t0)
         t0 = time.perf_counter()
-        teacher, tok = load_source(str(args.gguf), None, torch.float32)
-        lm = resolve_layer_map(args.layer_map, teacher.config.num_hidden_layers)
-        student = convert_model(teacher, lm, progress=True).float()
-        res["layer_map"] = lm.describe()
+        teacher, tok = load_source(str(gguf), None, torch.float32)
     else:
         teacher, student, tok = toy_models(out)
         args.seq_len, args.stage3_seq_len, args.batch_size, args.micro_batch = 128, 256, 4, 2
         args.stage3_micro_batch, args.max_tokens, args.time_budget_min = 1, 2_000_000, 0.5
+    if stages[0] > 1:
+        from transformers import AutoModelForCausalLM
+
+        import jet_nemotron  # noqa: F401
+
+        if not before.exists():
+            raise SystemExit(f"{before} does not exist: run --stages {stages[0] - 1} first (same --work)")
+        student = AutoModelForCausalLM.from_pretrained(before, dtype=torch.float32)
+    elif not args.toy:
+        lm = resolve_layer_map(args.layer_map, teacher.config.num_hidden_layers)
+        student = convert_model(teacher, lm, progress=True).float()
+        res["layer_map"] = lm.describe()
     res["params"] = {"teacher": sum(p.numel() for p in teacher.parameters()),
                      "student": sum(p.numel() for p in student.parameters())}
     phase("load", t0)
@@ -170,7 +194,7 @@ def main():
     print(f"corpus: {data.describe()}")
     phase("tokenise", t0)
 
-    # stage configs and the step counts the budget buys ---------------------------------------------------------
+    # stage configs and the step counts the budget buys (the first call plans, later calls read the plan) --------
     common = dict(warmup_steps=args.warmup, mixed_precision="bf16" if bf16 else "no", log_every=args.log_every,
                   gradient_checkpointing=args.gradient_checkpointing, save_every=0, compile=args.compile)
     cfgs = [DistillConfig(stage=1, steps=1, lr=args.lr1, mse_weight=args.mse_weight, train="jet",
@@ -182,51 +206,64 @@ def main():
                           micro_batch=args.stage3_micro_batch, **common)]
     retrieval = {"ratio": args.retrieval_ratio, "kinds": ["passkey", "kv"]}
     t0 = time.perf_counter()
+    plan = work / "plan.json"
     if args.steps:
         steps = [int(s) for s in args.steps.split(",")]
+    elif stages[0] > 1 and plan.exists():
+        steps = json.loads(plan.read_text())["steps"]
+        print(f"steps {steps} from {plan}")
     else:
         steps = budget_steps(cfgs, student, teacher, data, tok, retrieval, args, res)
+    plan.write_text(json.dumps({"steps": steps}))
     cfgs = [replace(c, steps=s, warmup_steps=min(c.warmup_steps, max(1, s // 10))) for c, s in zip(cfgs, steps)]
     res["steps"] = steps
-    phase("probe", t0)
+    phase("plan", t0)
 
     # distil ------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    run = distill_checkpoint("Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M)", "", out / "distilled",
-                             [str(s) for s in sources], args.seq_len, *[c if c.steps > 0 else None for c in cfgs[:2]],
-                             max_tokens=args.max_tokens, eval_fraction=0.05, ckpt_dir=out / "ckpt",
+    final = stages[-1] == 3
+    folder = work / ("distilled" if final else f"student_after_stage{stages[-1]}")
+    run_cfgs = [c if c.stage in stages and c.steps > 0 else None for c in cfgs]
+    earlier = sum(c.steps * c.batch_size * (c.seq_len or args.seq_len) for c in cfgs if c.stage < stages[0])
+    run = distill_checkpoint("Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M)", "", folder, [str(s) for s in sources],
+                             args.seq_len, run_cfgs[0], run_cfgs[1], max_tokens=args.max_tokens, eval_fraction=0.05,
                              overwrite=True, teacher_model=teacher, student_model=student, tokenizer=tok,
-                             stage3=cfgs[2] if cfgs[2].steps > 0 else None,
-                             corpus={k: v for k, v in corpus_kw.items() if k != "eval_fraction"},
-                             retrieval=retrieval, eval_rows=args.eval_rows)
+                             stage3=run_cfgs[2], corpus={k: v for k, v in corpus_kw.items() if k != "eval_fraction"},
+                             retrieval=retrieval, eval_rows=args.eval_rows, start_tokens=earlier)
     res["distill"] = {k: v for k, v in run.items() if k != "stages"}
     res["stages"] = [{k: v for k, v in s.items() if k != "history"} | {"last": s["history"][-1]}
                      for s in run["stages"]]
+    (out / f"history_{tag}.json").write_text(json.dumps([s["history"] for s in run["stages"]], default=str))
     res["ppl_ratio"] = run["ppl_student"] / run["ppl_teacher"]
     phase("distil", t0)
 
-    # evaluate ----------------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    filler = [int(t) for t in data.sources[0].eval[: 8 * args.seq_len + 64] if t != tok.eos_token_id]
-    t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
-    res["passkey"] = {}
-    for ctx in (args.seq_len, 4 * args.seq_len):
-        for name, model in (("student", student), ("teacher", t_dev)):
-            try:
-                with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
-                    acc = passkey_accuracy(model, tok, filler, ctx, args.passkey_trials, dev)
-            except Exception as err:  # keep the run's other numbers; the failure is recorded and printed
-                acc = f"failed: {type(err).__name__}: {err}"
-            res["passkey"][f"{name}@{ctx}"] = acc
-            print(f"passkey {name} @ {ctx}: {acc}")
-    phase("evaluate", t0)
+    # evaluate (after the last stage) -----------------------------------------------------------------------
+    if final:
+        t0 = time.perf_counter()
+        filler = [int(t) for t in data.sources[0].eval[: 8 * args.seq_len + 64] if t != tok.eos_token_id]
+        t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
+        res["passkey"] = {}
+        for ctx in (args.seq_len, 4 * args.seq_len):
+            for name, model in (("student", student), ("teacher", t_dev)):
+                try:
+                    with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+                        acc = passkey_accuracy(model, tok, filler, ctx, args.passkey_trials, dev)
+                except Exception as err:  # keep the run's other numbers; the failure is recorded and printed
+                    acc = f"failed: {type(err).__name__}: {err}"
+                res["passkey"][f"{name}@{ctx}"] = acc
+                print(f"passkey {name} @ {ctx}: {acc}")
+        phase("evaluate", t0)
     res["wall_total_s"] = sum(wall.values())
     save()
     print(json.dumps({"wall_s": wall, "ppl_teacher": run["ppl_teacher"], "ppl_student": run["ppl_student"],
-                      "ppl_ratio": res["ppl_ratio"], "passkey": res["passkey"],
+                      "ppl_ratio": res["ppl_ratio"], "passkey": res.get("passkey"),
                       "tok_per_s": [s.get("tok_per_s") for s in res["stages"]],
                       "mfu": [s.get("mfu") for s in res["stages"]]}, indent=1, default=str))
-    print(f"HumanEval and the full comparison: jet-nemotron eval {out / 'distilled'} (issue 12's command)")
+    if final:
+        print(f"HumanEval and the full comparison: jet-nemotron eval {folder} (issue 12's command)")
+    else:
+        rest = ",".join(map(str, range(stages[-1] + 1, 4)))
+        print(f"next: the same command with --stages {rest} (reads {folder} and {plan})")
 
 
 def budget_steps(cfgs, student, teacher, data, tok, retrieval, args, res) -> list[int]:

@@ -22,12 +22,14 @@ from .official_layout import check_layout, check_representable
 from .qwen_to_jet import convert_model
 
 
-def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, retrieval: dict | None = None):
+def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, retrieval: dict | None = None,
+                   start_tokens: int = 0):
     """One `MixtureSampler` per stage, at the stage's seq_len; each starts after the tokens the earlier stages
-    drew, so stage 2 continues stage 1's epoch instead of re-reading its first rows."""
+    drew (plus `start_tokens`, drawn by stages run in an earlier process), so stage 2 continues stage 1's epoch
+    instead of re-reading its first rows."""
     from .retrieval_data import RetrievalStream
 
-    out, tokens = [], 0
+    out, tokens = [], start_tokens
     for cfg in stages:
         L = cfg.seq_len or seq_len
         extra = []
@@ -86,7 +88,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                        gguf_file: str | None = None, teacher_model=None, student_model=None, tokenizer=None,
                        stage3: DistillConfig | None = None, corpus: dict | None = None,
                        retrieval: dict | None = None, eval_rows: int = 64,
-                       layout: str = "transformers") -> dict:
+                       layout: str = "transformers", start_tokens: int = 0) -> dict:
     """Stages 1, 2, 3 (any may be None), perplexities, loss curve, card; saves the student to `out`.
 
     The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
@@ -94,7 +96,8 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     `cfg.seq_len` (default `seq_len`); each stage continues the walk over the corpus where the one before
     stopped. `retrieval` = {"ratio": r, "kinds": [...]} mixes generated passkey / key-value rows
     (`retrieval_data.py`) into a fraction r of every stage's rows. Perplexity is measured on `eval_rows` held-out
-    rows of `seq_len`.
+    rows of `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
+    split over several calls), so these stages continue the walk instead of repeating those rows.
     """
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,7 +133,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         moved = data_.hold_out_tail(seq_len, eval_fraction)
         acc.print(f"note: the held-out files hold less than one row of {seq_len} tokens (one file cannot be split "
                   f"by files): the last {moved:,} training tokens are held out instead")
-    samplers = stage_samplers(data_, stages, seq_len, tokenizer, retrieval)
+    samplers = stage_samplers(data_, stages, seq_len, tokenizer, retrieval, start_tokens)
     held = data_.eval_rows(seq_len, eval_rows)
     acc.print(f"data: {data_.describe()}; {held.shape[0]} held-out rows of {seq_len} "
               f"({time.perf_counter() - t0:.1f} s)")
