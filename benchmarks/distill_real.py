@@ -16,10 +16,10 @@ Phases, each timed (results.json "wall_s"):
             filler); HumanEval is `jet-nemotron eval` (printed at the end)
 
     SP=/opt/torch/.venv/lib/python3.12/site-packages
-    python benchmarks/distill_real.py --parts PARTS --out $OUT --site-packages $SP --time-budget-min 6
-    # or a 12-minute run over two calls of at most 10 minutes each (same --work, a warm machine between them):
-    python benchmarks/distill_real.py --parts PARTS --out $OUT --site-packages $SP --time-budget-min 12 --stages 1
-    python benchmarks/distill_real.py --out $OUT --site-packages $SP --time-budget-min 12 --stages 2,3
+    python benchmarks/distill_real.py --parts PARTS --out $OUT --site-packages $SP --time-budget-min 5
+    # or a 12-minute run as calls of at most 10 minutes each (same --work, a warm machine between them):
+    for s in 0 1 2 3; do python benchmarks/distill_real.py --parts PARTS --out $OUT --site-packages $SP \
+        --time-budget-min 12 --stages $s; done
     python benchmarks/distill_real.py --toy --out runs/real-toy    # CPU plumbing check on a tiny teacher
 """
 
@@ -30,6 +30,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -101,8 +102,9 @@ def main():
     ap.add_argument("--gguf", type=Path, help="the GGUF file (rebuilt from --parts if missing; default WORK/"
                                               + GGUF_NAME + ")")
     ap.add_argument("--parts", type=Path, help="folder holding the 22 part*.bin files")
-    ap.add_argument("--stages", default="1,2,3", help="stages to run in this call: '1' then '2,3' in a second call "
-                                                      "splits a run over two 10-minute commands")
+    ap.add_argument("--stages", default="1,2,3", help="stages to run in this call; 0 = prepare (GGUF, load, "
+                                                      "convert, tokenise, plan). '0', '1', '2', '3' as four calls "
+                                                      "keeps each under a 10-minute command limit")
     ap.add_argument("--layer-map", default="jet-nemotron-2b")
     ap.add_argument("--site-packages", type=Path, action="append",
                     help="corpus source(s); default the running interpreter's site-packages")
@@ -136,8 +138,8 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JET_NEMOTRON_CACHE", str(work / "cache"))
     stages = sorted({int(x) for x in args.stages.split(",")})
-    if not stages or not set(stages) <= {1, 2, 3} or stages != list(range(stages[0], stages[-1] + 1)):
-        raise SystemExit(f"--stages must be consecutive stages among 1,2,3; got {args.stages!r}")
+    if not stages or not set(stages) <= {0, 1, 2, 3} or stages != list(range(stages[0], stages[-1] + 1)):
+        raise SystemExit(f"--stages must be consecutive stages among 0 (prepare), 1, 2, 3; got {args.stages!r}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = dev.type == "cuda"
     wall: dict[str, float] = {}
@@ -157,6 +159,7 @@ def main():
     # gguf + load: the teacher, and the student converted (stage 1) or as an earlier call left it ---------------
     t0 = time.perf_counter()
     before = work / f"student_after_stage{stages[0] - 1}"
+    converting = stages[0] == 0 or (stages[0] == 1 and not before.exists())  # else an earlier call left it
     if not args.toy:
         gguf = args.gguf or work / GGUF_NAME
         if not gguf.exists():
@@ -166,7 +169,7 @@ def main():
         phase("gguf", t0)
         t0 = time.perf_counter()
         saved = work / "teacher_fp32"  # dequantising the GGUF takes minutes (176 s on a loaded 2-core CPU)
-        if stages[0] > 1 and (saved / "config.json").exists():
+        if not converting and (saved / "config.json").exists():
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             teacher = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
@@ -181,7 +184,7 @@ def main():
         teacher, student, tok = toy_models(out)
         args.seq_len, args.stage3_seq_len, args.batch_size, args.micro_batch = 128, 256, 4, 2
         args.stage3_micro_batch, args.max_tokens, args.time_budget_min = 1, 2_000_000, 0.5
-    if stages[0] > 1:
+    if not converting:
         from transformers import AutoModelForCausalLM
 
         import jet_nemotron  # noqa: F401
@@ -193,6 +196,8 @@ def main():
         lm = resolve_layer_map(args.layer_map, teacher.config.num_hidden_layers)
         student = convert_model(teacher, lm, progress=True).float()
         res["layer_map"] = lm.describe()
+    if converting and stages[-1] == 0:
+        student.save_pretrained(work / "student_after_stage0")  # the converted student, for --stages 1
     res["params"] = {"teacher": sum(p.numel() for p in teacher.parameters()),
                      "student": sum(p.numel() for p in student.parameters())}
     phase("load", t0)
@@ -225,7 +230,7 @@ def main():
     plan = work / "plan.json"
     if args.steps:
         steps = [int(s) for s in args.steps.split(",")]
-    elif stages[0] > 1 and plan.exists():
+    elif not converting and plan.exists():
         steps = json.loads(plan.read_text())["steps"]
         print(f"steps {steps} from {plan}")
     else:
@@ -235,11 +240,18 @@ def main():
     res["steps"] = steps
     phase("plan", t0)
 
+    if stages == [0]:
+        save()
+        print(f"prepared {work}: next --stages 1 (then 2, then 3; or 1,2,3) with the same --work and budget")
+        return
+
     # distil ------------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     final = stages[-1] == 3
     folder = work / ("distilled" if final else f"student_after_stage{stages[-1]}")
     run_cfgs = [c if c.stage in stages and c.steps > 0 else None for c in cfgs]
+    if not any(run_cfgs):
+        raise SystemExit(f"stages {stages} have no steps in the plan {steps}")
     earlier = sum(c.steps * c.batch_size * (c.seq_len or args.seq_len) for c in cfgs if c.stage < stages[0])
     run = distill_checkpoint("Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M)", "", folder, [str(s) for s in sources],
                              args.seq_len, run_cfgs[0], run_cfgs[1], max_tokens=args.max_tokens, eval_fraction=0.05,
@@ -251,6 +263,8 @@ def main():
                      for s in run["stages"]]
     (out / f"history_{tag}.json").write_text(json.dumps([s["history"] for s in run["stages"]], default=str))
     res["ppl_ratio"] = run["ppl_student"] / run["ppl_teacher"]
+    if not converting and before.exists():  # 8.8 GB a student; the GPU machine's disk holds 64 GB
+        shutil.rmtree(before)
     phase("distil", t0)
 
     # evaluate (after the last stage) -----------------------------------------------------------------------
