@@ -45,8 +45,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from convert.tiny_teacher import TeacherSize  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 # Relative tolerance per step: |loss_mode - loss_single| / loss_single. The runs add the same numbers in another
 # order (2 processes x half the micro-batches each, then an all-reduce / reduce-scatter), under bf16 autocast,
@@ -354,7 +356,8 @@ def main() -> int:
     setup = replace(TOY if args.toy else GPU, **over)
     work = args.work or args.out / "work"
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"params": asdict(setup), "modes": args.modes, "gpus": gpu_names(), "runs": {}, "errors": {}}
+    results: dict = {"stamp": [stamp(card=", ".join(gpu_names()) or "cpu")], "params": asdict(setup),
+                     "modes": args.modes, "gpus": gpu_names(), "runs": {}, "errors": {}}
 
     def save() -> None:  # after every run, so a session cut short keeps what it measured
         (args.out / "results.json").write_text(json.dumps(results, indent=1))

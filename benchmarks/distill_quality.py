@@ -34,7 +34,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from stamp import stamp  # noqa: E402
 from convert.data import pack_documents  # noqa: E402
 from convert.distill import DistillConfig, distill, perplexity, plot_history  # noqa: E402
 from convert.evaluation import passkey_accuracy, passkey_rows  # noqa: E402
@@ -115,7 +117,8 @@ def main():
     bf16 = dev.startswith("cuda")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    results: dict = {"params": {k: (asdict(v) if k == "size" else v) for k, v in P.items()}, "device": dev}
+    results: dict = {"stamp": [stamp()], "params": {k: (asdict(v) if k == "size" else v) for k, v in P.items()},
+                     "device": dev}
     if dev.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name()
     t_all = time.perf_counter()

@@ -50,6 +50,7 @@ from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention  # noqa:
 from jet_nemotron.transformers_compat import CACHE_NAME  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 from roofline import ceilings  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -275,7 +276,9 @@ def _profiled(fn, device):
 
 def _write_tables(out: Path, name: str, tables: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text("\n\n".join(tables))
+    st = stamp()
+    (out / name).write_text(f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}\n\n"
+                            + "\n\n".join(tables))
     print("\n\n".join(tables), flush=True)
 
 
@@ -399,6 +402,7 @@ def merge(paths: list[Path]) -> dict:
     merged = {k: v for k, v in runs[0].items() if k not in ("rows", "ratios")}
     merged["rows"] = [row for r in runs for row in r["rows"]]
     merged["copy_bandwidth_GBps"] = [r["copy_bandwidth_GBps"] for r in runs]  # each run measured its own
+    merged["stamp"] = [s for r in runs for s in r.get("stamp", [])]
     return merged
 
 
@@ -418,7 +422,8 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
     jet_cfg, qwen_cfg = model_configs(smoke)
     jet_cfg.recurrent_state_dtype = state_dtype
     qwen_cfg._attn_implementation = register_grouped_decode() if teacher_attention == "grouped" else "sdpa"
-    results = {"device": name, "copy_bandwidth_GBps": bandwidth / 1e9, "bf16_matmul_TFLOPs": matmul_rate / 1e12,
+    results = {"stamp": [stamp(contexts=list(contexts))], "device": name, "copy_bandwidth_GBps": bandwidth / 1e9,
+               "bf16_matmul_TFLOPs": matmul_rate / 1e12,
                "n_decode_steps": n2 - n1, "rows": [],
                "torch": torch.__version__, "jet_projections_fused": fuse,
                "teacher_attention": qwen_cfg._attn_implementation, "jet_recurrent_state_dtype": state_dtype,

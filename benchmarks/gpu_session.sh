@@ -7,10 +7,13 @@
 #                                                     # python benchmarks/generation.py --merge a.json b.json
 #   bash benchmarks/gpu_session.sh profile 65536 [515]  # where prefill and decode time goes, per kernel (~2 min);
 #                                                       # with a batch, also generate()'s compiled loop at that batch
-#   bash benchmarks/gpu_session.sh kernels [--only decode_attention ...]  # ours vs flash-linear-attention (needs .wheels)
+#   bash benchmarks/gpu_session.sh kernels [--only chunk step ...]  # ours vs flash-linear-attention (needs .wheels);
+#                                    # back on the workstation: python benchmarks/kernels.py --merge <files_at>/kernels.json
 #   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~5 min on an H200)
 #   bash benchmarks/gpu_session.sh multi_gpu    # 1 GPU vs DDP vs FSDP2 on 2 GPUs (~7 min on 2x H200)
-# Results go to $OUT (the device tool brings them back) or benchmarks/results.
+# Results go to $OUT (the device tool brings them back) or benchmarks/results. Every result is stamped with commit,
+# card and date (benchmarks/stamp.py); the device gets the files without .git, so name the commit in the call:
+#   JET_NEMOTRON_COMMIT=<git rev-parse HEAD on the workstation> bash benchmarks/gpu_session.sh ...
 # flash-linear-attention travels as wheels: on the workstation
 #   pip download --no-deps -d .wheels flash-linear-attention==0.6.0 fla-core==0.6.0 einops
 # and pass carry [".wheels"] to the device call.

@@ -2,11 +2,12 @@
 
     python benchmarks/kernels.py [--out benchmarks/results] [--quick]
     python benchmarks/kernels.py --plot benchmarks/results/kernels.json   # PNG from a saved JSON, no GPU
+    python benchmarks/kernels.py --merge run/kernels.json   # a run's parts replace those of results/kernels.json
 
 Chunked gated delta rule forward and forward+backward, B=1, T = 1K..64K, bf16, at the 2B JetBlock shape
 (H=12, dk=96, dv=256) and the 4B shape (H=16, dk=128, dv=256); the decode step at several batch sizes;
-the dynamic convolution; one-token decode attention over a static KV cache (ours vs the grouped PyTorch path
-the model uses, eager and compiled, vs sdpa with enable_gqa). Times are medians of `triton.testing.do_bench`. Next to each time: the fraction of
+the dynamic convolution; one-token decode attention over a static KV cache (the model's two paths: the grouped
+PyTorch product, eager and compiled, and sdpa with enable_gqa). Times are medians of `triton.testing.do_bench`. Next to each time: the fraction of
 the roofline, max(FLOPs / matmul rate, bytes / copy bandwidth) over the time, both ceilings measured on the
 card first. Bytes are the fewest the op must move (each input read once, each output written once);
 FLOPs are the chunked algorithm's matrix products (chunk C=64, per token and head
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from roofline import ceilings  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 SHAPES = {"2B": (12, 96, 256), "4B": (16, 128, 256)}
 C = 64
@@ -109,6 +111,18 @@ def record(results: list, rec: dict, fn, floor_ms: float) -> None:
     print(rec, flush=True)
 
 
+def timed_call(f, inputs: list, mode: str, wrt: list, dy):
+    """What `record` times: f(*inputs) under no_grad ("fwd"), or f(*inputs) and the gradients of `wrt` against dy
+    ("fwd+bwd"; of the first output where f returns several)."""
+    if mode == "fwd":
+        return torch.no_grad()(lambda: f(*inputs))
+
+    def fwd_bwd():
+        out = f(*inputs)
+        return torch.autograd.grad(out[0] if isinstance(out, tuple) else out, wrt, dy)
+    return fwd_bwd
+
+
 def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
     impls = chunk_impls()
     for shape in shapes:
@@ -122,16 +136,8 @@ def run_chunk(results, Ts, bw, peak, shapes=tuple(SHAPES)):
                 for name, f in impls.items():
                     if name == "reference" and T > (4096 if mode == "fwd" else 1024):
                         continue  # the PyTorch loop over chunks: slow and memory hungry beyond this
-                    if mode == "fwd":
-                        def fn(f=f):
-                            with torch.no_grad():
-                                return f(*xs)
-                    else:
-                        def fn(f=f):
-                            o, _ = f(*xs)
-                            return torch.autograd.grad(o, xs, do)
-                    record(results, dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name), fn,
-                           floor_ms)
+                    record(results, dict(op="chunk", shape=shape, T=T, H=H, K=K, V=V, mode=mode, impl=name),
+                           timed_call(f, xs, mode, xs, do), floor_ms)
                 del xs, do
                 torch.cuda.empty_cache()
 
@@ -171,7 +177,8 @@ def run_step(results, batches, bw, peak):
 def step_variants(results, bw, peak):
     """The decode kernel with other state-slice widths and warp counts, per state dtype, at a middling batch and
     at the largest batches of 8K decoding (for `RECURRENT_CONFIG`)."""
-    from jet_nemotron import gated_delta_rule_triton as m
+    from jet_nemotron.gated_delta_rule_triton_launch import RECURRENT_CONFIG
+    from jet_nemotron.gated_delta_rule_triton_recurrent import _recurrent_kernel
 
     H, K, V = SHAPES["2B"]
     for B in (256, 2048):
@@ -183,12 +190,12 @@ def step_variants(results, bw, peak):
             for BV in (16, 32, 64, 128):
                 for nw in (1, 2, 4, 8):
                     def fn(BV=BV, nw=nw):
-                        m._recurrent_kernel[(V // BV, B * H)](q, k, v, g, beta, o, state, state, None, K ** -0.5, 1,
-                                                              H=H, K=K, V=V, BK=128, BV=BV, USE_L2=True, HAS_H0=True,
-                                                              STORE_HT=True, IS_VARLEN=False, num_warps=nw)
+                        _recurrent_kernel[(V // BV, B * H)](q, k, v, g, beta, o, state, state, None, K ** -0.5, 1,
+                                                            H=H, K=K, V=V, BK=128, BV=BV, USE_L2=True, HAS_H0=True,
+                                                            STORE_HT=True, IS_VARLEN=False, num_warps=nw)
                     rec = dict(op="step_variant", B=B, BV=BV, num_warps=nw, mode="fwd", impl="ours-variant",
                                state_dtype=str(state_dtype).removeprefix("torch."),
-                               chosen=m.RECURRENT_CONFIG[state_dtype] == (BV, nw))
+                               chosen=RECURRENT_CONFIG[state_dtype] == (BV, nw))
                     record(results, rec, fn, floor_ms)
             del q, k, v, g, beta, state, o
             torch.cuda.empty_cache()
@@ -200,15 +207,8 @@ def time_modes(results, rec0: dict, impls, inputs: list, dy, nbytes: dict, bw):
     wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     for mode in ("fwd", "fwd+bwd"):
         for name, f in impls:
-            rec = dict(rec0, mode=mode, impl=name)
-            if mode == "fwd":
-                def fn(f=f):
-                    with torch.no_grad():
-                        return f(*inputs)
-            else:
-                def fn(f=f):
-                    return torch.autograd.grad(f(*inputs), wrt, dy)
-            record(results, rec, fn, nbytes[mode] / bw * 1e3)
+            record(results, dict(rec0, mode=mode, impl=name), timed_call(f, inputs, mode, wrt, dy),
+                   nbytes[mode] / bw * 1e3)
 
 
 def run_conv(results, Ts, bw):
@@ -230,9 +230,8 @@ def run_conv(results, Ts, bw):
 
 def run_decode_attention(results, cases, bw):
     """One-token attention of the 2B full-attention layer (12 query heads, 2 KV heads, D 128) over a static-cache
-    buffer: ours (split-KV Triton) vs the grouped PyTorch path the model takes off CUDA (eager and compiled) vs
-    PyTorch's sdpa with enable_gqa. Bytes = K and V of the valid positions read once (+ q and o)."""
-    from jet_nemotron.decode_attention_triton import decode_attention_triton
+    buffer: the grouped PyTorch path the model takes off CUDA (eager and compiled) vs PyTorch's sdpa with
+    enable_gqa, which it takes on CUDA. Bytes = K and V of the valid positions read once (+ q and o)."""
     from jet_nemotron.modeling_jet_nemotron import grouped_product_attention
 
     Hq, Hkv, D = 12, 2, 128
@@ -245,8 +244,7 @@ def run_decode_attention(results, cases, bw):
         mask = torch.zeros(B, L + 64, dtype=torch.bool, device="cuda")
         mask[:, :L] = True
         nbytes = 2 * B * Hkv * L * D * 2 + 2 * B * Hq * D * 2
-        impls = {"ours": lambda: decode_attention_triton(q, k, v, mask),
-                 "grouped (eager)": lambda: grouped(q, k, v, mask),
+        impls = {"grouped (eager)": lambda: grouped(q, k, v, mask),
                  "grouped (compiled)": lambda: grouped_compiled(q, k, v, mask),
                  "sdpa enable_gqa": lambda: F.scaled_dot_product_attention(
                      q[:, :, None], k, v, attn_mask=mask[:, None, None], enable_gqa=True)}
@@ -285,11 +283,12 @@ def check_safe_trans(out: Path):
     """Backward errors vs the fp32 reference with and without SAFE_TRANS (fla #640: Triton 3.4-3.7.0 on Hopper
     can miscompile a transposed dot result). Writes "1" to out/safe_trans if only the safe variant is right."""
     from jet_nemotron import gated_delta_rule_triton as ours
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
     from jet_nemotron.gated_delta_rule_ref import recurrent_gated_delta_rule_ref
 
     worst = {}
     for safe in (False, True):
-        ours.SAFE_TRANS = safe
+        launch.SAFE_TRANS = safe  # the backward reads it at each call
         for (T, H, K, V, dtype) in ((200, 2, 32, 64, torch.float32), (200, 2, 64, 64, torch.float32),
                                     (200, 2, 96, 256, torch.float32), (200, 2, 128, 256, torch.bfloat16)):
             torch.manual_seed(0)
@@ -332,14 +331,13 @@ def table(results):
               f"{(fla['ms'] / o['ms']) if fla else float('nan'):8.2f} "
               f"{(ref['ms'] / o['ms']) if ref else float('nan'):8.2f} "
               f"{(cref['ms'] / o['ms']) if cref else float('nan'):17.2f}")
-    print(f"\n{'decode attention BxL':>20} {'ours ms (roof)':>16} {'grouped compiled ms (roof)':>27} {'x':>6} "
-          f"{'sdpa gqa ms (roof)':>19}")
+    print(f"\n{'decode attention BxL':>20} {'sdpa gqa ms (roof)':>19} {'grouped compiled ms (roof)':>27} "
+          f"{'grouped/sdpa':>12}")
     for key in sorted(k for k in by if k[0] == "decode_attention"):
         d = by[key]
         cell = lambda r: f"{r['ms']:9.3f} ({r['roofline'] * 100:3.0f}%)" if r else "-"  # noqa: E731
-        o, g = d.get("ours"), d.get("grouped (compiled)")
-        print(f"{key[2]:>20} {cell(o):>16} {cell(g):>27} {(g['ms'] / o['ms']) if o and g else float('nan'):6.2f} "
-              f"{cell(d.get('sdpa enable_gqa')):>19}")
+        s, g = d.get("sdpa enable_gqa"), d.get("grouped (compiled)")
+        print(f"{key[2]:>20} {cell(s):>19} {cell(g):>27} {(g['ms'] / s['ms']) if s and g else float('nan'):12.2f}")
     steps = sorted(k for k in by if k[0] == "step" and "ours (bf16 state)" in by[k])
     if steps:
         print(f"\n{'decode step B':>13} {'fp32 state ms (roof)':>21} {'bf16 state ms (roof)':>21} {'fp32/bf16':>9}")
@@ -393,7 +391,8 @@ def plot(path_json: Path, path_png: Path):
     ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="us (median)", title="decode step, 2B shape")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(data.get("device", ""), fontsize=9)
+    fig.suptitle("; ".join(sorted({f"{s['card']} ({', '.join(s['parts'])}, {s['commit'][:7]})"
+                                   for s in data["stamp"]})), fontsize=8)
     fig.tight_layout()
     fig.savefig(path_png, dpi=120)
 
@@ -416,6 +415,24 @@ def run_norm(results, Ts, bw):
                    {"fwd": 3 * n, "fwd+bwd": 8 * n}, bw)
 
 
+# the ops each part records, so that a merged run replaces exactly the rows it re-measured
+PART_OPS = {"decode_attention": ("decode_attention",), "accuracy": ("accuracy",), "step": ("step",),
+            "step_variants": ("step_variant",), "chunk": ("chunk",), "conv": ("conv",), "norm": ("norm",)}
+
+
+def merge_runs(current: dict, new: dict) -> dict:
+    """`current` with the parts of `new` (one run) replaced by new's rows; every row names its run in "stamp"."""
+    (run,) = new["stamp"]
+    ops = {op for part in run["parts"] for op in PART_OPS[part]}
+    rows = [r for r in current["results"] if r["op"] not in ops]
+    kept = {r["run"] for r in rows}
+    stamps = [dict(s, parts=[p for p in s["parts"] if p not in run["parts"]]) for s in current["stamp"]
+              if s["run"] in kept]
+    run = dict(run, run=max([s["run"] for s in current["stamp"]], default=-1) + 1)
+    rows += [dict(r, run=run["run"]) for r in new["results"]]
+    return {"stamp": stamps + [run], "results": rows}
+
+
 PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm")
 
 
@@ -424,6 +441,8 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
     ap.add_argument("--plot", default=None, help="only draw the PNG of this JSON")
+    ap.add_argument("--merge", type=Path, help="only merge this run's JSON into --into (its parts replace those rows)")
+    ap.add_argument("--into", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels.json")
     ap.add_argument("--check-safe-trans", action="store_true", help="only compare the backward variants")
     ap.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     ap.add_argument("--T", nargs="+", type=int, help="sequence lengths of the chunk part (default 1K 4K 16K 64K)")
@@ -432,6 +451,15 @@ def main():
     if args.plot:
         p = Path(args.plot)
         plot(p, p.with_suffix(".png"))
+        return
+    if args.merge:
+        current = json.loads(args.into.read_text()) if args.into.exists() else {"stamp": [], "results": []}
+        merged = merge_runs(current, json.loads(args.merge.read_text()))
+        tmp = args.into.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        tmp.rename(args.into)
+        plot(args.into, args.into.with_suffix(".png"))
+        print(f"merged {args.merge} into {args.into}: runs {[s['run'] for s in merged['stamp']]}")
         return
     if args.check_safe_trans:
         check_safe_trans(Path(args.out))
@@ -445,14 +473,15 @@ def main():
     print(f"{device}: copy {bw / 1e12:.2f} TB/s, bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     results = []
     Ts = args.T or ([1024, 4096] if args.quick else [1024, 4096, 16384, 65536])
-    meta = dict(device=device, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                copy_bytes_per_s=bw, bf16_flops_per_s=peak, results=results)
+    run_stamp = stamp(run=0, parts=list(args.only or PARTS), torch=torch.__version__, triton=triton.__version__,
+                      python=platform.python_version(), copy_bytes_per_s=bw, bf16_flops_per_s=peak)
     try:
         import fla
 
-        meta["fla"] = getattr(fla, "__version__", "?")
+        run_stamp["fla"] = getattr(fla, "__version__", "?")
     except Exception:  # noqa: BLE001
         pass
+    meta = dict(stamp=[run_stamp], results=results)
     path = out / "kernels.json"
     da_cases = [(1, 8192), (64, 8192)] if args.quick else [(1, 8192), (1, 65536), (64, 8192), (256, 65536)]
     parts = {"decode_attention": lambda: run_decode_attention(results, da_cases, bw),
@@ -465,6 +494,8 @@ def main():
             parts[name]()
         except Exception:  # noqa: BLE001 - keep what was measured
             traceback.print_exc()
+        for r in results:
+            r["run"] = 0
         path.write_text(json.dumps(meta, indent=1))  # after every part: a cut-off run keeps what it measured
     table(results)
     try:

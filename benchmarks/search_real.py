@@ -35,10 +35,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from convert.search.hardware import PAPER_SHAPES, search_hardware, valid_shapes  # noqa: E402
 from convert.search.run import EvalConfig, search_placement  # noqa: E402
 from convert.search.train import SupernetConfig  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 STATE_2B = 12 * 96 * 256 * 4
 
@@ -111,7 +113,7 @@ def main() -> int:
     t0 = time.perf_counter()
     result = hardware(args) if args.part == "hardware" else placement(args)
     wall = time.perf_counter() - t0
-    (args.out / f"{args.part}_wall.json").write_text(json.dumps({"part": args.part, "wall_s": wall,
+    (args.out / f"{args.part}_wall.json").write_text(json.dumps({"stamp": [stamp()], "part": args.part, "wall_s": wall,
                                                                    "timings_s": result.get("timings_s")}, indent=1))
     print(f"{args.part}: {wall / 60:.1f} minutes; results under {args.out}")
     return 0

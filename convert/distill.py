@@ -117,7 +117,7 @@ class DistillConfig:
 
 def set_trainable(student, train: str) -> int:
     """Freeze per `train`; returns the number of trainable parameters."""
-    jet_layers = {i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"}
+    jet_layers = {i for i, t in enumerate(student.config.official_layer_types) if t == "jet"}
     n = 0
     for name, p in student.named_parameters():
         if train == "all":
@@ -485,7 +485,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
                          f"{world} processes")
     if isinstance(data, TensorRows) and cfg.seq_len is not None and cfg.seq_len != data.seq_len:
         raise ValueError(f"stage {cfg.stage}: seq_len {cfg.seq_len} but the training rows have {data.seq_len} tokens")
-    jet_layers = [i for i, t in enumerate(student.config.layer_types) if t == "linear_attention"]
+    jet_layers = [i for i, t in enumerate(student.config.official_layer_types) if t == "jet"]
     mse_layers = jet_layers if cfg.mse_weight > 0 else []
     if cfg.kl_weight <= 0 and not mse_layers:
         raise ValueError("kl_weight is 0 and the student has no JetBlock for the attention MSE: nothing to train on")

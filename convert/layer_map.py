@@ -33,43 +33,24 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jet_nemotron.configuration_jet_nemotron import (
+    HF_TO_OFFICIAL_LAYER_TYPES,
+    JET_CONFIG_KEYS,
+    OFFICIAL_MODELS,
+    OFFICIAL_TO_HF_LAYER_TYPES,
+)
+
+from .official_layout import OFFICIAL_JET_DEFAULTS
+
 LAYER_MAP_FORMAT = "jet-nemotron-layer-map/v1"
 
 # Official names are what we store; transformers' names and one-letter short forms are accepted.
-_ALIASES = {
-    "jet": "jet", "j": "jet", "linear_attention": "jet",
-    "attn": "attn", "a": "attn", "full_attention": "attn",
-    "swa": "swa", "s": "swa", "sliding_attention": "swa",
-}
-LAYER_TYPES = ("jet", "attn", "swa")
-JET_KEYS = ("num_heads", "head_dim", "expand_v", "conv_size", "dconv_generator_reduction")
+LAYER_TYPES = tuple(OFFICIAL_TO_HF_LAYER_TYPES)
+_ALIASES = {**{t: t for t in LAYER_TYPES}, **{t[0]: t for t in LAYER_TYPES}, **HF_TO_OFFICIAL_LAYER_TYPES}
+# keys of the official JetBlock sizes that nothing of ours reads; accepted in a map so official configs pass through
+_IGNORED_JET_KEYS = tuple(OFFICIAL_JET_DEFAULTS)
 
-
-def _official_2b() -> list[str]:
-    return ["attn" if i in (14, 19) else "swa" if i in (20, 21) else "jet" for i in range(28)]
-
-
-def _official_4b() -> list[str]:
-    swa = (5, 16, 19, 21, 22, 25, 27)
-    return ["attn" if i in (17, 20, 32) else "swa" if i in swa else "jet" for i in range(36)]
-
-
-PRESETS: dict[str, dict] = {
-    "jet-nemotron-2b": {
-        "layer_types": _official_2b(),
-        "jet": {"num_heads": 12, "head_dim": 96, "expand_v": 2.6666666667, "conv_size": 4,
-                "dconv_generator_reduction": 8},
-        "swa": {"window_size": 1152},
-        "base_model": "Qwen/Qwen2.5-1.5B",
-    },
-    "jet-nemotron-4b": {
-        "layer_types": _official_4b(),
-        "jet": {"num_heads": 16, "head_dim": 128, "expand_v": 2.0, "conv_size": 4,
-                "dconv_generator_reduction": 8},
-        "swa": {"window_size": 2048},
-        "base_model": "Qwen/Qwen2.5-3B",
-    },
-}
+PRESETS: dict[str, dict] = OFFICIAL_MODELS
 
 
 @dataclass
@@ -84,9 +65,10 @@ class LayerMap:
 
     def __post_init__(self):
         self.layer_types = [_canonical(t, i, self.source) for i, t in enumerate(self.layer_types)]
-        unknown = sorted(set(self.jet) - set(JET_KEYS) - {"norm_eps", "mode", "dconv_implementation"})
+        unknown = sorted(set(self.jet) - set(JET_CONFIG_KEYS) - set(_IGNORED_JET_KEYS))
         if unknown:
-            raise ValueError(f"layer map {self.source}: unknown JetBlock size keys {unknown}; allowed: {list(JET_KEYS)}")
+            raise ValueError(f"layer map {self.source}: unknown JetBlock size keys {unknown}; allowed: "
+                             f"{list(JET_CONFIG_KEYS)}")
         if "window_size" in self.swa and int(self.swa["window_size"]) < 1:
             raise ValueError(f"layer map {self.source}: swa.window_size must be >= 1, got {self.swa['window_size']}")
 

@@ -34,6 +34,9 @@ OFFICIAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float1
 # missing or extra key is an error there (SGLang) or a silent default (official)
 OFFICIAL_JET_KEYS = ("mode", "expand_v", "num_heads", "head_dim", "norm_eps", "conv_size",
                      "dconv_generator_reduction", "dconv_implementation")
+# the two of those our config does not carry (nothing of ours reads them): the release's values, unless a loaded
+# official config brought its own
+OFFICIAL_JET_DEFAULTS = {"mode": "chunk", "dconv_implementation": "triton"}
 # files of a folder that the export writes itself (the rest, tokenizer, card, reports, are copied)
 _REWRITTEN = ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -83,7 +86,7 @@ def official_config(config, dtype: torch.dtype) -> dict:
 
     check_representable(config)
     dims = config.jet_dims()
-    jet = dict(config.efficient_attention_config["jet"])
+    jet = {**OFFICIAL_JET_DEFAULTS, **config.efficient_attention_config["jet"]}
     jet["norm_eps"] = eps_string(jet["norm_eps"])
     jet["expand_v"] = official_expand_v(dims.head_k_dim, dims.head_v_dim, dims.num_heads, jet["expand_v"])
     eac = {"jet": {k: jet[k] for k in OFFICIAL_JET_KEYS}}

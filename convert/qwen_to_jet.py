@@ -41,6 +41,9 @@ from dataclasses import dataclass
 
 import torch
 
+from jet_nemotron.configuration_jet_nemotron import DEFAULT_JET_CONFIG
+from jet_nemotron.jet_block import decay_init
+
 from .layer_map import LayerMap
 from .source_check import layer_hint
 
@@ -54,12 +57,6 @@ COPIED_PER_LAYER = (
     "mlp.gate_proj.weight",
     "mlp.up_proj.weight",
     "mlp.down_proj.weight",
-)
-JET_NAMES = (
-    "q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight", "o_proj.weight",
-    "a_proj.weight", "b_proj.weight", "A_log", "dt_bias",
-    "dynamic_conv1d.kernel_generator.w1.weight", "dynamic_conv1d.kernel_generator.w2.weight",
-    "dynamic_conv1d.kernel_generator.w2.bias", "o_norm.weight",
 )
 
 
@@ -157,14 +154,13 @@ def build_jet_config(src_cfg, layer_map: LayerMap, jet: dict | None = None, wind
     """The JetNemotronConfig of the converted model: Qwen's fields, the map, JetBlock sizes, sliding window.
 
     JetBlock sizes: `jet` (flags) over the layer map's own sizes over sizes derived from the source (as many
-    heads as attention heads, head_dim dk = head_dim, dv = 2 * head_dim, conv 4, reduction 8).
+    heads as attention heads, head_dim dk = head_dim, dv = 2 * head_dim, the rest as Jet-Nemotron-2B).
     """
     from jet_nemotron import JetNemotronConfig
 
     src = SourceDims.from_config(src_cfg)
     layer_map.check_layer_count(src.num_layers, f"the source model ({src_cfg.model_type})")
-    jet_cfg = {"num_heads": src.num_heads, "head_dim": src.head_dim, "expand_v": 2.0, "conv_size": 4,
-               "dconv_generator_reduction": 8, "norm_eps": "1e-5"}
+    jet_cfg = {**DEFAULT_JET_CONFIG, "num_heads": src.num_heads, "head_dim": src.head_dim, "expand_v": 2.0}
     jet_cfg.update(layer_map.jet)
     given = {k: v for k, v in (jet or {}).items() if v is not None}
     for k, v in given.items():
@@ -230,16 +226,6 @@ def _head_rows(w: torch.Tensor, head: int, head_dim: int, dims: torch.Tensor, ou
     return rows
 
 
-def mamba_decay_init(num_heads: int, like: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official (Mamba2-style) random A_log, dt_bias: A ~ U(1, 16), dt ~ logU(1e-3, 0.1). fp32 [H]."""
-    if like.is_meta:
-        return (torch.empty(num_heads, device="meta"),) * 2
-    a = torch.empty(num_heads).uniform_(1, 16, generator=gen)
-    dt = torch.exp(torch.rand(num_heads, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-    dt = dt.clamp(min=1e-4)
-    return torch.log(a), dt + torch.log(-torch.expm1(-dt))  # inverse softplus
-
-
 def half_life_decay_init(num_heads: int, like: torch.Tensor, lo: float = 2.0, hi: float = 512.0):
     """A_log = 0 and dt_bias with exp(g) = 2^(-1/half_life), half-lives geometric in [lo, hi]. fp32 [H]."""
     if like.is_meta:
@@ -251,7 +237,7 @@ def half_life_decay_init(num_heads: int, like: torch.Tensor, lo: float = 2.0, hi
 
 def init_jet_block(attn: dict[str, torch.Tensor], src: SourceDims, dims, scheme: str = "attention",
                    gen: torch.Generator | None = None, conv_tap: float = 1.0) -> dict[str, torch.Tensor]:
-    """All JetBlock tensors (names relative to `self_attn.`, see `JET_NAMES`) for one layer.
+    """All JetBlock tensors (names relative to `self_attn.`) for one layer.
 
     attn: the source layer's attention tensors (`attention_names`); dims: `JetBlockDims` (H, dk, dv, K, gen
     hidden). Shapes: q/k [H*dk, hidden], v/g [H*dv, hidden], o [hidden, H*dv], a/b [H, hidden], A_log/dt_bias
@@ -268,7 +254,8 @@ def init_jet_block(attn: dict[str, torch.Tensor], src: SourceDims, dims, scheme:
             ("dynamic_conv1d.kernel_generator.w1.weight", (dims.generator_hidden, hidden)),
             ("dynamic_conv1d.kernel_generator.w2.weight", (H * dv * K, dims.generator_hidden)),
             ("dynamic_conv1d.kernel_generator.w2.bias", (H * dv * K,)))}
-        out["A_log"], out["dt_bias"] = mamba_decay_init(H, wq, gen)
+        meta = (torch.empty(H, device="meta"),) * 2
+        out["A_log"], out["dt_bias"] = meta if wq.is_meta else decay_init(H, generator=gen)  # the official start
         out["o_norm.weight"] = _ones(dv, wq)
         return out
     if scheme != "attention":

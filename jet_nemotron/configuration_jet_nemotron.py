@@ -15,22 +15,39 @@ from dataclasses import dataclass
 
 from transformers.configuration_utils import PreTrainedConfig
 
+# The layer-type alias table, owned here: official names ("jet", "attn", "swa") <-> transformers' names. The
+# config stores transformers' names; `convert/` speaks the official ones; both import these two dicts.
 OFFICIAL_TO_HF_LAYER_TYPES = {"jet": "linear_attention", "attn": "full_attention", "swa": "sliding_attention"}
 HF_TO_OFFICIAL_LAYER_TYPES = {v: k for k, v in OFFICIAL_TO_HF_LAYER_TYPES.items()}
 
-# The official 2B map (Qwen2.5-1.5B base): full attention at 14 and 19, sliding window at 20 and 21.
-JET_NEMOTRON_2B_LAYER_TYPES = ["swa" if i in (20, 21) else "attn" if i in (14, 19) else "jet" for i in range(28)]
-DEFAULT_JET_CONFIG = {
-    "num_heads": 12,
-    "head_dim": 96,
-    "expand_v": 2.6666666667,
-    "conv_size": 4,
-    "dconv_generator_reduction": 8,
-    "norm_eps": "1e-5",
-    "mode": "chunk",
-    "dconv_implementation": "triton",
+# The official releases (REFERENCE.md): layer maps (0-indexed, official names), JetBlock sizes, sliding window.
+# `norm_eps` is a string, as in the official configs.
+JET_NEMOTRON_2B_LAYER_TYPES = ["attn" if i in (14, 19) else "swa" if i in (20, 21) else "jet" for i in range(28)]
+JET_NEMOTRON_4B_LAYER_TYPES = ["attn" if i in (17, 20, 32) else "swa" if i in (5, 16, 19, 21, 22, 25, 27) else "jet"
+                               for i in range(36)]
+
+
+def _release(layer_types: list[str], num_heads: int, head_dim: int, expand_v: float, window: int, base: str) -> dict:
+    """One official release; both use conv 4, generator reduction 8 and norm eps 1e-5."""
+    jet = {"num_heads": num_heads, "head_dim": head_dim, "expand_v": expand_v, "conv_size": 4,
+           "dconv_generator_reduction": 8, "norm_eps": "1e-5"}
+    return {"layer_types": layer_types, "jet": jet, "swa": {"window_size": window}, "base_model": base}
+
+
+OFFICIAL_MODELS: dict[str, dict] = {
+    "jet-nemotron-2b": _release(JET_NEMOTRON_2B_LAYER_TYPES, 12, 96, 2.6666666667, 1152, "Qwen/Qwen2.5-1.5B"),
+    "jet-nemotron-4b": _release(JET_NEMOTRON_4B_LAYER_TYPES, 16, 128, 2.0, 2048, "Qwen/Qwen2.5-3B"),
 }
-DEFAULT_SWA_CONFIG = {"window_size": 1152}
+# The config's defaults describe Jet-Nemotron-2B. The official configs also carry "mode" and
+# "dconv_implementation" in the JetBlock sizes; nothing here reads them, so we do not write them (a loaded
+# official config keeps whatever it brought).
+DEFAULT_JET_CONFIG = OFFICIAL_MODELS["jet-nemotron-2b"]["jet"]
+DEFAULT_SWA_CONFIG = OFFICIAL_MODELS["jet-nemotron-2b"]["swa"]
+JET_CONFIG_KEYS = tuple(DEFAULT_JET_CONFIG)
+
+# `kernel_backend` (config) / JET_NEMOTRON_KERNELS (environment), dispatched in ops.py.
+KERNEL_BACKENDS = ("auto", "triton", "reference")
+RECURRENT_STATE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -167,10 +184,10 @@ class JetNemotronConfig(PreTrainedConfig):
             self.sliding_window = None
         self.efficient_attention_config = eac
         self.jet_dims()  # validate the JetBlock sizes now, not at the first forward
-        if self.kernel_backend not in ("auto", "triton", "reference"):
-            raise ValueError(f"kernel_backend must be 'auto', 'triton' or 'reference', got {self.kernel_backend!r}")
-        if self.recurrent_state_dtype not in ("float32", "bfloat16"):
-            raise ValueError("recurrent_state_dtype must be 'float32' or 'bfloat16', "
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {self.kernel_backend!r}")
+        if self.recurrent_state_dtype not in RECURRENT_STATE_DTYPES:
+            raise ValueError(f"recurrent_state_dtype must be one of {RECURRENT_STATE_DTYPES}, "
                              f"got {self.recurrent_state_dtype!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "

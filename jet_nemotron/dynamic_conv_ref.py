@@ -19,12 +19,8 @@ import torch
 import torch.nn.functional as F
 
 
-def dynamic_conv_ref(
-    x: torch.Tensor,
-    kernels: torch.Tensor,
-    history: torch.Tensor | None = None,
-    cu_seqlens: torch.LongTensor | None = None,
-) -> torch.Tensor:
+def dynamic_conv_ref(x: torch.Tensor, kernels: torch.Tensor, history: torch.Tensor | None = None,
+                     cu_seqlens: torch.LongTensor | None = None) -> torch.Tensor:
     """Causal dynamic convolution followed by SiLU. Shapes in the module docstring."""
     if cu_seqlens is not None:
         if x.shape[0] != 1:

@@ -212,12 +212,8 @@ class _DynamicConvFunction(torch.autograd.Function):
         return dx, dkernels, None, None
 
 
-def dynamic_conv_triton(
-    x: torch.Tensor,
-    kernels: torch.Tensor,
-    history: torch.Tensor | None = None,
-    cu_seqlens: torch.LongTensor | None = None,
-) -> torch.Tensor:
+def dynamic_conv_triton(x: torch.Tensor, kernels: torch.Tensor, history: torch.Tensor | None = None,
+                        cu_seqlens: torch.LongTensor | None = None) -> torch.Tensor:
     """Causal dynamic convolution + SiLU with autograd (dx, dkernels; history is a constant).
 
     x [B, T, C]; kernels [B, T, C, K]; history [N, C, >= K-1]; cu_seqlens [N + 1]. Returns y [B, T, C]."""

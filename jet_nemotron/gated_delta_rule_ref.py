@@ -62,16 +62,9 @@ def _split_varlen(fn, q, k, v, g, beta, scale, initial_state, output_final_state
 
 
 def recurrent_gated_delta_rule_ref(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.LongTensor | None = None,
-    use_qk_l2norm_in_kernel: bool = True,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.LongTensor | None = None, use_qk_l2norm_in_kernel: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token-by-token gated delta rule (the definition). Shapes in the module docstring."""
     if cu_seqlens is not None:
@@ -94,17 +87,9 @@ def recurrent_gated_delta_rule_ref(
 
 
 def chunk_gated_delta_rule_ref(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.LongTensor | None = None,
-    use_qk_l2norm_in_kernel: bool = True,
-    chunk_size: int = 64,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.LongTensor | None = None, use_qk_l2norm_in_kernel: bool = True, chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule (WY representation); same function as the recurrent form.
 
@@ -155,14 +140,8 @@ def chunk_gated_delta_rule_ref(
 
 
 def gated_delta_rule_step_ref(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    state: torch.Tensor,
-    scale: float | None = None,
-    use_qk_l2norm_in_kernel: bool = True,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    state: torch.Tensor, scale: float | None = None, use_qk_l2norm_in_kernel: bool = True,
 ) -> torch.Tensor:
     """One decode step for a batch; updates `state` in place.
 

@@ -30,11 +30,11 @@ from .ops import (
 )
 
 
-def decay_init(num_heads: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mamba-style start for the decay: A in [1, 16], dt log-uniform in [1e-3, 1e-1]; returns (A_log,
-    dt_bias = softplus^-1(dt)), fp32 [H] each."""
-    A = torch.empty(num_heads, device=device, dtype=torch.float32).uniform_(1, 16)
-    u = torch.rand(num_heads, device=device, dtype=torch.float32)
+def decay_init(num_heads: int, device=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official (Mamba2-style) random start of the decay: A ~ U(1, 16), dt ~ logU(1e-3, 0.1); returns
+    (A_log, dt_bias = softplus^-1(dt)), fp32 [H] each. `generator` (on `device`) makes it reproducible."""
+    A = torch.empty(num_heads, device=device, dtype=torch.float32).uniform_(1, 16, generator=generator)
+    u = torch.rand(num_heads, device=device, dtype=torch.float32, generator=generator)
     dt = torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
     return A.log(), dt + torch.log(-torch.expm1(-dt))
 

@@ -134,9 +134,9 @@ def grouped_decode_attention(module, query, key, value, attention_mask, scaling,
     Returns [B, 1, Hq, D].
 
     CUDA: sdpa with `enable_gqa`, the fastest of four one-token attentions measured on an H200 (2B shapes, bf16,
-    benchmarks/results/decode_attention.json): at batch 256 x 64K it read the cache in 3.9 ms against 4.6 ms for
-    the compiled grouped product below and 6.1 ms for our split-KV Triton kernel (`ops.decode_attention`, kept as
-    a measured alternative). Elsewhere: a grouped product in the cache's dtype (CPU sdpa would repeat K/V)."""
+    `decode_attention` rows of benchmarks/results/kernels.json): at batch 256 x 64K it read the cache in 3.9 ms
+    against 4.6 ms for the compiled grouped product below and 6.1 ms for a split-KV Triton kernel of ours (removed
+    since; it lives in git history). Elsewhere: a grouped product in the cache's dtype (CPU sdpa would repeat K/V)."""
     L = key.shape[2]
     mask = None
     if attention_mask is not None:

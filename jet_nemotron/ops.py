@@ -14,7 +14,7 @@ import os
 import torch
 from transformers.utils import logging
 
-from .decode_attention_ref import decode_attention_ref
+from .configuration_jet_nemotron import KERNEL_BACKENDS
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_rmsnorm_ref import gated_rmsnorm_ref
 from .gated_delta_rule_ref import (
@@ -25,8 +25,9 @@ from .gated_delta_rule_ref import (
 
 logger = logging.get_logger(__name__)
 
-BACKENDS = ("auto", "triton", "reference")
-
+# the Triton functions, replaced below where Triton imports; `_choose` never picks one that is None
+chunk_gated_delta_rule_triton = fused_recurrent_gated_delta_rule_triton = gated_delta_rule_step_triton = None
+dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = None
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:
     import triton  # noqa: F401  (only to learn whether the kernels can be built)
@@ -42,7 +43,6 @@ if _TRITON_IMPORT_ERROR is None:
             gated_delta_rule_step_triton,
         )
         from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
-        from .decode_attention_triton import decode_attention_triton
         from .gated_rmsnorm_triton import gated_rmsnorm_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
@@ -53,8 +53,8 @@ _logged: set[tuple[str, str]] = set()  # (path, reason) pairs already logged by 
 def _choose(op: str, x: torch.Tensor, backend: str) -> str:
     """Return "triton" or "reference" for this call; the first call on each path says so, once per process."""
     backend = os.environ.get("JET_NEMOTRON_KERNELS", backend) or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r} (JET_NEMOTRON_KERNELS / kernel_backend)")
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"kernel backend must be one of {KERNEL_BACKENDS}, got {backend!r} (JET_NEMOTRON_KERNELS / kernel_backend)")
     if backend == "auto":
         backend = "triton" if (x.is_cuda and _TRITON_IMPORT_ERROR is None) else "reference"
         reason = "CUDA tensor and Triton present" if backend == "triton" else (
@@ -73,60 +73,44 @@ def _choose(op: str, x: torch.Tensor, backend: str) -> str:
     return backend
 
 
+def _pick(op: str, fast, ref, x: torch.Tensor, backend: str):
+    """The Triton or the reference function of `op` for this call (`_choose`)."""
+    return fast if _choose(op, x, backend) == "triton" else ref
+
+
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                            cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
     """Chunked gated delta rule for prefill and training. See `gated_delta_rule_ref` for shapes."""
-    if _choose("chunk_gated_delta_rule", q, backend) == "triton":
-        return chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                             cu_seqlens, use_qk_l2norm_in_kernel)
-    return chunk_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                      cu_seqlens, use_qk_l2norm_in_kernel)
+    fn = _pick("chunk_gated_delta_rule", chunk_gated_delta_rule_triton, chunk_gated_delta_rule_ref, q, backend)
+    return fn(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
 
 
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                                      cu_seqlens=None, use_qk_l2norm_in_kernel=True, backend: str = "auto"):
-    """Token-by-token gated delta rule for short inputs. See `gated_delta_rule_ref` for shapes."""
-    if _choose("fused_recurrent_gated_delta_rule", q, backend) == "triton":
-        return fused_recurrent_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                                       cu_seqlens, use_qk_l2norm_in_kernel)
-    return recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                          cu_seqlens, use_qk_l2norm_in_kernel)
+    """Token-by-token gated delta rule for short inputs (same function as the chunked form)."""
+    return _pick("fused_recurrent_gated_delta_rule", fused_recurrent_gated_delta_rule_triton,
+                 recurrent_gated_delta_rule_ref, q, backend)(q, k, v, g, beta, scale, initial_state,
+                                                             output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
 
 
 def gated_delta_rule_step(q, k, v, g, beta, state, scale=None, use_qk_l2norm_in_kernel=True,
                           backend: str = "auto"):
     """One decode step, state updated in place. q, k [B, H, K]; v [B, H, V]; g, beta [B, H]."""
-    if _choose("gated_delta_rule_step", q, backend) == "triton":
-        return gated_delta_rule_step_triton(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
-    return gated_delta_rule_step_ref(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
+    fn = _pick("gated_delta_rule_step", gated_delta_rule_step_triton, gated_delta_rule_step_ref, q, backend)
+    return fn(q, k, v, g, beta, state, scale, use_qk_l2norm_in_kernel)
 
 
 def dynamic_conv(x, kernels, history=None, cu_seqlens=None, backend: str = "auto"):
     """Dynamic causal convolution + SiLU. x [B, T, C], kernels [B, T, C, K]. See `dynamic_conv_ref`."""
-    if _choose("dynamic_conv", x, backend) == "triton":
-        return dynamic_conv_triton(x, kernels, history, cu_seqlens)
-    return dynamic_conv_ref(x, kernels, history, cu_seqlens)
+    return _pick("dynamic_conv", dynamic_conv_triton, dynamic_conv_ref, x, backend)(x, kernels, history, cu_seqlens)
 
 
 def dynamic_conv_step(x, kernel, conv_state, backend: str = "auto"):
     """One decode step of the dynamic convolution; conv_state [B, C, K] updated in place."""
-    if _choose("dynamic_conv_step", x, backend) == "triton":
-        return dynamic_conv_step_triton(x, kernel, conv_state)
-    return dynamic_conv_step_ref(x, kernel, conv_state)
+    fn = _pick("dynamic_conv_step", dynamic_conv_step_triton, dynamic_conv_step_ref, x, backend)
+    return fn(x, kernel, conv_state)
 
 
 def gated_rmsnorm(x, gate, weight, eps: float, backend: str = "auto"):
     """The JetBlock's output norm: RMSNorm(x) * weight * silu(gate). x, gate [..., D]; weight [D]."""
-    if _choose("gated_rmsnorm", x, backend) == "triton":
-        return gated_rmsnorm_triton(x, gate, weight, eps)
-    return gated_rmsnorm_ref(x, gate, weight, eps)
-
-
-def decode_attention(q, k, v, mask=None, scale=None, backend: str = "auto"):
-    """One query token per sequence against a KV cache. q [B, Hq, D]; k, v [B, Hkv, L, D]; mask [B, L] bool.
-
-    Not called by the model: on an H200 it lost to sdpa with enable_gqa (6.1 vs 3.9 ms at batch 256 x 64K, 2B
-    shapes; benchmarks/results/decode_attention.json), which `grouped_decode_attention` uses on CUDA."""
-    if _choose("decode_attention", q, backend) == "triton":
-        return decode_attention_triton(q, k, v, mask, scale)
-    return decode_attention_ref(q, k, v, mask, scale)
+    return _pick("gated_rmsnorm", gated_rmsnorm_triton, gated_rmsnorm_ref, x, backend)(x, gate, weight, eps)

@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 # official-parity data travels with the repo (outputs of NVIDIA's code; see fixtures/official_tiny/README.md)
 FIXTURES = Path(os.environ.get("JET_NEMOTRON_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 
+# first lines of a child script that must not see our package (remote-code loading as a user without it has)
+BLOCK_JET_NEMOTRON = """
+import sys, importlib.abc
+class _BlockJetNemotron(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "jet_nemotron" or name.startswith("jet_nemotron."):
+            raise ImportError("jet_nemotron is blocked in this process")
+sys.meta_path.insert(0, _BlockJetNemotron())
+"""
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests own their data: nothing may reach for the Hub
 

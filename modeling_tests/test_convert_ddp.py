@@ -25,6 +25,8 @@ WORKER = textwrap.dedent("""
 
     teacher, student, train, held = _setup()
     acc = Accelerator(cpu=True)
+    if acc.is_main_process:
+        torch.save(student.state_dict(), {init!r})
     cfg = DistillConfig(stage=1, steps=3, batch_size=4, micro_batch={micro}, lr=1e-2, warmup_steps=1, log_every=0)
     distill(student, teacher, train, cfg, accelerator=acc)
     if acc.is_main_process:
@@ -32,23 +34,29 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _run(tmp: Path, nproc: int, micro: int) -> dict:
-    out = tmp / f"sd_{nproc}.pt"
+def _run(tmp: Path, nproc: int, micro: int) -> tuple[dict, dict]:
+    """(state dict before, state dict after) of rank 0."""
+    out, init = tmp / f"sd_{nproc}.pt", tmp / f"sd_{nproc}_init.pt"
     script = tmp / f"worker_{nproc}.py"
-    script.write_text(WORKER.format(repo=str(REPO), tests=str(REPO / "modeling_tests"), micro=micro, out=str(out)))
+    script.write_text(WORKER.format(repo=str(REPO), tests=str(REPO / "modeling_tests"), micro=micro, out=str(out),
+                                    init=str(init)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
            str(29500 + nproc + os.getpid() % 1000), str(script)] if nproc > 1 else [sys.executable, str(script)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return torch.load(out)
+    return torch.load(init), torch.load(out)
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
-    single = _run(tmp_path, 1, micro=2)  # 2 micro-batches of 2 accumulated
-    ddp = _run(tmp_path, 2, micro=2)  # 2 ranks x 1 micro-batch of 2
-    changed = 0
+    init, single = _run(tmp_path, 1, micro=2)  # 2 micro-batches of 2 accumulated
+    init_ddp, ddp = _run(tmp_path, 2, micro=2)  # 2 ranks x 1 micro-batch of 2
     for n, a in single.items():
+        assert torch.equal(init_ddp[n], init[n]), f"{n}: the two runs did not start from the same weights"
         torch.testing.assert_close(ddp[n], a, atol=1e-5, rtol=1e-4, msg=n)
-        changed += ".self_attn." in n and not torch.equal(a, a.clone().zero_())
-    assert changed > 0
+    # the runs trained: stage 1 moves every JetBlock tensor (layers 0 and 3 of _setup's jet,attn,swa,jet) and
+    # nothing else, so equal results cannot come from two runs that did nothing
+    jet_layers = {n.split(".")[2] for n in init if n.endswith("self_attn.A_log")}
+    trained = {n for n in init if n.split(".")[2:4] in ([i, "self_attn"] for i in jet_layers)}
+    changed = {n for n in init if not torch.equal(single[n], init[n])}
+    assert jet_layers == {"0", "3"} and changed == trained, sorted(changed ^ trained)

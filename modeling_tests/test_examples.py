@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 
 import torch
 
@@ -49,7 +50,7 @@ def test_evaluate_example_reports_perplexity_and_passkey(tmp_path):
     with torch.no_grad():
         loss = model(rows, labels=rows, use_cache=False).loss
     assert abs(result["perplexity"] - loss.exp().item()) < 1e-3 * loss.exp().item()
-    assert 0.0 <= result["passkey@96"] <= 1.0
+    assert set(result) == {"model", "tokens", "perplexity", "passkey@96"}
     out = tmp_path / "eval.json"
     (tmp_path / "text.txt").write_text(TEXT)
     ev.main(["--model", str(folder), "--text", str(tmp_path / "text.txt"), "--seq-len", "64",
@@ -57,3 +58,24 @@ def test_evaluate_example_reports_perplexity_and_passkey(tmp_path):
     saved = json.loads(out.read_text())
     assert saved[0]["model"] == str(folder) and saved[0]["tokens"] == rows.numel()
     assert abs(saved[0]["perplexity"] - result["perplexity"]) < 1e-6 * result["perplexity"]
+
+
+def test_evaluate_example_scores_passkey_answers(tmp_path, monkeypatch):
+    """passkey@C is the fraction of trials answered with the planted key: a stand-in generate() that reads the key
+    from each prompt answers right on every other call, so 4 trials must score exactly 0.5 (a random tiny model
+    scores 0 whatever the scoring does)."""
+    from transformers import GenerationMixin
+
+    folder, tok = _saved_model(tmp_path)
+    lengths = []
+
+    def half_right(self, input_ids, **_):
+        lengths.append(input_ids.shape[1])
+        key = re.search(r"PASSKEY = (\d{5})", tok.decode(input_ids[0].tolist())).group(1)
+        answer = key if len(lengths) % 2 else str(int(key) // 10)  # wrong: the key without its last digit
+        return torch.cat([input_ids, torch.tensor([tok(answer, add_special_tokens=False)["input_ids"]])], dim=1)
+
+    monkeypatch.setattr(GenerationMixin, "generate", half_right)
+    result = _example("evaluate").evaluate(str(folder), TEXT, seq_len=64, passkey_contexts=[96], trials=4)
+    assert lengths == [96] * 4  # one prompt of the asked context per trial
+    assert result["passkey@96"] == 0.5

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, tiny_config, tiny_model
+from conftest import BLOCK_JET_NEMOTRON, REPO, tiny_config, tiny_model
 
 TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n\n" * 40
 
@@ -54,13 +54,7 @@ def test_finetune_lora_makes_missing_parents_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["lora"], "a temporary folder was left"
 
 
-CHILD = textwrap.dedent("""
-    import sys, importlib.abc
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "jet_nemotron" or name.startswith("jet_nemotron."):
-                raise ImportError("blocked")
-    sys.meta_path.insert(0, Block())
+CHILD = BLOCK_JET_NEMOTRON + textwrap.dedent("""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
     print("LOADED", type(tok).__name__, tok("def add(")["input_ids"])

@@ -1,8 +1,8 @@
 """GPU-only model checks (skipped without CUDA): the Triton path against the PyTorch reference path inside the
 whole model, and the static-cache compiled (CUDA-graph) decode path against eager generation.
 
-Errors are ||a - b|| / ||b||. fp32: logits < 1e-2 (the kernels' fp32 dots run as TF32 on Hopper, which the kernel
-tests bound at 5e-3 per op; four layers of a deliberately large-weight model chain them). bf16: both paths are
+Errors are ||a - b|| / ||b||. fp32: logits < 1e-2 (the kernel tests bound each op at 5e-3 on the GPU, where the
+kernels' fp32 products are IEEE unless torch allows TF32; four layers of a deliberately large-weight model chain them). bf16: both paths are
 measured against the fp32 reference model, and the Triton path may lose at most twice what the reference path loses
 to bf16 (plus 5e-3): a fixed bf16-vs-bf16 bound was either loose or flaky, since the two orders of rounding differ
 by 2-4% on this model (H100/H200 runs, 2026-11-27). A wrong kernel gives O(1) either way.
@@ -68,7 +68,7 @@ def test_triton_path_matches_reference_path_bf16_with_cache(head_dim, expand_v):
 
 # How far Triton's fp32 gradients may be from the exact ones, per head size: (factor, floor), the bound being factor
 # times the reference path's own error with TF32 matmuls (measured in the same test) plus floor.
-# - By default fp32 tiles multiply in IEEE (`_dot_precision`): only summation order differs, so dk 16 / 32 must be
+# - By default fp32 tiles multiply in IEEE (`dot_precision`): only summation order differs, so dk 16 / 32 must be
 #   far inside the TF32 yardstick (0.25x). dk 96 pads K to 128, where the backward's per-chunk products take bf16
 #   operands (fp32 [64, 128] operands overflow an SM's shared memory): 2^-9 per operand, 4x TF32's 2^-11.
 #   Measured on an H200: dk 16 worst 3.9e-5 (the reference under TF32: 8.4e-3).

@@ -7,15 +7,10 @@ import textwrap
 
 import torch
 
-from conftest import REPO, tiny_model
+from conftest import BLOCK_JET_NEMOTRON, REPO, tiny_model
 
-CHILD = textwrap.dedent("""
-    import sys, importlib.abc, json
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "jet_nemotron" or name.startswith("jet_nemotron."):
-                raise ImportError("jet_nemotron is blocked in this process")
-    sys.meta_path.insert(0, Block())
+CHILD = BLOCK_JET_NEMOTRON + textwrap.dedent("""
+    import json
     import torch
     from transformers import AutoModelForCausalLM
     try:
@@ -29,8 +24,25 @@ CHILD = textwrap.dedent("""
     with torch.no_grad():
         logits = model(ids).logits
         gen = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
-    torch.save({"logits": logits, "gen": gen, "cls": type(model).__module__}, folder + "/child.pt")
+    loaded = sorted(m.rsplit(".", 1)[-1] for m in sys.modules if m.startswith("transformers_modules."))
+    try:
+        import triton  # noqa: F401
+        has_triton = True
+    except ImportError:
+        has_triton = False
+    torch.save({"logits": logits, "gen": gen, "cls": type(model).__module__, "loaded": loaded,
+                "has_triton": has_triton}, folder + "/child.pt")
 """)
+
+
+def _load_in_child(folder, tmp_path) -> dict:
+    """Run CHILD on `folder` in a fresh process without jet_nemotron; returns what it saved."""
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(folder / "child.pt")
 
 
 def test_remote_code_roundtrip(tmp_path):
@@ -44,15 +56,17 @@ def test_remote_code_roundtrip(tmp_path):
         assert name in files, f"{name} was not copied next to the weights: {files}"
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_jet_nemotron.JetNemotronForCausalLM"
+    unread = {"mode", "dconv_implementation"} & set(config["efficient_attention_config"]["jet"])
+    assert not unread, f"the config carries JetBlock keys nothing reads: {unread}"
     ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
     torch.save(ids, folder / "ids.pt")
-    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-           "PYTHONNOUSERSITE": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    child = torch.load(folder / "child.pt")
+    child = _load_in_child(folder, tmp_path)
     assert child["cls"].startswith("transformers_modules"), child["cls"]
+    # the folder carries what the model runs: every copied file was imported by the loaded model (the Triton
+    # files only where Triton is installed; ops.py imports them inside a try)
+    copied = {p.stem for p in folder.glob("*.py")}
+    expected = copied if child["has_triton"] else {n for n in copied if "triton" not in n}
+    assert expected <= set(child["loaded"]), f"copied but never imported: {sorted(expected - set(child['loaded']))}"
     with torch.no_grad():
         assert torch.equal(child["logits"], model(ids).logits)
         assert torch.equal(child["gen"], model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None,
@@ -86,10 +100,5 @@ def test_official_checkpoint_folder_with_our_files_loads_through_remote_code(tmp
             shutil.copy(f, folder / f.name)
     ref = load_file(folder / "inputs_and_outputs.safetensors")
     torch.save(ref["input_ids"], folder / "ids.pt")
-    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-           "PYTHONNOUSERSITE": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    child = torch.load(folder / "child.pt")
+    child = _load_in_child(folder, tmp_path)
     torch.testing.assert_close(child["logits"], ref["logits_full"], atol=1e-4, rtol=1e-4)

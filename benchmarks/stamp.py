@@ -1,0 +1,40 @@
+"""The stamp every benchmark writes into its result: which commit, on which card, when.
+
+A result file holds `"stamp": [{"commit", "card", "date", ...}, ...]`, one entry per run it was made from (a file
+merged from several device calls lists each). History lives in git: a new run replaces the file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def commit() -> str:
+    """HEAD of this checkout, with "+dirty" when tracked files differ from it. A device machine gets a copy of the
+    files without .git: there the caller says it with JET_NEMOTRON_COMMIT, and an unnamed one is "unknown"."""
+    head = _git("rev-parse", "HEAD")
+    if head is None:
+        return os.environ.get("JET_NEMOTRON_COMMIT") or "unknown (no git checkout and JET_NEMOTRON_COMMIT unset)"
+    return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def stamp(**extra) -> dict:
+    """{"commit", "card", "date"} of this run plus `extra`; card is the GPU's name, or "cpu" without CUDA."""
+    import torch
+
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"commit": commit(), "card": card, "date": date, **extra}

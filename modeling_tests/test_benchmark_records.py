@@ -1,0 +1,53 @@
+"""Benchmark records: every result is stamped with commit, card and date, and a kernels run replaces only the parts
+it re-measured in the current file (benchmarks/stamp.py, benchmarks/kernels.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import stamp as stamp_module  # noqa: E402
+import torch  # noqa: E402
+
+
+def test_stamp_names_this_checkouts_commit_or_the_one_given(tmp_path, monkeypatch):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCH, capture_output=True, text=True)
+    st = stamp_module.stamp(contexts=[8192])
+    assert set(st) == {"commit", "card", "date", "contexts"} and st["contexts"] == [8192]
+    assert st["card"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    if head.returncode == 0:
+        assert st["commit"].removesuffix("+dirty") == head.stdout.strip()
+    # a device machine gets the files without .git: the commit comes from the caller
+    monkeypatch.setattr(stamp_module, "REPO", tmp_path)
+    monkeypatch.setenv("JET_NEMOTRON_COMMIT", "abc1234")
+    assert stamp_module.commit() == "abc1234"
+    monkeypatch.delenv("JET_NEMOTRON_COMMIT")
+    assert stamp_module.commit().startswith("unknown")
+
+
+def test_a_kernels_run_replaces_only_the_parts_it_measured():
+    import kernels
+
+    current = {"stamp": [{"run": 0, "parts": ["step", "step_variants"], "commit": "old"},
+                         {"run": 1, "parts": ["chunk"], "commit": "old"}],
+               "results": [{"op": "step", "ms": 1.0, "run": 0}, {"op": "step_variant", "ms": 2.0, "run": 0},
+                           {"op": "chunk", "ms": 3.0, "run": 1}]}
+    new = {"stamp": [{"run": 0, "parts": ["step", "chunk"], "commit": "new"}],
+           "results": [{"op": "step", "ms": 0.5, "run": 0}, {"op": "chunk", "ms": 2.5, "run": 0}]}
+    merged = kernels.merge_runs(current, new)
+    assert [(s["run"], s["parts"], s["commit"]) for s in merged["stamp"]] == [(0, ["step_variants"], "old"),
+                                                                             (2, ["step", "chunk"], "new")]
+    assert sorted((r["op"], r["ms"], r["run"]) for r in merged["results"]) == [
+        ("chunk", 2.5, 2), ("step", 0.5, 2), ("step_variant", 2.0, 0)]
+
+
+def test_every_current_result_file_is_stamped():
+    import json
+
+    for path in sorted((BENCH / "results").rglob("*.json")):
+        stamps = json.loads(path.read_text())["stamp"]
+        assert stamps and all({"commit", "card", "date"} <= set(s) for s in stamps), path
+    for path in sorted((BENCH / "results").rglob("*.txt")):
+        assert path.read_text().startswith("stamp: commit "), path
