@@ -71,19 +71,49 @@ def distill(
     student: Annotated[str, typer.Option(help="a folder written by `jet-nemotron convert`")],
     data: Annotated[list[str], typer.Option(help="text/jsonl/parquet files, folders, or a saved datasets folder; "
                                                  "repeat for several")],
-    seq_len: Annotated[int, typer.Option(help="tokens per training row (documents are packed, EOS between)")] = 2048,
+    seq_len: Annotated[int, typer.Option(help="tokens per training row of stages 1-2 (fixed windows of the "
+                                              "tokenised corpus)")] = 2048,
     text_field: Annotated[str, typer.Option(help="field holding the text in .jsonl / parquet / datasets data")
                           ] = "text",
-    max_tokens: Annotated[Optional[int], typer.Option(help="stop tokenising after this many tokens")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="training tokens to tokenise, shared out over the "
+                                                           "--data sources by weight (default: all)")] = None,
+    data_weight: Annotated[Optional[list[float]], typer.Option(help="mixing weight of each --data source, in "
+                                                                    "order (default: equal)")] = None,
+    held_out: Annotated[Optional[list[str]], typer.Option(help="hold out these files / folders (a package name "
+                                                               "like 'pandas', or a glob on the path inside a "
+                                                               "source); repeat. Default: --eval-fraction of "
+                                                               "the files by a hash of the path")] = None,
+    eval_fraction: Annotated[float, typer.Option(help="fraction of files held out when no --held-out")] = 0.05,
+    eval_rows: Annotated[int, typer.Option(help="held-out rows of --seq-len for perplexity and KL")] = 64,
+    corpus_cache: Annotated[Optional[Path], typer.Option(help="tokenised-corpus cache (default "
+                                                              "$JET_NEMOTRON_CACHE/corpus or ~/.cache/jet-nemotron/"
+                                                              "corpus)")] = None,
+    tokenise_workers: Annotated[Optional[int], typer.Option(help="tokenising processes (default: all "
+                                                                 "cores)")] = None,
+    on_stale: Annotated[str, typer.Option(help="a cached tokenisation whose source files changed: 'rebuild' "
+                                               "(say so and rebuild) or 'error'")] = "rebuild",
     stage1_steps: Annotated[int, typer.Option(help="optimizer steps of stage 1 (JetBlocks only: KL + attention "
                                                    "MSE); 0 skips it")] = 1000,
     stage2_steps: Annotated[int, typer.Option(help="optimizer steps of stage 2 (everything: KL); 0 skips it")] = 0,
+    stage3_steps: Annotated[int, typer.Option(help="long-context stage after stage 2 (trains --train2 on the "
+                                                   "KL) at --stage3-seq-len; 0 skips it")] = 0,
+    stage3_seq_len: Annotated[int, typer.Option(help="tokens per training row of stage 3")] = 8192,
+    stage3_batch_size: Annotated[Optional[int], typer.Option(help="default: the tokens per step of stages 1-2, "
+                                                                  "batch-size x seq-len / stage3-seq-len")] = None,
+    stage3_micro_batch: Annotated[Optional[int], typer.Option(help="default: min(micro-batch, "
+                                                                   "stage3-batch-size)")] = None,
+    lr3: Annotated[Optional[float], typer.Option(help="stage-3 learning rate (default: --lr2)")] = None,
+    retrieval_ratio: Annotated[float, typer.Option(help="fraction in [0, 1) of every stage's rows that are "
+                                                        "generated long-range retrieval documents (passkey / "
+                                                        "key-value lookups in corpus text)")] = 0.0,
+    retrieval_kinds: Annotated[str, typer.Option(help="comma-separated: passkey, kv")] = "passkey,kv",
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
     lr1: Annotated[float, typer.Option(help="peak learning rate of stage 1 (AdamW)")] = 1e-3,
     lr2: Annotated[float, typer.Option(help="peak learning rate of stage 2")] = 1e-4,
-    warmup: Annotated[int, typer.Option(help="linear warm-up steps of each stage, then cosine to 10% of the peak")
-                      ] = 50,
+    warmup: Annotated[int, typer.Option(help="linear warm-up steps of each stage, then cosine to "
+                                             "--min-lr-ratio of the peak")] = 50,
+    min_lr_ratio: Annotated[float, typer.Option(help="cosine schedule: the last step's lr / the peak lr")] = 0.1,
     mse_weight: Annotated[float, typer.Option(help="stage-1 attention-output MSE weight")] = 1.0,
     kl_weight: Annotated[float, typer.Option(help="weight of the logit KL(teacher || student), both stages")] = 1.0,
     train1: Annotated[str, typer.Option(help="stage-1 trainable set: jet, non-mlp, all")] = "jet",
@@ -94,6 +124,13 @@ def distill(
     kl_chunk: Annotated[int, typer.Option(help="tokens per chunk of the vocabulary-wide KL")] = 1024,
     save_every: Annotated[int, typer.Option(help="checkpoint every N optimizer steps (0: only at the end of a "
                                                  "stage)")] = 200,
+    log_every: Annotated[int, typer.Option(help="steps between log lines; losses are read back from the "
+                                                "device (a sync) and checked for NaN / Inf only then")] = 10,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="per-device peak for MFU (default: the card's "
+                                                              "bf16 dense spec, e.g. H200 989.4)")] = None,
+    compile_student: Annotated[bool, typer.Option("--compile", help="torch.compile each student decoder layer "
+                                                                    "(opt-in: compile time, graph breaks at "
+                                                                    "the JetBlock kernels)")] = False,
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint of this same run (settings, "
                                               "data and models must match)")] = False,
@@ -103,18 +140,31 @@ def distill(
     layout: Annotated[str, typer.Option(help="folder layout: 'transformers' (ours) or 'official' (NVIDIA's "
                                              "release: loads in its HF code and in SGLang)")] = "transformers",
 ):
-    """Distil a converted model from its teacher (stage 1, then stage 2 if --stage2-steps > 0)."""
+    """Distil a converted model from its teacher (stage 1, then stage 2 and the long-context stage 3 if their
+    steps > 0) on a cached, tokenised corpus of --data."""
     from .distill import DistillConfig
     from .pipeline import distill_checkpoint
 
-    common = dict(batch_size=batch_size, micro_batch=micro_batch, warmup_steps=warmup, kl_weight=kl_weight,
+    common = dict(warmup_steps=warmup, kl_weight=kl_weight, min_lr_ratio=min_lr_ratio,
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
-                  kl_chunk=kl_chunk, save_every=save_every, seed=seed)
-    s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, **common)
-    s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **common)
-    distill_checkpoint(teacher, student, out, data, seq_len=seq_len, stage1=s1, stage2=s2, text_field=text_field,
-                       max_tokens=max_tokens, ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume,
-                       overwrite=overwrite, layout=layout)
+                  kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
+                  compile=compile_student)
+    batch = dict(batch_size=batch_size, micro_batch=micro_batch)
+    s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, **batch, **common)
+    s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **batch, **common)
+    # stage 3's defaults keep stages 1-2's tokens per step; distill_checkpoint checks its settings
+    b3 = stage3_batch_size if stage3_batch_size is not None else max(1, batch_size * seq_len // max(1, stage3_seq_len))
+    m3 = stage3_micro_batch if stage3_micro_batch is not None else max(1, min(micro_batch, b3))
+    s3 = DistillConfig(stage=3, steps=stage3_steps, lr=lr2 if lr3 is None else lr3, mse_weight=0.0, train=train2,
+                       seq_len=stage3_seq_len, batch_size=b3, micro_batch=m3,
+                       **common)
+    corpus = dict(weights=data_weight, held_out=held_out, cache_dir=corpus_cache, workers=tokenise_workers,
+                  on_stale=on_stale)
+    retrieval = {"ratio": retrieval_ratio, "kinds": [k.strip() for k in retrieval_kinds.split(",") if k.strip()]}
+    distill_checkpoint(teacher, student, out, data, seq_len=seq_len, stage1=s1, stage2=s2, stage3=s3,
+                       text_field=text_field, max_tokens=max_tokens, eval_fraction=eval_fraction,
+                       ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,
+                       corpus=corpus, retrieval=retrieval, eval_rows=eval_rows, layout=layout)
 
 
 @app.command()

@@ -6,16 +6,22 @@ One call of `distill` runs one stage:
              (each JetBlock's output against the output of the attention it replaced, divided by that
              output's mean square, averaged over JetBlock layers).
     stage 2: everything trains on the logit KL alone.
+    stage 3: stage 2's defaults, meant for a longer `seq_len` (the pipeline's long-context stage).
 `train` ("jet", "non-mlp", "all") and the two weights override these defaults.
 
 Batches: `batch_size` sequences per optimizer step whatever the number of processes; each process takes
-`micro_batch` of them per forward and accumulates `batch_size / (micro_batch * world)` forwards. The order is
-a seeded permutation of the packed rows, a pure function of the step, so a resumed or a DDP run sees exactly
-the batches of a single uninterrupted run. The learning rate is also a function of the step (warmup + cosine).
+`micro_batch` of them per forward and accumulates `batch_size / (micro_batch * world)` forwards. The rows come
+from a batch source, a pure function of the step (`corpus.MixtureSampler`, or a seeded permutation of packed
+rows given as a tensor), so a resumed or a DDP run sees exactly the batches of a single uninterrupted run; they
+are built one step ahead on a thread (`prefetch.py`). Losses stay on the device and are read back every
+`log_every` steps (and before every checkpoint and the last step), with tok/s and MFU over the interval
+(`throughput.py`). The learning rate is also a function of the step (warmup + cosine).
 Checkpoints (`accelerator.save_state` + `progress.json`, written to a temporary folder then renamed) every
 `save_every` steps carry the run's identity (`run_identity.py`); `resume=True` continues from the newest one
-and refuses one that another run wrote. A loss or gradient norm that goes NaN / Inf stops the run before the
-optimizer applies it, naming the step and the last good checkpoint. Only the main process logs and writes.
+and refuses one that another run wrote. A loss or gradient norm that goes NaN / Inf stops the run, naming the
+step and the last good checkpoint: the losses are checked when they are read back, before that step's update,
+so with `log_every=1` no non-finite step is ever applied and otherwise nothing after it is saved (every
+checkpoint is preceded by a read-back). Only the main process logs and writes.
 
 FSDP (accelerate configured with `fsdp_version: 2`): a copy of the student is sharded across the processes
 (parameters, gradients and Adam state), checkpoints are accelerate's sharded ones, and at the end the full
@@ -49,7 +55,7 @@ from .run_identity import describe_difference, stage_fields
 
 @dataclass
 class DistillConfig:
-    stage: int = 1
+    stage: int = 1  # 1, 2, or 3 (a long-context stage: stage 2's defaults, usually with a longer seq_len)
     steps: int = 100
     batch_size: int = 8  # sequences per optimizer step (global)
     micro_batch: int = 8  # sequences per forward per process
@@ -70,11 +76,14 @@ class DistillConfig:
     log_every: int = 10
     eval_batch: int = 8
     seed: int = 0
+    seq_len: int | None = None  # rows of this stage; None: the pipeline's --seq-len
+    compile: bool = False  # torch.compile each decoder layer of the student (opt-in: compile time, graph breaks)
+    peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
 
     def resolved(self) -> "DistillConfig":
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.mse_weight is None:
             self.mse_weight = 1.0 if self.stage == 1 else 0.0
         if self.train is None:
@@ -97,6 +106,10 @@ class DistillConfig:
             raise ValueError(f"stage {self.stage}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.temperature > 0:
             raise ValueError(f"stage {self.stage}: temperature must be > 0, got {self.temperature}")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ValueError(f"stage {self.stage}: seq_len must be >= 2, got {self.seq_len}")
+        if self.peak_tflops is not None and not (self.peak_tflops > 0 and math.isfinite(self.peak_tflops)):
+            raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         return self
@@ -145,20 +158,36 @@ class DistillLoss(nn.Module):
     """
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
-                 temperature: float):
+                 temperature: float, compiled: bool = False):
         super().__init__()
         self.student = student
         # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
         self._no_split_modules = getattr(student, "_no_split_modules", None)
         self.mse_layers, self.kl_weight, self.mse_weight = mse_layers, kl_weight, mse_weight
         self.chunk, self.temperature = chunk, temperature
+        # compiled layers guard on their hooks: new hooks every forward would recompile every step, so the
+        # capture stays registered for the stage (`release` removes it)
+        self.persistent = _Capture(student, mse_layers) if compiled and mse_weight > 0 else None
+
+    def release(self) -> None:
+        """Remove the stage's persistent hooks and compiled layers: the caller's student must not keep capturing
+        outputs, and evaluates eagerly (nn.Module.compile keeps its compiled forward in `_compiled_call_impl`)."""
+        if self.persistent is not None:
+            self.persistent.close()
+            self.persistent = None
+        for layer in self.student.model.layers:
+            layer._compiled_call_impl = None
 
     def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None):
-        cap = _Capture(self.student, self.mse_layers) if self.mse_weight > 0 else None
+        cap = self.persistent
+        if cap is not None:
+            cap.outputs = []
+        elif self.mse_weight > 0:
+            cap = _Capture(self.student, self.mse_layers)
         try:
             h = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
         finally:
-            if cap is not None:
+            if cap is not None and cap is not self.persistent:
                 cap.close()
         zero = h.new_zeros((), dtype=torch.float32)
         kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
@@ -197,14 +226,20 @@ def teacher_on(teacher: nn.Module, device, dtype: torch.dtype | None = None) -> 
 
 @torch.no_grad()
 def teacher_targets(teacher, input_ids, mse_layers: list[int]):
-    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad)."""
+    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad).
+
+    The forward runs under inference mode (no version counters or autograd metadata at all); its outputs are
+    cloned out of it because autograd refuses to save inference tensors, and the student's loss saves them
+    (the MSE's normaliser, the checkpointed KL chunks). A clone is one read and write of [B, L, d] per tensor.
+    """
     cap = _Capture(teacher, mse_layers) if mse_layers else None
     try:
-        h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        with torch.inference_mode():
+            h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
     finally:
         if cap is not None:
             cap.close()
-    return h, (cap.outputs if cap is not None else None)
+    return h.clone(), ([t.clone() for t in cap.outputs] if cap is not None else None)
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:
@@ -218,6 +253,18 @@ def lr_at(step: int, cfg: DistillConfig) -> float:
 @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs; each is drawn once, not once per step
 def _epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class TensorRows:
+    """Packed rows [N, L] as a batch source (the path before `corpus.py`): `batch_rows` of the step."""
+
+    def __init__(self, rows: torch.Tensor, seed: int):
+        if rows.ndim != 2 or rows.shape[0] < 1:
+            raise ValueError(f"training rows must be [N >= 1, seq_len], got shape {tuple(rows.shape)}")
+        self.rows, self.seed, self.seq_len = rows, seed, rows.shape[1]
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        return self.rows[batch_rows(step, self.rows.shape[0], batch_size, self.seed)]
 
 
 def batch_rows(step: int, n_rows: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -349,10 +396,13 @@ class _Training:
     n_train: int
 
 
-def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
+def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
             resume: bool = False, eval_rows: torch.Tensor | None = None, accelerator=None, *,
             identity: dict | None = None, stop: Callable[[int], bool] | None = None) -> dict:
-    """Train `student` in place towards `teacher` on packed rows [N, L]; returns the run summary.
+    """Train `student` in place towards `teacher`; returns the run summary.
+
+    `train_rows`: packed rows [N, L] (a tensor), or a batch source with `.seq_len` and `.batch(step, size)` ->
+    [size, L] int64, a pure function of the step (`corpus.MixtureSampler`).
 
     The summary holds the per-step history (loss, kl, mse, lr, tok/s), held-out KL before and after, tokens
     seen and wall time. `student` ends unwrapped, on its device, in fp32 (under FSDP it is never sharded: it
@@ -362,25 +412,32 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
     different run (`identity`, see run_identity.py; this stage's settings and a hash of `train_rows` are always
     part of it) or none at all; a fresh run refuses a `ckpt_dir` that already holds checkpoints. A loss that
     goes non-finite raises `NonFiniteLossError` naming the step and the last good checkpoint.
-    `stop(step)` (optional) is called after every step; True ends the stage there, as a kill would after that
-    step's checkpoint, and returns {"stopped_at": step, "history": ...}.
+    `stop(step)` (optional) is asked at every step (before its update; a pure function of the step); True ends
+    the stage after that step, as a kill would after that step's checkpoint, and returns
+    {"stopped_at": step, "history": ...}.
     """
     from accelerate import Accelerator
 
     cfg = cfg.resolved()
     acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
-    identity = {**(identity or {}), "train_rows": rows_fingerprint(train_rows), "this_stage": stage_fields(cfg)}
+    data = TensorRows(train_rows, cfg.seed) if isinstance(train_rows, torch.Tensor) else train_rows
+    identity = {**(identity or {}), "train_rows": source_fingerprint(data, cfg.batch_size),
+                "this_stage": stage_fields(cfg)}
     if ckpt_dir is not None and not resume and _checkpoints(ckpt_dir):
         raise FileExistsError(f"checkpoint folder {ckpt_dir} already holds checkpoints "
                               f"({_checkpoints(ckpt_dir)[-1].name}); resume them or clear the folder")
-    run = _prepare(student, teacher, train_rows, cfg, acc)
+    run = _prepare(student, teacher, data, cfg, acc)
     start, history, kl_before = _restore(acc, ckpt_dir, identity) if resume else (0, [], None)
     if eval_rows is not None and acc.is_main_process and start == 0:
         # the trained weights still equal the caller's student; under FSDP only the latter is whole
         kl_before = _held_out_kl(student, run.teacher, eval_rows, cfg, acc.device, park=run.fsdp)
+    speed = _speed_info(data, student, run.teacher, cfg, acc)
     t_run = time.perf_counter()
-    stopped = _train_steps(run, train_rows, cfg, start, history, ckpt_dir, identity, kl_before, stop)
+    try:
+        stopped = _train_steps(run, data, cfg, start, history, ckpt_dir, identity, kl_before, stop, speed)
+    finally:
+        acc.unwrap_model(run.wrapper).release()  # the stage's capture hooks and compiled layers
     if stopped is not None:
         return {"stopped_at": stopped, "history": history}
     if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
@@ -388,10 +445,14 @@ def distill(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, ckpt
         save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before, identity)
     acc.wait_for_everyone()
     unwrapped = _finish(run, student, cfg)
+    wall, L = time.perf_counter() - t_run, data.seq_len
     summary = {"config": {k: v for k, v in asdict(cfg).items() if k != "history"}, "trainable_params": run.n_train,
                "world_size": acc.num_processes, "eval_kl_before": kl_before, "history": history,
-               "tokens": cfg.steps * cfg.batch_size * train_rows.shape[1], "steps": cfg.steps,
-               "wall_s": time.perf_counter() - t_run}
+               "tokens": cfg.steps * cfg.batch_size * L, "steps": cfg.steps, "wall_s": wall,
+               "tok_per_s": (cfg.steps - start) * cfg.batch_size * L / wall if cfg.steps > start else None, **speed}
+    if summary["tok_per_s"] and speed["peak_flops"]:
+        summary["mfu"] = summary["tok_per_s"] * speed["flops_per_token"]["total"] / (speed["peak_flops"] *
+                                                                                      acc.num_processes)
     if eval_rows is not None and acc.is_main_process:
         summary["eval_kl_after"] = eval_kl(unwrapped, run.teacher, eval_rows.to(acc.device), cfg.eval_batch,
                                            cfg.kl_chunk)
@@ -407,15 +468,23 @@ def rows_fingerprint(rows: torch.Tensor) -> str:
     return f"{list(rows.shape)}:{hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()}"
 
 
-def _prepare(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, acc) -> _Training:
+def source_fingerprint(data, batch_size: int) -> str:
+    """Packed rows: their shape and hash. A sampler (a pure function of the step): its kind, row length and a
+    hash of its first batch (the corpus itself is in the pipeline's identity, from its manifest)."""
+    if isinstance(data, TensorRows):
+        return rows_fingerprint(data.rows)
+    return f"{type(data).__name__} seq_len {data.seq_len}: first batch {rows_fingerprint(data.batch(0, batch_size))}"
+
+
+def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     """Check the batch split, freeze per `cfg.train`, copy the teacher to the device, wrap for accelerate."""
     world = acc.num_processes
     per_step = cfg.micro_batch * world
     if cfg.batch_size % per_step:
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x "
                          f"{world} processes")
-    if train_rows.ndim != 2 or train_rows.shape[0] < 1:
-        raise ValueError(f"training rows must be [N >= 1, seq_len], got shape {tuple(train_rows.shape)}")
+    if isinstance(data, TensorRows) and cfg.seq_len is not None and cfg.seq_len != data.seq_len:
+        raise ValueError(f"stage {cfg.stage}: seq_len {cfg.seq_len} but the training rows have {data.seq_len} tokens")
     jet_layers = [i for i, t in enumerate(student.config.official_layer_types) if t == "jet"]
     mse_layers = jet_layers if cfg.mse_weight > 0 else []
     if cfg.kl_weight <= 0 and not mse_layers:
@@ -433,7 +502,10 @@ def _prepare(student, teacher, train_rows: torch.Tensor, cfg: DistillConfig, acc
     # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
-    wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature)
+    wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
+                          compiled=cfg.compile)
+    if cfg.compile:
+        compile_layers(trained)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     wrapper, opt = acc.prepare(wrapper, opt)
@@ -461,50 +533,63 @@ def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, flo
     return prog["step"], prog["history"], prog.get("eval_kl_before")
 
 
-def _train_steps(run: _Training, train_rows: torch.Tensor, cfg: DistillConfig, start: int, history: list,
-                 ckpt_dir: Path | None, identity: dict, kl_before, stop) -> int | None:
-    """Optimizer steps start..cfg.steps, appending to `history`; the step it stopped at when `stop` says so."""
+def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: list, ckpt_dir: Path | None,
+                 identity: dict, kl_before, stop, speed: dict) -> int | None:
+    """Optimizer steps start..cfg.steps, appending to `history`; the step it stopped at when `stop` says so.
+
+    Batches come from `data` one step ahead (`prefetch.py`); losses stay on the device in the step meter and are
+    read back (one sync) every `log_every` steps, before a checkpoint, on the last step and when `stop` says
+    so, each time before that step's optimizer update, and checked for NaN / Inf then.
+    """
     from tqdm.auto import tqdm
+
+    from .prefetch import Prefetcher
+    from .throughput import StepMeter
 
     acc = run.acc
     bar = tqdm(total=cfg.steps, initial=start, desc=f"distill stage {cfg.stage}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     last_good = _checkpoints(ckpt_dir)[-1] if ckpt_dir is not None and _checkpoints(ckpt_dir) else None
+    meter = StepMeter(cfg.batch_size * data.seq_len, speed["flops_per_token"]["total"], speed["peak_flops"],
+                      acc.num_processes)
+    prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
     try:
         for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            rec = _one_step(run, train_rows, cfg, step, last_good)
-            dt = time.perf_counter() - t0
-            rec["tok_per_s"] = cfg.batch_size * train_rows.shape[1] / dt
-            history.append(rec)
+            saving = bool(ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0
+                          and step + 1 < cfg.steps)
+            stopping = stop is not None and stop(step + 1)  # a pure function of the step: asked before the update
+            read_back = (bool(cfg.log_every) and (step + 1) % cfg.log_every == 0) or saving or stopping \
+                or step + 1 == cfg.steps
+            batch = prefetch.get(step)  # [batch_size, L], built on a background thread while the last step ran
+            _one_step(run, batch, cfg, step, meter,
+                      (lambda: _log_flush(meter, history, acc, bar, cfg, last_good)) if read_back else None)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", kl=f"{rec['kl']:.4f}", tok_s=f"{rec['tok_per_s']:.0f}")
-            if acc.is_main_process and cfg.log_every and (step + 1) % cfg.log_every == 0:
-                bar.write(f"step {step + 1}/{cfg.steps} loss {rec['loss']:.4f} kl {rec['kl']:.4f} nats/token "
-                          f"mse {rec['mse']:.4f} lr {rec['lr']:.2e} {dt * 1000:.0f} ms {rec['tok_per_s']:.0f} tok/s")
-            if ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            if saving:
                 last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
                                             identity)
-            if stop is not None and stop(step + 1):
+                meter.restart_clock()  # writing the checkpoint is not training time
+            if stopping:
                 acc.wait_for_everyone()
                 return step + 1
     finally:
+        prefetch.close()
         bar.close()
     return None
 
 
-def _one_step(run: _Training, train_rows: torch.Tensor, cfg: DistillConfig, step: int, last_good) -> dict:
-    """Forward/backward over this process's micro-batches of `step`, then the optimizer step; its history row."""
+def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int, meter, read_back) -> None:
+    """Forward/backward over this process's micro-batches of `batch` [batch_size, L] (global batch of `step`),
+    the losses and gradient norm into `meter` (no sync), `read_back()` if given (the sync and NaN check, before
+    anything is applied), then the optimizer step."""
     acc, world = run.acc, run.acc.num_processes
     for group in run.opt.param_groups:
         group["lr"] = lr_at(step, cfg)
-    rows = batch_rows(step, train_rows.shape[0], cfg.batch_size, cfg.seed)
     loss_sum = torch.zeros(3, device=acc.device)
     teacher_head = run.teacher.lm_head.weight
     for m in range(run.accum):
         # this process's share of the global batch for micro-step m
         lo = (m * world + acc.process_index) * cfg.micro_batch
-        x = train_rows[rows[lo : lo + cfg.micro_batch]].to(acc.device)
+        x = batch[lo : lo + cfg.micro_batch].to(acc.device, non_blocking=True)
         t_hidden, t_attn = teacher_targets(run.teacher, x, run.mse_layers)
         # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
         # it would keep full unsharded gradients on every device, the memory FSDP is there to save
@@ -514,21 +599,14 @@ def _one_step(run: _Training, train_rows: torch.Tensor, cfg: DistillConfig, step
             acc.backward(loss / run.accum)
         loss_sum += torch.stack([loss.detach().float(), kl.float(), mse.float()]) / run.accum
     norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-    # one device sync per step, before the optimizer applies anything
-    vals = acc.reduce(loss_sum, reduction="mean")
     if norm is not None:
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a replicated DTensor
-        vals = torch.cat([vals, norm.detach().float().reshape(1).to(vals.device)])
-    vals = vals.tolist()
-    if not all(math.isfinite(v) for v in vals):
-        what = "loss" if not math.isfinite(vals[0]) else "gradient norm"
-        raise NonFiniteLossError(f"stage {cfg.stage}: the {what} became {vals[0] if what == 'loss' else vals[3]} at "
-                                 f"step {step + 1}; stopped before applying it. Last good checkpoint: "
-                                 f"{last_good or 'none (no checkpoint saved yet in this stage)'}")
+        loss_sum = torch.cat([loss_sum, norm.detach().float().reshape(1).to(loss_sum.device)])
+    meter.add(step + 1, lr_at(step, cfg), loss_sum)  # stays on the device: no sync here
+    if read_back is not None:
+        read_back()
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
-    return {"stage": cfg.stage, "step": step + 1, "loss": vals[0], "kl": vals[1], "mse": vals[2],
-            "lr": lr_at(step, cfg)}
 
 
 def _finish(run: _Training, student, cfg: DistillConfig):
@@ -546,6 +624,50 @@ def _finish(run: _Training, student, cfg: DistillConfig):
         checkpointing_disable(unwrapped)
     unwrapped.requires_grad_(True)
     return unwrapped
+
+
+def compile_layers(model) -> None:
+    """torch.compile every decoder layer in place (`nn.Module.compile`: the module keeps its parameters and
+    state-dict names). Per layer rather than the whole model: one layer's graph serves every layer of its type,
+    and the JetBlock's Triton kernels break the graph only inside their own layers."""
+    for layer in model.model.layers:
+        layer.compile(dynamic=False)
+
+
+def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
+    """FLOPs per token of this stage's trainable set and the device's peak (the step meter's MFU), logged."""
+    from .throughput import flops_per_token, peak_flops
+
+    fpt = flops_per_token(student, teacher, data.seq_len)
+    peak, peak_note = peak_flops(acc.device, cfg.mixed_precision == "bf16", cfg.peak_tflops)
+    acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.3g} GFLOP per token (student {fpt['student'] / 1e9:.3g}, "
+              f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}")
+    return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
+
+
+def _log_flush(meter, history: list, acc, bar, cfg: DistillConfig, last_good) -> None:
+    """Read the pending steps' losses back (one sync, averaged over processes), stop on a non-finite one, log the
+    last one. Called before the newest pending step's optimizer update."""
+    recs = meter.flush(lambda t: acc.reduce(t, reduction="mean"), cfg.stage)
+    for r in recs:
+        bad = [(k, r[k]) for k in ("loss", "grad_norm") if k in r and not math.isfinite(r[k])]
+        bad = bad or [(k, r[k]) for k in ("kl", "mse") if not math.isfinite(r[k])]
+        if bad:
+            what, val = bad[0]
+            what = "gradient norm" if what == "grad_norm" else what
+            now = recs[-1]["step"]
+            how = "stopped before applying it" if r["step"] == now else (
+                f"stopped at step {now} before applying that step (losses are read back every log_every = "
+                f"{cfg.log_every} steps); nothing since step {r['step']} was saved")
+            raise NonFiniteLossError(f"stage {cfg.stage}: the {what} became {val} at step {r['step']}; {how}. Last "
+                                     f"good checkpoint: {last_good or 'none (no checkpoint saved yet in this stage)'}")
+    history.extend(recs)
+    r = recs[-1]
+    mfu = f" MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+    bar.set_postfix(loss=f"{r['loss']:.4f}", kl=f"{r['kl']:.4f}", tok_s=f"{r['tok_per_s']:.0f}")
+    if acc.is_main_process and cfg.log_every:
+        bar.write(f"step {r['step']}/{cfg.steps} loss {r['loss']:.4f} kl {r['kl']:.4f} nats/token mse {r['mse']:.4f} "
+                  f"lr {r['lr']:.2e} {r['ms_per_step']:.0f} ms/step {r['tok_per_s']:,.0f} tok/s{mfu}")
 
 
 def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, eval_kl_before=None,

@@ -6,13 +6,16 @@ Every step validates its inputs before writing anything and writes its folder at
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from .data import check_tokenizer_fits, load_packed
+from .corpus import build_corpus
+from .data import check_tokenizer_fits
 from .distill import DistillConfig, distill, perplexity, plot_history, teacher_on
 from .dtypes import DEFAULT_DTYPE, torch_dtype
 from .export import load_source, refuse_overlap, write_folder
@@ -20,8 +23,35 @@ from .layer_map import resolve_layer_map
 from .model_card import cache_bytes, render_card
 from .official_layout import check_layout, check_representable
 from .qwen_to_jet import convert_model
-from .run_identity import data_fingerprint, describe_difference, run_identity
+from .run_identity import corpus_fingerprint, describe_difference, run_identity
 from .source_check import check_finite, read_headers, safetensors_files
+
+
+def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, retrieval: dict | None = None,
+                   start_tokens: int = 0):
+    """One `MixtureSampler` per stage, at the stage's seq_len; each starts after the tokens the earlier stages
+    drew (plus `start_tokens`, drawn by stages run in an earlier process), so stage 2 continues stage 1's epoch
+    instead of re-reading its first rows."""
+    from .retrieval_data import RetrievalStream
+
+    out, tokens = [], start_tokens
+    for cfg in stages:
+        L = cfg.seq_len or seq_len
+        extra = []
+        if retrieval and retrieval.get("ratio", 0) > 0:
+            r = retrieval["ratio"]
+            if not 0 < r < 1:
+                raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
+            hay = max((s.train for s in data.sources), key=len)
+            stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", ("passkey", "kv")), cfg.seed + 17)
+            extra = [(stream, r / (1 - r) * sum(data.weights))]  # r of all rows
+        sampler = data.sampler(L, cfg.seed, extra, row_offset=tokens // L)
+        if cfg.batch_size > sum(getattr(s, "n", cfg.batch_size) for s in sampler.streams):
+            raise ValueError(f"the data is too short: {data.train_tokens} training tokens make fewer rows of {L} "
+                             f"than one batch of {cfg.batch_size}; add text or lower --seq-len / --batch-size")
+        tokens += cfg.steps * cfg.batch_size * L
+        out.append(sampler)
+    return out
 
 
 def _generation_config(src_model):
@@ -106,8 +136,9 @@ def prepare_checkpoint_folder(ckpt_dir: Path | None, resume: bool, overwrite: bo
         print(f"cleared checkpoint folder {ckpt_dir} (--overwrite)")
 
 
-def check_resume_identity(ckpt_dir: Path, identity: dict) -> None:
-    """Refuse to resume checkpoints another run wrote, naming every setting that differs."""
+def check_resume_identity(ckpt_dir: Path, identity: dict, skip: tuple[str, ...] = ()) -> None:
+    """Refuse to resume checkpoints another run wrote, naming every setting that differs (but those in `skip`,
+    e.g. the data before the corpus is built)."""
     for stage_dir in sorted(Path(ckpt_dir).glob("stage*")):
         steps = sorted(stage_dir.glob("step_*/progress.json"), key=lambda p: int(p.parent.name.split("_")[1]))
         if not steps:
@@ -116,8 +147,8 @@ def check_resume_identity(ckpt_dir: Path, identity: dict) -> None:
             saved = json.loads(steps[-1].read_text()).get("identity")
         except json.JSONDecodeError as err:
             raise ValueError(f"checkpoint {steps[-1].parent} has a broken progress.json ({err})") from err
-        saved = {k: v for k, v in (saved or {}).items() if k not in ("train_rows", "this_stage")} or None
-        diff = describe_difference(saved, identity)
+        saved = {k: v for k, v in (saved or {}).items() if k not in ("train_rows", "this_stage", *skip)} or None
+        diff = describe_difference(saved, {k: v for k, v in identity.items() if k not in skip})
         if diff:
             raise ValueError(f"--resume: checkpoint {steps[-1].parent} belongs to a different run: {diff}")
 
@@ -127,12 +158,23 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                        text_field: str = "text", max_tokens: int | None = None, eval_fraction: float = 0.05,
                        ckpt_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
                        gguf_file: str | None = None, teacher_model=None, student_model=None, tokenizer=None,
-                       layout: str = "transformers") -> dict:
-    """Stage 1 then stage 2 (either may be None), perplexities, loss curve, card; saves the student to `out`.
+                       stage3: DistillConfig | None = None, corpus: dict | None = None,
+                       retrieval: dict | None = None, eval_rows: int = 64,
+                       layout: str = "transformers", start_tokens: int = 0) -> dict:
+    """Stages 1, 2, 3 (any may be None), perplexities, loss curve, card; saves the student to `out`.
 
-    Everything is validated before the models load: stage settings, data paths, that `out` and `ckpt_dir`
-    overlap no input, and the checkpoint folder (a fresh run needs it empty or `overwrite`; `resume` needs a
-    checkpoint of this very run).
+    The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
+    arguments: weights, held_out, cache_dir, workers, on_stale, max_eval_tokens). A stage's rows have its own
+    `cfg.seq_len` (default `seq_len`); each stage continues the walk over the corpus where the one before
+    stopped. `retrieval` = {"ratio": r, "kinds": [...]} mixes generated passkey / key-value rows
+    (`retrieval_data.py`) into a fraction r of every stage's rows. Perplexity is measured on `eval_rows` held-out
+    rows of `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
+    split over several calls), so these stages continue the walk instead of repeating those rows.
+
+    Everything is validated before the models load: stage settings, data and corpus options, that `out` and
+    `ckpt_dir` overlap no input, and the checkpoint folder (a fresh run needs it empty or `overwrite`; `resume`
+    needs a checkpoint of this very run: its settings are checked before the corpus is built, its data, from the
+    corpus manifest, right after).
     """
     from accelerate import Accelerator
     from transformers import AutoTokenizer
@@ -144,15 +186,20 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     check_layout(layout)
-    for c in (stage1, stage2):
+    for c in (stage1, stage2, stage3):
         if c is not None and c.steps < 0:
             raise ValueError(f"--stage{c.stage}-steps must be >= 0, got {c.steps}")
-    stages = [c.resolved() for c in (stage1, stage2) if c is not None and c.steps > 0]
+    for c in (stage1, stage2, stage3):
+        if c is not None and c.steps > 0 and c.seq_len is not None and c.seq_len < 2:
+            raise ValueError(f"--stage{c.stage}-seq-len must be >= 2, got {c.seq_len}")
+    stages = [c.resolved() for c in (stage1, stage2, stage3) if c is not None and c.steps > 0]
     for c in stages:
         if c.batch_size % c.micro_batch:
-            raise ValueError(f"--batch-size {c.batch_size} is not a multiple of --micro-batch {c.micro_batch}")
+            flag = "--stage3-" if c.stage == 3 else "--"
+            raise ValueError(f"{flag}batch-size {c.batch_size} is not a multiple of {flag}micro-batch {c.micro_batch}")
+    check_data_options(corpus, retrieval, eval_fraction, eval_rows, start_tokens, len(data))
     if not stages:
-        raise ValueError("no distillation stage has steps > 0 (--stage1-steps / --stage2-steps)")
+        raise ValueError("no distillation stage has steps > 0 (--stage1-steps / --stage2-steps / --stage3-steps)")
     if seq_len < 2:
         raise ValueError(f"--seq-len must be >= 2, got {seq_len}")
     if max_tokens is not None and max_tokens < 1:
@@ -160,7 +207,8 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     for d in data:
         if not Path(d).exists():
             raise FileNotFoundError(f"data path {d} does not exist")
-    inputs = {"teacher": teacher, "student": student, **{f"data path {d}": d for d in data}}
+    # an empty name (a model passed in memory, e.g. benchmarks/distill_real.py) is no path, not the working folder
+    inputs = {"teacher": teacher or None, "student": student or None, **{f"data path {d}": d for d in data}}
     refuse_overlap(out, inputs)
     if ckpt_dir is not None:
         refuse_overlap(ckpt_dir, inputs, what="checkpoint folder")
@@ -180,42 +228,95 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         raise ValueError(f"student vocab {student_model.config.vocab_size} != teacher vocab "
                          f"{teacher_model.config.vocab_size}: the KL needs one vocabulary")
     check_tokenizer_fits(tokenizer, student_model.config.vocab_size, "student")
-    fingerprint = data_fingerprint(data, text_field=text_field, max_tokens=max_tokens, eval_fraction=eval_fraction)
-    identity = run_identity(stages, seq_len, fingerprint, teacher_model.config, student_model.config)
+    identity = run_identity(stages, seq_len, None, teacher_model.config, student_model.config,
+                            retrieval=_retrieval_identity(retrieval), start_tokens=start_tokens)
     if resume:
-        check_resume_identity(ckpt_dir, identity)  # before the (possibly long) tokenisation
-    need = max(c.batch_size for c in stages)
-    packed = load_packed(data, tokenizer, seq_len, text_field, eval_fraction, min_train_rows=need,
-                         max_tokens=max_tokens)
+        check_resume_identity(ckpt_dir, identity, skip=("data",))  # before the (possibly long) tokenisation
     acc = Accelerator(mixed_precision=stages[0].mixed_precision)
-    acc.print(f"data: {packed.num_documents} documents, {packed.num_tokens:,} tokens -> {packed.train.shape[0]} "
-              f"train rows and {packed.eval.shape[0]} held-out rows of {seq_len}")
-    summaries = _run_stages(student_model, teacher_model, packed, stages, ckpt_dir, resume, identity, acc)
-    result = {"stages": summaries, "data_sources": packed.sources[:20], "data_tokens": packed.num_tokens,
-              "seq_len": seq_len, "identity": identity}
+    t0 = time.perf_counter()
+    kw = dict(corpus or {})
+    with acc.main_process_first():  # the main process tokenises into the cache; the others then read it
+        data_ = build_corpus(data, tokenizer, kw.pop("weights", None), max_tokens, text_field=text_field,
+                             eval_fraction=eval_fraction, progress=acc.is_main_process, **kw)
+    if data_.eval_tokens < seq_len and eval_fraction > 0:
+        moved = data_.hold_out_tail(seq_len, eval_fraction)
+        acc.print(f"note: the held-out files hold less than one row of {seq_len} tokens (one file cannot be split "
+                  f"by files): the last {moved:,} training tokens are held out instead")
+    identity["data"] = corpus_fingerprint(data_.identity(), max_tokens=max_tokens, eval_rows=eval_rows)
+    if resume:
+        check_resume_identity(ckpt_dir, identity)
+    samplers = stage_samplers(data_, stages, seq_len, tokenizer, retrieval, start_tokens)
+    held = data_.eval_rows(seq_len, eval_rows)
+    acc.print(f"data: {data_.describe()}; {held.shape[0]} held-out rows of {seq_len} "
+              f"({time.perf_counter() - t0:.1f} s)")
+    summaries = _run_stages(student_model, teacher_model, samplers, held, stages, ckpt_dir, resume, identity, acc)
+    result = {"stages": summaries, "data_sources": [s.manifest["settings"]["source"] for s in data_.sources],
+              "data": data_.manifest(), "data_tokens": data_.train_tokens,
+              "held_out_tokens": data_.eval_tokens, "seq_len": seq_len, "data_seconds": time.perf_counter() - t0,
+              "identity": identity}
     if acc.is_main_process:
-        _report_and_save(result, student_model, teacher_model, tokenizer, packed, teacher, out, overwrite, acc, layout)
+        _report_and_save(result, student_model, teacher_model, tokenizer, held, teacher, out, overwrite, acc, layout)
     acc.wait_for_everyone()
     return result
 
 
-def _run_stages(student, teacher, packed, stages, ckpt_dir, resume: bool, identity: dict, acc) -> list[dict]:
-    """Each stage in turn; with `resume`, a stage resumes when its folder has a checkpoint, else starts fresh."""
+def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ckpt_dir, resume: bool,
+                identity: dict, acc) -> list[dict]:
+    """Each stage on its sampler; with `resume`, a stage resumes when its folder has a checkpoint, else starts
+    fresh. Each summary records the passes over every source its stage reached."""
     summaries = []
-    for cfg in stages:
+    for cfg, sampler in zip(stages, samplers):
         sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
         again = resume and sub is not None and any(sub.glob("step_*/progress.json"))
-        summaries.append(distill(student, teacher, packed.train, cfg, sub, again, packed.eval, acc,
-                                 identity=identity))
+        s = distill(student, teacher, sampler, cfg, sub, again, held, acc, identity=identity)
+        s["epochs"] = sampler.epochs_at(sampler.row_offset + cfg.steps * cfg.batch_size)
+        summaries.append(s)
     return summaries
 
 
-def _report_and_save(result: dict, student, teacher, tokenizer, packed, teacher_name: str, out: Path,
+def _retrieval_identity(retrieval: dict | None) -> dict | None:
+    """The retrieval settings that change the rows (none when the ratio is 0)."""
+    if not retrieval or not retrieval.get("ratio"):
+        return None
+    return {"ratio": retrieval["ratio"], "kinds": list(retrieval.get("kinds", ("passkey", "kv")))}
+
+
+def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fraction: float, eval_rows: int,
+                       start_tokens: int, n_sources: int) -> None:
+    """The corpus, held-out and retrieval options, before anything loads (one line naming the flag)."""
+    corpus = corpus or {}
+    weights = corpus.get("weights")
+    if weights:
+        if len(weights) != n_sources:
+            raise ValueError(f"{n_sources} --data sources but {len(weights)} --data-weight values")
+        if not all(w > 0 and math.isfinite(w) for w in weights):
+            raise ValueError(f"--data-weight values must be > 0, got {list(weights)}")
+    if corpus.get("on_stale", "rebuild") not in ("rebuild", "error"):
+        raise ValueError(f"--on-stale must be 'rebuild' or 'error', got {corpus['on_stale']!r}")
+    if corpus.get("workers") is not None and corpus["workers"] < 1:
+        raise ValueError(f"--tokenise-workers must be >= 1, got {corpus['workers']}")
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
+    if eval_rows < 1:
+        raise ValueError(f"--eval-rows must be >= 1, got {eval_rows}")
+    if start_tokens < 0:
+        raise ValueError(f"start_tokens must be >= 0, got {start_tokens}")
+    if retrieval:
+        r = retrieval.get("ratio", 0)
+        if not (0 <= r < 1):  # also refuses NaN
+            raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
+        kinds = list(retrieval.get("kinds", ("passkey", "kv")))
+        bad = [k for k in kinds if k not in ("passkey", "kv")]
+        if r > 0 and (bad or not kinds):
+            raise ValueError(f"--retrieval-kinds must be among passkey, kv; got {','.join(kinds) or '(none)'}")
+
+
+def _report_and_save(result: dict, student, teacher, tokenizer, held: torch.Tensor, teacher_name: str, out: Path,
                      overwrite: bool, acc, layout: str = "transformers") -> None:
     """Perplexities and KL into `result`, then the folder: weights, card, distillation.json, loss curve."""
     summaries, dev = result["stages"], acc.device
-    result["ppl_teacher"] = perplexity(teacher_on(teacher, dev), packed.eval, 8, dev)
-    result["ppl_student"] = perplexity(student, packed.eval, 8, dev)
+    result["ppl_teacher"] = perplexity(teacher_on(teacher, dev), held, 8, dev)
+    result["ppl_student"] = perplexity(student, held, 8, dev)
     result["kl_before"] = summaries[0].get("eval_kl_before")
     result["kl_after"] = summaries[-1].get("eval_kl_after")
     kl = " -> ".join("?" if v is None else f"{v:.4f}" for v in (result["kl_before"], result["kl_after"]))

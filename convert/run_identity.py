@@ -10,9 +10,10 @@ A run's identity is a flat-ish JSON dict written into every checkpoint's `progre
 Fields that change only speed or bookkeeping (micro_batch, kl_chunk, gradient checkpointing, logging and saving
 cadence) are left out, so a run may resume on another number of processes or with another save interval.
 
-The data fingerprint is a string the data loader supplies (`data_fingerprint` below hashes today's loader's
-inputs: every file's path, size and modification time, plus the text field and token cap); `describe_difference`
-names every field that differs.
+The data fingerprint hashes the tokenised corpus's identity (`corpus_fingerprint` below: its manifest's settings,
+file fingerprints and counts, the mixing weights, the held-out split) plus the token cap and held-out rows; the
+retrieval rows and the corpus offset (`start_tokens`) are their own fields. `describe_difference` names every
+field that differs.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 FORMAT = 1
 # DistillConfig fields that change neither the batches nor the arithmetic (beyond summation order)
 NOT_IDENTITY = ("micro_batch", "kl_chunk", "gradient_checkpointing", "save_every", "keep_checkpoints", "log_every",
-                "eval_batch", "history")
+                "eval_batch", "history", "compile", "peak_tflops")
 
 
 def _hash(obj) -> str:
@@ -45,18 +45,10 @@ def config_fingerprint(config) -> str:
     return _hash({k: v for k, v in d.items() if k not in skip})
 
 
-def data_fingerprint(paths: list[str | Path], **options) -> str:
-    """Hash of the data a run reads: each file's resolved path, size and mtime (folders expanded), and `options`.
-
-    Stands in for the corpus manifest hash until the data loader provides one; the caller passes whichever.
-    """
-    entries = []
-    for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            st = f.stat()
-            entries.append((str(f.resolve()), st.st_size, int(st.st_mtime)))
-    return _hash({"files": entries, "options": options})
+def corpus_fingerprint(corpus_identity: dict, **options) -> str:
+    """Hash of the data a run reads: the corpus's identity (`corpus.Corpus.identity`: every source's settings,
+    held-out split, file fingerprint and token counts, the mixing weights) and `options` (token caps, rows)."""
+    return _hash({"corpus": corpus_identity, "options": options})
 
 
 def run_identity(stages: list, seq_len: int, data_fingerprint: str, teacher_config=None, student_config=None,

@@ -26,6 +26,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests own their data: nothing may reach for the Hub
 
 
+@pytest.fixture(autouse=True)
+def _corpus_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Tokenised corpora (convert/corpus.py) go to a temporary folder, never the user's ~/.cache."""
+    monkeypatch.setenv("JET_NEMOTRON_CACHE", str(tmp_path_factory.mktemp("jet_nemotron_cache")))
+
+
 def tiny_config(layer_types=("jet", "attn", "swa", "jet"), **overrides):
     """A few-layer Jet-Nemotron config small enough for CPU tests (window 8, chunk 64 applies)."""
     from jet_nemotron import JetNemotronConfig

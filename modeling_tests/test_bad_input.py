@@ -390,6 +390,23 @@ DISTILL_CASES = {
     "nothing-to-train-on": (["--kl-weight", "0", "--mse-weight", "0"], "kl_weight and mse_weight are both zero"),
     "kl-chunk-zero": (["--kl-chunk", "0"], "kl_chunk must be >= 1, got 0"),
     "max-tokens-zero": (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
+    # the corpus, stage-3 and retrieval flags (issue 14) are checked before anything loads, too
+    "stage3-steps-negative": (["--stage3-steps", "-1"], "--stage3-steps must be >= 0, got -1"),
+    "stage3-seq-len-one": (["--stage3-steps", "1", "--stage3-seq-len", "1"], "--stage3-seq-len must be >= 2, got 1"),
+    "stage3-batch-not-multiple": (["--stage3-steps", "1", "--stage3-batch-size", "3", "--stage3-micro-batch", "2"],
+                                  "--stage3-batch-size 3 is not a multiple of --stage3-micro-batch 2"),
+    "lr3-zero": (["--stage3-steps", "1", "--lr3", "0"], "stage 3: lr must be a positive number, got 0.0"),
+    "retrieval-ratio-one": (["--retrieval-ratio", "1"], "--retrieval-ratio must be in [0, 1), got 1.0"),
+    "retrieval-ratio-negative": (["--retrieval-ratio", "-0.1"], "--retrieval-ratio must be in [0, 1), got -0.1"),
+    "retrieval-kinds-unknown": (["--retrieval-ratio", "0.2", "--retrieval-kinds", "needle"],
+                                "--retrieval-kinds must be among passkey, kv; got needle"),
+    "data-weight-zero": (["--data-weight", "0"], "--data-weight values must be > 0, got [0.0]"),
+    "eval-fraction-one": (["--eval-fraction", "1"], "--eval-fraction must be in [0, 1), got 1.0"),
+    "eval-rows-zero": (["--eval-rows", "0"], "--eval-rows must be >= 1, got 0"),
+    "on-stale-unknown": (["--on-stale", "ignore"], "--on-stale must be 'rebuild' or 'error', got 'ignore'"),
+    "tokenise-workers-zero": (["--tokenise-workers", "0"], "--tokenise-workers must be >= 1, got 0"),
+    "peak-tflops-zero": (["--peak-tflops", "0"], "peak_tflops must be a positive number, got 0.0"),
+    "log-every-negative": (["--log-every", "-1"], "stage 1: log_every must be >= 0, got -1"),
     "out-is-student": (["--out", "{ws}/jet", "--overwrite"], "overlaps the student"),
     "out-holds-data": (["--out", "{ws}", "--overwrite"], "overlaps the teacher"),
     "ckpt-is-student": (["--ckpt-dir", "{ws}/jet"], "checkpoint folder {ws}/jet overlaps the student"),
@@ -414,6 +431,12 @@ DISTILL_CASES = {
     "loss-goes-non-finite": (["--lr1", "1e30", "--ckpt-dir", "{tmp}/ck"],
                              "at step 2; stopped before applying it. Last good checkpoint: {tmp}/ck/stage1/step_1"),
     "resume-added-stage": (["--ckpt-dir", "{ws}/run.ckpt", "--resume", "--stage2-steps", "2"], "stage2.lr (absent) -> "),
+    "resume-added-stage3": (["--ckpt-dir", "{ws}/run.ckpt", "--resume", "--stage3-steps", "2", "--stage3-seq-len",
+                             "32"], "stage3.seq_len (absent) -> 32"),
+    "resume-added-retrieval": (["--ckpt-dir", "{ws}/run.ckpt", "--resume", "--retrieval-ratio", "0.2"],
+                               "retrieval.ratio (absent) -> 0.2"),
+    "resume-other-max-tokens": (["--ckpt-dir", "{ws}/run.ckpt", "--resume", "--max-tokens", "40"],
+                                "belongs to a different run: data "),
     "resume-other-teacher": (["--ckpt-dir", "{ws}/run.ckpt", "--resume", "--teacher", "@teacher"], "teacher "),
 }
 
@@ -594,6 +617,28 @@ def test_non_finite_loss_stops_naming_step_and_checkpoint(lib_refuses, tmp_path)
     lib_refuses(lambda: distill(student, teacher, train, cfg, tmp_path / "ck"), NonFiniteLossError,
                 f"at step 2; stopped before applying it. Last good checkpoint: {tmp_path / 'ck' / 'step_1'}")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_1"]
+
+
+def test_data_options_library_refuses_a_weight_per_missing_source(lib_refuses):
+    from convert.pipeline import check_data_options
+
+    lib_refuses(lambda: check_data_options({"weights": [1.0, 2.0]}, None, 0.05, 64, 0, 1), ValueError,
+                "1 --data sources but 2 --data-weight values")
+    lib_refuses(lambda: check_data_options(None, {"ratio": float("nan")}, 0.05, 64, 0, 1), ValueError,
+                "--retrieval-ratio must be in [0, 1), got nan")
+
+
+def test_non_finite_loss_read_back_later_names_both_steps_and_saves_nothing(lib_refuses, tmp_path):
+    # losses are read back every log_every steps (no host sync per step): a NaN is caught at the next read-back,
+    # before that step's update, and as every checkpoint follows a read-back, nothing non-finite is saved
+    from convert.distill import DistillConfig, NonFiniteLossError, distill
+
+    teacher, student, train, _ = _setup_distill()
+    cfg = DistillConfig(stage=2, steps=6, batch_size=4, micro_batch=4, save_every=0, log_every=3, lr=1e30,
+                        warmup_steps=0)
+    lib_refuses(lambda: distill(student, teacher, train, cfg, tmp_path / "ck"), NonFiniteLossError,
+                "at step 2; stopped at step 3 before applying that step (losses are read back every log_every = 3 "
+                "steps); nothing since step 2 was saved. Last good checkpoint: none", tmp_path)
 
 
 def test_layer_map_library_refuses_a_layer_placed_twice(lib_refuses):
