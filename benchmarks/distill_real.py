@@ -179,6 +179,8 @@ def main():
         else:
             teacher, tok = load_source(str(gguf), None, torch.float32)
             if stages[-1] < 3:  # a later call reads the dequantised weights instead
+                # dequantised on load: plain tensors; transformers still marks the model GGUF-quantised
+                teacher.hf_quantizer, teacher.config.quantization_config, teacher.is_quantized = None, None, False
                 teacher.save_pretrained(saved)
     else:
         teacher, student, tok = toy_models(out)
