@@ -1,4 +1,4 @@
-"""`python -m convert ...` is `jet-nemotron ...`."""
+"""`python -m jet_nemotron_convert ...` (or `python -m convert` in a checkout) is `jet-nemotron ...`."""
 
 import sys
 

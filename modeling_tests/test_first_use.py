@@ -166,3 +166,18 @@ def test_push_puts_the_repo_id_into_the_usage_snippet(tmp_path, monkeypatch):
     card = (card if isinstance(card, bytes) else card.read()).decode()
     assert card.count('from_pretrained("me/jet-tiny-2"') == 2 and '"jet-tiny"' not in card
     assert (folder / "README.md").read_text().count('from_pretrained("jet-tiny"') == 2  # local folder unchanged
+
+
+def test_converter_installs_under_our_own_name():
+    """The installed converter is `jet_nemotron_convert` (the folder stays convert/; a top-level `convert` would
+    clash in users' environments), and the console script points at it."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("jet_nemotron_convert")
+    assert spec is not None, "pip install -e . has not installed jet_nemotron_convert"
+    assert Path(spec.origin).parent.name == "convert"
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("jet-nemotron") == "jet_nemotron_convert.cli:main"
+    top = (importlib.metadata.distribution("jet-nemotron").read_text("top_level.txt") or "").split()
+    assert "convert" not in top, top
