@@ -5,7 +5,8 @@
 #   bash benchmarks/real_model_session.sh prep                 # GGUF, convert, tokenise, probe; hardware search
 #   bash benchmarks/real_model_session.sh distill 1|2|3        # one distillation stage a call (resumable)
 #   bash benchmarks/real_model_session.sh eval                 # jet-nemotron eval: student beside its teacher
-# Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT.
+# Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
+# call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1

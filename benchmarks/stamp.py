@@ -25,9 +25,11 @@ def _git(*args: str) -> str | None:
 def commit() -> str:
     """HEAD of this checkout, with "+dirty" when tracked files differ from it. A device machine gets a copy of the
     files without .git: there the caller says it with JET_NEMOTRON_COMMIT, and an unnamed one is "unknown"."""
+    if os.environ.get("JET_NEMOTRON_COMMIT"):  # said by the caller: a device copy's own .git can be stale
+        return os.environ["JET_NEMOTRON_COMMIT"]
     head = _git("rev-parse", "HEAD")
     if head is None:
-        return os.environ.get("JET_NEMOTRON_COMMIT") or "unknown (no git checkout and JET_NEMOTRON_COMMIT unset)"
+        return "unknown (no git checkout and JET_NEMOTRON_COMMIT unset)"
     return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 

@@ -19,9 +19,10 @@ def test_stamp_names_this_checkouts_commit_or_the_one_given(tmp_path, monkeypatc
     assert st["card"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     if head.returncode == 0:
         assert st["commit"].removesuffix("+dirty") == head.stdout.strip()
-    # a device machine gets the files without .git: the commit comes from the caller
-    monkeypatch.setattr(stamp_module, "REPO", tmp_path)
+    # the caller's commit wins even inside a checkout (a device copy's .git was seen stale), and without .git
     monkeypatch.setenv("JET_NEMOTRON_COMMIT", "abc1234")
+    assert stamp_module.commit() == "abc1234"
+    monkeypatch.setattr(stamp_module, "REPO", tmp_path)
     assert stamp_module.commit() == "abc1234"
     monkeypatch.delenv("JET_NEMOTRON_COMMIT")
     assert stamp_module.commit().startswith("unknown")
