@@ -54,14 +54,20 @@ from .run_identity import describe_difference, stage_fields
 
 
 @dataclass
-class DistillConfig:
-    stage: int = 1  # 1, 2, or 3 (a long-context stage: stage 2's defaults, usually with a longer seq_len)
+class TrainSchedule:
+    """Steps, batch and learning-rate schedule (warm-up, then cosine to min_lr_ratio * lr): shared by the
+    distillation stages and the search's supernet training."""
     steps: int = 100
     batch_size: int = 8  # sequences per optimizer step (global)
     micro_batch: int = 8  # sequences per forward per process
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
+
+
+@dataclass
+class DistillConfig(TrainSchedule):
+    stage: int = 1  # 1, 2, or 3 (a long-context stage: stage 2's defaults, usually with a longer seq_len)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     kl_weight: float = 1.0

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .qwen_to_jet import SourceDims, source_shapes
-from .source_check import check_finite, check_loading_info, check_safetensors_files, read_headers, safetensors_files
+from .source_check import (check_files_finite, check_finite, check_loading_info, check_safetensors_files, read_headers,
+                           safetensors_files)
 
 
 def load_source_config(source: str, **kwargs):
@@ -208,9 +209,5 @@ def verify_folder(folder: Path, model, names: bool = True) -> None:
         if n in found and found[n][0] != tuple(t.shape):
             raise RuntimeError(f"{folder}: tensor {n} was written with shape {found[n][0]}, the model has "
                                f"{tuple(t.shape)}")
-    from safetensors import safe_open
-
-    for f in files:
-        with safe_open(str(f), framework="pt") as h:
-            check_finite(((k, h.get_tensor(k)) for k in h.keys()), f"written file {f.name}")
+    check_files_finite(files, lambda f: f"written file {f.name}")
     AutoConfig.from_pretrained(folder)

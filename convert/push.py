@@ -45,12 +45,11 @@ def check_folder(folder: str | Path) -> None:
     """The folder holds a loadable Jet-Nemotron model: its config parses, and the weight files hold every tensor
     the config implies, in its shape, all finite (read one tensor at a time)."""
     import torch
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import jet_nemotron  # noqa: F401  (registers the config and model classes)
 
-    from .source_check import check_finite, read_headers, safetensors_files
+    from .source_check import check_files_finite, read_headers, safetensors_files
 
     folder = Path(folder)
     try:
@@ -71,9 +70,7 @@ def check_folder(folder: str | Path) -> None:
         if n in found and found[n][0] != tuple(t.shape):
             raise ValueError(f"{folder}: tensor {n} in {found[n][1]} has shape {found[n][0]}, the config implies "
                              f"{tuple(t.shape)}")
-    for f in files:
-        with safe_open(str(f), framework="pt") as h:
-            check_finite(((k, h.get_tensor(k)) for k in h.keys()), f"{f}")
+    check_files_finite(files)
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: str | None = None,

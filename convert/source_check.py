@@ -113,6 +113,15 @@ def check_loading_info(info: dict, where: str) -> None:
 
 
 @torch.no_grad()
+def check_files_finite(files, label=lambda f: str(f)) -> None:
+    """`check_finite` over every tensor of the given safetensors files, one at a time (`label(file)` names it)."""
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            check_finite(((k, h.get_tensor(k)) for k in h.keys()), label(f))
+
+
 def check_finite(named_tensors: Iterable[tuple[str, torch.Tensor]], where: str) -> None:
     """Raise naming the first floating tensor holding NaN or Inf (and how many of its values are)."""
     for name, t in named_tensors:

@@ -27,19 +27,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..distill import batch_rows, lr_at
+from ..distill import TrainSchedule, batch_rows, lr_at
 from ..kl import chunked_kl
 from .supernet import Supernet
 
 
 @dataclass
-class SupernetConfig:
+class SupernetConfig(TrainSchedule):
     steps: int = 200
-    batch_size: int = 8  # sequences per optimizer step, all processes together
-    micro_batch: int = 8  # sequences per forward per process
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
     grad_clip: float = 1.0
     kl_weight: float = 1.0
     mse_weight: float = 1.0
