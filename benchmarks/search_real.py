@@ -67,18 +67,12 @@ def placement(args) -> dict:
 
 def toy_source(work: Path) -> tuple[str, list[str]]:
     """A tiny random Qwen2 + BPE and a text file, for the CPU smoke test."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from convert.tiny_teacher import build_tokenizer, read_corpus, stdlib_files
+    from convert.tiny_teacher import TeacherSize, build_qwen2, build_tokenizer, read_corpus, stdlib_files
 
     texts = read_corpus(stdlib_files("train"), max_chars=200_000)
     tok = build_tokenizer(texts, vocab_size=512)
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(work / "qwen")
+    size = TeacherSize(vocab=len(tok), hidden=64, layers=6, heads=4, kv_heads=2, intermediate=128)
+    build_qwen2(size, tok, seed=0).save_pretrained(work / "qwen")
     tok.save_pretrained(work / "qwen")
     (work / "data.txt").write_text("\n".join(texts))
     return str(work / "qwen"), [str(work / "data.txt")]

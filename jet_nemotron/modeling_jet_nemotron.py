@@ -459,21 +459,12 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        return_dict: bool | None = None,
-        past_key_values: Cache | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
+                inputs_embeds: torch.FloatTensor | None = None, labels: torch.LongTensor | None = None,
+                use_cache: bool | None = None, output_hidden_states: bool | None = None,
+                logits_to_keep: int | torch.Tensor = 0, return_dict: bool | None = None,
+                past_key_values: Cache | None = None, **kwargs) -> CausalLMOutputWithPast:
         """labels [B, T] (-100 = ignore) give the shifted next-token loss; logits [B, T', vocab]. The cache comes
         as `cache` or `past_key_values` and is returned under this transformers' name (`.cache` from 5.24 on)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

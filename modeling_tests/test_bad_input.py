@@ -107,6 +107,14 @@ def lib_refuses(ws):
     return run
 
 
+def _damaged_copy(ws: Path, name: str, dst: Path, damage) -> tuple[Path, str]:
+    """A copy of the workspace folder `name` with `damage` = (edit, expected message) applied to it."""
+    make, message = damage
+    folder = _copy(ws, name, dst)
+    make(folder)
+    return folder, message
+
+
 def _copy(ws: Path, name: str, dst: Path) -> Path:
     shutil.copytree(ws / name, dst / name)
     return dst / name
@@ -185,9 +193,7 @@ SOURCE_DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(SOURCE_DAMAGE))
 def test_convert_refuses_a_damaged_source(ws, tmp_path, refused, damage):
-    make, message = SOURCE_DAMAGE[damage]
-    src = _copy(ws, "q", tmp_path)
-    make(src)
+    src, message = _damaged_copy(ws, "q", tmp_path, SOURCE_DAMAGE[damage])
     out = tmp_path / "out"
     refused(["convert", src, out, "--layer-map", "jet,attn,swa,jet", "--window", "8", "--dtype", "float32"], message,
             tmp_path)
@@ -317,9 +323,7 @@ STUDENT_DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(STUDENT_DAMAGE))
 def test_distill_refuses_a_damaged_student(ws, tmp_path, refused, damage):
-    make, message = STUDENT_DAMAGE[damage]
-    student = _copy(ws, "jet", tmp_path)
-    make(student)
+    student, message = _damaged_copy(ws, "jet", tmp_path, STUDENT_DAMAGE[damage])
     refused(with_flags(distill_args(ws, "o"), ["--student", str(student)]), message, tmp_path)
 
 
