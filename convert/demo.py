@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def make_teacher(out: Path, size: TeacherSize = TeacherSize(), steps: int = 150,
     model.to("cpu")
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    # made here from Python's own sources: the converted model's card inherits this licence
+    (out / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A tiny Qwen2 teacher made by `jet-nemotron demo`\n")
     return model, tok
 
 
@@ -57,13 +60,19 @@ def run_demo(workdir: str | Path = "jet_nemotron_demo", teacher_steps: int = 150
     student, tok, teacher = convert_checkpoint(str(teacher_dir), conv_dir, DEMO_MAP, window=32, dtype="float32",
                                                overwrite=overwrite)
     print("[3/4] distilling")
-    eval_files = [str(p) for p in stdlib_files("eval")[:20]]
-    data_files = [str(p) for p in stdlib_files("train")[:60]] + eval_files
+    # one corpus folder: 60 training modules, and 20 held-out ones (whole files) under heldout/
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    (data / "heldout").mkdir(parents=True)
+    for i, p in enumerate(stdlib_files("train")[:60]):
+        shutil.copyfile(p, data / f"{i:02d}_{p.name}")
+    for i, p in enumerate(stdlib_files("eval")[:20]):
+        shutil.copyfile(p, data / "heldout" / f"{i:02d}_{p.name}")
     s1 = DistillConfig(stage=1, steps=stage1_steps, batch_size=8, micro_batch=8, lr=3e-3, warmup_steps=4,
                        log_every=10)
     s2 = replace(s1, stage=2, steps=stage2_steps, lr=1e-3)
-    res = distill_checkpoint(str(teacher_dir), str(conv_dir), out_dir, data_files, seq_len=seq_len, stage1=s1,
-                             stage2=s2, max_tokens=200_000, eval_fraction=0.1, overwrite=overwrite,
+    res = distill_checkpoint(str(teacher_dir), str(conv_dir), out_dir, [str(data)], seq_len=seq_len, stage1=s1,
+                             stage2=s2, max_tokens=200_000, corpus={"held_out": ["heldout"]}, overwrite=overwrite,
                              teacher_model=teacher, student_model=student, tokenizer=tok)
     print(f"[4/4] reloading {out_dir} with trust_remote_code=True and generating")
     model = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
