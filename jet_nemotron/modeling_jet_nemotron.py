@@ -477,7 +477,7 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         result = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
-                                        **{CACHE_NAME: out[CACHE_NAME] if CACHE_NAME in out else None})
+                                        **{CACHE_NAME: getattr(out, CACHE_NAME)})
         return result if return_dict is not False else result.to_tuple()
 
     def fuse_projections(self) -> "JetNemotronForCausalLM":
