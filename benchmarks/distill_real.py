@@ -49,6 +49,9 @@ from convert.pipeline import distill_checkpoint, stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stamp import stamp  # noqa: E402
+
 GGUF_MD5 = "136755df932e5b87db9bbc2bea00aba5"
 GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
@@ -114,6 +117,10 @@ def main():
     ap.add_argument("--time-budget-min", type=float, default=12.0, help="distillation minutes (all stages)")
     ap.add_argument("--split", default="0.45,0.35,0.2", help="share of the budget of stages 1, 2, 3")
     ap.add_argument("--steps", help="stage1,stage2,stage3 steps: overrides --time-budget-min (no probe)")
+    ap.add_argument("--rate", type=float, help="stage-1 tok/s measured earlier on this card and recipe: the budget "
+                                               "turns into steps with it instead of a probe (saves ~40 s)")
+    ap.add_argument("--wait-for", type=Path, help="before distilling, wait until this file exists (a GPU job "
+                                                  "sharing the card has finished), so tok/s measures this run alone")
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--micro-batch", type=int, default=8)
@@ -143,7 +150,8 @@ def main():
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = dev.type == "cuda"
     wall: dict[str, float] = {}
-    res: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "device": str(dev), "wall_s": wall}
+    res: dict = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "device": str(dev),
+                 "wall_s": wall}
     if dev.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name()
     tag = "stages" + "".join(map(str, stages))
@@ -182,6 +190,7 @@ def main():
                 # dequantised on load: plain tensors; transformers still marks the model GGUF-quantised
                 teacher.hf_quantizer, teacher.config.quantization_config, teacher.is_quantized = None, None, False
                 teacher.save_pretrained(saved)
+                tok.save_pretrained(saved)  # so the folder is a complete baseline for `jet-nemotron eval`
     else:
         teacher, student, tok = toy_models(out)
         args.seq_len, args.stage3_seq_len, args.batch_size, args.micro_batch = 128, 256, 4, 2
@@ -242,6 +251,12 @@ def main():
     res["steps"] = steps
     phase("plan", t0)
 
+    if args.wait_for is not None and stages != [0]:
+        t0 = time.perf_counter()
+        while not args.wait_for.exists():
+            time.sleep(1)
+        phase("wait", t0)
+
     if stages == [0]:
         save()
         print(f"prepared {work}: next --stages 1 (then 2, then 3; or 1,2,3) with the same --work and budget")
@@ -301,14 +316,11 @@ def main():
 
 def budget_steps(cfgs, student, teacher, data, tok, retrieval, args, res) -> list[int]:
     """Step counts that fill --time-budget-min: stage 1's tok/s measured on a copy, the others scaled by FLOPs."""
-    probe_cfg = replace(cfgs[0], steps=6 if not args.toy else 3, log_every=3 if not args.toy else 1, warmup_steps=1)
-    probe_student = copy.deepcopy(student)
-    sampler = stage_samplers(data, [probe_cfg], args.seq_len, tok, retrieval)[0]
-    s = distill(probe_student, teacher, sampler, probe_cfg)
-    rate = s["history"][-1]["tok_per_s"]  # the last interval: warm (compiled kernels, allocator)
-    del probe_student
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     shares = [float(x) for x in args.split.split(",")]
+    if args.rate:
+        rate, probe = args.rate, {"stage1_tok_per_s": args.rate, "measured": "earlier (--rate)"}
+    else:
+        rate, probe = _probe(cfgs[0], student, teacher, data, tok, retrieval, args)
     steps = []
     for cfg, share in zip(cfgs, shares):
         from convert.distill import set_trainable
@@ -321,9 +333,21 @@ def budget_steps(cfgs, student, teacher, data, tok, retrieval, args, res) -> lis
         tokens_per_step = cfg.batch_size * (cfg.seq_len or args.seq_len)
         steps.append(int(share * args.time_budget_min * 60 * stage_rate / tokens_per_step))
     student.requires_grad_(True)
-    res["probe"] = {"stage1_tok_per_s": rate, "probe_mfu": s["history"][-1]["mfu"], "shares": shares}
-    print(f"probe: stage 1 at {rate:,.0f} tok/s -> steps {steps} for {args.time_budget_min} min")
+    res["probe"] = probe | {"shares": shares}
+    print(f"stage 1 at {rate:,.0f} tok/s -> steps {steps} for {args.time_budget_min} min")
     return steps
+
+
+def _probe(cfg1, student, teacher, data, tok, retrieval, args) -> tuple[float, dict]:
+    """Stage 1's tok/s over a few steps on a copy of the student (the last log interval: warm kernels)."""
+    probe_cfg = replace(cfg1, steps=6 if not args.toy else 3, log_every=3 if not args.toy else 1, warmup_steps=1)
+    probe_student = copy.deepcopy(student)
+    sampler = stage_samplers(data, [probe_cfg], args.seq_len, tok, retrieval)[0]
+    s = distill(probe_student, teacher, sampler, probe_cfg)
+    rate = s["history"][-1]["tok_per_s"]  # the last interval: warm (compiled kernels, allocator)
+    del probe_student
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return rate, {"stage1_tok_per_s": rate, "probe_mfu": s["history"][-1]["mfu"]}
 
 
 if __name__ == "__main__":

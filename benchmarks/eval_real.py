@@ -35,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from convert.eval.suite import EvalOptions, run_eval  # noqa: E402
 from convert.tiny_teacher import stdlib_files  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stamp import stamp  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                       speed_contexts=[int(x) for x in args.speed_contexts.split(",")],
                       speed_max_batch=args.speed_max_batch)
     t = time.perf_counter()
-    run_eval(args.model, args.baseline, args.suite, args.out / "eval", opt, overwrite=True)
+    run_eval(args.model, args.baseline, args.suite, args.out / "eval", opt, overwrite=True, meta={"stamp": [stamp()]})
     print(f"eval_real: {time.perf_counter() - t:.0f} s in all")
 
 

@@ -5,6 +5,13 @@
 #   bash benchmarks/real_model_session.sh prep                 # GGUF, convert, tokenise, probe; hardware search
 #   bash benchmarks/real_model_session.sh distill 1|2|3        # one distillation stage a call (resumable)
 #   bash benchmarks/real_model_session.sh eval                 # jet-nemotron eval: student beside its teacher
+# or, past the 10-minute command limit, the whole run as one detached job (a process in its own session outlives
+# the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
+#   SPEED=1 bash benchmarks/real_model_session.sh part 01      # + generation.py (random weights, the real shapes)
+#                                                              #   at SPEED_CONTEXTS while the parts arrive
+#   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1,2 | 3 | eval | tests
+#                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
+#   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), copy what is done to $OUT
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
 set -uo pipefail
@@ -16,6 +23,7 @@ GGUF=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf MD5=136755df932e5b87db9bbc2be
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
 common=(--out "$OUT" --work "$WORK" --gguf "$GGUF" --site-packages "$SP" --time-budget-min "$BUDGET")
+JOB=/tmp/jn  # the detached job's results (JOB/out), logs and flags: speed.done, done
 case "$1" in
   part)
     mkdir -p "$M" && cp ".blob/part$2" "$M/part$2" && echo "$(ls "$M" | wc -l) parts"
@@ -25,6 +33,14 @@ case "$1" in
     if [ "$(ls "$M" | wc -l)" = 22 ]; then
       mkdir -p "$WORK" && cat "$M"/part{01..22} > "$GGUF" && rm -r "$M"
       [ "$(md5sum < "$GGUF" | cut -c1-32)" = "$MD5" ] && echo "GGUF ok: $GGUF" || echo "GGUF md5 MISMATCH"
+    fi
+    if [ -n "${SPEED:-}" ]; then
+      mkdir -p $JOB/out && rm -f $JOB/speed.done
+      # one process a context (a cut one loses only its own), all within SPEED_TIMEOUT seconds
+      setsid nohup bash -c "timeout ${SPEED_TIMEOUT:-360} bash -c 'for c in ${SPEED_CONTEXTS:-4096 32768}; do
+        python3 benchmarks/generation.py --contexts \$c --out $JOB/out/gen_\$c; done'; touch $JOB/speed.done" \
+        > $JOB/speed.log 2>&1 < /dev/null &
+      echo "speed job started: $JOB/speed.log"
     fi
     [ -n "${KERNEL_TESTS:-}" ] && python3 -m pytest -q -x modeling_tests/test_kernels.py -k "$KERNEL_TESTS" 2>&1 | tail -5
     true ;;
@@ -42,5 +58,32 @@ case "$1" in
     python3 benchmarks/eval_real.py --model "$WORK/distilled" --baseline "${BASELINE:-$GGUF}" --out "$OUT" \
       --suite "${SUITE:-ppl,niah,humaneval}" --lengths "${LENGTHS:-1024,2048,8192,32000}" --trials 3 2>&1 \
       | tee "$OUT/eval.log" | grep -v "it/s\]$" ;;
+  pipeline)
+    mkdir -p $JOB/out && rm -f $JOB/done
+    [ -e $JOB/speed.log ] || touch $JOB/speed.done  # no speed job: nothing to wait for
+    J=(--out $JOB/out --work "$WORK" --gguf "$GGUF" --site-packages "$SP" --time-budget-min "$BUDGET"
+       --wait-for $JOB/speed.done --passkey-trials 10 ${RATE:+--rate $RATE} ${EXTRA:-})
+    E=(--baseline "$WORK/teacher_fp32" --out $JOB/out --suite "${SUITE:-ppl,niah,humaneval}"
+       --lengths "${LENGTHS:-2048,8192,16384,32000}" --trials 3)
+    setsid nohup bash -c "
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+      python3 -c 'import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)'
+      python3 benchmarks/distill_real.py ${J[*]} --stages 0,1,2 > $JOB/distill012.log 2>&1
+      python3 benchmarks/distill_real.py ${J[*]} --stages 3 > $JOB/distill3.log 2>&1
+      student=$WORK/distilled; [ -e \$student/config.json ] || student=$WORK/student_after_stage2
+      python3 benchmarks/eval_real.py --model \$student ${E[*]} > $JOB/eval.log 2>&1
+      timeout 240 python3 -m pytest -q modeling_tests/test_gpu_model.py > $JOB/gpu_tests.log 2>&1
+      touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
+    echo "pipeline started: $JOB/pipeline.log" ;;
+  poll)
+    # copies every 10 s, so a call cut by the device limit still brings back what was done until then
+    t0=$SECONDS; mkdir -p "$OUT"
+    while :; do
+      cp -r $JOB/out/. "$OUT"/ 2>/dev/null; cp $JOB/*.log "$OUT"/ 2>/dev/null
+      [ -e $JOB/done ] || [ $((SECONDS - t0)) -ge "${2:-540}" ] && break
+      sleep 10
+    done
+    for f in $JOB/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v "it/s\]$" | tail -${TAIL:-6}; done
+    [ -e $JOB/done ] && echo "pipeline done" || echo "pipeline running" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

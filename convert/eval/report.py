@@ -67,7 +67,9 @@ def markdown(results: dict) -> str:
                                                    if base else [])
         lines.append("| " + " | ".join(cells) + " |")
     seconds = ", ".join(f"{s} {sum(p.get('seconds', {}).values()):.0f} s" for s, p in results["suites"].items())
-    return "\n".join(lines) + f"\n\nWall time per suite (all models): {seconds}.\n"
+    stamps = "".join(f"\nMeasured at commit {st.get('commit')} on {st.get('card')}, {st.get('date')}."
+                     for st in results.get("stamp", []))
+    return "\n".join(lines) + f"\n\nWall time per suite (all models): {seconds}.{stamps}\n"
 
 
 def plot_retrieval(results: dict, path: Path) -> bool:

@@ -135,8 +135,9 @@ def _run_suite(suite: str, m: EvalModel, arg, opt: EvalOptions, prepared: dict) 
 
 
 def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path, opt: EvalOptions | None = None,
-             overwrite: bool = False, device=None) -> dict:
-    """Run each suite on MODEL and then on the baseline; write OUT/eval.json, eval.md and PNGs; return the results."""
+             overwrite: bool = False, device=None, meta: dict | None = None) -> dict:
+    """Run each suite on MODEL and then on the baseline; write OUT/eval.json, eval.md and PNGs; return the results.
+    `meta` (e.g. a benchmark's stamp: commit, card, date) goes into eval.json as it is."""
     from . import report
 
     opt = opt or EvalOptions()
@@ -146,7 +147,7 @@ def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path,
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     models = [open_model(model)] + ([open_model(baseline)] if baseline else [])
     prepared = _check(models, suites, opt)
-    results = {"model": model, "baseline": baseline, "suite": suite_spec, "suites": {}}
+    results = {**(meta or {}), "model": model, "baseline": baseline, "suite": suite_spec, "suites": {}}
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"  # no leading dot: a cut run's partial report stays visible
     shutil.rmtree(tmp, ignore_errors=True)
     roles = list(zip(("model", "baseline"), models))
