@@ -9,7 +9,7 @@ Runs, each suite on both models before the next (both stay loaded, so a run cut 
   windows of 4,096 tokens.
 - niah: passkey, needle grid (1K..32K x 11 depths), multi-needle, key-value, variable tracking; --trials prompts
   a cell, the haystack the same held-out text. The longest length is 32,000 so prompt + answer fit a 32,768 model.
-- humaneval: all 164 problems, greedy, one left-padded batch on the static cache, 512 new tokens at most.
+- humaneval: all 164 problems, greedy, left-padded batches of 64 on the static cache, 512 new tokens at most.
 - speed: prefill and decode tok/s at 4K..32K, batch 1 and the largest batch that fits (capped), cache bytes.
 Writes OUT/eval/{eval.json, eval.md, retrieval.png, speed.png} (a cut run leaves them in OUT/eval.tmp-PID/)
 and prints the table; eval.json has the seconds each suite took per model, and the load times.
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ppl-max-tokens", type=int, help="score at most this many held-out tokens")
     ap.add_argument("--humaneval-limit", type=int, help="only the first N problems (a smoke run)")
     ap.add_argument("--humaneval-max-new-tokens", type=int, default=512)
+    ap.add_argument("--humaneval-batch", type=int, default=64,
+                    help="prompts a generate() call (164 in one batch ran a teacher out of memory beside its student)")
     ap.add_argument("--humaneval-compile", action="store_true",
                     help="compile the decode step for HumanEval (one batch of 164: compiling costs more than it saves)")
     args = ap.parse_args(argv)
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = EvalOptions(text=text, ppl_window=4096, ppl_max_tokens=args.ppl_max_tokens,
                       lengths=[int(x) for x in args.lengths.split(",")],
                       depths=[i / 10 for i in range(11)], trials=args.trials,
-                      humaneval_batch=256, humaneval_max_new_tokens=args.humaneval_max_new_tokens,
+                      humaneval_batch=args.humaneval_batch, humaneval_max_new_tokens=args.humaneval_max_new_tokens,
                       humaneval_limit=args.humaneval_limit, humaneval_compiled=args.humaneval_compile,
                       speed_contexts=[int(x) for x in args.speed_contexts.split(",")],
                       speed_max_batch=args.speed_max_batch)

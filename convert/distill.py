@@ -433,12 +433,21 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     if ckpt_dir is not None and not resume and _checkpoints(ckpt_dir):
         raise FileExistsError(f"checkpoint folder {ckpt_dir} already holds checkpoints "
                               f"({_checkpoints(ckpt_dir)[-1].name}); resume them or clear the folder")
+    seconds, t = {}, time.perf_counter()  # where a stage's wall clock goes besides its steps
+
+    def lap(name):
+        nonlocal t
+        seconds[name], t = time.perf_counter() - t, time.perf_counter()
+
     run = _prepare(student, teacher, data, cfg, acc)
+    lap("prepare")
     start, history, kl_before = _restore(acc, ckpt_dir, identity) if resume else (0, [], None)
     if eval_rows is not None and acc.is_main_process and start == 0:
         # the trained weights still equal the caller's student; under FSDP only the latter is whole
         kl_before = _held_out_kl(student, run.teacher, eval_rows, cfg, acc.device, park=run.fsdp)
+    lap("held_out_kl_before")
     speed = _speed_info(data, student, run.teacher, cfg, acc)
+    lap("flops_count")
     t_run = time.perf_counter()
     try:
         stopped = _train_steps(run, data, cfg, start, history, ckpt_dir, identity, kl_before, stop, speed)
@@ -459,10 +468,13 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     if summary["tok_per_s"] and speed["peak_flops"]:
         summary["mfu"] = summary["tok_per_s"] * speed["flops_per_token"]["total"] / (speed["peak_flops"] *
                                                                                       acc.num_processes)
+    t = time.perf_counter()
     if eval_rows is not None and acc.is_main_process:
         summary["eval_kl_after"] = eval_kl(unwrapped, run.teacher, eval_rows.to(acc.device), cfg.eval_batch,
                                            cfg.kl_chunk)
+    lap("held_out_kl_after")
     acc.free_memory()
+    summary["seconds"] = seconds | {"steps_and_finish": wall}
     return summary
 
 

@@ -249,13 +249,17 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     held = data_.eval_rows(seq_len, eval_rows)
     acc.print(f"data: {data_.describe()}; {held.shape[0]} held-out rows of {seq_len} "
               f"({time.perf_counter() - t0:.1f} s)")
+    t_data = time.perf_counter() - t0
     summaries = _run_stages(student_model, teacher_model, samplers, held, stages, ckpt_dir, resume, identity, acc)
-    result = {"stages": summaries, "data_sources": [s.manifest["settings"]["source"] for s in data_.sources],
+    seconds = {"data": t_data, "stages": time.perf_counter() - t0 - t_data}
+    result = {"stages": summaries, "seconds": seconds, "data_sources": [s.manifest["settings"]["source"] for s in data_.sources],
               "data": data_.manifest(), "data_tokens": data_.train_tokens,
               "held_out_tokens": data_.eval_tokens, "seq_len": seq_len, "data_seconds": time.perf_counter() - t0,
               "identity": identity}
     if acc.is_main_process:
+        t = time.perf_counter()
         _report_and_save(result, student_model, teacher_model, tokenizer, held, teacher, out, overwrite, acc, layout)
+        seconds["report_and_save"] = time.perf_counter() - t  # after distillation.json: it is in the result only
     acc.wait_for_everyone()
     return result
 

@@ -62,6 +62,18 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
         for row, i in zip(gen[:, ids.shape[1]:].tolist(), idx):
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
             out[i] = row[:cut]
+        del gen, ids, mask
         bar.update(len(idx))
     bar.close()
+    release_memory()
     return out
+
+
+def release_memory() -> None:
+    """Give the batch's cache and activations back before the next suite or model allocates its own (an H200 run
+    ran out of memory in the teacher's HumanEval prefill after the student's, 2026-12-02)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

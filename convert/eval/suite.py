@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from . import SUITES
 from .models import EvalModel, check_length, check_same_tokenizer, free, load_weights, open_model
 
@@ -163,10 +165,14 @@ def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path,
                 free(m)
         for role, m in roles:
             t = time.perf_counter()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             res = _run_suite(suite, m, suites[suite], opt, prepared)
             entry = results["suites"].setdefault(suite, {"seconds": {}})
             entry[role] = res
             entry["seconds"][role] = time.perf_counter() - t
+            if torch.cuda.is_available():  # both models' weights included: they stay loaded side by side
+                entry.setdefault("peak_GB", {})[role] = torch.cuda.max_memory_allocated() / 1e9
             print(f"{suite} on {m.name}: {entry['seconds'][role]:.1f} s", flush=True)
             report.write(results, tmp)  # a run cut short keeps what it has
     for _, m in roles:
