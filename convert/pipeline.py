@@ -272,7 +272,8 @@ def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ck
     for cfg, sampler in zip(stages, samplers):
         sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
         again = resume and sub is not None and any(sub.glob("step_*/progress.json"))
-        s = distill(student, teacher, sampler, cfg, sub, again, held, acc, identity=identity)
+        known = summaries[-1].get("eval_kl_after") if summaries else None  # these weights, already measured
+        s = distill(student, teacher, sampler, cfg, sub, again, held, acc, identity=identity, eval_kl_before=known)
         s["epochs"] = sampler.epochs_at(sampler.row_offset + cfg.steps * cfg.batch_size)
         summaries.append(s)
     return summaries
@@ -319,8 +320,10 @@ def _report_and_save(result: dict, student, teacher, tokenizer, held: torch.Tens
                      overwrite: bool, acc, layout: str = "transformers") -> None:
     """Perplexities and KL into `result`, then the folder: weights, card, distillation.json, loss curve."""
     summaries, dev = result["stages"], acc.device
-    result["ppl_teacher"] = perplexity(teacher_on(teacher, dev), held, 8, dev)
-    result["ppl_student"] = perplexity(student, held, 8, dev)
+    bf16 = summaries[-1]["config"]["mixed_precision"] == "bf16"  # measured as the run trained (and as served)
+    with torch.autocast(torch.device(dev).type, torch.bfloat16, enabled=bf16):
+        result["ppl_teacher"] = perplexity(teacher_on(teacher, dev), held, 8, dev)
+        result["ppl_student"] = perplexity(student, held, 8, dev)
     result["kl_before"] = summaries[0].get("eval_kl_before")
     result["kl_after"] = summaries[-1].get("eval_kl_after")
     kl = " -> ".join("?" if v is None else f"{v:.4f}" for v in (result["kl_before"], result["kl_after"]))
