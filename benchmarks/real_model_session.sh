@@ -11,6 +11,8 @@
 #                                                              #   at SPEED_CONTEXTS while the parts arrive
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1,2 | 3 | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
+#   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants   # instead of pipeline:
+#                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N)
 #   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), copy what is done to $OUT
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
@@ -75,6 +77,27 @@ case "$1" in
       timeout 240 python3 -m pytest -q modeling_tests/test_gpu_model.py > $JOB/gpu_tests.log 2>&1
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
     echo "pipeline started: $JOB/pipeline.log" ;;
+  pipeline-variants)
+    # VARIANTS=recipe (one knob each) or placement (searched vs preset vs uniform; the search runs first):
+    # each variant distilled VARIANT_MIN minutes from the same start, measured alike (benchmarks/distill_variants.py)
+    mkdir -p $JOB/out && rm -f $JOB/done
+    [ -e $JOB/speed.log ] || touch $JOB/speed.done
+    V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
+       --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}")
+    setsid nohup bash -c "
+      [ -e $WORK/teacher_fp32/config.json ] || python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 \
+        > $JOB/save_teacher.log 2>&1
+      while [ ! -e $JOB/speed.done ]; do sleep 2; done
+      if [ \"${VARIANTS:-recipe}\" = placement ]; then
+        python3 benchmarks/search_real.py --part placement --source $WORK/teacher_fp32 --out $JOB/out \
+          --data $SP/torch/_inductor $SP/torch/nn --eval-data \$(python3 -c 'import email, os; print(os.path.dirname(email.__file__))') \
+          > $JOB/search.log 2>&1
+        python3 benchmarks/distill_variants.py ${V[*]} --searched $JOB/out/placement/layer_map.json > $JOB/variants.log 2>&1
+      else
+        python3 benchmarks/distill_variants.py ${V[*]} > $JOB/variants.log 2>&1
+      fi
+      touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
+    echo "variants pipeline started: $JOB/pipeline.log" ;;
   poll)
     # copies every 10 s, so a call cut by the device limit still brings back what was done until then
     t0=$SECONDS; mkdir -p "$OUT"

@@ -58,3 +58,25 @@ def test_convert_from_gguf_keeps_logits_and_tokenizer(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(jet(ids).logits, src(ids).logits, atol=1e-5, rtol=0)
     assert AutoTokenizer.from_pretrained(out)("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
+
+
+def test_save_teacher_writes_a_folder_that_loads_to_the_same_logits(tmp_path):
+    """benchmarks/save_teacher.py: the GPU session dequantises the GGUF once and later processes load the folder."""
+    import sys
+    from pathlib import Path
+
+    from convert.export import load_source
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from save_teacher import main as save_teacher
+
+    tok = build_tokenizer(["def f(x):\n    return x + 1\n" * 50], vocab_size=300)
+    src = tiny_qwen("qwen2", vocab=len(tok))
+    write_qwen2_gguf(src, tok, tmp_path / "tiny.gguf")
+    save_teacher([str(tmp_path / "tiny.gguf"), str(tmp_path / "teacher")])
+    assert not (tmp_path / "teacher.tmp").exists()
+    teacher, tok2 = load_source(str(tmp_path / "teacher"))
+    ids = torch.randint(0, len(tok), (2, 13))
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(ids).logits, src(ids).logits, atol=1e-5, rtol=0)
+    assert tok2("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]

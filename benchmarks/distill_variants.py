@@ -1,0 +1,340 @@
+"""Several short distillations of one teacher in one process, each from the same converted start, on the same
+data and the same wall-clock budget, measured with the same functions: a recipe ablation (issue 14) or a
+placement comparison (issue 13: the searched map vs the `jet-nemotron-2b` preset vs a uniform map).
+
+    python benchmarks/distill_variants.py --variants recipe --gguf G.gguf --minutes 3 --out $OUT      # GPU
+    python benchmarks/distill_variants.py --variants placement --searched runs/search/layer_map.json ...
+    python benchmarks/distill_variants.py --variants my_variants.json ...    # a list of variant objects
+    python benchmarks/distill_variants.py --toy --variants recipe --out runs/variants-toy   # CPU plumbing check
+
+A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotron-2b), "split" (budget share of
+stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size"}; the missing keys take the
+defaults below (the recipe of the 2026-12-02 H200 run). Every variant's map gets the preset's JetBlock shape and
+window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
+--rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
+
+Measured per variant (held-out = whole files never trained on): held-out KL to the teacher and perplexity (student
+and teacher), `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell) and, with
+--humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU per stage; seconds per phase. Results are
+written after every variant (a run cut short keeps the finished ones): OUT/variants.json, variants.md (the table),
+variants_kl.png (training KL against tokens, one line per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from stamp import stamp  # noqa: E402
+
+from convert.corpus import build_corpus  # noqa: E402
+from convert.distill import DistillConfig, distill, eval_kl, perplexity, set_trainable, teacher_on  # noqa: E402
+from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
+from convert.pipeline import stage_samplers  # noqa: E402
+from convert.qwen_to_jet import convert_model  # noqa: E402
+from convert.throughput import flops_per_token  # noqa: E402
+
+BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
+        "retrieval_ratio": 0.1, "batch_size": 16}
+PRESETS = {
+    # one change each from the base, so each row reads as an ablation of one knob
+    "recipe": [{"name": "base"},
+               {"name": "stage1-heavy", "split": [0.85, 0.0, 0.15]},
+               {"name": "lr2-1e-4", "lr": [1e-3, 1e-4, 1e-4]},
+               {"name": "no-mse", "mse_weight": 0.0},
+               {"name": "no-retrieval-rows", "retrieval_ratio": 0.0}],
+    "placement": [{"name": "searched", "layer_map": "@searched"},
+                  {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
+                  {"name": "uniform", "layer_map": "@uniform"}],
+}
+KEYS = set(BASE) | {"name"}
+
+
+def uniform_types(num_layers: int, attn: int, swa: int) -> list[str]:
+    """K attention and M window layers spread evenly (centres of K + M equal spans, alternating attn / swa from
+    the top), JetBlocks elsewhere: the placement a search has to beat."""
+    slots = [int((i + 0.5) * num_layers / (attn + swa)) for i in range(attn + swa)]
+    kinds = (["attn", "swa"] * (attn + swa))[: attn + swa]
+    if kinds.count("attn") != attn:  # more of one kind than alternation gives: fill the rest with it
+        kinds = ["attn"] * attn + ["swa"] * swa
+    types = ["jet"] * num_layers
+    for slot, kind in zip(reversed(slots), kinds):
+        types[slot] = kind
+    return types
+
+
+def variant_list(spec: str, searched: Path | None) -> list[dict]:
+    """The variants of a preset name or a JSON file, each completed with BASE; unknown keys refused."""
+    if spec in PRESETS:
+        raw = PRESETS[spec]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise SystemExit(f"--variants {spec!r} is neither {' nor '.join(PRESETS)} nor a JSON file")
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, list) or not raw:
+            raise SystemExit(f"{spec}: expected a non-empty JSON list of variant objects")
+    out = []
+    for i, v in enumerate(raw):
+        bad = sorted(set(v) - KEYS)
+        if bad:
+            raise SystemExit(f"variant {i} ({v.get('name', '?')}): unknown keys {bad}; allowed {sorted(KEYS)}")
+        v = {**BASE, "name": f"variant{i}", **v}
+        if v["layer_map"] == "@searched" and searched is None:
+            raise SystemExit(f"variant {v['name']!r} needs --searched (the layer_map.json a search wrote)")
+        if len(v["split"]) != 3 or len(v["lr"]) != 3 or abs(sum(v["split"]) - 1) > 1e-6:
+            raise SystemExit(f"variant {v['name']!r}: split needs 3 shares summing to 1 and lr 3 rates")
+        out.append(v)
+    names = [v["name"] for v in out]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"variant names repeat: {names}")
+    return out
+
+
+def layer_map_of(v: dict, num_layers: int, searched: Path | None) -> LayerMap:
+    """The variant's placement with the preset's JetBlock shape and window (only placement differs). A toy teacher
+    (not 28 layers) stands the preset in by one attention layer in the middle, sizes from the source."""
+    preset = resolve_layer_map("jet-nemotron-2b", 28)
+    toy = num_layers != 28
+    if v["layer_map"] == "@searched":
+        types = resolve_layer_map(str(searched), num_layers).layer_types
+    elif v["layer_map"] == "@uniform":
+        types = uniform_types(num_layers, 1, 1) if toy else uniform_types(28, len(preset.indices("attn")),
+                                                                            len(preset.indices("swa")))
+    elif v["layer_map"] == "jet-nemotron-2b" and toy:
+        types = ["jet"] * num_layers
+        types[num_layers // 2] = "attn"
+    else:
+        types = resolve_layer_map(v["layer_map"], num_layers).layer_types
+    jet = {} if toy else dict(preset.jet)
+    swa = {} if "swa" not in types else {"window_size": 64} if toy else dict(preset.swa)
+    return LayerMap(types, jet, swa, source=f"variant {v['name']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="recipe", help=f"{' | '.join(PRESETS)} | a JSON file of variants")
+    ap.add_argument("--only", help="comma-separated variant names to run (in the listed order)")
+    ap.add_argument("--searched", type=Path, help="the searched layer_map.json (placement variants)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--teacher", "--gguf", type=Path, dest="gguf",
+                    help="the teacher: a .gguf file or a saved model folder (the real run)")
+    ap.add_argument("--site-packages", type=Path, action="append", help="corpus source(s)")
+    ap.add_argument("--held-out", action="append", help="package(s) held out (default pandas)")
+    ap.add_argument("--max-tokens", type=int, default=100_000_000)
+    ap.add_argument("--minutes", type=float, default=3.0, help="distillation minutes per variant (all stages)")
+    ap.add_argument("--rate", type=float, help="stage-1 tok/s measured before on this card (else the first "
+                                               "variant's stage 1 measures it and later variants use it)")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--stage3-seq-len", type=int, default=8192)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--lengths", default="2048,8192", help="retrieval prompt lengths")
+    ap.add_argument("--trials", type=int, default=2)
+    ap.add_argument("--humaneval", type=int, default=0, help="HumanEval on the first N problems (0: not run)")
+    ap.add_argument("--eval-rows", type=int, default=64)
+    ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
+    args = ap.parse_args(argv)
+
+    variants = variant_list(args.variants, args.searched)
+    if args.only:
+        want = args.only.split(",")
+        missing = sorted(set(want) - {v["name"] for v in variants})
+        if missing:
+            raise SystemExit(f"--only names unknown variants {missing}; have {[v['name'] for v in variants]}")
+        variants = [v for v in variants if v["name"] in want]
+    if not args.toy and args.gguf is None:
+        raise SystemExit("--teacher is required (or --toy for the CPU check)")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = dev.type == "cuda"
+    res: dict = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "variants": [],
+                 "seconds": {}}
+    t0 = time.perf_counter()
+    if args.toy:
+        from distill_real import toy_models
+
+        teacher, _, tok = toy_models(out)
+        args.seq_len, args.stage3_seq_len, args.micro_batch, args.max_tokens = 128, 256, 2, 2_000_000
+        args.lengths, sources, held_out = "128,256", None, None
+    else:
+        from convert.export import load_source
+
+        teacher, tok = load_source(str(args.gguf), None, torch.float32)
+        import site
+
+        sources = args.site_packages or [Path(site.getsitepackages()[0])]
+        held_out = args.held_out or ["pandas"]
+    res["seconds"]["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if args.toy:
+        from convert.tiny_teacher import stdlib_files
+
+        sources = [stdlib_files("train")[0].parent]
+        held_out = ["json"]
+    os.environ.setdefault("JET_NEMOTRON_CACHE", str(out.parent / "cache"))
+    data = build_corpus(sources, tok, None, args.max_tokens, held_out=held_out, workers=os.cpu_count(),
+                        eval_fraction=0.05)
+    held = data.eval_rows(args.seq_len, args.eval_rows)
+    filler = [int(t) for t in data.sources[0].eval if t != tok.eos_token_id]
+    res["corpus"] = {"train_tokens": data.train_tokens, "held_out_tokens": data.eval_tokens}
+    res["seconds"]["tokenise"] = time.perf_counter() - t0
+    t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
+    with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+        res["ppl_teacher"] = perplexity(t_dev, held, 8, dev)
+        from convert.eval.models import wrap
+        from convert.eval.retrieval import retrieval
+
+        lengths = [int(x) for x in args.lengths.split(",")]
+        res["teacher_retrieval"] = _retrieval_summary(retrieval(wrap(t_dev, tok, "teacher"), filler, lengths,
+                                                                (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))
+        if args.humaneval:
+            from convert.eval.humaneval import humaneval
+
+            res["teacher_humaneval"] = humaneval(wrap(t_dev, tok, "teacher"), args.humaneval)["pass@1"]
+    print(f"teacher: held-out ppl {res['ppl_teacher']:.3f}, retrieval {res['teacher_retrieval']}")
+    rate = args.rate
+    for v in variants:
+        t_v = time.perf_counter()
+        row, rate = run_variant(v, teacher, tok, data, held, filler, lengths, args, dev, bf16, rate)
+        row["seconds"]["total"] = time.perf_counter() - t_v
+        res["variants"].append(row)
+        write(res, out)
+        print(f"{v['name']}: held-out KL {row['held_out_kl']:.4f}, ppl {row['ppl']:.3f} "
+              f"({row['ppl'] / res['ppl_teacher']:.2f}x), retrieval {row['retrieval']} "
+              f"in {row['seconds']['total']:.0f} s")
+    print((out / "variants.md").read_text())
+
+
+def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, bf16: bool, rate: float | None):
+    """Convert, distil for the variant's budget, measure; (row for the table, the stage-1 rate to reuse)."""
+    from convert.eval.models import wrap
+    from convert.eval.retrieval import retrieval
+
+    seconds: dict = {}
+    t = time.perf_counter()
+    lm = layer_map_of(v, teacher.config.num_hidden_layers, args.searched)
+    student = convert_model(teacher, lm).float()
+    seconds["convert"] = time.perf_counter() - t
+    common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
+                  micro_batch=args.micro_batch)
+    b = v["batch_size"]
+    cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
+                          **common),
+            DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train="all", batch_size=b, **common),
+            DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train="all", seq_len=args.stage3_seq_len,
+                          batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
+                          **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
+    retrieval_kw = {"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"]} if v["retrieval_ratio"] else None
+    if rate is None:  # no --rate: the first variant times stage 1 on a copy, the later ones reuse it
+        rate = _probe_rate(student, teacher, data, tok, cfgs[0], args, retrieval_kw)
+    f1, plan = None, []
+    for cfg, share in zip(cfgs, v["split"]):
+        set_trainable(student, cfg.resolved().train)
+        f = flops_per_token(student, teacher, cfg.seq_len or args.seq_len)["total"]
+        f1 = f1 or f  # equal MFU across stages: a stage's rate is stage 1's scaled by FLOPs per token
+        n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
+        if n > 0:
+            plan.append(replace(cfg, steps=n, warmup_steps=min(cfg.warmup_steps, max(1, n // 10))))
+    student.requires_grad_(True)
+    summaries, kl = [], None
+    for cfg, sampler in zip(plan, stage_samplers(data, plan, args.seq_len, tok, retrieval_kw)):
+        s = distill(student, teacher, sampler, cfg, eval_rows=held, eval_kl_before=kl)
+        kl = s["eval_kl_after"]
+        summaries.append(s)
+    seconds["distil"] = time.perf_counter() - t - seconds["convert"]
+    t = time.perf_counter()
+    with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+        student.eval()
+        t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
+        steps = {c.stage: c.steps for c in plan}
+        row = {"name": v["name"], "variant": v, "layer_types": lm.layer_types,
+               "steps": [steps.get(k, 0) for k in (1, 2, 3)],
+               "tokens": sum(s["tokens"] for s in summaries),
+               "held_out_kl": eval_kl(student, t_dev, held.to(dev), 8),
+               "ppl": perplexity(student, held, 8, dev),
+               "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
+               "history": [h for s in summaries for h in s["history"]],
+               "retrieval": _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
+                                                         (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))}
+        if args.humaneval:
+            from convert.eval.humaneval import humaneval
+
+            row["humaneval"] = humaneval(wrap(student, tok, v["name"]), args.humaneval)["pass@1"]
+    seconds["evaluate"] = time.perf_counter() - t
+    row["seconds"] = seconds
+    del student
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row, rate
+
+
+def _probe_rate(student, teacher, data, tok, cfg, args, retrieval_kw) -> float:
+    """Stage 1's tok/s over 4 steps on a copy of the student (the warm second log interval)."""
+    probe = replace(cfg, steps=4, log_every=2, warmup_steps=1)
+    sampler = stage_samplers(data, [probe], args.seq_len, tok, retrieval_kw)[0]
+    return distill(copy.deepcopy(student), teacher, sampler, probe)["history"][-1]["tok_per_s"]
+
+
+def _retrieval_summary(r: dict) -> dict:
+    """{task@length: accuracy} of a `retrieval` result (the needle's over all its depths)."""
+    return {f"{task}@{n}": acc for task, per in r.items() if isinstance(per, dict) and "by_length" in per
+            for n, acc in per["by_length"].items()}
+
+
+def write(res: dict, out: Path) -> None:
+    """variants.json, variants.md and variants_kl.png, replaced whole after every variant."""
+    tmp = out / "variants.json.tmp"
+    tmp.write_text(json.dumps(res, indent=1, default=str))
+    os.replace(tmp, out / "variants.json")
+    keys = sorted({k for v in res["variants"] for k in v["retrieval"]}, key=lambda k: (k.split("@")[0],
+                                                                                       int(k.split("@")[1])))
+    head = ["variant", "steps 1/2/3", "M tokens", "held-out KL", "ppl (x teacher)"] + keys
+    if any("humaneval" in v for v in res["variants"]):
+        head.append("HumanEval")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| teacher | - | - | 0 | {:.3f} | ".format(res["ppl_teacher"])
+                 + " | ".join(f"{res['teacher_retrieval'].get(k, float('nan')):.2f}" for k in keys)
+                 + (f" | {res['teacher_humaneval']:.3f}" if "teacher_humaneval" in res else "") + " |")
+    for v in res["variants"]:
+        cells = [v["name"], "/".join(map(str, v["steps"])), f"{v['tokens'] / 1e6:.1f}", f"{v['held_out_kl']:.3f}",
+                 f"{v['ppl']:.3f} ({v['ppl'] / res['ppl_teacher']:.2f}x)"]
+        cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
+        if "humaneval" in v:
+            cells.append(f"{v['humaneval']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    st = res["stamp"][0]
+    (out / "variants.md").write_text("\n".join(lines) + f"\n\nMeasured at commit {st['commit']} on {st['card']}, "
+                                     f"{st['date']}; {res['args']['minutes']} min of distillation a variant.\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for v in res["variants"]:
+        ax.plot(range(1, len(v["history"]) + 1), [h["kl"] for h in v["history"]], label=v["name"])
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step (all stages)")
+    ax.set_ylabel("training KL (nats/token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "variants_kl.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

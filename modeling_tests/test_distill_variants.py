@@ -1,0 +1,68 @@
+"""benchmarks/distill_variants.py: several short distillations from one converted start, same data and budget."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import distill_variants as dv  # noqa: E402
+
+
+def test_uniform_map_spreads_attention_and_windows_evenly():
+    types = dv.uniform_types(28, 2, 2)
+    assert [i for i, t in enumerate(types) if t == "attn"] == [10, 24]
+    assert [i for i, t in enumerate(types) if t == "swa"] == [3, 17]
+    assert types.count("jet") == 24
+    assert dv.uniform_types(6, 3, 0) == ["jet", "attn", "jet", "attn", "jet", "attn"]
+
+
+def test_every_variant_keeps_the_preset_shape_and_differs_in_placement_only(tmp_path):
+    searched = tmp_path / "map.json"
+    types = ["jet"] * 28
+    types[3], types[5], types[6], types[7] = "attn", "attn", "swa", "swa"
+    searched.write_text(json.dumps({"format": "jet-nemotron-layer-map/v1", "num_layers": 28, "layer_types": types,
+                                    "jet": {"num_heads": 4, "head_dim": 64}}))
+    maps = [dv.layer_map_of(v, 28, searched) for v in dv.variant_list("placement", searched)]
+    assert maps[0].layer_types == types
+    assert maps[1].indices("attn") == [14, 19] and maps[1].indices("swa") == [20, 21]
+    assert maps[2].layer_types == dv.uniform_types(28, 2, 2)
+    for m in maps:  # the searched file's own JetBlock sizes are overridden by the preset's
+        assert m.jet == maps[1].jet and m.jet["head_dim"] == 96 and m.swa == {"window_size": 1152}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ([{"name": "a", "lr2": 1e-4}], "unknown keys ['lr2']"),
+    ([{"name": "a", "split": [0.5, 0.6, 0.0]}], "split needs 3 shares summing to 1"),
+    ([{"name": "a"}, {"name": "a"}], "variant names repeat"),
+    ([], "non-empty JSON list"),
+])
+def test_bad_variant_files_are_refused_with_the_problem_named(tmp_path, spec, message):
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        dv.variant_list(str(path), None)
+    with pytest.raises(SystemExit, match="needs --searched"):
+        dv.variant_list("placement", None)
+
+
+def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path):
+    searched = tmp_path / "map.json"
+    searched.write_text(json.dumps({"format": "jet-nemotron-layer-map/v1", "num_layers": 4,
+                                    "layer_types": ["attn", "jet", "jet", "jet"]}))
+    out = tmp_path / "out"
+    dv.main(["--toy", "--variants", "placement", "--searched", str(searched), "--minutes", "0.04",
+             "--out", str(out)])
+    res = json.loads((out / "variants.json").read_text())
+    rows = res["variants"]
+    assert [r["name"] for r in rows] == ["searched", "preset jet-nemotron-2b", "uniform"]
+    assert rows[0]["layer_types"] == ["attn", "jet", "jet", "jet"]
+    assert rows[2]["layer_types"] == dv.uniform_types(4, 1, 1)
+    assert len({tuple(r["steps"]) for r in rows}) == 1 and rows[0]["steps"][0] > 0  # one rate, one plan for all
+    for r in rows:
+        assert 0 < r["held_out_kl"] < 5 and r["ppl"] > 1 and set(r["retrieval"]) >= {"passkey@128", "niah@256"}
+    table = (out / "variants.md").read_text()
+    assert table.count("\n| ") == 4 and "| uniform |" in table  # header row aside: teacher + 3 variants
+    assert (out / "variants_kl.png").stat().st_size > 0
