@@ -131,6 +131,7 @@ def main():
     ap.add_argument("--lr3", type=float, default=3e-5)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--mse-weight", type=float, default=1.0)
+    ap.add_argument("--local1", action="store_true", help="stage 1 as attention transfer (DistillConfig.local)")
     ap.add_argument("--retrieval-ratio", type=float, default=0.1, help="generated passkey / kv rows in every stage")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile each student decoder layer")
@@ -230,7 +231,7 @@ def main():
     common = dict(warmup_steps=args.warmup, mixed_precision="bf16" if bf16 else "no", log_every=args.log_every,
                   gradient_checkpointing=args.gradient_checkpointing, save_every=0, compile=args.compile)
     cfgs = [DistillConfig(stage=1, steps=1, lr=args.lr1, mse_weight=args.mse_weight, train="jet",
-                          batch_size=args.batch_size, micro_batch=args.micro_batch, **common),
+                          batch_size=args.batch_size, micro_batch=args.micro_batch, local=args.local1, **common),
             DistillConfig(stage=2, steps=1, lr=args.lr2, mse_weight=0.0, train="all",
                           batch_size=args.batch_size, micro_batch=args.micro_batch, **common),
             DistillConfig(stage=3, steps=1, lr=args.lr3, mse_weight=0.0, train="all", seq_len=args.stage3_seq_len,
@@ -326,9 +327,9 @@ def budget_steps(cfgs, student, teacher, data, tok, retrieval, args, res) -> lis
         from convert.distill import set_trainable
 
         set_trainable(student, cfg.resolved().train)
-        f = flops_per_token(student, teacher, cfg.seq_len or args.seq_len)["total"]
-        if not steps:
-            f1 = f
+        f = flops_per_token(student, teacher, cfg.seq_len or args.seq_len, local=cfg.local)["total"]
+        if not steps:  # the rate is an end-to-end stage 1's: the reference for every stage's FLOPs
+            f1 = f if not cfg.local else flops_per_token(student, teacher, args.seq_len)["total"]
         stage_rate = rate * f1 / f
         tokens_per_step = cfg.batch_size * (cfg.seq_len or args.seq_len)
         steps.append(int(share * args.time_budget_min * 60 * stage_rate / tokens_per_step))

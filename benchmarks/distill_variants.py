@@ -8,7 +8,8 @@ placement comparison (issue 13: the searched map vs the `jet-nemotron-2b` preset
     python benchmarks/distill_variants.py --toy --variants recipe --out runs/variants-toy   # CPU plumbing check
 
 A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotron-2b), "split" (budget share of
-stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size"}; the missing keys take the
+stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "local1" (stage 1 as
+attention transfer: `DistillConfig.local`)}; the missing keys take the
 defaults below (the recipe of the 2026-12-02 H200 run). Every variant's map gets the preset's JetBlock shape and
 window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
 --rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
@@ -47,7 +48,7 @@ from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
-        "retrieval_ratio": 0.1, "batch_size": 16}
+        "retrieval_ratio": 0.1, "batch_size": 16, "local1": False}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob
     "recipe": [{"name": "base"},
@@ -56,7 +57,9 @@ PRESETS = {
                {"name": "no-mse", "mse_weight": 0.0},
                {"name": "no-retrieval-rows", "retrieval_ratio": 0.0},
                {"name": "lr1-3e-3", "lr": [3e-3, 3e-5, 3e-5]},
-               {"name": "batch-8", "batch_size": 8}],
+               {"name": "batch-8", "batch_size": 8},
+               {"name": "attention-transfer", "local1": True},
+               {"name": "attention-transfer-lr2-1e-4", "local1": True, "lr": [1e-3, 1e-4, 1e-4]}],
     "placement": [{"name": "searched", "layer_map": "@searched"},
                   {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
                   {"name": "uniform", "layer_map": "@uniform"}],
@@ -146,10 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--humaneval", type=int, default=0, help="HumanEval on the first N problems (0: not run)")
     ap.add_argument("--eval-rows", type=int, default=64)
+    ap.add_argument("--corpus-cache", type=Path, help="tokenised-corpus cache (default: the library's, "
+                                                      "~/.cache/jet-nemotron/corpus)")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args(argv)
 
     variants = variant_list(args.variants, args.searched)
+    _FLOPS.clear()  # per teacher (a test may run several toy teachers in one process)
     if args.only:
         want = args.only.split(",")
         missing = sorted(set(want) - {v["name"] for v in variants})
@@ -186,9 +192,8 @@ def main(argv: list[str] | None = None) -> None:
 
         sources = [stdlib_files("train")[0].parent]
         held_out = ["json"]
-    os.environ.setdefault("JET_NEMOTRON_CACHE", str(out.parent / "cache"))
     data = build_corpus(sources, tok, None, args.max_tokens, held_out=held_out, workers=os.cpu_count(),
-                        eval_fraction=0.05)
+                        eval_fraction=0.05, cache_dir=args.corpus_cache)
     held = data.eval_rows(args.seq_len, args.eval_rows)
     filler = [int(t) for t in data.sources[0].eval if t != tok.eos_token_id]
     res["corpus"] = {"train_tokens": data.train_tokens, "held_out_tokens": data.eval_tokens}
@@ -234,7 +239,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                   micro_batch=args.micro_batch)
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
-                          **common),
+                          local=v["local1"], **common),
             DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train="all", batch_size=b, **common),
             DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train="all", seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
@@ -242,11 +247,13 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     retrieval_kw = {"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"]} if v["retrieval_ratio"] else None
     if rate is None:  # no --rate: the first variant times stage 1 on a copy, the later ones reuse it
         rate = _probe_rate(student, teacher, data, tok, cfgs[0], args, retrieval_kw)
-    f1, plan = None, []
+    # equal MFU across stages: a stage's rate is end-to-end stage 1's (measured) scaled by its FLOPs per token,
+    # counted on the first variant's student for all of them, so equal settings give equal step counts (the
+    # same token budget) whatever the placement
+    f1 = _flops(student, teacher, "jet", args.seq_len, False)
+    plan = []
     for cfg, share in zip(cfgs, v["split"]):
-        set_trainable(student, cfg.resolved().train)
-        f = flops_per_token(student, teacher, cfg.seq_len or args.seq_len)["total"]
-        f1 = f1 or f  # equal MFU across stages: a stage's rate is stage 1's scaled by FLOPs per token
+        f = _flops(student, teacher, cfg.resolved().train, cfg.seq_len or args.seq_len, cfg.local)
         n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
         if n > 0:
             plan.append(replace(cfg, steps=n, warmup_steps=min(cfg.warmup_steps, max(1, n // 10))))
@@ -281,6 +288,19 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row, rate
+
+
+_FLOPS: dict = {}
+
+
+def _flops(student, teacher, train: str, seq_len: int, local: bool) -> float:
+    """FLOPs per token of a stage (trainable set, row length, local), from the first student asked about."""
+    key = (train, seq_len, local)
+    if key not in _FLOPS:
+        set_trainable(student, train)
+        _FLOPS[key] = flops_per_token(student, teacher, seq_len, local=local)["total"]
+        student.requires_grad_(True)
+    return _FLOPS[key]
 
 
 def _probe_rate(student, teacher, data, tok, cfg, args, retrieval_kw) -> float:

@@ -117,6 +117,10 @@ def distill(
     mse_weight: Annotated[float, typer.Option(help="stage-1 attention-output MSE weight")] = 1.0,
     kl_weight: Annotated[float, typer.Option(help="weight of the logit KL(teacher || student), both stages")] = 1.0,
     train1: Annotated[str, typer.Option(help="stage-1 trainable set: jet, non-mlp, all")] = "jet",
+    stage1_local: Annotated[bool, typer.Option(help="stage 1 as attention transfer: each JetBlock alone on the "
+                                                    "teacher's input to that layer's attention, against its "
+                                                    "output (MSE only, no KL, no end-to-end pass; needs "
+                                                    "--train1 jet)")] = False,
     train2: Annotated[str, typer.Option(help="stage-2 trainable set: jet, non-mlp, all")] = "all",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU)")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")
@@ -150,7 +154,8 @@ def distill(
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
                   compile=compile_student)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
-    s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, **batch, **common)
+    s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,
+                       **batch, **common)
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **batch, **common)
     # stage 3's defaults keep stages 1-2's tokens per step; distill_checkpoint checks its settings
     b3 = stage3_batch_size if stage3_batch_size is not None else max(1, batch_size * seq_len // max(1, stage3_seq_len))

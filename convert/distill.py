@@ -84,6 +84,10 @@ class DistillConfig(TrainSchedule):
     seed: int = 0
     seq_len: int | None = None  # rows of this stage; None: the pipeline's --seq-len
     compile: bool = False  # torch.compile each decoder layer of the student (opt-in: compile time, graph breaks)
+    # stage 1 only: each JetBlock learns its attention layer's map from the teacher's own input to the teacher's
+    # attention output (normalised MSE), all layers side by side with no end-to-end pass and no KL ("attention
+    # transfer"); about half a full stage-1 step's FLOPs, and no layer waits for the ones below it to be right
+    local: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
 
@@ -118,6 +122,10 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.local and (self.stage != 1 or self.train != "jet" or not self.mse_weight > 0):
+            raise ValueError(f"local attention transfer trains the JetBlocks alone on the attention MSE: it needs "
+                             f"stage 1, train 'jet' and mse_weight > 0 (got stage {self.stage}, train "
+                             f"{self.train!r}, mse_weight {self.mse_weight})")
         return self
 
 
@@ -141,15 +149,21 @@ def set_trainable(student, train: str) -> int:
 
 
 class _Capture:
-    """Forward hooks that record the output of `self_attn` of the given layers (in call order)."""
+    """Forward hooks that record the output of `self_attn` of the given layers (in call order) and, with `inputs`,
+    the hidden states it was given (positional or keyword `hidden_states`)."""
 
-    def __init__(self, model, layers: list[int]):
+    def __init__(self, model, layers: list[int], inputs: bool = False):
         self.outputs: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
         base = model.model
-        self.handles = [base.layers[i].self_attn.register_forward_hook(self._hook) for i in layers]
+        self.handles = [base.layers[i].self_attn.register_forward_hook(self._hook, with_kwargs=True)
+                        for i in layers]
+        self.record_inputs = inputs
 
-    def _hook(self, module, args, output):
+    def _hook(self, module, args, kwargs, output):
         self.outputs.append(output[0] if isinstance(output, tuple) else output)
+        if self.record_inputs:
+            self.inputs.append(args[0] if args else kwargs["hidden_states"])
 
     def close(self):
         for h in self.handles:
@@ -164,8 +178,9 @@ class DistillLoss(nn.Module):
     """
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
-                 temperature: float, compiled: bool = False):
+                 temperature: float, compiled: bool = False, local: bool = False):
         super().__init__()
+        self.local = local
         self.student = student
         # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
         self._no_split_modules = getattr(student, "_no_split_modules", None)
@@ -184,7 +199,9 @@ class DistillLoss(nn.Module):
         for layer in self.student.model.layers:
             layer._compiled_call_impl = None
 
-    def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None):
+    def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None, teacher_attn_in=None):
+        if self.local:
+            return self._local(teacher_attn_in, teacher_attn)
         cap = self.persistent
         if cap is not None:
             cap.outputs = []
@@ -200,10 +217,21 @@ class DistillLoss(nn.Module):
                         self.temperature) if self.kl_weight > 0 else zero
         mse = zero
         if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
-            terms = [((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
-                     for s, t in zip(cap.outputs, teacher_attn)]
+            terms = [_normalised_mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
             mse = torch.stack(terms).mean()
         return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
+
+    def _local(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]):
+        """Attention transfer: each JetBlock on the teacher's input to that layer's attention, against its
+        output; the layers are independent, so their gradients never cross a layer boundary."""
+        layers = self.student.model.layers
+        terms = [_normalised_mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
+        mse = torch.stack(terms).mean()
+        return self.mse_weight * mse, mse.new_zeros(()), mse.detach()
+
+
+def _normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return ((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
 
 
 @torch.no_grad()
@@ -231,21 +259,25 @@ def teacher_on(teacher: nn.Module, device, dtype: torch.dtype | None = None) -> 
 
 
 @torch.no_grad()
-def teacher_targets(teacher, input_ids, mse_layers: list[int]):
-    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad).
+def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = False):
+    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad); with `inputs`
+    also the hidden states each of those attention layers was given (a third item).
 
     The forward runs under inference mode (no version counters or autograd metadata at all); its outputs are
     cloned out of it because autograd refuses to save inference tensors, and the student's loss saves them
     (the MSE's normaliser, the checkpointed KL chunks). A clone is one read and write of [B, L, d] per tensor.
     """
-    cap = _Capture(teacher, mse_layers) if mse_layers else None
+    cap = _Capture(teacher, mse_layers, inputs) if mse_layers else None
     try:
         with torch.inference_mode():
             h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
     finally:
         if cap is not None:
             cap.close()
-    return h.clone(), ([t.clone() for t in cap.outputs] if cap is not None else None)
+    attn = [t.clone() for t in cap.outputs] if cap is not None else None
+    if inputs:
+        return h.clone(), attn, [t.clone() for t in cap.inputs] if cap is not None else None
+    return h.clone(), attn
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:
@@ -521,6 +553,9 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     if cfg.kl_weight <= 0 and not mse_layers:
         raise ValueError("kl_weight is 0 and the student has no JetBlock for the attention MSE: nothing to train on")
     fsdp = _uses_fsdp(acc)
+    if fsdp and cfg.local:  # FSDP gathers a decoder layer's weights in its forward, which attention transfer skips
+        raise ValueError("local attention transfer (stage 1 --stage1-local) runs the JetBlocks outside their decoder "
+                         "layers, which FSDP cannot shard; use one GPU or DDP for that stage")
     if fsdp:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)
@@ -534,7 +569,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
-                          compiled=cfg.compile)
+                          compiled=cfg.compile, local=cfg.local)
     if cfg.compile:
         compile_layers(trained)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,
@@ -621,12 +656,12 @@ def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int
         # this process's share of the global batch for micro-step m
         lo = (m * world + acc.process_index) * cfg.micro_batch
         x = batch[lo : lo + cfg.micro_batch].to(acc.device, non_blocking=True)
-        t_hidden, t_attn = teacher_targets(run.teacher, x, run.mse_layers)
+        t_hidden, t_attn, *t_in = teacher_targets(run.teacher, x, run.mse_layers, inputs=cfg.local)
         # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
         # it would keep full unsharded gradients on every device, the memory FSDP is there to save
         sync = nullcontext() if run.fsdp or m == run.accum - 1 else acc.no_sync(run.wrapper)
         with sync, acc.autocast():
-            loss, kl, mse = run.wrapper(x, t_hidden, teacher_head, t_attn)
+            loss, kl, mse = run.wrapper(x, t_hidden, teacher_head, t_attn, *t_in)
             acc.backward(loss / run.accum)
         loss_sum += torch.stack([loss.detach().float(), kl.float(), mse.float()]) / run.accum
     norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if cfg.grad_clip > 0 else None
@@ -669,7 +704,7 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
     """FLOPs per token of this stage's trainable set and the device's peak (the step meter's MFU), logged."""
     from .throughput import flops_per_token, peak_flops
 
-    fpt = flops_per_token(student, teacher, data.seq_len)
+    fpt = flops_per_token(student, teacher, data.seq_len, local=cfg.local)
     peak, peak_note = peak_flops(acc.device, cfg.mixed_precision == "bf16", cfg.peak_tflops)
     acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.3g} GFLOP per token (student {fpt['student'] / 1e9:.3g}, "
               f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}")

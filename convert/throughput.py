@@ -56,18 +56,23 @@ def _mixing_flops(config, seq_len: int) -> list[float]:
     return out
 
 
-def flops_per_token(student, teacher, seq_len: int) -> dict[str, float]:
-    """Model FLOPs per trained token, split {"student", "teacher", "total"}; reads requires_grad as set now."""
+def flops_per_token(student, teacher, seq_len: int, local: bool = False) -> dict[str, float]:
+    """Model FLOPs per trained token, split {"student", "teacher", "total"}; reads requires_grad as set now.
+    `local` (attention transfer): the student runs only its trainable token mixers, forward and backward, each
+    on the teacher's input (6 FLOPs per weight, 3x the mixing)."""
     per, head, head_train = _matmul_params(student)
     mix = _mixing_flops(student.config, seq_len)
+    t_per, t_head, _ = _matmul_params(teacher)
+    t = 2 * (sum(a for a, _ in t_per.values()) + t_head) + sum(_mixing_flops(teacher.config, seq_len))
+    if local:
+        s = sum(6 * tr + 3 * mix[i] for i, (_, tr) in per.items() if tr > 0)
+        return {"student": float(s), "teacher": float(t), "total": float(s + t)}
     trains = [i for i, (_, t) in per.items() if t > 0]
     lowest = min(trains) if trains else (len(mix) if head_train == 0 else len(mix) - 1)
     n_all = sum(a for a, _ in per.values()) + head
     n_act = sum(a for i, (a, _) in per.items() if i >= lowest) + head
     n_train = sum(t for _, t in per.values()) + head_train
     s = 2 * n_all + 2 * n_act + 2 * n_train + sum(m * (3 if i >= lowest else 1) for i, m in enumerate(mix))
-    t_per, t_head, _ = _matmul_params(teacher)
-    t = 2 * (sum(a for a, _ in t_per.values()) + t_head) + sum(_mixing_flops(teacher.config, seq_len))
     return {"student": float(s), "teacher": float(t), "total": float(s + t)}
 
 

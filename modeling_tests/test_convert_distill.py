@@ -115,3 +115,50 @@ def test_teacher_on_casts_a_copy_and_keeps_ties_and_buffers():
     # the copy is the same model, rounded: bf16 logits within bf16 distance of the fp32 ones
     err = (got - want).abs().max() / want.abs().max()
     assert 0 < err < 3e-2, err
+
+
+def test_local_attention_transfer_trains_each_jetblock_on_the_teachers_own_input():
+    """Stage 1 with local=True: every JetBlock learns its layer's attention map from the teacher's input to it;
+    nothing else runs in the student (no MLP, no end-to-end pass, no KL), nothing else changes, the MSE falls,
+    and the trained JetBlocks lower the end-to-end held-out KL too."""
+    teacher, student, train, held = _setup()
+    mlp_calls = []
+    hooks = [layer.mlp.register_forward_hook(lambda *a: mlp_calls.append(1)) for layer in student.model.layers]
+    frozen = {n: p.clone() for n, p in student.state_dict().items() if "self_attn" not in n or ".layers.1." in n}
+    jet_before = {n: p.clone() for n, p in student.state_dict().items() if ".layers.0.self_attn." in n}
+    cfg = DistillConfig(stage=1, steps=15, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=2, log_every=1,
+                        local=True)
+    s = distill(student, teacher, train, cfg)
+    for h in hooks:
+        h.remove()
+    assert not mlp_calls  # the student never ran a decoder layer end to end
+    for n, p in frozen.items():
+        assert torch.equal(student.state_dict()[n], p), n
+    assert any(not torch.equal(student.state_dict()[n], p) for n, p in jet_before.items())
+    mse = [h["mse"] for h in s["history"]]
+    assert all(h["kl"] == 0 for h in s["history"])
+    print(f"attention-transfer MSE {mse[0]:.4f} -> {mse[-1]:.4f}")
+    assert sum(mse[-3:]) / 3 < 0.7 * sum(mse[:3]) / 3
+    # the FLOPs the meter counts: the JetBlocks alone (6 per trained weight + 3x mixing), below an end-to-end
+    # stage 1 of the same trainable set (forward through everything, backward down to the lowest JetBlock)
+    from convert.distill import set_trainable
+    from convert.throughput import flops_per_token
+
+    set_trainable(student, "jet")
+    full = flops_per_token(student, teacher, train.shape[1])["student"]
+    assert 0 < s["flops_per_token"]["student"] < 0.7 * full
+    assert s["flops_per_token"]["teacher"] == flops_per_token(student, teacher, train.shape[1])["teacher"]
+    from convert.distill import eval_kl
+
+    fresh = _setup()[1]
+    assert eval_kl(student, teacher, held) < eval_kl(fresh, teacher, held)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(stage=2, local=True), "needs stage 1"),
+    (dict(stage=1, train="all", local=True), "train 'jet'"),
+    (dict(stage=1, mse_weight=0.0, local=True), "mse_weight > 0"),
+])
+def test_local_attention_transfer_refuses_settings_it_cannot_honour(kw, message):
+    with pytest.raises(ValueError, match=message):
+        DistillConfig(**kw).resolved()

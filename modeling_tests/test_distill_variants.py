@@ -54,7 +54,7 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
                                     "layer_types": ["attn", "jet", "jet", "jet"]}))
     out = tmp_path / "out"
     dv.main(["--toy", "--variants", "placement", "--searched", str(searched), "--minutes", "0.04",
-             "--out", str(out)])
+             "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
     res = json.loads((out / "variants.json").read_text())
     rows = res["variants"]
     assert [r["name"] for r in rows] == ["searched", "preset jet-nemotron-2b", "uniform"]
