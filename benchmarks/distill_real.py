@@ -328,8 +328,8 @@ def budget_steps(cfgs, student, teacher, data, tok, retrieval, args, res) -> lis
 
         set_trainable(student, cfg.resolved().train)
         f = flops_per_token(student, teacher, cfg.seq_len or args.seq_len, local=cfg.local)["total"]
-        if not steps:  # the rate is an end-to-end stage 1's: the reference for every stage's FLOPs
-            f1 = f if not cfg.local else flops_per_token(student, teacher, args.seq_len)["total"]
+        if not steps:  # the FLOPs of what the rate measured: the probe ran this stage 1, --rate an end-to-end one
+            f1 = flops_per_token(student, teacher, args.seq_len)["total"] if args.rate and cfg.local else f
         stage_rate = rate * f1 / f
         tokens_per_step = cfg.batch_size * (cfg.seq_len or args.seq_len)
         steps.append(int(share * args.time_budget_min * 60 * stage_rate / tokens_per_step))
