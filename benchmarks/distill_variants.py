@@ -9,7 +9,8 @@ placement comparison (issue 13: the searched map vs the `jet-nemotron-2b` preset
 
 A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotron-2b), "split" (budget share of
 stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "local1" (stage 1 as
-attention transfer: `DistillConfig.local`)}; the missing keys take the
+attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set), "init" (JetBlock init scheme:
+attention / random)}; the missing keys take the
 defaults below (the recipe of the 2026-12-02 H200 run). Every variant's map gets the preset's JetBlock shape and
 window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
 --rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
@@ -48,7 +49,7 @@ from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
-        "retrieval_ratio": 0.1, "batch_size": 16, "local1": False}
+        "retrieval_ratio": 0.1, "batch_size": 16, "local1": False, "train2": "all", "init": "attention"}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob
     "recipe": [{"name": "base"},
@@ -59,7 +60,10 @@ PRESETS = {
                {"name": "lr1-3e-3", "lr": [3e-3, 3e-5, 3e-5]},
                {"name": "batch-8", "batch_size": 8},
                {"name": "attention-transfer", "local1": True},
-               {"name": "attention-transfer-lr2-1e-4", "local1": True, "lr": [1e-3, 1e-4, 1e-4]}],
+               {"name": "attention-transfer-lr2-1e-4", "local1": True, "lr": [1e-3, 1e-4, 1e-4]},
+               {"name": "stage2-non-mlp", "train2": "non-mlp"},
+               {"name": "no-long-stage", "split": [0.55, 0.45, 0.0]},
+               {"name": "random-init", "init": "random"}],
     "placement": [{"name": "searched", "layer_map": "@searched"},
                   {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
                   {"name": "uniform", "layer_map": "@uniform"}],
@@ -101,6 +105,9 @@ def variant_list(spec: str, searched: Path | None) -> list[dict]:
             raise SystemExit(f"variant {v['name']!r} needs --searched (the layer_map.json a search wrote)")
         if len(v["split"]) != 3 or len(v["lr"]) != 3 or abs(sum(v["split"]) - 1) > 1e-6:
             raise SystemExit(f"variant {v['name']!r}: split needs 3 shares summing to 1 and lr 3 rates")
+        if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
+            raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
+                             f"random, got {v['train2']!r}, {v['init']!r}")
         out.append(v)
     names = [v["name"] for v in out]
     if len(set(names)) != len(names):
@@ -233,15 +240,16 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     seconds: dict = {}
     t = time.perf_counter()
     lm = layer_map_of(v, teacher.config.num_hidden_layers, args.searched)
-    student = convert_model(teacher, lm).float()
+    student = convert_model(teacher, lm, scheme=v["init"]).float()
     seconds["convert"] = time.perf_counter() - t
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
                   micro_batch=args.micro_batch)
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
-            DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train="all", batch_size=b, **common),
-            DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train="all", seq_len=args.stage3_seq_len,
+            DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b, **common),
+            DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"],
+                          seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
     retrieval_kw = {"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"]} if v["retrieval_ratio"] else None

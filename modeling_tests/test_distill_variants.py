@@ -38,6 +38,7 @@ def test_every_variant_keeps_the_preset_shape_and_differs_in_placement_only(tmp_
     ([{"name": "a", "split": [0.5, 0.6, 0.0]}], "split needs 3 shares summing to 1"),
     ([{"name": "a"}, {"name": "a"}], "variant names repeat"),
     ([], "non-empty JSON list"),
+    ([{"name": "a", "init": "zeros"}], "init attention / random"),
 ])
 def test_bad_variant_files_are_refused_with_the_problem_named(tmp_path, spec, message):
     path = tmp_path / "v.json"
