@@ -7,8 +7,9 @@
 #   bash benchmarks/real_model_session.sh eval                 # jet-nemotron eval: student beside its teacher
 # or, past the 10-minute command limit, the whole run as one detached job (a process in its own session outlives
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
-#   SPEED=1 bash benchmarks/real_model_session.sh part 01      # + generation.py (random weights, the real shapes)
-#                                                              #   at SPEED_CONTEXTS while the parts arrive
+#   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
+#                                  while the parts arrive: profile_distill.py (PROFILE_RUNS) and generation.py
+#                                  (SPEED_CONTEXTS), within SPEED_TIMEOUT seconds
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1,2 | 3 | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants   # instead of pipeline:
@@ -36,13 +37,19 @@ case "$1" in
       mkdir -p "$WORK" && cat "$M"/part{01..22} > "$GGUF" && rm -r "$M"
       [ "$(md5sum < "$GGUF" | cut -c1-32)" = "$MD5" ] && echo "GGUF ok: $GGUF" || echo "GGUF md5 MISMATCH"
     fi
-    if [ -n "${SPEED:-}" ]; then
+    if [ -n "${SPEED:-}${PROFILE:-}" ]; then
+      # the card is idle while the parts arrive: random-weight jobs of the real shapes use it (the pipelines wait
+      # for speed.done before distilling); one process each, so a cut one loses only its own, all within
+      # SPEED_TIMEOUT seconds
       mkdir -p $JOB/out && rm -f $JOB/speed.done
-      # one process a context (a cut one loses only its own), all within SPEED_TIMEOUT seconds
-      setsid nohup bash -c "timeout ${SPEED_TIMEOUT:-360} bash -c 'for c in ${SPEED_CONTEXTS:-4096 32768}; do
-        python3 benchmarks/generation.py --contexts \$c --out $JOB/out/gen_\$c; done'; touch $JOB/speed.done" \
+      jobs=""
+      [ -n "${PROFILE:-}" ] && for p in ${PROFILE_RUNS:---stage=1 --local}; do
+        jobs="$jobs python3 benchmarks/profile_distill.py $p --out $JOB/out/profile;"; done
+      [ -n "${SPEED:-}" ] && for c in ${SPEED_CONTEXTS:-4096 32768}; do
+        jobs="$jobs python3 benchmarks/generation.py --contexts $c --out $JOB/out/gen_$c;"; done
+      setsid nohup bash -c "timeout ${SPEED_TIMEOUT:-360} bash -c '$jobs'; touch $JOB/speed.done" \
         > $JOB/speed.log 2>&1 < /dev/null &
-      echo "speed job started: $JOB/speed.log"
+      echo "card job started: $JOB/speed.log ($jobs)"
     fi
     [ -n "${KERNEL_TESTS:-}" ] && python3 -m pytest -q -x modeling_tests/test_kernels.py -k "$KERNEL_TESTS" 2>&1 | tail -5
     true ;;

@@ -1,0 +1,138 @@
+"""Where a distillation step's time goes: the real 1.5B shapes (Qwen2.5-1.5B teacher, `jet-nemotron-2b` student) with
+random weights and tokens (a step's time does not depend on their values, so no GGUF is needed and it can run while
+the real model's parts are still arriving), a few warm steps of `convert.distill.distill`, then torch.profiler over
+the next ones.
+
+    python benchmarks/profile_distill.py --out $OUT                 # stage 1, batch 16 x 2048, micro 8, bf16 (GPU)
+    python benchmarks/profile_distill.py --stage 2 --out $OUT
+    python benchmarks/profile_distill.py --local --out $OUT         # stage 1 as attention transfer
+    python benchmarks/profile_distill.py --toy --out /tmp/pd        # tiny shapes on the CPU: checks the script
+
+Writes OUT/profile_distill_{tag}.json (device time per kernel family: matmul, JetBlock Triton kernels, attention,
+KL / softmax, elementwise and the rest; ms per step; MFU of the profiled steps) and .txt (the top kernels), and
+prints both. The families come from kernel names, a heuristic: the table beside them is the evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from stamp import stamp  # noqa: E402
+
+FAMILIES = [  # first match wins; patterns over lower-cased kernel names
+    # our kernels (jet_nemotron/*_triton*.py): _fwd_h/_fwd_o/_bwd_*/_wu/_prepare (gated delta rule), _conv_*
+    # (dynamic convolution), _norm_* (gated RMSNorm), _recurrent
+    ("jetblock triton", r"_fwd_h_kernel|_fwd_o_kernel|_bwd_chunk_kernel|_bwd_dh_kernel|_bwd_dv_local_kernel|"
+                        r"_wu_kernel|_prepare_kernel|_conv_\w*kernel|_norm_\w*kernel|_recurrent_kernel"),
+    ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),
+    ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|sm90_|cublas|ampere_|splitk|aten::(add)?mm$|aten::bmm|aten::linear"),
+    ("kl / softmax", r"softmax|logsumexp|kl_div|log_softmax|cross_entropy|nll"),
+    ("optimizer", r"adam|foreach|multi_tensor|fused_adam"),
+    ("copy / cast", r"copy|cast|convert|to_copy|memcpy|memset|fill"),
+    ("elementwise / reduce", r"elementwise|vectorized|reduce|triton_|unrolled|index|cat|where"),
+]
+
+
+def family(name: str) -> str:
+    low = name.lower()
+    return next((f for f, pat in FAMILIES if re.search(pat, low)), "other")
+
+
+def build(toy: bool):
+    """(teacher, student) at the real shapes (or a toy's), random weights, the teacher as distill_real loads it."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from convert.layer_map import parse_spec, resolve_layer_map
+    from convert.qwen_to_jet import convert_model
+
+    if toy:
+        cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+        lm = parse_spec("jet,jet,attn,jet")
+    else:
+        cfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                          num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+                          rope_theta=1e6, tie_word_embeddings=False)
+        lm = resolve_layer_map("jet-nemotron-2b", 28)
+    torch.manual_seed(0)
+    teacher = Qwen2ForCausalLM(cfg).eval()
+    return teacher, convert_model(teacher, lm).float()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stage", type=int, default=1, choices=(1, 2, 3))
+    ap.add_argument("--local", action="store_true", help="stage 1 as attention transfer")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--warm", type=int, default=3, help="steps before profiling (compile, allocator)")
+    ap.add_argument("--steps", type=int, default=2, help="steps profiled")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each student decoder layer")
+    ap.add_argument("--toy", action="store_true")
+    args = ap.parse_args(argv)
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from convert.distill import DistillConfig, distill
+
+    if args.toy:
+        args.seq_len, args.batch_size, args.micro_batch = 64, 4, 2
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    teacher, student = build(args.toy)
+    build_s = time.perf_counter() - t0
+    total = args.warm + args.steps
+    cfg = DistillConfig(stage=args.stage, steps=total, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                        mixed_precision="bf16" if dev.type == "cuda" else "no", log_every=1, warmup_steps=1,
+                        local=args.local, compile=args.compile)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    prof = profile(activities=acts, schedule=schedule(wait=0, warmup=args.warm - 1, active=args.steps, repeat=1))
+
+    def tick(step: int) -> bool:  # asked once a step, before its update: the profiler's step boundary
+        prof.step()
+        return False
+
+    with prof:
+        run = distill(student, teacher, rows, cfg, stop=tick)
+    hist = run["history"][args.warm:]
+    ms = sum(h["ms_per_step"] for h in hist) / len(hist)
+    events = prof.key_averages()
+    on_device = [e for e in events if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")]
+    rows_ = on_device if on_device else [e for e in events if not e.key.startswith("ProfilerStep")]
+    attr = "self_device_time_total" if on_device else "self_cpu_time_total"
+    fam: dict[str, float] = {}
+    for e in rows_:
+        fam[family(e.key)] = fam.get(family(e.key), 0.0) + getattr(e, attr, 0.0) / 1e3 / args.steps
+    tag = f"stage{args.stage}" + ("_local" if args.local else "") + ("_compiled" if args.compile else "") + (
+        "_toy" if args.toy else "")
+    res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
+           "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
+           "flops_per_token": run["flops_per_token"], "time_is": "device" if on_device else "cpu (self time)",
+           "ms_per_step_by_family": dict(sorted(fam.items(), key=lambda kv: -kv[1]))}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
+    sort = "self_cuda_time_total" if on_device else "self_cpu_time_total"
+    table = events.table(sort_by=sort, row_limit=30)
+    (args.out / f"profile_distill_{tag}.txt").write_text(table)
+    print(table)
+    print(f"{tag}: {ms:,.0f} ms a step, {res['tok_per_s']:,.0f} tok/s, MFU {res['mfu']}")
+    for f, v in res["ms_per_step_by_family"].items():
+        print(f"  {f:22s} {v:9.1f} ms/step ({100 * v / ms:.0f}% of the step)")
+
+
+if __name__ == "__main__":
+    main()

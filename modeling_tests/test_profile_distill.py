@@ -1,0 +1,27 @@
+"""benchmarks/profile_distill.py: a distillation step's time by kernel family (toy shapes on the CPU)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import profile_distill as pd  # noqa: E402
+
+
+def test_kernel_names_fall_into_their_families():
+    assert pd.family("_fwd_h_kernel") == pd.family("_conv_bwd_dx_kernel") == "jetblock triton"
+    assert pd.family("fmha_cutlassF_bf16_aligned_64x64") == "attention"  # before cutlass's matmul pattern
+    assert pd.family("sm90_xmma_gemm_bf16bf16_bf16f32") == pd.family("aten::addmm") == "matmul"
+    assert pd.family("cunn_SoftMaxForward") == "kl / softmax"
+    assert pd.family("multi_tensor_apply_kernel") == "optimizer"
+    assert pd.family("something_new") == "other"
+
+
+def test_toy_profile_writes_its_record(tmp_path):
+    pd.main(["--toy", "--out", str(tmp_path), "--warm", "2", "--steps", "2"])
+    rec = json.loads((tmp_path / "profile_distill_stage1_toy.json").read_text())
+    assert rec["ms_per_step"] > 0 and rec["tok_per_s"] > 0 and rec["time_is"].startswith("cpu")
+    fam = rec["ms_per_step_by_family"]
+    assert fam["matmul"] > 0 and sum(fam.values()) > 0
+    assert "aten::" in (tmp_path / "profile_distill_stage1_toy.txt").read_text()
