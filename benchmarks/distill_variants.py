@@ -181,9 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.toy:
         from distill_real import toy_models
 
+        from convert.tiny_teacher import stdlib_files
+
         teacher, _, tok = toy_models(out)
         args.seq_len, args.stage3_seq_len, args.micro_batch, args.max_tokens = 128, 256, 2, 2_000_000
-        args.lengths, sources, held_out = "128,256", None, None
+        args.lengths, sources, held_out = "128,256", [stdlib_files("train")[0].parent], ["json"]
     else:
         from convert.export import load_source
 
@@ -194,11 +196,6 @@ def main(argv: list[str] | None = None) -> None:
         held_out = args.held_out or ["pandas"]
     res["seconds"]["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if args.toy:
-        from convert.tiny_teacher import stdlib_files
-
-        sources = [stdlib_files("train")[0].parent]
-        held_out = ["json"]
     data = build_corpus(sources, tok, None, args.max_tokens, held_out=held_out, workers=os.cpu_count(),
                         eval_fraction=0.05, cache_dir=args.corpus_cache)
     held = data.eval_rows(args.seq_len, args.eval_rows)
@@ -217,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.humaneval:
             from convert.eval.humaneval import humaneval
 
-            res["teacher_humaneval"] = humaneval(wrap(t_dev, tok, "teacher"), args.humaneval)["pass@1"]
+            res["teacher_humaneval"] = humaneval(wrap(t_dev, tok, "teacher"), args.humaneval, batch_size=64,
+                                                 compiled=False)["pass@1"]
     print(f"teacher: held-out ppl {res['ppl_teacher']:.3f}, retrieval {res['teacher_retrieval']}")
     rate = args.rate
     for v in variants:
@@ -289,7 +287,8 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
         if args.humaneval:
             from convert.eval.humaneval import humaneval
 
-            row["humaneval"] = humaneval(wrap(student, tok, v["name"]), args.humaneval)["pass@1"]
+            row["humaneval"] = humaneval(wrap(student, tok, v["name"]), args.humaneval, batch_size=64,
+                                         compiled=False)["pass@1"]
     seconds["evaluate"] = time.perf_counter() - t
     row["seconds"] = seconds
     del student
