@@ -132,6 +132,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--mse-weight", type=float, default=1.0)
     ap.add_argument("--local1", action="store_true", help="stage 1 as attention transfer (DistillConfig.local)")
+    ap.add_argument("--save-teacher", action="store_true",
+                    help="save the dequantised teacher as WORK/teacher_fp32 even when this call runs to stage 3 "
+                         "(the baseline folder for jet-nemotron eval)")
     ap.add_argument("--retrieval-ratio", type=float, default=0.1, help="generated passkey / kv rows in every stage")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile each student decoder layer")
@@ -187,7 +190,7 @@ def main():
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         else:
             teacher, tok = load_source(str(gguf), None, torch.float32)
-            if stages[-1] < 3:  # a later call reads the dequantised weights instead
+            if stages[-1] < 3 or args.save_teacher:  # a later call (or the eval's baseline) reads these instead
                 # dequantised on load: plain tensors; transformers still marks the model GGUF-quantised
                 teacher.hf_quantizer, teacher.config.quantization_config, teacher.is_quantized = None, None, False
                 teacher.save_pretrained(saved)

@@ -10,7 +10,7 @@
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
 #                                  while the parts arrive: profile_distill.py (PROFILE_RUNS) and generation.py
 #                                  (SPEED_CONTEXTS), within SPEED_TIMEOUT seconds
-#   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1,2 | 3 | eval | tests
+#   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants   # instead of pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N)
@@ -77,9 +77,8 @@ case "$1" in
     setsid nohup bash -c "
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
       python3 -c 'import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)'
-      python3 benchmarks/distill_real.py ${J[*]} --stages 0,1,2 > $JOB/distill012.log 2>&1
-      python3 benchmarks/distill_real.py ${J[*]} --stages 3 > $JOB/distill3.log 2>&1
-      student=$WORK/distilled; [ -e \$student/config.json ] || student=$WORK/student_after_stage2
+      python3 benchmarks/distill_real.py ${J[*]} --stages 0,1,2,3 --save-teacher > $JOB/distill.log 2>&1
+      student=$WORK/distilled
       python3 benchmarks/eval_real.py --model \$student ${E[*]} > $JOB/eval.log 2>&1
       timeout 240 python3 -m pytest -q modeling_tests/test_gpu_model.py > $JOB/gpu_tests.log 2>&1
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &

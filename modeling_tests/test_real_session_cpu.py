@@ -1,0 +1,50 @@
+"""The GPU session's chain on the CPU with a tiny GGUF, so a broken script costs a CI run, not a GPU session:
+distill_real (GGUF -> convert -> tokenise -> stages 1-3 in one process -> the fp32 teacher saved with its
+tokenizer) and then eval_real of the distilled student against that teacher folder."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "modeling_tests"))
+
+
+def test_distill_real_then_eval_real_on_a_tiny_gguf(tmp_path):
+    from test_convert_conversion import tiny_qwen
+    from test_convert_gguf import write_qwen2_gguf
+
+    from convert.tiny_teacher import build_tokenizer, read_corpus, stdlib_files
+
+    tok = build_tokenizer(read_corpus(stdlib_files("train"), 100_000), vocab_size=400)
+    write_qwen2_gguf(tiny_qwen("qwen2", vocab=len(tok)), tok, tmp_path / "tiny.gguf")
+    stdlib = stdlib_files("train")[0].parent
+    src = tmp_path / "src"
+    for pkg in ("json", "email"):  # a small corpus: one package trains, one is held out
+        (src / pkg).mkdir(parents=True)
+        for f in sorted((stdlib / pkg).glob("*.py")):
+            (src / pkg / f.name).write_text(f.read_text())
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JET_NEMOTRON_COMMIT": "test"}
+    run = subprocess.run([sys.executable, "benchmarks/distill_real.py", "--gguf", str(tmp_path / "tiny.gguf"),
+                          "--work", str(work), "--out", str(out), "--site-packages", str(src), "--held-out", "json",
+                          "--layer-map", "jet,attn,jet,jet", "--steps", "3,2,2", "--seq-len", "64",
+                          "--stage3-seq-len", "128", "--batch-size", "4", "--micro-batch", "2",
+                          "--stage3-micro-batch", "1", "--stages", "0,1,2,3", "--save-teacher",
+                          "--passkey-trials", "1", "--eval-rows", "4"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads((out / "results_stages0123.json").read_text())
+    assert res["steps"] == [3, 2, 2] and res["stamp"][0]["commit"] == "test"
+    assert set(res["wall_s"]) >= {"load", "tokenise", "distil", "evaluate"}
+    assert [s["config"]["stage"] for s in res["stages"]] == [1, 2, 3]
+    assert {"prepare", "held_out_kl_before", "steps_and_finish"} <= set(res["stages"][0]["seconds"])
+    assert (work / "teacher_fp32" / "tokenizer.json").exists() and (work / "distilled" / "config.json").exists()
+    ev = subprocess.run([sys.executable, "benchmarks/eval_real.py", "--model", str(work / "distilled"),
+                         "--baseline", str(work / "teacher_fp32"), "--out", str(tmp_path / "ev"), "--suite", "niah",
+                         "--text", str(src / "json"), "--lengths", "230", "--trials", "1"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads((tmp_path / "ev" / "eval" / "eval.json").read_text())
+    assert report["stamp"][0]["commit"] == "test" and "baseline" in report["suites"]["niah"]
