@@ -48,3 +48,35 @@ def test_distill_real_then_eval_real_on_a_tiny_gguf(tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     report = json.loads((tmp_path / "ev" / "eval" / "eval.json").read_text())
     assert report["stamp"][0]["commit"] == "test" and "baseline" in report["suites"]["niah"]
+
+
+def test_variants_on_a_saved_teacher_folder(tmp_path):
+    """pipeline-variants' chain: save_teacher (GGUF -> fp32 folder with tokenizer), then distill_variants on it."""
+    from test_convert_conversion import tiny_qwen
+    from test_convert_gguf import write_qwen2_gguf
+
+    from convert.tiny_teacher import build_tokenizer, read_corpus, stdlib_files
+
+    tok = build_tokenizer(read_corpus(stdlib_files("train"), 100_000), vocab_size=400)
+    write_qwen2_gguf(tiny_qwen("qwen2", vocab=len(tok)), tok, tmp_path / "tiny.gguf")
+    stdlib = stdlib_files("train")[0].parent
+    src = tmp_path / "src"
+    for pkg in ("json", "email"):
+        (src / pkg).mkdir(parents=True)
+        for f in sorted((stdlib / pkg).glob("*.py")):
+            (src / pkg / f.name).write_text(f.read_text())
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JET_NEMOTRON_COMMIT": "test"}
+    save = subprocess.run([sys.executable, "benchmarks/save_teacher.py", str(tmp_path / "tiny.gguf"),
+                           str(tmp_path / "teacher")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert save.returncode == 0, save.stderr[-3000:]
+    run = subprocess.run([sys.executable, "benchmarks/distill_variants.py", "--variants", "recipe", "--only",
+                          "base,attention-transfer", "--teacher", str(tmp_path / "teacher"), "--site-packages",
+                          str(src), "--held-out", "json", "--minutes", "0.01", "--rate", "20000", "--seq-len", "64",
+                          "--stage3-seq-len", "128", "--micro-batch", "4", "--lengths", "230", "--trials", "1",
+                          "--eval-rows", "4", "--out", str(tmp_path / "variants")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads((tmp_path / "variants" / "variants.json").read_text())
+    assert [v["name"] for v in res["variants"]] == ["base", "attention-transfer"]
+    base, local = res["variants"]
+    assert base["steps"][1:] == local["steps"][1:] and local["steps"][0] > base["steps"][0]  # cheaper stage-1 steps
