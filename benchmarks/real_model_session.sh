@@ -13,7 +13,8 @@
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants   # instead of pipeline:
-#                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N)
+#                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N;
+#                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search)
 #   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), copy what is done to $OUT
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
@@ -97,7 +98,7 @@ case "$1" in
       if [ \"${VARIANTS:-recipe}\" = placement ]; then
         python3 benchmarks/search_real.py --part placement --source $WORK/teacher_fp32 --out $JOB/out \
           --data $SP/torch/_inductor $SP/torch/nn --eval-data \$(python3 -c 'import email, os; print(os.path.dirname(email.__file__))') \
-          > $JOB/search.log 2>&1
+          ${SEARCH_ARGS:-} > $JOB/search.log 2>&1
         python3 benchmarks/distill_variants.py ${V[*]} --searched $JOB/out/placement/layer_map.json > $JOB/variants.log 2>&1
       else
         python3 benchmarks/distill_variants.py ${V[*]} > $JOB/variants.log 2>&1
