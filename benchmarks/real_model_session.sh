@@ -15,7 +15,8 @@
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants   # instead of pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N;
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search)
-#   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), copy what is done to $OUT
+#   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), pack what is done into
+#                                                              #   $OUT/results.tgz (a call returns 8 files at most)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
 set -uo pipefail
@@ -106,10 +107,15 @@ case "$1" in
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
     echo "variants pipeline started: $JOB/pipeline.log" ;;
   poll)
-    # copies every 10 s, so a call cut by the device limit still brings back what was done until then
+    # packs every 10 s, so a call cut by the device limit still brings back what was done until then: one
+    # archive, since at most 8 files come back from a call; small files only (a search's checkpoints, GBs of
+    # JetBlock weights and Adam state, stay on the machine). Unpack with: tar xzf results.tgz
     t0=$SECONDS; mkdir -p "$OUT"
     while :; do
-      cp -r $JOB/out/. "$OUT"/ 2>/dev/null; cp $JOB/*.log "$OUT"/ 2>/dev/null
+      # tar exits 1 when a file changed while it was read (a log being written): the archive is still good
+      (cd $JOB && { find out -type f -size -20M; ls *.log; } 2>/dev/null \
+        | tar czf "$OUT/results.tgz.tmp" --warning=no-file-changed -T -; [ $? -le 1 ] \
+        && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz")
       [ -e $JOB/done ] || [ $((SECONDS - t0)) -ge "${2:-540}" ] && break
       sleep 10
     done
