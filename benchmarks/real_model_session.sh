@@ -28,7 +28,7 @@ GGUF=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf MD5=136755df932e5b87db9bbc2be
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
 common=(--out "$OUT" --work "$WORK" --gguf "$GGUF" --site-packages "$SP" --time-budget-min "$BUDGET")
-JOB=/tmp/jn  # the detached job's results (JOB/out), logs and flags: speed.done, done
+JOB=${JOB:-/tmp/jn}  # the detached job's results (JOB/out), logs and flags: speed.done, done
 case "$1" in
   part)
     mkdir -p "$M" && cp ".blob/part$2" "$M/part$2" && echo "$(ls "$M" | wc -l) parts"

@@ -1,0 +1,80 @@
+"""benchmarks/real_model_session.sh, the GPU session's driver, with a stand-in python3 that records its command
+lines: the detached chains call the right scripts with the flags the session gave, and `poll` packs the job's
+small files into one archive (a device call returns at most 8 files). A quoting slip here costs a GPU session."""
+
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = """#!/bin/bash
+if [ "$1" = "-c" ]; then exec "{python}" "$@"; fi
+echo "PY $*" >> "{log}"
+"""
+
+
+def _run(tmp_path, args, **env):
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    import sys
+
+    (bin_ / "python3").write_text(FAKE.format(python=sys.executable, log=tmp_path / "calls.log"))
+    (bin_ / "nvidia-smi").write_text("#!/bin/bash\necho fake-gpu\n")
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    full = {"PATH": f"{bin_}:/usr/bin:/bin", "HOME": str(tmp_path), "JOB": str(tmp_path / "job"), **env}
+    return subprocess.run(["bash", "benchmarks/real_model_session.sh", *args], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _calls(tmp_path, n, timeout=20.0):
+    log = tmp_path / "calls.log"
+    t = time.time()
+    while time.time() - t < timeout:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) >= n:
+            return lines
+        time.sleep(0.2)
+    raise AssertionError(f"expected {n} python3 calls, got {lines}")
+
+
+def test_pipeline_runs_distill_then_eval_with_the_sessions_flags(tmp_path):
+    r = _run(tmp_path, ["pipeline"], RATE="19116", DISTILL_MIN="9", EXTRA="--batch-size 16 --local1")
+    assert r.returncode == 0, r.stderr
+    calls = _calls(tmp_path, 3)
+    distill, evaluate, tests = calls[:3]
+    assert distill.startswith("PY benchmarks/distill_real.py") and "--stages 0,1,2,3 --save-teacher" in distill
+    for flag in ("--time-budget-min 9", "--rate 19116", "--batch-size 16 --local1", "--wait-for"):
+        assert flag in distill, flag
+    assert evaluate.startswith("PY benchmarks/eval_real.py --model /tmp/distill_real/distilled")
+    assert "--baseline /tmp/distill_real/teacher_fp32" in evaluate and "--lengths 2048,8192,16384,32000" in evaluate
+    assert "modeling_tests/test_gpu_model.py" in tests
+
+
+def test_variants_pipeline_searches_first_for_placement(tmp_path):
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="placement", SEARCH_ARGS="--steps 100 --beam 1",
+             VARIANT_MIN="2", HUMANEVAL="40")
+    assert r.returncode == 0, r.stderr
+    save, search, variants = _calls(tmp_path, 3)[:3]
+    assert save.startswith("PY benchmarks/save_teacher.py")
+    assert search.startswith("PY benchmarks/search_real.py --part placement") and search.endswith("--steps 100 --beam 1")
+    assert "--variants placement" in variants and "--minutes 2" in variants and "--humaneval 40" in variants
+    assert "--searched " in variants and variants.split("--searched ")[1].endswith("placement/layer_map.json")
+
+
+def test_poll_packs_small_files_and_logs_into_one_archive(tmp_path):
+    job = tmp_path / "job"
+    (job / "out" / "eval").mkdir(parents=True)
+    (job / "out" / "eval" / "eval.json").write_text("{}")
+    (job / "out" / "placement.ckpt").mkdir()
+    (job / "out" / "placement.ckpt" / "weights.bin").write_bytes(b"\0" * (21 << 20))  # over the 20 MB cut
+    (job / "distill.log").write_text("step 10/100\n")
+    (job / "done").touch()
+    out = tmp_path / "OUT"
+    r = _run(tmp_path, ["poll", "5"], OUT=str(out))
+    assert r.returncode == 0 and "pipeline done" in r.stdout, r.stderr
+    assert [p.name for p in out.iterdir()] == ["results.tgz"]
+    with tarfile.open(out / "results.tgz") as t:
+        assert sorted(t.getnames()) == ["distill.log", "out/eval/eval.json"]
