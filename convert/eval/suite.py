@@ -4,7 +4,8 @@ process, each suite on both before the next suite, and write the report.
 Every input is checked before any weights load: the suite names, the tokenizers (a baseline must tokenise the
 same), every length against each model's maximum, the text (non-empty, long enough for the haystack), and the
 packages HumanEval and lm-eval need. The report is written into a temporary folder beside OUT after each suite
-(a run cut short keeps what it measured there) and renamed to OUT at the end.
+(a run cut short keeps what it measured there) and renamed to OUT at the end. A suite that runs out of GPU
+memory on one model is recorded as failed (with the error, in the table too) and the run goes on.
 """
 
 from __future__ import annotations
@@ -167,7 +168,14 @@ def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path,
             t = time.perf_counter()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            res = _run_suite(suite, m, suites[suite], opt, prepared)
+            try:
+                res = _run_suite(suite, m, suites[suite], opt, prepared)
+            except torch.OutOfMemoryError as err:  # recorded and reported; the other suites and the model still run
+                from .generation import release_memory
+
+                res = {"error": "out of GPU memory: " + str(err).splitlines()[0][:200]}
+                print(f"{suite} on {m.name} FAILED: {res['error']}", flush=True)
+                release_memory()
             entry = results["suites"].setdefault(suite, {"seconds": {}})
             entry[role] = res
             entry["seconds"][role] = time.perf_counter() - t
