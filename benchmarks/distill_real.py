@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from convert.corpus import build_corpus  # noqa: E402
 from convert.distill import DistillConfig, distill, teacher_on  # noqa: E402
 from convert.evaluation import passkey_accuracy  # noqa: E402
-from convert.export import load_source  # noqa: E402
+from convert.export import load_source, save_dequantised  # noqa: E402
 from convert.layer_map import parse_spec, resolve_layer_map  # noqa: E402
 from convert.pipeline import distill_checkpoint, stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
@@ -191,10 +191,7 @@ def main():
         else:
             teacher, tok = load_source(str(gguf), None, torch.float32)
             if stages[-1] < 3 or args.save_teacher:  # a later call (or the eval's baseline) reads these instead
-                # dequantised on load: plain tensors; transformers still marks the model GGUF-quantised
-                teacher.hf_quantizer, teacher.config.quantization_config, teacher.is_quantized = None, None, False
-                teacher.save_pretrained(saved)
-                tok.save_pretrained(saved)  # so the folder is a complete baseline for `jet-nemotron eval`
+                save_dequantised(teacher, tok, saved)
     else:
         teacher, student, tok = toy_models(out)
         args.seq_len, args.stage3_seq_len, args.batch_size, args.micro_batch = 128, 256, 4, 2

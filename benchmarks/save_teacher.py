@@ -16,17 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from convert.export import load_source
+    from convert.export import load_source, save_dequantised
 
     gguf, folder = (argv or sys.argv[1:])[:2]
     t = time.perf_counter()
     teacher, tok = load_source(gguf, None, torch.float32)
-    # dequantised on load: plain tensors, but transformers still marks the model GGUF-quantised and refuses to save
-    teacher.hf_quantizer, teacher.config.quantization_config, teacher.is_quantized = None, None, False
-    tmp = Path(folder + ".tmp")
-    teacher.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(folder)
+    save_dequantised(teacher, tok, folder)
     print(f"saved {folder} in {time.perf_counter() - t:.0f} s")
 
 

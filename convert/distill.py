@@ -217,7 +217,7 @@ class DistillLoss(nn.Module):
                         self.temperature) if self.kl_weight > 0 else zero
         mse = zero
         if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
-            terms = [_normalised_mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
+            terms = [normalised_mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
             mse = torch.stack(terms).mean()
         return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
 
@@ -225,12 +225,13 @@ class DistillLoss(nn.Module):
         """Attention transfer: each JetBlock on the teacher's input to that layer's attention, against its
         output; the layers are independent, so their gradients never cross a layer boundary."""
         layers = self.student.model.layers
-        terms = [_normalised_mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
+        terms = [normalised_mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
         mse = torch.stack(terms).mean()
         return self.mse_weight * mse, mse.new_zeros(()), mse.detach()
 
 
-def _normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """mean((s - t)^2) / mean(t^2), in fp32: the attention-output loss of stage 1 and of the search's supernet."""
     return ((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
 
 
@@ -260,8 +261,8 @@ def teacher_on(teacher: nn.Module, device, dtype: torch.dtype | None = None) -> 
 
 @torch.no_grad()
 def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = False):
-    """Teacher's final hidden states [B, L, d] and the attention outputs of `mse_layers` (no grad); with `inputs`
-    also the hidden states each of those attention layers was given (a third item).
+    """(teacher's final hidden states [B, L, d], the attention outputs of `mse_layers`, and with `inputs` the hidden
+    states each of those attention layers was given, else None), no grad.
 
     The forward runs under inference mode (no version counters or autograd metadata at all); its outputs are
     cloned out of it because autograd refuses to save inference tensors, and the student's loss saves them
@@ -275,9 +276,8 @@ def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = Fa
         if cap is not None:
             cap.close()
     attn = [t.clone() for t in cap.outputs] if cap is not None else None
-    if inputs:
-        return h.clone(), attn, [t.clone() for t in cap.inputs] if cap is not None else None
-    return h.clone(), attn
+    given = [t.clone() for t in cap.inputs] if cap is not None and inputs else None
+    return h.clone(), attn, given
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:
@@ -615,7 +615,8 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
     acc = run.acc
     bar = tqdm(total=cfg.steps, initial=start, desc=f"distill stage {cfg.stage}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
-    last_good = _checkpoints(ckpt_dir)[-1] if ckpt_dir is not None and _checkpoints(ckpt_dir) else None
+    found = _checkpoints(ckpt_dir) if ckpt_dir is not None else []
+    last_good = found[-1] if found else None
     meter = StepMeter(cfg.batch_size * data.seq_len, speed["flops_per_token"]["total"], speed["peak_flops"],
                       acc.num_processes)
     prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
@@ -656,12 +657,12 @@ def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int
         # this process's share of the global batch for micro-step m
         lo = (m * world + acc.process_index) * cfg.micro_batch
         x = batch[lo : lo + cfg.micro_batch].to(acc.device, non_blocking=True)
-        t_hidden, t_attn, *t_in = teacher_targets(run.teacher, x, run.mse_layers, inputs=cfg.local)
+        t_hidden, t_attn, t_in = teacher_targets(run.teacher, x, run.mse_layers, inputs=cfg.local)
         # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
         # it would keep full unsharded gradients on every device, the memory FSDP is there to save
         sync = nullcontext() if run.fsdp or m == run.accum - 1 else acc.no_sync(run.wrapper)
         with sync, acc.autocast():
-            loss, kl, mse = run.wrapper(x, t_hidden, teacher_head, t_attn, *t_in)
+            loss, kl, mse = run.wrapper(x, t_hidden, teacher_head, t_attn, t_in)
             acc.backward(loss / run.accum)
         loss_sum += torch.stack([loss.detach().float(), kl.float(), mse.float()]) / run.accum
     norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if cfg.grad_clip > 0 else None

@@ -78,6 +78,19 @@ def load_source(source: str, gguf_file: str | None = None, dtype: torch.dtype = 
     return model, tok
 
 
+
+def save_dequantised(model, tokenizer, folder: str | Path) -> None:
+    """Save a model loaded from a GGUF (dequantised by transformers) as a plain folder with its tokenizer, written
+    to FOLDER.tmp and renamed. transformers still marks such a model GGUF-quantised and refuses to save it, though
+    its tensors are plain: the marks go first."""
+    model.hf_quantizer, model.config.quantization_config, model.is_quantized = None, None, False
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+
+
 def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None], what: str = "output") -> None:
     """Refuse an output that is, contains or lies inside one of the local `inputs` ({role: path}).
 

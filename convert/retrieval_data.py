@@ -18,16 +18,13 @@ import random
 
 import numpy as np
 
-from .evaluation import passkey_prompt
+from .evaluation import _ids, passkey_prompt
 
 KV_WORDS = ("alpha", "bravo", "cedar", "delta", "ember", "falcon", "garnet", "harbor", "indigo", "jasper",
             "kepler", "lumen", "maple", "nectar", "onyx", "pixel", "quartz", "raven", "sierra", "tango",
             "umber", "velvet", "willow", "xenon", "yonder", "zephyr")
+KV_NAMES = [f"{a}_{b}" for a in KV_WORDS for b in KV_WORDS if a != b]  # 650 variable names, built once
 KV_QUESTION = "\nassert {name} == '"
-
-
-def _ids(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
 
 
 def kv_prompt(tok, filler_ids: list[int], length: int, rng: random.Random, n_pairs: int = 8,
@@ -37,7 +34,7 @@ def kv_prompt(tok, filler_ids: list[int], length: int, rng: random.Random, n_pai
     `n_pairs` assignments `\\n<name> = '<value>'\\n` at random depths of a filler window, then `assert <name> ==
     '` for one of them; with `answered` the answer's tokens follow inside the `length`.
     """
-    names = rng.sample([f"{a}_{b}" for a in KV_WORDS for b in KV_WORDS if a != b], n_pairs)
+    names = rng.sample(KV_NAMES, n_pairs)
     values = [f"{rng.getrandbits(24):06x}" for _ in names]
     needles = [_ids(tok, f"\n{n} = '{v}'\n") for n, v in zip(names, values)]
     ask = rng.randrange(n_pairs)

@@ -12,6 +12,8 @@ import torch
 def check_forward_inputs(config, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None) -> None:
     """input_ids [B, T] integer, or inputs_embeds [B, T, hidden]; attention_mask [B, >= T] (2-D) or 4-D with T
     query rows; position_ids [B or 1, T] or [T]. Raises ValueError naming the argument and both shapes."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
     if input_ids is not None:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")

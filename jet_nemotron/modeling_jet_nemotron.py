@@ -379,8 +379,6 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         """input_ids [B, T]; attention_mask [B, past + T] (1 = token, 0 = left padding). The cache comes as
         `cache` (transformers >= 5.24) or `past_key_values` (earlier releases); either name works on every release."""
         past_key_values = pick_cache(cache, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         check_forward_inputs(self.config, input_ids, inputs_embeds, attention_mask, position_ids)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states

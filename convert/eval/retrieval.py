@@ -20,7 +20,7 @@ import random
 
 from tqdm.auto import tqdm
 
-from ..evaluation import passkey_prompt
+from ..evaluation import _ids, passkey_prompt
 from .generation import greedy
 from .models import EvalModel, check_length
 
@@ -29,10 +29,6 @@ DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # names of planted variables: real words, upper-cased, so the model reads them as constants
 WORDS = ("ALPHA BRAVO CEDAR DELTA EMBER FALCON GARNET HARBOR IVORY JASPER KESTREL LANTERN MAPLE NECTAR OPAL "
          "PEPPER QUARTZ RAVEN SAFFRON TIMBER UMBER VELVET WILLOW XENON YARROW ZEPHYR AMBER BASALT COBALT DUNE").split()
-
-
-def _ids(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
 
 
 @functools.lru_cache(maxsize=4)

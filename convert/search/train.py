@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..distill import TrainSchedule, batch_rows, lr_at
+from ..distill import TrainSchedule, batch_rows, lr_at, normalised_mse
 from ..kl import chunked_kl
 from .supernet import Supernet
 
@@ -113,8 +113,7 @@ class SupernetLoss(nn.Module):
         mse = zero
         jet = [i for i, t in enumerate(placement) if t == "jet"]
         if self.mse_weight > 0 and jet:
-            terms = [((feats_s[i].float() - feats_t[i].float()) ** 2).mean()
-                     / (feats_t[i].float() ** 2).mean().clamp(min=1e-8) for i in jet]
+            terms = [normalised_mse(feats_s[i], feats_t[i]) for i in jet]
             mse = torch.stack(terms).mean()
         return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
 
