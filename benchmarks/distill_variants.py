@@ -251,8 +251,9 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
     retrieval_kw = {"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"]} if v["retrieval_ratio"] else None
-    if rate is None:  # no --rate: the first variant times stage 1 on a copy, the later ones reuse it
-        rate = _probe_rate(student, teacher, data, tok, cfgs[0], args, retrieval_kw)
+    if rate is None:  # no --rate: the first variant times an end-to-end stage 1 on a copy (the rate's reference,
+        # f1 below, whatever its own stage 1 is), the later ones reuse it
+        rate = _probe_rate(student, teacher, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)
     # equal MFU across stages: a stage's rate is end-to-end stage 1's (measured) scaled by its FLOPs per token,
     # counted on the first variant's student for all of them, so equal settings give equal step counts (the
     # same token budget) whatever the placement
