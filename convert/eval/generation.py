@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .models import EvalModel
+from .models import EvalModel, release_memory
 
 
 def compile_config():
@@ -68,12 +68,3 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
     release_memory()
     return out
 
-
-def release_memory() -> None:
-    """Give the batch's cache and activations back before the next suite or model allocates its own (an H200 run
-    ran out of memory in the teacher's HumanEval prefill after the student's, 2026-12-02)."""
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -13,18 +13,18 @@ benchmarks/generation.py measures the architecture with (moved here so `jet-nemo
 
 from __future__ import annotations
 
-import gc
 import time
 
 import torch
 from tqdm.auto import tqdm
-from transformers import CompileConfig, StaticCache
+from transformers import StaticCache
 
 from jet_nemotron import JetNemotronForCausalLM, JetNemotronStaticCache, cache_nbytes_estimate
 from jet_nemotron.modeling_jet_nemotron import grouped_decode_attention
 from jet_nemotron.transformers_compat import CACHE_NAME  # the cache argument's name in this transformers release
 
-from .models import EvalModel, check_length
+from .generation import compile_config as decode_compile_config
+from .models import EvalModel, check_length, release_memory
 
 
 def register_grouped_decode() -> str:
@@ -174,7 +174,7 @@ def speed(m: EvalModel, contexts: list[int], max_batch: int = 1024, steps: tuple
 def _speed(m: EvalModel, contexts: list[int], max_batch: int, steps: tuple[int, int], repeats: int) -> dict:
     device, model = m.device, m.model
     # generate() compiles its decode step on CUDA only (transformers' criteria): the CPU runs eager, step_ms is nan
-    cc = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead") if device.type == "cuda" else None
+    cc = decode_compile_config() if device.type == "cuda" else None
     rows = []
     for ctx in tqdm(contexts, desc=f"speed {m.name}", unit="context", leave=False):
         row = {"ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
@@ -184,9 +184,7 @@ def _speed(m: EvalModel, contexts: list[int], max_batch: int, steps: tuple[int, 
             tok_s, step_s = decode_tok_s(model, batch, ctx, device, *steps, cc, repeats)
             row[f"decode_{mode}_batch"], row[f"decode_{mode}_tok_s"] = batch, tok_s
             row[f"step_{mode}_ms"] = step_s * 1e3
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_memory()
         rows.append(row)
         print(f"speed {m.name} @{ctx}: prefill {row['prefill_tok_s']:,.0f} tok/s, decode "
               f"{row['decode_batch1_tok_s']:,.1f} tok/s at batch 1, {row['decode_max_batch_tok_s']:,.0f} at batch "

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import SUITES
-from .models import EvalModel, check_length, check_same_tokenizer, free, load_weights, open_model
+from .models import EvalModel, check_length, check_same_tokenizer, free, load_weights, open_model, release_memory
 
 
 @dataclass
@@ -171,8 +171,6 @@ def run_eval(model: str, baseline: str | None, suite_spec: str, out: str | Path,
             try:
                 res = _run_suite(suite, m, suites[suite], opt, prepared)
             except torch.OutOfMemoryError as err:  # recorded and reported; the other suites and the model still run
-                from .generation import release_memory
-
                 res = {"error": "out of GPU memory: " + str(err).splitlines()[0][:200]}
                 print(f"{suite} on {m.name} FAILED: {res['error']}", flush=True)
                 release_memory()
