@@ -212,10 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         res["teacher_retrieval"] = _retrieval_summary(retrieval(wrap(t_dev, tok, "teacher"), filler, lengths,
                                                                 (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))
         if args.humaneval:
-            from convert.eval.humaneval import humaneval
-
-            res["teacher_humaneval"] = humaneval(wrap(t_dev, tok, "teacher"), args.humaneval, batch_size=64,
-                                                 compiled=False)["pass@1"]
+            res["teacher_humaneval"], res["teacher_humaneval_run"] = _humaneval(wrap(t_dev, tok, "teacher"),
+                                                                                args.humaneval)
     print(f"teacher: held-out ppl {res['ppl_teacher']:.3f}, retrieval {res['teacher_retrieval']}")
     rate = args.rate
     for v in variants:
@@ -286,16 +284,24 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                "retrieval": _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
                                                          (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))}
         if args.humaneval:
-            from convert.eval.humaneval import humaneval
-
-            row["humaneval"] = humaneval(wrap(student, tok, v["name"]), args.humaneval, batch_size=64,
-                                         compiled=False)["pass@1"]
+            row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval)
     seconds["evaluate"] = time.perf_counter() - t
     row["seconds"] = seconds
     del student
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row, rate
+
+
+def _humaneval(model, n: int) -> tuple[float, dict]:
+    """(pass@1, the run without its per-problem list: passed, tokens generated, generate / test / total seconds)."""
+    from convert.eval.humaneval import humaneval
+
+    t = time.perf_counter()
+    r = humaneval(model, n, batch_size=64, compiled=False)
+    run = {k: v for k, v in r.items() if not isinstance(v, (list, dict))}
+    run["seconds"] = time.perf_counter() - t
+    return r["pass@1"], run
 
 
 _FLOPS: dict = {}
@@ -324,6 +330,10 @@ def _retrieval_summary(r: dict) -> dict:
             for n, acc in per["by_length"].items()}
 
 
+def _he(pass1: float, run: dict) -> str:
+    return f"{pass1:.3f} ({run['problems']} in {run['seconds']:.0f} s)"
+
+
 def write(res: dict, out: Path) -> None:
     """variants.json, variants.md and variants_kl.png, replaced whole after every variant."""
     tmp = out / "variants.json.tmp"
@@ -337,13 +347,14 @@ def write(res: dict, out: Path) -> None:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| teacher | - | - | 0 | {:.3f} | ".format(res["ppl_teacher"])
                  + " | ".join(f"{res['teacher_retrieval'].get(k, float('nan')):.2f}" for k in keys)
-                 + (f" | {res['teacher_humaneval']:.3f}" if "teacher_humaneval" in res else "") + " |")
+                 + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
+                    else "") + " |")
     for v in res["variants"]:
         cells = [v["name"], "/".join(map(str, v["steps"])), f"{v['tokens'] / 1e6:.1f}", f"{v['held_out_kl']:.3f}",
                  f"{v['ppl']:.3f} ({v['ppl'] / res['ppl_teacher']:.2f}x)"]
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
         if "humaneval" in v:
-            cells.append(f"{v['humaneval']:.3f}")
+            cells.append(_he(v["humaneval"], v["humaneval_run"]))
         lines.append("| " + " | ".join(cells) + " |")
     st = res["stamp"][0]
     (out / "variants.md").write_text("\n".join(lines) + f"\n\nMeasured at commit {st['commit']} on {st['card']}, "

@@ -13,7 +13,8 @@
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants   # instead of pipeline:
-#                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N;
+#                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
+#                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells;
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search)
 #   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), pack what is done into
 #                                                              #   $OUT/results.tgz (a call returns 8 files at most)
@@ -91,7 +92,8 @@ case "$1" in
     mkdir -p $JOB/out && rm -f $JOB/done
     [ -e $JOB/speed.log ] || touch $JOB/speed.done
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
-       --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}")
+       --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
+       ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS})
     setsid nohup bash -c "
       [ -e $WORK/teacher_fp32/config.json ] || python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 \
         > $JOB/save_teacher.log 2>&1

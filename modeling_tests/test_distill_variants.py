@@ -55,7 +55,7 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
                                     "layer_types": ["attn", "jet", "jet", "jet"]}))
     out = tmp_path / "out"
     dv.main(["--toy", "--variants", "placement", "--searched", str(searched), "--minutes", "0.04",
-             "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
+             "--humaneval", "2", "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
     res = json.loads((out / "variants.json").read_text())
     rows = res["variants"]
     assert [r["name"] for r in rows] == ["searched", "preset jet-nemotron-2b", "uniform"]
@@ -64,6 +64,9 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
     assert len({tuple(r["steps"]) for r in rows}) == 1 and rows[0]["steps"][0] > 0  # one rate, one plan for all
     for r in rows:
         assert 0 < r["held_out_kl"] < 5 and r["ppl"] > 1 and set(r["retrieval"]) >= {"passkey@128", "niah@256"}
+    assert res["teacher_humaneval_run"]["problems"] == 2 and res["teacher_humaneval_run"]["seconds"] > 0
+    assert all(r["humaneval_run"]["problems"] == 2 and 0 <= r["humaneval"] <= 1 for r in rows)
     table = (out / "variants.md").read_text()
+    assert "(2 in " in table
     assert table.count("\n| ") == 4 and "| uniform |" in table  # header row aside: teacher + 3 variants
     assert (out / "variants_kl.png").stat().st_size > 0
