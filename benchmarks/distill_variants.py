@@ -271,7 +271,9 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     seconds["distil"] = time.perf_counter() - t - seconds["convert"]
     t = time.perf_counter()
     with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
-        student.eval()
+        # measured in bf16 as a saved bf16 student would be: under autocast an fp32 student's KV cache is fp32
+        # while its projections emit bf16, which the cache's in-place update refuses
+        student = student.to(torch.bfloat16).eval() if bf16 else student.eval()
         t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
         steps = {c.stage: c.steps for c in plan}
         row = {"name": v["name"], "variant": v, "layer_types": lm.layer_types,
