@@ -57,12 +57,38 @@ def cache_nbytes_estimate(config, context: int, kv_bytes: int = 2) -> int:
     return total
 
 
-class JetNemotronCache(DynamicCache):
+class _LayerKindIndex:
+    """Mask sizes and sequence length asked of a JetBlock layer answered by a layer that has them.
+
+    transformers 5.17 sizes the full-attention mask at `is_sliding.index(False)`, the first layer that is not
+    sliding, which is a JetBlock when one comes first; it then falls back to the first attention layer of any kind
+    (a sliding one, when a window comes before the first full-attention layer: the mask got the window's length,
+    1,152 against 2,056 keys on the H200) or raises when that index is not 0. 5.24 skips linear layers itself. A
+    JetBlock index here means the first full-attention layer (else the first sliding one), on every release."""
+
+    layer_types: list[str]
+
+    def _attention_index(self, layer_idx: int) -> int:
+        if layer_idx >= len(self.layer_types) or self.layer_types[layer_idx] != "linear_attention":
+            return layer_idx
+        for kind in ("full_attention", "sliding_attention"):
+            if kind in self.layer_types:
+                return self.layer_types.index(kind)
+        return layer_idx  # JetBlocks only: transformers' own answer (an error naming the layer)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        return super().get_mask_sizes(query_length, self._attention_index(layer_idx))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return super().get_seq_length(self._attention_index(layer_idx))
+
+
+class JetNemotronCache(_LayerKindIndex, DynamicCache):
     """Dynamic hybrid cache for Jet-Nemotron (the default of `generate`)."""
 
     def __init__(self, config, **kwargs):
-        super().__init__(config=config, **kwargs)
         self.layer_types = list(config.get_text_config(decoder=True).layer_types)
+        super().__init__(config=config, **kwargs)
 
     def nbytes_per_layer_type(self) -> dict[str, int]:
         """Bytes held per layer kind and in total."""
@@ -121,14 +147,14 @@ def ring_order_mask(mask: torch.Tensor | None, cache, query_length: int) -> torc
     return mask[..., :W].index_select(-1, cols)
 
 
-class JetNemotronStaticCache(StaticCache):
+class JetNemotronStaticCache(_LayerKindIndex, StaticCache):
     """Preallocated hybrid cache for compiled / CUDA-graph decoding (`cache_implementation="static"`); sliding
     layers keep their window as a ring (`StaticRingWindowLayer`)."""
 
     def __init__(self, config, max_cache_len: int, **kwargs):
-        super().__init__(config=config, max_cache_len=max_cache_len, **kwargs)
         text_config = config.get_text_config(decoder=True)
         self.layer_types = list(text_config.layer_types)
+        super().__init__(config=config, max_cache_len=max_cache_len, **kwargs)
         for i, kind in enumerate(self.layer_types):
             if kind == "sliding_attention":
                 self.layers[i] = StaticRingWindowLayer(max_cache_len=max_cache_len,

@@ -86,6 +86,27 @@ def test_cached_generate_equals_uncached(mode, padded):
     assert isinstance(getattr(cached, CACHE_NAME), want), type(getattr(cached, CACHE_NAME))
 
 
+ORDERS = [("jet", "swa", "jet", "attn"), ("swa", "jet", "attn", "jet"), ("jet", "swa", "jet", "jet")]
+
+
+@pytest.mark.parametrize("mode", ["greedy", "static"])
+@pytest.mark.parametrize("layer_types", ORDERS, ids=["-".join(o) for o in ORDERS])
+@torch.no_grad()
+def test_any_layer_order_generates_as_uncached(layer_types, mode):
+    """A window before the first full-attention layer, or first of all, or no full attention at all. On 5.17 the
+    first of these sized the full-attention mask by the window (static cache: a shape error on the H200) and the
+    second raised in `get_seq_length`; the prompt is longer than the window so the window matters."""
+    model = tiny_model(layer_types=layer_types)
+    ids, mask = _left_padded([30, 11], seed=5)
+    kw = dict(MODES[mode], attention_mask=mask, max_new_tokens=12, eos_token_id=None, pad_token_id=0)
+    cached = _generate_quietly(model, ids, **kw)
+    uncached = _generate_quietly(model, ids, use_cache=False, **{k: v for k, v in kw.items()
+                                                                 if k != "cache_implementation"})
+    assert model.config.sliding_window < 30
+    assert torch.equal(cached, uncached), (layer_types, mode)
+    assert all(len(set(row.tolist())) > 1 for row in cached[:, ids.shape[1]:])
+
+
 @torch.no_grad()
 def test_cache_bytes_after_generate():
     """After a 20-token prompt and 16 new tokens the cache holds 35 tokens of KV (the last token is never written
