@@ -122,3 +122,23 @@ def test_compiled_static_decode_equals_eager_generation():
                               compile_config=CompileConfig(fullgraph=True, mode="reduce-overhead"), **kw)
     assert hasattr(model, "_compiled_call"), "generate did not compile the decode step"
     assert torch.equal(compiled, eager)
+
+
+LAYER_ORDERS = [("jet", "swa", "jet", "attn"), ("swa", "jet", "attn", "jet")]
+
+
+@pytest.mark.parametrize("layer_types", LAYER_ORDERS, ids=["-".join(o) for o in LAYER_ORDERS])
+@torch.no_grad()
+def test_window_before_full_attention_generates_as_uncached_on_cuda(layer_types):
+    """The H200 run where a uniform map (a window at layer 3, full attention from layer 10) stopped with a mask of
+    the window's length against the full cache's keys: static cache, sdpa's CUDA path, left padding, fp32."""
+    torch.manual_seed(0)
+    model = _model("auto", torch.float32, layer_types=layer_types)
+    ids = torch.randint(3, 128, (2, 40), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+    static = model.generate(ids, cache_implementation="static", **kw)
+    dynamic = model.generate(ids, **kw)
+    uncached = model.generate(ids, use_cache=False, **kw)
+    assert torch.equal(static, uncached) and torch.equal(dynamic, uncached)
