@@ -37,8 +37,11 @@ def plot_heatmap(result: dict, objectives: list[str], path: Path, title: str) ->
         ax.set_yticks(range(m.shape[0]), [f"{i}{' *' if i in chosen else ''}" for i in range(m.shape[0])], fontsize=7)
         ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=8)
         base = single.get("base", {}).get("attn") or []
-        ax.set_title(f"restore one layer as {kind}" + (f" (attn at {base})" if base else " (all others JetBlock)"),
-                     fontsize=9)
+        final = [i for i, t in enumerate(result["placement"]) if t == "attn"]
+        # the window sweep runs on the best attention set of its time; a wider beam may end on another one
+        note = f" (attn at {base}" + (f"; the final map's: {final})" if base != final else ")") if base else \
+            " (all others JetBlock)"
+        ax.set_title(f"restore one layer as {kind}" + note, fontsize=9)
         ax.set_ylabel("layer (* = chosen)")
         fig.colorbar(im, ax=ax, fraction=0.05, label="gap closed (1 = source)")
     fig.suptitle(title, fontsize=10)
