@@ -68,6 +68,10 @@ PRESETS = {
                   {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
                   {"name": "uniform", "layer_map": "@uniform"}],
 }
+# the placement comparison plus the preset with stage 1 as attention transfer (2.4x end-to-end stage 1's tok/s on
+# the H200): one process, one teacher evaluation, for a session that has room for four short distillations
+PRESETS["placement-transfer"] = PRESETS["placement"] + [{"name": "preset + attention transfer",
+                                                         "layer_map": "jet-nemotron-2b", "local1": True}]
 KEYS = set(BASE) | {"name"}
 
 

@@ -12,7 +12,7 @@
 #                                  (SPEED_CONTEXTS), within SPEED_TIMEOUT seconds
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
-#   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants   # instead of pipeline:
+#   VARIANTS=recipe|placement|placement-transfer bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
 #                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells;
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search)
@@ -94,11 +94,12 @@ case "$1" in
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS})
+    search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac  # placement presets: search first
     setsid nohup bash -c "
       [ -e $WORK/teacher_fp32/config.json ] || python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 \
         > $JOB/save_teacher.log 2>&1
       while [ ! -e $JOB/speed.done ]; do sleep 2; done
-      if [ \"${VARIANTS:-recipe}\" = placement ]; then
+      if [ $search = 1 ]; then
         python3 benchmarks/search_real.py --part placement --source $WORK/teacher_fp32 --out $JOB/out \
           --data $SP/torch/_inductor $SP/torch/nn --eval-data \$(python3 -c 'import email, os; print(os.path.dirname(email.__file__))') \
           ${SEARCH_ARGS:-} > $JOB/search.log 2>&1

@@ -64,6 +64,19 @@ def test_variants_pipeline_searches_first_for_placement(tmp_path):
     assert "--searched " in variants and variants.split("--searched ")[1].endswith("placement/layer_map.json")
 
 
+def test_variants_pipeline_searches_only_for_placement_presets(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    r = _run(tmp_path / "a", ["pipeline-variants"], VARIANTS="placement-transfer", LENGTHS="2048,8192", TRIALS="3")
+    assert r.returncode == 0, r.stderr
+    search, variants = _calls(tmp_path / "a", 3)[1:3]
+    assert search.startswith("PY benchmarks/search_real.py --part placement")
+    assert "--variants placement-transfer" in variants and "--lengths 2048,8192 --trials 3" in variants
+    r = _run(tmp_path / "b", ["pipeline-variants"], VARIANTS="recipe")
+    assert r.returncode == 0, r.stderr
+    save, variants = _calls(tmp_path / "b", 2)
+    assert "--variants recipe" in variants and "--searched" not in variants
+
+
 def test_poll_packs_small_files_and_logs_into_one_archive(tmp_path):
     job = tmp_path / "job"
     (job / "out" / "eval").mkdir(parents=True)
