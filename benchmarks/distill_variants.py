@@ -277,7 +277,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
         # measured in bf16 as a saved bf16 student would be: under autocast an fp32 student's KV cache is fp32
         # while its projections emit bf16, which the cache's in-place update refuses
-        student = student.to(torch.bfloat16).eval() if bf16 else student.eval()
+        student = _as_loaded_bf16(student).eval() if bf16 else student.eval()
         t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
         steps = {c.stage: c.steps for c in plan}
         row = {"name": v["name"], "variant": v, "layer_types": lm.layer_types,
@@ -297,6 +297,17 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row, rate
+
+
+def _as_loaded_bf16(model):
+    """`model` cast to bf16 in place except the parameters its class keeps in fp32 (`A_log`, `dt_bias`), as
+    `from_pretrained(..., dtype=torch.bfloat16)` loads a saved student; `Module.to` would round those too."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    fp32 = {n: p.detach().clone() for n, p in model.named_parameters() if keep and n.endswith(keep)}
+    model.to(torch.bfloat16)
+    for n, t in fp32.items():
+        model.get_parameter(n).data = t
+    return model
 
 
 def _humaneval(model, n: int) -> tuple[float, dict]:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -70,3 +71,16 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
     assert "(2 in " in table
     assert table.count("\n| ") == 4 and "| uniform |" in table  # header row aside: teacher + 3 variants
     assert (out / "variants_kl.png").stat().st_size > 0
+
+
+def test_students_are_measured_as_a_saved_bf16_student_loads():
+    from conftest import tiny_model
+
+    model = tiny_model()
+    a_log = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(("A_log", "dt_bias"))}
+    assert a_log
+    dv._as_loaded_bf16(model)
+    params = dict(model.named_parameters())
+    for n, t in a_log.items():
+        assert params[n].dtype == torch.float32 and torch.equal(params[n], t), n
+    assert params["model.embed_tokens.weight"].dtype == torch.bfloat16
