@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     sort = "self_cuda_time_total" if on_device else "self_cpu_time_total"
     table = events.table(sort_by=sort, row_limit=30)
-    (args.out / f"profile_distill_{tag}.txt").write_text(table)
+    st = res["stamp"][0]
+    (args.out / f"profile_distill_{tag}.txt").write_text(
+        f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}\n\n{table}")
     print(table)
     print(f"{tag}: {ms:,.0f} ms a step, {res['tok_per_s']:,.0f} tok/s, MFU {res['mfu'] or float('nan'):.1%}; kernels busy "
           f"{res['busy_ms_per_step']:,.0f} ms a step ({res['busy_fraction']:.0%})")

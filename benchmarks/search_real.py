@@ -107,7 +107,12 @@ def main() -> int:
     t0 = time.perf_counter()
     result = hardware(args) if args.part == "hardware" else placement(args)
     wall = time.perf_counter() - t0
-    (args.out / f"{args.part}_wall.json").write_text(json.dumps({"stamp": [stamp()], "part": args.part, "wall_s": wall,
+    st = stamp()
+    if args.part == "placement":  # the library's files, stamped here: benchmark records carry card, commit, date
+        for name in ("search.json", "layer_map.json"):
+            f = args.out / "placement" / name
+            f.write_text(json.dumps({**json.loads(f.read_text()), "stamp": [st]}, indent=1))
+    (args.out / f"{args.part}_wall.json").write_text(json.dumps({"stamp": [st], "part": args.part, "wall_s": wall,
                                                                    "timings_s": result.get("timings_s")}, indent=1))
     print(f"{args.part}: {wall / 60:.1f} minutes; results under {args.out}")
     return 0
