@@ -15,7 +15,8 @@
 #   VARIANTS=recipe|placement|placement-transfer bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
 #                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells;
-#                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search)
+#                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
+#                                        SEARCHED=map.json skips it and uses that map)
 #   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), pack what is done into
 #                                                              #   $OUT/results.tgz (a call returns 8 files at most)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
@@ -94,7 +95,12 @@ case "$1" in
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS})
-    search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac  # placement presets: search first
+    # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
+    search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac
+    if [ -n "${SEARCHED:-}" ]; then
+      [ -f "$SEARCHED" ] || { echo "SEARCHED=$SEARCHED: no such layer map" >&2; exit 2; }
+      search=0 V+=(--searched "$(realpath "$SEARCHED")")
+    fi
     setsid nohup bash -c "
       [ -e $WORK/teacher_fp32/config.json ] || python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 \
         > $JOB/save_teacher.log 2>&1

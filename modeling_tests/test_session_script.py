@@ -77,6 +77,17 @@ def test_variants_pipeline_searches_only_for_placement_presets(tmp_path):
     assert "--variants recipe" in variants and "--searched" not in variants
 
 
+def test_variants_pipeline_uses_a_given_searched_map_without_searching(tmp_path):
+    searched = "benchmarks/results/real_model/placement_search/layer_map.json"
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="placement", SEARCHED=searched)
+    assert r.returncode == 0, r.stderr
+    save, variants = _calls(tmp_path, 2)
+    assert variants.startswith("PY benchmarks/distill_variants.py --variants placement")
+    assert variants.endswith(f"--searched {ROOT / searched}")
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="placement", SEARCHED="no/such/map.json")
+    assert r.returncode == 2 and "no such layer map" in r.stderr
+
+
 def test_poll_packs_small_files_and_logs_into_one_archive(tmp_path):
     job = tmp_path / "job"
     (job / "out" / "eval").mkdir(parents=True)
