@@ -9,8 +9,9 @@ the next ones.
     python benchmarks/profile_distill.py --toy --out /tmp/pd        # tiny shapes on the CPU: checks the script
 
 Writes OUT/profile_distill_{tag}.json (device time per kernel family: matmul, JetBlock Triton kernels, attention,
-KL / softmax, elementwise and the rest; ms per step; MFU of the profiled steps) and .txt (the top kernels), and
-prints both. The families come from kernel names, a heuristic: the table beside them is the evidence.
+KL / softmax, elementwise and the rest; ms per step; MFU of the profiled steps; kernels' busy share of the step;
+the copies, casts and elementwise ops grouped by input shape, to tell which tensors they move) and .txt (the top
+kernels, then those ops by shape), and prints the families. The families come from kernel names, a heuristic: the table beside them is the evidence.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ FAMILIES = [  # first match wins; patterns over lower-cased kernel names
 def family(name: str) -> str:
     low = name.lower()
     return next((f for f, pat in FAMILIES if re.search(pat, low)), "other")
+
+
+# the glue around the matrix products: copies and casts, and the elementwise ops that the first H200 profile
+# found as long as the products themselves
+GLUE_OPS = ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone", "aten::mul", "aten::add",
+            "aten::add_", "aten::sub", "aten::div", "aten::mul_", "aten::exp", "aten::sigmoid", "aten::silu")
+
+
+def glue_by_shape(prof, steps: int, top: int = 40) -> list[dict]:
+    """The glue ops grouped by input shapes, most device time first: [{op, shapes, ms_per_step, calls_per_step}]
+    (CPU time where there is no device). `aten::to` and `aten::contiguous` include the `copy_` they call, so a
+    shape can show under both."""
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in GLUE_OPS:
+            ms = (getattr(e, "device_time_total", 0.0) or getattr(e, "cpu_time_total", 0.0)) / 1e3 / steps
+            rows.append({"op": e.key, "shapes": str(e.input_shapes), "ms_per_step": ms, "calls_per_step": e.count / steps})
+    return sorted(rows, key=lambda r: -r["ms_per_step"])[:top]
 
 
 def build(toy: bool):
@@ -100,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    prof = profile(activities=acts, schedule=schedule(wait=0, warmup=args.warm - 1, active=args.steps, repeat=1))
+    # shapes recorded: which tensors the copies and casts move (logits, the residual stream, weights) is read
+    # off their shapes
+    prof = profile(activities=acts, schedule=schedule(wait=0, warmup=args.warm - 1, active=args.steps, repeat=1),
+                   record_shapes=True)
 
     def tick(step: int) -> bool:  # asked once a step, before its update: the profiler's step boundary
         prof.step()
@@ -131,9 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     sort = "self_cuda_time_total" if on_device else "self_cpu_time_total"
     table = events.table(sort_by=sort, row_limit=30)
+    copies = glue_by_shape(prof, args.steps)
+    res["glue_by_shape"] = copies
+    (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     st = res["stamp"][0]
+    lines = [f"{c['ms_per_step']:9.2f} ms/step {c['calls_per_step']:7.1f} calls/step  {c['op']}  {c['shapes']}"
+             for c in copies]
     (args.out / f"profile_distill_{tag}.txt").write_text(
-        f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}\n\n{table}")
+        f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}\n\n{table}\n\ncopies, casts and "
+        f"elementwise ops by input shape (device time, top {len(copies)}):\n" + "\n".join(lines) + "\n")
     print(table)
     print(f"{tag}: {ms:,.0f} ms a step, {res['tok_per_s']:,.0f} tok/s, MFU {res['mfu'] or float('nan'):.1%}; kernels busy "
           f"{res['busy_ms_per_step']:,.0f} ms a step ({res['busy_fraction']:.0%})")

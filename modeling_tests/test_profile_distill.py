@@ -25,3 +25,7 @@ def test_toy_profile_writes_its_record(tmp_path):
     fam = rec["ms_per_step_by_family"]
     assert fam["matmul"] > 0 and sum(fam.values()) > 0
     assert "aten::" in (tmp_path / "profile_distill_stage1_toy.txt").read_text()
+    glue = rec["glue_by_shape"]
+    assert glue and all(g["op"] in pd.GLUE_OPS and g["shapes"].startswith("[[") and g["calls_per_step"] > 0
+                        for g in glue)
+    assert [g["ms_per_step"] for g in glue] == sorted((g["ms_per_step"] for g in glue), reverse=True)
