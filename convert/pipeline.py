@@ -254,8 +254,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     seconds = {"data": t_data, "stages": time.perf_counter() - t0 - t_data}
     result = {"stages": summaries, "seconds": seconds, "data_sources": [s.manifest["settings"]["source"] for s in data_.sources],
               "data": data_.manifest(), "data_tokens": data_.train_tokens,
-              "held_out_tokens": data_.eval_tokens, "seq_len": seq_len, "data_seconds": time.perf_counter() - t0,
-              "identity": identity}
+              "held_out_tokens": data_.eval_tokens, "seq_len": seq_len, "identity": identity}
     if acc.is_main_process:
         t = time.perf_counter()
         _report_and_save(result, student_model, teacher_model, tokenizer, held, teacher, out, overwrite, acc, layout)
