@@ -10,7 +10,7 @@ placement comparison (issue 13: the searched map vs the `jet-nemotron-2b` preset
 A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotron-2b), "split" (budget share of
 stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "local1" (stage 1 as
 attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set), "init" (JetBlock init scheme:
-attention / random)}; the missing keys take the
+attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`)}; the missing keys take the
 defaults below (the recipe of the 2026-12-02 H200 run). Every variant's map gets the preset's JetBlock shape and
 window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
 --rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
@@ -49,7 +49,8 @@ from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
-        "retrieval_ratio": 0.1, "batch_size": 16, "local1": False, "train2": "all", "init": "attention"}
+        "retrieval_ratio": 0.1, "batch_size": 16, "local1": False, "train2": "all", "init": "attention",
+        "frozen_bf16": False}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob
     "recipe": [{"name": "base"},
@@ -63,7 +64,8 @@ PRESETS = {
                {"name": "attention-transfer-lr2-1e-4", "local1": True, "lr": [1e-3, 1e-4, 1e-4]},
                {"name": "stage2-non-mlp", "train2": "non-mlp"},
                {"name": "no-long-stage", "split": [0.55, 0.45, 0.0]},
-               {"name": "random-init", "init": "random"}],
+               {"name": "random-init", "init": "random"},
+               {"name": "frozen-bf16", "frozen_bf16": True}],
     "placement": [{"name": "searched", "layer_map": "@searched"},
                   {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
                   {"name": "uniform", "layer_map": "@uniform"}],
@@ -243,7 +245,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     student = convert_model(teacher, lm, scheme=v["init"]).float()
     seconds["convert"] = time.perf_counter() - t
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
-                  micro_batch=args.micro_batch)
+                  micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"])
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),

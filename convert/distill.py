@@ -88,6 +88,10 @@ class DistillConfig(TrainSchedule):
     # attention output (normalised MSE), all layers side by side with no end-to-end pass and no KL ("attention
     # transfer"); about half a full stage-1 step's FLOPs, and no layer waits for the ones below it to be right
     local: bool = False
+    # bf16 runs: the stage's frozen parameters held in bf16 while it trains (as the teacher is), so autocast does not
+    # cast them again in every forward and the residual stream runs in bf16 from the frozen embeddings; restored
+    # to their exact fp32 values when the stage ends. Opt-in until measured on the GPU
+    frozen_bf16: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
 
@@ -122,6 +126,9 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.frozen_bf16 and self.mixed_precision != "bf16":
+            raise ValueError(f"stage {self.stage}: frozen_bf16 holds frozen weights in bf16 for a bf16 run; it needs "
+                             f"mixed_precision 'bf16', got {self.mixed_precision!r}")
         if self.local and (self.stage != 1 or self.train != "jet" or not self.mse_weight > 0):
             raise ValueError(f"local attention transfer trains the JetBlocks alone on the attention MSE: it needs "
                              f"stage 1, train 'jet' and mse_weight > 0 (got stage {self.stage}, train "
@@ -440,6 +447,7 @@ class _Training:
     accum: int  # forwards accumulated per optimizer step on each process
     fsdp: bool
     n_train: int
+    fp32_frozen: dict  # name -> the exact fp32 value of a frozen parameter held in bf16 (`frozen_bf16`)
 
 
 def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
@@ -497,6 +505,7 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
         stopped = _train_steps(run, data, cfg, start, history, ckpt_dir, identity, kl_before, stop, speed)
     finally:
         acc.unwrap_model(run.wrapper).release()  # the stage's capture hooks and compiled layers
+        restore_fp32(student, run.fp32_frozen)  # stopped, failed or done: the caller's student is fp32 again
     if stopped is not None:
         return {"stopped_at": stopped, "history": history}
     if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
@@ -560,6 +569,10 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)
     n_train = set_trainable(student, cfg.train)
+    if cfg.frozen_bf16 and fsdp:
+        raise ValueError("frozen_bf16 with FSDP: FSDP's mixed-precision policy casts the shards itself; use one GPU "
+                         "or DDP for it")
+    fp32_frozen = frozen_to_bf16(student) if cfg.frozen_bf16 else {}
     if cfg.gradient_checkpointing:
         checkpointing_enable(student, use_reentrant=False)  # the name transformers 5.24 renamed, either release
     student.train()
@@ -576,7 +589,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     wrapper, opt = acc.prepare(wrapper, opt)
     params = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the sharded parameters
-    return _Training(acc, wrapper, opt, params, teacher, mse_layers, cfg.batch_size // per_step, fsdp, n_train)
+    return _Training(acc, wrapper, opt, params, teacher, mse_layers, cfg.batch_size // per_step, fsdp, n_train,
+                     fp32_frozen)
 
 
 def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, float | None]:
@@ -691,6 +705,25 @@ def _finish(run: _Training, student, cfg: DistillConfig):
         checkpointing_disable(unwrapped)
     unwrapped.requires_grad_(True)
     return unwrapped
+
+
+def frozen_to_bf16(model) -> dict:
+    """Cast `model`'s frozen floating parameters to bf16 in place (those its class keeps in fp32 excepted);
+    returns {name: exact fp32 value} for `restore_fp32`."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    out = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad and p.dtype == torch.float32 and not (keep and name.endswith(keep)):
+            out[name] = p.data
+            p.data = p.data.to(torch.bfloat16)
+    return out
+
+
+def restore_fp32(model, fp32: dict) -> None:
+    """Put back the fp32 values `frozen_to_bf16` kept, on each parameter's current device."""
+    for name, value in fp32.items():
+        p = model.get_parameter(name)
+        p.data = value.to(p.device)
 
 
 def compile_layers(model) -> None:

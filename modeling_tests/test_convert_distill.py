@@ -162,3 +162,45 @@ def test_local_attention_transfer_trains_each_jetblock_on_the_teachers_own_input
 def test_local_attention_transfer_refuses_settings_it_cannot_honour(kw, message):
     with pytest.raises(ValueError, match=message):
         DistillConfig(**kw).resolved()
+
+
+def test_frozen_bf16_trains_like_autocast_and_gives_back_exact_fp32():
+    """bf16 on the CPU: the frozen weights are bf16 while the stage runs (seen from inside a step), the losses
+    follow the plain bf16-autocast run, and afterwards every frozen weight is its exact fp32 value again, also
+    when the stage is stopped early."""
+    from accelerate.state import AcceleratorState
+
+    runs, seen = {}, []
+    AcceleratorState._reset_state(True)  # one process-wide precision in accelerate; this test needs bf16
+    try:
+        _frozen_bf16_runs(runs, seen)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert {d for f, d in seen if f} == {torch.bfloat16} and {d for f, d in seen if not f} == {torch.float32}
+    kl = {f: [h["kl"] for h in r] for f, r in runs.items()}
+    n = len(kl[True])
+    assert 0 < n < len(kl[False]) == 6 and kl[True] == pytest.approx(kl[False][:n], rel=0.05)
+
+
+def _frozen_bf16_runs(runs: dict, seen: list) -> None:
+    for frozen_bf16 in (False, True):
+        teacher, student, train, held = _setup()
+        before = {n: p.detach().clone() for n, p in student.named_parameters()}
+        mlp = student.model.layers[0].mlp.up_proj.weight
+
+        def stop(step):
+            seen.append((frozen_bf16, mlp.dtype))
+            return frozen_bf16 and step == 3  # the second run ends early, as a kill would
+        cfg = DistillConfig(stage=1, steps=6, batch_size=4, micro_batch=2, warmup_steps=1, log_every=1,
+                            mixed_precision="bf16", frozen_bf16=frozen_bf16)
+        runs[frozen_bf16] = distill(student, teacher, train, cfg, stop=stop)["history"]
+        for n, p in student.named_parameters():
+            if ".self_attn." not in n or ".layers.1." in n or ".layers.2." in n:  # frozen in stage 1
+                assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+            elif n.endswith("q_proj.weight"):
+                assert p.dtype == torch.float32 and not torch.equal(p, before[n]), n  # a JetBlock weight trained
+
+
+def test_frozen_bf16_needs_a_bf16_run():
+    with pytest.raises(ValueError, match="frozen_bf16 .* needs mixed_precision 'bf16'"):
+        DistillConfig(frozen_bf16=True).resolved()
