@@ -46,6 +46,7 @@ from transformers import CompileConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: E
 from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM, cache_nbytes_estimate  # noqa: E402
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 from roofline import ceilings  # noqa: E402
+from shapes import QWEN25_1_5B  # noqa: E402
 from stamp import stamp  # noqa: E402
 
 # the measuring machinery lives in the package, where `jet-nemotron eval` reuses it
@@ -64,9 +65,7 @@ def model_configs(smoke: bool) -> tuple[JetNemotronConfig, Qwen2Config]:
             "jet": {"num_heads": 2, "head_dim": 16, "expand_v": 2, "conv_size": 4, "dconv_generator_reduction": 8,
                     "norm_eps": "1e-5"}, "swa": {"window_size": 16}})
     else:
-        base = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                    num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
-                    max_position_embeddings=1 << 18)
+        base = dict(QWEN25_1_5B, tie_word_embeddings=True, max_position_embeddings=1 << 18)  # tied, as the 2B
         jet = JetNemotronConfig(**base, layer_types=JET_NEMOTRON_2B_LAYER_TYPES)
     qwen = Qwen2Config(**base, rope_theta=1e6)
     return jet, qwen

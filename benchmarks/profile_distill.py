@@ -81,9 +81,10 @@ def build(toy: bool):
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
         lm = parse_spec("jet,jet,attn,jet")
     else:
-        cfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                          num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                          rope_theta=1e6, tie_word_embeddings=False)
+        from shapes import QWEN25_1_5B
+
+        # untied, as the real teacher (the GGUF) loads
+        cfg = Qwen2Config(**QWEN25_1_5B, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False)
         lm = resolve_layer_map("jet-nemotron-2b", 28)
     torch.manual_seed(0)
     teacher = Qwen2ForCausalLM(cfg).eval()
