@@ -349,6 +349,12 @@ def _retrieval_summary(r: dict) -> dict:
             for n, acc in per["by_length"].items()}
 
 
+def _rate(v: dict) -> str:
+    """Stage 1's tok/s and MFU as the table shows them ("-" where there was no stage 1 or no peak to divide by)."""
+    tok, mfu = (v["tok_per_s"] or [None])[0] if v["steps"][0] else None, (v["mfu"] or [None])[0]
+    return "-" if tok is None else f"{tok:,.0f}" + (f" ({mfu:.1%})" if mfu is not None else "")
+
+
 def _he(pass1: float, run: dict) -> str:
     return f"{pass1:.3f} ({run['problems']} in {run['seconds']:.0f} s)"
 
@@ -360,16 +366,16 @@ def write(res: dict, out: Path) -> None:
     os.replace(tmp, out / "variants.json")
     keys = sorted({k for v in res["variants"] for k in v["retrieval"]}, key=lambda k: (k.split("@")[0],
                                                                                        int(k.split("@")[1])))
-    head = ["variant", "steps 1/2/3", "M tokens", "held-out KL", "ppl (x teacher)"] + keys
+    head = ["variant", "steps 1/2/3", "M tokens", "stage-1 tok/s (MFU)", "held-out KL", "ppl (x teacher)"] + keys
     if any("humaneval" in v for v in res["variants"]):
         head.append("HumanEval")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| teacher | - | - | 0 | {:.3f} | ".format(res["ppl_teacher"])
+    lines.append("| teacher | - | - | - | 0 | {:.3f} | ".format(res["ppl_teacher"])
                  + " | ".join(f"{res['teacher_retrieval'].get(k, float('nan')):.2f}" for k in keys)
                  + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
                     else "") + " |")
     for v in res["variants"]:
-        cells = [v["name"], "/".join(map(str, v["steps"])), f"{v['tokens'] / 1e6:.1f}", f"{v['held_out_kl']:.3f}",
+        cells = [v["name"], "/".join(map(str, v["steps"])), f"{v['tokens'] / 1e6:.1f}", _rate(v), f"{v['held_out_kl']:.3f}",
                  f"{v['ppl']:.3f} ({v['ppl'] / res['ppl_teacher']:.2f}x)"]
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
         if "humaneval" in v:
