@@ -34,6 +34,7 @@ import argparse
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -284,12 +285,14 @@ def merge(paths: list[Path]) -> dict:
 
 def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path, fuse: bool = True,
         teacher_attention: str = "grouped", profile_ctx: int = 0, profile_batch: int = 0,
-        state_dtype: str = "float32") -> dict:
+        state_dtype: str = "float32", dynamic: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    compile_config = CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
+    # dynamic=True: one graph per model for every (batch, context) shape, instead of a compile per shape (each
+    # shape's CUDA graph is still recorded on its own); both models alike
+    compile_config = CompileConfig(fullgraph=True, dynamic=True if dynamic else None, mode="reduce-overhead")
     if smoke:  # exercise the compiled-step path on the CPU too, with dynamo's eager backend (no C++ build)
-        compile_config = CompileConfig(fullgraph=True, backend="eager")
+        compile_config = CompileConfig(fullgraph=True, backend="eager", dynamic=True if dynamic else None)
         compile_config._compile_all_devices = True
     bandwidth, matmul_rate = ceilings() if device.type == "cuda" else (float("nan"), float("nan"))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -303,7 +306,7 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                "n_decode_steps": n2 - n1, "rows": [],
                "torch": torch.__version__, "jet_projections_fused": fuse,
                "teacher_attention": qwen_cfg._attn_implementation, "jet_recurrent_state_dtype": state_dtype,
-               "smoke": smoke}
+               "compile_dynamic": dynamic, "smoke": smoke}
     stem = "generation_smoke" if smoke else "generation"
     for tag, cls, cfg in (("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)):
         model = build(cls, cfg, device, dtype)
@@ -319,6 +322,7 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                 print(f"{tag}: profiling generate() at batch {batch}", flush=True)
                 profile_generate(model, tag, profile_ctx, batch, device, out, compile_config)
         for ctx in contexts if not profile_ctx else []:
+            t_row = time.perf_counter()
             row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
             row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
             row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3
@@ -339,6 +343,7 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
             if device.type == "cuda":
                 row["peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
                 torch.cuda.reset_peak_memory_stats()
+            row["row_s"] = time.perf_counter() - t_row  # compiles included: what a context costs a session
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             out.mkdir(parents=True, exist_ok=True)
@@ -371,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-batch", type=int, default=0, metavar="B",
                         help="with --profile: also profile generate()'s compiled decode loop at batch B "
                              "(or the largest that fits, if smaller)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="compile the decode step once per model for all shapes (dynamic=True), not per shape")
     parser.add_argument("--state-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="Jet-Nemotron's recurrent_state_dtype: how its cache stores the JetBlock states")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -383,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     max_batch = 4 if args.smoke else args.max_batch
     run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse,
         teacher_attention=args.teacher_attention, profile_ctx=args.profile, profile_batch=args.profile_batch,
-        state_dtype=args.state_dtype)
+        state_dtype=args.state_dtype, dynamic=args.dynamic)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
 #                                  while the parts arrive: profile_distill.py (PROFILE_RUNS) and generation.py
-#                                  (SPEED_CONTEXTS), within SPEED_TIMEOUT seconds
+#                                  (SPEED_CONTEXTS; SPEED=all: one process for all of them, SPEED_ARGS=--dynamic:
+#                                  one compile per model), within SPEED_TIMEOUT seconds
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement|placement-transfer bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
@@ -49,8 +50,14 @@ case "$1" in
       jobs=""
       [ -n "${PROFILE:-}" ] && for p in ${PROFILE_RUNS:---stage=1 --local}; do
         jobs="$jobs python3 benchmarks/profile_distill.py $p --out $JOB/out/profile;"; done
-      [ -n "${SPEED:-}" ] && for c in ${SPEED_CONTEXTS:-4096 32768}; do
-        jobs="$jobs python3 benchmarks/generation.py --contexts $c --out $JOB/out/gen_$c;"; done
+      # SPEED=1: one process per context (a cut one loses only its own); SPEED=all: one process for every context
+      # (with SPEED_ARGS=--dynamic, one compile per model serves them all); SPEED_ARGS go to generation.py
+      if [ "${SPEED:-}" = all ]; then
+        jobs="$jobs python3 benchmarks/generation.py --contexts ${SPEED_CONTEXTS:-4096 32768} ${SPEED_ARGS:-} --out $JOB/out/gen_all;"
+      elif [ -n "${SPEED:-}" ]; then
+        for c in ${SPEED_CONTEXTS:-4096 32768}; do
+          jobs="$jobs python3 benchmarks/generation.py --contexts $c ${SPEED_ARGS:-} --out $JOB/out/gen_$c;"; done
+      fi
       setsid nohup bash -c "timeout ${SPEED_TIMEOUT:-360} bash -c '$jobs'; touch $JOB/speed.done" \
         > $JOB/speed.log 2>&1 < /dev/null &
       echo "card job started: $JOB/speed.log ($jobs)"

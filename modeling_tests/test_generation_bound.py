@@ -68,3 +68,16 @@ def test_merge_refuses_mixed_cards_and_state_dtypes(gen, tmp_path):
         gen.merge([a, run("c.json", "H100", "float32")])
     with pytest.raises(ValueError, match="state dtypes.*bfloat16"):
         gen.merge([a, run("d.json", "H200", "bfloat16")])
+
+
+def test_smoke_run_with_one_dynamic_compile_records_each_rows_cost(gen, tmp_path):
+    """--smoke --dynamic on the CPU (dynamo's eager backend): both models, both contexts, each row with the seconds
+    it cost (compiles included), the run marked dynamic, and decode rates that are positive numbers."""
+    gen.main(["--smoke", "--dynamic", "--out", str(tmp_path)])
+    import json
+
+    res = json.loads((tmp_path / "generation_smoke.json").read_text())
+    assert res["compile_dynamic"] is True
+    assert [(r["model"], r["ctx"]) for r in res["rows"]] == [("jet", 64), ("jet", 128), ("qwen", 64), ("qwen", 128)]
+    for r in res["rows"]:
+        assert r["row_s"] > 0 and r["decode_batch1_tok_s"] > 0 and r["decode_max_batch_tok_s"] > 0
