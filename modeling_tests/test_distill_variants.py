@@ -34,6 +34,17 @@ def test_every_variant_keeps_the_preset_shape_and_differs_in_placement_only(tmp_
         assert m.jet == maps[1].jet and m.jet["head_dim"] == 96 and m.swa == {"window_size": 1152}
 
 
+def test_the_committed_h200_search_map_is_a_valid_placement_variant():
+    """The next session's comparison starts from this file (SEARCHED=...): it must load, stamped as it is, at 28
+    layers, take the preset's JetBlock shape, and the placement-transfer preset must add the transfer variant."""
+    searched = Path(__file__).resolve().parents[1] / "benchmarks/results/real_model/placement_search/layer_map.json"
+    variants = dv.variant_list("placement-transfer", searched)
+    maps = [dv.layer_map_of(v, 28, searched) for v in variants]
+    assert maps[0].indices("attn") == [0, 23] and maps[0].indices("swa") == [19, 22]
+    assert maps[3].layer_types == maps[1].layer_types and variants[3]["local1"] is True
+    assert all(m.jet == maps[1].jet and m.swa == {"window_size": 1152} for m in maps)
+
+
 @pytest.mark.parametrize("spec, message", [
     ([{"name": "a", "lr2": 1e-4}], "unknown keys ['lr2']"),
     ([{"name": "a", "split": [0.5, 0.6, 0.0]}], "split needs 3 shares summing to 1"),
