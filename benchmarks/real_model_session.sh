@@ -15,7 +15,8 @@
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement|placement-transfer bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
-#                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells;
+#                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells, MAX_TOKENS=N of
+#                                        corpus to tokenise (every variant reads the same first rows);
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
 #                                        SEARCHED=map.json skips it and uses that map)
 #   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), pack what is done into
@@ -101,7 +102,7 @@ case "$1" in
     [ -e $JOB/speed.log ] || touch $JOB/speed.done
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
-       ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS})
+       ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${MAX_TOKENS:+--max-tokens $MAX_TOKENS})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac
     if [ -n "${SEARCHED:-}" ]; then
