@@ -35,6 +35,7 @@ import gc
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -321,33 +322,39 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                 batch = min(profile_batch, largest_batch(model, profile_ctx, device, profile_batch))
                 print(f"{tag}: profiling generate() at batch {batch}", flush=True)
                 profile_generate(model, tag, profile_ctx, batch, device, out, compile_config)
-        for ctx in contexts if not profile_ctx else []:
-            t_row = time.perf_counter()
-            row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
-            row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
-            row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3
-            for mode, batch in (("batch1", 1), ("max_batch", largest_batch(model, ctx, device, max_batch))):
-                tok_s, step_s = decode_tok_s(model, batch, ctx, device, n1, n2, compile_config)
-                gbps = step_bytes(model, batch, ctx) * tok_s / batch / 1e9
-                row[f"decode_{mode}_batch"] = batch
-                row[f"decode_{mode}_tok_s"] = tok_s
-                row[f"decode_{mode}_GBps"] = gbps
-                row[f"decode_{mode}_roofline_frac"] = gbps * 1e9 / bandwidth if bandwidth == bandwidth else None
-                # the compiled step alone, without generate()'s per-token Python (logits processors, stopping checks)
-                row[f"step_{mode}_ms"] = step_s * 1e3
-                row[f"step_{mode}_roofline_frac"] = (step_bytes(model, batch, ctx) / step_s / bandwidth
-                                                     if bandwidth == bandwidth else None)
-                gc.collect()
+        ctx = None
+        try:
+            for ctx in contexts if not profile_ctx else []:
+                t_row = time.perf_counter()
+                row = {"model": tag, "ctx": ctx, "cache_MB_per_seq": cache_nbytes_estimate(model.config, ctx) / 1e6}
+                row["prefill_ms"] = prefill_seconds(model, ctx, device) * 1e3
+                row["prefill_tok_s"] = ctx / row["prefill_ms"] * 1e3
+                for mode, batch in (("batch1", 1), ("max_batch", largest_batch(model, ctx, device, max_batch))):
+                    tok_s, step_s = decode_tok_s(model, batch, ctx, device, n1, n2, compile_config)
+                    gbps = step_bytes(model, batch, ctx) * tok_s / batch / 1e9
+                    row[f"decode_{mode}_batch"] = batch
+                    row[f"decode_{mode}_tok_s"] = tok_s
+                    row[f"decode_{mode}_GBps"] = gbps
+                    row[f"decode_{mode}_roofline_frac"] = gbps * 1e9 / bandwidth if bandwidth == bandwidth else None
+                    # the compiled step alone, without generate()'s per-token Python (logits processors, stopping checks)
+                    row[f"step_{mode}_ms"] = step_s * 1e3
+                    row[f"step_{mode}_roofline_frac"] = (step_bytes(model, batch, ctx) / step_s / bandwidth
+                                                         if bandwidth == bandwidth else None)
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
                 if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            if device.type == "cuda":
-                row["peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
-                torch.cuda.reset_peak_memory_stats()
-            row["row_s"] = time.perf_counter() - t_row  # compiles included: what a context costs a session
-            results["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"{stem}.json").write_text(json.dumps(results, indent=1))  # a run cut short keeps its rows
+                    row["peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
+                    torch.cuda.reset_peak_memory_stats()
+                row["row_s"] = time.perf_counter() - t_row  # compiles included: what a context costs a session
+                results["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"{stem}.json").write_text(json.dumps(results, indent=1))  # a run cut short keeps its rows
+        except Exception as err:  # noqa: BLE001 - one model's failure must not lose the other's rows (one try a session)
+            results.setdefault("errors", []).append({"model": tag, "ctx": ctx, "error": f"{type(err).__name__}: {err}"})
+            print(f"{tag} failed at context {ctx}:", flush=True)
+            traceback.print_exc()
         del model
         gc.collect()
         if device.type == "cuda":
@@ -388,9 +395,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     contexts = [64, 128] if args.smoke else args.contexts
     max_batch = 4 if args.smoke else args.max_batch
-    run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse,
-        teacher_attention=args.teacher_attention, profile_ctx=args.profile, profile_batch=args.profile_batch,
-        state_dtype=args.state_dtype, dynamic=args.dynamic)
+    res = run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse,
+              teacher_attention=args.teacher_attention, profile_ctx=args.profile, profile_batch=args.profile_batch,
+              state_dtype=args.state_dtype, dynamic=args.dynamic)
+    if res.get("errors"):  # the other model's rows are written; the run still fails
+        raise SystemExit(f"generation benchmark: {len(res['errors'])} model(s) failed: {res['errors']}")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,23 @@ def test_smoke_run_with_one_dynamic_compile_records_each_rows_cost(gen, tmp_path
     assert [(r["model"], r["ctx"]) for r in res["rows"]] == [("jet", 64), ("jet", 128), ("qwen", 64), ("qwen", 128)]
     for r in res["rows"]:
         assert r["row_s"] > 0 and r["decode_batch1_tok_s"] > 0 and r["decode_max_batch_tok_s"] > 0
+
+
+def test_one_models_failure_keeps_the_others_rows_and_fails_the_run(gen, tmp_path, monkeypatch):
+    """A session has one try at the card: if Jet-Nemotron's rows fail (e.g. a compile error), the teacher's are still
+    measured and written, the error is recorded, and the command exits non-zero."""
+    real = gen.prefill_seconds
+
+    def prefill(model, ctx, device):
+        if model.config.model_type == "jet_nemotron":
+            raise RuntimeError("planted failure")
+        return real(model, ctx, device)
+
+    monkeypatch.setattr(gen, "prefill_seconds", prefill)
+    with pytest.raises(SystemExit, match="1 model\\(s\\) failed.*planted failure"):
+        gen.main(["--smoke", "--out", str(tmp_path)])
+    import json
+
+    res = json.loads((tmp_path / "generation_smoke.json").read_text())
+    assert res["errors"] == [{"model": "jet", "ctx": 64, "error": "RuntimeError: planted failure"}]
+    assert [(r["model"], r["ctx"]) for r in res["rows"]] == [("qwen", 64), ("qwen", 128)]
