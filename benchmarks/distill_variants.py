@@ -10,7 +10,8 @@ placement comparison (issue 13: the searched map vs the `jet-nemotron-2b` preset
 A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotron-2b), "split" (budget share of
 stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "local1" (stage 1 as
 attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set), "init" (JetBlock init scheme:
-attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`)}; the missing keys take the
+attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`),
+"local1_share" (that share of stage 1's budget first as attention transfer, the rest end to end)}; the missing keys take the
 defaults below (the recipe of the 2026-12-02 H200 run). Every variant's map gets the preset's JetBlock shape and
 window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
 --rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
@@ -50,7 +51,7 @@ from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": False, "train2": "all", "init": "attention",
-        "frozen_bf16": False}
+        "frozen_bf16": False, "local1_share": 0.0}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob
     "recipe": [{"name": "base"},
@@ -65,15 +66,17 @@ PRESETS = {
                {"name": "stage2-non-mlp", "train2": "non-mlp"},
                {"name": "no-long-stage", "split": [0.55, 0.45, 0.0]},
                {"name": "random-init", "init": "random"},
-               {"name": "frozen-bf16", "frozen_bf16": True}],
+               {"name": "frozen-bf16", "frozen_bf16": True},
+               {"name": "attention-transfer-half", "local1_share": 0.5}],
     "placement": [{"name": "searched", "layer_map": "@searched"},
                   {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
                   {"name": "uniform", "layer_map": "@uniform"}],
 }
-# the placement comparison plus the preset with stage 1 as attention transfer (2.4x end-to-end stage 1's tok/s on
-# the H200): one process, one teacher evaluation, for a session that has room for four short distillations
-PRESETS["placement-transfer"] = PRESETS["placement"] + [{"name": "preset + attention transfer",
-                                                         "layer_map": "jet-nemotron-2b", "local1": True}]
+# the placement comparison plus the preset whose stage 1 begins as attention transfer (2.4x end-to-end stage 1's
+# tok/s on the H200, and each JetBlock, layer 0's too, learns from exact inputs) and ends end to end: one process,
+# one teacher evaluation, for a session with room for four short distillations
+PRESETS["placement-transfer"] = PRESETS["placement"] + [{"name": "preset + attention transfer half",
+                                                         "layer_map": "jet-nemotron-2b", "local1_share": 0.5}]
 KEYS = set(BASE) | {"name"}
 
 
@@ -111,6 +114,9 @@ def variant_list(spec: str, searched: Path | None) -> list[dict]:
             raise SystemExit(f"variant {v['name']!r} needs --searched (the layer_map.json a search wrote)")
         if len(v["split"]) != 3 or len(v["lr"]) != 3 or abs(sum(v["split"]) - 1) > 1e-6:
             raise SystemExit(f"variant {v['name']!r}: split needs 3 shares summing to 1 and lr 3 rates")
+        if not 0 <= v["local1_share"] < 1 or (v["local1_share"] and v["local1"]):
+            raise SystemExit(f"variant {v['name']!r}: local1_share is the share of an end-to-end stage 1 run first "
+                             f"as attention transfer: in [0, 1), and not with local1 (all of stage 1 local)")
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
@@ -262,8 +268,12 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     # counted on the first variant's student for all of them, so equal settings give equal step counts (the
     # same token budget) whatever the placement
     f1 = _flops(student, teacher, "jet", args.seq_len, False)
+    shares = list(v["split"])
+    if v["local1_share"]:  # stage 1 begins as attention transfer for that share of its budget, then goes end to end
+        cfgs.insert(0, replace(cfgs[0], local=True))
+        shares[:1] = [shares[0] * v["local1_share"], shares[0] * (1 - v["local1_share"])]
     plan = []
-    for cfg, share in zip(cfgs, v["split"]):
+    for cfg, share in zip(cfgs, shares):
         f = _flops(student, teacher, cfg.resolved().train, cfg.seq_len or args.seq_len, cfg.local)
         n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
         if n > 0:
@@ -281,9 +291,12 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
         # while its projections emit bf16, which the cache's in-place update refuses
         student = _as_loaded_bf16(student).eval() if bf16 else student.eval()
         t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
-        steps = {c.stage: c.steps for c in plan}
+        steps: dict = {}
+        for c in plan:  # a stage split into an attention-transfer and an end-to-end part counts both
+            steps[c.stage] = steps.get(c.stage, 0) + c.steps
         row = {"name": v["name"], "variant": v, "layer_types": lm.layer_types,
                "steps": [steps.get(k, 0) for k in (1, 2, 3)],
+               "plan": [{"stage": c.stage, "local": c.local, "steps": c.steps, "lr": c.lr} for c in plan],
                "tokens": sum(s["tokens"] for s in summaries),
                "held_out_kl": eval_kl(student, t_dev, held.to(dev), 8),
                "ppl": perplexity(student, held, 8, dev),

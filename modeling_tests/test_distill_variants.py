@@ -41,7 +41,7 @@ def test_the_committed_h200_search_map_is_a_valid_placement_variant():
     variants = dv.variant_list("placement-transfer", searched)
     maps = [dv.layer_map_of(v, 28, searched) for v in variants]
     assert maps[0].indices("attn") == [0, 23] and maps[0].indices("swa") == [19, 22]
-    assert maps[3].layer_types == maps[1].layer_types and variants[3]["local1"] is True
+    assert maps[3].layer_types == maps[1].layer_types and variants[3]["local1_share"] == 0.5
     assert all(m.jet == maps[1].jet and m.swa == {"window_size": 1152} for m in maps)
 
 
@@ -95,3 +95,20 @@ def test_students_are_measured_as_a_saved_bf16_student_loads():
     for n, t in a_log.items():
         assert params[n].dtype == torch.float32 and torch.equal(params[n], t), n
     assert params["model.embed_tokens.weight"].dtype == torch.bfloat16
+
+
+def test_half_attention_transfer_splits_stage_one_and_is_refused_with_full_transfer(tmp_path):
+    out = tmp_path / "out"
+    dv.main(["--toy", "--variants", "recipe", "--only", "base,attention-transfer-half", "--minutes", "0.04",
+             "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
+    rows = {r["name"]: r for r in json.loads((out / "variants.json").read_text())["variants"]}
+    plan = rows["attention-transfer-half"]["plan"]
+    assert [(p["stage"], p["local"]) for p in plan[:2]] == [(1, True), (1, False)]
+    assert rows["attention-transfer-half"]["steps"][0] == plan[0]["steps"] + plan[1]["steps"]
+    # the local half costs about half the FLOPs a token, so it buys more steps than the end-to-end half
+    assert plan[0]["steps"] > plan[1]["steps"] > 0
+    assert [(p["stage"], p["local"]) for p in rows["base"]["plan"]][0] == (1, False)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"name": "x", "local1": True, "local1_share": 0.5}]))
+    with pytest.raises(SystemExit, match="local1_share"):
+        dv.variant_list(str(bad), None)
