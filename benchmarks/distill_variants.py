@@ -363,9 +363,12 @@ def _retrieval_summary(r: dict) -> dict:
 
 
 def _rate(v: dict) -> str:
-    """Stage 1's tok/s and MFU as the table shows them ("-" where there was no stage 1 or no peak to divide by)."""
-    tok, mfu = (v["tok_per_s"] or [None])[0] if v["steps"][0] else None, (v["mfu"] or [None])[0]
-    return "-" if tok is None else f"{tok:,.0f}" + (f" ({mfu:.1%})" if mfu is not None else "")
+    """Stage 1's tok/s and MFU as the table shows them, each part of a split stage 1 ("local / end to end"); "-"
+    where there was no stage 1."""
+    stages = [p["stage"] for p in v.get("plan", [])] or [1] * bool(v["steps"][0])  # rows from before "plan"
+    cells = [f"{tok:,.0f}" + (f" ({mfu:.1%})" if mfu is not None else "")
+             for st, tok, mfu in zip(stages, v["tok_per_s"], v["mfu"]) if st == 1 and tok is not None]
+    return " / ".join(cells) or "-"
 
 
 def _he(pass1: float, run: dict) -> str:
