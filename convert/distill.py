@@ -494,7 +494,8 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     lap("prepare")
     start, history, kl_before = _restore(acc, ckpt_dir, identity) if resume else (0, [], None)
     if eval_rows is not None and acc.is_main_process and start == 0:
-        # the trained weights still equal the caller's student; under FSDP only the latter is whole
+        # the trained weights still equal the caller's student; under FSDP only the latter is whole. With
+        # frozen_bf16 its frozen weights are already bf16 here (the "after" sees their fp32 values again)
         kl_before = eval_kl_before if eval_kl_before is not None else _held_out_kl(
             student, run.teacher, eval_rows, cfg, acc.device, park=run.fsdp)
     lap("held_out_kl_before")
