@@ -286,7 +286,7 @@ def merge(paths: list[Path]) -> dict:
 
 def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out: Path, fuse: bool = True,
         teacher_attention: str = "grouped", profile_ctx: int = 0, profile_batch: int = 0,
-        state_dtype: str = "float32", dynamic: bool = False) -> dict:
+        state_dtype: str = "float32", dynamic: bool = False, teacher_first: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     # dynamic=True: one graph per model for every (batch, context) shape, instead of a compile per shape (each
@@ -309,7 +309,8 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                "teacher_attention": qwen_cfg._attn_implementation, "jet_recurrent_state_dtype": state_dtype,
                "compile_dynamic": dynamic, "smoke": smoke}
     stem = "generation_smoke" if smoke else "generation"
-    for tag, cls, cfg in (("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)):
+    models = [("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)]
+    for tag, cls, cfg in models[::-1] if teacher_first else models:
         model = build(cls, cfg, device, dtype)
         if tag == "jet" and fuse:
             model.fuse_projections()  # same math, fewer launches per decode step (fused_projections.py)
@@ -385,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(or the largest that fits, if smaller)")
     parser.add_argument("--dynamic", action="store_true",
                         help="compile the decode step once per model for all shapes (dynamic=True), not per shape")
+    parser.add_argument("--teacher-first", action="store_true",
+                        help="measure the teacher before Jet-Nemotron (a run cut by a time limit keeps the teacher's rows)")
     parser.add_argument("--state-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="Jet-Nemotron's recurrent_state_dtype: how its cache stores the JetBlock states")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -397,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     max_batch = 4 if args.smoke else args.max_batch
     res = run(contexts, args.smoke, max_batch, *args.steps, out=args.out, fuse=not args.no_fuse,
               teacher_attention=args.teacher_attention, profile_ctx=args.profile, profile_batch=args.profile_batch,
-              state_dtype=args.state_dtype, dynamic=args.dynamic)
+              state_dtype=args.state_dtype, dynamic=args.dynamic, teacher_first=args.teacher_first)
     if res.get("errors"):  # the other model's rows are written; the run still fails
         raise SystemExit(f"generation benchmark: {len(res['errors'])} model(s) failed: {res['errors']}")
 

@@ -71,14 +71,15 @@ def test_merge_refuses_mixed_cards_and_state_dtypes(gen, tmp_path):
 
 
 def test_smoke_run_with_one_dynamic_compile_records_each_rows_cost(gen, tmp_path):
-    """--smoke --dynamic on the CPU (dynamo's eager backend): both models, both contexts, each row with the seconds
-    it cost (compiles included), the run marked dynamic, and decode rates that are positive numbers."""
-    gen.main(["--smoke", "--dynamic", "--out", str(tmp_path)])
+    """--smoke --dynamic --teacher-first on the CPU (dynamo's eager backend): both models (the teacher first), both
+    contexts, each row with the seconds it cost (compiles included), the run marked dynamic, positive decode rates,
+    and the ratios of both contexts."""
+    gen.main(["--smoke", "--dynamic", "--teacher-first", "--out", str(tmp_path)])
     import json
 
     res = json.loads((tmp_path / "generation_smoke.json").read_text())
-    assert res["compile_dynamic"] is True
-    assert [(r["model"], r["ctx"]) for r in res["rows"]] == [("jet", 64), ("jet", 128), ("qwen", 64), ("qwen", 128)]
+    assert res["compile_dynamic"] is True and set(res["ratios"]) == {"64", "128"}
+    assert [(r["model"], r["ctx"]) for r in res["rows"]] == [("qwen", 64), ("qwen", 128), ("jet", 64), ("jet", 128)]
     for r in res["rows"]:
         assert r["row_s"] > 0 and r["decode_batch1_tok_s"] > 0 and r["decode_max_batch_tok_s"] > 0
 
