@@ -43,7 +43,8 @@ sys.path.insert(0, str(HERE))
 from stamp import stamp  # noqa: E402
 
 from convert.corpus import build_corpus  # noqa: E402
-from convert.distill import DistillConfig, distill, eval_kl, perplexity, set_trainable, teacher_on  # noqa: E402
+from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perplexity, set_trainable,  # noqa: E402
+                             teacher_on)
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
@@ -317,8 +318,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
 def _as_loaded_bf16(model):
     """`model` cast to bf16 in place except the parameters its class keeps in fp32 (`A_log`, `dt_bias`), as
     `from_pretrained(..., dtype=torch.bfloat16)` loads a saved student; `Module.to` would round those too."""
-    keep = tuple(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
-    fp32 = {n: p.detach().clone() for n, p in model.named_parameters() if keep and n.endswith(keep)}
+    fp32 = {n: p.detach().clone() for n, p in model.named_parameters() if kept_in_fp32(model, n)}
     model.to(torch.bfloat16)
     for n, t in fp32.items():
         model.get_parameter(n).data = t

@@ -708,13 +708,19 @@ def _finish(run: _Training, student, cfg: DistillConfig):
     return unwrapped
 
 
+def kept_in_fp32(model, name: str) -> bool:
+    """Whether parameter `name` is one the model's class keeps in fp32 whatever its dtype (`A_log`, `dt_bias`:
+    `_keep_in_fp32_modules_strict`, which `from_pretrained` honours and `Module.to` does not)."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    return bool(keep) and name.endswith(keep)
+
+
 def frozen_to_bf16(model) -> dict:
     """Cast `model`'s frozen floating parameters to bf16 in place (those its class keeps in fp32 excepted);
     returns {name: exact fp32 value} for `restore_fp32`."""
-    keep = tuple(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
     out = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad and p.dtype == torch.float32 and not (keep and name.endswith(keep)):
+        if not p.requires_grad and p.dtype == torch.float32 and not kept_in_fp32(model, name):
             out[name] = p.data
             p.data = p.data.to(torch.bfloat16)
     return out

@@ -19,7 +19,7 @@ PASSKEY_NEEDLE = "\nPASSKEY = {key}\n"  # planted at a random depth of the fille
 PASSKEY_QUESTION = "\nassert PASSKEY == "  # ends the prompt; the answer is the key's digits
 
 
-def _ids(tok, text: str) -> list[int]:
+def token_ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
@@ -34,9 +34,9 @@ def passkey_prompt(tok, filler_ids: list[int], length: int, rng: random.Random,
     `passkey_accuracy`.
     """
     key = str(rng.randint(10000, 99999))
-    needle = _ids(tok, PASSKEY_NEEDLE.format(key=key))
+    needle = token_ids(tok, PASSKEY_NEEDLE.format(key=key))
     # the key is tokenised on its own, as the model must produce it after the question's last token
-    tail = _ids(tok, PASSKEY_QUESTION) + (_ids(tok, key) if answered else [])
+    tail = token_ids(tok, PASSKEY_QUESTION) + (token_ids(tok, key) if answered else [])
     n_fill = length - len(needle) - len(tail)
     if n_fill < 0:
         raise ValueError(f"a passkey document needs at least {len(needle) + len(tail)} tokens, asked for {length}")

@@ -18,7 +18,7 @@ import random
 
 import numpy as np
 
-from .evaluation import _ids, passkey_prompt
+from .evaluation import passkey_prompt, token_ids
 
 KV_WORDS = ("alpha", "bravo", "cedar", "delta", "ember", "falcon", "garnet", "harbor", "indigo", "jasper",
             "kepler", "lumen", "maple", "nectar", "onyx", "pixel", "quartz", "raven", "sierra", "tango",
@@ -36,10 +36,10 @@ def kv_prompt(tok, filler_ids: list[int], length: int, rng: random.Random, n_pai
     """
     names = rng.sample(KV_NAMES, n_pairs)
     values = [f"{rng.getrandbits(24):06x}" for _ in names]
-    needles = [_ids(tok, f"\n{n} = '{v}'\n") for n, v in zip(names, values)]
+    needles = [token_ids(tok, f"\n{n} = '{v}'\n") for n, v in zip(names, values)]
     ask = rng.randrange(n_pairs)
     answer = values[ask] + "'"
-    tail = _ids(tok, KV_QUESTION.format(name=names[ask])) + (_ids(tok, answer) if answered else [])
+    tail = token_ids(tok, KV_QUESTION.format(name=names[ask])) + (token_ids(tok, answer) if answered else [])
     n_fill = length - sum(map(len, needles)) - len(tail)
     if n_fill < 0:
         raise ValueError(f"a key-value document with {n_pairs} pairs needs more than {length} tokens")

@@ -66,15 +66,17 @@ class _LayerKindIndex:
     1,152 against 2,056 keys on the H200) or raises when that index is not 0. 5.24 skips linear layers itself. A
     JetBlock index here means the first full-attention layer (else the first sliding one), on every release."""
 
-    layer_types: list[str]
+    def _set_layer_types(self, layer_types) -> None:
+        self.layer_types = list(layer_types)
+        # found once, not at every mask and every decode step
+        self._jet_answered_by = next((self.layer_types.index(kind) for kind in ("full_attention", "sliding_attention")
+                                      if kind in self.layer_types), None)
 
     def _attention_index(self, layer_idx: int) -> int:
-        if layer_idx >= len(self.layer_types) or self.layer_types[layer_idx] != "linear_attention":
-            return layer_idx
-        for kind in ("full_attention", "sliding_attention"):
-            if kind in self.layer_types:
-                return self.layer_types.index(kind)
-        return layer_idx  # JetBlocks only: transformers' own answer (an error naming the layer)
+        if (self._jet_answered_by is None or layer_idx >= len(self.layer_types)
+                or self.layer_types[layer_idx] != "linear_attention"):
+            return layer_idx  # JetBlocks only: transformers' own answer (an error naming the layer)
+        return self._jet_answered_by
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         return super().get_mask_sizes(query_length, self._attention_index(layer_idx))
@@ -87,7 +89,7 @@ class JetNemotronCache(_LayerKindIndex, DynamicCache):
     """Dynamic hybrid cache for Jet-Nemotron (the default of `generate`)."""
 
     def __init__(self, config, **kwargs):
-        self.layer_types = list(config.get_text_config(decoder=True).layer_types)
+        self._set_layer_types(config.get_text_config(decoder=True).layer_types)
         super().__init__(config=config, **kwargs)
 
     def nbytes_per_layer_type(self) -> dict[str, int]:
@@ -153,7 +155,7 @@ class JetNemotronStaticCache(_LayerKindIndex, StaticCache):
 
     def __init__(self, config, max_cache_len: int, **kwargs):
         text_config = config.get_text_config(decoder=True)
-        self.layer_types = list(text_config.layer_types)
+        self._set_layer_types(text_config.layer_types)
         super().__init__(config=config, max_cache_len=max_cache_len, **kwargs)
         for i, kind in enumerate(self.layer_types):
             if kind == "sliding_attention":

@@ -20,7 +20,7 @@ import random
 
 from tqdm.auto import tqdm
 
-from ..evaluation import _ids, passkey_prompt
+from ..evaluation import passkey_prompt, token_ids
 from .generation import greedy
 from .models import EvalModel, check_length
 
@@ -76,21 +76,21 @@ def make_prompt(task: str, tok, filler: list[int], length: int, rng: random.Rand
     ends = newline_ids(tok)
     if task == "niah":
         name, value = rng.choice(WORDS), _number(rng, 7)
-        needle = _ids(tok, f"\n{name}_MAGIC_NUMBER = {value}\n")
-        q = _ids(tok, f"\nassert {name}_MAGIC_NUMBER == ")
+        needle = token_ids(tok, f"\n{name}_MAGIC_NUMBER = {value}\n")
+        q = token_ids(tok, f"\nassert {name}_MAGIC_NUMBER == ")
         return plant(filler, length, [(needle, rng.random() if depth is None else depth)], q, rng, ends), value
     if task == "multi_needle":
         names = rng.sample(WORDS, n_needles)
         values = [_number(rng, 7) for _ in names]
-        pieces = [(_ids(tok, f"\n{n}_MAGIC_NUMBER = {v}\n"), rng.random()) for n, v in zip(names, values)]
+        pieces = [(token_ids(tok, f"\n{n}_MAGIC_NUMBER = {v}\n"), rng.random()) for n, v in zip(names, values)]
         k = rng.randrange(n_needles)
-        return plant(filler, length, pieces, _ids(tok, f"\nassert {names[k]}_MAGIC_NUMBER == "), rng, ends), values[k]
+        return plant(filler, length, pieces, token_ids(tok, f"\nassert {names[k]}_MAGIC_NUMBER == "), rng, ends), values[k]
     if task == "kv":
         pairs = [(_hex(rng), _hex(rng)) for _ in range(max(2, min(n_pairs, length // 50)))]
         block = "\nLOOKUP = {\n" + "".join(f'    "{k}": "{v}",\n' for k, v in pairs) + "}\n"
         key, value = rng.choice(pairs)
-        q = _ids(tok, f'\nassert LOOKUP["{key}"] == "')
-        return plant(filler, length, [(_ids(tok, block), rng.random())], q, rng, ends), value
+        q = token_ids(tok, f'\nassert LOOKUP["{key}"] == "')
+        return plant(filler, length, [(token_ids(tok, block), rng.random())], q, rng, ends), value
     if task == "variable_tracking":
         names = rng.sample(WORDS, 2 * (n_hops + 1))
         chain, decoy = names[:n_hops + 1], names[n_hops + 1:]
@@ -98,15 +98,15 @@ def make_prompt(task: str, tok, filler: list[int], length: int, rng: random.Rand
         pieces = []
         for c, v in ((chain, value), (decoy, other)):
             depths = sorted(rng.random() for _ in c)
-            pieces.append((_ids(tok, f"\n{c[0]} = {v}\n"), depths[0]))
-            pieces += [(_ids(tok, f"\n{b} = {a}\n"), d) for a, b, d in zip(c, c[1:], depths[1:])]
-        return plant(filler, length, pieces, _ids(tok, f"\nassert {chain[-1]} == "), rng, ends), value
+            pieces.append((token_ids(tok, f"\n{c[0]} = {v}\n"), depths[0]))
+            pieces += [(token_ids(tok, f"\n{b} = {a}\n"), d) for a, b, d in zip(c, c[1:], depths[1:])]
+        return plant(filler, length, pieces, token_ids(tok, f"\nassert {chain[-1]} == "), rng, ends), value
     raise ValueError(f"unknown retrieval task {task!r}; choose from {', '.join(TASKS)}")
 
 
 def score(m: EvalModel, prompts: list[tuple[list[int], str]], batch_size: int, desc: str) -> list[bool]:
     """Whether each prompt's greedy answer starts with its answer text."""
-    n_new = max(len(_ids(m.tok, a)) for _, a in prompts) + 4  # room for a leading space or quote
+    n_new = max(len(token_ids(m.tok, a)) for _, a in prompts) + 4  # room for a leading space or quote
     # eager decoding: a dozen tokens per batch, where compiling each new (batch, length) shape would cost more
     new = greedy(m, [p for p, _ in prompts], max_new_tokens=n_new, batch_size=batch_size, compiled=False, desc=desc)
     return [m.tok.decode(ids).strip().startswith(a) for ids, (_, a) in zip(new, prompts)]
