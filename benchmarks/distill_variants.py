@@ -151,7 +151,7 @@ def layer_map_of(v: dict, num_layers: int, searched: Path | None) -> LayerMap:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="recipe", help=f"{' | '.join(PRESETS)} | a JSON file of variants")
-    ap.add_argument("--only", help="comma-separated variant names to run (in the listed order)")
+    ap.add_argument("--only", help="comma-separated variant names to run, in this order")
     ap.add_argument("--searched", type=Path, help="the searched layer_map.json (placement variants)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--teacher", "--gguf", type=Path, dest="gguf",
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         missing = sorted(set(want) - {v["name"] for v in variants})
         if missing:
             raise SystemExit(f"--only names unknown variants {missing}; have {[v['name'] for v in variants]}")
-        variants = [v for v in variants if v["name"] in want]
+        by_name = {v["name"]: v for v in variants}
+        variants = [by_name[n] for n in dict.fromkeys(want)]  # the order given: a run cut short keeps the first
     if not args.toy and args.gguf is None:
         raise SystemExit("--teacher is required (or --toy for the CPU check)")
     out = args.out
