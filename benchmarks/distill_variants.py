@@ -11,8 +11,9 @@ A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotr
 stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "local1" (stage 1 as
 attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set), "init" (JetBlock init scheme:
 attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`),
-"local1_share" (that share of stage 1's budget first as attention transfer, the rest end to end)}; the missing keys take the
-defaults below (the recipe of the 2026-12-02 H200 run). Every variant's map gets the preset's JetBlock shape and
+"local1_share" (that share of an end-to-end stage 1's budget first as attention transfer), "steps" ([n1, n2, n3]
+optimizer steps: an explicit plan instead of --minutes)}; the missing keys take the defaults below (BASE: the recipe
+that won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock shape and
 window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
 --rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
 
@@ -51,33 +52,30 @@ from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
-        "retrieval_ratio": 0.1, "batch_size": 16, "local1": False, "train2": "all", "init": "attention",
-        "frozen_bf16": False, "local1_share": 0.0}
+        "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
+        "frozen_bf16": False, "local1_share": 0.0, "steps": None}
 PRESETS = {
-    # one change each from the base, so each row reads as an ablation of one knob
+    # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
+    # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
+    # 0.420 after 2 minutes against 4.543 for an end-to-end stage 1, whose recipe was the base until then)
     "recipe": [{"name": "base"},
+               {"name": "end-to-end-stage1", "local1": False},
+               {"name": "transfer-half-then-end-to-end", "local1": False, "local1_share": 0.5},
                {"name": "stage1-heavy", "split": [0.85, 0.0, 0.15]},
-               {"name": "lr2-1e-4", "lr": [1e-3, 1e-4, 1e-4]},
-               {"name": "no-mse", "mse_weight": 0.0},
-               {"name": "no-retrieval-rows", "retrieval_ratio": 0.0},
+               {"name": "stage2-heavy", "split": [0.35, 0.45, 0.2]},
                {"name": "lr1-3e-3", "lr": [3e-3, 3e-5, 3e-5]},
+               {"name": "lr1-3e-4", "lr": [3e-4, 3e-5, 3e-5]},
+               {"name": "lr2-1e-4", "lr": [1e-3, 1e-4, 1e-4]},
+               {"name": "no-retrieval-rows", "retrieval_ratio": 0.0},
                {"name": "batch-8", "batch_size": 8},
-               {"name": "attention-transfer", "local1": True},
-               {"name": "attention-transfer-lr2-1e-4", "local1": True, "lr": [1e-3, 1e-4, 1e-4]},
                {"name": "stage2-non-mlp", "train2": "non-mlp"},
                {"name": "no-long-stage", "split": [0.55, 0.45, 0.0]},
                {"name": "random-init", "init": "random"},
-               {"name": "frozen-bf16", "frozen_bf16": True},
-               {"name": "attention-transfer-half", "local1_share": 0.5}],
+               {"name": "frozen-bf16", "frozen_bf16": True}],
     "placement": [{"name": "searched", "layer_map": "@searched"},
                   {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
                   {"name": "uniform", "layer_map": "@uniform"}],
 }
-# the placement comparison plus the preset whose stage 1 begins as attention transfer (2.4x end-to-end stage 1's
-# tok/s on the H200, and each JetBlock, layer 0's too, learns from exact inputs) and ends end to end: one process,
-# one teacher evaluation, for a session with room for four short distillations
-PRESETS["placement-transfer"] = PRESETS["placement"] + [{"name": "preset + attention transfer half",
-                                                         "layer_map": "jet-nemotron-2b", "local1_share": 0.5}]
 KEYS = set(BASE) | {"name"}
 
 
@@ -118,6 +116,14 @@ def variant_list(spec: str, searched: Path | None) -> list[dict]:
         if not 0 <= v["local1_share"] < 1 or (v["local1_share"] and v["local1"]):
             raise SystemExit(f"variant {v['name']!r}: local1_share is the share of an end-to-end stage 1 run first "
                              f"as attention transfer: in [0, 1), and not with local1 (all of stage 1 local)")
+        if v["local1"] and not v["mse_weight"] > 0:
+            raise SystemExit(f"variant {v['name']!r}: attention transfer (local1) trains on the attention MSE alone, "
+                             f"so it needs mse_weight > 0 (or local1: false)")
+        steps = v["steps"]
+        if steps is not None and (not isinstance(steps, list) or len(steps) != 3 or v["local1_share"]
+                                  or not all(isinstance(n, int) and n >= 0 for n in steps) or not sum(steps)):
+            raise SystemExit(f"variant {v['name']!r}: steps is [stage 1, stage 2, stage 3] optimizer steps "
+                             f"(integers >= 0, not all 0; not with local1_share), got {steps!r}")
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
@@ -263,7 +269,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
     retrieval_kw = {"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"]} if v["retrieval_ratio"] else None
-    if rate is None:  # no --rate: the first variant times an end-to-end stage 1 on a copy (the rate's reference,
+    if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a copy (the rate's reference,
         # f1 below, whatever its own stage 1 is), the later ones reuse it
         rate = _probe_rate(student, teacher, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)
     # equal MFU across stages: a stage's rate is end-to-end stage 1's (measured) scaled by its FLOPs per token,
@@ -275,9 +281,12 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
         cfgs.insert(0, replace(cfgs[0], local=True))
         shares[:1] = [shares[0] * v["local1_share"], shares[0] * (1 - v["local1_share"])]
     plan = []
-    for cfg, share in zip(cfgs, shares):
-        f = _flops(student, teacher, cfg.resolved().train, cfg.seq_len or args.seq_len, cfg.local)
-        n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
+    for i, (cfg, share) in enumerate(zip(cfgs, shares)):
+        if v["steps"] is not None:  # an explicit plan (e.g. from each stage's own measured tok/s) instead
+            n = v["steps"][i]
+        else:
+            f = _flops(student, teacher, cfg.resolved().train, cfg.seq_len or args.seq_len, cfg.local)
+            n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
         if n > 0:
             plan.append(replace(cfg, steps=n, warmup_steps=min(cfg.warmup_steps, max(1, n // 10))))
     student.requires_grad_(True)
@@ -303,7 +312,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                "held_out_kl": eval_kl(student, t_dev, held.to(dev), 8),
                "ppl": perplexity(student, held, 8, dev),
                "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
-               "history": [h for s in summaries for h in s["history"]],
+               "history": [h | {"local": c.local} for c, s in zip(plan, summaries) for h in s["history"]],
                "retrieval": _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
                                                          (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))}
         if args.humaneval:
@@ -406,14 +415,27 @@ def write(res: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for v in res["variants"]:
-        ax.plot(range(1, len(v["history"]) + 1), [h["kl"] for h in v["history"]], label=v["name"])
-    ax.set_yscale("log")
-    ax.set_xlabel("optimizer step (all stages)")
-    ax.set_ylabel("training KL (nats/token)")
-    ax.grid(True, alpha=0.3)
+    # against seconds of training, since quality per GPU-minute is the measure and a transfer step costs less than
+    # an end-to-end one; a transfer step has no KL (its loss is the attention MSE alone), so it shows on the right
+    fig, (ax, ax_mse) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, v in enumerate(res["variants"]):
+        t, kl, mse = 0.0, [], []
+        for h in v["history"]:
+            t += h["ms_per_step"] / 1e3
+            local = h.get("local", h["kl"] == 0 and h["mse"] > 0)  # rows written before "local" was recorded
+            (mse if local else kl).append((t, h["mse"] if local else h["kl"]))
+        for series, axis in ((kl, ax), (mse, ax_mse)):
+            if series:
+                axis.plot(*zip(*series), color=f"C{i}", label=v["name"])
+    ax.set_ylabel("training KL (nats/token), end-to-end steps")
+    ax_mse.set_ylabel("attention-output MSE (normalised), transfer steps")
+    for axis in (ax, ax_mse):
+        axis.set_yscale("log")
+        axis.set_xlabel("seconds of training (steps only)")
+        axis.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    if ax_mse.lines:
+        ax_mse.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "variants_kl.png", dpi=120)
     plt.close(fig)

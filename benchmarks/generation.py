@@ -385,7 +385,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --profile: also profile generate()'s compiled decode loop at batch B "
                              "(or the largest that fits, if smaller)")
     parser.add_argument("--dynamic", action="store_true",
-                        help="compile the decode step once per model for all shapes (dynamic=True), not per shape")
+                        help="compile the decode step once per model for all shapes (dynamic=True), not per shape. "
+                             "On the H200 (torch 2.11, 2026-12-02) the teacher ran so, Jet-Nemotron did not: "
+                             "inductor's graph partition left a size symbol unbound (NameError)")
     parser.add_argument("--teacher-first", action="store_true",
                         help="measure the teacher before Jet-Nemotron (a run cut by a time limit keeps the teacher's rows)")
     parser.add_argument("--state-dtype", choices=["float32", "bfloat16"], default="float32",

@@ -13,7 +13,7 @@
 #                                  one compile per model), within SPEED_TIMEOUT seconds
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
-#   VARIANTS=recipe|placement|placement-transfer bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
+#   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
 #                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells, MAX_TOKENS=N of
 #                                        corpus to tokenise (every variant reads the same first rows);

@@ -565,7 +565,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     fsdp = _uses_fsdp(acc)
     if fsdp and cfg.local:  # FSDP gathers a decoder layer's weights in its forward, which attention transfer skips
         raise ValueError("local attention transfer (stage 1 --stage1-local) runs the JetBlocks outside their decoder "
-                         "layers, which FSDP cannot shard; use one GPU or DDP for that stage")
+                         "layers, which FSDP cannot shard: pass --no-stage1-local (an end-to-end stage 1), or "
+                         "run that stage on one GPU or under DDP")
     if fsdp:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)

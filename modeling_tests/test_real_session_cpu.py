@@ -70,13 +70,13 @@ def test_variants_on_a_saved_teacher_folder(tmp_path):
                            str(tmp_path / "teacher")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert save.returncode == 0, save.stderr[-3000:]
     run = subprocess.run([sys.executable, "benchmarks/distill_variants.py", "--variants", "recipe", "--only",
-                          "base,attention-transfer", "--teacher", str(tmp_path / "teacher"), "--site-packages",
+                          "end-to-end-stage1,base", "--teacher", str(tmp_path / "teacher"), "--site-packages",
                           str(src), "--held-out", "json", "--minutes", "0.01", "--rate", "20000", "--seq-len", "64",
                           "--stage3-seq-len", "128", "--micro-batch", "4", "--lengths", "230", "--trials", "1",
                           "--eval-rows", "4", "--out", str(tmp_path / "variants")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     res = json.loads((tmp_path / "variants" / "variants.json").read_text())
-    assert [v["name"] for v in res["variants"]] == ["base", "attention-transfer"]
-    base, local = res["variants"]
+    assert [v["name"] for v in res["variants"]] == ["end-to-end-stage1", "base"]
+    base, local = res["variants"]  # the end-to-end stage 1 first, as the rate's reference
     assert base["steps"][1:] == local["steps"][1:] and local["steps"][0] > base["steps"][0]  # cheaper stage-1 steps

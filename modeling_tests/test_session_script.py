@@ -66,12 +66,12 @@ def test_variants_pipeline_searches_first_for_placement(tmp_path):
 
 def test_variants_pipeline_searches_only_for_placement_presets(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    r = _run(tmp_path / "a", ["pipeline-variants"], VARIANTS="placement-transfer", LENGTHS="2048,8192", TRIALS="3",
+    r = _run(tmp_path / "a", ["pipeline-variants"], VARIANTS="placement", LENGTHS="2048,8192", TRIALS="3",
              MAX_TOKENS="20000000")
     assert r.returncode == 0, r.stderr
     search, variants = _calls(tmp_path / "a", 3)[1:3]
     assert search.startswith("PY benchmarks/search_real.py --part placement")
-    assert "--variants placement-transfer" in variants and "--lengths 2048,8192 --trials 3" in variants
+    assert "--variants placement" in variants and "--lengths 2048,8192 --trials 3" in variants
     assert "--max-tokens 20000000" in variants
     r = _run(tmp_path / "b", ["pipeline-variants"], VARIANTS="recipe")
     assert r.returncode == 0, r.stderr
