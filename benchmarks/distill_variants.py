@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import replace
@@ -44,6 +45,7 @@ sys.path.insert(0, str(HERE))
 from stamp import stamp  # noqa: E402
 
 from convert.corpus import build_corpus  # noqa: E402
+from convert.export import write_folder  # noqa: E402
 from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perplexity, set_trainable,  # noqa: E402
                              teacher_on)
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-rows", type=int, default=64)
     ap.add_argument("--corpus-cache", type=Path, help="tokenised-corpus cache (default: the library's, "
                                                       "~/.cache/jet-nemotron/corpus)")
+    ap.add_argument("--save-students", type=Path, metavar="DIR",
+                    help="write each variant's student (bf16, as measured) to DIR/<name>, for jet-nemotron eval")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args(argv)
 
@@ -318,6 +322,12 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
         if args.humaneval:
             row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval)
     seconds["evaluate"] = time.perf_counter() - t
+    if args.save_students is not None:  # for `jet-nemotron eval` (benchmarks/eval_real.py) after this process
+        t = time.perf_counter()
+        folder = args.save_students / re.sub(r"[^A-Za-z0-9._-]+", "-", v["name"]).strip("-")
+        row["saved"] = str(write_folder(folder, student, tok, getattr(teacher, "generation_config", None),
+                                        overwrite=True))
+        seconds["save"] = time.perf_counter() - t
     row["seconds"] = seconds
     del student
     if torch.cuda.is_available():

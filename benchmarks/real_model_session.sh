@@ -27,7 +27,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 [ -d /tmp/site ] && export PYTHONPATH=$PYTHONPATH:/tmp/site
-M=/tmp/realmodel WORK=/tmp/distill_real OUT=${OUT:-/tmp/out}
+M=/tmp/realmodel WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
 GGUF=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf MD5=136755df932e5b87db9bbc2bea00aba5
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
@@ -102,7 +102,8 @@ case "$1" in
     [ -e $JOB/speed.log ] || touch $JOB/speed.done
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
-       ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${MAX_TOKENS:+--max-tokens $MAX_TOKENS})
+       ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${MAX_TOKENS:+--max-tokens $MAX_TOKENS}
+       ${EVAL:+--save-students $WORK/students})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac
     if [ -n "${SEARCHED:-}" ]; then
@@ -121,6 +122,13 @@ case "$1" in
       else
         python3 benchmarks/distill_variants.py ${V[*]} > $JOB/variants.log 2>&1
       fi
+      # EVAL=1: every saved student then goes through jet-nemotron eval beside the teacher (SUITE, EVAL_LENGTHS),
+      # into OUT/eval_<name>/eval
+      for d in $WORK/students/*/; do
+        [ -n '${EVAL:-}' ] && [ -d \$d ] || continue
+        python3 benchmarks/eval_real.py --model \$d --baseline $WORK/teacher_fp32 --out $JOB/out/eval_\$(basename \$d) \
+          --suite ${SUITE:-ppl,niah,humaneval} --lengths ${EVAL_LENGTHS:-2048,8192,32000} --trials 3 >> $JOB/eval.log 2>&1
+      done
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
     echo "variants pipeline started: $JOB/pipeline.log" ;;
   poll)

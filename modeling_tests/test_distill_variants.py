@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -117,8 +118,12 @@ def test_half_attention_transfer_splits_stage_one_and_is_refused_with_full_trans
                                     {"name": "fixed", "steps": [2, 1, 0]}]))
     # --only runs in the order given, not the file's
     dv.main(["--toy", "--variants", str(variants), "--only", f"base,{half},e2e,fixed", "--minutes", "0.02",
-             "--rate", "30000", "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
+             "--rate", "30000", "--out", str(out), "--corpus-cache", str(tmp_path / "cache"),
+             "--save-students", str(tmp_path / "students")])
     ran = json.loads((out / "variants.json").read_text())["variants"]
+    # each student saved under its name, loadable as the measured one was (bf16 except A_log / dt_bias)
+    saved = AutoModelForCausalLM.from_pretrained(ran[1]["saved"], trust_remote_code=True)
+    assert Path(ran[1]["saved"]).name == half and saved.config.model_type == "jet_nemotron"
     assert [r["name"] for r in ran] == ["base", half, "e2e", "fixed"]
     rows = {r["name"]: r for r in ran}
     plan = rows[half]["plan"]

@@ -104,3 +104,32 @@ def test_poll_packs_small_files_and_logs_into_one_archive(tmp_path):
     assert [p.name for p in out.iterdir()] == ["results.tgz"]
     with tarfile.open(out / "results.tgz") as t:
         assert sorted(t.getnames()) == ["distill.log", "out/eval/eval.json"]
+
+
+def test_variants_pipeline_evaluates_the_saved_students_only_when_asked(tmp_path):
+    """EVAL=1: distill_variants saves each student and every saved one then goes through jet-nemotron eval
+    (eval_real.py) beside the saved teacher; without EVAL nothing is saved or evaluated."""
+    for case, env in (("on", {"EVAL": "1", "EVAL_LENGTHS": "2048,8192"}), ("off", {})):
+        d = tmp_path / case
+        work = d / "work"
+        (work / "students" / "attention-transfer-12-min").mkdir(parents=True)
+        (work / "teacher_fp32").mkdir()
+        (work / "teacher_fp32" / "config.json").write_text("{}")  # no save_teacher call
+        r = _run(d, ["pipeline-variants"], VARIANTS="benchmarks/variants/attention_transfer_12min.json",
+                 WORK=str(work), **env)
+        assert r.returncode == 0, r.stderr
+        t = time.time()
+        while not (d / "job" / "done").exists() and time.time() - t < 20:
+            time.sleep(0.2)
+        calls = (d / "calls.log").read_text().splitlines()
+        variants = [c for c in calls if "distill_variants.py" in c]
+        evals = [c for c in calls if "eval_real.py" in c]
+        assert len(variants) == 1 and "--variants benchmarks/variants/attention_transfer_12min.json" in variants[0]
+        if case == "on":
+            assert f"--save-students {work}/students" in variants[0]
+            assert len(evals) == 1, calls
+            assert f"--model {work}/students/attention-transfer-12-min/" in evals[0]
+            assert f"--baseline {work}/teacher_fp32" in evals[0] and "--lengths 2048,8192 --trials 3" in evals[0]
+            assert "eval_attention-transfer-12-min" in evals[0]
+        else:
+            assert "--save-students" not in variants[0] and not evals
