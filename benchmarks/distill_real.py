@@ -138,6 +138,8 @@ def main():
                     help="save the dequantised teacher as WORK/teacher_fp32 even when this call runs to stage 3 "
                          "(the baseline folder for jet-nemotron eval)")
     ap.add_argument("--retrieval-ratio", type=float, default=0.1, help="generated passkey / kv rows in every stage")
+    ap.add_argument("--chat-ratio", type=float, default=0.0,
+                    help="chat-formatted rows of the corpus's functions in every stage (convert/chat_data.py)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile each student decoder layer")
     ap.add_argument("--log-every", type=int, default=10)
@@ -239,7 +241,7 @@ def main():
             DistillConfig(stage=3, steps=1, lr=args.lr3, mse_weight=0.0, train="all", seq_len=args.stage3_seq_len,
                           batch_size=max(1, args.batch_size * args.seq_len // args.stage3_seq_len),
                           micro_batch=args.stage3_micro_batch, **common)]
-    retrieval = {"ratio": args.retrieval_ratio, "kinds": ["passkey", "kv"]}
+    retrieval = {"ratio": args.retrieval_ratio, "kinds": ["passkey", "kv"], "chat_ratio": args.chat_ratio}
     t0 = time.perf_counter()
     plan = work / "plan.json"
     if args.steps:

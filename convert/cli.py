@@ -107,6 +107,10 @@ def distill(
                                                         "generated long-range retrieval documents (passkey / "
                                                         "key-value lookups in corpus text)")] = 0.0,
     retrieval_kinds: Annotated[str, typer.Option(help="comma-separated: passkey, kv")] = "passkey,kv",
+    chat_ratio: Annotated[float, typer.Option(help="fraction in [0, 1) of every stage's rows that are chats built "
+                                                   "from the corpus's Python functions in the tokenizer's chat "
+                                                   "template (an instruct teacher is used so; needs a chat "
+                                                   "template and a code corpus)")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
     lr1: Annotated[float, typer.Option(help="peak learning rate of stage 1 (AdamW)")] = 1e-3,
@@ -169,7 +173,8 @@ def distill(
                        **common)
     corpus = dict(weights=data_weight, held_out=held_out, cache_dir=corpus_cache, workers=tokenise_workers,
                   on_stale=on_stale)
-    retrieval = {"ratio": retrieval_ratio, "kinds": [k.strip() for k in retrieval_kinds.split(",") if k.strip()]}
+    retrieval = {"ratio": retrieval_ratio, "kinds": [k.strip() for k in retrieval_kinds.split(",") if k.strip()],
+                 "chat_ratio": chat_ratio}
     distill_checkpoint(teacher, student, out, data, seq_len=seq_len, stage1=s1, stage2=s2, stage3=s3,
                        text_field=text_field, max_tokens=max_tokens, eval_fraction=eval_fraction,
                        ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,

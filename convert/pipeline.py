@@ -32,19 +32,23 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
     """One `MixtureSampler` per stage, at the stage's seq_len; each starts after the tokens the earlier stages
     drew (plus `start_tokens`, drawn by stages run in an earlier process), so stage 2 continues stage 1's epoch
     instead of re-reading its first rows."""
+    from .chat_data import ChatCodeStream
     from .retrieval_data import RetrievalStream
 
     out, tokens = [], start_tokens
+    r, c = (retrieval or {}).get("ratio", 0), (retrieval or {}).get("chat_ratio", 0)
+    if not (0 <= r < 1 and 0 <= c < 1 and r + c < 1):
+        raise ValueError(f"--retrieval-ratio {r} and --chat-ratio {c} must be in [0, 1) with a sum below 1")
     for cfg in stages:
         L = cfg.seq_len or seq_len
         extra = []
-        if retrieval and retrieval.get("ratio", 0) > 0:
-            r = retrieval["ratio"]
-            if not 0 < r < 1:
-                raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
-            hay = max((s.train for s in data.sources), key=len)
+        hay = max((s.train for s in data.sources), key=len)
+        # weights that make r (retrieval) and c (chat) of all rows generated, the corpus the rest
+        if r > 0:
             stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", ("passkey", "kv")), cfg.seed + 17)
-            extra = [(stream, r / (1 - r) * sum(data.weights))]  # r of all rows
+            extra.append((stream, r / (1 - r - c) * sum(data.weights)))
+        if c > 0:
+            extra.append((ChatCodeStream(tokenizer, hay, L, cfg.seed + 29), c / (1 - r - c) * sum(data.weights)))
         sampler = data.sampler(L, cfg.seed, extra, row_offset=tokens // L)
         if cfg.batch_size > sum(getattr(s, "n", cfg.batch_size) for s in sampler.streams):
             raise ValueError(f"the data is too short: {data.train_tokens} training tokens make fewer rows of {L} "
@@ -166,8 +170,9 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
     arguments: weights, held_out, cache_dir, workers, on_stale, max_eval_tokens). A stage's rows have its own
     `cfg.seq_len` (default `seq_len`); each stage continues the walk over the corpus where the one before
-    stopped. `retrieval` = {"ratio": r, "kinds": [...]} mixes generated passkey / key-value rows
-    (`retrieval_data.py`) into a fraction r of every stage's rows. Perplexity is measured on `eval_rows` held-out
+    stopped. `retrieval` = {"ratio": r, "kinds": [...], "chat_ratio": c} mixes generated passkey / key-value rows
+    (`retrieval_data.py`) into a fraction r of every stage's rows, and chat-formatted code rows (`chat_data.py`)
+    into a fraction c. Perplexity is measured on `eval_rows` held-out
     rows of `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
     split over several calls), so these stages continue the walk instead of repeating those rows.
 
@@ -279,10 +284,14 @@ def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ck
 
 
 def _retrieval_identity(retrieval: dict | None) -> dict | None:
-    """The retrieval settings that change the rows (none when the ratio is 0)."""
-    if not retrieval or not retrieval.get("ratio"):
+    """The generated-row settings that change the rows (none when no row is generated; no chat key when there are
+    no chat rows, so the identity of a run from before chat rows is unchanged)."""
+    if not retrieval or not (retrieval.get("ratio") or retrieval.get("chat_ratio")):
         return None
-    return {"ratio": retrieval["ratio"], "kinds": list(retrieval.get("kinds", ("passkey", "kv")))}
+    out = {"ratio": retrieval.get("ratio", 0), "kinds": list(retrieval.get("kinds", ("passkey", "kv")))}
+    if retrieval.get("chat_ratio"):
+        out["chat_ratio"] = retrieval["chat_ratio"]
+    return out
 
 
 def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fraction: float, eval_rows: int,
@@ -313,6 +322,10 @@ def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fractio
         bad = [k for k in kinds if k not in ("passkey", "kv")]
         if r > 0 and (bad or not kinds):
             raise ValueError(f"--retrieval-kinds must be among passkey, kv; got {','.join(kinds) or '(none)'}")
+        c = retrieval.get("chat_ratio", 0)
+        if not (0 <= c < 1) or not r + c < 1:
+            raise ValueError(f"--chat-ratio must be in [0, 1) and below 1 - --retrieval-ratio, got {c} (retrieval "
+                             f"{r})")
 
 
 def _report_and_save(result: dict, student, teacher, tokenizer, held: torch.Tensor, teacher_name: str, out: Path,

@@ -1,0 +1,112 @@
+"""Chat-formatted code rows generated on the fly from the corpus's own Python, for instruct teachers.
+
+An instruct model is used through its chat template (`convert.eval.humaneval` prompts it so), but a code corpus holds
+none of the template's tokens. A student distilled on raw files alone has never seen the teacher in chat form. Each
+document here is one chat: a user turn asking for a function (one of INSTRUCTIONS) with the function's head (its
+`def` line(s) and docstring) in a code block, then the assistant's turn holding the whole function in a code block.
+The functions come from the train stream, so held-out files stay unseen. The loss is the KL to the teacher on these
+tokens. The answer therefore need not be the teacher's own: the student learns what the teacher predicts in chat
+form. Documents are packed whole, EOS between them, into rows of `seq_len`; one longer than the room left is cut.
+
+Row k of a stream is a pure function of (seed, k), as `RetrievalStream`'s: resumed and multi-process runs see the
+same rows.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import textwrap
+
+import numpy as np
+
+from .evaluation import token_ids
+
+INSTRUCTIONS = (
+    "Complete the following Python function. Answer with the whole function in one Python code block.",
+    "Write the body of this Python function.",
+    "Implement the function below.",
+    "Finish this code:",
+)
+_DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(", re.M)
+
+
+def functions(text: str, max_lines: int = 80) -> list[tuple[str, str]]:
+    """[(head, whole function)] of the complete `def` blocks in `text`, dedented: head = the lines up to the one
+    ending the signature (":" at the end of a line) plus a docstring right after it; whole = the head and the body
+    (at most `max_lines` lines). Blocks cut by the end of `text` and one-line functions are skipped."""
+    out = []
+    lines = text.split("\n")
+    starts = {text.count("\n", 0, m.start()): len(m.group(1).expandtabs()) for m in _DEF.finditer(text)}
+    for i, indent in starts.items():
+        j = i
+        while j < len(lines) and not lines[j].rstrip().endswith(":"):
+            j += 1
+        end = j + 1
+        while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
+            end += 1
+        if j >= len(lines) or end >= len(lines) or end - j < 2:  # no signature end, cut by the window, or no body
+            continue
+        head_end = j + 1
+        first = lines[head_end].strip() if head_end < end else ""
+        if first[:3] in ('"""', "'''"):  # the docstring belongs to the head (as a HumanEval prompt has it)
+            quote, k = first[:3], head_end
+            closed = first.count(quote) >= 2
+            while not closed and k + 1 < end:
+                k += 1
+                closed = quote in lines[k]
+            head_end = k + 1 if closed else head_end
+        body = [ln for ln in lines[head_end:end]]
+        while body and not body[-1].strip():
+            body.pop()
+        if not body or head_end - i + len(body) > max_lines:
+            continue
+        head = textwrap.dedent("\n".join(lines[i:head_end])) + "\n"
+        whole = textwrap.dedent("\n".join(lines[i:head_end] + body)) + "\n"
+        out.append((head, whole))
+    return out
+
+
+class ChatCodeStream:
+    """Rows [seq_len] of back-to-back chat documents (see the module docstring); infinite, no `n`."""
+
+    def __init__(self, tokenizer, haystack: np.ndarray, seq_len: int, seed: int = 0, window: int = 4096,
+                 name: str = "chat"):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat rows need a tokenizer with a chat template (an instruct model's); this one has "
+                             "none: set the chat ratio to 0")
+        if len(haystack) <= 2 * window:
+            raise ValueError(f"the train stream has {len(haystack)} tokens; chat rows read windows of {window} and "
+                             f"need more than {2 * window}")
+        self.tok, self.haystack, self.seq_len, self.seed, self.window = tokenizer, haystack, seq_len, seed, window
+        self.eos, self.name = tokenizer.eos_token_id, name
+        if not any(self._functions(random.Random(seed + i)) for i in range(8)):
+            raise ValueError("chat rows are built from Python functions in the train text, and 8 windows of it held "
+                             "none: use them with a code corpus, or set the chat ratio to 0")
+
+    def _functions(self, rng: random.Random) -> list[tuple[str, str]]:
+        at = rng.randrange(len(self.haystack) - self.window)
+        ids = np.asarray(self.haystack[at: at + self.window])
+        return functions(self.tok.decode(ids[ids != self.eos].tolist()))
+
+    def document(self, rng: random.Random) -> list[int]:
+        """One chat's token ids (a window without a function is skipped for the next one)."""
+        found = []
+        for _ in range(64):
+            found = self._functions(rng)
+            if found:
+                break
+        if not found:
+            raise ValueError("64 windows of the train text in a row held no complete Python function")
+        head, whole = rng.choice(found)
+        user = f"{rng.choice(INSTRUCTIONS)}\n```python\n{head}```"
+        chat = [{"role": "user", "content": user}, {"role": "assistant", "content": f"```python\n{whole}```"}]
+        return token_ids(self.tok, self.tok.apply_chat_template(chat, tokenize=False))
+
+    def draw(self, k: int) -> np.ndarray:
+        """Row k [seq_len] (int64)."""
+        rng = random.Random(self.seed * 1_000_003 + k)
+        row: list[int] = []
+        while len(row) < self.seq_len:
+            row += self.document(rng) + [self.eos]
+        return np.asarray(row[: self.seq_len], dtype=np.int64)
