@@ -12,7 +12,8 @@ stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch
 attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set), "init" (JetBlock init scheme:
 attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`),
 "local1_share" (that share of an end-to-end stage 1's budget first as attention transfer), "steps" ([n1, n2, n3]
-optimizer steps: an explicit plan instead of --minutes)}; the missing keys take the defaults below (BASE: the recipe
+optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
+the corpus's functions: `convert/chat_data.py`)}; the missing keys take the defaults below (BASE: the recipe
 that won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock shape and
 window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
 --rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
@@ -55,7 +56,7 @@ from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
-        "frozen_bf16": False, "local1_share": 0.0, "steps": None}
+        "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.0}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -69,6 +70,7 @@ PRESETS = {
                {"name": "lr1-3e-4", "lr": [3e-4, 3e-5, 3e-5]},
                {"name": "lr2-1e-4", "lr": [1e-3, 1e-4, 1e-4]},
                {"name": "no-retrieval-rows", "retrieval_ratio": 0.0},
+               {"name": "chat-rows", "chat_ratio": 0.1},
                {"name": "batch-8", "batch_size": 8},
                {"name": "stage2-non-mlp", "train2": "non-mlp"},
                {"name": "no-long-stage", "split": [0.55, 0.45, 0.0]},
@@ -272,7 +274,8 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
-    retrieval_kw = {"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"]} if v["retrieval_ratio"] else None
+    retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"], "chat_ratio": v["chat_ratio"]}
+                    if v["retrieval_ratio"] or v["chat_ratio"] else None)
     if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a copy (the rate's reference,
         # f1 below, whatever its own stage 1 is), the later ones reuse it
         rate = _probe_rate(student, teacher, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)
@@ -336,12 +339,13 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
 
 
 def _as_loaded_bf16(model):
-    """`model` cast to bf16 in place except the parameters its class keeps in fp32 (`A_log`, `dt_bias`), as
-    `from_pretrained(..., dtype=torch.bfloat16)` loads a saved student; `Module.to` would round those too."""
-    fp32 = {n: p.detach().clone() for n, p in model.named_parameters() if kept_in_fp32(model, n)}
-    model.to(torch.bfloat16)
-    for n, t in fp32.items():
-        model.get_parameter(n).data = t
+    """`model` with its parameters cast to bf16 in place, except those its class keeps in fp32 (`A_log`, `dt_bias`),
+    and its buffers as they are, as `from_pretrained(..., dtype=torch.bfloat16)` loads a saved student. `Module.to`
+    would round both: the fp32 ones, and the rotary `inv_freq`, whose bf16 rounding (up to 0.4%) turns into a
+    rotation error growing with the distance between query and key (radians at a few thousand tokens)."""
+    for n, p in model.named_parameters():
+        if p.is_floating_point() and not kept_in_fp32(model, n):
+            p.data = p.data.to(torch.bfloat16)
     return model
 
 

@@ -95,17 +95,22 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
     assert (out / "variants_kl.png").stat().st_size > 0
 
 
-def test_students_are_measured_as_a_saved_bf16_student_loads():
+def test_students_are_measured_as_a_saved_bf16_student_loads(tmp_path):
+    """Every parameter and buffer (the fp32 A_log / dt_bias, the fp32 rotary inv_freq) has the dtype and value that
+    save_pretrained + from_pretrained(dtype=bf16) gives."""
     from conftest import tiny_model
 
     model = tiny_model()
-    a_log = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(("A_log", "dt_bias"))}
-    assert a_log
+    model.save_pretrained(tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
     dv._as_loaded_bf16(model)
-    params = dict(model.named_parameters())
-    for n, t in a_log.items():
-        assert params[n].dtype == torch.float32 and torch.equal(params[n], t), n
-    assert params["model.embed_tokens.weight"].dtype == torch.bfloat16
+    ours = dict(model.named_parameters()) | dict(model.named_buffers())
+    theirs = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert ours.keys() == theirs.keys()
+    assert any(t.dtype == torch.float32 for n, t in theirs.items() if "inv_freq" in n)
+    assert any(t.dtype == torch.float32 for n, t in theirs.items() if n.endswith("A_log"))
+    for n, t in theirs.items():
+        assert ours[n].dtype == t.dtype and torch.equal(ours[n], t), n
 
 
 def test_half_attention_transfer_splits_stage_one_and_is_refused_with_full_transfer(tmp_path):
