@@ -1,6 +1,6 @@
 """The stamp every benchmark writes into its result: which commit, on which card, when.
 
-A result file holds `"stamp": [{"commit", "card", "date", ...}, ...]`, one entry per run it was made from (a file
+A result file holds `"stamp": [{"commit", "card", "date", "versions", ...}, ...]`, one entry per run it was made from (a file
 merged from several device calls lists each). History lives in git: a new run replaces the file.
 """
 
@@ -33,10 +33,25 @@ def commit() -> str:
     return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def versions() -> dict[str, str]:
+    """torch, transformers and triton as this process imports them ("absent" for one not installed): a number
+    means little without the library versions that produced it (transformers 5.x changed generate()'s cache)."""
+    import importlib.metadata
+
+    out = {}
+    for name in ("torch", "transformers", "triton"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def stamp(**extra) -> dict:
-    """{"commit", "card", "date"} of this run plus `extra`; card is the GPU's name, or "cpu" without CUDA."""
+    """{"commit", "card", "date", "versions"} of this run plus `extra`; card is the GPU's name, or "cpu" without
+    CUDA."""
     import torch
 
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return {"commit": commit(), "card": card, "date": date, **extra}
+    return {"commit": commit(), "card": card, "date": date, "versions": versions(), **extra}

@@ -15,7 +15,10 @@ import torch  # noqa: E402
 def test_stamp_names_this_checkouts_commit_or_the_one_given(tmp_path, monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCH, capture_output=True, text=True)
     st = stamp_module.stamp(contexts=[8192])
-    assert set(st) == {"commit", "card", "date", "contexts"} and st["contexts"] == [8192]
+    assert set(st) == {"commit", "card", "date", "versions", "contexts"} and st["contexts"] == [8192]
+    import transformers
+
+    assert st["versions"]["torch"] == torch.__version__ and st["versions"]["transformers"] == transformers.__version__
     assert st["card"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     if head.returncode == 0:
         assert st["commit"].removesuffix("+dirty") == head.stdout.strip()
