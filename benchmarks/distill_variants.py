@@ -13,10 +13,11 @@ attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set
 attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`),
 "local1_share" (that share of an end-to-end stage 1's budget first as attention transfer), "steps" ([n1, n2, n3]
 optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
-the corpus's functions: `convert/chat_data.py`)}; the missing keys take the defaults below (BASE: the recipe
-that won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock shape and
-window, so a placement comparison differs in placement only. Step counts: --minutes x the stage-1 rate given by
---rate (tok/s; or measured on the first variant's first stage), the other stages scaled by FLOPs per token.
+the corpus's functions: `convert/chat_data.py`)}; the missing keys take the defaults below (BASE: the recipe that
+won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock
+shape and window, so a placement comparison differs in placement only. Step counts: a variant's "steps", else
+--minutes x the stage-1 rate given by --rate (tok/s; or measured on the first variant's first stage), the other
+stages scaled by FLOPs per token.
 
 Measured per variant (held-out = whole files never trained on): held-out KL to the teacher and perplexity (student
 and teacher), `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell) and, with
@@ -46,9 +47,9 @@ sys.path.insert(0, str(HERE))
 from stamp import stamp  # noqa: E402
 
 from convert.corpus import build_corpus  # noqa: E402
-from convert.export import write_folder  # noqa: E402
 from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perplexity, set_trainable,  # noqa: E402
                              teacher_on)
+from convert.export import write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
@@ -276,8 +277,8 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
     retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"], "chat_ratio": v["chat_ratio"]}
                     if v["retrieval_ratio"] or v["chat_ratio"] else None)
-    if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a copy (the rate's reference,
-        # f1 below, whatever its own stage 1 is), the later ones reuse it
+    if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a
+        # copy (the rate's reference, f1 below, whatever its own stage 1 is), the later ones reuse it
         rate = _probe_rate(student, teacher, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)
     # equal MFU across stages: a stage's rate is end-to-end stage 1's (measured) scaled by its FLOPs per token,
     # counted on the first variant's student for all of them, so equal settings give equal step counts (the

@@ -18,7 +18,8 @@
 #                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells, MAX_TOKENS=N of
 #                                        corpus to tokenise (every variant reads the same first rows);
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
-#                                        SEARCHED=map.json skips it and uses that map)
+#                                        SEARCHED=map.json skips it and uses that map; EVAL=1 saves each student
+#                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS)
 #   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), pack what is done into
 #                                                              #   $OUT/results.tgz (a call returns 8 files at most)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each

@@ -1,7 +1,7 @@
 """The stamp every benchmark writes into its result: which commit, on which card, when.
 
-A result file holds `"stamp": [{"commit", "card", "date", "versions", ...}, ...]`, one entry per run it was made from (a file
-merged from several device calls lists each). History lives in git: a new run replaces the file.
+A result file holds `"stamp": [{"commit", "card", "date", "versions", ...}, ...]`, one entry per run it was made
+from (a file merged from several device calls lists each). History lives in git: a new run replaces the file.
 """
 
 from __future__ import annotations
