@@ -133,6 +133,9 @@ case "$1" in
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
     echo "variants pipeline started: $JOB/pipeline.log" ;;
   poll)
+    # done: the pipeline finished, or a session of the card job alone (SPEED / PROFILE on part 01, no pipeline
+    # started) finished that job, so a speed-only session stops polling, and holding the card, when it ends
+    finished() { [ -e $JOB/done ] || { [ ! -e $JOB/pipeline.log ] && [ -e $JOB/speed.done ]; }; }
     # packs every 10 s, so a call cut by the device limit still brings back what was done until then: one
     # archive, since at most 8 files come back from a call; small files only (a search's checkpoints, GBs of
     # JetBlock weights and Adam state, stay on the machine). Unpack with: tar xzf results.tgz
@@ -142,10 +145,12 @@ case "$1" in
       (cd $JOB && { find out -type f -size -20M; ls *.log; } 2>/dev/null \
         | tar czf "$OUT/results.tgz.tmp" --warning=no-file-changed -T -; [ $? -le 1 ] \
         && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz")
-      [ -e $JOB/done ] || [ $((SECONDS - t0)) -ge "${2:-540}" ] && break
+      finished && break
+      [ $((SECONDS - t0)) -ge "${2:-540}" ] && break
       sleep 10
     done
     for f in $JOB/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v "it/s\]$" | tail -${TAIL:-6}; done
-    [ -e $JOB/done ] && echo "pipeline done" || echo "pipeline running" ;;
+    if [ -e $JOB/done ]; then echo "pipeline done"; elif finished; then echo "card job done (no pipeline)"
+    else echo "pipeline running"; fi ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

@@ -133,3 +133,21 @@ def test_variants_pipeline_evaluates_the_saved_students_only_when_asked(tmp_path
             assert "eval_attention-transfer-12-min" in evals[0]
         else:
             assert "--save-students" not in variants[0] and not evals
+
+
+def test_poll_stops_when_a_card_job_alone_is_done(tmp_path):
+    """A speed-only session (SPEED=all on part 01, no pipeline) must not hold the card for poll's whole wait once
+    its job has finished; with a pipeline started, the pipeline's end decides."""
+    job = tmp_path / "job"
+    (job / "out" / "gen_all").mkdir(parents=True)
+    (job / "out" / "gen_all" / "generation.json").write_text("{}")
+    (job / "speed.log").write_text("row\n")
+    (job / "speed.done").touch()
+    t = time.time()
+    r = _run(tmp_path, ["poll", "40"], OUT=str(tmp_path / "OUT"))
+    assert r.returncode == 0 and "card job done" in r.stdout and time.time() - t < 30, r.stdout + r.stderr
+    with tarfile.open(tmp_path / "OUT" / "results.tgz") as tar:
+        assert "out/gen_all/generation.json" in tar.getnames()
+    (job / "pipeline.log").write_text("")  # a pipeline is running: the card job's end is not the session's
+    r = _run(tmp_path, ["poll", "3"], OUT=str(tmp_path / "OUT"))
+    assert "pipeline running" in r.stdout, r.stdout
