@@ -13,7 +13,8 @@ attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set
 attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`),
 "local1_share" (that share of an end-to-end stage 1's budget first as attention transfer), "steps" ([n1, n2, n3]
 optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
-the corpus's functions: `convert/chat_data.py`)}; the missing keys take the defaults below (BASE: the recipe that
+the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compile`: the student's layers, or in
+attention transfer its JetBlocks, under torch.compile)}; the missing keys take the defaults below (BASE: the recipe that
 won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock
 shape and window, so a placement comparison differs in placement only. Step counts: a variant's "steps", else
 --minutes x the stage-1 rate given by --rate (tok/s; or measured on the first variant's first stage), the other
@@ -57,7 +58,7 @@ from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
-        "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.0}
+        "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.0, "compile": False}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -76,7 +77,8 @@ PRESETS = {
                {"name": "stage2-non-mlp", "train2": "non-mlp"},
                {"name": "no-long-stage", "split": [0.55, 0.45, 0.0]},
                {"name": "random-init", "init": "random"},
-               {"name": "frozen-bf16", "frozen_bf16": True}],
+               {"name": "frozen-bf16", "frozen_bf16": True},
+               {"name": "compiled", "compile": True}],
     "placement": [{"name": "searched", "layer_map": "@searched"},
                   {"name": "preset jet-nemotron-2b", "layer_map": "jet-nemotron-2b"},
                   {"name": "uniform", "layer_map": "@uniform"}],
@@ -266,7 +268,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     student = convert_model(teacher, lm, scheme=v["init"]).float()
     seconds["convert"] = time.perf_counter() - t
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
-                  micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"])
+                  micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"], compile=v["compile"])
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),

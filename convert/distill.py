@@ -195,7 +195,8 @@ class DistillLoss(nn.Module):
         self.chunk, self.temperature = chunk, temperature
         # compiled layers guard on their hooks: new hooks every forward would recompile every step, so the
         # capture stays registered for the stage (`release` removes it)
-        self.persistent = _Capture(student, mse_layers) if compiled and mse_weight > 0 else None
+        # (attention transfer calls the JetBlocks itself and needs no capture)
+        self.persistent = _Capture(student, mse_layers) if compiled and mse_weight > 0 and not local else None
 
     def release(self) -> None:
         """Remove the stage's persistent hooks and compiled layers: the caller's student must not keep capturing
@@ -204,7 +205,7 @@ class DistillLoss(nn.Module):
             self.persistent.close()
             self.persistent = None
         for layer in self.student.model.layers:
-            layer._compiled_call_impl = None
+            layer._compiled_call_impl = layer.self_attn._compiled_call_impl = None
 
     def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None, teacher_attn_in=None):
         if self.local:
@@ -586,7 +587,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
                           compiled=cfg.compile, local=cfg.local)
     if cfg.compile:
-        compile_layers(trained)
+        compile_layers(trained, local=cfg.local)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     wrapper, opt = acc.prepare(wrapper, opt)
@@ -734,12 +735,15 @@ def restore_fp32(model, fp32: dict) -> None:
         p.data = value.to(p.device)
 
 
-def compile_layers(model) -> None:
+def compile_layers(model, local: bool = False) -> None:
     """torch.compile every decoder layer in place (`nn.Module.compile`: the module keeps its parameters and
     state-dict names). Per layer rather than the whole model: one layer's graph serves every layer of its type,
-    and the JetBlock's Triton kernels break the graph only inside their own layers."""
+    and the JetBlock's Triton kernels break the graph only inside their own layers. With `local` (attention
+    transfer) the JetBlocks run on their own, outside their decoder layers, so each layer's `self_attn` is
+    compiled instead: the elementwise glue around the kernels (activations, norms, gates) is most of what a
+    transfer step spends outside them."""
     for layer in model.model.layers:
-        layer.compile(dynamic=False)
+        (layer.self_attn if local else layer).compile(dynamic=False)
 
 
 def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:

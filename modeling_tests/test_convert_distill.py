@@ -204,3 +204,25 @@ def _frozen_bf16_runs(runs: dict, seen: list) -> None:
 def test_frozen_bf16_needs_a_bf16_run():
     with pytest.raises(ValueError, match="frozen_bf16 .* needs mixed_precision 'bf16'"):
         DistillConfig(frozen_bf16=True).resolved()
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["attention-transfer", "end-to-end"])
+def test_a_compiled_student_trains_as_the_eager_one(local):
+    """DistillConfig.compile: torch.compile (inductor, on the CPU here) of the decoder layers, or with attention
+    transfer of the JetBlocks, which then run outside their layers. The losses match eager step by step, graphs
+    were compiled, and the student is left eager for whatever measures it next."""
+    from torch._dynamo.utils import counters
+
+    cfg = dict(stage=1, steps=2, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=1, log_every=1, local=local)
+    teacher, ref, train, _ = _setup()
+    eager = distill(ref, teacher, train, DistillConfig(**cfg))
+    torch._dynamo.reset()
+    counters.clear()
+    teacher, student, train, _ = _setup()
+    compiled = distill(student, teacher, train, DistillConfig(**cfg, compile=True))
+    assert counters["stats"]["unique_graphs"] > 0
+    for a, b in zip(eager["history"], compiled["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
+    assert all(layer._compiled_call_impl is None and layer.self_attn._compiled_call_impl is None
+               for layer in student.model.layers)
+    torch._dynamo.reset()
