@@ -6,7 +6,8 @@ document here is one chat: a user turn asking for a function (one of INSTRUCTION
 `def` line(s) and docstring) in a code block, then the assistant's turn holding the whole function in a code block.
 The functions come from the train stream, so held-out files stay unseen. The loss is the KL to the teacher on these
 tokens. The answer therefore need not be the teacher's own: the student learns what the teacher predicts in chat
-form. Documents are packed whole, EOS between them, into rows of `seq_len`; one longer than the room left is cut.
+form. Chats follow each other as a multi-turn template does (each ends with the template's own end-of-turn, so no
+EOS is added between them) in rows of `seq_len`; one longer than the room left is cut.
 
 Row k of a stream is a pure function of (seed, k), as `RetrievalStream`'s: resumed and multi-process runs see the
 same rows.
@@ -79,7 +80,7 @@ class ChatCodeStream:
             raise ValueError(f"the train stream has {len(haystack)} tokens; chat rows read windows of {window} and "
                              f"need more than {2 * window}")
         self.tok, self.haystack, self.seq_len, self.seed, self.window = tokenizer, haystack, seq_len, seed, window
-        self.eos, self.name = tokenizer.eos_token_id, name
+        self.eos, self.name = tokenizer.eos_token_id, name  # the corpus's file separator, dropped from windows
         if not any(self._functions(random.Random(seed + i)) for i in range(8)):
             raise ValueError("chat rows are built from Python functions in the train text, and 8 windows of it held "
                              "none: use them with a code corpus, or set the chat ratio to 0")
@@ -108,5 +109,5 @@ class ChatCodeStream:
         rng = random.Random(self.seed * 1_000_003 + k)
         row: list[int] = []
         while len(row) < self.seq_len:
-            row += self.document(rng) + [self.eos]
+            row += self.document(rng)
         return np.asarray(row[: self.seq_len], dtype=np.int64)

@@ -67,6 +67,8 @@ def test_rows_are_chats_of_corpus_functions_and_a_pure_function_of_their_index(t
     text = tok.decode(row.tolist())
     assert "<|im_start|>user\n" in text and "<|im_start|>assistant\n```python\ndef " in text
     assert any(i in text for i in INSTRUCTIONS)
+    # chats follow each other as turns do, ended by the template: no corpus file separator between them
+    assert tok.eos_token_id not in row.tolist() and text.count("<|im_start|>user\n") >= 2
     # the assistant's function is one of the corpus's, and the user turn holds its head
     first = text.split("<|im_start|>assistant\n```python\n", 1)[1].split("```", 1)[0]
     source = tok.decode(code.tolist())
