@@ -118,7 +118,11 @@ def render_card(jet_config, base_config, base_model: str, name: str, layer_map_s
         stages = []
         for s in distill["stages"]:
             c = s["config"]
-            loss = " + ".join(x for x, w in (("logit KL", c["kl_weight"]), ("attention MSE", c["mse_weight"])) if w)
+            if c.get("local"):  # attention transfer: no end-to-end pass, so no KL whatever its weight says
+                loss = "attention-output MSE, each JetBlock on the teacher's input to its layer (attention transfer)"
+            else:
+                loss = " + ".join(x for x, w in (("logit KL", c["kl_weight"]), ("attention MSE", c["mse_weight"]))
+                                  if w)
             stages.append({"stage": c["stage"], "train": c["train"], "loss": loss, "steps": s["steps"],
                            "tokens": f"{s['tokens']:,}", "wall": f"{s['wall_s'] / 60:.1f} min"})
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731

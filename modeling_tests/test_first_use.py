@@ -140,6 +140,22 @@ def test_model_card_names_hub_ids_never_local_paths(tmp_path):
     assert "5+ files under `python3.11/`" in local and "`teacher-qwen2`" in local
 
 
+def test_model_card_names_an_attention_transfer_stage_by_its_loss(tmp_path):
+    from convert.model_card import render_card
+
+    def card(local: bool) -> str:
+        stage = {"config": {"stage": 1, "train": "jet", "kl_weight": 1.0, "mse_weight": 1.0, "local": local},
+                 "steps": 5, "tokens": 1000, "wall_s": 60}
+        distill = {"stages": [stage], "data_sources": [], "data_tokens": 1000, "seq_len": 64, "ppl_teacher": 3.0,
+                   "ppl_student": 3.1, "kl_before": 1.0, "kl_after": 0.1}
+        return render_card(tiny_config(layer_types=("jet", "attn", "swa", "swa")),
+                           tiny_config(layer_types=("attn",) * 4), "Qwen/Qwen2.5-1.5B", "jet-tiny", distill=distill)
+
+    transfer, end_to_end = card(True), card(False)
+    assert "attention transfer" in transfer and "logit KL" not in transfer
+    assert "logit KL + attention MSE" in end_to_end and "attention transfer" not in end_to_end
+
+
 def test_push_puts_the_repo_id_into_the_usage_snippet(tmp_path, monkeypatch):
     import huggingface_hub
 
