@@ -61,8 +61,10 @@ def test_distillation_lowers_held_out_kl():
     assert s2["eval_kl_after"] < s1["eval_kl_after"]
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path):
-    cfg = dict(stage=1, steps=6, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=2, save_every=2, log_every=0)
+@pytest.mark.parametrize("local", [False, True], ids=["end-to-end", "attention-transfer"])
+def test_killed_run_resumes_to_identical_weights(tmp_path, local):
+    cfg = dict(stage=1, steps=6, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=2, save_every=2, log_every=0,
+               local=local)
     teacher, ref, train, _ = _setup()
     distill(ref, teacher, train, DistillConfig(**cfg))
 
