@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,19 +28,20 @@ WORKER = textwrap.dedent("""
     acc = Accelerator(cpu=True)
     if acc.is_main_process:
         torch.save(student.state_dict(), {init!r})
-    cfg = DistillConfig(stage=1, steps=3, batch_size=4, micro_batch={micro}, lr=1e-2, warmup_steps=1, log_every=0)
+    cfg = DistillConfig(stage=1, steps=3, batch_size=4, micro_batch={micro}, lr=1e-2, warmup_steps=1, log_every=0,
+                        local={local})
     distill(student, teacher, train, cfg, accelerator=acc)
     if acc.is_main_process:
         torch.save(student.state_dict(), {out!r})
 """)
 
 
-def _run(tmp: Path, nproc: int, micro: int) -> tuple[dict, dict]:
+def _run(tmp: Path, nproc: int, micro: int, local: bool = False) -> tuple[dict, dict]:
     """(state dict before, state dict after) of rank 0."""
     out, init = tmp / f"sd_{nproc}.pt", tmp / f"sd_{nproc}_init.pt"
     script = tmp / f"worker_{nproc}.py"
     script.write_text(WORKER.format(repo=str(REPO), tests=str(REPO / "modeling_tests"), micro=micro, out=str(out),
-                                    init=str(init)))
+                                    init=str(init), local=local))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
            str(29500 + nproc + os.getpid() % 1000), str(script)] if nproc > 1 else [sys.executable, str(script)]
@@ -48,9 +50,10 @@ def _run(tmp: Path, nproc: int, micro: int) -> tuple[dict, dict]:
     return torch.load(init), torch.load(out)
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
-    init, single = _run(tmp_path, 1, micro=2)  # 2 micro-batches of 2 accumulated
-    init_ddp, ddp = _run(tmp_path, 2, micro=2)  # 2 ranks x 1 micro-batch of 2
+@pytest.mark.parametrize("local", [False, True], ids=["end-to-end", "attention-transfer"])
+def test_two_process_ddp_matches_single_process(tmp_path, local):
+    init, single = _run(tmp_path, 1, micro=2, local=local)  # 2 micro-batches of 2 accumulated
+    init_ddp, ddp = _run(tmp_path, 2, micro=2, local=local)  # 2 ranks x 1 micro-batch of 2
     for n, a in single.items():
         assert torch.equal(init_ddp[n], init[n]), f"{n}: the two runs did not start from the same weights"
         torch.testing.assert_close(ddp[n], a, atol=1e-5, rtol=1e-4, msg=n)
