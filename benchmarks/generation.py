@@ -307,7 +307,10 @@ def run(contexts: list[int], smoke: bool, max_batch: int, n1: int, n2: int, out:
                "n_decode_steps": n2 - n1, "rows": [],
                "torch": torch.__version__, "jet_projections_fused": fuse,
                "teacher_attention": qwen_cfg._attn_implementation, "jet_recurrent_state_dtype": state_dtype,
-               "compile_dynamic": dynamic, "smoke": smoke}
+               "compile_dynamic": dynamic, "smoke": smoke,
+               # inductor splits a graph around what CUDA graphs cannot hold (TORCHINDUCTOR_GRAPH_PARTITION=0: off);
+               # with --dynamic that split left Jet-Nemotron's decode step a size symbol short on the H200
+               "inductor_graph_partition": bool(torch._inductor.config.graph_partition)}
     stem = "generation_smoke" if smoke else "generation"
     models = [("jet", JetNemotronForCausalLM, jet_cfg), ("qwen", Qwen2ForCausalLM, qwen_cfg)]
     for tag, cls, cfg in models[::-1] if teacher_first else models:
