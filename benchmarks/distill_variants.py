@@ -23,7 +23,8 @@ stages scaled by FLOPs per token.
 Measured per variant (held-out = whole files never trained on): held-out KL to the teacher and perplexity (student
 and teacher), `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell) and, with
 --humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU per stage; seconds per phase. Results are
-written after every variant (a run cut short keeps the finished ones): OUT/variants.json, variants.md (the table),
+written after every variant (a run cut short keeps the finished ones; a variant that raises is recorded under
+"failed", with its error, and the next one runs): OUT/variants.json, variants.md (the table),
 variants_kl.png (training KL against tokens, one line per variant).
 """
 
@@ -36,6 +37,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -247,8 +249,19 @@ def main(argv: list[str] | None = None) -> None:
     rate = args.rate
     for v in variants:
         t_v = time.perf_counter()
-        row, rate = run_variant(v, teacher, tok, data, held, filler, lengths, args, dev, bf16, rate)
+        try:
+            row, rate = run_variant(v, teacher, tok, data, held, filler, lengths, args, dev, bf16, rate)
+        except Exception as err:  # noqa: BLE001 - one variant's failure (a compile error, OOM) must not cost the
+            # rest of a GPU session: recorded in the results and the table, printed, and the next variant runs
+            traceback.print_exc()
+            res.setdefault("failed", []).append({"name": v["name"], "variant": v, "error": f"{type(err).__name__}: "
+                                                 f"{err}", "seconds": time.perf_counter() - t_v})
+            write(res, out)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         row["seconds"]["total"] = time.perf_counter() - t_v
+        res["stage1_rate"] = {"tok_per_s": rate, "measured": args.rate is None}  # what the step plans came from
         res["variants"].append(row)
         write(res, out)
         print(f"{v['name']}: held-out KL {row['held_out_kl']:.4f}, ppl {row['ppl']:.3f} "
@@ -424,6 +437,7 @@ def write(res: dict, out: Path) -> None:
         if "humaneval" in v:
             cells.append(_he(v["humaneval"], v["humaneval_run"]))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"| {f['name']} | failed: {f['error'][:200]} |" for f in res.get("failed", [])]
     st = res["stamp"][0]
     (out / "variants.md").write_text("\n".join(lines) + f"\n\nMeasured at commit {st['commit']} on {st['card']}, "
                                      f"{st['date']}; {res['args']['minutes']} min of distillation a variant.\n")
@@ -450,9 +464,9 @@ def write(res: dict, out: Path) -> None:
         axis.set_yscale("log")
         axis.set_xlabel("seconds of training (steps only)")
         axis.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if ax_mse.lines:
-        ax_mse.legend(fontsize=8)
+    for axis in (ax, ax_mse):
+        if axis.lines:
+            axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "variants_kl.png", dpi=120)
     plt.close(fig)
