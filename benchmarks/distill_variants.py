@@ -464,7 +464,6 @@ def write(res: dict, out: Path) -> None:
         axis.set_yscale("log")
         axis.set_xlabel("seconds of training (steps only)")
         axis.grid(True, alpha=0.3)
-    for axis in (ax, ax_mse):
         if axis.lines:
             axis.legend(fontsize=8)
     fig.tight_layout()

@@ -29,7 +29,7 @@ INSTRUCTIONS = (
     "Implement the function below.",
     "Finish this code:",
 )
-_DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(", re.M)
+_DEF = re.compile(r"([ \t]*)(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(")  # at the start of a line
 
 
 def functions(text: str, max_lines: int = 80) -> list[tuple[str, str]]:
@@ -38,8 +38,8 @@ def functions(text: str, max_lines: int = 80) -> list[tuple[str, str]]:
     (at most `max_lines` lines). Blocks cut by the end of `text` and one-line functions are skipped."""
     out = []
     lines = text.split("\n")
-    starts = {text.count("\n", 0, m.start()): len(m.group(1).expandtabs()) for m in _DEF.finditer(text)}
-    for i, indent in starts.items():
+    starts = ((i, len(m.group(1).expandtabs())) for i, m in enumerate(map(_DEF.match, lines)) if m)
+    for i, indent in starts:
         j = i
         while j < len(lines) and not lines[j].rstrip().endswith(":"):
             j += 1

@@ -36,9 +36,8 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
     from .retrieval_data import RetrievalStream
 
     out, tokens = [], start_tokens
+    check_generated_rows(retrieval)
     r, c = (retrieval or {}).get("ratio", 0), (retrieval or {}).get("chat_ratio", 0)
-    if not (0 <= r < 1 and 0 <= c < 1 and r + c < 1):
-        raise ValueError(f"--retrieval-ratio {r} and --chat-ratio {c} must be in [0, 1) with a sum below 1")
     for cfg in stages:
         L = cfg.seq_len or seq_len
         extra = []
@@ -314,18 +313,25 @@ def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fractio
         raise ValueError(f"--eval-rows must be >= 1, got {eval_rows}")
     if start_tokens < 0:
         raise ValueError(f"start_tokens must be >= 0, got {start_tokens}")
-    if retrieval:
-        r = retrieval.get("ratio", 0)
-        if not (0 <= r < 1):  # also refuses NaN
-            raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
-        kinds = list(retrieval.get("kinds", ("passkey", "kv")))
-        bad = [k for k in kinds if k not in ("passkey", "kv")]
-        if r > 0 and (bad or not kinds):
-            raise ValueError(f"--retrieval-kinds must be among passkey, kv; got {','.join(kinds) or '(none)'}")
-        c = retrieval.get("chat_ratio", 0)
-        if not (0 <= c < 1) or not r + c < 1:
-            raise ValueError(f"--chat-ratio must be in [0, 1) and below 1 - --retrieval-ratio, got {c} (retrieval "
-                             f"{r})")
+    check_generated_rows(retrieval)
+
+
+def check_generated_rows(retrieval: dict | None) -> None:
+    """The generated-row settings ({"ratio", "kinds", "chat_ratio"}), one line naming the flag: checked before
+    anything loads (`check_data_options`) and again where the rows are mixed (`stage_samplers`, which scripts call
+    directly)."""
+    if not retrieval:
+        return
+    r = retrieval.get("ratio", 0)
+    if not (0 <= r < 1):  # also refuses NaN
+        raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
+    kinds = list(retrieval.get("kinds", ("passkey", "kv")))
+    bad = [k for k in kinds if k not in ("passkey", "kv")]
+    if r > 0 and (bad or not kinds):
+        raise ValueError(f"--retrieval-kinds must be among passkey, kv; got {','.join(kinds) or '(none)'}")
+    c = retrieval.get("chat_ratio", 0)
+    if not (0 <= c < 1) or not r + c < 1:
+        raise ValueError(f"--chat-ratio must be in [0, 1) and below 1 - --retrieval-ratio, got {c} (retrieval {r})")
 
 
 def _report_and_save(result: dict, student, teacher, tokenizer, held: torch.Tensor, teacher_name: str, out: Path,
