@@ -411,6 +411,15 @@ def _rate(v: dict) -> str:
     return " / ".join(cells) or "-"
 
 
+def best_student(results: Path) -> Path | None:
+    """The saved student of a variants.json to evaluate at length: the best HumanEval pass@1 (when it was run), then
+    the lowest held-out KL; None when no variant saved one."""
+    rows = [v for v in json.loads(Path(results).read_text())["variants"] if v.get("saved")]
+    if not rows:
+        return None
+    return Path(min(rows, key=lambda v: (-v.get("humaneval", 0.0), v["held_out_kl"]))["saved"])
+
+
 def _he(pass1: float, run: dict) -> str:
     return f"{pass1:.3f} ({run['problems']} in {run['seconds']:.0f} s)"
 

@@ -19,7 +19,8 @@
 #                                        corpus to tokenise (every variant reads the same first rows);
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
 #                                        SEARCHED=map.json skips it and uses that map; EVAL=1 saves each student
-#                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS)
+#                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS;
+#                                        EVAL=best: the best student only)
 #   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), pack what is done into
 #                                                              #   $OUT/results.tgz (a call returns 8 files at most)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
@@ -124,8 +125,12 @@ case "$1" in
         python3 benchmarks/distill_variants.py ${V[*]} > $JOB/variants.log 2>&1
       fi
       # EVAL=1: every saved student then goes through jet-nemotron eval beside the teacher (SUITE, EVAL_LENGTHS),
-      # into OUT/eval_<name>/eval
-      for d in $WORK/students/*/; do
+      # into OUT/eval_<name>/eval; EVAL=best: only the best of them (HumanEval, then held-out KL), as each eval
+      # measures the teacher again
+      students=\$(ls -d $WORK/students/*/ 2>/dev/null)
+      [ '${EVAL:-}' = best ] && students=\$(python3 -c 'import sys; sys.path.insert(0, \"benchmarks\")
+from distill_variants import best_student; print(best_student(\"$JOB/out/variants/variants.json\") or \"\")')
+      for d in \$students; do
         [ -n '${EVAL:-}' ] && [ -d \$d ] || continue
         python3 benchmarks/eval_real.py --model \$d --baseline $WORK/teacher_fp32 --out $JOB/out/eval_\$(basename \$d) \
           --suite ${SUITE:-ppl,niah,humaneval} --lengths ${EVAL_LENGTHS:-2048,8192,32000} --trials 3 >> $JOB/eval.log 2>&1

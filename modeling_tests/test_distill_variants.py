@@ -180,3 +180,28 @@ def test_without_a_rate_the_first_variant_probes_one(tmp_path):
              "--corpus-cache", str(tmp_path / "cache")])
     res = json.loads((out / "variants.json").read_text())
     assert res["stage1_rate"]["measured"] and res["stage1_rate"]["tok_per_s"] > 0
+
+
+def test_best_student_prefers_humaneval_then_held_out_kl(tmp_path):
+    rows = [{"name": "a", "held_out_kl": 0.2, "humaneval": 0.3, "saved": "/s/a"},
+            {"name": "b", "held_out_kl": 0.4, "humaneval": 0.5, "saved": "/s/b"},
+            {"name": "c", "held_out_kl": 0.1, "humaneval": 0.5, "saved": "/s/c"},
+            {"name": "d", "held_out_kl": 0.0, "humaneval": 0.9}]  # not saved: cannot be evaluated
+    f = tmp_path / "variants.json"
+    f.write_text(json.dumps({"variants": rows}))
+    assert dv.best_student(f) == Path("/s/c")
+    for r in rows:
+        r.pop("humaneval")
+    f.write_text(json.dumps({"variants": rows}))
+    assert dv.best_student(f) == Path("/s/c")
+    f.write_text(json.dumps({"variants": rows[3:]}))
+    assert dv.best_student(f) is None
+
+
+def test_the_committed_chat_rows_ablation_plans_equal_steps_for_both_variants():
+    """The chat-rows ablation differs in its rows only: same steps, split and recipe as its base."""
+    root = Path(__file__).resolve().parents[1]
+    a, b = dv.variant_list(str(root / "benchmarks/variants/chat_rows_4p5min.json"), None)
+    assert {k: v for k, v in a.items() if k not in ("name", "chat_ratio")} == \
+           {k: v for k, v in b.items() if k not in ("name", "chat_ratio")}
+    assert a["chat_ratio"] == 0 and b["chat_ratio"] == 0.1 and a["local1"]
