@@ -163,7 +163,7 @@ def test_the_committed_12_minute_plan_fits_15_minutes_at_the_measured_rates():
     H200 (the committed 4.5-minute run, same recipe and batch) must fit, and use most of it."""
     root = Path(__file__).resolve().parents[1]
     (v,) = dv.variant_list(str(root / "benchmarks/variants/attention_transfer_12min.json"), None)
-    assert v["local1"] and v["batch_size"] == 16 and v["local1_share"] == 0
+    assert v["local1"] and v["batch_size"] == 16 and v["local1_share"] == 0 and v["chat_ratio"] == 0.1
     run = json.loads((root / "benchmarks/results/real_model/recipe_attention_transfer/variants.json").read_text())
     measured = run["variants"][0]
     assert measured["variant"]["local1"] and measured["variant"]["batch_size"] == 16
