@@ -77,6 +77,7 @@ PRESETS = {
                {"name": "lr2-1e-4", "lr": [1e-3, 1e-4, 1e-4]},
                {"name": "no-retrieval-rows", "retrieval_ratio": 0.0},
                {"name": "no-chat-rows", "chat_ratio": 0.0},
+               {"name": "chat-rows-0.25", "chat_ratio": 0.25},
                {"name": "batch-8", "batch_size": 8},
                {"name": "stage2-non-mlp", "train2": "non-mlp"},
                {"name": "no-long-stage", "split": [0.55, 0.45, 0.0]},

@@ -205,3 +205,11 @@ def test_the_committed_chat_rows_ablation_plans_equal_steps_for_both_variants():
     assert {k: v for k, v in a.items() if k not in ("name", "chat_ratio")} == \
            {k: v for k, v in b.items() if k not in ("name", "chat_ratio")}
     assert a["chat_ratio"] == 0 and b["chat_ratio"] == 0.1 and a["local1"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks/variants")
+                                        .glob("*.json")))
+def test_every_committed_variant_file_is_valid_and_plans_its_steps(name):
+    """A session's plan is refused on the GPU only after the parts arrive (minutes of device time): check here."""
+    rows = dv.variant_list(str(Path(__file__).resolve().parents[1] / "benchmarks/variants" / name), None)
+    assert rows and all(v["steps"] is not None and sum(v["steps"]) > 0 for v in rows)
