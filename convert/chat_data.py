@@ -32,19 +32,25 @@ INSTRUCTIONS = (
 _DEF = re.compile(r"([ \t]*)(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(")  # at the start of a line
 
 
+def _indent(line: str) -> int:
+    """Columns of leading whitespace, tabs expanded as the `def` line's are (a tab-indented method's body)."""
+    line = line.expandtabs()
+    return len(line) - len(line.lstrip())
+
+
 def functions(text: str, max_lines: int = 80) -> list[tuple[str, str]]:
     """[(head, whole function)] of the complete `def` blocks in `text`, dedented: head = the lines up to the one
     ending the signature (":" at the end of a line) plus a docstring right after it; whole = the head and the body
     (at most `max_lines` lines). Blocks cut by the end of `text` and one-line functions are skipped."""
     out = []
     lines = text.split("\n")
-    starts = ((i, len(m.group(1).expandtabs())) for i, m in enumerate(map(_DEF.match, lines)) if m)
+    starts = ((i, _indent(line)) for i, line in enumerate(lines) if _DEF.match(line))
     for i, indent in starts:
         j = i
         while j < len(lines) and not lines[j].rstrip().endswith(":"):
             j += 1
         end = j + 1
-        while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
+        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > indent):
             end += 1
         if j >= len(lines) or end >= len(lines) or end - j < 2:  # no signature end, cut by the window, or no body
             continue

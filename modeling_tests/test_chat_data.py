@@ -52,6 +52,15 @@ def test_functions_are_whole_blocks_with_their_head_and_docstring():
     assert not whole.startswith(" ")
 
 
+def test_tab_indented_methods_are_found_whole():
+    """The `def` line's indent and its body's are both measured with tabs expanded: a tab-indented method's body
+    (two tabs under one) was measured as 2 columns under 8 and the method skipped."""
+    text = "class C:\n\tdef f(self, x):\n\t\ty = x + 1\n\t\treturn y\n\n\tdef g(self):\n\t\treturn 2\nz = 1\n"
+    found = dict(functions(text))
+    assert found == {"def f(self, x):\n": "def f(self, x):\n\ty = x + 1\n\treturn y\n",
+                     "def g(self):\n": "def g(self):\n\treturn 2\n"}
+
+
 @pytest.fixture(scope="module")
 def tok_and_code():
     text = Path(json.__file__).parent.joinpath("decoder.py").read_text() + "\n\n" + Path(random.__file__).read_text()

@@ -4,6 +4,8 @@ the compiled decode step (generate()'s CUDA-graph path). Retrieval and HumanEval
 
 from __future__ import annotations
 
+import time
+
 import torch
 from tqdm.auto import tqdm
 
@@ -56,12 +58,17 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
         idx = order[start:start + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
         ids, mask = ids.to(m.device), mask.to(m.device)
+        t0 = time.perf_counter()
         gen = m.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                cache_implementation="static", pad_token_id=tok.pad_token_id,
                                eos_token_id=sorted(stops), top_p=None, top_k=None, temperature=None, **extra)
         for row, i in zip(gen[:, ids.shape[1]:].tolist(), idx):
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
             out[i] = row[:cut]
+        # a batch runs until its slowest row stops: steps and seconds per step say where a slow run's time went
+        steps, s = gen.shape[1] - ids.shape[1], time.perf_counter() - t0
+        tqdm.write(f"{desc}: batch of {len(idx)} rows, prompts padded to {ids.shape[1]} tokens, {steps} steps in "
+                   f"{s:.1f} s ({s / max(steps, 1) * 1e3:.0f} ms/step)")
         del gen, ids, mask
         bar.update(len(idx))
     bar.close()
