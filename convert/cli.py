@@ -160,8 +160,7 @@ def distill(
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
                   compile=compile_student)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
-    if stage1_local is None:
-        stage1_local = train1 == "jet" and mse_weight > 0
+    # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,
                        **batch, **common)
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **batch, **common)

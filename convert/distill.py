@@ -40,7 +40,7 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -86,14 +86,17 @@ class DistillConfig(TrainSchedule):
     compile: bool = False  # torch.compile each decoder layer of the student (opt-in: compile time, graph breaks)
     # stage 1 only: each JetBlock learns its attention layer's map from the teacher's own input to the teacher's
     # attention output (normalised MSE), all layers side by side with no end-to-end pass and no KL ("attention
-    # transfer"); about half a full stage-1 step's FLOPs, and no layer waits for the ones below it to be right
-    local: bool = False
+    # transfer"); about half a full stage-1 step's FLOPs, and no layer waits for the ones below it to be right.
+    # None: on wherever it applies (stage 1 training the JetBlocks alone with mse_weight > 0), the recipe that won
+    # on the H200 (benchmarks/results/real_model/recipe_variants/); FSDP cannot shard it, so there None means off
+    local: bool | None = None
     # bf16 runs: the stage's frozen parameters held in bf16 while it trains (as the teacher is), so autocast does not
     # cast them again in every forward and the residual stream runs in bf16 from the frozen embeddings; restored
     # to their exact fp32 values when the stage ends. Opt-in until measured on the GPU
     frozen_bf16: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
+    _local_by_default: bool = field(default=False, init=False, repr=False)  # `local` came from None, not the caller
 
     def resolved(self) -> "DistillConfig":
         if self.stage not in (1, 2, 3):
@@ -129,6 +132,9 @@ class DistillConfig(TrainSchedule):
         if self.frozen_bf16 and self.mixed_precision != "bf16":
             raise ValueError(f"stage {self.stage}: frozen_bf16 holds frozen weights in bf16 for a bf16 run; it needs "
                              f"mixed_precision 'bf16', got {self.mixed_precision!r}")
+        if self.local is None:
+            self.local = self.stage == 1 and self.train == "jet" and self.mse_weight > 0
+            self._local_by_default = self.local
         if self.local and (self.stage != 1 or self.train != "jet" or not self.mse_weight > 0):
             raise ValueError(f"local attention transfer trains the JetBlocks alone on the attention MSE: it needs "
                              f"stage 1, train 'jet' and mse_weight > 0 (got stage {self.stage}, train "
@@ -478,6 +484,9 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
 
     cfg = cfg.resolved()
     acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+    if cfg.local and cfg._local_by_default and _uses_fsdp(acc):
+        acc.print("stage 1 runs end to end under FSDP: attention transfer, the default elsewhere, cannot be sharded")
+        cfg = replace(cfg, local=False)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     data = TensorRows(train_rows, cfg.seed) if isinstance(train_rows, torch.Tensor) else train_rows
     identity = {**(identity or {}), "train_rows": source_fingerprint(data, cfg.batch_size),
@@ -566,8 +575,9 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     fsdp = _uses_fsdp(acc)
     if fsdp and cfg.local:  # FSDP gathers a decoder layer's weights in its forward, which attention transfer skips
         raise ValueError("local attention transfer (stage 1 --stage1-local) runs the JetBlocks outside their decoder "
-                         "layers, which FSDP cannot shard: pass --no-stage1-local (an end-to-end stage 1), or "
-                         "run that stage on one GPU or under DDP")
+                         "layers, which FSDP cannot shard: leave the flag out or pass --no-stage1-local "
+                         "(DistillConfig(local=None / False): an end-to-end stage 1), or run that stage on one GPU "
+                         "or under DDP")
     if fsdp:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)

@@ -156,6 +156,19 @@ def test_local_attention_transfer_trains_each_jetblock_on_the_teachers_own_input
     assert eval_kl(student, teacher, held) < eval_kl(fresh, teacher, held)
 
 
+@pytest.mark.parametrize("kw, local", [
+    (dict(stage=1), True),  # the default recipe: attention transfer
+    (dict(stage=1, train="all"), False),
+    (dict(stage=1, mse_weight=0.0), False),
+    (dict(stage=2), False),
+    (dict(stage=3), False),
+    (dict(stage=1, local=False), False),  # an end-to-end stage 1, asked for
+])
+def test_attention_transfer_is_the_default_wherever_it_applies(kw, local):
+    """The library, the CLI and the benchmark scripts share one default (the CLI passes None through)."""
+    assert DistillConfig(**kw).resolved().local is local
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(stage=2, local=True), "needs stage 1"),
     (dict(stage=1, train="all", local=True), "train 'jet'"),

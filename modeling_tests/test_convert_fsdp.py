@@ -85,6 +85,8 @@ def _launch_fsdp(tmp: Path) -> float:
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
+    # CFG leaves `local` at its default (attention transfer), which FSDP cannot shard: it says so and goes end to end
+    assert "stage 1 runs end to end under FSDP" in r.stdout, r.stdout[-2000:]
     return time.perf_counter() - t0
 
 
@@ -106,7 +108,7 @@ def test_two_process_fsdp_matches_single_process_and_resumes(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the launched processes: on 2 busy cores OpenMP threads spin for each other
     try:
-        ref = distill(single, teacher, train, DistillConfig(**CFG))["history"]
+        ref = distill(single, teacher, train, DistillConfig(**CFG, local=False))["history"]  # FSDP's stage 1
     finally:
         torch.set_num_threads(threads)
 
@@ -149,3 +151,14 @@ def test_unsupported_fsdp_settings_are_refused(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         _check_fsdp_plugin(FullyShardedDataParallelPlugin(**kwargs))
+
+
+def test_attention_transfer_asked_for_under_fsdp_is_refused_naming_the_flag(monkeypatch):
+    """Asked for explicitly (not the default, which FSDP turns off itself), transfer under FSDP is an error."""
+    import convert.distill as d
+    from test_convert_distill import _setup
+
+    teacher, student, train, _ = _setup()
+    monkeypatch.setattr(d, "_uses_fsdp", lambda acc: True)
+    with pytest.raises(ValueError, match="FSDP cannot shard: leave the flag out or pass --no-stage1-local"):
+        distill(student, teacher, train, DistillConfig(**CFG, local=True))

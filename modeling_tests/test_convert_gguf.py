@@ -35,6 +35,8 @@ def write_qwen2_gguf(model, tok, path) -> None:
     w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
     w.add_eos_token_id(tok.eos_token_id)
     w.add_pad_token_id(tok.pad_token_id)
+    if getattr(tok, "chat_template", None):  # as an instruct model's GGUF carries it (the real session's does)
+        w.add_chat_template(tok.chat_template)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg.num_hidden_layers)
     for n, t in model.state_dict().items():
         w.add_tensor(names.get_name(n, try_suffixes=(".weight", ".bias")), t.float().numpy())
