@@ -14,7 +14,8 @@ attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage tr
 "local1_share" (that share of an end-to-end stage 1's budget first as attention transfer), "steps" ([n1, n2, n3]
 optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
 the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compile`: the student's layers, or in
-attention transfer its JetBlocks, under torch.compile)}; the missing keys take the defaults below (BASE: the recipe that
+attention transfer its JetBlocks, under torch.compile), "retrieval_kinds" (the generated retrieval rows' kinds:
+passkey, kv, table, `convert/retrieval_data.py`)}; the missing keys take the defaults below (BASE: the recipe that
 won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock
 shape and window, so a placement comparison differs in placement only. Step counts: a variant's "steps", else
 --minutes x the stage-1 rate given by --rate (tok/s; or measured on the first variant's first stage), the other
@@ -60,7 +61,8 @@ from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
-        "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "compile": False}
+        "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "compile": False,
+        "retrieval_kinds": ["passkey", "kv"]}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -76,6 +78,7 @@ PRESETS = {
                {"name": "lr1-3e-4", "lr": [3e-4, 3e-5, 3e-5]},
                {"name": "lr2-1e-4", "lr": [1e-3, 1e-4, 1e-4]},
                {"name": "no-retrieval-rows", "retrieval_ratio": 0.0},
+               {"name": "table-rows", "retrieval_kinds": ["passkey", "kv", "table"]},
                {"name": "no-chat-rows", "chat_ratio": 0.0},
                {"name": "chat-rows-0.25", "chat_ratio": 0.25},
                {"name": "batch-8", "batch_size": 8},
@@ -293,7 +296,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
-    retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": ["passkey", "kv"], "chat_ratio": v["chat_ratio"]}
+    retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": v["retrieval_kinds"], "chat_ratio": v["chat_ratio"]}
                     if v["retrieval_ratio"] or v["chat_ratio"] else None)
     if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a
         # copy (the rate's reference, f1 below, whatever its own stage 1 is), the later ones reuse it

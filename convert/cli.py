@@ -106,7 +106,8 @@ def distill(
     retrieval_ratio: Annotated[float, typer.Option(help="fraction in [0, 1) of every stage's rows that are "
                                                         "generated long-range retrieval documents (passkey / "
                                                         "key-value lookups in corpus text)")] = 0.0,
-    retrieval_kinds: Annotated[str, typer.Option(help="comma-separated: passkey, kv")] = "passkey,kv",
+    retrieval_kinds: Annotated[str, typer.Option(help="comma-separated: passkey, kv, table (convert/README.md)")
+                               ] = "passkey,kv",
     chat_ratio: Annotated[float, typer.Option(help="fraction in [0, 1) of every stage's rows that are chats built "
                                                    "from the corpus's Python functions in the tokenizer's chat "
                                                    "template (an instruct teacher is used so; needs a chat "

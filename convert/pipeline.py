@@ -320,15 +320,17 @@ def check_generated_rows(retrieval: dict | None) -> None:
     """The generated-row settings ({"ratio", "kinds", "chat_ratio"}), one line naming the flag: checked before
     anything loads (`check_data_options`) and again where the rows are mixed (`stage_samplers`, which scripts call
     directly)."""
+    from .retrieval_data import KINDS
+
     if not retrieval:
         return
     r = retrieval.get("ratio", 0)
     if not (0 <= r < 1):  # also refuses NaN
         raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
     kinds = list(retrieval.get("kinds", ("passkey", "kv")))
-    bad = [k for k in kinds if k not in ("passkey", "kv")]
+    bad = [k for k in kinds if k not in KINDS]
     if r > 0 and (bad or not kinds):
-        raise ValueError(f"--retrieval-kinds must be among passkey, kv; got {','.join(kinds) or '(none)'}")
+        raise ValueError(f"--retrieval-kinds must be among {', '.join(KINDS)}; got {','.join(kinds) or '(none)'}")
     c = retrieval.get("chat_ratio", 0)
     if not (0 <= c < 1) or not r + c < 1:
         raise ValueError(f"--chat-ratio must be in [0, 1) and below 1 - --retrieval-ratio, got {c} (retrieval {r})")

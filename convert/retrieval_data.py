@@ -1,6 +1,6 @@
 """Long-range retrieval rows generated on the fly, with real corpus text as the haystack.
 
-Two kinds of documents, each ended by EOS and packed whole into rows of `seq_len` (lengths log-uniform in
+Three kinds of documents, each ended by EOS and packed whole into rows of `seq_len` (lengths log-uniform in
 [min_len, seq_len], as `convert.evaluation.passkey_rows`, so one row holds many short examples or one long one):
   passkey  `convert.evaluation.passkey_prompt(answered=True)`: `PASSKEY = <5 digits>` at a random depth of the
            haystack, `assert PASSKEY == <key>` at the end (the format the passkey evaluation asks);
@@ -8,6 +8,11 @@ Two kinds of documents, each ended by EOS and packed whole into rows of `seq_len
            end: `assert <name> == '<value>'`. Names come from a fixed word list, so a question is only
            answerable from the context, not from the name. A document too short for `n_pairs` holds half as
            many (down to one; below that it becomes a passkey document).
+  table    associative recall in one block: a dict literal `REGISTRY = {'<name>': '<6 hex>', ...}` of `n_pairs`
+           entries at a random depth, then `assert REGISTRY['<name>'] == '<value>'` for one of them. The pairs
+           sit side by side, so the answer must be found by its key among near-identical lines (the kind of
+           lookup the eval's `kv` task asks, in another surface form: word keys, one quote style, another
+           name). Fewer pairs in a short document, as for kv.
 Row k of a stream is a pure function of (seed, k): `RetrievalStream.draw(k)` builds it from its own RNG and a
 haystack window at an RNG-chosen offset of the train tokens, so resumed and multi-process runs see the same rows.
 """
@@ -53,19 +58,50 @@ def kv_prompt(tok, filler_ids: list[int], length: int, rng: random.Random, n_pai
     return out + fill[prev:] + tail, answer
 
 
+TABLE_QUESTION = "\nassert REGISTRY['{name}'] == '"
+
+
+def table_prompt(tok, filler_ids: list[int], length: int, rng: random.Random, n_pairs: int = 16,
+                 answered: bool = False) -> tuple[list[int], str]:
+    """One table-lookup question of `length` ids (fewer if the filler is shorter) and its answer (value + "'").
+
+    A block `\nREGISTRY = {\n    '<name>': '<value>',\n ...}\n` of `n_pairs` entries at a random depth of a filler
+    window, then `assert REGISTRY['<name>'] == '` for one of them; with `answered` the answer's tokens follow.
+    """
+    names = rng.sample(KV_NAMES, n_pairs)
+    values = [f"{rng.getrandbits(24):06x}" for _ in names]
+    block = token_ids(tok, "\nREGISTRY = {\n" + "".join(f"    '{n}': '{v}',\n" for n, v in zip(names, values))
+                      + "}\n")
+    ask = rng.randrange(n_pairs)
+    answer = values[ask] + "'"
+    tail = token_ids(tok, TABLE_QUESTION.format(name=names[ask])) + (token_ids(tok, answer) if answered else [])
+    n_fill = length - len(block) - len(tail)
+    if n_fill < 0:
+        raise ValueError(f"a table of {n_pairs} pairs needs more than {length} tokens")
+    start = rng.randint(0, max(0, len(filler_ids) - n_fill - 1))
+    fill = list(filler_ids[start:start + n_fill])
+    d = rng.randint(0, len(fill))
+    return fill[:d] + block + fill[d:] + tail, answer
+
+
+KINDS = ("passkey", "kv", "table")
+_PAIRED = {"kv": kv_prompt, "table": table_prompt}  # documents of n pairs, halved until one fits
+
+
 class RetrievalStream:
     """Rows [seq_len] of back-to-back retrieval documents (see the module docstring); infinite, no `n`."""
 
     def __init__(self, tokenizer, haystack: np.ndarray, seq_len: int, kinds=("passkey", "kv"), seed: int = 0,
-                 min_len: int = 64, n_pairs: int = 8, name: str = "retrieval"):
-        bad = [k for k in kinds if k not in ("passkey", "kv")]
+                 min_len: int = 64, n_pairs: int = 8, name: str = "retrieval", table_pairs: int = 16):
+        bad = [k for k in kinds if k not in KINDS]
         if bad or not kinds:
-            raise ValueError(f"retrieval kinds must be among 'passkey', 'kv'; got {list(kinds)}")
+            raise ValueError(f"retrieval kinds must be among {', '.join(KINDS)}; got {list(kinds)}")
         if len(haystack) <= 2 * seq_len:
             raise ValueError(f"the haystack has {len(haystack)} tokens; retrieval rows of {seq_len} need more "
                              f"than {2 * seq_len}")
         self.tok, self.haystack, self.seq_len, self.kinds = tokenizer, haystack, seq_len, tuple(kinds)
         self.seed, self.min_len, self.n_pairs, self.name = seed, min(min_len, seq_len), n_pairs, name
+        self.pairs = {"kv": n_pairs, "table": table_pairs}
         self.eos = tokenizer.eos_token_id
 
     def draw(self, k: int) -> np.ndarray:
@@ -83,11 +119,11 @@ class RetrievalStream:
                 n = room
             kind = rng.choice(self.kinds)
             doc = None
-            if kind == "kv":  # a short document holds fewer pairs; too short for one pair: a passkey instead
-                pairs = self.n_pairs
+            if kind in _PAIRED:  # a short document holds fewer pairs; too short for one pair: a passkey instead
+                pairs = self.pairs[kind]
                 while doc is None and pairs >= 1:
                     try:
-                        doc = kv_prompt(self.tok, filler, n - 1, rng, pairs, answered=True)[0]
+                        doc = _PAIRED[kind](self.tok, filler, n - 1, rng, pairs, answered=True)[0]
                     except ValueError:
                         pairs //= 2
             if doc is None:

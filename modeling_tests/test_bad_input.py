@@ -403,7 +403,7 @@ DISTILL_CASES = {
     "retrieval-ratio-one": (["--retrieval-ratio", "1"], "--retrieval-ratio must be in [0, 1), got 1.0"),
     "retrieval-ratio-negative": (["--retrieval-ratio", "-0.1"], "--retrieval-ratio must be in [0, 1), got -0.1"),
     "retrieval-kinds-unknown": (["--retrieval-ratio", "0.2", "--retrieval-kinds", "needle"],
-                                "--retrieval-kinds must be among passkey, kv; got needle"),
+                                "--retrieval-kinds must be among passkey, kv, table; got needle"),
     "chat-ratio-one": (["--chat-ratio", "1"], "--chat-ratio must be in [0, 1) and below 1 - --retrieval-ratio, "
                                               "got 1.0 (retrieval 0.0)"),
     "chat-and-retrieval-all-rows": (["--retrieval-ratio", "0.5", "--chat-ratio", "0.5"],

@@ -149,6 +149,25 @@ def test_retrieval_rows_hold_their_answers(tok):
     assert "assert " in tok.decode(r.tolist()) and not np.array_equal(r, s.draw(6))
 
 
+def test_table_rows_hold_their_answer_in_one_block(tok):
+    """A table document: all pairs in one block, the asked key among them, the answer its value; a table too long
+    for its document is refused (the stream then halves the pairs), and a table-only stream's rows ask tables."""
+    from convert.retrieval_data import RetrievalStream, table_prompt
+
+    hay = np.asarray(tok(" ".join(WORDS * 200), add_special_tokens=False)["input_ids"], np.uint32)
+    ids, answer = table_prompt(tok, hay.tolist(), 400, random.Random(0), n_pairs=8, answered=True)
+    text = tok.decode(ids)
+    block = text[text.index("REGISTRY = {"):text.index("}\n")]
+    key = text.rsplit("assert REGISTRY['", 1)[1].split("'")[0]
+    assert len(ids) == 400 and text.endswith(answer) and block.count(": '") == 8
+    assert f"    '{key}': '{answer}," in block
+    with pytest.raises(ValueError, match="a table of 8 pairs needs more than 20 tokens"):
+        table_prompt(tok, hay.tolist(), 20, random.Random(0), n_pairs=8)
+    s = RetrievalStream(tok, hay, 256, kinds=("table",), seed=1)
+    rows = [tok.decode(s.draw(k).tolist()) for k in range(6)]
+    assert all("REGISTRY = {" in r and "assert REGISTRY['" in r for r in rows)
+
+
 def test_flops_per_token_counts_the_matmuls_the_model_runs():
     from torch.utils.flop_counter import FlopCounterMode
 

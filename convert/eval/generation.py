@@ -66,9 +66,11 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
             out[i] = row[:cut]
         # a batch runs until its slowest row stops: steps and seconds per step say where a slow run's time went
+        # (batches under a second, a retrieval cell's, are not worth a line)
         steps, s = gen.shape[1] - ids.shape[1], time.perf_counter() - t0
-        tqdm.write(f"{desc}: batch of {len(idx)} rows, prompts padded to {ids.shape[1]} tokens, {steps} steps in "
-                   f"{s:.1f} s ({s / max(steps, 1) * 1e3:.0f} ms/step)")
+        if s >= 1.0:
+            tqdm.write(f"{desc}: batch of {len(idx)} rows, prompts padded to {ids.shape[1]} tokens, {steps} steps "
+                       f"in {s:.1f} s ({s / max(steps, 1) * 1e3:.0f} ms/step)")
         del gen, ids, mask
         bar.update(len(idx))
     bar.close()
