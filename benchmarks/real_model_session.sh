@@ -127,14 +127,15 @@ case "$1" in
       # EVAL=1: every saved student then goes through jet-nemotron eval beside the teacher (SUITE, EVAL_LENGTHS),
       # into OUT/eval_<name>/eval; EVAL=best: only the best of them (HumanEval, then held-out KL), as each eval
       # measures the teacher again
-      students=\$(ls -d $WORK/students/*/ 2>/dev/null)
-      [ '${EVAL:-}' = best ] && students=\$(python3 -c 'import sys; sys.path.insert(0, \"benchmarks\")
+      if [ -n '${EVAL:-}' ]; then
+        students=\$(ls -d $WORK/students/*/ 2>/dev/null)
+        [ '${EVAL:-}' = best ] && students=\$(python3 -c 'import sys; sys.path.insert(0, \"benchmarks\")
 from distill_variants import best_student; print(best_student(\"$JOB/out/variants/variants.json\") or \"\")')
-      for d in \$students; do
-        [ -n '${EVAL:-}' ] && [ -d \$d ] || continue
-        python3 benchmarks/eval_real.py --model \$d --baseline $WORK/teacher_fp32 --out $JOB/out/eval_\$(basename \$d) \
-          --suite ${SUITE:-ppl,niah,humaneval} --lengths ${EVAL_LENGTHS:-2048,8192,32000} --trials 3 >> $JOB/eval.log 2>&1
-      done
+        for d in \$students; do
+          python3 benchmarks/eval_real.py --model \$d --baseline $WORK/teacher_fp32 --out $JOB/out/eval_\$(basename \$d) \
+            --suite ${SUITE:-ppl,niah,humaneval} --lengths ${EVAL_LENGTHS:-2048,8192,32000} --trials 3 >> $JOB/eval.log 2>&1
+        done
+      fi
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
     echo "variants pipeline started: $JOB/pipeline.log" ;;
   poll)

@@ -525,7 +525,9 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     acc.wait_for_everyone()
     unwrapped = _finish(run, student, cfg)
     wall, L = time.perf_counter() - t_run, data.seq_len
-    summary = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("history", "_local_by_default")}, "trainable_params": run.n_train,
+    # a private field (a leading "_": how the config was resolved) is no setting of the run
+    config = {k: v for k, v in asdict(cfg).items() if k != "history" and not k.startswith("_")}
+    summary = {"config": config, "trainable_params": run.n_train,
                "world_size": acc.num_processes, "eval_kl_before": kl_before, "history": history,
                "tokens": cfg.steps * cfg.batch_size * L, "steps": cfg.steps, "wall_s": wall,
                "tok_per_s": (cfg.steps - start) * cfg.batch_size * L / wall if cfg.steps > start else None, **speed}

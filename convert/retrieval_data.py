@@ -45,17 +45,23 @@ def kv_prompt(tok, filler_ids: list[int], length: int, rng: random.Random, n_pai
     ask = rng.randrange(n_pairs)
     answer = values[ask] + "'"
     tail = token_ids(tok, KV_QUESTION.format(name=names[ask])) + (token_ids(tok, answer) if answered else [])
-    n_fill = length - sum(map(len, needles)) - len(tail)
+    return _plant(filler_ids, length, needles, tail, rng, f"a key-value document with {n_pairs} pairs"), answer
+
+
+def _plant(filler_ids: list[int], length: int, pieces: list[list[int]], tail: list[int], rng: random.Random,
+           what: str) -> list[int]:
+    """`pieces` at sorted random depths of a filler window as long as `length` leaves, then `tail`."""
+    n_fill = length - sum(map(len, pieces)) - len(tail)
     if n_fill < 0:
-        raise ValueError(f"a key-value document with {n_pairs} pairs needs more than {length} tokens")
+        raise ValueError(f"{what} needs more than {length} tokens")
     start = rng.randint(0, max(0, len(filler_ids) - n_fill - 1))
     fill = list(filler_ids[start:start + n_fill])
-    depths = sorted(rng.randint(0, len(fill)) for _ in needles)
+    depths = sorted(rng.randint(0, len(fill)) for _ in pieces)
     out, prev = [], 0
-    for d, nd in zip(depths, needles):
-        out += fill[prev:d] + nd
+    for d, piece in zip(depths, pieces):
+        out += fill[prev:d] + piece
         prev = d
-    return out + fill[prev:] + tail, answer
+    return out + fill[prev:] + tail
 
 
 TABLE_QUESTION = "\nassert REGISTRY['{name}'] == '"
@@ -75,13 +81,7 @@ def table_prompt(tok, filler_ids: list[int], length: int, rng: random.Random, n_
     ask = rng.randrange(n_pairs)
     answer = values[ask] + "'"
     tail = token_ids(tok, TABLE_QUESTION.format(name=names[ask])) + (token_ids(tok, answer) if answered else [])
-    n_fill = length - len(block) - len(tail)
-    if n_fill < 0:
-        raise ValueError(f"a table of {n_pairs} pairs needs more than {length} tokens")
-    start = rng.randint(0, max(0, len(filler_ids) - n_fill - 1))
-    fill = list(filler_ids[start:start + n_fill])
-    d = rng.randint(0, len(fill))
-    return fill[:d] + block + fill[d:] + tail, answer
+    return _plant(filler_ids, length, [block], tail, rng, f"a table of {n_pairs} pairs"), answer
 
 
 KINDS = ("passkey", "kv", "table")
@@ -100,8 +100,8 @@ class RetrievalStream:
             raise ValueError(f"the haystack has {len(haystack)} tokens; retrieval rows of {seq_len} need more "
                              f"than {2 * seq_len}")
         self.tok, self.haystack, self.seq_len, self.kinds = tokenizer, haystack, seq_len, tuple(kinds)
-        self.seed, self.min_len, self.n_pairs, self.name = seed, min(min_len, seq_len), n_pairs, name
-        self.pairs = {"kv": n_pairs, "table": table_pairs}
+        self.seed, self.min_len, self.name = seed, min(min_len, seq_len), name
+        self.pairs = {"kv": n_pairs, "table": table_pairs}  # pairs a document starts from
         self.eos = tokenizer.eos_token_id
 
     def draw(self, k: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import asdict
 FORMAT = 1
 # DistillConfig fields that change neither the batches nor the arithmetic (beyond summation order)
 NOT_IDENTITY = ("micro_batch", "kl_chunk", "gradient_checkpointing", "save_every", "keep_checkpoints", "log_every",
-                "eval_batch", "history", "compile", "peak_tflops", "_local_by_default")
+                "eval_batch", "history", "compile", "peak_tflops")
 
 
 def _hash(obj) -> str:
@@ -34,7 +34,7 @@ def _hash(obj) -> str:
 
 def stage_fields(cfg) -> dict:
     """The result-changing fields of one resolved DistillConfig."""
-    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY and not k.startswith("_")}  # "_": private
 
 
 def config_fingerprint(config) -> str:
