@@ -8,7 +8,8 @@
 # or, past the 10-minute command limit, the whole run as one detached job (a process in its own session outlives
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
-#                                  while the parts arrive: profile_distill.py (PROFILE_RUNS) and generation.py
+#                                  while the parts arrive: profile_distill.py (PROFILE_RUNS, a run a word, its
+#                                  flags joined by commas) and generation.py
 #                                  (SPEED_CONTEXTS; SPEED=all: one process for all of them, SPEED_ARGS=--dynamic:
 #                                  one compile per model), within SPEED_TIMEOUT seconds
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
@@ -29,7 +30,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 [ -d /tmp/site ] && export PYTHONPATH=$PYTHONPATH:/tmp/site
-M=/tmp/realmodel WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
+M=${M:-/tmp/realmodel} WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
 GGUF=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf MD5=136755df932e5b87db9bbc2bea00aba5
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
@@ -51,8 +52,9 @@ case "$1" in
       # SPEED_TIMEOUT seconds
       mkdir -p $JOB/out && rm -f $JOB/speed.done
       jobs=""
+      # PROFILE_RUNS: one run a word, commas joining one run's flags ("--stage=2 --stage=2,--compile": two runs)
       [ -n "${PROFILE:-}" ] && for p in ${PROFILE_RUNS:---stage=1 --local}; do
-        jobs="$jobs python3 benchmarks/profile_distill.py $p --out $JOB/out/profile;"; done
+        jobs="$jobs python3 benchmarks/profile_distill.py ${p//,/ } --out $JOB/out/profile;"; done
       # SPEED=1: one process per context (a cut one loses only its own); SPEED=all: one process for every context
       # (with SPEED_ARGS=--dynamic, one compile per model serves them all); SPEED_ARGS go to generation.py
       if [ "${SPEED:-}" = all ]; then

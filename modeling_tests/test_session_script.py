@@ -151,3 +151,27 @@ def test_poll_stops_when_a_card_job_alone_is_done(tmp_path):
     (job / "pipeline.log").write_text("")  # a pipeline is running: the card job's end is not the session's
     r = _run(tmp_path, ["poll", "3"], OUT=str(tmp_path / "OUT"))
     assert "pipeline running" in r.stdout, r.stdout
+
+
+def test_profile_runs_take_one_run_a_word_with_commas_joining_its_flags(tmp_path):
+    """PROFILE_RUNS on part 01: each word is one profile_distill.py process, commas join that run's flags."""
+    blob = ROOT / ".blob"
+    made = not blob.exists()
+    blob.mkdir(exist_ok=True)
+    part = blob / "part01"
+    had = part.exists()
+    if not had:
+        part.write_bytes(b"x")
+    try:
+        r = _run(tmp_path, ["part", "01"], PROFILE="1", PROFILE_RUNS="--stage=2 --stage=2,--compile",
+                 SPEED_TIMEOUT="30", M=str(tmp_path / "m"))
+        assert r.returncode == 0, r.stderr
+        extra = 1 if list((ROOT / ".whl").glob("*.whl")) else 0  # a checkout with wheels installs them first
+        calls = [c for c in _calls(tmp_path, 2 + extra) if "profile_distill.py" in c]
+    finally:
+        if not had:
+            part.unlink()
+        if made:
+            blob.rmdir()
+    assert calls[0].startswith("PY benchmarks/profile_distill.py --stage=2 --out ")
+    assert calls[1].startswith("PY benchmarks/profile_distill.py --stage=2 --compile --out ")
