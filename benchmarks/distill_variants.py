@@ -454,8 +454,11 @@ def write(res: dict, out: Path) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [f"| {f['name']} | failed: {f['error'][:200]} |" for f in res.get("failed", [])]
     st = res["stamp"][0]
+    # a variant with an explicit step plan ignores --minutes: its budget is the seconds its steps took
+    budget = "; ".join(f"{v['name']}: {v['seconds']['distil'] / 60:.1f} min of distillation"
+                       + ("" if v["variant"]["steps"] is None else " (explicit steps)") for v in res["variants"])
     (out / "variants.md").write_text("\n".join(lines) + f"\n\nMeasured at commit {st['commit']} on {st['card']}, "
-                                     f"{st['date']}; {res['args']['minutes']} min of distillation a variant.\n")
+                                     f"{st['date']}; --minutes {res['args']['minutes']}. {budget}.\n")
     import matplotlib
 
     matplotlib.use("Agg")

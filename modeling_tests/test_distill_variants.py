@@ -93,6 +93,8 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
     table = (out / "variants.md").read_text()
     assert "(2 in " in table
     assert table.count("\n| ") == 4 and "| uniform |" in table  # header row aside: teacher + 3 variants
+    # the footer gives each variant's own distillation time, not only --minutes (ignored by explicit plans)
+    assert "--minutes 0.04." in table and "searched: " in table and "min of distillation" in table
     assert (out / "variants_kl.png").stat().st_size > 0
 
 
