@@ -141,6 +141,8 @@ def main():
     ap.add_argument("--chat-ratio", type=float, default=0.1,
                     help="chat-formatted rows of the corpus's functions in every stage (convert/chat_data.py); 0.1 "
                          "since the H200 ablation of 2026-12-02 (HumanEval on the first 40: 0.525 against 0.175)")
+    ap.add_argument("--chat-file", help="chat rows drawn from this jsonl(.gz) of chats (e.g. the teacher's own "
+                                        "answers, benchmarks/teacher_answers.py) instead of built from the corpus")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile each student decoder layer")
     ap.add_argument("--log-every", type=int, default=10)
@@ -242,7 +244,8 @@ def main():
             DistillConfig(stage=3, steps=1, lr=args.lr3, mse_weight=0.0, train="all", seq_len=args.stage3_seq_len,
                           batch_size=max(1, args.batch_size * args.seq_len // args.stage3_seq_len),
                           micro_batch=args.stage3_micro_batch, **common)]
-    retrieval = {"ratio": args.retrieval_ratio, "kinds": ["passkey", "kv"], "chat_ratio": args.chat_ratio}
+    retrieval = {"ratio": args.retrieval_ratio, "kinds": ["passkey", "kv"], "chat_ratio": args.chat_ratio,
+                 "chat_file": args.chat_file}
     t0 = time.perf_counter()
     plan = work / "plan.json"
     if args.steps:

@@ -15,7 +15,9 @@ attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage tr
 optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
 the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compile`: the student's layers, or in
 attention transfer its JetBlocks, under torch.compile), "retrieval_kinds" (the generated retrieval rows' kinds:
-passkey, kv, table, `convert/retrieval_data.py`)}; the missing keys take the defaults below (BASE: the recipe that
+passkey, kv, table, `convert/retrieval_data.py`), "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
+e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
+to the repository, absolute, or "@answers": the file given by --answers)}; the missing keys take the defaults below (BASE: the recipe that
 won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock
 shape and window, so a placement comparison differs in placement only. Step counts: a variant's "steps", else
 --minutes x the stage-1 rate given by --rate (tok/s; or measured on the first variant's first stage), the other
@@ -61,7 +63,7 @@ from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
-        "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "compile": False,
+        "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "retrieval_kinds": ["passkey", "kv"]}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
@@ -107,7 +109,7 @@ def uniform_types(num_layers: int, attn: int, swa: int) -> list[str]:
     return types
 
 
-def variant_list(spec: str, searched: Path | None) -> list[dict]:
+def variant_list(spec: str, searched: Path | None, answers: Path | None = None) -> list[dict]:
     """The variants of a preset name or a JSON file, each completed with BASE; unknown keys refused."""
     if spec in PRESETS:
         raw = PRESETS[spec]
@@ -142,11 +144,27 @@ def variant_list(spec: str, searched: Path | None) -> list[dict]:
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
+        if v["chat_file"] == "@answers":  # the chat file this session's teacher just wrote
+            if answers is None:
+                raise SystemExit(f"variant {v['name']!r} needs --answers (the chat file teacher_answers.py wrote)")
+            v["chat_file"] = str(answers)
+        if v["chat_file"] is not None:
+            f = chat_file_of(v)
+            if not v["chat_ratio"] > 0 or not Path(f).is_file():
+                raise SystemExit(f"variant {v['name']!r}: chat_file {f} needs chat_ratio > 0 and must exist")
         out.append(v)
     names = [v["name"] for v in out]
     if len(set(names)) != len(names):
         raise SystemExit(f"variant names repeat: {names}")
     return out
+
+
+def chat_file_of(v: dict) -> str | None:
+    """The variant's chat file as a path (a relative one is relative to the repository)."""
+    if v["chat_file"] is None:
+        return None
+    p = Path(v["chat_file"])
+    return str(p if p.is_absolute() else HERE.parent / p)
 
 
 def layer_map_of(v: dict, num_layers: int, searched: Path | None) -> LayerMap:
@@ -174,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", default="recipe", help=f"{' | '.join(PRESETS)} | a JSON file of variants")
     ap.add_argument("--only", help="comma-separated variant names to run, in this order")
     ap.add_argument("--searched", type=Path, help="the searched layer_map.json (placement variants)")
+    ap.add_argument("--answers", type=Path, help="the chat file of a variant's chat_file '@answers' (the teacher's "
+                                                 "answers, benchmarks/teacher_answers.py)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--teacher", "--gguf", type=Path, dest="gguf",
                     help="the teacher: a .gguf file or a saved model folder (the real run)")
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args(argv)
 
-    variants = variant_list(args.variants, args.searched)
+    variants = variant_list(args.variants, args.searched, args.answers)
     _FLOPS.clear()  # per teacher (a test may run several toy teachers in one process)
     if args.only:
         want = args.only.split(",")
@@ -296,8 +316,8 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
-    retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": v["retrieval_kinds"], "chat_ratio": v["chat_ratio"]}
-                    if v["retrieval_ratio"] or v["chat_ratio"] else None)
+    retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": v["retrieval_kinds"], "chat_ratio": v["chat_ratio"],
+                     "chat_file": chat_file_of(v)} if v["retrieval_ratio"] or v["chat_ratio"] else None)
     if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a
         # copy (the rate's reference, f1 below, whatever its own stage 1 is), the later ones reuse it
         rate = _probe_rate(student, teacher, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)

@@ -16,6 +16,8 @@
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
+#                                        ANSWERS=N (ANSWERS_BUDGET s): the teacher's answers to N function requests
+#                                        first, the chat file of variants whose chat_file is '@answers';
 #                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells, MAX_TOKENS=N of
 #                                        corpus to tokenise (every variant reads the same first rows);
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
@@ -107,7 +109,7 @@ case "$1" in
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${MAX_TOKENS:+--max-tokens $MAX_TOKENS}
-       ${EVAL:+--save-students $WORK/students})
+       ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac
     if [ -n "${SEARCHED:-}" ]; then
@@ -118,6 +120,11 @@ case "$1" in
       [ -e $WORK/teacher_fp32/config.json ] || python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 \
         > $JOB/save_teacher.log 2>&1
       while [ ! -e $JOB/speed.done ]; do sleep 2; done
+      # ANSWERS=N: the teacher first answers N function requests (at most ANSWERS_BUDGET s), for variants whose
+      # chat_file is '@answers'; the chat file comes back in the results to be committed
+      [ -n '${ANSWERS:-}' ] && python3 benchmarks/teacher_answers.py --teacher $WORK/teacher_fp32 --site-packages $SP \
+        --n ${ANSWERS:-0} ${ANSWERS_BUDGET:+--time-budget-s $ANSWERS_BUDGET} \
+        --out $JOB/out/answers/teacher_answers.jsonl.gz > $JOB/answers.log 2>&1
       if [ $search = 1 ]; then
         python3 benchmarks/search_real.py --part placement --source $WORK/teacher_fp32 --out $JOB/out \
           --data $SP/torch/_inductor $SP/torch/nn --eval-data \$(python3 -c 'import email, os; print(os.path.dirname(email.__file__))') \

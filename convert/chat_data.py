@@ -9,15 +9,21 @@ tokens. The answer therefore need not be the teacher's own: the student learns w
 form. Chats follow each other as a multi-turn template does (each ends with the template's own end-of-turn, so no
 EOS is added between them) in rows of `seq_len`; one longer than the room left is cut.
 
+Given `chats` (a file of chats read by `read_chats`, e.g. the teacher's own answers that `teacher_answers.py` wrote),
+a stream draws its documents from those instead: the same template, the same row layout.
+
 Row k of a stream is a pure function of (seed, k), as `RetrievalStream`'s: resumed and multi-process runs see the
 same rows.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
 import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +36,40 @@ INSTRUCTIONS = (
     "Finish this code:",
 )
 _DEF = re.compile(r"([ \t]*)(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(")  # at the start of a line
+
+
+def user_turn(instruction: str, head: str) -> str:
+    """The user's message asking for the function whose head is given (HumanEval's prompt has this form)."""
+    return f"{instruction}\n```python\n{head}```"
+
+
+def read_chats(path: str | Path) -> list[list[dict]]:
+    """The chats of a jsonl file (optionally .gz), one {"messages": [{"role", "content"}, ...]} a line, each with a
+    user turn and ending with an assistant turn. A line that is not such a chat is refused naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"chat file {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    chats = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                messages = json.loads(line)["messages"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}, line {n}: not a JSON object with a 'messages' list ({err})") from None
+            ok = (isinstance(messages, list) and len(messages) >= 2
+                  and all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                          and isinstance(m.get("content"), str) and m["content"] for m in messages)
+                  and messages[-1]["role"] == "assistant" and any(m["role"] == "user" for m in messages))
+            if not ok:
+                raise ValueError(f"{path}, line {n}: a chat needs messages of role system / user / assistant with "
+                                 f"non-empty text content, a user turn, and an assistant turn last")
+            chats.append(messages)
+    if not chats:
+        raise ValueError(f"chat file {path} holds no chat")
+    return chats
 
 
 def _indent(line: str) -> int:
@@ -78,10 +118,16 @@ class ChatCodeStream:
     """Rows [seq_len] of back-to-back chat documents (see the module docstring); infinite, no `n`."""
 
     def __init__(self, tokenizer, haystack: np.ndarray, seq_len: int, seed: int = 0, window: int = 4096,
-                 name: str = "chat"):
+                 name: str = "chat", chats: list[list[dict]] | None = None):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("chat rows need a tokenizer with a chat template (an instruct model's); this one has "
                              "none: set the chat ratio to 0")
+        self.chats = chats
+        if chats is not None:  # documents come from the given chats: the train text is not read
+            if not chats:
+                raise ValueError("chat rows from a chat file need at least one chat")
+            self.tok, self.seq_len, self.seed, self.name = tokenizer, seq_len, seed, name
+            return
         if len(haystack) <= 2 * window:
             raise ValueError(f"the train stream has {len(haystack)} tokens; chat rows read windows of {window} and "
                              f"need more than {2 * window}")
@@ -98,6 +144,8 @@ class ChatCodeStream:
 
     def document(self, rng: random.Random) -> list[int]:
         """One chat's token ids (a window without a function is skipped for the next one)."""
+        if self.chats is not None:
+            return token_ids(self.tok, self.tok.apply_chat_template(rng.choice(self.chats), tokenize=False))
         found = []
         for _ in range(64):
             found = self._functions(rng)
@@ -106,7 +154,7 @@ class ChatCodeStream:
         if not found:
             raise ValueError("64 windows of the train text in a row held no complete Python function")
         head, whole = rng.choice(found)
-        user = f"{rng.choice(INSTRUCTIONS)}\n```python\n{head}```"
+        user = user_turn(rng.choice(INSTRUCTIONS), head)
         chat = [{"role": "user", "content": user}, {"role": "assistant", "content": f"```python\n{whole}```"}]
         return token_ids(self.tok, self.tok.apply_chat_template(chat, tokenize=False))
 

@@ -5,6 +5,7 @@ Every step validates its inputs before writing anything and writes its folder at
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -32,12 +33,13 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
     """One `MixtureSampler` per stage, at the stage's seq_len; each starts after the tokens the earlier stages
     drew (plus `start_tokens`, drawn by stages run in an earlier process), so stage 2 continues stage 1's epoch
     instead of re-reading its first rows."""
-    from .chat_data import ChatCodeStream
+    from .chat_data import ChatCodeStream, read_chats
     from .retrieval_data import RetrievalStream
 
     out, tokens = [], start_tokens
     check_generated_rows(retrieval)
     r, c = (retrieval or {}).get("ratio", 0), (retrieval or {}).get("chat_ratio", 0)
+    chats = read_chats(retrieval["chat_file"]) if c > 0 and retrieval.get("chat_file") else None
     for cfg in stages:
         L = cfg.seq_len or seq_len
         extra = []
@@ -47,7 +49,8 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
             stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", ("passkey", "kv")), cfg.seed + 17)
             extra.append((stream, r / (1 - r - c) * sum(data.weights)))
         if c > 0:
-            extra.append((ChatCodeStream(tokenizer, hay, L, cfg.seed + 29), c / (1 - r - c) * sum(data.weights)))
+            extra.append((ChatCodeStream(tokenizer, hay, L, cfg.seed + 29, chats=chats),
+                          c / (1 - r - c) * sum(data.weights)))
         sampler = data.sampler(L, cfg.seed, extra, row_offset=tokens // L)
         if cfg.batch_size > sum(getattr(s, "n", cfg.batch_size) for s in sampler.streams):
             raise ValueError(f"the data is too short: {data.train_tokens} training tokens make fewer rows of {L} "
@@ -169,9 +172,10 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
     arguments: weights, held_out, cache_dir, workers, on_stale, max_eval_tokens). A stage's rows have its own
     `cfg.seq_len` (default `seq_len`); each stage continues the walk over the corpus where the one before
-    stopped. `retrieval` = {"ratio": r, "kinds": [...], "chat_ratio": c} mixes generated passkey / key-value rows
-    (`retrieval_data.py`) into a fraction r of every stage's rows, and chat-formatted code rows (`chat_data.py`)
-    into a fraction c. Perplexity is measured on `eval_rows` held-out
+    stopped. `retrieval` = {"ratio": r, "kinds": [...], "chat_ratio": c, "chat_file": path or None} mixes
+    generated passkey / key-value rows (`retrieval_data.py`) into a fraction r of every stage's rows, and
+    chat-formatted code rows (`chat_data.py`; from the chats of `chat_file` when given) into a fraction c.
+    Perplexity is measured on `eval_rows` held-out
     rows of `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
     split over several calls), so these stages continue the walk instead of repeating those rows.
 
@@ -290,6 +294,8 @@ def _retrieval_identity(retrieval: dict | None) -> dict | None:
     out = {"ratio": retrieval.get("ratio", 0), "kinds": list(retrieval.get("kinds", ("passkey", "kv")))}
     if retrieval.get("chat_ratio"):
         out["chat_ratio"] = retrieval["chat_ratio"]
+        if retrieval.get("chat_file"):  # the chats' bytes, not the path: another file under the same name differs
+            out["chat_file_sha256"] = hashlib.sha256(Path(retrieval["chat_file"]).read_bytes()).hexdigest()
     return out
 
 
@@ -334,6 +340,13 @@ def check_generated_rows(retrieval: dict | None) -> None:
     c = retrieval.get("chat_ratio", 0)
     if not (0 <= c < 1) or not r + c < 1:
         raise ValueError(f"--chat-ratio must be in [0, 1) and below 1 - --retrieval-ratio, got {c} (retrieval {r})")
+    f = retrieval.get("chat_file")
+    if f and not c > 0:
+        raise ValueError(f"--chat-file {f} is used by chat rows only: give --chat-ratio > 0 too")
+    if f:
+        from .chat_data import read_chats
+
+        read_chats(f)  # a missing file or a bad line, named, before anything loads
 
 
 def _report_and_save(result: dict, student, teacher, tokenizer, held: torch.Tensor, teacher_name: str, out: Path,

@@ -14,20 +14,47 @@ from convert.qwen_to_jet import convert_model
 from test_convert_conversion import tiny_qwen
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
-def test_chunked_kl_matches_kl_div_forward_and_backward(chunk):
+@pytest.mark.parametrize("chunk,temperature", [(1, 2.0), (7, 2.0), (64, 2.0), (1000, 2.0), (7, 1.0)])
+def test_chunked_kl_matches_kl_div_forward_and_backward(chunk, temperature):
     torch.manual_seed(0)
     hs = torch.randn(2, 19, 16, requires_grad=True)
     ws = torch.randn(50, 16, requires_grad=True)
     ht, wt = torch.randn(2, 19, 16), torch.randn(50, 16)
-    got = chunked_kl(hs, ws, ht, wt, chunk=chunk, temperature=2.0)
-    s, t = (hs @ ws.t()).flatten(0, 1) / 2.0, (ht @ wt.t()).flatten(0, 1) / 2.0
-    want = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean") * 4.0
+    got = chunked_kl(hs, ws, ht, wt, chunk=chunk, temperature=temperature)
+    s, t = (hs @ ws.t()).flatten(0, 1) / temperature, (ht @ wt.t()).flatten(0, 1) / temperature
+    want = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
+                    reduction="batchmean") * temperature ** 2
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     g_got = torch.autograd.grad(got, (hs, ws))
     g_want = torch.autograd.grad(want, (hs, ws))
     for a, b in zip(g_got, g_want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_kl_under_bf16_autocast_gives_what_explicit_fp32_copies_gave():
+    """Under autocast the softmax reads the bf16 logits and computes in fp32 itself, instead of an fp32 copy of them
+    divided by a temperature of 1: the same loss and the same fp32 gradients as the copies gave."""
+    torch.manual_seed(0)
+    hs = torch.randn(37, 16, requires_grad=True)
+    ws = torch.randn(50, 16, requires_grad=True)
+    ht, wt = torch.randn(37, 16), torch.randn(50, 16)
+
+    def with_copies(chunk=8):  # the formulation before: .float() / T on every chunk's logits
+        total = 0
+        for i in range(0, 37, chunk):
+            log_s = F.log_softmax((hs[i:i + chunk] @ ws.t()).float() / 1.0, dim=-1)
+            log_t = F.log_softmax((ht[i:i + chunk] @ wt.t()).float() / 1.0, dim=-1)
+            total = total + (log_t.exp() * (log_t - log_s)).sum()
+        return total / 37
+
+    with torch.autocast("cpu", torch.bfloat16):
+        got, want = chunked_kl(hs, ws, ht, wt, chunk=8), with_copies()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    g_got, g_want = torch.autograd.grad(got, (hs, ws)), torch.autograd.grad(want, (hs, ws))
+    for a, b in zip(g_got, g_want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_batches_are_a_function_of_the_step():

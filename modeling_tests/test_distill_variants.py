@@ -209,9 +209,19 @@ def test_the_committed_chat_rows_ablation_plans_equal_steps_for_both_variants():
     assert a["chat_ratio"] == 0 and b["chat_ratio"] == 0.1 and a["local1"]
 
 
+def test_the_committed_teacher_answers_ablation_differs_in_its_chat_file_only():
+    root = Path(__file__).resolve().parents[1]
+    answers = root / "modeling_tests" / "data" / "chats.jsonl"
+    a, b = dv.variant_list(str(root / "benchmarks/variants/teacher_answers_4p5min.json"), None, answers)
+    assert {k: v for k, v in a.items() if k not in ("name", "chat_file")} == \
+           {k: v for k, v in b.items() if k not in ("name", "chat_file")}
+    assert a["chat_file"] is None and b["chat_file"] == str(answers) and a["chat_ratio"] == 0.1
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks/variants")
                                         .glob("*.json")))
 def test_every_committed_variant_file_is_valid_and_plans_its_steps(name):
     """A session's plan is refused on the GPU only after the parts arrive (minutes of device time): check here."""
-    rows = dv.variant_list(str(Path(__file__).resolve().parents[1] / "benchmarks/variants" / name), None)
+    answers = Path(__file__).resolve().parent / "data" / "chats.jsonl"  # stands in for a session's teacher answers
+    rows = dv.variant_list(str(Path(__file__).resolve().parents[1] / "benchmarks/variants" / name), None, answers)
     assert rows and all(v["steps"] is not None and sum(v["steps"]) > 0 for v in rows)

@@ -175,3 +175,19 @@ def test_profile_runs_take_one_run_a_word_with_commas_joining_its_flags(tmp_path
             blob.rmdir()
     assert calls[0].startswith("PY benchmarks/profile_distill.py --stage=2 --out ")
     assert calls[1].startswith("PY benchmarks/profile_distill.py --stage=2 --compile --out ")
+
+
+def test_variants_pipeline_asks_the_teacher_for_answers_first_when_asked(tmp_path):
+    """ANSWERS=N: teacher_answers.py runs after the teacher is saved and before the variants, which get its file."""
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/teacher_answers_4p5min.json",
+             ANSWERS="4096", ANSWERS_BUDGET="150")
+    assert r.returncode == 0, r.stderr
+    save, answers, variants = _calls(tmp_path, 3)[:3]
+    assert save.startswith("PY benchmarks/save_teacher.py")
+    assert answers.startswith("PY benchmarks/teacher_answers.py --teacher /tmp/distill_real/teacher_fp32")
+    assert "--n 4096 --time-budget-s 150" in answers
+    path = answers.split("--out ")[1]
+    assert path.endswith("out/answers/teacher_answers.jsonl.gz") and f"--answers {path}" in variants
+    (tmp_path / "none").mkdir()
+    r = _run(tmp_path / "none", ["pipeline-variants"], VARIANTS="recipe")
+    assert "teacher_answers.py" not in "\n".join(_calls(tmp_path / "none", 2))

@@ -19,9 +19,13 @@ def compile_config():
     return CompileConfig(fullgraph=True, dynamic=None, mode="reduce-overhead")
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, T] and attention_mask [B, T] (0 = padding, on the left) of token lists of different lengths."""
-    width = max(len(r) for r in rows)
+def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, T] and attention_mask [B, T] (0 = padding, on the left) of token lists of different lengths; T is the
+    longest row's length, or `width` (at least that long) when given."""
+    longest = max(len(r) for r in rows)
+    if width is not None and width < longest:
+        raise ValueError(f"pad width {width} is shorter than the longest prompt ({longest} tokens)")
+    width = width or longest
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -33,12 +37,14 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 64,
-           stop_strings: list[str] | None = None, compiled: bool | None = None, desc: str = "generating") -> list[list[int]]:
+           stop_strings: list[str] | None = None, compiled: bool | None = None, desc: str = "generating",
+           pad_to: int | None = None) -> list[list[int]]:
     """The new token ids greedy decoding gives each prompt (in the order given), cut before the first EOS.
 
     Prompts are sorted by length so each batch of `batch_size` pads little; every batch runs generate() with
     `cache_implementation="static"`; `compiled` (default: on CUDA) uses the compiled decode step. `stop_strings`
-    end a row early (a row may overshoot; callers cut the text at the stop string themselves).
+    end a row early (a row may overshoot; callers cut the text at the stop string themselves). `pad_to` pads every
+    batch to that many prompt tokens, so that with equal batches one compiled shape serves them all.
     """
     if not prompts:
         return []
@@ -56,7 +62,7 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
+        ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id, pad_to)
         ids, mask = ids.to(m.device), mask.to(m.device)
         t0 = time.perf_counter()
         gen = m.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
