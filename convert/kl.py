@@ -14,8 +14,8 @@ from torch.utils.checkpoint import checkpoint
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """fp32 log-softmax of [n, V] logits / T. At T = 1 the softmax reads bf16 logits and computes in fp32 itself:
-    an H200 profile of a stage-2 step spent ~110 ms of 1,848 on the fp32 copy and the division by 1 this skips."""
+    """fp32 log-softmax of [n, V] logits / T. At T = 1 there is no division: an H200 profile of a stage-2 step spent
+    47 ms of 1,848 dividing fp32 logits by 1 (the fp32 copy stays: log_softmax's dtype argument makes one too)."""
     if temperature == 1.0:
         return F.log_softmax(logits, dim=-1, dtype=torch.float32)
     return F.log_softmax(logits.float() / temperature, dim=-1)

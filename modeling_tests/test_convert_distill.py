@@ -32,8 +32,8 @@ def test_chunked_kl_matches_kl_div_forward_and_backward(chunk, temperature):
 
 
 def test_chunked_kl_under_bf16_autocast_gives_what_explicit_fp32_copies_gave():
-    """Under autocast the softmax reads the bf16 logits and computes in fp32 itself, instead of an fp32 copy of them
-    divided by a temperature of 1: the same loss and the same fp32 gradients as the copies gave."""
+    """Under autocast, at a temperature of 1, the fp32 softmax of the bf16 logits without the division by 1: the
+    same loss and the same fp32 gradients as the explicit copy and division gave."""
     torch.manual_seed(0)
     hs = torch.randn(37, 16, requires_grad=True)
     ws = torch.randn(50, 16, requires_grad=True)
