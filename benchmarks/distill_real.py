@@ -47,6 +47,7 @@ from convert.export import load_source, save_dequantised  # noqa: E402
 from convert.layer_map import parse_spec, resolve_layer_map  # noqa: E402
 from convert.pipeline import distill_checkpoint, stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
+from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -244,7 +245,7 @@ def main():
             DistillConfig(stage=3, steps=1, lr=args.lr3, mse_weight=0.0, train="all", seq_len=args.stage3_seq_len,
                           batch_size=max(1, args.batch_size * args.seq_len // args.stage3_seq_len),
                           micro_batch=args.stage3_micro_batch, **common)]
-    retrieval = {"ratio": args.retrieval_ratio, "kinds": ["passkey", "kv"], "chat_ratio": args.chat_ratio,
+    retrieval = {"ratio": args.retrieval_ratio, "kinds": list(DEFAULT_KINDS), "chat_ratio": args.chat_ratio,
                  "chat_file": args.chat_file}
     t0 = time.perf_counter()
     plan = work / "plan.json"

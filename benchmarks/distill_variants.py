@@ -59,12 +59,13 @@ from convert.export import write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
+from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
-        "retrieval_kinds": ["passkey", "kv"]}
+        "retrieval_kinds": list(DEFAULT_KINDS)}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -80,7 +81,7 @@ PRESETS = {
                {"name": "lr1-3e-4", "lr": [3e-4, 3e-5, 3e-5]},
                {"name": "lr2-1e-4", "lr": [1e-3, 1e-4, 1e-4]},
                {"name": "no-retrieval-rows", "retrieval_ratio": 0.0},
-               {"name": "table-rows", "retrieval_kinds": ["passkey", "kv", "table"]},
+               {"name": "table-rows", "retrieval_kinds": [*DEFAULT_KINDS, "table"]},
                {"name": "no-chat-rows", "chat_ratio": 0.0},
                {"name": "chat-rows-0.25", "chat_ratio": 0.25},
                {"name": "batch-8", "batch_size": 8},

@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from .dtypes import DEFAULT_DTYPE
+from .retrieval_data import DEFAULT_KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert Qwen2 / Qwen2.5 / Qwen3 checkpoints to Jet-Nemotron, distil, and upload.")
@@ -107,7 +108,7 @@ def distill(
                                                         "generated long-range retrieval documents (passkey / "
                                                         "key-value lookups in corpus text)")] = 0.0,
     retrieval_kinds: Annotated[str, typer.Option(help="comma-separated: passkey, kv, table (convert/README.md)")
-                               ] = "passkey,kv",
+                               ] = ",".join(DEFAULT_KINDS),
     chat_ratio: Annotated[float, typer.Option(help="fraction in [0, 1) of every stage's rows that are chats built "
                                                    "from the corpus's Python functions in the tokenizer's chat "
                                                    "template (an instruct teacher is used so; needs a chat "

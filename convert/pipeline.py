@@ -24,6 +24,7 @@ from .layer_map import resolve_layer_map
 from .model_card import cache_bytes, render_card
 from .official_layout import check_layout, check_representable
 from .qwen_to_jet import convert_model
+from .retrieval_data import DEFAULT_KINDS
 from .run_identity import corpus_fingerprint, describe_difference, run_identity
 from .source_check import check_finite, read_headers, safetensors_files
 
@@ -46,7 +47,7 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
         hay = max((s.train for s in data.sources), key=len)
         # weights that make r (retrieval) and c (chat) of all rows generated, the corpus the rest
         if r > 0:
-            stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", ("passkey", "kv")), cfg.seed + 17)
+            stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", DEFAULT_KINDS), cfg.seed + 17)
             extra.append((stream, r / (1 - r - c) * sum(data.weights)))
         if c > 0:
             extra.append((ChatCodeStream(tokenizer, hay, L, cfg.seed + 29, chats=chats),
@@ -291,7 +292,7 @@ def _retrieval_identity(retrieval: dict | None) -> dict | None:
     no chat rows, so the identity of a run from before chat rows is unchanged)."""
     if not retrieval or not (retrieval.get("ratio") or retrieval.get("chat_ratio")):
         return None
-    out = {"ratio": retrieval.get("ratio", 0), "kinds": list(retrieval.get("kinds", ("passkey", "kv")))}
+    out = {"ratio": retrieval.get("ratio", 0), "kinds": list(retrieval.get("kinds", DEFAULT_KINDS))}
     if retrieval.get("chat_ratio"):
         out["chat_ratio"] = retrieval["chat_ratio"]
         if retrieval.get("chat_file"):  # the chats' bytes, not the path: another file under the same name differs
@@ -333,7 +334,7 @@ def check_generated_rows(retrieval: dict | None) -> None:
     r = retrieval.get("ratio", 0)
     if not (0 <= r < 1):  # also refuses NaN
         raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
-    kinds = list(retrieval.get("kinds", ("passkey", "kv")))
+    kinds = list(retrieval.get("kinds", DEFAULT_KINDS))
     bad = [k for k in kinds if k not in KINDS]
     if r > 0 and (bad or not kinds):
         raise ValueError(f"--retrieval-kinds must be among {', '.join(KINDS)}; got {','.join(kinds) or '(none)'}")
