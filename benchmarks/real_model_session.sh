@@ -24,8 +24,10 @@
 #                                        SEARCHED=map.json skips it and uses that map; EVAL=1 saves each student
 #                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS;
 #                                        EVAL=best: the best student only)
-#   bash benchmarks/real_model_session.sh poll 540             # wait (at most N s), pack what is done into
-#                                                              #   $OUT/results.tgz (a call returns 8 files at most)
+#   bash benchmarks/real_model_session.sh poll 240             # wait (at most N s, default 240), pack what is done
+#                                                              #   into $OUT/results.tgz (a call returns 8 files at
+#                                                              #   most); a call cut by a machine taken back returns
+#                                                              #   nothing, so short polls lose less (2026-12-04)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
 set -uo pipefail
@@ -161,7 +163,7 @@ from distill_variants import best_student; print(best_student(\"$JOB/out/variant
         | tar czf "$OUT/results.tgz.tmp" --warning=no-file-changed -T -; [ $? -le 1 ] \
         && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz")
       finished && break
-      [ $((SECONDS - t0)) -ge "${2:-540}" ] && break
+      [ $((SECONDS - t0)) -ge "${2:-240}" ] && break
       sleep 10
     done
     for f in $JOB/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v "it/s\]$" | tail -${TAIL:-6}; done

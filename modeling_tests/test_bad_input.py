@@ -751,3 +751,21 @@ def test_input_checks_trace_into_one_graph():
         got = compiled(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         want = m.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     torch.testing.assert_close(got, want)
+
+
+def test_chat_rows_from_a_file_train_and_a_resume_with_other_chats_is_refused(ws, tmp_path, refused):
+    """`--chat-file`: a run draws its chat rows from the file and records its hash; resuming it with other chats
+    under the same name is refused naming that hash, with every folder left as it was."""
+    from convert.teacher_answers import write_chats
+
+    chat = [{"role": "user", "content": "Write add."}, {"role": "assistant", "content": "```python\n" + TEXT[:40] + "\n```"}]
+    chats = write_chats(tmp_path / "chats.jsonl", [chat])
+    flags = ["--chat-ratio", "0.5", "--chat-file", str(chats), "--ckpt-dir", str(tmp_path / "ck")]
+    run = distill_args(ws, "o", *flags)
+    run[1] = str(tmp_path / "run")
+    assert main(run) == 0
+    assert "chat_file_sha256" in (tmp_path / "run" / "distillation.json").read_text()
+    write_chats(chats, [chat, chat])  # other chats under the same name
+    again = distill_args(ws, "o", *flags, "--resume")
+    again[1] = str(tmp_path / "again")
+    refused(again, "retrieval.chat_file_sha256", tmp_path)
