@@ -75,6 +75,7 @@ class DistillConfig(TrainSchedule):
     train: str | None = None  # "jet", "non-mlp", "all"; default: "jet" in stage 1, "all" in stage 2
     temperature: float = 1.0
     kl_chunk: int = 1024  # tokens per KL chunk
+    fused_kl: bool = True  # each KL chunk's gradients taken in its forward (kl.py); False: the checkpointed reference
     mixed_precision: str = "no"  # "no" or "bf16"
     gradient_checkpointing: bool = False
     save_every: int = 0  # 0: no intermediate checkpoints
@@ -191,9 +192,9 @@ class DistillLoss(nn.Module):
     """
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
-                 temperature: float, compiled: bool = False, local: bool = False):
+                 temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True):
         super().__init__()
-        self.local = local
+        self.local, self.fused_kl = local, fused_kl
         self.student = student
         # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
         self._no_split_modules = getattr(student, "_no_split_modules", None)
@@ -228,7 +229,7 @@ class DistillLoss(nn.Module):
                 cap.close()
         zero = h.new_zeros((), dtype=torch.float32)
         kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
-                        self.temperature) if self.kl_weight > 0 else zero
+                        self.temperature, self.fused_kl) if self.kl_weight > 0 else zero
         mse = zero
         if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
             terms = [normalised_mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
@@ -597,7 +598,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
-                          compiled=cfg.compile, local=cfg.local)
+                          compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,

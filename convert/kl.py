@@ -2,8 +2,16 @@
 
 For a 150K vocabulary and 8K tokens the fp32 logits alone are 4.9 GB per model. We take the final hidden
 states [N, d] of both models and their output heads [V, d], and for each chunk of `chunk` tokens compute both
-logit blocks [chunk, V], the KL, and drop them. The chunk runs under activation checkpointing, so backward
-recomputes its logits instead of keeping them: peak extra memory is a few [chunk, V] fp32 blocks.
+logit blocks [chunk, V], the KL, and drop them: peak extra memory is a few [chunk, V] fp32 blocks.
+
+Two ways to get the gradients, the same function:
+- the reference (`fused=False`): each chunk runs under activation checkpointing and autograd; backward recomputes
+  both chunks' logits (the teacher's too) and softmaxes, then takes the gradients: six [chunk, d] x [d, V]
+  products a chunk.
+- fused (default): the gradient of the KL with respect to the student's logits is known in closed form,
+  T / N * (softmax_s - softmax_t), so each chunk's forward also takes its gradients with respect to the student's
+  hidden states and head (summed over chunks in fp32) and keeps those instead: four products a chunk, no
+  recomputation, and backward only scales them. Under autocast the products run in its dtype as autocast runs them.
 """
 
 from __future__ import annotations
@@ -31,12 +39,12 @@ def _chunk_kl_sum(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: 
 
 
 def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
-               chunk: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+               chunk: int = 1024, temperature: float = 1.0, fused: bool = True) -> torch.Tensor:
     """Mean over tokens of KL(softmax(h_t W_t^T / T) || softmax(h_s W_s^T / T)), times T^2 (Hinton scaling).
 
     h_student [N, d] (or [B, L, d]), w_student [V, d]; same for the teacher (no gradient is taken through it).
     Returns a scalar fp32 tensor. Matches `F.kl_div(log_softmax(s), log_softmax(t), log_target=True,
-    reduction="batchmean")` on full logits (tested).
+    reduction="batchmean")` on full logits (tested), forward and backward, fused or not.
     """
     h_s, h_t = h_student.reshape(-1, h_student.shape[-1]), h_teacher.reshape(-1, h_teacher.shape[-1]).detach()
     if h_s.shape[0] != h_t.shape[0]:
@@ -48,6 +56,8 @@ def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torc
         # student's head keeps its per-chunk cast, so its gradient still sums over chunks in fp32 (one cast here
         # would sum the chunks' gradients in bf16)
         w_t = w_t.to(torch.get_autocast_dtype(dev))
+    if fused and torch.is_grad_enabled() and (h_s.requires_grad or w_student.requires_grad):
+        return _FusedKL.apply(h_s, w_student, h_t, w_t, chunk, temperature)
     total = h_s.new_zeros((), dtype=torch.float32)
     for i in range(0, h_s.shape[0], chunk):
         hs, ht = h_s[i : i + chunk], h_t[i : i + chunk]
@@ -56,3 +66,43 @@ def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torc
         else:
             total = total + _chunk_kl_sum(hs, w_student, ht, w_t, temperature)
     return total * (temperature ** 2) / h_s.shape[0]
+
+
+class _FusedKL(torch.autograd.Function):
+    """`chunked_kl` with each chunk's gradients taken in its forward (module docstring). h_s [N, d], w_s [V, d]."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, h_t, w_t, chunk: int, temperature: float):
+        dev = h_s.device.type
+        # a custom Function's forward runs with autocast on: the products below cast as autocast would (and, as
+        # in the reference, the student's head is cast per chunk, its gradient summed in fp32)
+        n = h_s.shape[0]
+        grad_h = torch.empty_like(h_s) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), dtype=torch.float32, device=h_s.device)
+        with torch.no_grad():
+            for i in range(0, n, chunk):
+                hs = h_s[i: i + chunk]
+                log_p_s = _log_probs(hs @ w_s.t(), temperature)
+                log_p_t = _log_probs(h_t[i: i + chunk] @ w_t.t(), temperature)
+                p_t = log_p_t.exp()
+                total += (p_t * (log_p_t - log_p_s)).sum()
+                g = log_p_s.exp_().sub_(p_t)  # d(sum of the chunk's KL) / d(logits / T), [n, V] fp32
+                del log_p_t, p_t
+                low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else g.dtype
+                g = g.to(low)
+                if grad_h is not None:
+                    grad_h[i: i + chunk] = g @ w_s.to(low)
+                if grad_w is not None:
+                    grad_w += (g.t() @ hs.to(low)).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.scale = temperature / n  # d(logits / T) / d(logits) = 1 / T, times the loss's T^2 / N
+        ctx.w_dtype = w_s.dtype
+        return total * (temperature ** 2) / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        s = grad_out * ctx.scale
+        return (None if grad_h is None else grad_h * s.to(grad_h.dtype),
+                None if grad_w is None else (grad_w * s).to(ctx.w_dtype), None, None, None, None)
