@@ -360,6 +360,8 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                "plan": [{"stage": c.stage, "local": c.local, "steps": c.steps, "lr": c.lr} for c in plan],
                "tokens": sum(s["tokens"] for s in summaries),
                "held_out_kl": eval_kl(student, t_dev, held.to(dev), 8),
+               # after each stage (the stage's own measurement, same rows): whether a stage moved the held-out KL
+               "held_out_kl_by_stage": [s.get("eval_kl_after") for s in summaries],
                "ppl": perplexity(student, held, 8, dev),
                "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
                "history": [h | {"local": c.local} for c, s in zip(plan, summaries) for h in s["history"]],
@@ -458,17 +460,19 @@ def write(res: dict, out: Path) -> None:
     os.replace(tmp, out / "variants.json")
     keys = sorted({k for v in res["variants"] for k in v["retrieval"]}, key=lambda k: (k.split("@")[0],
                                                                                        int(k.split("@")[1])))
-    head = ["variant", "steps 1/2/3", "M tokens", "stage-1 tok/s (MFU)", "held-out KL", "ppl (x teacher)"] + keys
+    head = ["variant", "steps 1/2/3", "M tokens", "stage-1 tok/s (MFU)", "held-out KL", "KL after each stage",
+            "ppl (x teacher)"] + keys
     if any("humaneval" in v for v in res["variants"]):
         head.append("HumanEval")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| teacher | - | - | - | 0 | {:.3f} | ".format(res["ppl_teacher"])
+    lines.append("| teacher | - | - | - | 0 | - | {:.3f} | ".format(res["ppl_teacher"])
                  + " | ".join(f"{res['teacher_retrieval'].get(k, float('nan')):.2f}" for k in keys)
                  + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
                     else "") + " |")
     for v in res["variants"]:
+        by_stage = " / ".join("-" if k is None else f"{k:.3f}" for k in v.get("held_out_kl_by_stage", []))
         cells = [v["name"], "/".join(map(str, v["steps"])), f"{v['tokens'] / 1e6:.1f}", _rate(v), f"{v['held_out_kl']:.3f}",
-                 f"{v['ppl']:.3f} ({v['ppl'] / res['ppl_teacher']:.2f}x)"]
+                 by_stage or "-", f"{v['ppl']:.3f} ({v['ppl'] / res['ppl_teacher']:.2f}x)"]
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
         if "humaneval" in v:
             cells.append(_he(v["humaneval"], v["humaneval_run"]))

@@ -88,6 +88,8 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
     assert len({tuple(r["steps"]) for r in rows}) == 1 and rows[0]["steps"][0] > 0  # one rate, one plan for all
     for r in rows:
         assert 0 < r["held_out_kl"] < 5 and r["ppl"] > 1 and set(r["retrieval"]) >= {"passkey@128", "niah@256"}
+        by_stage = r["held_out_kl_by_stage"]
+        assert len(by_stage) == sum(n > 0 for n in r["steps"]) and all(0 < k < 20 for k in by_stage)
     assert res["teacher_humaneval_run"]["problems"] == 2 and res["teacher_humaneval_run"]["seconds"] > 0
     assert all(r["humaneval_run"]["problems"] == 2 and 0 <= r["humaneval"] <= 1 for r in rows)
     table = (out / "variants.md").read_text()
