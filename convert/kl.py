@@ -74,27 +74,28 @@ class _FusedKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, h_t, w_t, chunk: int, temperature: float):
         dev = h_s.device.type
-        # a custom Function's forward runs with autocast on: the products below cast as autocast would (and, as
-        # in the reference, the student's head is cast per chunk, its gradient summed in fp32)
+        # the products run in autocast's dtype as autocast runs them (the reference's); the head is cast to it once
+        # for all chunks, since no autograd sums its gradient here: the chunks' gradients add up in fp32 below
+        low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h_s.dtype,
+                                                                                                         w_s.dtype)
         n = h_s.shape[0]
         grad_h = torch.empty_like(h_s) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=h_s.device)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(dev, enabled=False):
+            w_low, w_t = w_s.to(low), w_t.to(low)
             for i in range(0, n, chunk):
-                hs = h_s[i: i + chunk]
-                log_p_s = _log_probs(hs @ w_s.t(), temperature)
-                log_p_t = _log_probs(h_t[i: i + chunk] @ w_t.t(), temperature)
+                hs = h_s[i: i + chunk].to(low)
+                log_p_s = _log_probs(hs @ w_low.t(), temperature)
+                log_p_t = _log_probs(h_t[i: i + chunk].to(low) @ w_t.t(), temperature)
                 p_t = log_p_t.exp()
                 total += (p_t * (log_p_t - log_p_s)).sum()
-                g = log_p_s.exp_().sub_(p_t)  # d(sum of the chunk's KL) / d(logits / T), [n, V] fp32
+                g = log_p_s.exp_().sub_(p_t).to(low)  # d(sum of the chunk's KL) / d(logits / T), [n, V]
                 del log_p_t, p_t
-                low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else g.dtype
-                g = g.to(low)
                 if grad_h is not None:
-                    grad_h[i: i + chunk] = g @ w_s.to(low)
+                    grad_h[i: i + chunk] = g @ w_low
                 if grad_w is not None:
-                    grad_w += (g.t() @ hs.to(low)).float()
+                    grad_w += (g.t() @ hs).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.scale = temperature / n  # d(logits / T) / d(logits) = 1 / T, times the loss's T^2 / N
         ctx.w_dtype = w_s.dtype
