@@ -145,13 +145,16 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
-        if v["chat_file"] == "@answers":  # the chat file this session's teacher just wrote
+        this_session = v["chat_file"] == "@answers"  # the chat file this session's teacher writes first
+        if this_session:
             if answers is None:
                 raise SystemExit(f"variant {v['name']!r} needs --answers (the chat file teacher_answers.py wrote)")
             v["chat_file"] = str(answers)
         if v["chat_file"] is not None:
             f = chat_file_of(v)
-            if not v["chat_ratio"] > 0 or not Path(f).is_file():
+            # a committed file must exist now; this session's answers may be missing if their step failed: then
+            # only this variant fails (recorded, the others run)
+            if not v["chat_ratio"] > 0 or not (this_session or Path(f).is_file()):
                 raise SystemExit(f"variant {v['name']!r}: chat_file {f} needs chat_ratio > 0 and must exist")
         out.append(v)
     names = [v["name"] for v in out]

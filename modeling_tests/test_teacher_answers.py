@@ -217,3 +217,24 @@ def test_a_variant_can_name_this_sessions_answers(tmp_path):
     chat = [{"role": "user", "content": "Write f."}, {"role": "assistant", "content": "```python\ndef f(): pass\n```"}]
     f = write_chats(tmp_path / "a.jsonl.gz", [chat])
     assert dv.chat_file_of(dv.variant_list(str(spec), None, f)[0]) == str(f)
+    # answers that a failed step never wrote fail that variant when it runs, not the whole list up front
+    missing = tmp_path / "never.jsonl.gz"
+    assert dv.chat_file_of(dv.variant_list(str(spec), None, missing)[0]) == str(missing)
+
+
+def test_toy_variants_draw_chat_rows_from_a_file_and_missing_answers_fail_alone(tmp_path):
+    """distill_variants --toy: a variant whose chat rows come from a committed chat file runs; one whose '@answers'
+    file was never written (a failed answers step) is recorded as failed, and the others still run."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import distill_variants as dv
+
+    spec = tmp_path / "v.json"
+    spec.write_text(json.dumps([{"name": "from-file", "steps": [2, 1, 0], "chat_ratio": 0.3,
+                                 "chat_file": str(ROOT / "modeling_tests" / "data" / "chats.jsonl")},
+                                {"name": "answers", "steps": [2, 1, 0], "chat_file": "@answers"}]))
+    out = tmp_path / "out"
+    dv.main(["--toy", "--variants", str(spec), "--answers", str(tmp_path / "never.jsonl.gz"), "--out", str(out),
+             "--corpus-cache", str(tmp_path / "cache")])
+    res = json.loads((out / "variants.json").read_text())
+    assert [v["name"] for v in res["variants"]] == ["from-file"] and res["variants"][0]["steps"] == [2, 1, 0]
+    assert [f["name"] for f in res["failed"]] == ["answers"] and "never.jsonl.gz" in res["failed"][0]["error"]
