@@ -84,6 +84,21 @@ def describe_sources(sources: list[str]) -> str:
     return ", ".join(f"`{Path(s).name}`" for s in sources)
 
 
+def generated_rows(rows: dict | None) -> str:
+    """One sentence on the rows made during training (the run identity's `retrieval`), or "" when there were none."""
+    if not rows:
+        return ""
+    parts = []
+    if rows.get("ratio"):
+        parts.append(f"{rows['ratio']:.0%} generated long-range retrieval documents ({', '.join(rows['kinds'])}) over "
+                     "that text")
+    if rows.get("chat_ratio"):
+        source = (f"a chat file (sha256 {rows['chat_file_sha256'][:12]}...)" if rows.get("chat_file_sha256")
+                  else "the corpus's own Python functions")
+        parts.append(f"{rows['chat_ratio']:.0%} chats in the tokenizer's template, from {source}")
+    return "Of every stage's rows, " + " and ".join(parts) + "."
+
+
 def render_card(jet_config, base_config, base_model: str, name: str, layer_map_source: str = "",
                 distill: dict | None = None, repo_hint: str | None = None, license: str | None = None,
                 evaluation: str | None = None) -> str:
@@ -127,6 +142,7 @@ def render_card(jet_config, base_config, base_model: str, name: str, layer_map_s
                            "tokens": f"{s['tokens']:,}", "wall": f"{s['wall_s'] / 60:.1f} min"})
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
         ctx.update(stages=stages, data_sources=describe_sources(list(distill.get("data_sources", []))),
+                   generated_rows=generated_rows((distill.get("identity") or {}).get("retrieval")),
                    data_tokens=f"{distill.get('data_tokens', 0):,}", seq_len=distill.get("seq_len"),
                    **{k: fmt(distill.get(k)) for k in ("ppl_teacher", "ppl_student", "kl_before", "kl_after")})
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

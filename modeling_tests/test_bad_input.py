@@ -765,6 +765,8 @@ def test_chat_rows_from_a_file_train_and_a_resume_with_other_chats_is_refused(ws
     run[1] = str(tmp_path / "run")
     assert main(run) == 0
     assert "chat_file_sha256" in (tmp_path / "run" / "distillation.json").read_text()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Of every stage's rows, 50% chats in the tokenizer's template, from a chat file (sha256 " in card
     write_chats(chats, [chat, chat])  # other chats under the same name
     again = distill_args(ws, "o", *flags, "--resume")
     again[1] = str(tmp_path / "again")

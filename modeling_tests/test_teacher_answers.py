@@ -238,3 +238,13 @@ def test_toy_variants_draw_chat_rows_from_a_file_and_missing_answers_fail_alone(
     res = json.loads((out / "variants.json").read_text())
     assert [v["name"] for v in res["variants"]] == ["from-file"] and res["variants"][0]["steps"] == [2, 1, 0]
     assert [f["name"] for f in res["failed"]] == ["answers"] and "never.jsonl.gz" in res["failed"][0]["error"]
+
+
+def test_the_card_sentence_on_generated_rows():
+    from convert.model_card import generated_rows
+
+    assert generated_rows(None) == ""
+    assert generated_rows({"ratio": 0.1, "kinds": ["passkey", "kv"]}) == (
+        "Of every stage's rows, 10% generated long-range retrieval documents (passkey, kv) over that text.")
+    assert generated_rows({"ratio": 0.1, "kinds": ["passkey"], "chat_ratio": 0.1}).endswith(
+        "and 10% chats in the tokenizer's template, from the corpus's own Python functions.")
