@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--humaneval", type=int, default=0, help="HumanEval on the first N problems (0: not run)")
     ap.add_argument("--eval-rows", type=int, default=64)
+    ap.add_argument("--stdlib-ppl", type=int, metavar="MAX_TOKENS", nargs="?", const=0, default=None,
+                    help="also `jet-nemotron eval`'s perplexity: the stdlib's held-out split in windows of 4,096 "
+                         "(optionally at most MAX_TOKENS of it), teacher and students in this process")
     ap.add_argument("--corpus-cache", type=Path, help="tokenised-corpus cache (default: the library's, "
                                                       "~/.cache/jet-nemotron/corpus)")
     ap.add_argument("--save-students", type=Path, metavar="DIR",
@@ -275,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.humaneval:
             res["teacher_humaneval"], res["teacher_humaneval_run"] = _humaneval(wrap(t_dev, tok, "teacher"),
                                                                                 args.humaneval)
+        if args.stdlib_ppl is not None:
+            res["teacher_stdlib_ppl"] = _stdlib_ppl(wrap(t_dev, tok, "teacher"), args.stdlib_ppl)
     print(f"teacher: held-out ppl {res['ppl_teacher']:.3f}, retrieval {res['teacher_retrieval']}")
     rate = args.rate
     for v in variants:
@@ -372,6 +377,8 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                                                          (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))}
         if args.humaneval:
             row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval)
+        if args.stdlib_ppl is not None:
+            row["stdlib_ppl"] = _stdlib_ppl(wrap(student, tok, v["name"]), args.stdlib_ppl)
     seconds["evaluate"] = time.perf_counter() - t
     if args.save_students is not None:  # for `jet-nemotron eval` (benchmarks/eval_real.py) after this process
         t = time.perf_counter()
@@ -395,6 +402,16 @@ def _as_loaded_bf16(model):
         if p.is_floating_point() and not kept_in_fp32(model, n):
             p.data = p.data.to(torch.bfloat16)
     return model
+
+
+def _stdlib_ppl(model, max_tokens: int) -> float:
+    """Perplexity as `jet-nemotron eval`'s ppl suite measures it: the stdlib's held-out split, windows of 4,096."""
+    from convert.eval.perplexity import perplexity as text_perplexity, read_texts
+    from convert.tiny_teacher import stdlib_files
+
+    texts = read_texts([str(p) for p in stdlib_files("eval")])
+    window = min(4096, int(getattr(model.config, "max_position_embeddings", 4096)))
+    return text_perplexity(model, texts, window, max_tokens or None)["perplexity"]
 
 
 def _humaneval(model, n: int) -> tuple[float, dict]:
@@ -463,12 +480,14 @@ def write(res: dict, out: Path) -> None:
     os.replace(tmp, out / "variants.json")
     keys = sorted({k for v in res["variants"] for k in v["retrieval"]}, key=lambda k: (k.split("@")[0],
                                                                                        int(k.split("@")[1])))
+    stdlib = "teacher_stdlib_ppl" in res
     head = ["variant", "steps 1/2/3", "M tokens", "stage-1 tok/s (MFU)", "held-out KL", "KL after each stage",
-            "ppl (x teacher)"] + keys
+            "ppl (x teacher)"] + (["stdlib ppl (x teacher)"] if stdlib else []) + keys
     if any("humaneval" in v for v in res["variants"]):
         head.append("HumanEval")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| teacher | - | - | - | 0 | - | {:.3f} | ".format(res["ppl_teacher"])
+                 + (f"{res['teacher_stdlib_ppl']:.3f} | " if stdlib else "")
                  + " | ".join(f"{res['teacher_retrieval'].get(k, float('nan')):.2f}" for k in keys)
                  + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
                     else "") + " |")
@@ -476,6 +495,9 @@ def write(res: dict, out: Path) -> None:
         by_stage = " / ".join("-" if k is None else f"{k:.3f}" for k in v.get("held_out_kl_by_stage", []))
         cells = [v["name"], "/".join(map(str, v["steps"])), f"{v['tokens'] / 1e6:.1f}", _rate(v), f"{v['held_out_kl']:.3f}",
                  by_stage or "-", f"{v['ppl']:.3f} ({v['ppl'] / res['ppl_teacher']:.2f}x)"]
+        if stdlib:
+            p = v.get("stdlib_ppl")
+            cells.append("-" if p is None else f"{p:.3f} ({p / res['teacher_stdlib_ppl']:.2f}x)")
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
         if "humaneval" in v:
             cells.append(_he(v["humaneval"], v["humaneval_run"]))

@@ -16,6 +16,7 @@
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
+#                                        (always with jet-nemotron eval's stdlib perplexity, in process);
 #                                        ANSWERS=N (ANSWERS_BUDGET s): the teacher's answers to N function requests
 #                                        first, the chat file of variants whose chat_file is '@answers';
 #                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells, MAX_TOKENS=N of
@@ -110,6 +111,7 @@ case "$1" in
     [ -e $JOB/speed.log ] || touch $JOB/speed.done
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
+       --stdlib-ppl
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${MAX_TOKENS:+--max-tokens $MAX_TOKENS}
        ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)

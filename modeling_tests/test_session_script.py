@@ -188,6 +188,7 @@ def test_variants_pipeline_asks_the_teacher_for_answers_first_when_asked(tmp_pat
     assert "--n 4096 --time-budget-s 150" in answers
     path = answers.split("--out ")[1]
     assert path.endswith("out/answers/teacher_answers.jsonl.gz") and f"--answers {path}" in variants
+    assert "--stdlib-ppl" in variants
     (tmp_path / "none").mkdir()
     r = _run(tmp_path / "none", ["pipeline-variants"], VARIANTS="recipe")
     assert "teacher_answers.py" not in "\n".join(_calls(tmp_path / "none", 2))

@@ -234,8 +234,11 @@ def test_toy_variants_draw_chat_rows_from_a_file_and_missing_answers_fail_alone(
                                 {"name": "answers", "steps": [2, 1, 0], "chat_file": "@answers"}]))
     out = tmp_path / "out"
     dv.main(["--toy", "--variants", str(spec), "--answers", str(tmp_path / "never.jsonl.gz"), "--out", str(out),
-             "--corpus-cache", str(tmp_path / "cache")])
+             "--corpus-cache", str(tmp_path / "cache"), "--stdlib-ppl", "3000"])
     res = json.loads((out / "variants.json").read_text())
+    # jet-nemotron eval's perplexity in the same process: teacher and student, and a column of the table
+    assert res["teacher_stdlib_ppl"] > 1 and res["variants"][0]["stdlib_ppl"] > 1
+    assert "stdlib ppl (x teacher)" in (out / "variants.md").read_text()
     assert [v["name"] for v in res["variants"]] == ["from-file"] and res["variants"][0]["steps"] == [2, 1, 0]
     assert [f["name"] for f in res["failed"]] == ["answers"] and "never.jsonl.gz" in res["failed"][0]["error"]
 
