@@ -80,3 +80,30 @@ def test_variants_on_a_saved_teacher_folder(tmp_path):
     assert [v["name"] for v in res["variants"]] == ["end-to-end-stage1", "base"]
     base, local = res["variants"]  # the end-to-end stage 1 first, as the rate's reference
     assert base["steps"][1:] == local["steps"][1:] and local["steps"][0] > base["steps"][0]  # cheaper stage-1 steps
+
+
+def test_teacher_answers_on_a_saved_teacher_folder(tmp_path):
+    """ANSWERS=N's step on a saved teacher folder: the teacher loads, heads come from the train package only, every
+    head is asked; a tiny random teacher never closes its block, so nothing is kept and the script says so (exit 1)
+    without writing a file: the GPU session's variant then fails alone."""
+    from test_convert_conversion import tiny_qwen
+
+    from convert.tiny_teacher import build_tokenizer, read_corpus, stdlib_files
+
+    tok = build_tokenizer(read_corpus(stdlib_files("train"), 100_000), vocab_size=400)
+    teacher = tiny_qwen("qwen2", vocab=len(tok))
+    teacher.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    stdlib = stdlib_files("train")[0].parent
+    for pkg in ("json", "email"):
+        (tmp_path / "src" / pkg).mkdir(parents=True)
+        for f in sorted((stdlib / pkg).glob("*.py")):
+            (tmp_path / "src" / pkg / f.name).write_text(f.read_text())
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JET_NEMOTRON_COMMIT": "test"}
+    out = tmp_path / "answers.jsonl.gz"
+    run = subprocess.run([sys.executable, "benchmarks/teacher_answers.py", "--teacher", str(tmp_path / "teacher"),
+                          "--site-packages", str(tmp_path / "src"), "--held-out", "json", "--n", "6",
+                          "--batch-size", "4", "--max-new-tokens", "8", "--out", str(out)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "6 function heads" in run.stdout, run.stdout + run.stderr[-2000:]
+    assert "kept no answer of 6 asked: nothing written" in run.stderr and not out.exists()
