@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import re
@@ -404,14 +405,22 @@ def _as_loaded_bf16(model):
     return model
 
 
-def _stdlib_ppl(model, max_tokens: int) -> float:
-    """Perplexity as `jet-nemotron eval`'s ppl suite measures it: the stdlib's held-out split, windows of 4,096."""
-    from convert.eval.perplexity import perplexity as text_perplexity, read_texts
+@functools.cache
+def _stdlib_texts() -> tuple[str, ...]:
+    """The stdlib's held-out split (`jet-nemotron eval`'s default ppl text), read once for the teacher and every
+    student."""
+    from convert.eval.perplexity import read_texts
     from convert.tiny_teacher import stdlib_files
 
-    texts = read_texts([str(p) for p in stdlib_files("eval")])
+    return tuple(read_texts([str(p) for p in stdlib_files("eval")]))
+
+
+def _stdlib_ppl(model, max_tokens: int) -> float:
+    """Perplexity as `jet-nemotron eval`'s ppl suite measures it: the stdlib's held-out split, windows of 4,096."""
+    from convert.eval.perplexity import perplexity as text_perplexity
+
     window = min(4096, int(getattr(model.config, "max_position_embeddings", 4096)))
-    return text_perplexity(model, texts, window, max_tokens or None)["perplexity"]
+    return text_perplexity(model, list(_stdlib_texts()), window, max_tokens or None)["perplexity"]
 
 
 def _humaneval(model, n: int) -> tuple[float, dict]:

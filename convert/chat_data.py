@@ -43,6 +43,14 @@ def user_turn(instruction: str, head: str) -> str:
     return f"{instruction}\n```python\n{head}```"
 
 
+def answer_prompt(tok, instruction: str, head: str) -> str:
+    """The text a model continues to answer for the function: the user's request in the chat template, then the
+    assistant's code block begun with the head (HumanEval prompts so; the teacher's answers are asked so)."""
+    text = tok.apply_chat_template([{"role": "user", "content": user_turn(instruction, head)}],
+                                   add_generation_prompt=True, tokenize=False)
+    return text + "```python\n" + head
+
+
 def read_chats(path: str | Path) -> list[list[dict]]:
     """The chats of a jsonl file (optionally .gz), one {"messages": [{"role", "content"}, ...]} a line, each with a
     user turn and ending with an assistant turn. A line that is not such a chat is refused naming the file and line."""

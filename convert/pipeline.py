@@ -34,13 +34,12 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
     """One `MixtureSampler` per stage, at the stage's seq_len; each starts after the tokens the earlier stages
     drew (plus `start_tokens`, drawn by stages run in an earlier process), so stage 2 continues stage 1's epoch
     instead of re-reading its first rows."""
-    from .chat_data import ChatCodeStream, read_chats
+    from .chat_data import ChatCodeStream
     from .retrieval_data import RetrievalStream
 
     out, tokens = [], start_tokens
-    check_generated_rows(retrieval)
+    chats = check_generated_rows(retrieval)
     r, c = (retrieval or {}).get("ratio", 0), (retrieval or {}).get("chat_ratio", 0)
-    chats = read_chats(retrieval["chat_file"]) if c > 0 and retrieval.get("chat_file") else None
     for cfg in stages:
         L = cfg.seq_len or seq_len
         extra = []
@@ -323,14 +322,14 @@ def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fractio
     check_generated_rows(retrieval)
 
 
-def check_generated_rows(retrieval: dict | None) -> None:
-    """The generated-row settings ({"ratio", "kinds", "chat_ratio"}), one line naming the flag: checked before
-    anything loads (`check_data_options`) and again where the rows are mixed (`stage_samplers`, which scripts call
-    directly)."""
+def check_generated_rows(retrieval: dict | None) -> list[list[dict]] | None:
+    """The generated-row settings ({"ratio", "kinds", "chat_ratio", "chat_file"}), one line naming the flag: checked
+    before anything loads (`check_data_options`) and again where the rows are mixed (`stage_samplers`, which scripts
+    call directly). Returns the chat file's chats (read once here, so the mixer does not read them again), or None."""
     from .retrieval_data import KINDS
 
     if not retrieval:
-        return
+        return None
     r = retrieval.get("ratio", 0)
     if not (0 <= r < 1):  # also refuses NaN
         raise ValueError(f"--retrieval-ratio must be in [0, 1), got {r}")
@@ -344,10 +343,11 @@ def check_generated_rows(retrieval: dict | None) -> None:
     f = retrieval.get("chat_file")
     if f and not c > 0:
         raise ValueError(f"--chat-file {f} is used by chat rows only: give --chat-ratio > 0 too")
-    if f:
-        from .chat_data import read_chats
+    if not f:
+        return None
+    from .chat_data import read_chats
 
-        read_chats(f)  # a missing file or a bad line, named, before anything loads
+    return read_chats(f)  # a missing file or a bad line, named; the chats, for the caller that mixes them in
 
 
 def _report_and_save(result: dict, student, teacher, tokenizer, held: torch.Tensor, teacher_name: str, out: Path,

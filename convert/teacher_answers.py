@@ -25,7 +25,7 @@ import random
 import time
 from pathlib import Path
 
-from .chat_data import INSTRUCTIONS, functions, user_turn
+from .chat_data import INSTRUCTIONS, answer_prompt, functions, user_turn
 from .corpus import _order, is_held_out, list_units
 
 FENCE = "```"
@@ -84,11 +84,8 @@ def teacher_chats(m, heads: list[tuple[str, str]], max_new_tokens: int = 384, ba
     tok = m.tok
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"{m.name}: the teacher's tokenizer has no chat template; its answers would not be chats")
-    prompts = []
-    for instruction, head in heads:
-        text = tok.apply_chat_template([{"role": "user", "content": user_turn(instruction, head)}],
-                                       add_generation_prompt=True, tokenize=False)
-        prompts.append(tok(text + f"{FENCE}python\n" + head, add_special_tokens=False)["input_ids"])
+    prompts = [tok(answer_prompt(tok, instruction, head), add_special_tokens=False)["input_ids"]
+               for instruction, head in heads]
     width = max(map(len, prompts))
     chats, generated, unclosed, unparsed, asked = [], 0, 0, 0, 0
     t0 = time.perf_counter()
@@ -119,19 +116,19 @@ def teacher_chats(m, heads: list[tuple[str, str]], max_new_tokens: int = 384, ba
 
 
 def write_chats(path: str | Path, chats: list[list[dict]], meta: dict | None = None) -> Path:
-    """jsonl (gzip when the name ends in .gz) of {"messages": chat}, written to a temporary file then renamed; `meta`
-    goes to PATH.meta.json beside it."""
+    """jsonl (gzip when the name ends in .gz) of {"messages": chat}; `meta` goes to PATH.meta.json beside it. Each file
+    is written to a temporary name, then renamed: a cut run leaves no half file under either name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(tmp, "wt", encoding="utf-8") as f:
-        for chat in chats:
-            f.write(json.dumps({"messages": chat}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    lines = "".join(json.dumps({"messages": chat}, ensure_ascii=False) + "\n" for chat in chats)
+    _write_then_rename(path, lines, gzip.open if path.suffix == ".gz" else open)
     if meta is not None:
-        side = path.with_name(path.name + ".meta.json")
-        side_tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-        side_tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        side_tmp.replace(side)
+        _write_then_rename(path.with_name(path.name + ".meta.json"), json.dumps(meta, indent=1) + "\n", open)
     return path
+
+
+def _write_then_rename(path: Path, text: str, opener) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with opener(tmp, "wt", encoding="utf-8") as f:
+        f.write(text)
+    tmp.replace(path)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..chat_data import user_turn
+from ..chat_data import answer_prompt
 from .generation import greedy
 from .models import EvalModel
 
@@ -95,10 +95,7 @@ def check_sandbox(problem: dict, timeout: float) -> None:
 def prompt_text(tok, problem: dict) -> tuple[str, bool]:
     """(text the model continues, whether it went through the chat template)."""
     if getattr(tok, "chat_template", None):
-        user = user_turn(INSTRUCTION, problem["prompt"])
-        head = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
-                                       tokenize=False)
-        return head + "```python\n" + problem["prompt"], True
+        return answer_prompt(tok, INSTRUCTION, problem["prompt"]), True
     return problem["prompt"], False
 
 
