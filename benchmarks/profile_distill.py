@@ -32,6 +32,8 @@ sys.path.insert(0, str(HERE))
 
 from stamp import stamp  # noqa: E402
 
+from convert.distill import DistillConfig, distill  # noqa: E402
+
 FAMILIES = [  # first match wins; patterns over lower-cased kernel names
     # our kernels (jet_nemotron/*_triton*.py): _fwd_h/_fwd_o/_bwd_*/_wu/_prepare (gated delta rule), _conv_*
     # (dynamic convolution), _norm_* (gated RMSNorm), _recurrent
@@ -105,11 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frozen-bf16", action="store_true", help="frozen weights held in bf16 (DistillConfig.frozen_bf16)")
     ap.add_argument("--kl-reference", action="store_true",
                     help="the checkpointed reference KL instead of the fused one (DistillConfig.fused_kl=False)")
+    ap.add_argument("--kl-chunk", type=int, default=DistillConfig.kl_chunk,
+                    help="tokens per KL chunk: fewer chunks cast and add the [V, d] head gradient fewer times, for "
+                         "larger [chunk, V] logits")
     ap.add_argument("--toy", action="store_true")
     args = ap.parse_args(argv)
     from torch.profiler import ProfilerActivity, profile, schedule
-
-    from convert.distill import DistillConfig, distill
 
     if args.toy:
         args.seq_len, args.batch_size, args.micro_batch = 64, 4, 2
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = DistillConfig(stage=args.stage, steps=total, batch_size=args.batch_size, micro_batch=args.micro_batch,
                         mixed_precision="bf16" if dev.type == "cuda" else "no", log_every=1, warmup_steps=1,
                         local=args.local, compile=args.compile, frozen_bf16=args.frozen_bf16,
-                        fused_kl=not args.kl_reference)
+                        fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -150,12 +153,14 @@ def main(argv: list[str] | None = None) -> None:
         fam[family(e.key)] = fam.get(family(e.key), 0.0) + getattr(e, attr, 0.0) / 1e3 / args.steps
     tag = f"stage{args.stage}" + ("_local" if args.local else "") + ("_compiled" if args.compile else "") + (
         "_frozen_bf16" if args.frozen_bf16 else "") + ("_kl_reference" if args.kl_reference else "") + (
-        "_toy" if args.toy else "")
+        f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
            "flops_per_token": run["flops_per_token"], "time_is": "device" if on_device else "cpu (self time)",
            "ms_per_step_by_family": dict(sorted(fam.items(), key=lambda kv: -kv[1])),
-           "busy_ms_per_step": sum(fam.values()), "busy_fraction": sum(fam.values()) / ms}
+           "busy_ms_per_step": sum(fam.values()), "busy_fraction": sum(fam.values()) / ms,
+           # a larger KL chunk trades memory for fewer passes over the head gradient: its peak says what it costs
+           "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     sort = "self_cuda_time_total" if on_device else "self_cpu_time_total"
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         f"elementwise ops by input shape (device time, top {len(copies)}):\n" + "\n".join(lines) + "\n")
     print(table)
     print(f"{tag}: {ms:,.0f} ms a step, {res['tok_per_s']:,.0f} tok/s, MFU {res['mfu'] or float('nan'):.1%}; kernels busy "
-          f"{res['busy_ms_per_step']:,.0f} ms a step ({res['busy_fraction']:.0%})")
+          f"{res['busy_ms_per_step']:,.0f} ms a step ({res['busy_fraction']:.0%})"
+          + (f"; peak {res['peak_gb']:.1f} GB allocated" if res["peak_gb"] is not None else ""))
     for f, v in res["ms_per_step_by_family"].items():
         print(f"  {f:22s} {v:9.1f} ms/step ({100 * v / ms:.0f}% of the step)")
 

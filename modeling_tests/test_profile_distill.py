@@ -29,3 +29,10 @@ def test_toy_profile_writes_its_record(tmp_path):
     assert glue and all(g["op"] in pd.GLUE_OPS and g["shapes"].startswith("[[") and g["calls_per_step"] > 0
                         for g in glue)
     assert [g["ms_per_step"] for g in glue] == sorted((g["ms_per_step"] for g in glue), reverse=True)
+
+
+def test_a_kl_chunk_other_than_the_default_names_its_record(tmp_path):
+    pd.main(["--toy", "--stage", "2", "--kl-chunk", "32", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage2_kl_chunk32_toy.json").read_text())
+    assert rec["args"]["kl_chunk"] == "32" and rec["tok_per_s"] > 0
+    assert rec["peak_gb"] is None  # CPU: no device allocator to ask
