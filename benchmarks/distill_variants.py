@@ -424,12 +424,14 @@ def _stdlib_ppl(model, max_tokens: int) -> float:
 
 
 def _humaneval(model, n: int) -> tuple[float, dict]:
-    """(pass@1, the run without its per-problem list: passed, tokens generated, generate / test / total seconds)."""
+    """(pass@1, the run: passed, unfinished answers, tokens generated, generate / test / total seconds, and the task
+    ids passed, so two runs compare problem by problem and on any prefix of the problems)."""
     from convert.eval.humaneval import humaneval
 
     t = time.perf_counter()
     r = humaneval(model, n, batch_size=64, compiled=False)
     run = {k: v for k, v in r.items() if not isinstance(v, (list, dict))}
+    run["passed_ids"] = [int(x["task_id"].split("/")[1]) for x in r["results"] if x["passed"]]
     run["seconds"] = time.perf_counter() - t
     return r["pass@1"], run
 

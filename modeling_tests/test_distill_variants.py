@@ -92,6 +92,8 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path)
         assert len(by_stage) == sum(n > 0 for n in r["steps"]) and all(0 < k < 20 for k in by_stage)
     assert res["teacher_humaneval_run"]["problems"] == 2 and res["teacher_humaneval_run"]["seconds"] > 0
     assert all(r["humaneval_run"]["problems"] == 2 and 0 <= r["humaneval"] <= 1 for r in rows)
+    assert all(len(r["humaneval_run"]["passed_ids"]) == r["humaneval_run"]["passed"]
+               and set(r["humaneval_run"]["passed_ids"]) <= {0, 1} for r in rows)
     table = (out / "variants.md").read_text()
     assert "(2 in " in table
     assert table.count("\n| ") == 4 and "| uniform |" in table  # header row aside: teacher + 3 variants

@@ -230,6 +230,9 @@ def test_humaneval_pipeline_scores_what_the_model_writes(folders, monkeypatch, c
     monkeypatch.setattr(humaneval, "greedy", writer(lambda p: p["canonical_solution"]))
     r = humaneval.humaneval(m, limit=3)
     assert r["pass@1"] == 1.0 and r["chat_template"] is chat, [x["result"] for x in r["results"]]
+    assert r["unfinished"] == 0
+    r = humaneval.humaneval(m, limit=3, max_new_tokens=8)  # every fake answer is longer: none ended in 8 tokens
+    assert r["unfinished"] == 3
     assert ("<|im_start|>assistant" in seen[0]) is chat and problems[0]["prompt"].strip()[:40] in seen[0]
     monkeypatch.setattr(humaneval, "greedy", writer(lambda p: "    pass\n"))
     r = humaneval.humaneval(m, limit=3)

@@ -106,7 +106,9 @@ def cut(text: str, stops: list[str]) -> str:
 
 def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512, batch_size: int = 256,
               timeout: float = 10.0, workers: int | None = None, compiled: bool | None = None) -> dict:
-    """{"pass@1", "passed", "problems", "chat_template", "results": [{task_id, passed, result, completion}]}."""
+    """{"pass@1", "passed", "problems", "chat_template", "unfinished", "results": [{task_id, passed, result,
+    completion}]}; "unfinished": answers that reached `max_new_tokens` without an end (one holds its whole batch
+    to the limit)."""
     problems = load_problems(limit)
     check_sandbox(problems[0], timeout)
     texts = [prompt_text(m.tok, p) for p in problems]
@@ -126,8 +128,10 @@ def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512,
     results = [{"task_id": p["task_id"], "passed": r == "passed", "result": r, "completion": c}
                for p, c, r in zip(problems, completions, runs)]
     passed = sum(r["passed"] for r in results)
+    unfinished = sum(len(ids) >= max_new_tokens for ids in new)
     print(f"humaneval {m.name}: pass@1 {passed / len(results):.3f} ({passed}/{len(results)}, "
-          f"{'chat template' if chat else 'plain prompt'}; generating {generate_s:.1f} s, tests {tests_s:.1f} s)")
+          f"{'chat template' if chat else 'plain prompt'}; {unfinished} answers unfinished at {max_new_tokens} "
+          f"tokens; generating {generate_s:.1f} s, tests {tests_s:.1f} s)")
     return {"pass@1": passed / len(results), "passed": passed, "problems": len(results), "chat_template": chat,
-            "generated_tokens": sum(map(len, new)), "generate_s": generate_s, "tests_s": tests_s,
-            "results": results}
+            "unfinished": unfinished, "generated_tokens": sum(map(len, new)), "generate_s": generate_s,
+            "tests_s": tests_s, "results": results}
