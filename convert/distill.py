@@ -47,6 +47,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from jet_nemotron.fused_projections import set_projections_as_one
 from jet_nemotron.transformers_compat import checkpointing_disable, checkpointing_enable
 
 from .kl import chunked_kl
@@ -95,6 +96,10 @@ class DistillConfig(TrainSchedule):
     # cast them again in every forward and the residual stream runs in bf16 from the frozen embeddings; restored
     # to their exact fp32 values when the stage ends. Opt-in until measured on the GPU
     frozen_bf16: bool = False
+    # the student's same-input projections (a JetBlock's seven, attention's q/k/v, the MLP's gate/up) run as one
+    # product each while training: the input is cast once under autocast and its gradient accumulates in fp32 inside
+    # one product (`jet_nemotron.fused_projections.linears_as_one`). Opt-in until measured on the GPU
+    projections_as_one: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
     _local_by_default: bool = field(default=False, init=False, repr=False)  # `local` came from None, not the caller
@@ -192,10 +197,13 @@ class DistillLoss(nn.Module):
     """
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
-                 temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True):
+                 temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
+                 projections_as_one: bool = False):
         super().__init__()
         self.local, self.fused_kl = local, fused_kl
         self.student = student
+        # switched off again in `release`: the caller's student must decode without concatenating weights each step
+        self.as_one = set_projections_as_one(student) if projections_as_one else []
         # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
         self._no_split_modules = getattr(student, "_no_split_modules", None)
         self.mse_layers, self.kl_weight, self.mse_weight = mse_layers, kl_weight, mse_weight
@@ -213,6 +221,9 @@ class DistillLoss(nn.Module):
             self.persistent = None
         for layer in self.student.model.layers:
             layer._compiled_call_impl = layer.self_attn._compiled_call_impl = None
+        for module in self.as_one:
+            module.project_as_one = False
+        self.as_one = []
 
     def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None, teacher_attn_in=None):
         if self.local:
@@ -598,7 +609,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
-                          compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl)
+                          compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl,
+                          projections_as_one=cfg.projections_as_one)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,

@@ -9,7 +9,7 @@ jet_nemotron/  the model; flat, because save_pretrained copies it next to the we
   jet_block.py                  the JetBlock (projections, dynamic conv, gated delta rule, gated norm), decay init
   cache_jet_nemotron.py         the hybrid cache (dynamic and static), bytes per layer kind
   transformers_compat.py        what differs between the transformers releases supported
-  fused_projections.py          inference-time fusion of projections that read the same input
+  fused_projections.py          same-input projections as one product: fused for inference, concatenated in training
   ops.py                        the one dispatch point of the sequence ops: Triton on CUDA, else the reference
   *_ref.py                      PyTorch references (exact, any device): gated delta rule, dynamic conv, gated norm
   *_triton.py                   the Triton kernels, same signatures; the gated delta rule is split by family:

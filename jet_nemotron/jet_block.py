@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_jet_nemotron import JetNemotronConfig
-from .fused_projections import fuse_linears, fused_linear
+from .fused_projections import fuse_linears, fused_linear, linears_as_one
 from .transformers_compat import pick_cache
 from .ops import (
     chunk_gated_delta_rule,
@@ -103,25 +103,30 @@ class JetBlock(nn.Module):
         self.o_norm = JetGatedRMSNorm(d.head_v_dim, eps=d.norm_eps)
         self.o_proj = nn.Linear(d.value_dim, hidden, bias=False)
         self.fused_sizes: list[int] | None = None
+        self.project_as_one = False  # training: see `fused_projections.set_projections_as_one`
         self.reset_decay_parameters()
+
+    def same_input_linears(self) -> list[nn.Linear]:
+        """The projections that read the block's input: q, k, v, g, a, b and the kernel generator's w1."""
+        return [self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.a_proj, self.b_proj,
+                self.dynamic_conv1d.kernel_generator.w1]
 
     def fuse_projections(self) -> None:
         """Read q/k/v/g/a/b and the generator's w1 as one matrix (inference; see `fused_projections.py`)."""
-        gen = self.dynamic_conv1d.kernel_generator
-        self.fused_sizes = fuse_linears(self, "in_proj_fused", [self.q_proj, self.k_proj, self.v_proj, self.g_proj,
-                                                                 self.a_proj, self.b_proj, gen.w1])
+        self.fused_sizes = fuse_linears(self, "in_proj_fused", self.same_input_linears())
 
     def _project(self, x: torch.Tensor):
         """x [B, T, hidden] -> q, k [B, T, H*dk], v, gate [B, T, H*dv], a, b [B, T, H], kernels [B, T, C, K]."""
         gen = self.dynamic_conv1d.kernel_generator
-        if self.fused_sizes is None:
+        if self.fused_sizes is not None:
+            q, k, v, gate, a, b, h = fused_linear(self, "in_proj_fused", x, self.fused_sizes)
+        elif self.project_as_one and torch.is_grad_enabled():
+            q, k, v, gate, a, b, h = linears_as_one(x, self.same_input_linears())
+        else:
             q, k, v, gate, a, b = (lin(x) for lin in (self.q_proj, self.k_proj, self.v_proj, self.g_proj,
                                                       self.a_proj, self.b_proj))
-            kernels = gen(x)
-        else:
-            q, k, v, gate, a, b, h = fused_linear(self, "in_proj_fused", x, self.fused_sizes)
-            kernels = gen.w2(gen.act(h)).unflatten(-1, (gen.channels, gen.kernel_size))
-        return q, k, v, gate, a, b, kernels
+            return q, k, v, gate, a, b, gen(x)
+        return q, k, v, gate, a, b, gen.w2(gen.act(h)).unflatten(-1, (gen.channels, gen.kernel_size))
 
     @torch.no_grad()
     def reset_decay_parameters(self) -> None:

@@ -347,6 +347,26 @@ def _emulate_tf32_dots(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="CPU interpreter only: on the GPU test_gpu_model.py measures real TF32")
+def test_projections_as_one_feed_the_kernels_their_views():
+    """Projected as one product (`set_projections_as_one`), q/k/v/g/a/b reach the kernels as slices of one output,
+    not separate tensors: the kernels' training gradients must not change (tiny model, fp32)."""
+    from conftest import tiny_model
+    from jet_nemotron.fused_projections import set_projections_as_one
+
+    ids = torch.randint(3, 128, (2, 130), generator=torch.Generator().manual_seed(0))
+
+    def grads(as_one):
+        model = tiny_model(kernel_backend="triton").train()
+        set_projections_as_one(model, as_one)
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    sep, one = grads(False), grads(True)
+    assert set(sep) == set(one)
+    for n, g in sep.items():
+        assert rel(one[n], g) < 1e-4, (n, rel(one[n], g))
+
+
 def test_model_gradients_under_emulated_tf32(monkeypatch):
     """fp32 training gradients of a tiny model (dk 16) through the kernels, with the interpreter's dots rounding
     their inputs to TF32 wherever a kernel asks for TF32, against the exact reference path.
