@@ -8,8 +8,8 @@ is added and the parameter names are unchanged; the fused weight is a non-persis
 
 Training has the same shape of waste in another place. Under bf16 autocast with fp32 weights, the normed input of a
 JetBlock is fp32 and each of its seven projections casts it to bf16 again, and in backward each of their input
-gradients is cast back to fp32 and added to the others: about 2,700 copies of [8, 2048, 1536] a distillation step on
-the H200 (144 ms of 1,622). `linears_as_one` runs such projections as one product over their concatenated weights,
+gradients is cast back to fp32 and added to the others: about 1,400 copies of [8, 2048, 1536] a distillation step on
+the H200 (75 ms of 1,622). `linears_as_one` runs such projections as one product over their concatenated weights,
 which stay separate parameters: the input is cast once, and its gradient comes out of one product, accumulated in
 fp32 inside it. The concatenation copies the weights at every call, which is small beside the activations of a
 training batch but not beside a decode step's: modules use it only while gradients are recorded
