@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--lengths", default="2048,8192", help="retrieval prompt lengths")
     ap.add_argument("--trials", type=int, default=2)
+    ap.add_argument("--depths", default="0,0.5,1",
+                    help="needle depths (fractions); '0,0.25,0.5,0.75,1' is the grid of jet-nemotron eval's default")
     ap.add_argument("--humaneval", type=int, default=0, help="HumanEval on the first N problems (0: not run)")
     ap.add_argument("--eval-rows", type=int, default=64)
     ap.add_argument("--stdlib-ppl", type=int, metavar="MAX_TOKENS", nargs="?", const=0, default=None,
@@ -225,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="write each variant's student (bf16, as measured) to DIR/<name>, for jet-nemotron eval")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args(argv)
+    try:
+        args.depth_list = tuple(float(x) for x in args.depths.split(",") if x.strip())
+    except ValueError as err:
+        raise SystemExit(f"--depths {args.depths!r}: give comma-separated fractions") from err
+    if not args.depth_list or not all(0.0 <= d <= 1.0 for d in args.depth_list):
+        raise SystemExit(f"--depths {args.depths!r}: every depth is a fraction in [0, 1]")
 
     variants = variant_list(args.variants, args.searched, args.answers)
     _FLOPS.clear()  # per teacher (a test may run several toy teachers in one process)
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
 
         lengths = [int(x) for x in args.lengths.split(",")]
         res["teacher_retrieval"] = _retrieval_summary(retrieval(wrap(t_dev, tok, "teacher"), filler, lengths,
-                                                                (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))
+                                                                args.depth_list, args.trials, ("passkey", "niah", "kv")))
         if args.humaneval:
             res["teacher_humaneval"], res["teacher_humaneval_run"] = _humaneval(wrap(t_dev, tok, "teacher"),
                                                                                 args.humaneval)
@@ -377,7 +385,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
                "history": [h | {"local": c.local} for c, s in zip(plan, summaries) for h in s["history"]],
                "retrieval": _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
-                                                         (0.0, 0.5, 1.0), args.trials, ("passkey", "niah", "kv")))}
+                                                         args.depth_list, args.trials, ("passkey", "niah", "kv")))}
         if args.humaneval:
             row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval)
         if args.stdlib_ppl is not None:

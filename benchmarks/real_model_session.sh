@@ -19,7 +19,8 @@
 #                                        (always with jet-nemotron eval's stdlib perplexity, in process);
 #                                        ANSWERS=N (ANSWERS_BUDGET s): the teacher's answers to N function requests
 #                                        first, the chat file of variants whose chat_file is '@answers';
-#                                        LENGTHS=2048,8192 and TRIALS=N for the retrieval cells, MAX_TOKENS=N of
+#                                        LENGTHS=2048,8192, TRIALS=N and DEPTHS=0,0.25,0.5,0.75,1 (jet-nemotron
+#                                        eval's default grid) for the retrieval cells, MAX_TOKENS=N of
 #                                        corpus to tokenise (every variant reads the same first rows);
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
 #                                        SEARCHED=map.json skips it and uses that map; EVAL=1 saves each student
@@ -112,7 +113,8 @@ case "$1" in
     V=(--variants "${VARIANTS:-recipe}" ${ONLY:+--only "$ONLY"} --teacher "$WORK/teacher_fp32" --site-packages "$SP"
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
        --stdlib-ppl
-       ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${MAX_TOKENS:+--max-tokens $MAX_TOKENS}
+       ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${DEPTHS:+--depths $DEPTHS}
+       ${MAX_TOKENS:+--max-tokens $MAX_TOKENS}
        ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac

@@ -72,17 +72,24 @@ def test_bad_variant_files_are_refused_with_the_problem_named(tmp_path, spec, me
         dv.variant_list("placement", None)
 
 
-def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path):
+def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path, monkeypatch):
+    import convert.eval.retrieval as retrieval_module
+
+    depths_asked, real = [], retrieval_module.retrieval
+    monkeypatch.setattr(retrieval_module, "retrieval",
+                        lambda m, filler, lengths, depths, *a, **k: depths_asked.append(depths) or real(
+                            m, filler, lengths, depths, *a, **k))
     searched = tmp_path / "map.json"
     searched.write_text(json.dumps({"format": "jet-nemotron-layer-map/v1", "num_layers": 4,
                                     "layer_types": ["attn", "jet", "jet", "jet"]}))
     out = tmp_path / "out"
     # a given rate: a probe's depends on how busy the machine is, and under load it planned 0 steps (a CI flake)
     dv.main(["--toy", "--variants", "placement", "--searched", str(searched), "--minutes", "0.04", "--rate", "30000",
-             "--humaneval", "2", "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
+             "--humaneval", "2", "--out", str(out), "--corpus-cache", str(tmp_path / "cache"), "--depths", "0,0.25,1"])
     res = json.loads((out / "variants.json").read_text())
     rows = res["variants"]
     assert [r["name"] for r in rows] == ["searched", "preset jet-nemotron-2b", "uniform"]
+    assert depths_asked == [(0.0, 0.25, 1.0)] * 4  # the teacher and each variant, on the grid asked
     assert rows[0]["layer_types"] == ["attn", "jet", "jet", "jet"]
     assert rows[2]["layer_types"] == dv.uniform_types(4, 1, 1)
     assert len({tuple(r["steps"]) for r in rows}) == 1 and rows[0]["steps"][0] > 0  # one rate, one plan for all
@@ -229,3 +236,9 @@ def test_every_committed_variant_file_is_valid_and_plans_its_steps(name):
     answers = Path(__file__).resolve().parent / "data" / "chats.jsonl"  # stands in for a session's teacher answers
     rows = dv.variant_list(str(Path(__file__).resolve().parents[1] / "benchmarks/variants" / name), None, answers)
     assert rows and all(v["steps"] is not None and sum(v["steps"]) > 0 for v in rows)
+
+
+@pytest.mark.parametrize("depths", ["0,2", "a,b", ","])
+def test_bad_needle_depths_are_refused_before_anything_loads(depths):
+    with pytest.raises(SystemExit, match="--depths"):
+        dv.main(["--toy", "--depths", depths, "--out", "/nonexistent"])

@@ -67,16 +67,16 @@ def test_variants_pipeline_searches_first_for_placement(tmp_path):
 def test_variants_pipeline_searches_only_for_placement_presets(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     r = _run(tmp_path / "a", ["pipeline-variants"], VARIANTS="placement", LENGTHS="2048,8192", TRIALS="3",
-             MAX_TOKENS="20000000")
+             MAX_TOKENS="20000000", DEPTHS="0,0.25,0.5,0.75,1")
     assert r.returncode == 0, r.stderr
     search, variants = _calls(tmp_path / "a", 3)[1:3]
     assert search.startswith("PY benchmarks/search_real.py --part placement")
     assert "--variants placement" in variants and "--lengths 2048,8192 --trials 3" in variants
-    assert "--max-tokens 20000000" in variants
+    assert "--max-tokens 20000000" in variants and "--depths 0,0.25,0.5,0.75,1" in variants
     r = _run(tmp_path / "b", ["pipeline-variants"], VARIANTS="recipe")
     assert r.returncode == 0, r.stderr
     save, variants = _calls(tmp_path / "b", 2)
-    assert "--variants recipe" in variants and "--searched" not in variants
+    assert "--variants recipe" in variants and "--searched" not in variants and "--depths" not in variants
 
 
 def test_variants_pipeline_uses_a_given_searched_map_without_searching(tmp_path):
