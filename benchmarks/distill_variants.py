@@ -15,7 +15,8 @@ attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage tr
 optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
 the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compile`: the student's layers, or in
 attention transfer its JetBlocks, under torch.compile), "projections_as_one" (`DistillConfig.projections_as_one`:
-same-input projections as one product while training), "retrieval_kinds" (the generated retrieval rows' kinds:
+same-input projections as one product while training), "kl_kernel" (`DistillConfig.kl_kernel`: the fused KL's
+softmax work in one Triton kernel), "retrieval_kinds" (the generated retrieval rows' kinds:
 passkey, kv, table, `convert/retrieval_data.py`), "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
 e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
 to the repository, absolute, or "@answers": the file given by --answers)}; the missing keys take the defaults below (BASE: the recipe that
@@ -67,7 +68,7 @@ from convert.throughput import flops_per_token  # noqa: E402
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
-        "projections_as_one": False, "retrieval_kinds": list(DEFAULT_KINDS)}
+        "projections_as_one": False, "kl_kernel": False, "retrieval_kinds": list(DEFAULT_KINDS)}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -327,7 +328,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     seconds["convert"] = time.perf_counter() - t
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
                   micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"], compile=v["compile"],
-                  projections_as_one=v["projections_as_one"])
+                  projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"])
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),

@@ -50,7 +50,7 @@ from torch import nn
 from jet_nemotron.fused_projections import set_projections_as_one
 from jet_nemotron.transformers_compat import checkpointing_disable, checkpointing_enable
 
-from .kl import chunked_kl
+from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
 
 
@@ -100,6 +100,8 @@ class DistillConfig(TrainSchedule):
     # product each while training: the input is cast once under autocast and its gradient accumulates in fp32 inside
     # one product (`jet_nemotron.fused_projections.linears_as_one`). Opt-in until measured on the GPU
     projections_as_one: bool = False
+    # the fused KL's per-chunk softmax work in one Triton kernel (`kl_rows_triton.py`; CUDA). Opt-in until measured
+    kl_kernel: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
     _local_by_default: bool = field(default=False, init=False, repr=False)  # `local` came from None, not the caller
@@ -135,6 +137,8 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.kl_kernel and not self.fused_kl:
+            raise ValueError(f"stage {self.stage}: kl_kernel is the fused KL's kernel; it needs fused_kl=True")
         if self.frozen_bf16 and self.mixed_precision != "bf16":
             raise ValueError(f"stage {self.stage}: frozen_bf16 holds frozen weights in bf16 for a bf16 run; it needs "
                              f"mixed_precision 'bf16', got {self.mixed_precision!r}")
@@ -198,9 +202,9 @@ class DistillLoss(nn.Module):
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
                  temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
-                 projections_as_one: bool = False):
+                 projections_as_one: bool = False, kl_kernel: bool = False):
         super().__init__()
-        self.local, self.fused_kl = local, fused_kl
+        self.local, self.fused_kl, self.kl_kernel = local, fused_kl, kl_kernel
         self.student = student
         # switched off again in `release`: the caller's student must decode without concatenating weights each step
         self.as_one = set_projections_as_one(student) if projections_as_one else []
@@ -240,7 +244,7 @@ class DistillLoss(nn.Module):
                 cap.close()
         zero = h.new_zeros((), dtype=torch.float32)
         kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
-                        self.temperature, self.fused_kl) if self.kl_weight > 0 else zero
+                        self.temperature, self.fused_kl, self.kl_kernel) if self.kl_weight > 0 else zero
         mse = zero
         if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
             terms = [normalised_mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
@@ -595,6 +599,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     if fsdp:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)
+    rows_fn(cfg.kl_kernel, acc.device)  # a kernel asked for where it cannot run: refused before any step
     n_train = set_trainable(student, cfg.train)
     if cfg.frozen_bf16 and fsdp:
         raise ValueError("frozen_bf16 with FSDP: FSDP's mixed-precision policy casts the shards itself; use one GPU "
@@ -610,7 +615,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
                           compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl,
-                          projections_as_one=cfg.projections_as_one)
+                          projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,

@@ -29,6 +29,17 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
+def kl_rows(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused KL's work on one chunk: s_logits, t_logits [n, V] -> (KL(p_t || p_s) per row [n] fp32, p_s - p_t
+    [n, V] in s_logits' dtype), p = softmax(logits / T) in fp32. The reference of `kl_rows_triton.kl_rows_triton`."""
+    log_p_s = _log_probs(s_logits, temperature)
+    log_p_t = _log_probs(t_logits, temperature)
+    p_t = log_p_t.exp()
+    kl = (p_t * (log_p_t - log_p_s)).sum(-1)
+    del log_p_t
+    return kl, log_p_s.exp_().sub_(p_t).to(s_logits.dtype)
+
+
 def _chunk_kl_sum(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
                   temperature: float) -> torch.Tensor:
     """Sum over the chunk's tokens of KL(p_t || p_s); h [n, d], w [V, d]. fp32 softmax."""
@@ -39,12 +50,13 @@ def _chunk_kl_sum(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: 
 
 
 def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
-               chunk: int = 1024, temperature: float = 1.0, fused: bool = True) -> torch.Tensor:
+               chunk: int = 1024, temperature: float = 1.0, fused: bool = True, kernel: bool = False) -> torch.Tensor:
     """Mean over tokens of KL(softmax(h_t W_t^T / T) || softmax(h_s W_s^T / T)), times T^2 (Hinton scaling).
 
     h_student [N, d] (or [B, L, d]), w_student [V, d]; same for the teacher (no gradient is taken through it).
     Returns a scalar fp32 tensor. Matches `F.kl_div(log_softmax(s), log_softmax(t), log_target=True,
-    reduction="batchmean")` on full logits (tested), forward and backward, fused or not.
+    reduction="batchmean")` on full logits (tested), forward and backward, fused or not. `kernel` (fused only) runs
+    each chunk's softmax work in Triton (`kl_rows_triton.py`), on CUDA or in Triton's interpreter.
     """
     h_s, h_t = h_student.reshape(-1, h_student.shape[-1]), h_teacher.reshape(-1, h_teacher.shape[-1]).detach()
     if h_s.shape[0] != h_t.shape[0]:
@@ -57,7 +69,7 @@ def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torc
         # would sum the chunks' gradients in bf16)
         w_t = w_t.to(torch.get_autocast_dtype(dev))
     if fused and torch.is_grad_enabled() and (h_s.requires_grad or w_student.requires_grad):
-        return _FusedKL.apply(h_s, w_student, h_t, w_t, chunk, temperature)
+        return _FusedKL.apply(h_s, w_student, h_t, w_t, chunk, temperature, rows_fn(kernel, h_s.device))
     total = h_s.new_zeros((), dtype=torch.float32)
     for i in range(0, h_s.shape[0], chunk):
         hs, ht = h_s[i : i + chunk], h_t[i : i + chunk]
@@ -72,7 +84,7 @@ class _FusedKL(torch.autograd.Function):
     """`chunked_kl` with each chunk's gradients taken in its forward (module docstring). h_s [N, d], w_s [V, d]."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, chunk: int, temperature: float):
+    def forward(ctx, h_s, w_s, h_t, w_t, chunk: int, temperature: float, rows=kl_rows):
         dev = h_s.device.type
         # the products run in autocast's dtype as autocast runs them (the reference's); the head is cast to it once
         # for all chunks, since no autograd sums its gradient here: the chunks' gradients add up in fp32 below
@@ -86,12 +98,9 @@ class _FusedKL(torch.autograd.Function):
             w_low, w_t = w_s.to(low), w_t.to(low)
             for i in range(0, n, chunk):
                 hs = h_s[i: i + chunk].to(low)
-                log_p_s = _log_probs(hs @ w_low.t(), temperature)
-                log_p_t = _log_probs(h_t[i: i + chunk].to(low) @ w_t.t(), temperature)
-                p_t = log_p_t.exp()
-                total += (p_t * (log_p_t - log_p_s)).sum()
-                g = log_p_s.exp_().sub_(p_t).to(low)  # d(sum of the chunk's KL) / d(logits / T), [n, V]
-                del log_p_t, p_t
+                # g: d(sum of the chunk's KL) / d(logits / T), [n, V]
+                kl, g = rows(hs @ w_low.t(), h_t[i: i + chunk].to(low) @ w_t.t(), temperature)
+                total += kl.sum()
                 if grad_h is not None:
                     grad_h[i: i + chunk] = g @ w_low
                 if grad_w is not None:
@@ -106,4 +115,19 @@ class _FusedKL(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         s = grad_out * ctx.scale
         return (None if grad_h is None else grad_h * s.to(grad_h.dtype),
-                None if grad_w is None else (grad_w * s).to(ctx.w_dtype), None, None, None, None)
+                None if grad_w is None else (grad_w * s).to(ctx.w_dtype), None, None, None, None, None)
+
+
+def rows_fn(kernel: bool, device: torch.device):
+    """`kl_rows`, or with `kernel` its Triton twin: on CUDA, or on the CPU in Triton's interpreter (tests). Asked for
+    where neither holds, it is an error, not a quiet fallback to the reference."""
+    if not kernel:
+        return kl_rows
+    import os
+
+    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the Triton KL kernel (kernel=True, DistillConfig.kl_kernel) runs on CUDA, not on {device} "
+                         "(TRITON_INTERPRET=1 runs it on the CPU, slowly, for tests)")
+    from .kl_rows_triton import kl_rows_triton
+
+    return kl_rows_triton

@@ -398,3 +398,65 @@ def test_model_gradients_under_emulated_tf32(monkeypatch):
     assert sorted(err_tf32.values())[len(ref) // 2] > 10 * sorted(err_exact.values())[len(ref) // 2]
     worst = max(err_tf32, key=err_tf32.get)
     assert err_tf32[worst] < 3e-2, (worst, err_tf32[worst])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kl_rows_kernel_matches_its_reference(dtype, temperature):
+    """The fused KL's per-chunk kernel (convert/kl_rows_triton.py) against `kl.kl_rows`: a vocabulary that is no
+    multiple of the block (the last block is partial) and logits up to +-60, where an exp without its running max
+    overflows. GPU: the real vocabulary and block."""
+    from convert.kl import kl_rows
+    from convert.kl_rows_triton import BLOCK, kl_rows_triton
+
+    n, V, block = (64, 151936, BLOCK) if CUDA else (5, 300, 64)
+    g = torch.Generator().manual_seed(0)
+    s = (torch.randn(n, V, generator=g) * 6).clamp(-60, 60)
+    t = s + torch.randn(n, V, generator=g)
+    s[0, :3], t[1, -1] = 60.0, -60.0
+    s, t = s.to(DEVICE, dtype), t.to(DEVICE, dtype)
+    kl, d = kl_rows_triton(s, t, temperature, block)
+    kl_ref, d_ref = kl_rows(s, t, temperature)
+    assert kl.dtype == torch.float32 and d.dtype == dtype and d.shape == (n, V)
+    assert (kl >= -1e-6).all() and rel(kl, kl_ref) < 1e-5
+    assert rel(d.float(), d_ref.float()) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_the_fused_kl_with_the_kernel_gives_the_reference_gradients():
+    from convert.kl import chunked_kl
+
+    g = torch.Generator().manual_seed(1)
+    hs = torch.randn(37, 16, generator=g, device="cpu").to(DEVICE).requires_grad_(True)
+    ws = torch.randn(300, 16, generator=g).to(DEVICE).requires_grad_(True)
+    ht, wt = torch.randn(37, 16, generator=g).to(DEVICE), torch.randn(300, 16, generator=g).to(DEVICE)
+    out = {}
+    for kernel in (True, False):
+        loss = chunked_kl(hs, ws, ht, wt, chunk=8, temperature=1.5, kernel=kernel)
+        out[kernel] = (loss.item(), *torch.autograd.grad(loss, (hs, ws)))
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
+    assert rel(out[True][1], out[False][1]) < 1e-5 and rel(out[True][2], out[False][2]) < 1e-5
+
+
+def test_a_distillation_with_the_kl_kernel_trains_as_the_reference(monkeypatch):
+    """DistillConfig.kl_kernel: the same losses as without it (tiny teacher and student, fp32, in the interpreter
+    on the CPU); asked for on a CPU without the interpreter, or without the fused KL, it is refused before a step."""
+    from convert.distill import DistillConfig, distill
+    from convert.layer_map import parse_spec
+    from convert.qwen_to_jet import convert_model
+    from test_convert_conversion import tiny_qwen
+
+    teacher = tiny_qwen("qwen2", layers=2, seed=0)
+    rows = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for kernel in (True, False):
+        student = convert_model(teacher, parse_spec("jet,attn"))
+        cfg = DistillConfig(stage=2, steps=3, batch_size=4, micro_batch=4, lr=1e-3, warmup_steps=1, log_every=1,
+                            kl_kernel=kernel, kl_chunk=16)
+        losses.append([h["kl"] for h in distill(student, teacher, rows, cfg)["history"]])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    with pytest.raises(ValueError, match="needs fused_kl"):
+        DistillConfig(stage=2, steps=1, kl_kernel=True, fused_kl=False).resolved()
+    if not CUDA:
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(ValueError, match="runs on CUDA, not on cpu"):
+            distill(student, teacher, rows, DistillConfig(stage=2, steps=1, batch_size=4, micro_batch=4, kl_kernel=True))

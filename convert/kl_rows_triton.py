@@ -1,0 +1,70 @@
+"""The fused KL's per-chunk softmax work in Triton: one kernel over a chunk's two logit blocks instead of PyTorch's
+fp32 chain (the two log-softmaxes, their fp32 copies, exp, subtract, multiply, sum; about 150 ms of a 1,622 ms
+stage-2 step on the H200, `benchmarks/results/real_model/teacher_answers/profile/`).
+
+Same signature and results as `kl.kl_rows`: s_logits, t_logits [n, V] (bf16 or fp32) and T give the KL per row [n]
+(fp32) and g = softmax(s / T) - softmax(t / T) [n, V] in s_logits' dtype; fp32 inside. One program a row reads both
+rows twice (an online log-sum-exp, then the KL and g) and writes g once: about 6 V bytes of bf16 a row against the
+reference's dozen fp32 passes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as err:  # pragma: no cover - exercised only on machines without Triton
+    raise ImportError(f"the Triton KL kernel needs triton: {err}") from err
+
+BLOCK = 4096  # vocabulary entries a program holds at once: 16 fp32 a thread at 8 warps
+
+
+@triton.jit
+def _lse(x, base, V, inv_t, BV: tl.constexpr):
+    """log(sum(exp(x[base : base + V] * inv_t))), online over blocks of BV (every block holds a valid entry)."""
+    o = tl.arange(0, BV)
+    m = tl.full((), float("-inf"), tl.float32)
+    acc = tl.zeros((), tl.float32)
+    for start in range(0, V, BV):
+        idx = start + o
+        b = tl.load(x + base + idx, mask=idx < V, other=float("-inf")).to(tl.float32) * inv_t
+        m_new = tl.maximum(m, tl.max(b, 0))
+        acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(b - m_new), 0)
+        m = m_new
+    return m + tl.log(acc)
+
+
+@triton.jit
+def _kl_rows_kernel(s, t, kl, g, V, inv_t, BV: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * V
+    lse_s = _lse(s, base, V, inv_t, BV)
+    lse_t = _lse(t, base, V, inv_t, BV)
+    o = tl.arange(0, BV)
+    acc = tl.zeros((BV,), tl.float32)
+    for start in range(0, V, BV):
+        idx = start + o
+        m = idx < V
+        lp_s = tl.load(s + base + idx, mask=m, other=0.0).to(tl.float32) * inv_t - lse_s
+        lp_t = tl.load(t + base + idx, mask=m, other=0.0).to(tl.float32) * inv_t - lse_t
+        p_t = tl.exp(lp_t)
+        acc += tl.where(m, p_t * (lp_t - lp_s), 0.0)
+        tl.store(g + base + idx, (tl.exp(lp_s) - p_t).to(g.dtype.element_ty), mask=m)
+    tl.store(kl + row, tl.sum(acc, 0))
+
+
+def kl_rows_triton(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
+                   block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL(softmax(t / T) || softmax(s / T)) per row [n] fp32, softmax(s / T) - softmax(t / T) [n, V]); see module."""
+    if s_logits.dim() != 2 or s_logits.shape != t_logits.shape:
+        raise ValueError(f"kl_rows needs two [n, V] logit blocks of one shape, got {tuple(s_logits.shape)} and "
+                         f"{tuple(t_logits.shape)}")
+    s, t = s_logits.contiguous(), t_logits.contiguous()
+    n, V = s.shape
+    kl = torch.empty(n, dtype=torch.float32, device=s.device)
+    g = torch.empty_like(s)
+    if n:
+        _kl_rows_kernel[(n,)](s, t, kl, g, V, 1.0 / temperature, BV=block, num_warps=8)
+    return kl, g
