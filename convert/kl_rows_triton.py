@@ -23,17 +23,20 @@ BLOCK = 4096  # vocabulary entries a program holds at once: 16 fp32 a thread at 
 
 @triton.jit
 def _lse(x, base, V, inv_t, BV: tl.constexpr):
-    """log(sum(exp(x[base : base + V] * inv_t))), online over blocks of BV (every block holds a valid entry)."""
+    """log(sum(exp(x[base : base + V] * inv_t))), online per lane over blocks of BV, then across the lanes (the
+    flash-attention form; a lane that never held an entry, V < BV, stays at -inf and adds nothing)."""
     o = tl.arange(0, BV)
-    m = tl.full((), float("-inf"), tl.float32)
-    acc = tl.zeros((), tl.float32)
+    m = tl.full([BV], float("-inf"), tl.float32)
+    acc = tl.zeros([BV], tl.float32)
     for start in range(0, V, BV):
         idx = start + o
         b = tl.load(x + base + idx, mask=idx < V, other=float("-inf")).to(tl.float32) * inv_t
-        m_new = tl.maximum(m, tl.max(b, 0))
-        acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(b - m_new), 0)
+        m_new = tl.maximum(m, b)
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # an empty lane: exp(-inf) = 0, no -inf - -inf
+        acc = acc * tl.exp(m - shift) + tl.exp(b - shift)
         m = m_new
-    return m + tl.log(acc)
+    top = tl.max(m, 0)
+    return top + tl.log(tl.sum(acc * tl.exp(m - top), 0))
 
 
 @triton.jit
