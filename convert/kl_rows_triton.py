@@ -1,5 +1,5 @@
 """The fused KL's per-chunk softmax work in Triton: one kernel over a chunk's two logit blocks instead of PyTorch's
-fp32 chain (the two log-softmaxes, their fp32 copies, exp, subtract, multiply, sum; about 150 ms of a 1,622 ms
+fp32 chain (the two log-softmaxes, their fp32 copies, exp, subtract, multiply, sum; about 120 ms of a 1,622 ms
 stage-2 step on the H200, `benchmarks/results/real_model/teacher_answers/profile/`).
 
 Same signature and results as `kl.kl_rows`: s_logits, t_logits [n, V] (bf16 or fp32) and T give the KL per row [n]
