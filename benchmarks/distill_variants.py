@@ -228,12 +228,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="write each variant's student (bf16, as measured) to DIR/<name>, for jet-nemotron eval")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args(argv)
+    from convert.eval.retrieval import parse_depths
+
     try:
-        args.depth_list = tuple(float(x) for x in args.depths.split(",") if x.strip())
+        args.depth_list = tuple(parse_depths(args.depths))
     except ValueError as err:
-        raise SystemExit(f"--depths {args.depths!r}: give comma-separated fractions") from err
-    if not args.depth_list or not all(0.0 <= d <= 1.0 for d in args.depth_list):
-        raise SystemExit(f"--depths {args.depths!r}: every depth is a fraction in [0, 1]")
+        raise SystemExit(str(err)) from None
 
     variants = variant_list(args.variants, args.searched, args.answers)
     _FLOPS.clear()  # per teacher (a test may run several toy teachers in one process)

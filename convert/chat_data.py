@@ -135,6 +135,7 @@ class ChatCodeStream:
             if not chats:
                 raise ValueError("chat rows from a chat file need at least one chat")
             self.tok, self.seq_len, self.seed, self.name = tokenizer, seq_len, seed, name
+            self._chat_ids: dict[int, list[int]] = {}  # a chat is templated and tokenised once, at its first draw
             return
         if len(haystack) <= 2 * window:
             raise ValueError(f"the train stream has {len(haystack)} tokens; chat rows read windows of {window} and "
@@ -153,7 +154,10 @@ class ChatCodeStream:
     def document(self, rng: random.Random) -> list[int]:
         """One chat's token ids (a window without a function is skipped for the next one)."""
         if self.chats is not None:
-            return token_ids(self.tok, self.tok.apply_chat_template(rng.choice(self.chats), tokenize=False))
+            i = rng.randrange(len(self.chats))  # the draw rng.choice(self.chats) makes
+            if i not in self._chat_ids:
+                self._chat_ids[i] = token_ids(self.tok, self.tok.apply_chat_template(self.chats[i], tokenize=False))
+            return self._chat_ids[i]  # shared: `draw` copies it into its row
         found = []
         for _ in range(64):
             found = self._functions(rng)

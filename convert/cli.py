@@ -261,14 +261,10 @@ def eval_(
     seed: int = 0,
 ):
     """Quality and speed of MODEL beside its baseline: perplexity, retrieval grid, HumanEval, speed, lm-eval."""
+    from .eval.retrieval import parse_depths
     from .eval.suite import EvalOptions, run_eval
 
-    try:
-        depth_list = [float(x) for x in depths.split(",") if x.strip()]
-    except ValueError as err:
-        raise ValueError(f"--depths {depths!r}: give comma-separated fractions") from err
-    if any(not 0 <= d <= 1 for d in depth_list):
-        raise ValueError(f"--depths {depths!r}: every depth is a fraction in [0, 1]")
+    depth_list = parse_depths(depths)
     steps = tuple(_ints(speed_steps, "--speed-steps"))
     if len(steps) != 2 or not 0 < steps[0] < steps[1]:
         raise ValueError(f"--speed-steps {speed_steps!r}: give N1,N2 with 0 < N1 < N2")

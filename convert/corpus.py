@@ -152,7 +152,7 @@ def is_held_out(rel: str, patterns: list[str], eval_fraction: float) -> bool:
     return int(_hash("eval|" + rel), 16) / 16 ** 16 < eval_fraction
 
 
-def _order(units: list[dict]) -> list[dict]:
+def visiting_order(units: list[dict]) -> list[dict]:
     """A fixed pseudo-random visiting order (a hash of the path): a token budget samples the whole source."""
     return sorted(units, key=lambda u: _hash("order|" + u["rel"]))
 
@@ -338,8 +338,8 @@ def build_source(source: str | Path, tokenizer, cache_dir: str | Path | None = N
     if not held_out and eval_fraction > 0 and not any(held) and len(units) > 1:
         # too few units for the fraction to pick one: hold out the unit whose hash comes closest
         held[min(range(len(units)), key=lambda i: _hash("eval|" + units[i]["rel"]))] = True
-    splits = {"eval": _order([u for u, h in zip(units, held) if h]),
-              "train": _order([u for u, h in zip(units, held) if not h])}
+    splits = {"eval": visiting_order([u for u, h in zip(units, held) if h]),
+              "train": visiting_order([u for u, h in zip(units, held) if not h])}
     fp = {r[0]: r[1:] for r in fingerprint}
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:

@@ -16,6 +16,8 @@ Two ways to get the gradients, the same function:
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -123,8 +125,6 @@ def rows_fn(kernel: bool, device: torch.device):
     where neither holds, it is an error, not a quiet fallback to the reference."""
     if not kernel:
         return kl_rows
-    import os
-
     if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"the Triton KL kernel (kernel=True, DistillConfig.kl_kernel) runs on CUDA, not on {device} "
                          "(TRITON_INTERPRET=1 runs it on the CPU, slowly, for tests)")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from .chat_data import INSTRUCTIONS, answer_prompt, functions, user_turn
-from .corpus import _order, is_held_out, list_units
+from .corpus import is_held_out, list_units, visiting_order
 
 FENCE = "```"
 
@@ -40,7 +40,7 @@ def function_heads(sources: list[str | Path], held_out: list[str] | None = None,
         kind, units, _ = list_units(Path(source), "text")
         if kind != "files":
             raise ValueError(f"{source}: function heads are read from a folder of .py files, not a table of rows")
-        for u in _order([u for u in units if u["rel"].endswith(".py") and not is_held_out(u["rel"], held_out or [], 0)]):
+        for u in visiting_order([u for u in units if u["rel"].endswith(".py") and not is_held_out(u["rel"], held_out or [], 0)]):
             try:
                 text = Path(u["path"]).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
@@ -100,8 +100,8 @@ def teacher_chats(m, heads: list[tuple[str, str]], max_new_tokens: int = 384, ba
             completion = tok.decode(ids, skip_special_tokens=True)
             answer = _answer_text(head, completion)
             if answer is None:
-                unclosed += completion.find(FENCE) < 0
-                unparsed += completion.find(FENCE) >= 0
+                closed = FENCE in completion
+                unclosed, unparsed = unclosed + (not closed), unparsed + closed
                 continue
             chats.append([{"role": "user", "content": user_turn(instruction, head)},
                           {"role": "assistant", "content": answer}])

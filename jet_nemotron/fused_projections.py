@@ -58,6 +58,18 @@ def linears_as_one(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Ten
     return nn.functional.linear(x, weight, bias).split([lin.out_features for lin in linears], dim=-1)
 
 
+def project(module: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x [..., in] -> the outputs of `module.same_input_linears()`, in that order: through the inference fusion's
+    buffer `name` once fused (`fuse_linears`), as one product over the concatenated weights while `project_as_one`
+    is on and gradients are recorded, else each projection on its own. The one dispatch of the three modules."""
+    if module.fused_sizes is not None:
+        return fused_linear(module, name, x, module.fused_sizes)
+    linears = module.same_input_linears()
+    if module.project_as_one and torch.is_grad_enabled():
+        return linears_as_one(x, linears)
+    return tuple(lin(x) for lin in linears)
+
+
 def set_projections_as_one(model: nn.Module, on: bool = True) -> list[nn.Module]:
     """Switch `project_as_one` on (or off) in every module of `model` that has it and whose projections are plain
     `nn.Linear` (an adapter-wrapped projection, e.g. PEFT's LoRA, must run its own forward). Returns the modules

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_jet_nemotron import JetNemotronConfig
-from .fused_projections import fuse_linears, fused_linear, linears_as_one
+from .fused_projections import fuse_linears, project
 from .transformers_compat import pick_cache
 from .ops import (
     chunk_gated_delta_rule,
@@ -118,14 +118,7 @@ class JetBlock(nn.Module):
     def _project(self, x: torch.Tensor):
         """x [B, T, hidden] -> q, k [B, T, H*dk], v, gate [B, T, H*dv], a, b [B, T, H], kernels [B, T, C, K]."""
         gen = self.dynamic_conv1d.kernel_generator
-        if self.fused_sizes is not None:
-            q, k, v, gate, a, b, h = fused_linear(self, "in_proj_fused", x, self.fused_sizes)
-        elif self.project_as_one and torch.is_grad_enabled():
-            q, k, v, gate, a, b, h = linears_as_one(x, self.same_input_linears())
-        else:
-            q, k, v, gate, a, b = (lin(x) for lin in (self.q_proj, self.k_proj, self.v_proj, self.g_proj,
-                                                      self.a_proj, self.b_proj))
-            return q, k, v, gate, a, b, gen(x)
+        q, k, v, gate, a, b, h = project(self, "in_proj_fused", x)  # h = gen.w1(x): the generator's first layer
         return q, k, v, gate, a, b, gen.w2(gen.act(h)).unflatten(-1, (gen.channels, gen.kernel_size))
 
     @torch.no_grad()

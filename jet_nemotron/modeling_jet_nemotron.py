@@ -30,7 +30,7 @@ from transformers.utils.generic import maybe_autocast
 
 from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache, ring_order_mask
 from .configuration_jet_nemotron import JetNemotronConfig
-from .fused_projections import fuse_linears, fused_linear, linears_as_one
+from .fused_projections import fuse_linears, project
 from .input_checks import check_forward_inputs
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
 from .transformers_compat import CACHE_NAME, MASK_CACHE_NAME, pick_cache
@@ -231,12 +231,7 @@ class JetNemotronAttention(nn.Module):
     def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         shape = (*input_shape, -1, self.head_dim)
-        if self.fused_sizes is not None:
-            q, k, v = fused_linear(self, "qkv_fused", hidden_states, self.fused_sizes)
-        elif self.project_as_one and torch.is_grad_enabled():
-            q, k, v = linears_as_one(hidden_states, self.same_input_linears())
-        else:
-            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        q, k, v = project(self, "qkv_fused", hidden_states)
         q, k = q.view(shape), k.view(shape)
         if self.config.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -278,12 +273,7 @@ class JetNemotronMLP(nn.Module):
         self.fused_sizes = fuse_linears(self, "gate_up_fused", self.same_input_linears())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_sizes is not None:
-            gate, up = fused_linear(self, "gate_up_fused", x, self.fused_sizes)
-        elif self.project_as_one and torch.is_grad_enabled():
-            gate, up = linears_as_one(x, self.same_input_linears())
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = project(self, "gate_up_fused", x)
         return self.down_proj(self.act_fn(gate) * up)
 
 

@@ -32,6 +32,17 @@ WORDS = ("ALPHA BRAVO CEDAR DELTA EMBER FALCON GARNET HARBOR IVORY JASPER KESTRE
 
 
 @functools.lru_cache(maxsize=4)
+def parse_depths(text: str) -> list[float]:
+    """The needle depths of a comma-separated list of fractions in [0, 1] (`--depths`); a bad list names itself."""
+    try:
+        depths = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"--depths {text!r}: give comma-separated fractions") from err
+    if not depths or any(not 0 <= d <= 1 for d in depths):
+        raise ValueError(f"--depths {text!r}: give at least one depth, each a fraction in [0, 1]")
+    return depths
+
+
 def newline_ids(tok) -> frozenset[int]:
     """Ids whose text ends a line: needles go in after one, so no word of the haystack is cut in two."""
     return frozenset(i for i in range(len(tok)) if tok.decode([i]).endswith("\n"))
