@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
                                                       "~/.cache/jet-nemotron/corpus)")
     ap.add_argument("--save-students", type=Path, metavar="DIR",
                     help="write each variant's student (bf16, as measured) to DIR/<name>, for jet-nemotron eval")
+    ap.add_argument("--teacher-last", action="store_true",
+                    help="measure the teacher's retrieval, HumanEval and stdlib ppl after the students, not before: "
+                         "the students' numbers come first, so a machine taken back mid-run keeps them (the "
+                         "teacher's held-out ppl is still measured first)")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args(argv)
     from convert.eval.retrieval import parse_depths
@@ -280,18 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
     with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
         res["ppl_teacher"] = perplexity(t_dev, held, 8, dev)
-        from convert.eval.models import wrap
-        from convert.eval.retrieval import retrieval
-
-        lengths = [int(x) for x in args.lengths.split(",")]
-        res["teacher_retrieval"] = _retrieval_summary(retrieval(wrap(t_dev, tok, "teacher"), filler, lengths,
-                                                                args.depth_list, args.trials, ("passkey", "niah", "kv")))
-        if args.humaneval:
-            res["teacher_humaneval"], res["teacher_humaneval_run"] = _humaneval(wrap(t_dev, tok, "teacher"),
-                                                                                args.humaneval)
-        if args.stdlib_ppl is not None:
-            res["teacher_stdlib_ppl"] = _stdlib_ppl(wrap(t_dev, tok, "teacher"), args.stdlib_ppl)
-    print(f"teacher: held-out ppl {res['ppl_teacher']:.3f}, retrieval {res['teacher_retrieval']}")
+    lengths = [int(x) for x in args.lengths.split(",")]
+    print(f"teacher: held-out ppl {res['ppl_teacher']:.3f}")
+    if not args.teacher_last:
+        _teacher_suites(res, teacher, tok, filler, lengths, args, dev, bf16)
     rate = args.rate
     for v in variants:
         t_v = time.perf_counter()
@@ -313,7 +309,30 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{v['name']}: held-out KL {row['held_out_kl']:.4f}, ppl {row['ppl']:.3f} "
               f"({row['ppl'] / res['ppl_teacher']:.2f}x), retrieval {row['retrieval']} "
               f"in {row['seconds']['total']:.0f} s")
+    if args.teacher_last:
+        _teacher_suites(res, teacher, tok, filler, lengths, args, dev, bf16)
+        write(res, out)
     print((out / "variants.md").read_text())
+
+
+def _teacher_suites(res: dict, teacher, tok, filler, lengths, args, dev, bf16: bool) -> None:
+    """The teacher's retrieval cells, HumanEval and stdlib perplexity into `res` (its held-out ppl is measured
+    first, always: every row's ratio needs it)."""
+    from convert.eval.models import wrap
+    from convert.eval.retrieval import retrieval
+
+    t = time.perf_counter()
+    t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
+    with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+        res["teacher_retrieval"] = _retrieval_summary(retrieval(wrap(t_dev, tok, "teacher"), filler, lengths,
+                                                                args.depth_list, args.trials, ("passkey", "niah", "kv")))
+        if args.humaneval:
+            res["teacher_humaneval"], res["teacher_humaneval_run"] = _humaneval(wrap(t_dev, tok, "teacher"),
+                                                                                args.humaneval)
+        if args.stdlib_ppl is not None:
+            res["teacher_stdlib_ppl"] = _stdlib_ppl(wrap(t_dev, tok, "teacher"), args.stdlib_ppl)
+    res["seconds"]["teacher_suites"] = time.perf_counter() - t
+    print(f"teacher: retrieval {res['teacher_retrieval']}")
 
 
 def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, bf16: bool, rate: float | None):
@@ -379,16 +398,22 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
                "steps": [steps.get(k, 0) for k in (1, 2, 3)],
                "plan": [{"stage": c.stage, "local": c.local, "steps": c.steps, "lr": c.lr} for c in plan],
                "tokens": sum(s["tokens"] for s in summaries),
-               "held_out_kl": eval_kl(student, t_dev, held.to(dev), 8),
                # after each stage (the stage's own measurement, same rows): whether a stage moved the held-out KL
                "held_out_kl_by_stage": [s.get("eval_kl_after") for s in summaries],
-               "ppl": perplexity(student, held, 8, dev),
                "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
                "history": [h | {"local": c.local} for c, s in zip(plan, summaries) for h in s["history"]],
-               "retrieval": _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
-                                                         args.depth_list, args.trials, ("passkey", "niah", "kv")))}
+               "seconds": seconds}
+        # each measurement lands in OUT/partial.json as it is made (the cheap ones first, HumanEval before the
+        # retrieval cells), so a machine taken back during the evaluation keeps what was measured
+        row["held_out_kl"] = eval_kl(student, t_dev, held.to(dev), 8)
+        row["ppl"] = perplexity(student, held, 8, dev)
+        _partial(row, args.out)
         if args.humaneval:
             row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval)
+            _partial(row, args.out)
+        row["retrieval"] = _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
+                                                        args.depth_list, args.trials, ("passkey", "niah", "kv")))
+        _partial(row, args.out)
         if args.stdlib_ppl is not None:
             row["stdlib_ppl"] = _stdlib_ppl(wrap(student, tok, v["name"]), args.stdlib_ppl)
     seconds["evaluate"] = time.perf_counter() - t
@@ -403,6 +428,13 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row, rate
+
+
+def _partial(row: dict, out: Path) -> None:
+    """The variant's row as measured so far, replaced whole: OUT/partial.json."""
+    tmp = out / "partial.json.tmp"
+    tmp.write_text(json.dumps(row, indent=1, default=str))
+    os.replace(tmp, out / "partial.json")
 
 
 def _as_loaded_bf16(model):
@@ -502,15 +534,16 @@ def write(res: dict, out: Path) -> None:
     os.replace(tmp, out / "variants.json")
     keys = sorted({k for v in res["variants"] for k in v["retrieval"]}, key=lambda k: (k.split("@")[0],
                                                                                        int(k.split("@")[1])))
-    stdlib = "teacher_stdlib_ppl" in res
+    stdlib = "teacher_stdlib_ppl" in res or any("stdlib_ppl" in v for v in res["variants"])
+    t_std, t_ret = res.get("teacher_stdlib_ppl"), res.get("teacher_retrieval", {})  # absent until measured
     head = ["variant", "steps 1/2/3", "M tokens", "stage-1 tok/s (MFU)", "held-out KL", "KL after each stage",
             "ppl (x teacher)"] + (["stdlib ppl (x teacher)"] if stdlib else []) + keys
     if any("humaneval" in v for v in res["variants"]):
         head.append("HumanEval")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| teacher | - | - | - | 0 | - | {:.3f} | ".format(res["ppl_teacher"])
-                 + (f"{res['teacher_stdlib_ppl']:.3f} | " if stdlib else "")
-                 + " | ".join(f"{res['teacher_retrieval'].get(k, float('nan')):.2f}" for k in keys)
+                 + (("-" if t_std is None else f"{t_std:.3f}") + " | " if stdlib else "")
+                 + " | ".join(f"{t_ret.get(k, float('nan')):.2f}" for k in keys)
                  + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
                     else "") + " |")
     for v in res["variants"]:
@@ -519,7 +552,7 @@ def write(res: dict, out: Path) -> None:
                  by_stage or "-", f"{v['ppl']:.3f} ({v['ppl'] / res['ppl_teacher']:.2f}x)"]
         if stdlib:
             p = v.get("stdlib_ppl")
-            cells.append("-" if p is None else f"{p:.3f} ({p / res['teacher_stdlib_ppl']:.2f}x)")
+            cells.append("-" if p is None else f"{p:.3f}" + ("" if t_std is None else f" ({p / t_std:.2f}x)"))
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
         if "humaneval" in v:
             cells.append(_he(v["humaneval"], v["humaneval_run"]))

@@ -22,6 +22,8 @@
 #                                        LENGTHS=2048,8192, TRIALS=N and DEPTHS=0,0.25,0.5,0.75,1 (jet-nemotron
 #                                        eval's default grid) for the retrieval cells, MAX_TOKENS=N of
 #                                        corpus to tokenise (every variant reads the same first rows);
+#                                        TEACHER_LAST=1: the teacher's suites after the students (whose numbers
+#                                        then come first, each into OUT/variants/partial.json as it is measured);
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
 #                                        SEARCHED=map.json skips it and uses that map; EVAL=1 saves each student
 #                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS;
@@ -114,7 +116,7 @@ case "$1" in
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
        --stdlib-ppl
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${DEPTHS:+--depths $DEPTHS}
-       ${MAX_TOKENS:+--max-tokens $MAX_TOKENS}
+       ${MAX_TOKENS:+--max-tokens $MAX_TOKENS} ${TEACHER_LAST:+--teacher-last}
        ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac

@@ -242,3 +242,39 @@ def test_every_committed_variant_file_is_valid_and_plans_its_steps(name):
 def test_bad_needle_depths_are_refused_before_anything_loads(depths):
     with pytest.raises(SystemExit, match="--depths"):
         dv.main(["--toy", "--depths", depths, "--out", "/nonexistent"])
+
+
+def test_teacher_last_measures_the_students_first_and_keeps_each_measurement_as_it_comes(tmp_path, monkeypatch):
+    """--teacher-last: the student's HumanEval and retrieval come before the teacher's, the table is written
+    without the teacher's suites, and partial.json holds the student's row measurement by measurement."""
+    import convert.eval.retrieval as retrieval_module
+
+    out = tmp_path / "out"
+    order, real = [], retrieval_module.retrieval
+
+    def spy(model, *a, **k):
+        order.append((model.name, sorted(json.loads((out / "partial.json").read_text())) if (
+            out / "partial.json").exists() else None))
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(retrieval_module, "retrieval", spy)
+    tables = []
+    real_write = dv.write
+    monkeypatch.setattr(dv, "write", lambda res, o: real_write(res, o) or tables.append(
+        ("teacher_retrieval" in res, (o / "variants.md").read_text())))
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps([{"name": "only", "steps": [2, 1, 0]}]))
+    dv.main(["--toy", "--variants", str(variants), "--humaneval", "1", "--stdlib-ppl", "2000", "--teacher-last",
+             "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
+    # the student's retrieval ran after its HumanEval had been written; the teacher's after the student's row
+    assert [name for name, _ in order] == ["only", "teacher"]
+    assert {"humaneval", "held_out_kl", "ppl"} <= set(order[0][1]) and "retrieval" not in order[0][1]
+    partial = json.loads((out / "partial.json").read_text())
+    assert partial["name"] == "only" and {"humaneval", "retrieval"} <= set(partial)
+    (first_has_teacher, first_table), (last_has_teacher, last_table) = tables[0], tables[-1]
+    assert not first_has_teacher and last_has_teacher
+    assert "| teacher | - | - | - | 0 | - |" in first_table and "| only |" in first_table
+    res = json.loads((out / "variants.json").read_text())
+    assert res["teacher_humaneval_run"]["problems"] == 1 and res["teacher_stdlib_ppl"] > 1
+    assert res["seconds"]["teacher_suites"] > 0
+    assert f"({res['variants'][0]['stdlib_ppl'] / res['teacher_stdlib_ppl']:.2f}x)" in last_table
