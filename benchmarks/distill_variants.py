@@ -328,7 +328,7 @@ def _teacher_suites(res: dict, teacher, tok, filler, lengths, args, dev, bf16: b
                                                                 args.depth_list, args.trials, ("passkey", "niah", "kv")))
         if args.humaneval:
             res["teacher_humaneval"], res["teacher_humaneval_run"] = _humaneval(wrap(t_dev, tok, "teacher"),
-                                                                                args.humaneval)
+                                                                                args.humaneval, args.out)
         if args.stdlib_ppl is not None:
             res["teacher_stdlib_ppl"] = _stdlib_ppl(wrap(t_dev, tok, "teacher"), args.stdlib_ppl)
     res["seconds"]["teacher_suites"] = time.perf_counter() - t
@@ -409,7 +409,8 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
         row["ppl"] = perplexity(student, held, 8, dev)
         _partial(row, args.out)
         if args.humaneval:
-            row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval)
+            row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval,
+                                                                   args.out)
             _partial(row, args.out)
         row["retrieval"] = _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
                                                         args.depth_list, args.trials, ("passkey", "niah", "kv")))
@@ -419,7 +420,7 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
     seconds["evaluate"] = time.perf_counter() - t
     if args.save_students is not None:  # for `jet-nemotron eval` (benchmarks/eval_real.py) after this process
         t = time.perf_counter()
-        folder = args.save_students / re.sub(r"[^A-Za-z0-9._-]+", "-", v["name"]).strip("-")
+        folder = args.save_students / _file_name(v["name"])
         row["saved"] = str(write_folder(folder, student, tok, getattr(teacher, "generation_config", None),
                                         overwrite=True))
         seconds["save"] = time.perf_counter() - t
@@ -466,9 +467,12 @@ def _stdlib_ppl(model, max_tokens: int) -> float:
     return text_perplexity(model, list(_stdlib_texts()), window, max_tokens or None)["perplexity"]
 
 
-def _humaneval(model, n: int) -> tuple[float, dict]:
+def _humaneval(model, n: int, out: Path) -> tuple[float, dict]:
     """(pass@1, the run: passed, unfinished answers, tokens generated, generate / test / total seconds, and the task
-    ids passed, so two runs compare problem by problem and on any prefix of the problems)."""
+    ids passed, so two runs compare problem by problem and on any prefix of the problems). Every answer, with its
+    test's result, goes to OUT/humaneval_<model name>.jsonl.gz, to read why a problem failed (a loop, wrong logic)."""
+    import gzip
+
     from convert.eval.humaneval import humaneval
 
     t = time.perf_counter()
@@ -476,7 +480,16 @@ def _humaneval(model, n: int) -> tuple[float, dict]:
     run = {k: v for k, v in r.items() if not isinstance(v, (list, dict))}
     run["passed_ids"] = [int(x["task_id"].split("/")[1]) for x in r["results"] if x["passed"]]
     run["seconds"] = time.perf_counter() - t
+    answers = out / f"humaneval_{_file_name(model.name)}.jsonl.gz"
+    with gzip.open(answers, "wt") as f:
+        f.writelines(json.dumps(x) + "\n" for x in r["results"])
+    run["answers"] = answers.name
     return r["pass@1"], run
+
+
+def _file_name(name: str) -> str:
+    """A variant's name as a file or folder name (letters, digits, '.', '_', '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
 
 
 _FLOPS: dict = {}

@@ -194,6 +194,33 @@ def test_batched_left_padded_static_greedy_matches_uncached_decoding(folders, wh
     assert greedy(m, prompts, max_new_tokens=6, batch_size=2) == want  # a batch of two and a batch of one
 
 
+@pytest.mark.parametrize("which", ["qwen", "jet"])
+def test_each_generate_sizes_its_static_cache_to_its_own_prompts(folders, which, monkeypatch):
+    """After a long prompt, a short batch's static cache is as long as its own prompt and new tokens, not the long
+    one's (transformers keeps the longest a model ever used: a teacher's HumanEval after a 32K retrieval cell
+    decoded at 10x the time a step on the H200); the tokens are the same as a fresh model's."""
+    from transformers.generation.utils import GenerationMixin
+
+    from convert.eval.generation import greedy
+    from convert.eval.models import load
+
+    m = load(folders[which])
+    sizes, real = [], GenerationMixin._prepare_static_cache
+
+    def spy(self, cache_implementation, batch_size, max_cache_len, *a, **k):
+        cache = real(self, cache_implementation, batch_size, max_cache_len, *a, **k)
+        sizes.append(self._previous_max_cache_length)
+        return cache
+
+    monkeypatch.setattr(GenerationMixin, "_prepare_static_cache", spy)
+    rng = random.Random(0)
+    short = [[rng.randrange(3, 300) for _ in range(n)] for n in (5, 9)]
+    fresh = greedy(m, short, max_new_tokens=4, batch_size=2)
+    greedy(m, [[rng.randrange(3, 300) for _ in range(600)]], max_new_tokens=2, batch_size=1)
+    assert greedy(m, short, max_new_tokens=4, batch_size=2) == fresh
+    assert sizes[0] == sizes[2] <= 9 + 4 < 600 <= sizes[1], sizes
+
+
 def test_humaneval_sandbox_passes_right_code_and_stops_the_rest():
     from convert.eval.humaneval import load_problems, program, run_sandboxed
 
