@@ -30,7 +30,10 @@ and teacher), `convert.eval.retrieval` (passkey, needle, key-value; --lengths, -
 --humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU per stage; seconds per phase. Results are
 written after every variant (a run cut short keeps the finished ones; a variant that raises is recorded under
 "failed", with its error, and the next one runs): OUT/variants.json, variants.md (the table),
-variants_kl.png (training KL against tokens, one line per variant).
+variants_kl.png (training KL against tokens, one line per variant); each student's measurements also land in
+OUT/partial.json as they are made, and each HumanEval's answers in OUT/humaneval_<name>.jsonl.gz. --teacher-last
+measures the teacher's suites after the students (its held-out perplexity still first), so that a machine taken back
+mid-run keeps the students' numbers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """benchmarks/distill_variants.py: several short distillations from one converted start, same data and budget."""
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -277,8 +278,6 @@ def test_teacher_last_measures_the_students_first_and_keeps_each_measurement_as_
     res = json.loads((out / "variants.json").read_text())
     assert res["teacher_humaneval_run"]["problems"] == 1 and res["teacher_stdlib_ppl"] > 1
     assert res["seconds"]["teacher_suites"] > 0
-    import gzip
-
     for name, run in (("only", res["variants"][0]["humaneval_run"]), ("teacher", res["teacher_humaneval_run"])):
         answers = [json.loads(line) for line in gzip.open(out / f"humaneval_{name}.jsonl.gz", "rt")]
         assert run["answers"] == f"humaneval_{name}.jsonl.gz"
