@@ -328,7 +328,8 @@ def _teacher_suites(res: dict, teacher, tok, filler, lengths, args, dev, bf16: b
     t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
     with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
         res["teacher_retrieval"] = _retrieval_summary(retrieval(wrap(t_dev, tok, "teacher"), filler, lengths,
-                                                                args.depth_list, args.trials, ("passkey", "niah", "kv")))
+                                                                args.depth_list, args.trials,
+                                                                ("passkey", "niah", "kv")))
         if args.humaneval:
             res["teacher_humaneval"], res["teacher_humaneval_run"] = _humaneval(wrap(t_dev, tok, "teacher"),
                                                                                 args.humaneval, args.out)
