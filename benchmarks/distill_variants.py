@@ -290,12 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     lengths = [int(x) for x in args.lengths.split(",")]
     print(f"teacher: held-out ppl {res['ppl_teacher']:.3f}")
     if not args.teacher_last:
-        _teacher_suites(res, teacher, tok, filler, lengths, args, dev, bf16)
+        _teacher_suites(res, t_dev, tok, filler, lengths, args, dev, bf16)
     rate = args.rate
     for v in variants:
         t_v = time.perf_counter()
         try:
-            row, rate = run_variant(v, teacher, tok, data, held, filler, lengths, args, dev, bf16, rate)
+            row, rate = run_variant(v, teacher, t_dev, tok, data, held, filler, lengths, args, dev, bf16, rate)
         except Exception as err:  # noqa: BLE001 - one variant's failure (a compile error, OOM) must not cost the
             # rest of a GPU session: recorded in the results and the table, printed, and the next variant runs
             traceback.print_exc()
@@ -313,19 +313,18 @@ def main(argv: list[str] | None = None) -> None:
               f"({row['ppl'] / res['ppl_teacher']:.2f}x), retrieval {row['retrieval']} "
               f"in {row['seconds']['total']:.0f} s")
     if args.teacher_last:
-        _teacher_suites(res, teacher, tok, filler, lengths, args, dev, bf16)
+        _teacher_suites(res, t_dev, tok, filler, lengths, args, dev, bf16)
         write(res, out)
     print((out / "variants.md").read_text())
 
 
-def _teacher_suites(res: dict, teacher, tok, filler, lengths, args, dev, bf16: bool) -> None:
-    """The teacher's retrieval cells, HumanEval and stdlib perplexity into `res` (its held-out ppl is measured
-    first, always: every row's ratio needs it)."""
+def _teacher_suites(res: dict, t_dev, tok, filler, lengths, args, dev, bf16: bool) -> None:
+    """The teacher's retrieval cells, HumanEval and stdlib perplexity into `res`; t_dev: the teacher on the device,
+    as its held-out ppl was measured (first, always: every row's ratio needs it)."""
     from convert.eval.models import wrap
     from convert.eval.retrieval import retrieval
 
     t = time.perf_counter()
-    t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
     with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
         res["teacher_retrieval"] = _retrieval_summary(retrieval(wrap(t_dev, tok, "teacher"), filler, lengths,
                                                                 args.depth_list, args.trials,
@@ -339,8 +338,10 @@ def _teacher_suites(res: dict, teacher, tok, filler, lengths, args, dev, bf16: b
     print(f"teacher: retrieval {res['teacher_retrieval']}")
 
 
-def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, bf16: bool, rate: float | None):
-    """Convert, distil for the variant's budget, measure; (row for the table, the stage-1 rate to reuse)."""
+def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args, dev, bf16: bool,
+                rate: float | None):
+    """Convert, distil for the variant's budget, measure; (row for the table, the stage-1 rate to reuse). t_dev: the
+    teacher on the device as it is measured (bf16 on CUDA), shared by every variant's measurements."""
     from convert.eval.models import wrap
     from convert.eval.retrieval import retrieval
 
@@ -394,7 +395,6 @@ def run_variant(v: dict, teacher, tok, data, held, filler, lengths, args, dev, b
         # measured in bf16 as a saved bf16 student would be: under autocast an fp32 student's KV cache is fp32
         # while its projections emit bf16, which the cache's in-place update refuses
         student = _as_loaded_bf16(student).eval() if bf16 else student.eval()
-        t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
         steps: dict = {}
         for c in plan:  # a stage split into an attention-transfer and an end-to-end part counts both
             steps[c.stage] = steps.get(c.stage, 0) + c.steps

@@ -391,3 +391,20 @@ def test_a_suite_out_of_gpu_memory_on_one_model_is_reported_and_the_run_goes_on(
     assert "| niah (failed) | - | out of GPU memory: CUDA out of memory. Tried to allocate 8.15 GiB. | - |" in table
     assert "| niah @300 | " in table and "| perplexity (" in table
     assert (tmp_path / "report" / "retrieval.png").exists()  # the model that has a grid is still drawn
+
+
+def test_the_vocabulary_is_decoded_once_for_all_retrieval_prompts():
+    """Where a needle may go (ids ending a line) takes a decode of every id: once per tokenizer, not once per
+    prompt (0.6 s a prompt for Qwen's vocabulary on a CPU)."""
+    from convert.eval.retrieval import make_prompt, newline_ids
+    from convert.tiny_teacher import build_tokenizer
+
+    tok = build_tokenizer([(STDLIB / "random.py").read_text()], vocab_size=300)
+    decoded, real = [], tok.decode
+    tok.decode = lambda ids, *a, **k: decoded.append(ids) or real(ids, *a, **k)
+    filler = tok((STDLIB / "json" / "decoder.py").read_text())["input_ids"]
+    rng = random.Random(0)
+    for depth in (0.0, 0.5, 1.0):
+        make_prompt("niah", tok, filler, 256, rng, depth)
+    assert sum(len(ids) == 1 for ids in decoded) == len(tok)  # single ids: the vocabulary's decode, once
+    assert newline_ids(tok) is newline_ids(tok)
