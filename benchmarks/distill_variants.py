@@ -15,9 +15,10 @@ attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage tr
 optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
 the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compile`: the student's layers, or in
 attention transfer its JetBlocks, under torch.compile), "projections_as_one" (`DistillConfig.projections_as_one`:
-same-input projections as one product while training), "kl_kernel" (`DistillConfig.kl_kernel`: the fused KL's
-softmax work in one Triton kernel), "retrieval_kinds" (the generated retrieval rows' kinds:
-passkey, kv, table, `convert/retrieval_data.py`), "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
+same-input projections as one product while training; null: on in bf16), "kl_kernel" (`DistillConfig.kl_kernel`:
+the fused KL's softmax work in one Triton kernel; null: on on CUDA), "retrieval_kinds" (the generated retrieval rows' kinds:
+passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in stages 2-3,
+`DistillConfig.jet_lr`; null: the stage's lr), "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
 e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
 to the repository, absolute, or "@answers": the file given by --answers)}; the missing keys take the defaults below (BASE: the recipe that
 won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock
@@ -71,7 +72,7 @@ from convert.throughput import flops_per_token  # noqa: E402
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
-        "projections_as_one": False, "kl_kernel": False, "retrieval_kinds": list(DEFAULT_KINDS)}
+        "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -148,6 +149,9 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
                                   or not all(isinstance(n, int) and n >= 0 for n in steps) or not sum(steps)):
             raise SystemExit(f"variant {v['name']!r}: steps is [stage 1, stage 2, stage 3] optimizer steps "
                              f"(integers >= 0, not all 0; not with local1_share), got {steps!r}")
+        if v["jet_lr2"] is not None and not (isinstance(v["jet_lr2"], (int, float)) and v["jet_lr2"] > 0):
+            raise SystemExit(f"variant {v['name']!r}: jet_lr2 is the JetBlocks' peak lr in stages 2-3, a number > 0 "
+                             f"or null, got {v['jet_lr2']!r}")
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
@@ -356,8 +360,9 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
-            DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b, **common),
-            DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"],
+            DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b,
+                          jet_lr=v["jet_lr2"], **common),
+            DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"], jet_lr=v["jet_lr2"],
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]

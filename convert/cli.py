@@ -120,7 +120,11 @@ def distill(
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
     lr1: Annotated[float, typer.Option(help="peak learning rate of stage 1 (AdamW)")] = 1e-3,
-    lr2: Annotated[float, typer.Option(help="peak learning rate of stage 2")] = 1e-4,
+    lr2: Annotated[float, typer.Option(help="peak learning rate of stage 2 (1e-4 undid much of stage 1 on a real "
+                                            "1.5B Qwen, where 3e-5 did not: convert/README.md)")] = 3e-5,
+    jet_lr2: Annotated[Optional[float], typer.Option(help="peak learning rate of the JetBlocks' own weights in "
+                                                          "stages 2-3, on the same schedule (default: --lr2 / "
+                                                          "--lr3)")] = None,
     warmup: Annotated[int, typer.Option(help="linear warm-up steps of each stage, then cosine to "
                                              "--min-lr-ratio of the peak")] = 50,
     min_lr_ratio: Annotated[float, typer.Option(help="cosine schedule: the last step's lr / the peak lr")] = 0.1,
@@ -147,6 +151,12 @@ def distill(
     compile_student: Annotated[bool, typer.Option("--compile", help="torch.compile each student decoder layer "
                                                                     "(opt-in: compile time, graph breaks at "
                                                                     "the JetBlock kernels)")] = False,
+    projections_as_one: Annotated[Optional[bool], typer.Option(
+        "--projections-as-one/--no-projections-as-one",
+        help="run each set of same-input projections as one matrix product while training (default: on with "
+             "--bf16, where it saves a cast per projection)")] = None,
+    kl_kernel: Annotated[Optional[bool], typer.Option(
+        "--kl-kernel/--no-kl-kernel", help="the KL's softmax work in one Triton kernel (default: on on CUDA)")] = None,
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint of this same run (settings, "
                                               "data and models must match)")] = False,
@@ -164,17 +174,18 @@ def distill(
     common = dict(warmup_steps=warmup, kl_weight=kl_weight, min_lr_ratio=min_lr_ratio,
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
-                  compile=compile_student)
+                  compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,
                        **batch, **common)
-    s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, **batch, **common)
+    s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, jet_lr=jet_lr2, **batch,
+                       **common)
     # stage 3's defaults keep stages 1-2's tokens per step; distill_checkpoint checks its settings
     b3 = stage3_batch_size if stage3_batch_size is not None else max(1, batch_size * seq_len // max(1, stage3_seq_len))
     m3 = stage3_micro_batch if stage3_micro_batch is not None else max(1, min(micro_batch, b3))
     s3 = DistillConfig(stage=3, steps=stage3_steps, lr=lr2 if lr3 is None else lr3, mse_weight=0.0, train=train2,
-                       seq_len=stage3_seq_len, batch_size=b3, micro_batch=m3,
+                       jet_lr=jet_lr2, seq_len=stage3_seq_len, batch_size=b3, micro_batch=m3,
                        **common)
     corpus = dict(weights=data_weight, held_out=held_out, cache_dir=corpus_cache, workers=tokenise_workers,
                   on_stale=on_stale)

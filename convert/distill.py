@@ -69,6 +69,9 @@ class TrainSchedule:
 @dataclass
 class DistillConfig(TrainSchedule):
     stage: int = 1  # 1, 2, or 3 (a long-context stage: stage 2's defaults, usually with a longer seq_len)
+    # peak lr of the JetBlocks' own weights (on the same schedule) where the stage also trains pretrained weights:
+    # the JetBlocks are new and still far from their attention after stage 1, the copied weights are not. None: lr
+    jet_lr: float | None = None
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     kl_weight: float = 1.0
@@ -98,10 +101,13 @@ class DistillConfig(TrainSchedule):
     frozen_bf16: bool = False
     # the student's same-input projections (a JetBlock's seven, attention's q/k/v, the MLP's gate/up) run as one
     # product each while training: the input is cast once under autocast and its gradient accumulates in fp32 inside
-    # one product (`jet_nemotron.fused_projections.linears_as_one`). Opt-in until measured on the GPU
-    projections_as_one: bool = False
-    # the fused KL's per-chunk softmax work in one Triton kernel (`kl_rows_triton.py`; CUDA). Opt-in until measured
-    kl_kernel: bool = False
+    # one product (`jet_nemotron.fused_projections.linears_as_one`). None: on in bf16 runs, where those casts are.
+    # With the KL kernel below, a stage-2 step of the real 1.5B on the H200 took 1,538 ms against 1,611-1,657 ms
+    # without either, in one process (benchmarks/results/real_model/knobs_3min/)
+    projections_as_one: bool | None = None
+    # the fused KL's per-chunk softmax work in one Triton kernel (`kl_rows_triton.py`). None: on on CUDA with the
+    # fused KL; True elsewhere is an error (TRITON_INTERPRET=1 excepted)
+    kl_kernel: bool | None = None
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
     _local_by_default: bool = field(default=False, init=False, repr=False)  # `local` came from None, not the caller
@@ -127,6 +133,8 @@ class DistillConfig(TrainSchedule):
                 raise ValueError(f"stage {self.stage}: {name} must be >= 0, got {v}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"stage {self.stage}: lr must be a positive number, got {self.lr}")
+        if self.jet_lr is not None and not (self.jet_lr > 0 and math.isfinite(self.jet_lr)):
+            raise ValueError(f"stage {self.stage}: jet_lr must be a positive number or None, got {self.jet_lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"stage {self.stage}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.temperature > 0:
@@ -137,6 +145,8 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.projections_as_one is None:
+            self.projections_as_one = self.mixed_precision == "bf16"
         if self.kl_kernel and not self.fused_kl:
             raise ValueError(f"stage {self.stage}: kl_kernel is the fused KL's kernel; it needs fused_kl=True")
         if self.frozen_bf16 and self.mixed_precision != "bf16":
@@ -152,9 +162,21 @@ class DistillConfig(TrainSchedule):
         return self
 
 
+def jetblock_weight(student) -> Callable[[str], bool]:
+    """A test of a parameter name: is it a JetBlock's own weight (`model.layers.{i}.self_attn.*`, layer i a
+    JetBlock)?"""
+    jet = {i for i, t in enumerate(student.config.official_layer_types) if t == "jet"}
+
+    def is_jet(name: str) -> bool:
+        parts = name.split(".")
+        return len(parts) > 3 and parts[1] == "layers" and int(parts[2]) in jet and parts[3] == "self_attn"
+
+    return is_jet
+
+
 def set_trainable(student, train: str) -> int:
     """Freeze per `train`; returns the number of trainable parameters."""
-    jet_layers = {i for i, t in enumerate(student.config.official_layer_types) if t == "jet"}
+    is_jet = jetblock_weight(student)
     n = 0
     for name, p in student.named_parameters():
         if train == "all":
@@ -162,13 +184,27 @@ def set_trainable(student, train: str) -> int:
         elif train == "non-mlp":
             on = ".mlp." not in name
         else:
-            parts = name.split(".")
-            on = len(parts) > 3 and parts[1] == "layers" and int(parts[2]) in jet_layers and parts[3] == "self_attn"
+            on = is_jet(name)
         p.requires_grad_(on)
         n += p.numel() if on else 0
     if n == 0:
         raise ValueError(f"train={train!r} leaves nothing trainable (the map has no JetBlock?)")
     return n
+
+
+def param_groups(student, cfg: DistillConfig) -> list[dict]:
+    """The trainable parameters as AdamW groups: one, or with `cfg.jet_lr` the JetBlocks' weights apart with
+    "lr_scale" = jet_lr / lr (the step sets each group's lr to the schedule's times its scale)."""
+    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    if cfg.jet_lr is None or cfg.jet_lr == cfg.lr:
+        return [{"params": [p for _, p in trainable]}]
+    is_jet = jetblock_weight(student)
+    groups = [{"params": [p for n, p in trainable if is_jet(n)], "lr_scale": cfg.jet_lr / cfg.lr},
+              {"params": [p for n, p in trainable if not is_jet(n)], "lr_scale": 1.0}]
+    if not groups[0]["params"]:
+        raise ValueError(f"stage {cfg.stage}: jet_lr {cfg.jet_lr} but no JetBlock weight trains (train="
+                         f"{cfg.train!r})")
+    return [g for g in groups if g["params"]]
 
 
 class _Capture:
@@ -503,6 +539,8 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     if cfg.local and cfg._local_by_default and _uses_fsdp(acc):
         acc.print("stage 1 runs end to end under FSDP: attention transfer, the default elsewhere, cannot be sharded")
         cfg = replace(cfg, local=False)
+    if cfg.kl_kernel is None:  # the Triton KL wherever it runs natively
+        cfg = replace(cfg, kl_kernel=acc.device.type == "cuda" and cfg.fused_kl)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     data = TensorRows(train_rows, cfg.seed) if isinstance(train_rows, torch.Tensor) else train_rows
     identity = {**(identity or {}), "train_rows": source_fingerprint(data, cfg.batch_size),
@@ -618,8 +656,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
                           projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
-    opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     wrapper, opt = acc.prepare(wrapper, opt)
     params = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the sharded parameters
     return _Training(acc, wrapper, opt, params, teacher, mse_layers, cfg.batch_size // per_step, fsdp, n_train,
@@ -697,7 +734,7 @@ def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int
     anything is applied), then the optimizer step."""
     acc, world = run.acc, run.acc.num_processes
     for group in run.opt.param_groups:
-        group["lr"] = lr_at(step, cfg)
+        group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
     loss_sum = torch.zeros(3, device=acc.device)
     teacher_head = run.teacher.lm_head.weight
     for m in range(run.accum):
@@ -783,7 +820,9 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
     fpt = flops_per_token(student, teacher, data.seq_len, local=cfg.local)
     peak, peak_note = peak_flops(acc.device, cfg.mixed_precision == "bf16", cfg.peak_tflops)
     acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.3g} GFLOP per token (student {fpt['student'] / 1e9:.3g}, "
-              f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}")
+              f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}; projections as one product: "
+              f"{'on' if cfg.projections_as_one else 'off'}, KL: {'Triton kernel' if cfg.kl_kernel else 'PyTorch'}"
+              f"{' (fused)' if cfg.fused_kl else ' (reference)'}")
     return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convert.distill import DistillConfig, batch_rows, distill
+from convert.distill import DistillConfig, batch_rows, distill, param_groups
 from convert.kl import chunked_kl
 from convert.layer_map import parse_spec
 from convert.qwen_to_jet import convert_model
@@ -122,10 +122,10 @@ def test_distillation_lowers_held_out_kl():
     assert s2["eval_kl_after"] < s1["eval_kl_after"]
 
 
-@pytest.mark.parametrize("local", [False, True], ids=["end-to-end", "attention-transfer"])
-def test_killed_run_resumes_to_identical_weights(tmp_path, local):
-    cfg = dict(stage=1, steps=6, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=2, save_every=2, log_every=0,
-               local=local)
+@pytest.mark.parametrize("kw", [dict(local=False), dict(local=True), dict(stage=2, lr=1e-4, jet_lr=1e-3)],
+                         ids=["end-to-end", "attention-transfer", "stage2-jet-lr"])
+def test_killed_run_resumes_to_identical_weights(tmp_path, kw):
+    cfg = dict(stage=1, steps=6, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=2, save_every=2, log_every=0) | kw
     teacher, ref, train, _ = _setup()
     distill(ref, teacher, train, DistillConfig(**cfg))
 
@@ -329,3 +329,55 @@ def test_the_fused_kl_gives_every_parameter_the_reference_gradient(train):
     for name in g_f:
         torch.testing.assert_close(g_f[name], g_r[name], atol=1e-7 + 1e-5 * g_r[name].abs().max().item(),
                                    rtol=1e-4, msg=name)
+
+
+def test_jet_lr_gives_the_jetblocks_their_own_step_size():
+    # AdamW's first step moves each weight by lr x g / (|g| + eps), about lr where |g| >> eps (weight decay 0):
+    # the JetBlocks' weights must move by jet_lr, every other weight by lr
+    lr, jet_lr = 1e-5, 1e-3
+    teacher, student, train, _ = _setup()
+    with torch.no_grad():  # open the converted JetBlocks' zero output gates, so that all their weights get gradients
+        for i in (0, 3):
+            student.model.layers[i].self_attn.g_proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(i))
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    distill(student, teacher, train, DistillConfig(stage=2, steps=1, batch_size=4, micro_batch=4, lr=lr,
+                                                   jet_lr=jet_lr, warmup_steps=0, grad_clip=0, log_every=0))
+    moved = {n: (p.detach().cpu() - before[n]).abs() for n, p in student.named_parameters()}  # the GPU too
+    jet = [n for n in moved if ".layers.0.self_attn." in n or ".layers.3.self_attn." in n]
+    assert jet and len(jet) < len(moved)
+    still = [n for n, d in moved.items() if d.max() == 0]  # the kernel generator's w1 waits for its zero w2
+    assert len(still) <= 2, still
+    for n, d in moved.items():
+        if n not in still:
+            step = jet_lr if n in jet else lr
+            assert 0.9 * step < d.max() < 1.1 * step, (n, d.max().item(), step)
+
+
+def test_jet_lr_needs_a_trained_jetblock_and_a_positive_value():
+    teacher, student, train, _ = _setup()
+    with pytest.raises(ValueError, match="jet_lr must be a positive number"):
+        DistillConfig(stage=2, jet_lr=-1.0).resolved()
+    for n, p in student.named_parameters():
+        p.requires_grad_(".self_attn." not in n)
+    with pytest.raises(ValueError, match="no JetBlock weight trains"):
+        param_groups(student, DistillConfig(stage=2, lr=1e-4, jet_lr=1e-3).resolved())
+
+
+def test_stage2_with_frozen_mlps_held_in_bf16_trains_exactly_as_plain_autocast():
+    """The next H200 knob (train2 non-mlp + frozen_bf16 + jet_lr, projections as one by default in bf16): autocast
+    casts a frozen fp32 MLP weight to bf16 in every forward, so holding it in bf16 must change speed only."""
+    from accelerate.state import AcceleratorState
+
+    runs = {}
+    AcceleratorState._reset_state(True)
+    try:
+        for frozen_bf16 in (False, True):
+            teacher, student, train, _ = _setup()
+            cfg = DistillConfig(stage=2, steps=4, batch_size=4, micro_batch=2, warmup_steps=1, log_every=1, lr=1e-3,
+                                jet_lr=3e-3, mixed_precision="bf16", train="non-mlp", frozen_bf16=frozen_bf16)
+            runs[frozen_bf16] = (distill(student, teacher, train, cfg)["history"], student.state_dict())
+    finally:
+        AcceleratorState._reset_state(True)
+    assert [h["kl"] for h in runs[True][0]] == [h["kl"] for h in runs[False][0]]
+    for n, p in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][n], p, atol=0, rtol=0, msg=n)
