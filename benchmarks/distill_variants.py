@@ -18,7 +18,8 @@ attention transfer its JetBlocks, under torch.compile), "projections_as_one" (`D
 same-input projections as one product while training; null: on in bf16), "kl_kernel" (`DistillConfig.kl_kernel`:
 the fused KL's softmax work in one Triton kernel; null: on on CUDA), "retrieval_kinds" (the generated retrieval rows' kinds:
 passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in stages 2-3,
-`DistillConfig.jet_lr`; null: the stage's lr), "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
+`DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused kernel),
+"chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
 e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
 to the repository, absolute, or "@answers": the file given by --answers)}; the missing keys take the defaults below (BASE: the recipe that
 won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock
@@ -72,7 +73,8 @@ from convert.throughput import flops_per_token  # noqa: E402
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
-        "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None}
+        "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
+        "fused_adam": False}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -356,7 +358,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     seconds["convert"] = time.perf_counter() - t
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
                   micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"], compile=v["compile"],
-                  projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"])
+                  projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"])
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),

@@ -157,6 +157,8 @@ def distill(
              "--bf16, where it saves a cast per projection)")] = None,
     kl_kernel: Annotated[Optional[bool], typer.Option(
         "--kl-kernel/--no-kl-kernel", help="the KL's softmax work in one Triton kernel (default: on on CUDA)")] = None,
+    fused_adam: Annotated[bool, typer.Option(help="AdamW's fused kernel (one launch for all parameters; not with "
+                                                  "FSDP)")] = False,
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint of this same run (settings, "
                                               "data and models must match)")] = False,
@@ -174,7 +176,8 @@ def distill(
     common = dict(warmup_steps=warmup, kl_weight=kl_weight, min_lr_ratio=min_lr_ratio,
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
-                  compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel)
+                  compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel,
+                  fused_adam=fused_adam)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,

@@ -108,6 +108,9 @@ class DistillConfig(TrainSchedule):
     # the fused KL's per-chunk softmax work in one Triton kernel (`kl_rows_triton.py`). None: on on CUDA with the
     # fused KL; True elsewhere is an error (TRITON_INTERPRET=1 excepted)
     kl_kernel: bool | None = None
+    # AdamW's fused kernel (one launch for all parameters) instead of its per-tensor-list default. Its stage-2 step
+    # took 98 ms of 1,622 on the H200 (2026-12-04 profile); opt-in until measured there
+    fused_adam: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
     _local_by_default: bool = field(default=False, init=False, repr=False)  # `local` came from None, not the caller
@@ -634,6 +637,9 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
                          "layers, which FSDP cannot shard: leave the flag out or pass --no-stage1-local "
                          "(DistillConfig(local=None / False): an end-to-end stage 1), or run that stage on one GPU "
                          "or under DDP")
+    if cfg.fused_adam and fsdp:
+        raise ValueError("fused_adam with FSDP: AdamW's fused kernel on sharded parameters is not tested here; leave it "
+                         "off under FSDP")
     if fsdp:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)
@@ -656,7 +662,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
                           projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
-    opt = torch.optim.AdamW(param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                            fused=True if cfg.fused_adam else None)
     wrapper, opt = acc.prepare(wrapper, opt)
     params = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the sharded parameters
     return _Training(acc, wrapper, opt, params, teacher, mse_layers, cfg.batch_size // per_step, fsdp, n_train,
@@ -822,7 +829,7 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
     acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.3g} GFLOP per token (student {fpt['student'] / 1e9:.3g}, "
               f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}; projections as one product: "
               f"{'on' if cfg.projections_as_one else 'off'}, KL: {'Triton kernel' if cfg.kl_kernel else 'PyTorch'}"
-              f"{' (fused)' if cfg.fused_kl else ' (reference)'}")
+              f"{' (fused)' if cfg.fused_kl else ' (reference)'}, AdamW: {'fused' if cfg.fused_adam else 'default'}")
     return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
 
 
