@@ -107,10 +107,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frozen-bf16", action="store_true", help="frozen weights held in bf16 (DistillConfig.frozen_bf16)")
     ap.add_argument("--kl-reference", action="store_true",
                     help="the checkpointed reference KL instead of the fused one (DistillConfig.fused_kl=False)")
-    ap.add_argument("--projections-as-one", action="store_true",
-                    help="same-input projections as one product while training (DistillConfig.projections_as_one)")
-    ap.add_argument("--kl-kernel", action="store_true",
-                    help="the fused KL's softmax work in one Triton kernel (DistillConfig.kl_kernel)")
+    # unset: DistillConfig's default (both on in a bf16 run on CUDA), so a plain profile is the default path
+    ap.add_argument("--projections-as-one", action=argparse.BooleanOptionalAction,
+                    help="same-input projections as one product while training (DistillConfig.projections_as_one; "
+                         "default: the library's, on in bf16)")
+    ap.add_argument("--kl-kernel", action=argparse.BooleanOptionalAction,
+                    help="the fused KL's softmax work in one Triton kernel (DistillConfig.kl_kernel; default: the "
+                         "library's, on on CUDA)")
+    ap.add_argument("--fused-adam", action="store_true", help="AdamW's fused kernel (DistillConfig.fused_adam)")
+    ap.add_argument("--train", choices=("jet", "non-mlp", "all"),
+                    help="the trainable set (DistillConfig.train; default: the stage's, e.g. all in stage 2)")
     ap.add_argument("--kl-chunk", type=int, default=DistillConfig.kl_chunk,
                     help="tokens per KL chunk: fewer chunks cast and add the [V, d] head gradient fewer times, for "
                          "larger [chunk, V] logits")
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                         mixed_precision="bf16" if dev.type == "cuda" else "no", log_every=1, warmup_steps=1,
                         local=args.local, compile=args.compile, frozen_bf16=args.frozen_bf16,
                         fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk,
-                        projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel)
+                        projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
+                        fused_adam=args.fused_adam, train=args.train)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -158,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         fam[family(e.key)] = fam.get(family(e.key), 0.0) + getattr(e, attr, 0.0) / 1e3 / args.steps
     tag = f"stage{args.stage}" + ("_local" if args.local else "") + ("_compiled" if args.compile else "") + (
         "_frozen_bf16" if args.frozen_bf16 else "") + ("_kl_reference" if args.kl_reference else "") + (
-        "_as_one" if args.projections_as_one else "") + ("_kl_kernel" if args.kl_kernel else "") + (
+        {True: "_as_one", False: "_no_as_one", None: ""}[args.projections_as_one]) + (
+        {True: "_kl_kernel", False: "_no_kl_kernel", None: ""}[args.kl_kernel]) + (
+        "_fused_adam" if args.fused_adam else "") + (f"_train_{args.train}" if args.train else "") + (
         f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
