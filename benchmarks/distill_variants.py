@@ -106,6 +106,22 @@ PRESETS = {
 KEYS = set(BASE) | {"name"}
 
 
+def only_names(only: str, names: set[str]) -> tuple[list[str], list[str]]:
+    """--only's comma-separated list read against the variants' `names`, which may hold commas themselves ("base,
+    3 min"): at each place the longest run of items that is a name wins. (names in order, unknown items)."""
+    parts, want, missing, i = only.split(","), [], [], 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            if ",".join(parts[i:j]) in names:
+                want.append(",".join(parts[i:j]))
+                i = j
+                break
+        else:
+            missing.append(parts[i])
+            i += 1
+    return want, missing
+
+
 def uniform_types(num_layers: int, attn: int, swa: int) -> list[str]:
     """K attention and M window layers spread evenly (centres of K + M equal spans, alternating attn / swa from
     the top), JetBlocks elsewhere: the placement a search has to beat."""
@@ -251,11 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     variants = variant_list(args.variants, args.searched, args.answers)
     _FLOPS.clear()  # per teacher (a test may run several toy teachers in one process)
     if args.only:
-        want = args.only.split(",")
-        missing = sorted(set(want) - {v["name"] for v in variants})
-        if missing:
-            raise SystemExit(f"--only names unknown variants {missing}; have {[v['name'] for v in variants]}")
         by_name = {v["name"]: v for v in variants}
+        want, missing = only_names(args.only, set(by_name))
+        if missing:
+            raise SystemExit(f"--only names unknown variants {missing}; have {list(by_name)}")
         variants = [by_name[n] for n in dict.fromkeys(want)]  # the order given: a run cut short keeps the first
     if not args.toy and args.gguf is None:
         raise SystemExit("--teacher is required (or --toy for the CPU check)")

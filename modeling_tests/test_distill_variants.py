@@ -284,3 +284,10 @@ def test_teacher_last_measures_the_students_first_and_keeps_each_measurement_as_
         assert [a["task_id"] for a in answers] == ["HumanEval/0"] and sum(a["passed"] for a in answers) == run["passed"]
         assert {"completion", "result"} <= set(answers[0])
     assert f"({res['variants'][0]['stdlib_ppl'] / res['teacher_stdlib_ppl']:.2f}x)" in last_table
+
+
+def test_only_reads_names_that_hold_commas():
+    names = {"base, 3 min", "chat rows 0.25, 3 min", "base"}
+    assert dv.only_names("chat rows 0.25, 3 min,base, 3 min,base", names) == \
+        (["chat rows 0.25, 3 min", "base, 3 min", "base"], [])
+    assert dv.only_names("base,nope, 3 min", names) == (["base"], ["nope", " 3 min"])
