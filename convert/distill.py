@@ -665,7 +665,12 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     opt = torch.optim.AdamW(param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                             fused=True if cfg.fused_adam else None)
     wrapper, opt = acc.prepare(wrapper, opt)
-    params = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the sharded parameters
+    # the optimizer's parameters (FSDP: the shards) in the model's own order, not the groups': accelerate's FSDP
+    # clipping compares this list with model.parameters() element by element, and two lr groups (`jet_lr`) put
+    # the JetBlocks first, where a comparison of unequal tensors fails
+    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    params = [p for p in wrapper.parameters() if id(p) in in_opt]
+    assert len(params) == len(in_opt), "an optimized parameter is not the prepared model's"
     return _Training(acc, wrapper, opt, params, teacher, mse_layers, cfg.batch_size // per_step, fsdp, n_train,
                      fp32_frozen)
 
