@@ -113,7 +113,7 @@ def test_distillation_lowers_held_out_kl():
                                                         warmup_steps=2, log_every=0), eval_rows=held)
     # stage 1 trains only the JetBlocks: MLPs, norms, embeddings and the kept attention are untouched
     for n, p in frozen.items():
-        assert torch.equal(student.state_dict()[n], p), n
+        assert torch.equal(student.state_dict()[n].cpu(), p), n  # .cpu(): the same test runs on the GPU
     s2 = distill(student, teacher, train, DistillConfig(stage=2, steps=8, batch_size=4, micro_batch=4, lr=3e-3,
                                                         warmup_steps=2, log_every=0), eval_rows=held)
     print(f"held-out KL {s1['eval_kl_before']:.4f} -> {s1['eval_kl_after']:.4f} (stage 1) -> "
@@ -196,7 +196,7 @@ def test_local_attention_transfer_trains_each_jetblock_on_the_teachers_own_input
         h.remove()
     assert not mlp_calls  # the student never ran a decoder layer end to end
     for n, p in frozen.items():
-        assert torch.equal(student.state_dict()[n], p), n
+        assert torch.equal(student.state_dict()[n].cpu(), p), n  # .cpu(): the same test runs on the GPU
     assert any(not torch.equal(student.state_dict()[n], p) for n, p in jet_before.items())
     mse = [h["mse"] for h in s["history"]]
     assert all(h["kl"] == 0 for h in s["history"])
