@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import gzip
 import json
 import os
 import re
@@ -167,9 +168,10 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
                                   or not all(isinstance(n, int) and n >= 0 for n in steps) or not sum(steps)):
             raise SystemExit(f"variant {v['name']!r}: steps is [stage 1, stage 2, stage 3] optimizer steps "
                              f"(integers >= 0, not all 0; not with local1_share), got {steps!r}")
-        if v["jet_lr2"] is not None and not (isinstance(v["jet_lr2"], (int, float)) and v["jet_lr2"] > 0):
-            raise SystemExit(f"variant {v['name']!r}: jet_lr2 is the JetBlocks' peak lr in stages 2-3, a number > 0 "
-                             f"or null, got {v['jet_lr2']!r}")
+        try:  # DistillConfig's own rule, before the GPU session's parts arrive rather than after
+            DistillConfig(stage=2, lr=v["lr"][1], jet_lr=v["jet_lr2"]).resolved()
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"variant {v['name']!r}: jet_lr2 (the JetBlocks' peak lr in stages 2-3): {err}") from err
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
@@ -497,8 +499,6 @@ def _humaneval(model, n: int, out: Path) -> tuple[float, dict]:
     """(pass@1, the run: passed, unfinished answers, tokens generated, generate / test / total seconds, and the task
     ids passed, so two runs compare problem by problem and on any prefix of the problems). Every answer, with its
     test's result, goes to OUT/humaneval_<model name>.jsonl.gz, to read why a problem failed (a loop, wrong logic)."""
-    import gzip
-
     from convert.eval.humaneval import humaneval
 
     t = time.perf_counter()

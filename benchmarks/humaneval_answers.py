@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     t_path = args.folder / args.teacher
     teacher = read_answers(t_path) if t_path.is_file() else None
     for path in files:
-        res = compare(read_answers(path), None if path == t_path else teacher)
+        rows = read_answers(path)
+        res = compare(rows, None if path == t_path else teacher)
         name = path.name[len("humaneval_"):-len(".jsonl.gz")]
         line = f"{name}: {res['passed']} of {res['problems']} passed"
         if "kept" in res:
@@ -91,7 +92,6 @@ def main(argv: list[str] | None = None) -> None:
         fails = ", ".join(f"{k} {n}" for k, n in res["failures"].items())
         print(f"  failures: {fails or 'none'}; looping (the answer's end repeats): {res['looping']}")
         if args.show and "lost" in res:
-            rows = read_answers(path)
             for task in res["lost"][: args.show]:
                 print(f"  --- {task} ({rows[task]['result']})")
                 print("\n".join("    " + ln for ln in rows[task]["completion"].splitlines()[:15]))

@@ -106,6 +106,17 @@ def _setup(seed=0):
     return teacher, student, rows[:20], rows[20:]
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide precision, set by the first Accelerator: a bf16 test starts and ends with
+    a fresh state, so it gets bf16 and later tests get theirs."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
 def test_distillation_lowers_held_out_kl():
     teacher, student, train, held = _setup()
     frozen = {n: p.clone() for n, p in student.state_dict().items() if "self_attn" not in n or ".layers.1." in n}
@@ -140,19 +151,13 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, kw):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
 
 
-def test_bf16_distillation_leaves_the_callers_teacher_exact():
+def test_bf16_distillation_leaves_the_callers_teacher_exact(fresh_accelerate_state):
     # distill() used to cast the caller's teacher to bf16 in place: every later teacher measurement was a
     # bf16-rounded model's
-    from accelerate.state import AcceleratorState
-
     teacher, student, train, held = _setup()
     before = {n: t.clone() for n, t in teacher.state_dict().items()}
-    AcceleratorState._reset_state(True)  # accelerate keeps one process-wide precision; this test needs bf16
-    try:
-        distill(student, teacher, train, DistillConfig(stage=1, steps=2, batch_size=4, micro_batch=2,
-                                                       mixed_precision="bf16", log_every=0), eval_rows=held)
-    finally:
-        AcceleratorState._reset_state(True)
+    distill(student, teacher, train, DistillConfig(stage=1, steps=2, batch_size=4, micro_batch=2,
+                                                   mixed_precision="bf16", log_every=0), eval_rows=held)
     after = teacher.state_dict()
     assert before.keys() == after.keys()
     for n, t in before.items():
@@ -240,18 +245,12 @@ def test_local_attention_transfer_refuses_settings_it_cannot_honour(kw, message)
         DistillConfig(**kw).resolved()
 
 
-def test_frozen_bf16_trains_like_autocast_and_gives_back_exact_fp32():
+def test_frozen_bf16_trains_like_autocast_and_gives_back_exact_fp32(fresh_accelerate_state):
     """bf16 on the CPU: the frozen weights are bf16 while the stage runs (seen from inside a step), the losses
     follow the plain bf16-autocast run, and afterwards every frozen weight is its exact fp32 value again, also
     when the stage is stopped early."""
-    from accelerate.state import AcceleratorState
-
     runs, seen = {}, []
-    AcceleratorState._reset_state(True)  # one process-wide precision in accelerate; this test needs bf16
-    try:
-        _frozen_bf16_runs(runs, seen)
-    finally:
-        AcceleratorState._reset_state(True)
+    _frozen_bf16_runs(runs, seen)
     assert {d for f, d in seen if f} == {torch.bfloat16} and {d for f, d in seen if not f} == {torch.float32}
     kl = {f: [h["kl"] for h in r] for f, r in runs.items()}
     n = len(kl[True])
@@ -363,21 +362,15 @@ def test_jet_lr_needs_a_trained_jetblock_and_a_positive_value():
         param_groups(student, DistillConfig(stage=2, lr=1e-4, jet_lr=1e-3).resolved())
 
 
-def test_stage2_with_frozen_mlps_held_in_bf16_trains_exactly_as_plain_autocast():
+def test_stage2_with_frozen_mlps_held_in_bf16_trains_exactly_as_plain_autocast(fresh_accelerate_state):
     """The next H200 knob (train2 non-mlp + frozen_bf16 + jet_lr, projections as one by default in bf16): autocast
     casts a frozen fp32 MLP weight to bf16 in every forward, so holding it in bf16 must change speed only."""
-    from accelerate.state import AcceleratorState
-
     runs = {}
-    AcceleratorState._reset_state(True)
-    try:
-        for frozen_bf16 in (False, True):
-            teacher, student, train, _ = _setup()
-            cfg = DistillConfig(stage=2, steps=4, batch_size=4, micro_batch=2, warmup_steps=1, log_every=1, lr=1e-3,
-                                jet_lr=3e-3, mixed_precision="bf16", train="non-mlp", frozen_bf16=frozen_bf16)
-            runs[frozen_bf16] = (distill(student, teacher, train, cfg)["history"], student.state_dict())
-    finally:
-        AcceleratorState._reset_state(True)
+    for frozen_bf16 in (False, True):
+        teacher, student, train, _ = _setup()
+        cfg = DistillConfig(stage=2, steps=4, batch_size=4, micro_batch=2, warmup_steps=1, log_every=1, lr=1e-3,
+                            jet_lr=3e-3, mixed_precision="bf16", train="non-mlp", frozen_bf16=frozen_bf16)
+        runs[frozen_bf16] = (distill(student, teacher, train, cfg)["history"], student.state_dict())
     assert [h["kl"] for h in runs[True][0]] == [h["kl"] for h in runs[False][0]]
     for n, p in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][n], p, atol=0, rtol=0, msg=n)

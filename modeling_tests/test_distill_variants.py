@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -63,11 +64,13 @@ def test_recipe_presets_change_one_knob_each_from_an_attention_transfer_base():
     ([{"name": "a"}, {"name": "a"}], "variant names repeat"),
     ([], "non-empty JSON list"),
     ([{"name": "a", "init": "zeros"}], "init attention / random"),
+    ([{"name": "a", "jet_lr2": -1}], "jet_lr2 (the JetBlocks' peak lr in stages 2-3): stage 2: jet_lr must be a "
+                                     "positive number"),
 ])
 def test_bad_variant_files_are_refused_with_the_problem_named(tmp_path, spec, message):
     path = tmp_path / "v.json"
     path.write_text(json.dumps(spec))
-    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(SystemExit, match=re.escape(message)):
         dv.variant_list(str(path), None)
     with pytest.raises(SystemExit, match="needs --searched"):
         dv.variant_list("placement", None)
