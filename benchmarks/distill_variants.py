@@ -28,7 +28,11 @@ shape and window, so a placement comparison differs in placement only. Step coun
 stages scaled by FLOPs per token.
 
 Measured per variant (held-out = whole files never trained on): held-out KL to the teacher and perplexity (student
-and teacher), `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell) and, with
+and teacher); along the teacher's own answers (`convert/answer_agreement.py`: the last --answers-eval chats of
+--answers-eval-file, by default the committed `data/teacher_answers.jsonl.gz`; a variant that trains on that file's
+chats trains on the others; a chat file this session's teacher writes, `@answers`, may ask the same functions),
+the answer tokens' KL, the share where the student's argmax is the teacher's, and the
+share of answers it would write exactly as the teacher; `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell) and, with
 --humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU per stage; seconds per phase. Results are
 written after every variant (a run cut short keeps the finished ones; a variant that raises is recorded under
 "failed", with its error, and the next one runs): OUT/variants.json, variants.md (the table),
@@ -61,6 +65,8 @@ sys.path.insert(0, str(HERE))
 
 from stamp import stamp  # noqa: E402
 
+from convert.answer_agreement import answer_agreement, answer_rows  # noqa: E402
+from convert.chat_data import read_chats  # noqa: E402
 from convert.corpus import build_corpus  # noqa: E402
 from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perplexity, set_trainable,  # noqa: E402
                              teacher_on)
@@ -69,7 +75,10 @@ from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
+from convert.teacher_answers import write_chats  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
+
+ANSWERS = HERE / "data" / "teacher_answers.jsonl.gz"  # the teacher's answers of 2026-12-04 (d2dceba, H200)
 
 BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3, 3e-5, 3e-5], "mse_weight": 1.0,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
@@ -246,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="needle depths (fractions); '0,0.25,0.5,0.75,1' is the grid of jet-nemotron eval's default")
     ap.add_argument("--humaneval", type=int, default=0, help="HumanEval on the first N problems (0: not run)")
     ap.add_argument("--eval-rows", type=int, default=64)
+    ap.add_argument("--answers-eval", type=int, default=128, metavar="N",
+                    help="measure each student along the last N chats of --answers-eval-file (0: not measured)")
+    ap.add_argument("--answers-eval-file", type=Path, default=ANSWERS,
+                    help="the teacher's own answers (benchmarks/teacher_answers.py); default the committed file")
     ap.add_argument("--stdlib-ppl", type=int, metavar="MAX_TOKENS", nargs="?", const=0, default=None,
                     help="also `jet-nemotron eval`'s perplexity: the stdlib's held-out split in windows of 4,096 "
                          "(optionally at most MAX_TOKENS of it), teacher and students in this process")
@@ -306,6 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     held = data.eval_rows(args.seq_len, args.eval_rows)
     filler = [int(t) for t in data.sources[0].eval if t != tok.eos_token_id]
     res["corpus"] = {"train_tokens": data.train_tokens, "held_out_tokens": data.eval_tokens}
+    answers = held_out_answers(variants, args, tok, out) if args.answers_eval else None
+    if answers:
+        res["answers_eval"] = {"file": str(args.answers_eval_file), "chats": len(answers),
+                               "answer_tokens": sum(len(ids) - start for ids, start in answers)}
     res["seconds"]["tokenise"] = time.perf_counter() - t0
     t_dev = teacher_on(teacher, dev, torch.bfloat16 if bf16 else None)
     with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
@@ -318,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         t_v = time.perf_counter()
         try:
-            row, rate = run_variant(v, teacher, t_dev, tok, data, held, filler, lengths, args, dev, bf16, rate)
+            row, rate = run_variant(v, teacher, t_dev, tok, data, held, filler, lengths, args, dev, bf16, rate,
+                                    answers)
         except Exception as err:  # noqa: BLE001 - one variant's failure (a compile error, OOM) must not cost the
             # rest of a GPU session: recorded in the results and the table, printed, and the next variant runs
             traceback.print_exc()
@@ -361,10 +379,28 @@ def _teacher_suites(res: dict, t_dev, tok, filler, lengths, args, dev, bf16: boo
     print(f"teacher: retrieval {res['teacher_retrieval']}")
 
 
+def held_out_answers(variants: list[dict], args, tok, out: Path) -> list[tuple[list[int], int]]:
+    """The rows of the last --answers-eval chats of --answers-eval-file (`answer_rows`). A variant whose chat file is
+    that file is pointed at OUT/train_chats.jsonl.gz, the file without them, so no student trains on what it is
+    measured on."""
+    path = args.answers_eval_file
+    chats = read_chats(path)
+    n = min(args.answers_eval, 8) if args.toy else args.answers_eval  # the toy checks the plumbing, on the CPU
+    if not 0 < n < len(chats):
+        raise SystemExit(f"--answers-eval {n}: {path} holds {len(chats)} chats; measure on fewer than all of them")
+    kept = None
+    for v in variants:
+        if v["chat_file"] is not None and Path(chat_file_of(v)).resolve() == Path(path).resolve():
+            kept = kept or write_chats(out / "train_chats.jsonl.gz", chats[:-n])
+            v["chat_file"] = str(kept)
+    return answer_rows(tok, chats[-n:], max_len=4096)
+
+
 def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args, dev, bf16: bool,
-                rate: float | None):
+                rate: float | None, answers: list[tuple[list[int], int]] | None = None):
     """Convert, distil for the variant's budget, measure; (row for the table, the stage-1 rate to reuse). t_dev: the
-    teacher on the device as it is measured (bf16 on CUDA), shared by every variant's measurements."""
+    teacher on the device as it is measured (bf16 on CUDA), shared by every variant's measurements; answers: the
+    rows of `held_out_answers`, or None."""
     from convert.eval.models import wrap
     from convert.eval.retrieval import retrieval
 
@@ -435,6 +471,9 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
         # retrieval cells), so a machine taken back during the evaluation keeps what was measured
         row["held_out_kl"] = eval_kl(student, t_dev, held.to(dev), 8)
         row["ppl"] = perplexity(student, held, 8, dev)
+        if answers:
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            row["answers"] = answer_agreement(student, t_dev, answers, 16, pad, dev)
         _partial(row, args.out)
         if args.humaneval:
             row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval,
@@ -579,12 +618,15 @@ def write(res: dict, out: Path) -> None:
             "ppl (x teacher)"] + (["stdlib ppl (x teacher)"] if stdlib else []) + keys
     if any("humaneval" in v for v in res["variants"]):
         head.append("HumanEval")
+    if any("answers" in v for v in res["variants"]):
+        head.append("teacher's answers: KL / top-1 / exact")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| teacher | - | - | - | 0 | - | {:.3f} | ".format(res["ppl_teacher"])
                  + (("-" if t_std is None else f"{t_std:.3f}") + " | " if stdlib else "")
                  + " | ".join(f"{t_ret.get(k, float('nan')):.2f}" for k in keys)
                  + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
-                    else "") + " |")
+                    else (" | -" if "HumanEval" in head else ""))
+                 + (" | -" if head[-1].startswith("teacher's answers") else "") + " |")
     for v in res["variants"]:
         by_stage = " / ".join("-" if k is None else f"{k:.3f}" for k in v.get("held_out_kl_by_stage", []))
         cells = [v["name"], "/".join(map(str, v["steps"])), f"{v['tokens'] / 1e6:.1f}", _rate(v), f"{v['held_out_kl']:.3f}",
@@ -593,8 +635,11 @@ def write(res: dict, out: Path) -> None:
             p = v.get("stdlib_ppl")
             cells.append("-" if p is None else f"{p:.3f}" + ("" if t_std is None else f" ({p / t_std:.2f}x)"))
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
-        if "humaneval" in v:
-            cells.append(_he(v["humaneval"], v["humaneval_run"]))
+        if "HumanEval" in head:
+            cells.append(_he(v["humaneval"], v["humaneval_run"]) if "humaneval" in v else "-")
+        if head[-1].startswith("teacher's answers"):
+            a = v.get("answers")
+            cells.append("-" if a is None else f"{a['kl']:.3f} / {a['top1']:.3f} / {a['exact']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [f"| {f['name']} | failed: {f['error'][:200]} |" for f in res.get("failed", [])]
     st = res["stamp"][0]

@@ -272,7 +272,7 @@ def test_teacher_last_measures_the_students_first_and_keeps_each_measurement_as_
              "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
     # the student's retrieval ran after its HumanEval had been written; the teacher's after the student's row
     assert [name for name, _ in order] == ["only", "teacher"]
-    assert {"humaneval", "held_out_kl", "ppl"} <= set(order[0][1]) and "retrieval" not in order[0][1]
+    assert {"humaneval", "held_out_kl", "ppl", "answers"} <= set(order[0][1]) and "retrieval" not in order[0][1]
     partial = json.loads((out / "partial.json").read_text())
     assert partial["name"] == "only" and {"humaneval", "retrieval"} <= set(partial)
     (first_has_teacher, first_table), (last_has_teacher, last_table) = tables[0], tables[-1]
@@ -287,6 +287,33 @@ def test_teacher_last_measures_the_students_first_and_keeps_each_measurement_as_
         assert [a["task_id"] for a in answers] == ["HumanEval/0"] and sum(a["passed"] for a in answers) == run["passed"]
         assert {"completion", "result"} <= set(answers[0])
     assert f"({res['variants'][0]['stdlib_ppl'] / res['teacher_stdlib_ppl']:.2f}x)" in last_table
+    # along the committed teacher answers' last chats (8 in a toy run): measured, and in the table
+    a = res["variants"][0]["answers"]
+    assert a["answers"] == res["answers_eval"]["chats"] == 8 and a["answer_tokens"] > 8
+    assert a["kl"] > 0 and 0 <= a["exact"] <= a["before_miss"] <= 1 and 0 <= a["top1"] <= 1
+    assert f"| {a['kl']:.3f} / {a['top1']:.3f} / {a['exact']:.2f} |" in last_table
+
+
+def test_no_student_trains_on_the_answers_it_is_measured_on(tmp_path):
+    from types import SimpleNamespace
+
+    from convert.chat_data import read_chats
+    from convert.teacher_answers import write_chats
+    from convert.tiny_teacher import build_tokenizer, read_corpus, stdlib_files
+
+    tok = build_tokenizer(read_corpus(stdlib_files("train"), 50_000), 300)
+    chats = [[{"role": "user", "content": f"Write f{i}.\n```python\ndef f{i}(x):\n```"},
+              {"role": "assistant", "content": f"```python\ndef f{i}(x):\n    return x + {i}\n```"}] for i in range(6)]
+    path = write_chats(tmp_path / "answers.jsonl.gz", chats)
+    variants = [{"name": "corpus chats", "chat_file": None}, {"name": "these chats", "chat_file": str(path)}]
+    args = SimpleNamespace(answers_eval_file=path, answers_eval=2, toy=False)
+    rows = dv.held_out_answers(variants, args, tok, tmp_path / "out")
+    assert variants[0]["chat_file"] is None
+    trained = read_chats(variants[1]["chat_file"])
+    assert trained == chats[:4] and Path(variants[1]["chat_file"]).parent == tmp_path / "out"
+    assert len(rows) == 2 and "return x + 5" in tok.decode(rows[1][0][rows[1][1]:])
+    with pytest.raises(SystemExit, match="holds 6 chats"):
+        dv.held_out_answers([], SimpleNamespace(answers_eval_file=path, answers_eval=6, toy=False), tok, tmp_path)
 
 
 def test_only_reads_names_that_hold_commas():
