@@ -149,7 +149,8 @@ class ChatCodeStream:
     def _functions(self, rng: random.Random) -> list[tuple[str, str]]:
         at = rng.randrange(len(self.haystack) - self.window)
         ids = np.asarray(self.haystack[at: at + self.window])
-        return functions(self.tok.decode(ids[ids != self.eos].tolist()))
+        # an array, not a list: transformers checks a list element by element before decoding (a third of a row)
+        return functions(self.tok.decode(ids[ids != self.eos]))
 
     def document(self, rng: random.Random) -> list[int]:
         """One chat's token ids (a window without a function is skipped for the next one)."""
