@@ -7,6 +7,7 @@
 #   bash benchmarks/real_model_session.sh eval                 # jet-nemotron eval: student beside its teacher
 # or, past the 10-minute command limit, the whole run as one detached job (a process in its own session outlives
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
+#   TESTS="modeling_tests/x.py::test_y" bash benchmarks/real_model_session.sh part 01   # + those tests, first
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
 #                                  while the parts arrive: profile_distill.py (PROFILE_RUNS, a run a word, its
 #                                  flags joined by commas) and generation.py
@@ -54,6 +55,9 @@ case "$1" in
       mkdir -p "$WORK" && cat "$M"/part{01..22} > "$GGUF" && rm -r "$M"
       [ "$(md5sum < "$GGUF" | cut -c1-32)" = "$MD5" ] && echo "GGUF ok: $GGUF" || echo "GGUF md5 MISMATCH"
     fi
+    # TESTS: pytest node ids run on the card first, before any card job shares it (a GPU-only path checked before
+    # the pipeline relies on it)
+    [ -n "${TESTS:-}" ] && python3 -m pytest -q -x $TESTS 2>&1 | tail -5
     if [ -n "${SPEED:-}${PROFILE:-}" ]; then
       # the card is idle while the parts arrive: random-weight jobs of the real shapes use it (the pipelines wait
       # for speed.done before distilling); one process each, so a cut one loses only its own, all within

@@ -91,6 +91,42 @@ def test_fused_kl_under_bf16_autocast_matches_the_reference():
         assert (a - e).norm() <= 1.1 * (b - e).norm()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the fp32-output GEMM is CUDA's")
+def test_on_cuda_the_fused_kl_sums_the_head_gradient_in_fp32_inside_the_product():
+    """On CUDA each chunk's head gradient goes into the fp32 sum inside the GEMM, not rounded to bf16 first: the sum
+    is the fp64 one to fp32 precision (rounding first errs by ~1e-3), and the fused KL gives the same loss and
+    hidden-state gradient as with the rounded sums, and a head gradient within bf16 rounding of theirs."""
+    from convert import kl
+
+    torch.manual_seed(0)
+    a, b = torch.randn(1000, 300, device="cuda").bfloat16(), torch.randn(300, 64, device="cuda").bfloat16()
+    acc = torch.randn(1000, 64, device="cuda")
+    want = acc.double() + a.double() @ b.double()
+    rounded = acc + (a @ b).float()
+    kl._add_product(acc, a, b)
+    assert acc.dtype == torch.float32
+    assert (acc.double() - want).norm() / want.norm() < 1e-5 < (rounded.double() - want).norm() / want.norm()
+
+    hs = torch.randn(300, 64, device="cuda", requires_grad=True)
+    ws = torch.randn(1000, 64, device="cuda", requires_grad=True)
+    ht, wt = torch.randn(300, 64, device="cuda"), torch.randn(1000, 64, device="cuda")
+
+    def run():
+        with torch.autocast("cuda", torch.bfloat16):
+            loss = chunked_kl(hs, ws, ht, wt, chunk=32)
+        return loss, torch.autograd.grad(loss, (hs, ws))
+
+    loss, (g_h, g_w) = run()
+    real = kl._add_product
+    try:  # the CPU's way on the same card: each product rounded to bf16, then added
+        kl._add_product = lambda acc, a, b: acc.add_((a @ b).float())
+        loss_r, (g_h_r, g_w_r) = run()
+    finally:
+        kl._add_product = real
+    assert loss == loss_r and torch.equal(g_h, g_h_r)
+    assert g_w.dtype == torch.float32 and (g_w - g_w_r).norm() / g_w_r.norm() < 5e-3
+
+
 def test_batches_are_a_function_of_the_step():
     a = torch.cat([batch_rows(s, 10, 4, 0) for s in range(5)])
     assert sorted(a[:10].tolist()) == list(range(10))  # first epoch is a permutation
