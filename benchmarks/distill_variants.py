@@ -30,16 +30,16 @@ stages scaled by FLOPs per token.
 Measured per variant (held-out = whole files never trained on): held-out KL to the teacher and perplexity (student
 and teacher); along the teacher's own answers (`convert/answer_agreement.py`: the last --answers-eval chats of
 --answers-eval-file, by default the committed `data/teacher_answers.jsonl.gz`; a variant that trains on that file's
-chats trains on the others; a chat file this session's teacher writes, `@answers`, may ask the same functions),
-the answer tokens' KL, the share where the student's argmax is the teacher's, and the
-share of answers it would write exactly as the teacher; `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell) and, with
---humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU per stage; seconds per phase. Results are
-written after every variant (a run cut short keeps the finished ones; a variant that raises is recorded under
-"failed", with its error, and the next one runs): OUT/variants.json, variants.md (the table),
-variants_kl.png (training KL against tokens, one line per variant); each student's measurements also land in
-OUT/partial.json as they are made, and each HumanEval's answers in OUT/humaneval_<name>.jsonl.gz. --teacher-last
-measures the teacher's suites after the students (its held-out perplexity still first), so that a machine taken back
-mid-run keeps the students' numbers.
+chats trains on the others; a chat file this session's teacher writes, `@answers`, may ask the same functions), the
+answer tokens' KL, the share where the student's argmax is the teacher's, and the share of answers it would write
+exactly as the teacher; `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell)
+and, with --humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU per stage; seconds per phase.
+Results are written after every variant (a run cut short keeps the finished ones; a variant that raises is recorded
+under "failed", with its error, and the next one runs): OUT/variants.json, variants.md (the table), variants_kl.png
+(training KL against tokens, one line per variant); each student's measurements also land in OUT/partial.json as
+they are made, and each HumanEval's answers in OUT/humaneval_<name>.jsonl.gz. --teacher-last measures the teacher's
+suites after the students (its held-out perplexity still first), so that a machine taken back mid-run keeps the
+students' numbers.
 """
 
 from __future__ import annotations

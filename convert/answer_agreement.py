@@ -66,13 +66,13 @@ def answer_agreement(student, teacher, rows: list[tuple[list[int], int]], batch:
                      device=None) -> dict:
     """The measures of the module docstring over `rows` (`answer_rows`). Both models are causal LMs with `.model`
     (returning last_hidden_state) and `.lm_head`; rows are right-padded, which a causal model's earlier positions do
-    not see. Logits are formed at answer positions only ([answer tokens, vocab] a batch, never [rows, length, vocab])."""
+    not see. Logits are formed at one row's answer positions at a time ([answer tokens, vocab], never [rows, length,
+    vocab])."""
     if not rows:
         raise ValueError("answer_agreement needs at least one row")
     device = device or next(student.parameters()).device
     student.eval()
-    kl_sum = agree = teacher_agree = tokens = exact = 0.0
-    before = 0.0
+    kl_sum = agree = teacher_agree = tokens = exact = before = 0.0
     for i in range(0, len(rows), batch):
         part = rows[i: i + batch]
         width = max(len(ids) for ids, _ in part)
