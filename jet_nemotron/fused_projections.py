@@ -22,15 +22,22 @@ import torch
 from torch import nn
 
 
+def _concat_bias(linears: list[nn.Linear], what: str, detach: bool) -> torch.Tensor | None:
+    """The row-concatenation of the linears' biases, None when none has one; a mix is refused naming `what`."""
+    has_bias = [lin.bias is not None for lin in linears]
+    if any(has_bias) and not all(has_bias):
+        raise ValueError(f"{what}: some projections have a bias and some do not")
+    if not all(has_bias):
+        return None
+    return torch.cat([lin.bias.detach() if detach else lin.bias for lin in linears])
+
+
 def fuse_linears(module: nn.Module, name: str, linears: list[nn.Linear]) -> list[int]:
     """Register buffer `name` (weight) and `name + "_bias"` (or None) on `module` holding the row-concatenation of
     `linears`; their weights become views of it. Returns the output sizes, for `split`."""
     sizes = [lin.out_features for lin in linears]
     weight = torch.cat([lin.weight.detach() for lin in linears])
-    has_bias = [lin.bias is not None for lin in linears]
-    if any(has_bias) and not all(has_bias):
-        raise ValueError(f"cannot fuse {name}: some projections have a bias and some do not")
-    bias = torch.cat([lin.bias.detach() for lin in linears]) if all(has_bias) else None
+    bias = _concat_bias(linears, f"cannot fuse {name}", detach=True)
     module.register_buffer(name, weight, persistent=False)
     module.register_buffer(name + "_bias", bias, persistent=False)
     offset = 0
@@ -51,10 +58,7 @@ def linears_as_one(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Ten
     """x [..., in] -> each of `linears` applied to x, computed as one product over their row-concatenated weights
     (and biases, all or none). Gradients reach each linear's own parameters."""
     weight = torch.cat([lin.weight for lin in linears])
-    has_bias = [lin.bias is not None for lin in linears]
-    if any(has_bias) and not all(has_bias):
-        raise ValueError("linears_as_one: some projections have a bias and some do not")
-    bias = torch.cat([lin.bias for lin in linears]) if all(has_bias) else None
+    bias = _concat_bias(linears, "linears_as_one", detach=False)
     return nn.functional.linear(x, weight, bias).split([lin.out_features for lin in linears], dim=-1)
 
 

@@ -31,8 +31,12 @@ def test_one_product_gives_each_linear_its_output_and_gradients(bias):
 
 
 def test_mixed_biases_are_refused():
-    with pytest.raises(ValueError, match="some projections have a bias"):
+    with pytest.raises(ValueError, match="linears_as_one: some projections have a bias"):
         linears_as_one(torch.randn(2, 4), [nn.Linear(4, 2), nn.Linear(4, 2, bias=False)])
+    from jet_nemotron.fused_projections import fuse_linears
+
+    with pytest.raises(ValueError, match="cannot fuse qkv: some projections have a bias"):
+        fuse_linears(nn.Module(), "qkv", [nn.Linear(4, 2), nn.Linear(4, 2, bias=False)])
 
 
 def _loss_and_grads(model, ids):
