@@ -264,8 +264,8 @@ class DistillLoss(nn.Module):
             self.persistent = None
         for layer in self.student.model.layers:
             layer._compiled_call_impl = layer.self_attn._compiled_call_impl = None
-        for module in self.as_one:
-            module.project_as_one = False
+        if self.as_one:  # the same modules set_projections_as_one switched on, by the same rule
+            set_projections_as_one(self.student, on=False)
         self.as_one = []
 
     def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None, teacher_attn_in=None):
