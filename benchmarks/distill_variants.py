@@ -34,12 +34,14 @@ chats trains on the others; a chat file this session's teacher writes, `@answers
 answer tokens' KL, the share where the student's argmax is the teacher's, and the share of answers it would write
 exactly as the teacher; `convert.eval.retrieval` (passkey, needle, key-value; --lengths, --trials prompts a cell)
 and, with --humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU per stage; seconds per phase.
-Results are written after every variant (a run cut short keeps the finished ones; a variant that raises is recorded
-under "failed", with its error, and the next one runs): OUT/variants.json, variants.md (the table), variants_kl.png
-(training KL against tokens, one line per variant); each student's measurements also land in OUT/partial.json as
-they are made, and each HumanEval's answers in OUT/humaneval_<name>.jsonl.gz. --teacher-last measures the teacher's
-suites after the students (its held-out perplexity still first), so that a machine taken back mid-run keeps the
-students' numbers.
+A variant whose first stage has an earlier variant's start, plan and rows loads that stage's weights instead of
+training them again (`--fresh-stages` trains it anyway); its row names the variant and counts that stage's seconds
+in its budget. Results are written after every variant (a run cut short keeps the finished ones; a variant that
+raises is recorded under "failed", with its error, and the next one runs): OUT/variants.json, variants.md (the
+table), variants_kl.png (training KL against tokens, one line per variant); each student's measurements also land
+in OUT/partial.json as they are made, and each HumanEval's answers in OUT/humaneval_<name>.jsonl.gz. --teacher-last
+measures the teacher's suites after the students (its held-out perplexity still first), so that a machine taken
+back mid-run keeps the students' numbers.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -270,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="measure the teacher's retrieval, HumanEval and stdlib ppl after the students, not before: "
                          "the students' numbers come first, so a machine taken back mid-run keeps them (the "
                          "teacher's held-out ppl is still measured first)")
+    ap.add_argument("--fresh-stages", action="store_true",
+                    help="train every variant's first stage, even where an earlier variant's has the same start, plan "
+                         "and rows (by default its weights are reused: the same result without the card time)")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
     args = ap.parse_args(argv)
     from convert.eval.retrieval import parse_depths
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
 
     variants = variant_list(args.variants, args.searched, args.answers)
     _FLOPS.clear()  # per teacher (a test may run several toy teachers in one process)
+    _STAGE1.clear()
     if args.only:
         by_name = {v["name"]: v for v in variants}
         want, missing = only_names(args.only, set(by_name))
@@ -445,11 +451,26 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             plan.append(replace(cfg, steps=n, warmup_steps=min(cfg.warmup_steps, max(1, n // 10))))
     student.requires_grad_(True)
     summaries, kl = [], None
-    for cfg, sampler in zip(plan, stage_samplers(data, plan, args.seq_len, tok, retrieval_kw)):
-        s = distill(student, teacher, sampler, cfg, eval_rows=held, eval_kl_before=kl)
+    first = _first_stage_key(v, plan[0], args, retrieval_kw)
+    for i, (cfg, sampler) in enumerate(zip(plan, stage_samplers(data, plan, args.seq_len, tok, retrieval_kw))):
+        if i == 0 and not args.fresh_stages and _STAGE1.get("key") == first:
+            student.load_state_dict(_STAGE1["state"])
+            s = copy.deepcopy(_STAGE1["summary"]) | {"reused_from": _STAGE1["name"]}
+            print(f"{v['name']}: stage {cfg.stage} ({cfg.steps} steps) is {_STAGE1['name']!r}'s, the same plan, rows "
+                  f"and start: its weights reused, {s['wall_s']:.0f} s of the card saved")
+        else:
+            s = distill(student, teacher, sampler, cfg, eval_rows=held, eval_kl_before=kl)
+            if i == 0 and len(plan) > 1 and not args.fresh_stages:
+                _STAGE1.clear()  # one kept: a 1.5B student's weights are 6 GB of host memory
+                _STAGE1.update(key=first, name=v["name"], summary=copy.deepcopy(s),
+                               state={k: x.detach().to("cpu", copy=True) for k, x in student.state_dict().items()})
         kl = s["eval_kl_after"]
         summaries.append(s)
     seconds["distil"] = time.perf_counter() - t - seconds["convert"]
+    # a reused first stage's own seconds are counted, so every row's budget reads as if it ran (the card time it
+    # saved is "reused_s")
+    seconds["reused_s"] = sum(s["wall_s"] for s in summaries if "reused_from" in s)
+    seconds["distil"] += seconds["reused_s"]
     t = time.perf_counter()
     with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
         # measured in bf16 as a saved bf16 student would be: under autocast an fp32 student's KV cache is fp32
@@ -466,7 +487,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                "held_out_kl_by_stage": [s.get("eval_kl_after") for s in summaries],
                "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
                "history": [h | {"local": c.local} for c, s in zip(plan, summaries) for h in s["history"]],
-               "seconds": seconds}
+               "stage1_reused_from": summaries[0].get("reused_from"), "seconds": seconds}
         # each measurement lands in OUT/partial.json as it is made (the cheap ones first, HumanEval before the
         # retrieval cells), so a machine taken back during the evaluation keeps what was measured
         row["held_out_kl"] = eval_kl(student, t_dev, held.to(dev), 8)
@@ -496,6 +517,20 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row, rate
+
+
+_STAGE1: dict = {}  # the last first stage that a later stage followed: key, name, summary, state (CPU copies)
+
+
+def _first_stage_key(v: dict, cfg: DistillConfig, args, retrieval_kw: dict | None) -> str:
+    """What decides the student after a variant's first stage: its start (placement, init) and that stage's plan
+    and rows. Two variants with equal keys reach the same weights (bit-exact on the CPU, test), so the later one
+    loads them instead of training them again."""
+    # frozen_bf16 holds frozen weights in the bf16 that autocast casts them to anyway: the same arithmetic (bit-exact
+    # on the CPU and on the H200, 2026-12-04), so it does not part two first stages
+    stage = {k: x for k, x in asdict(cfg).items() if k != "frozen_bf16"}
+    return json.dumps({"layer_map": v["layer_map"], "init": v["init"], "searched": str(args.searched),
+                       "seq_len": args.seq_len, "stage": stage, "rows": retrieval_kw}, sort_keys=True, default=str)
 
 
 def _partial(row: dict, out: Path) -> None:
@@ -645,7 +680,9 @@ def write(res: dict, out: Path) -> None:
     st = res["stamp"][0]
     # a variant with an explicit step plan ignores --minutes: its budget is the seconds its steps took
     budget = "; ".join(f"{v['name']}: {v['seconds']['distil'] / 60:.1f} min of distillation"
-                       + ("" if v["variant"]["steps"] is None else " (explicit steps)") for v in res["variants"])
+                       + ("" if v["variant"]["steps"] is None else " (explicit steps)")
+                       + (f", its first stage {v['stage1_reused_from']!r}'s" if v.get("stage1_reused_from") else "")
+                       for v in res["variants"])
     (out / "variants.md").write_text("\n".join(lines) + f"\n\nMeasured at commit {st['commit']} on {st['card']}, "
                                      f"{st['date']}; --minutes {res['args']['minutes']}. {budget}.\n")
     import matplotlib

@@ -321,3 +321,51 @@ def test_only_reads_names_that_hold_commas():
     assert dv.only_names("chat rows 0.25, 3 min,base, 3 min,base", names) == \
         (["chat rows 0.25, 3 min", "base, 3 min", "base"], [])
     assert dv.only_names("base,nope, 3 min", names) == (["base"], ["nope", " 3 min"])
+
+
+def test_a_shared_first_stage_is_trained_once_and_gives_what_training_it_again_gives(tmp_path):
+    """Two variants with the same start, stage-1 plan and rows: the second loads the first's stage-1 weights. Its
+    held-out KL after each stage, its stage-2 losses and its answers' measures are those of the same variant run
+    alone, which trains its own stage 1 (bit-exact on the CPU); a variant whose stage 1 differs trains its own."""
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps([{"name": "a", "steps": [3, 2, 0]},
+                                    {"name": "b", "steps": [3, 2, 0], "lr": [1e-3, 1e-4, 1e-4]},
+                                    {"name": "c", "steps": [2, 2, 0]}]))
+    common = ["--toy", "--variants", str(variants), "--corpus-cache", str(tmp_path / "cache")]
+    dv.main(common + ["--out", str(tmp_path / "shared")])
+    dv.main(common + ["--only", "b", "--out", str(tmp_path / "alone")])
+    shared = {r["name"]: r for r in json.loads((tmp_path / "shared" / "variants.json").read_text())["variants"]}
+    (alone,) = json.loads((tmp_path / "alone" / "variants.json").read_text())["variants"]
+    assert shared["a"]["stage1_reused_from"] is None and alone["stage1_reused_from"] is None
+    assert shared["b"]["stage1_reused_from"] == "a" and shared["c"]["stage1_reused_from"] is None
+    b = shared["b"]
+    assert b["held_out_kl_by_stage"] == alone["held_out_kl_by_stage"] and b["held_out_kl"] == alone["held_out_kl"]
+    assert [h["loss"] for h in b["history"]] == [h["loss"] for h in alone["history"]]
+    assert b["answers"] == alone["answers"]
+    assert b["held_out_kl_by_stage"][1] != shared["a"]["held_out_kl_by_stage"][1]  # stage 2 did differ
+    # the reused stage's seconds count in the budget, and the card time it saved is said
+    assert b["seconds"]["reused_s"] > 0 and shared["a"]["seconds"]["reused_s"] == 0
+    assert "b: " in (tmp_path / "shared" / "variants.md").read_text() and "its first stage 'a''s" in (
+        tmp_path / "shared" / "variants.md").read_text()
+    # --fresh-stages trains it anyway
+    dv.main(common + ["--only", "a,b", "--fresh-stages", "--out", str(tmp_path / "fresh")])
+    fresh = json.loads((tmp_path / "fresh" / "variants.json").read_text())["variants"]
+    assert [r["stage1_reused_from"] for r in fresh] == [None, None] and fresh[1]["held_out_kl"] == b["held_out_kl"]
+
+
+def test_first_stages_differ_by_what_changes_their_weights_only():
+    from types import SimpleNamespace
+
+    from convert.distill import DistillConfig
+
+    args = SimpleNamespace(searched=None, seq_len=2048)
+    v = dict(dv.BASE)
+    rows = {"ratio": 0.1, "kinds": ["passkey"], "chat_ratio": 0.25, "chat_file": None}
+    key = dv._first_stage_key(v, DistillConfig(stage=1, steps=138, lr=1e-3), args, rows)
+    # held in bf16, frozen weights are what autocast casts them to anyway: the same stage
+    assert key == dv._first_stage_key(v, DistillConfig(stage=1, steps=138, lr=1e-3, frozen_bf16=True), args, rows)
+    for other in (dv._first_stage_key(v, DistillConfig(stage=1, steps=69, lr=1e-3), args, rows),
+                  dv._first_stage_key(v, DistillConfig(stage=1, steps=138, lr=1e-3), args, rows | {"chat_ratio": 0.5}),
+                  dv._first_stage_key(v | {"init": "random"}, DistillConfig(stage=1, steps=138, lr=1e-3), args, rows),
+                  dv._first_stage_key(v, DistillConfig(stage=1, steps=138, lr=1e-3, fused_adam=True), args, rows)):
+        assert other != key
