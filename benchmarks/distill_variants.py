@@ -19,6 +19,7 @@ same-input projections as one product while training; null: on in bf16), "kl_ker
 the fused KL's softmax work in one Triton kernel; null: on on CUDA), "retrieval_kinds" (the generated retrieval rows' kinds:
 passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in stages 2-3,
 `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused kernel),
+"chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
 "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
 e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
 to the repository, absolute, or "@answers": the file given by --answers)}; the missing keys take the defaults below (BASE: the recipe that
@@ -86,7 +87,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
-        "fused_adam": False}
+        "fused_adam": False, "chat_docstrings": False}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -428,7 +429,8 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
                           **(common | {"micro_batch": max(1, args.micro_batch * args.seq_len // args.stage3_seq_len)}))]
     retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": v["retrieval_kinds"], "chat_ratio": v["chat_ratio"],
-                     "chat_file": chat_file_of(v)} if v["retrieval_ratio"] or v["chat_ratio"] else None)
+                     "chat_file": chat_file_of(v), "chat_docstrings": v["chat_docstrings"]}
+                    if v["retrieval_ratio"] or v["chat_ratio"] else None)
     if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a
         # copy (the rate's reference, f1 below, whatever its own stage 1 is), the later ones reuse it
         rate = _probe_rate(student, teacher, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)

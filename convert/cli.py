@@ -117,6 +117,8 @@ def distill(
                                                            "rows draw from instead of the corpus (e.g. the "
                                                            "teacher's own answers: convert/teacher_answers.py)")
                          ] = None,
+    chat_docstrings: Annotated[bool, typer.Option(help="chat rows ask only for the corpus's functions whose head "
+                                                       "holds a docstring, as HumanEval asks")] = False,
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
     lr1: Annotated[float, typer.Option(help="peak learning rate of stage 1 (AdamW)")] = 1e-3,
@@ -193,7 +195,8 @@ def distill(
     corpus = dict(weights=data_weight, held_out=held_out, cache_dir=corpus_cache, workers=tokenise_workers,
                   on_stale=on_stale)
     retrieval = {"ratio": retrieval_ratio, "kinds": [k.strip() for k in retrieval_kinds.split(",") if k.strip()],
-                 "chat_ratio": chat_ratio, "chat_file": str(chat_file) if chat_file else None}
+                 "chat_ratio": chat_ratio, "chat_file": str(chat_file) if chat_file else None,
+                 "chat_docstrings": chat_docstrings}
     distill_checkpoint(teacher, student, out, data, seq_len=seq_len, stage1=s1, stage2=s2, stage3=s3,
                        text_field=text_field, max_tokens=max_tokens, eval_fraction=eval_fraction,
                        ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,

@@ -49,7 +49,8 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
             stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", DEFAULT_KINDS), cfg.seed + 17)
             extra.append((stream, r / (1 - r - c) * sum(data.weights)))
         if c > 0:
-            extra.append((ChatCodeStream(tokenizer, hay, L, cfg.seed + 29, chats=chats),
+            extra.append((ChatCodeStream(tokenizer, hay, L, cfg.seed + 29, chats=chats,
+                                         docstrings=bool(retrieval.get("chat_docstrings"))),
                           c / (1 - r - c) * sum(data.weights)))
         sampler = data.sampler(L, cfg.seed, extra, row_offset=tokens // L)
         if cfg.batch_size > sum(getattr(s, "n", cfg.batch_size) for s in sampler.streams):
@@ -174,9 +175,9 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     `cfg.seq_len` (default `seq_len`); each stage continues the walk over the corpus where the one before
     stopped. `retrieval` = {"ratio": r, "kinds": [...], "chat_ratio": c, "chat_file": path or None} mixes
     generated passkey / key-value rows (`retrieval_data.py`) into a fraction r of every stage's rows, and
-    chat-formatted code rows (`chat_data.py`; from the chats of `chat_file` when given) into a fraction c.
-    Perplexity is measured on `eval_rows` held-out
-    rows of `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
+    chat-formatted code rows (`chat_data.py`; from the chats of `chat_file` when given; with "chat_docstrings", of
+    functions with a docstring only) into a fraction c. Perplexity is measured on `eval_rows` held-out rows of
+    `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
     split over several calls), so these stages continue the walk instead of repeating those rows.
 
     Everything is validated before the models load: stage settings, data and corpus options, that `out` and
@@ -296,6 +297,8 @@ def _retrieval_identity(retrieval: dict | None) -> dict | None:
         out["chat_ratio"] = retrieval["chat_ratio"]
         if retrieval.get("chat_file"):  # the chats' bytes, not the path: another file under the same name differs
             out["chat_file_sha256"] = hashlib.sha256(Path(retrieval["chat_file"]).read_bytes()).hexdigest()
+        if retrieval.get("chat_docstrings"):  # absent when off: a run from before the option keeps its identity
+            out["chat_docstrings"] = True
     return out
 
 
@@ -323,9 +326,10 @@ def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fractio
 
 
 def check_generated_rows(retrieval: dict | None) -> list[list[dict]] | None:
-    """The generated-row settings ({"ratio", "kinds", "chat_ratio", "chat_file"}), one line naming the flag: checked
-    before anything loads (`check_data_options`) and again where the rows are mixed (`stage_samplers`, which scripts
-    call directly). Returns the chat file's chats (read once here, so the mixer does not read them again), or None."""
+    """The generated-row settings ({"ratio", "kinds", "chat_ratio", "chat_file", "chat_docstrings"}), one line naming
+    the flag: checked before anything loads (`check_data_options`) and again where the rows are mixed
+    (`stage_samplers`, which scripts call directly). Returns the chat file's chats (read once here, so the mixer does
+    not read them again), or None."""
     from .retrieval_data import KINDS
 
     if not retrieval:
@@ -343,6 +347,9 @@ def check_generated_rows(retrieval: dict | None) -> list[list[dict]] | None:
     f = retrieval.get("chat_file")
     if f and not c > 0:
         raise ValueError(f"--chat-file {f} is used by chat rows only: give --chat-ratio > 0 too")
+    if retrieval.get("chat_docstrings") and (f or not c > 0):
+        raise ValueError("--chat-docstrings picks the corpus functions that chat rows ask for: it needs --chat-ratio "
+                         "> 0 and no --chat-file (whose chats are taken as they are)")
     if not f:
         return None
     from .chat_data import read_chats

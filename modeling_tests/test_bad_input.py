@@ -327,7 +327,7 @@ def test_distill_refuses_a_damaged_student(ws, tmp_path, refused, damage):
     refused(with_flags(distill_args(ws, "o"), ["--student", str(student)]), message, tmp_path)
 
 
-BOOLEAN_FLAGS = ("--resume", "--overwrite", "--bf16", "--dry-run")
+BOOLEAN_FLAGS = ("--resume", "--overwrite", "--bf16", "--dry-run", "--chat-docstrings")
 
 
 def with_flags(args: list[str], flags: list[str]) -> list[str]:
@@ -412,6 +412,8 @@ DISTILL_CASES = {
                                     "--chat-file {ws}/none.jsonl is used by chat rows only: give --chat-ratio > 0"),
     "chat-file-missing": (["--chat-ratio", "0.1", "--chat-file", "{ws}/none.jsonl"],
                           "chat file {ws}/none.jsonl does not exist"),
+    "chat-docstrings-without-chat-rows": (["--chat-docstrings"], "--chat-docstrings picks the corpus functions that "
+                                                                 "chat rows ask for: it needs --chat-ratio > 0"),
     "data-weight-zero": (["--data-weight", "0"], "--data-weight values must be > 0, got [0.0]"),
     "eval-fraction-one": (["--eval-fraction", "1"], "--eval-fraction must be in [0, 1), got 1.0"),
     "eval-rows-zero": (["--eval-rows", "0"], "--eval-rows must be >= 1, got 0"),

@@ -115,3 +115,38 @@ def test_a_stage_mixes_chat_and_retrieval_rows_at_their_ratios(tok_and_code, tmp
     assert served["chat"] == pytest.approx(0.3, abs=0.002) and served["retrieval"] == pytest.approx(0.2, abs=0.002)
     with pytest.raises(ValueError, match="chat-ratio"):
         stage_samplers(data, [cfg], 256, tok, {"ratio": 0.5, "kinds": ["passkey"], "chat_ratio": 0.5})
+
+
+def test_docstring_rows_ask_only_for_functions_whose_head_holds_a_docstring(tok_and_code, tmp_path):
+    from convert.chat_data import has_docstring
+    from convert.pipeline import _retrieval_identity, check_generated_rows
+
+    found = dict(functions(SOURCE))
+    assert [has_docstring(h) for h in found] == [True, False]  # area (a docstring), volume (a signature only)
+    tok, code = tok_and_code
+    heads = {True: [], False: []}
+    for docstrings in (True, False):
+        s = ChatCodeStream(tok, code, 512, seed=3, window=1024, docstrings=docstrings)
+        for k in range(6):
+            text = tok.decode(s.draw(k).tolist())
+            for user in text.split("<|im_start|>user\n")[1:]:
+                head = user.split("```python\n", 1)[1].split("```", 1)[0]
+                if "<|im_end|>" in user:  # a chat cut by the row's end has no whole head
+                    heads[docstrings].append(head)
+    assert heads[True] and all(has_docstring(h) for h in heads[True])
+    assert not all(has_docstring(h) for h in heads[False])  # the corpus has both: the option made the difference
+    # the option is part of a run's identity only when on (a run from before it keeps its identity), and it is
+    # refused where it means nothing
+    base = {"ratio": 0.1, "kinds": ["passkey"], "chat_ratio": 0.25}
+    assert _retrieval_identity(base) == _retrieval_identity(base | {"chat_docstrings": False})
+    assert _retrieval_identity(base | {"chat_docstrings": True})["chat_docstrings"] is True
+    chats = tmp_path / "c.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "Write f."},
+                                              {"role": "assistant", "content": "def f(): pass"}]}) + "\n")
+    for bad in (base | {"chat_ratio": 0, "chat_docstrings": True},
+                base | {"chat_file": str(chats), "chat_docstrings": True}):
+        with pytest.raises(ValueError, match="--chat-docstrings"):
+            check_generated_rows(bad)
+    prose = np.asarray(tok("def f(x):\n    return x\n\n" * 300, add_special_tokens=False)["input_ids"], np.uint32)
+    with pytest.raises(ValueError, match="functions with a docstring"):
+        ChatCodeStream(tok, prose, 256, window=512, docstrings=True)
