@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from .chat_data import answer_prompt
+from .chat_data import answer_prompt, user_turn
 from .evaluation import token_ids
-
-FENCE = "```"
+from .teacher_answers import FENCE
 
 
 def split_chat(tok, chat: list[dict]) -> tuple[str, str]:
@@ -39,8 +38,10 @@ def split_chat(tok, chat: list[dict]) -> tuple[str, str]:
     at = user.rfind(opener)
     if len(chat) == 2 and chat[0]["role"] == "user" and at >= 0 and user.endswith(FENCE):
         instruction, head = user[:at], user[at + len(opener): -len(FENCE)]
-        if head and answer.startswith(f"{FENCE}python\n{head}"):
-            return answer_prompt(tok, instruction, head), answer[len(f"{FENCE}python\n{head}"):]
+        begun = f"{FENCE}python\n{head}"  # the answer as teacher_answers.py began it
+        # the request is read back only where `user_turn` writes it so: one definition of the form
+        if head and user_turn(instruction, head) == user and answer.startswith(begun):
+            return answer_prompt(tok, instruction, head), answer[len(begun):]
     prompt = tok.apply_chat_template(chat[:-1], add_generation_prompt=True, tokenize=False)
     return prompt, answer
 
