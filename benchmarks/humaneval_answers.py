@@ -5,8 +5,8 @@ task_id, passed, result, completion) and say how each student fails beside the t
     python benchmarks/humaneval_answers.py DIR --teacher humaneval_teacher.jsonl.gz --show 3    # + 3 lost answers
 
 Per file: passes, the teacher's passes kept and lost, passes the teacher lacks, and the failures by kind: a wrong
-answer (an assertion fails), an error raised (by its exception), code that does not parse, and the answers that loop (their end repeats: cut at
-the token limit, mostly). Why a score moved is read here, not guessed from the score.
+answer (an assertion fails), an error raised (by its exception), code that does not parse, and the answers that
+loop (their end repeats: cut at the token limit, mostly). Why a score moved is read here, not guessed from it.
 """
 
 from __future__ import annotations

@@ -638,8 +638,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
                          "(DistillConfig(local=None / False): an end-to-end stage 1), or run that stage on one GPU "
                          "or under DDP")
     if cfg.fused_adam and fsdp:
-        raise ValueError("fused_adam with FSDP: AdamW's fused kernel on sharded parameters is not tested here; leave it "
-                         "off under FSDP")
+        raise ValueError("fused_adam with FSDP: AdamW's fused kernel on sharded parameters is not tested here; leave "
+                         "it off under FSDP")
     if fsdp:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)
