@@ -8,7 +8,8 @@
 #   bash benchmarks/gpu_session.sh profile 65536 [515]  # where prefill and decode time goes, per kernel (~2 min);
 #                                                       # with a batch, also generate()'s compiled loop at that batch
 #   bash benchmarks/gpu_session.sh kernels [--only chunk step ...]  # ours vs flash-linear-attention (needs .wheels);
-#                                    # back on the workstation: python benchmarks/kernels.py --merge <files_at>/kernels.json
+#                                    # back on the workstation:
+#                                    # python benchmarks/kernel_speed.py --merge <files_at>/kernels.json
 #   bash benchmarks/gpu_session.sh distill      # converter quality benchmark (~5 min on an H200)
 #   bash benchmarks/gpu_session.sh multi_gpu    # 1 GPU vs DDP vs FSDP2 on 2 GPUs (~7 min on 2x H200)
 # Results go to $OUT (the device tool brings them back) or benchmarks/results. Every result is stamped with commit,
@@ -44,7 +45,7 @@ case "${1:-tests}" in
     python benchmarks/generation.py --profile "${2:-65536}" ${3:+--profile-batch "$3"} --out "$out" 2>&1 | grep -v "^jet_nemotron:" | tail -120 ;;
   kernels)
     if ls .wheels/*.whl >/dev/null 2>&1; then python -m pip install -q --no-deps .wheels/*.whl; fi
-    python benchmarks/kernels.py --out "$out" "${@:2}" 2>&1 | tail -40 ;;
+    python benchmarks/kernel_speed.py --out "$out" "${@:2}" 2>&1 | tail -40 ;;
   distill)
     python benchmarks/distill_quality.py --out "$out/distill_quality" 2>&1 | tail -40 ;;
   multi_gpu)

@@ -268,7 +268,7 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: boo
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     dg = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
-    safe_trans = launch.SAFE_TRANS  # read at call time: benchmarks/kernels.py flips it to compare
+    safe_trans = launch.SAFE_TRANS  # read at call time: benchmarks/kernel_speed.py flips it to compare
     scratch = torch.empty(NC * H, BT, BT, device=q.device, dtype=torch.float32) if safe_trans else None
     launch_pipelined(_bwd_chunk_kernel, (NC, H), q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta,
                      dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK,

@@ -30,7 +30,7 @@ STATE_PASS_FWD = dict(BV=32, num_warps=4, stages=3)
 STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
 # fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes. From a sweep of BV
-# 16..128 x 1..8 warps per state dtype at B = 256 and 2048 on an H200 (benchmarks/kernels.py --only step_variants):
+# 16..128 x 1..8 warps per state dtype at B = 256 and 2048 on an H200 (benchmarks/kernel_speed.py --only step_variants):
 # fp32 BV 16 x 1 warp, 81% / 84% of the copy roofline (BV 32 x 2, the earlier choice from an H100 sweep where the
 # two tied: 77% / 79%); bf16 BV 32 x 1 warp, 55% / 58%, the best of all 16 configs (BV 64 x 4: 51% / 54%). A bf16
 # state halves the bytes but not the per-program latency, so it gains 1.4x, not 2x.

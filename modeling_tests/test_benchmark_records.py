@@ -1,5 +1,5 @@
 """Benchmark records: every result is stamped with commit, card and date, and a kernels run replaces only the parts
-it re-measured in the current file (benchmarks/stamp.py, benchmarks/kernels.py)."""
+it re-measured in the current file (benchmarks/stamp.py, benchmarks/kernel_speed.py)."""
 
 import subprocess
 import sys
@@ -32,7 +32,7 @@ def test_stamp_names_this_checkouts_commit_or_the_one_given(tmp_path, monkeypatc
 
 
 def test_a_kernels_run_replaces_only_the_parts_it_measured():
-    import kernels
+    import kernel_speed
 
     current = {"stamp": [{"run": 0, "parts": ["step", "step_variants"], "commit": "old"},
                          {"run": 1, "parts": ["chunk"], "commit": "old"}],
@@ -40,7 +40,7 @@ def test_a_kernels_run_replaces_only_the_parts_it_measured():
                            {"op": "chunk", "ms": 3.0, "run": 1}]}
     new = {"stamp": [{"run": 0, "parts": ["step", "chunk"], "commit": "new"}],
            "results": [{"op": "step", "ms": 0.5, "run": 0}, {"op": "chunk", "ms": 2.5, "run": 0}]}
-    merged = kernels.merge_runs(current, new)
+    merged = kernel_speed.merge_runs(current, new)
     assert [(s["run"], s["parts"], s["commit"]) for s in merged["stamp"]] == [(0, ["step_variants"], "old"),
                                                                              (2, ["step", "chunk"], "new")]
     assert sorted((r["op"], r["ms"], r["run"]) for r in merged["results"]) == [

@@ -1,4 +1,4 @@
-"""examples/generate.py and examples/evaluate.py on a tiny saved model with a tokenizer built here (CPU)."""
+"""examples/generate.py and examples/evaluate_model.py on a tiny saved model with a tokenizer built here (CPU)."""
 
 import importlib.util
 import json
@@ -39,7 +39,7 @@ def test_generate_example_left_pads_a_batch_and_reports_cache(tmp_path, capsys):
 
 def test_evaluate_example_reports_perplexity_and_passkey(tmp_path):
     folder, tok = _saved_model(tmp_path)
-    ev = _example("evaluate")
+    ev = _example("evaluate_model")
     result = ev.evaluate(str(folder), TEXT, seq_len=64, passkey_contexts=[96], trials=2)
     # the same number as the model's own loss over the packed rows
     from jet_nemotron import JetNemotronForCausalLM
@@ -76,6 +76,6 @@ def test_evaluate_example_scores_passkey_answers(tmp_path, monkeypatch):
         return torch.cat([input_ids, torch.tensor([tok(answer, add_special_tokens=False)["input_ids"]])], dim=1)
 
     monkeypatch.setattr(GenerationMixin, "generate", half_right)
-    result = _example("evaluate").evaluate(str(folder), TEXT, seq_len=64, passkey_contexts=[96], trials=4)
+    result = _example("evaluate_model").evaluate(str(folder), TEXT, seq_len=64, passkey_contexts=[96], trials=4)
     assert lengths == [96] * 4  # one prompt of the asked context per trial
     assert result["passkey@96"] == 0.5

@@ -1,6 +1,6 @@
 """Evaluate a model (and optionally its teacher, side by side): perplexity on held-out text and passkey retrieval.
 
-    python examples/evaluate.py --model out/jet-2b --baseline Qwen/Qwen2.5-1.5B --text heldout.txt \\
+    python examples/evaluate_model.py --model out/jet-2b --baseline Qwen/Qwen2.5-1.5B --text heldout.txt \\
         --seq-len 2048 --passkey-contexts 2048 4096 8192
 
 Prints a table and writes JSON next to `--out`. Perplexity is exp(mean next-token NLL) over packed rows of

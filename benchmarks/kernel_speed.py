@@ -1,8 +1,8 @@
 """Benchmark the JetBlock kernels: ours (Triton) vs flash-linear-attention vs the PyTorch reference.
 
-    python benchmarks/kernels.py [--out benchmarks/results] [--quick]
-    python benchmarks/kernels.py --plot benchmarks/results/kernels.json   # PNG from a saved JSON, no GPU
-    python benchmarks/kernels.py --merge run/kernels.json   # a run's parts replace those of results/kernels.json
+    python benchmarks/kernel_speed.py [--out benchmarks/results] [--quick]
+    python benchmarks/kernel_speed.py --plot benchmarks/results/kernels.json   # PNG from a saved JSON, no GPU
+    python benchmarks/kernel_speed.py --merge run/kernels.json   # a run's parts replace those of results/kernels.json
 
 Chunked gated delta rule forward and forward+backward, B=1, T = 1K..64K, bf16, at the 2B JetBlock shape
 (H=12, dk=96, dv=256) and the 4B shape (H=16, dk=128, dv=256); the decode step at several batch sizes;
