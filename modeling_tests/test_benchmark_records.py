@@ -55,3 +55,17 @@ def test_every_current_result_file_is_stamped():
         assert stamps and all({"commit", "card", "date"} <= set(s) for s in stamps), path
     for path in sorted((BENCH / "results").rglob("*.txt")):
         assert path.read_text().startswith("stamp: commit "), path
+
+
+def test_no_script_is_named_like_a_package_it_might_import():
+    """A script runs with its own folder first on sys.path, so a script named like an installed package is imported
+    in that package's place by anything that imports it: transformers 5.25 imports `kernels`, and a
+    benchmarks/kernels.py once stood there. `kernels` and `evaluate` are named outright, for an environment that
+    lacks them."""
+    import importlib.metadata
+
+    packages = set(importlib.metadata.packages_distributions()) | {"kernels", "evaluate"}
+    scripts = {p.stem: p for folder in (BENCH, BENCH.parent / "examples") for p in folder.glob("*.py")}
+    assert scripts, "no scripts found"
+    clashes = sorted(str(p) for name, p in scripts.items() if name in packages)
+    assert not clashes, f"scripts named like importable packages: {clashes}"
