@@ -156,7 +156,8 @@ def distill(
     projections_as_one: Annotated[Optional[bool], typer.Option(
         "--projections-as-one/--no-projections-as-one",
         help="run each set of same-input projections as one matrix product while training (default: on with "
-             "--bf16, where it saves a cast per projection)")] = None,
+             "--bf16, where it saves a cast per projection, except in attention transfer, whose JetBlocks read the "
+             "teacher's bf16 states)")] = None,
     kl_kernel: Annotated[Optional[bool], typer.Option(
         "--kl-kernel/--no-kl-kernel", help="the KL's softmax work in one Triton kernel (default: on on CUDA)")] = None,
     fused_adam: Annotated[bool, typer.Option(help="AdamW's fused kernel (one launch for all parameters; not with "

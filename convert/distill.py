@@ -101,9 +101,12 @@ class DistillConfig(TrainSchedule):
     frozen_bf16: bool = False
     # the student's same-input projections (a JetBlock's seven, attention's q/k/v, the MLP's gate/up) run as one
     # product each while training: the input is cast once under autocast and its gradient accumulates in fp32 inside
-    # one product (`jet_nemotron.fused_projections.linears_as_one`). None: on in bf16 runs, where those casts are.
-    # With the KL kernel below, a stage-2 step of the real 1.5B on the H200 took 1,538 ms against 1,611-1,657 ms
-    # without either, in one process (benchmarks/results/real_model/knobs_3min/)
+    # one product (`jet_nemotron.fused_projections.linears_as_one`). None: on in bf16 runs that are not local, where
+    # those casts are. With the KL kernel below, a stage-2 step of the real 1.5B on the H200 took 1,538 ms against
+    # 1,611-1,657 ms without either, in one process (benchmarks/results/real_model/knobs_3min/). Local attention
+    # transfer feeds each JetBlock the bf16 teacher's states, which need neither cast nor gradient, so there the
+    # product only adds the weights' and gradients' concatenations: 705 against 684 ms a step on the H200, one lease
+    # (benchmarks/results/real_model/knobs_v2_3min_cut/)
     projections_as_one: bool | None = None
     # the fused KL's per-chunk softmax work in one Triton kernel (`kl_rows_triton.py`). None: on on CUDA with the
     # fused KL; True elsewhere is an error (TRITON_INTERPRET=1 excepted)
@@ -114,6 +117,7 @@ class DistillConfig(TrainSchedule):
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
     _local_by_default: bool = field(default=False, init=False, repr=False)  # `local` came from None, not the caller
+    _as_one_by_default: bool = field(default=False, init=False, repr=False)  # `projections_as_one` came from None
 
     def resolved(self) -> "DistillConfig":
         if self.stage not in (1, 2, 3):
@@ -148,8 +152,6 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.projections_as_one is None:
-            self.projections_as_one = self.mixed_precision == "bf16"
         if self.kl_kernel and not self.fused_kl:
             raise ValueError(f"stage {self.stage}: kl_kernel is the fused KL's kernel; it needs fused_kl=True")
         if self.frozen_bf16 and self.mixed_precision != "bf16":
@@ -158,11 +160,21 @@ class DistillConfig(TrainSchedule):
         if self.local is None:
             self.local = self.stage == 1 and self.train == "jet" and self.mse_weight > 0
             self._local_by_default = self.local
+        if self.projections_as_one is None:  # after `local`: distill() may still turn a default local off (FSDP)
+            self.projections_as_one = self.mixed_precision == "bf16" and not self.local
+            self._as_one_by_default = True
         if self.local and (self.stage != 1 or self.train != "jet" or not self.mse_weight > 0):
             raise ValueError(f"local attention transfer trains the JetBlocks alone on the attention MSE: it needs "
                              f"stage 1, train 'jet' and mse_weight > 0 (got stage {self.stage}, train "
                              f"{self.train!r}, mse_weight {self.mse_weight})")
         return self
+
+
+def end_to_end(cfg: DistillConfig) -> DistillConfig:
+    """A resolved stage whose default attention transfer must run end to end instead (FSDP cannot shard it):
+    `local` off, and a default `projections_as_one` as it would have been for an end-to-end stage."""
+    as_one = cfg.projections_as_one or (cfg._as_one_by_default and cfg.mixed_precision == "bf16")
+    return replace(cfg, local=False, projections_as_one=as_one)
 
 
 def jetblock_weight(student) -> Callable[[str], bool]:
@@ -541,7 +553,7 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
     if cfg.local and cfg._local_by_default and _uses_fsdp(acc):
         acc.print("stage 1 runs end to end under FSDP: attention transfer, the default elsewhere, cannot be sharded")
-        cfg = replace(cfg, local=False)
+        cfg = end_to_end(cfg)
     if cfg.kl_kernel is None:  # the Triton KL wherever it runs natively
         cfg = replace(cfg, kl_kernel=acc.device.type == "cuda" and cfg.fused_kl)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None

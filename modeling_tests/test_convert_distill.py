@@ -271,6 +271,27 @@ def test_attention_transfer_is_the_default_wherever_it_applies(kw, local):
     assert DistillConfig(**kw).resolved().local is local
 
 
+@pytest.mark.parametrize("kw, as_one", [
+    (dict(stage=1), False),  # attention transfer: the JetBlocks read the bf16 teacher's states, nothing to fuse
+    (dict(stage=1, local=False), True),
+    (dict(stage=2), True),
+    (dict(stage=3), True),
+    (dict(stage=1, projections_as_one=True), True),  # asked for
+    (dict(stage=1, projections_as_one=False), False),
+    (dict(stage=2, projections_as_one=False), False),
+])
+def test_projections_as_one_is_on_by_default_in_bf16_stages_that_are_not_local(kw, as_one):
+    from convert.distill import end_to_end
+
+    cfg = DistillConfig(mixed_precision="bf16", **kw).resolved()
+    assert cfg.projections_as_one is as_one
+    assert DistillConfig(mixed_precision="no", **kw).resolved().projections_as_one is kw.get("projections_as_one",
+                                                                                              False)
+    # FSDP turns a default attention transfer end to end: a default product follows it, an asked one stays
+    assert end_to_end(cfg).local is False
+    assert end_to_end(cfg).projections_as_one is kw.get("projections_as_one", True)
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(stage=2, local=True), "needs stage 1"),
     (dict(stage=1, train="all", local=True), "train 'jet'"),
