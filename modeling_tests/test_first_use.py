@@ -79,7 +79,7 @@ def test_tokenizer_of_a_saved_folder_loads_without_a_prompt(saved):
 
 
 def test_evaluate_example_writes_where_told_and_stays_inside_the_model(saved, tmp_path, monkeypatch):
-    ev = _example("evaluate")
+    ev = _example("evaluate_model")
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
     monkeypatch.chdir(tmp_path)
