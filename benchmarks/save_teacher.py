@@ -1,5 +1,6 @@
 """Save a GGUF teacher dequantised (fp32 safetensors + its tokenizer) as a model folder, so the later processes of a
-GPU session load it in seconds instead of dequantising again (~90 s for the 1.5B GGUF on the H200 machine).
+GPU session load it in seconds instead of reading the GGUF again. Through transformers' GGUF loading this took ~90 s
+for the 1.5B GGUF on the H200 machine; `load_source` now dequantises on the GPU (`convert/gguf_dequant.py`).
 
     python benchmarks/save_teacher.py qwen2.5-coder-1.5b-instruct-q4_k_m.gguf runs/teacher_fp32
 """

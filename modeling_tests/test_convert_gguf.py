@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from convert.cli import main
@@ -12,8 +13,9 @@ from convert.tiny_teacher import build_tokenizer
 from test_convert_conversion import tiny_qwen
 
 
-def write_qwen2_gguf(model, tok, path) -> None:
-    """Write a Qwen2 model + byte-level BPE tokenizer as an f32 GGUF file with llama.cpp's tensor names."""
+def write_qwen2_gguf(model, tok, path, quantise=None) -> None:
+    """Write a Qwen2 model + byte-level BPE tokenizer as a GGUF file with llama.cpp's tensor names: f32, or where
+    `quantise(tensor)` returns (raw bytes, type name) that type's blocks."""
     import gguf
 
     cfg = model.config
@@ -39,7 +41,14 @@ def write_qwen2_gguf(model, tok, path) -> None:
         w.add_chat_template(tok.chat_template)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg.num_hidden_layers)
     for n, t in model.state_dict().items():
-        w.add_tensor(names.get_name(n, try_suffixes=(".weight", ".bias")), t.float().numpy())
+        if n == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # one tensor, as llama.cpp writes a tied model
+        q = quantise(t) if quantise else None
+        name = names.get_name(n, try_suffixes=(".weight", ".bias"))
+        if q is None:
+            w.add_tensor(name, t.float().numpy())
+        else:
+            w.add_tensor(name, q[0], raw_dtype=getattr(gguf.GGMLQuantizationType, q[1]))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -82,3 +91,70 @@ def test_save_teacher_writes_a_folder_that_loads_to_the_same_logits(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(teacher(ids).logits, src(ids).logits, atol=1e-5, rtol=0)
     assert tok2("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
+
+
+def _random_blocks(rng, rows: int, row_len: int, kind: str):
+    """[rows, bytes] uint8 of random `kind` blocks (Q8_0: 32 values a block, k-quants 256) with finite fp16
+    scales, so every bit pattern of the quants and packed scales is exercised."""
+    import numpy as np
+
+    block, nbytes, scale_at = {"Q8_0": (32, 34, [0]), "Q4_K": (256, 144, [0, 2]), "Q5_K": (256, 176, [0, 2]),
+                               "Q6_K": (256, 210, [208])}[kind]
+    raw = rng.integers(0, 256, (rows * row_len // block, nbytes), dtype=np.uint8)
+    for at in scale_at:
+        raw[:, at:at + 2] = (rng.standard_normal(len(raw)) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, -1)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+def test_the_torch_dequantiser_equals_ggufs_own_bit_for_bit(kind, device):
+    import gguf
+    import numpy as np
+
+    from convert.gguf_dequant import dequantize
+
+    raw = _random_blocks(np.random.default_rng(0), 12, 512, kind)
+    want = gguf.quants.dequantize(raw, getattr(gguf.GGMLQuantizationType, kind))
+    got = dequantize(torch.from_numpy(raw).to(device), kind)
+    assert got.dtype == torch.float32 and got.shape == (12, 512) and got.device.type == device
+    assert np.array_equal(got.cpu().numpy(), want.reshape(12, 512))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_quantised_gguf_loads_as_transformers_loads_it_bit_for_bit(tmp_path, tie):
+    """Q4_K / Q6_K / Q8_0 matrices (random blocks) and F32 vectors: `load_source`'s torch dequantisation gives the
+    tensors transformers' own GGUF loading gives, the model config and the tokenizer alike."""
+    import gguf
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from convert.export import load_source
+
+    tok = build_tokenizer(["def f(x):\n    return x + 1\n" * 50], vocab_size=300)
+    src = tiny_qwen("qwen2", vocab=len(tok), tie=tie)
+    src.config.hidden_size, src.config.intermediate_size, src.config.head_dim = 256, 512, 64  # whole k-quant blocks
+    src = type(src)(src.config)
+    rng = np.random.default_rng(1)
+    kinds = iter(["Q4_K", "Q6_K", "Q8_0", "Q5_K"] * 100)
+    path = tmp_path / "tiny.gguf"
+    def quantise(t):
+        if t.dim() != 2:
+            return None
+        kind = next(kinds)
+        return _random_blocks(rng, t.shape[0], t.shape[1], kind), kind
+
+    write_qwen2_gguf(src, tok, path, quantise)
+    ours, tok_ours = load_source(str(path))
+    theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tie
+    # transformers marks its model GGUF-quantised though its tensors are plain (save_dequantised drops the mark)
+    assert ours.config.to_dict() == {k: v for k, v in theirs.config.to_dict().items() if k != "quantization_config"}
+    assert tok_ours("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
