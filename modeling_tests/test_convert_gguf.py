@@ -13,9 +13,10 @@ from convert.tiny_teacher import build_tokenizer
 from test_convert_conversion import tiny_qwen
 
 
-def write_qwen2_gguf(model, tok, path, quantise=None) -> None:
+def write_qwen2_gguf(model, tok, path, quantise=None, state_dict=None, blocks=None) -> None:
     """Write a Qwen2 model + byte-level BPE tokenizer as a GGUF file with llama.cpp's tensor names: f32, or where
-    `quantise(tensor)` returns (raw bytes, type name) that type's blocks."""
+    `quantise(tensor)` returns (raw bytes, type name) that type's blocks. `state_dict` (default the model's) and
+    `blocks` (the name map's layer count) let a test write a broken file."""
     import gguf
 
     cfg = model.config
@@ -39,8 +40,8 @@ def write_qwen2_gguf(model, tok, path, quantise=None) -> None:
     w.add_pad_token_id(tok.pad_token_id)
     if getattr(tok, "chat_template", None):  # as an instruct model's GGUF carries it (the real session's does)
         w.add_chat_template(tok.chat_template)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg.num_hidden_layers)
-    for n, t in model.state_dict().items():
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, blocks or cfg.num_hidden_layers)
+    for n, t in (model.state_dict() if state_dict is None else state_dict).items():
         if n == "lm_head.weight" and cfg.tie_word_embeddings:
             continue  # one tensor, as llama.cpp writes a tied model
         q = quantise(t) if quantise else None
@@ -158,3 +159,19 @@ def test_a_quantised_gguf_loads_as_transformers_loads_it_bit_for_bit(tmp_path, t
     # transformers marks its model GGUF-quantised though its tensors are plain (save_dequantised drops the mark)
     assert ours.config.to_dict() == {k: v for k, v in theirs.config.to_dict().items() if k != "quantization_config"}
     assert tok_ours("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
+
+
+def test_a_gguf_missing_a_tensor_or_holding_a_stray_one_is_refused_with_its_name(tmp_path):
+    from convert.export import load_source
+
+    tok = build_tokenizer(["def f(x):\n    return x + 1\n" * 50], vocab_size=300)
+    src = tiny_qwen("qwen2", vocab=len(tok), layers=2)
+    sd = src.state_dict()
+    del sd["model.layers.1.mlp.down_proj.weight"]
+    write_qwen2_gguf(src, tok, tmp_path / "missing.gguf", state_dict=sd)
+    with pytest.raises(KeyError, match=r"model.layers.1.mlp.down_proj.weight \(looked for blk.1.ffn_down.weight\)"):
+        load_source(str(tmp_path / "missing.gguf"))
+    extra = {**src.state_dict(), "model.layers.2.mlp.up_proj.weight": torch.zeros(96, 64)}  # a third block's
+    write_qwen2_gguf(src, tok, tmp_path / "extra.gguf", state_dict=extra, blocks=3)
+    with pytest.raises(ValueError, match=r"tensors no model tensor claims: \['blk.2.ffn_up.weight'\]"):
+        load_source(str(tmp_path / "extra.gguf"))
