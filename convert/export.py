@@ -85,7 +85,6 @@ def load_source(source: str, gguf_file: str | None = None, dtype: torch.dtype = 
     return model, tok
 
 
-
 def _load_gguf(file: Path, cfg, dtype: torch.dtype):
     """The model of `cfg` (read from the GGUF's metadata by transformers) with the file's tensors dequantised by
     `gguf_source` (on the GPU when there is one), the same values as transformers' own GGUF loading (tested)."""
@@ -112,9 +111,9 @@ def _load_gguf(file: Path, cfg, dtype: torch.dtype):
 
 
 def save_dequantised(model, tokenizer, folder: str | Path) -> None:
-    """Save a model loaded from a GGUF (dequantised by transformers) as a plain folder with its tokenizer, written
-    to FOLDER.tmp and renamed. transformers still marks such a model GGUF-quantised and refuses to save it, though
-    its tensors are plain: the marks go first."""
+    """Save a model loaded from a GGUF (dequantised) as a plain folder with its tokenizer, written to FOLDER.tmp and
+    renamed. A model transformers itself loaded from a GGUF (a Hub id) is still marked GGUF-quantised, and
+    transformers refuses to save it though its tensors are plain: the marks go first."""
     model.hf_quantizer, model.config.quantization_config, model.is_quantized = None, None, False
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")

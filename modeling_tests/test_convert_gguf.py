@@ -158,6 +158,7 @@ def test_a_quantised_gguf_loads_as_transformers_loads_it_bit_for_bit(tmp_path, t
     assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tie
     # transformers marks its model GGUF-quantised though its tensors are plain (save_dequantised drops the mark)
     assert ours.config.to_dict() == {k: v for k, v in theirs.config.to_dict().items() if k != "quantization_config"}
+    assert ours.generation_config.to_dict() == theirs.generation_config.to_dict()
     assert tok_ours("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
 
 
