@@ -32,7 +32,8 @@
 #   bash benchmarks/real_model_session.sh poll 240             # wait (at most N s, default 240), pack what is done
 #                                                              #   into $OUT/results.tgz (a call returns 8 files at
 #                                                              #   most); a call cut by a machine taken back returns
-#                                                              #   nothing, so short polls lose less (2026-12-04)
+#                                                              #   nothing, so short polls lose less (2026-12-04);
+#                                                              #   exit 3 at once on a fresh machine (no job)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
 set -uo pipefail
@@ -160,6 +161,11 @@ from distill_variants import best_student; print(best_student(\"$JOB/out/variant
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
     echo "variants pipeline started: $JOB/pipeline.log" ;;
   poll)
+    # no job folder: this call started a fresh machine, because the one running the job was taken back (it keeps
+    # nothing); say so at once rather than wait out the poll on a bare machine (one such poll cost 230 s of the
+    # lease on 2026-12-04)
+    [ -d $JOB ] || { echo "no $JOB here: a fresh machine (the one running the job was taken back); give it back"
+                     exit 3; }
     # done: the pipeline finished, or a session of the card job alone (SPEED / PROFILE on part 01, no pipeline
     # started) finished that job, so a speed-only session stops polling, and holding the card, when it ends
     finished() { [ -e $JOB/done ] || { [ ! -e $JOB/pipeline.log ] && [ -e $JOB/speed.done ]; }; }

@@ -192,3 +192,12 @@ def test_variants_pipeline_asks_the_teacher_for_answers_first_when_asked(tmp_pat
     (tmp_path / "none").mkdir()
     r = _run(tmp_path / "none", ["pipeline-variants"], VARIANTS="recipe")
     assert "teacher_answers.py" not in "\n".join(_calls(tmp_path / "none", 2))
+
+
+def test_poll_on_a_fresh_machine_says_so_at_once(tmp_path):
+    """A poll that finds no job folder runs on a machine started for it (the job's was taken back): it stops at
+    once with its own exit code instead of holding a bare card for the poll's whole wait."""
+    t = time.time()
+    r = _run(tmp_path, ["poll", "30"], OUT=str(tmp_path / "out"))
+    assert r.returncode == 3 and "a fresh machine" in r.stdout and time.time() - t < 10
+    assert not (tmp_path / "out" / "results.tgz").exists()
