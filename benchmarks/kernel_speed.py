@@ -415,9 +415,29 @@ def run_norm(results, Ts, bw):
                    {"fwd": 3 * n, "fwd+bwd": 8 * n}, bw)
 
 
+def run_swiglu(results, rows_list, bw):
+    """The MLP's silu(gate) * up in training (1.5B: I = 8,960, gate and up the halves of one product): ours vs the
+    eager expression, and vs that expression compiled."""
+    from jet_nemotron.swiglu_triton import swiglu_triton
+
+    def eager(gate, up):
+        return torch.nn.functional.silu(gate) * up
+
+    I = 8960
+    impls = (("ours", swiglu_triton), ("eager", eager), ("eager compiled", torch.compile(eager)))
+    for rows in rows_list:
+        gate_up = torch.randn(rows, 2 * I, device="cuda").bfloat16().requires_grad_()
+        gate, up = gate_up.split(I, dim=-1)
+        # forward reads gate, up and writes y; the backward reads gate, up, dy and writes dgate, dup
+        n = rows * I * 2
+        time_modes(results, dict(op="swiglu", shape="1.5B MLP", T=rows), impls, [gate, up],
+                   torch.randn(rows, I, device="cuda").bfloat16(), {"fwd": 3 * n, "fwd+bwd": 8 * n}, bw)
+
+
 # the ops each part records, so that a merged run replaces exactly the rows it re-measured
 PART_OPS = {"decode_attention": ("decode_attention",), "accuracy": ("accuracy",), "step": ("step",),
-            "step_variants": ("step_variant",), "chunk": ("chunk",), "conv": ("conv",), "norm": ("norm",)}
+            "step_variants": ("step_variant",), "chunk": ("chunk",), "conv": ("conv",), "norm": ("norm",),
+            "swiglu": ("swiglu",)}
 
 
 def merge_runs(current: dict, new: dict) -> dict:
@@ -433,7 +453,7 @@ def merge_runs(current: dict, new: dict) -> dict:
     return {"stamp": stamps + [run], "results": rows}
 
 
-PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm")
+PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm", "swiglu")
 
 
 def main():
@@ -488,7 +508,8 @@ def main():
              "accuracy": lambda: accuracy(results), "step": lambda: run_step(results, [1, 16, 64, 256, 2048], bw, peak),
              "step_variants": lambda: step_variants(results, bw, peak),
              "chunk": lambda: run_chunk(results, Ts, bw, peak, args.shapes or tuple(SHAPES)), "conv": lambda: run_conv(results, [4096, 16384], bw),
-             "norm": lambda: run_norm(results, [4096, 65536], bw)}
+             "norm": lambda: run_norm(results, [4096, 65536], bw),
+             "swiglu": lambda: run_swiglu(results, [2048, 16384], bw)}
     for name in args.only or PARTS:
         try:
             parts[name]()

@@ -42,6 +42,9 @@ FAMILIES = [  # first match wins; patterns over lower-cased kernel names
     ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),
     ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|sm90_|cublas|ampere_|splitk|aten::(add)?mm$|aten::bmm|aten::linear"),
     ("kl / softmax", r"softmax|logsumexp|kl_div|log_softmax|cross_entropy|nll"),
+    # the MLP's silu(gate) * up as ours (swiglu_triton.py), or PyTorch's silu kernels (the JetBlocks' too); before
+    # 2026-12-04 evening these fell under "elementwise / reduce"
+    ("silu / swiglu", r"_swiglu_\w*kernel|silu"),
     ("optimizer", r"adam|foreach|multi_tensor|fused_adam"),
     ("copy / cast", r"copy|cast|convert|to_copy|memcpy|memset|fill"),
     ("elementwise / reduce", r"elementwise|vectorized|reduce|triton_|unrolled|index|cat|where"),

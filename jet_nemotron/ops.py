@@ -1,4 +1,4 @@
-"""The single dispatch point of the JetBlock's sequence ops.
+"""The single dispatch point of the JetBlock's sequence ops and the MLP's gated activation.
 
 Each op has a PyTorch reference (`*_ref.py`, exact, any device) and a Triton kernel (`*_triton.py`, CUDA)
 with the same signature. CUDA tensors take the Triton path when Triton is installed, everything else the
@@ -17,6 +17,7 @@ from transformers.utils import logging
 from .configuration_jet_nemotron import KERNEL_BACKENDS
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_rmsnorm_ref import gated_rmsnorm_ref
+from .swiglu_ref import swiglu_ref
 from .gated_delta_rule_ref import (
     chunk_gated_delta_rule_ref,
     gated_delta_rule_step_ref,
@@ -27,7 +28,7 @@ logger = logging.get_logger(__name__)
 
 # the Triton functions, replaced below where Triton imports; `_choose` never picks one that is None
 chunk_gated_delta_rule_triton = fused_recurrent_gated_delta_rule_triton = gated_delta_rule_step_triton = None
-dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = None
+dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = swiglu_triton = None
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:
     import triton  # noqa: F401  (only to learn whether the kernels can be built)
@@ -44,6 +45,7 @@ if _TRITON_IMPORT_ERROR is None:
         )
         from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
         from .gated_rmsnorm_triton import gated_rmsnorm_triton
+        from .swiglu_triton import swiglu_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
 
@@ -114,3 +116,8 @@ def dynamic_conv_step(x, kernel, conv_state, backend: str = "auto"):
 def gated_rmsnorm(x, gate, weight, eps: float, backend: str = "auto"):
     """The JetBlock's output norm: RMSNorm(x) * weight * silu(gate). x, gate [..., D]; weight [D]."""
     return _pick("gated_rmsnorm", gated_rmsnorm_triton, gated_rmsnorm_ref, x, backend)(x, gate, weight, eps)
+
+
+def swiglu(gate, up, backend: str = "auto"):
+    """The MLP's silu(gate) * up in fp32, rounded once. gate, up [..., I]; y in gate's dtype. See `swiglu_ref`."""
+    return _pick("swiglu", swiglu_triton, swiglu_ref, gate, backend)(gate, up)

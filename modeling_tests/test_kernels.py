@@ -32,6 +32,8 @@ from jet_nemotron import dynamic_conv_triton as conv_tri  # noqa: E402
 from jet_nemotron import gated_delta_rule_triton as gdr_tri  # noqa: E402
 from jet_nemotron import gated_rmsnorm_ref as norm_ref  # noqa: E402
 from jet_nemotron import gated_rmsnorm_triton as norm_tri  # noqa: E402
+from jet_nemotron import swiglu_ref as act_ref  # noqa: E402
+from jet_nemotron import swiglu_triton as act_tri  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -290,6 +292,32 @@ def test_gated_rmsnorm_matches_reference(rows, D, dtype):
     assert torch.equal(torch.autograd.grad((y_s * dy).sum(), wide)[0][..., :D], grads[1])
     with pytest.raises(ValueError, match="weight"):
         norm_tri.gated_rmsnorm_triton(x, gate, w[:-1], 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,I", [(1, 64), (17, 1030), (3, 8960)])  # a partial block; the real model's I
+def test_swiglu_matches_reference(rows, I, dtype):
+    """silu(gate) * up forward and backward against the reference, on contiguous tensors and on the two halves of
+    one wider product (what `linears_as_one` hands the MLP), whose row stride the kernels read in place."""
+    gen = torch.Generator().manual_seed(rows + I)
+    gate_up = (3 * torch.randn(rows, 2, 2 * I, generator=gen)).to(DEVICE, dtype).requires_grad_()
+    gate, up = gate_up.split(I, dim=-1)
+    y, y_r = act_tri.swiglu_triton(gate, up), act_ref.swiglu_ref(gate, up)
+    dy = torch.randn_like(y)
+    grad = torch.autograd.grad((y * dy).sum(), gate_up)[0]
+    grad_r = torch.autograd.grad((y_r * dy).sum(), gate_up)[0]
+    # fp32: the same arithmetic; bf16: each value rounded once to bf16 (2^-8) where the reference's autograd rounds
+    # the product of fp32 gradients at other points
+    bound = 1e-6 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and y.shape == (rows, 2, I) and rel(y, y_r) < bound
+    assert grad.dtype == dtype and rel(grad, grad_r) < bound
+    g, u = gate.detach().contiguous().requires_grad_(), up.detach().contiguous().requires_grad_()
+    y_c = act_tri.swiglu_triton(g, u)
+    assert torch.equal(y_c, y)
+    dg, du = torch.autograd.grad((y_c * dy).sum(), [g, u])
+    assert torch.equal(torch.cat([dg, du], -1), grad)
+    with pytest.raises(ValueError, match="one shape"):
+        act_tri.swiglu_triton(g, u[..., :-1])
 
 
 @pytest.mark.parametrize("with_hist", [True, False])

@@ -15,6 +15,7 @@ def test_kernel_names_fall_into_their_families():
     assert pd.family("sm90_xmma_gemm_bf16bf16_bf16f32") == pd.family("aten::addmm") == "matmul"
     assert pd.family("cunn_SoftMaxForward") == "kl / softmax"
     assert pd.family("multi_tensor_apply_kernel") == "optimizer"
+    assert pd.family("_swiglu_bwd_kernel") == pd.family("aten::silu_backward") == "silu / swiglu"
     assert pd.family("something_new") == "other"
 
 

@@ -122,3 +122,20 @@ def test_a_distillation_switches_them_on_for_its_steps_and_off_after(monkeypatch
         assert bool(seen) is on and not any(getattr(m, "project_as_one", False) for m in student.modules())
         seen.clear()
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_the_mlp_takes_the_fused_activation_only_while_gradients_are_recorded(monkeypatch):
+    """Training runs silu(gate) * up through `ops.swiglu` (one kernel each way on CUDA); inference keeps the eager
+    expression, the official model's arithmetic. On the CPU's reference path both give the same fp32 values."""
+    from jet_nemotron import modeling_jet_nemotron as modeling
+
+    model = tiny_model()
+    calls = []
+    real = modeling.swiglu
+    monkeypatch.setattr(modeling, "swiglu", lambda g, u, backend: calls.append(backend) or real(g, u, backend))
+    ids = torch.randint(3, 128, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = model(ids).logits
+    assert calls == []
+    fused = model(ids).logits
+    assert len(calls) == model.config.num_hidden_layers and torch.equal(fused.detach(), eager)

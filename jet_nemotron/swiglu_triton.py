@@ -1,0 +1,91 @@
+"""The MLP's gated activation in Triton, forward and backward: one pass each instead of PyTorch's silu, multiply
+and their three backward kernels, and no saved silu(gate) (the backward recomputes it from gate).
+
+Same signature and shapes as `swiglu_ref.py`: gate, up [..., I], each with unit stride along I (the halves of one
+product, as `fused_projections.linears_as_one` gives them, are such views); y in gate's dtype, fp32 inside.
+With s = sigmoid(gate):
+    y = gate s up;  dup = dy gate s;  dgate = dy up s (1 + gate (1 - s))
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # transformers' remote-code checker skips imports inside try blocks; ops.py catches the ImportError
+    import triton
+    import triton.language as tl
+except ImportError as err:  # pragma: no cover - exercised only on machines without Triton
+    raise ImportError(f"jet_nemotron's Triton kernels need triton: {err}") from err
+
+BLOCK = 1024  # elements of one row per program
+
+
+@triton.jit
+def _swiglu_fwd_kernel(gate, up, y, I, s_gate, s_up, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = o < I
+    b_g = tl.load(gate + row * s_gate + o, mask=m, other=0.0).to(tl.float32)
+    b_u = tl.load(up + row * s_up + o, mask=m, other=0.0).to(tl.float32)
+    tl.store(y + row * I + o, (b_g * tl.sigmoid(b_g) * b_u).to(y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _swiglu_bwd_kernel(gate, up, dy, dgate, dup, I, s_gate, s_up, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = o < I
+    b_g = tl.load(gate + row * s_gate + o, mask=m, other=0.0).to(tl.float32)
+    b_u = tl.load(up + row * s_up + o, mask=m, other=0.0).to(tl.float32)
+    b_dy = tl.load(dy + row * I + o, mask=m, other=0.0).to(tl.float32)
+    b_s = tl.sigmoid(b_g)
+    tl.store(dup + row * I + o, (b_dy * b_g * b_s).to(dup.dtype.element_ty), mask=m)
+    tl.store(dgate + row * I + o, (b_dy * b_u * b_s * (1.0 + b_g * (1.0 - b_s))).to(dgate.dtype.element_ty), mask=m)
+
+
+def _rows(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate, up [..., I] -> [rows, I] views with unit stride along I (copies only where that is not so)."""
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu needs gate and up of one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    I = gate.shape[-1]
+
+    def rows(t):
+        t = t if t.stride(-1) == 1 else t.contiguous()
+        try:
+            return t.view(-1, I)  # keeps the row stride of a half of a wider product
+        except RuntimeError:
+            return t.reshape(-1, I).contiguous()
+
+    return rows(gate), rows(up)
+
+
+def _grid(n_rows: int, I: int) -> tuple[int, int]:
+    return n_rows, triton.cdiv(I, BLOCK)
+
+
+class _SwiGLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        g, u = _rows(gate, up)
+        ctx.save_for_backward(g, u)
+        ctx.shape = gate.shape
+        y = torch.empty(gate.shape, device=gate.device, dtype=gate.dtype)
+        if g.numel():
+            _swiglu_fwd_kernel[_grid(*g.shape)](g, u, y, g.shape[1], g.stride(0), u.stride(0), BLOCK=BLOCK)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        g, u = ctx.saved_tensors
+        dy = dy.contiguous()
+        dgate = torch.empty(ctx.shape, device=g.device, dtype=g.dtype)
+        dup = torch.empty(ctx.shape, device=u.device, dtype=u.dtype)
+        if g.numel():
+            _swiglu_bwd_kernel[_grid(*g.shape)](g, u, dy, dgate, dup, g.shape[1], g.stride(0), u.stride(0),
+                                                BLOCK=BLOCK)
+        return dgate, dup
+
+
+def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, with autograd. gate, up [..., I]; y [..., I] in gate's dtype."""
+    return _SwiGLUFunction.apply(gate, up)
