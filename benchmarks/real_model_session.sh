@@ -9,6 +9,7 @@
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
 #   TESTS="modeling_tests/x.py::test_y" bash benchmarks/real_model_session.sh part 01   # + those tests, first
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
+#                                  (KERNEL_PARTS="swiglu": kernel_speed.py's parts too, first)
 #                                  while the parts arrive: profile_distill.py (PROFILE_RUNS, a run a word, its
 #                                  flags joined by commas) and generation.py
 #                                  (SPEED_CONTEXTS; SPEED=all: one process for all of them, SPEED_ARGS=--dynamic:
@@ -59,7 +60,7 @@ case "$1" in
     # TESTS: pytest node ids run on the card first, before any card job shares it (a GPU-only path checked before
     # the pipeline relies on it)
     [ -n "${TESTS:-}" ] && python3 -m pytest -q -x $TESTS 2>&1 | tail -5
-    if [ -n "${SPEED:-}${PROFILE:-}" ]; then
+    if [ -n "${SPEED:-}${PROFILE:-}${KERNEL_PARTS:-}" ]; then
       # the card is idle while the parts arrive: random-weight jobs of the real shapes use it (the pipelines wait
       # for speed.done before distilling); one process each, so a cut one loses only its own, all within
       # SPEED_TIMEOUT seconds
@@ -68,6 +69,9 @@ case "$1" in
       # PROFILE_RUNS: one run a word, commas joining one run's flags ("--stage=2 --stage=2,--compile": two runs)
       [ -n "${PROFILE:-}" ] && for p in ${PROFILE_RUNS:---stage=1 --local}; do
         jobs="$jobs python3 benchmarks/profile_distill.py ${p//,/ } --out $JOB/out/profile;"; done
+      # KERNEL_PARTS="swiglu norm": kernel_speed.py's parts, ours beside PyTorch eager and compiled, first
+      [ -n "${KERNEL_PARTS:-}" ] &&
+        jobs=" python3 benchmarks/kernel_speed.py --only $KERNEL_PARTS --out $JOB/out/kernels;$jobs"
       # SPEED=1: one process per context (a cut one loses only its own); SPEED=all: one process for every context
       # (with SPEED_ARGS=--dynamic, one compile per model serves them all); SPEED_ARGS go to generation.py
       if [ "${SPEED:-}" = all ]; then

@@ -164,10 +164,11 @@ def test_profile_runs_take_one_run_a_word_with_commas_joining_its_flags(tmp_path
         part.write_bytes(b"x")
     try:
         r = _run(tmp_path, ["part", "01"], PROFILE="1", PROFILE_RUNS="--stage=2 --stage=2,--compile",
-                 SPEED_TIMEOUT="30", M=str(tmp_path / "m"))
+                 KERNEL_PARTS="swiglu norm", SPEED_TIMEOUT="30", M=str(tmp_path / "m"))
         assert r.returncode == 0, r.stderr
         extra = 1 if list((ROOT / ".whl").glob("*.whl")) else 0  # a checkout with wheels installs them first
-        calls = [c for c in _calls(tmp_path, 2 + extra) if "profile_distill.py" in c]
+        every = _calls(tmp_path, 3 + extra)
+        calls = [c for c in every if "profile_distill.py" in c]
     finally:
         if not had:
             part.unlink()
@@ -175,6 +176,9 @@ def test_profile_runs_take_one_run_a_word_with_commas_joining_its_flags(tmp_path
             blob.rmdir()
     assert calls[0].startswith("PY benchmarks/profile_distill.py --stage=2 --out ")
     assert calls[1].startswith("PY benchmarks/profile_distill.py --stage=2 --compile --out ")
+    kernels = [c for c in every if "kernel_speed.py" in c]
+    assert kernels == [kernels[0]] and kernels[0].startswith("PY benchmarks/kernel_speed.py --only swiglu norm --out ")
+    assert every.index(kernels[0]) < every.index(calls[0])  # first: it is short
 
 
 def test_variants_pipeline_asks_the_teacher_for_answers_first_when_asked(tmp_path):
