@@ -434,10 +434,27 @@ def run_swiglu(results, rows_list, bw):
                    torch.randn(rows, I, device="cuda").bfloat16(), {"fwd": 3 * n, "fwd+bwd": 8 * n}, bw)
 
 
+def run_rmsnorm(results, rows_list, bw):
+    """The decoder's RMSNorm in training (1.5B: D = 1,536 over the fp32 residual stream, an fp32 weight): ours vs
+    the PyTorch reference (Qwen2's arithmetic), eager and compiled."""
+    from jet_nemotron.rmsnorm_ref import rmsnorm_ref
+    from jet_nemotron.rmsnorm_triton import rmsnorm_triton
+
+    D = 1536
+    w = torch.ones(D, device="cuda", requires_grad=True)
+    impls = (("ours", rmsnorm_triton), ("reference", rmsnorm_ref), ("reference compiled", torch.compile(rmsnorm_ref)))
+    for rows in rows_list:
+        x = torch.randn(rows, D, device="cuda", requires_grad=True)
+        # forward reads x and writes y; the backward reads x, dy and writes dx (fp32, 4 bytes each)
+        n = x.numel() * 4
+        time_modes(results, dict(op="rmsnorm", shape="1.5B", T=rows), impls, [x, w, 1e-6], torch.randn_like(x),
+                   {"fwd": 2 * n, "fwd+bwd": 5 * n}, bw)
+
+
 # the ops each part records, so that a merged run replaces exactly the rows it re-measured
 PART_OPS = {"decode_attention": ("decode_attention",), "accuracy": ("accuracy",), "step": ("step",),
             "step_variants": ("step_variant",), "chunk": ("chunk",), "conv": ("conv",), "norm": ("norm",),
-            "swiglu": ("swiglu",)}
+            "swiglu": ("swiglu",), "rmsnorm": ("rmsnorm",)}
 
 
 def merge_runs(current: dict, new: dict) -> dict:
@@ -453,7 +470,7 @@ def merge_runs(current: dict, new: dict) -> dict:
     return {"stamp": stamps + [run], "results": rows}
 
 
-PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm", "swiglu")
+PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm", "swiglu", "rmsnorm")
 
 
 def main():
@@ -509,7 +526,8 @@ def main():
              "step_variants": lambda: step_variants(results, bw, peak),
              "chunk": lambda: run_chunk(results, Ts, bw, peak, args.shapes or tuple(SHAPES)), "conv": lambda: run_conv(results, [4096, 16384], bw),
              "norm": lambda: run_norm(results, [4096, 65536], bw),
-             "swiglu": lambda: run_swiglu(results, [2048, 16384], bw)}
+             "swiglu": lambda: run_swiglu(results, [2048, 16384], bw),
+             "rmsnorm": lambda: run_rmsnorm(results, [2048, 16384], bw)}
     for name in args.only or PARTS:
         try:
             parts[name]()

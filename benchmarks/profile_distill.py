@@ -39,6 +39,7 @@ FAMILIES = [  # first match wins; patterns over lower-cased kernel names
     # (dynamic convolution), _norm_* (gated RMSNorm), _recurrent
     ("jetblock triton", r"_fwd_h_kernel|_fwd_o_kernel|_bwd_chunk_kernel|_bwd_dh_kernel|_bwd_dv_local_kernel|"
                         r"_wu_kernel|_prepare_kernel|_conv_\w*kernel|_norm_\w*kernel|_recurrent_kernel"),
+    ("rmsnorm", r"_rmsnorm_\w*kernel"),  # the decoder's norms while training (rmsnorm_triton.py)
     ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),
     ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|sm90_|cublas|ampere_|splitk|aten::(add)?mm$|aten::bmm|aten::linear"),
     ("kl / softmax", r"softmax|logsumexp|kl_div|log_softmax|cross_entropy|nll"),

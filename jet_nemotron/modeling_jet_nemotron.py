@@ -33,7 +33,8 @@ from .configuration_jet_nemotron import JetNemotronConfig
 from .fused_projections import fuse_linears, project
 from .input_checks import check_forward_inputs
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
-from .ops import swiglu
+from .ops import rmsnorm, swiglu
+from .rmsnorm_ref import rmsnorm_ref
 from .transformers_compat import CACHE_NAME, MASK_CACHE_NAME, pick_cache
 
 
@@ -52,16 +53,18 @@ def packed_cu_seqlens(position_ids: torch.Tensor) -> torch.LongTensor | None:
 
 
 class JetNemotronRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, eps: float = 1e-6, backend: str = "auto"):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
+        self.kernel_backend = backend
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        dtype = hidden_states.dtype
-        hidden_states = hidden_states.float()
-        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * hidden_states.to(dtype)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # training: one kernel each way on CUDA (`ops.rmsnorm`) instead of PyTorch's fp32 chain, the same
+            # rounding; inference keeps the code below, the official arithmetic, and Inductor fuses it when compiled
+            return rmsnorm(hidden_states, self.weight, self.variance_epsilon, backend=self.kernel_backend)
+        return rmsnorm_ref(hidden_states, self.weight, self.variance_epsilon)
 
 
 class JetNemotronRotaryEmbedding(nn.Module):
@@ -215,8 +218,8 @@ class JetNemotronAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, config.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, hidden, bias=False)
         if config.qk_norm:
-            self.q_norm = JetNemotronRMSNorm(self.head_dim, eps=config.rms_norm_eps)
-            self.k_norm = JetNemotronRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.q_norm = JetNemotronRMSNorm(self.head_dim, config.rms_norm_eps, config.kernel_backend)
+            self.k_norm = JetNemotronRMSNorm(self.head_dim, config.rms_norm_eps, config.kernel_backend)
         is_sliding = config.layer_types[layer_idx] == "sliding_attention"
         self.sliding_window = config.sliding_window if is_sliding else None
         self.fused_sizes: list[int] | None = None
@@ -294,8 +297,9 @@ class JetNemotronDecoderLayer(GradientCheckpointingLayer):
         mixer = JetBlock if self.layer_type == "linear_attention" else JetNemotronAttention
         self.self_attn = mixer(config, layer_idx)
         self.mlp = JetNemotronMLP(config)
-        self.input_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps, config.kernel_backend)
+        self.post_attention_layernorm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps,
+                                                            config.kernel_backend)
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, past_key_values=None,
                 cu_seqlens=None, **kwargs):
@@ -369,7 +373,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(JetNemotronDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = JetNemotronRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps, config.kernel_backend)
         self.rotary_emb = JetNemotronRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()

@@ -1,4 +1,5 @@
-"""The single dispatch point of the JetBlock's sequence ops and the MLP's gated activation.
+"""The single dispatch point of the JetBlock's sequence ops, and of the decoder's RMSNorm and the MLP's gated
+activation while training.
 
 Each op has a PyTorch reference (`*_ref.py`, exact, any device) and a Triton kernel (`*_triton.py`, CUDA)
 with the same signature. CUDA tensors take the Triton path when Triton is installed, everything else the
@@ -17,6 +18,7 @@ from transformers.utils import logging
 from .configuration_jet_nemotron import KERNEL_BACKENDS
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_rmsnorm_ref import gated_rmsnorm_ref
+from .rmsnorm_ref import rmsnorm_ref
 from .swiglu_ref import swiglu_ref
 from .gated_delta_rule_ref import (
     chunk_gated_delta_rule_ref,
@@ -28,7 +30,7 @@ logger = logging.get_logger(__name__)
 
 # the Triton functions, replaced below where Triton imports; `_choose` never picks one that is None
 chunk_gated_delta_rule_triton = fused_recurrent_gated_delta_rule_triton = gated_delta_rule_step_triton = None
-dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = swiglu_triton = None
+dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = rmsnorm_triton = swiglu_triton = None
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:
     import triton  # noqa: F401  (only to learn whether the kernels can be built)
@@ -45,6 +47,7 @@ if _TRITON_IMPORT_ERROR is None:
         )
         from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
         from .gated_rmsnorm_triton import gated_rmsnorm_triton
+        from .rmsnorm_triton import rmsnorm_triton
         from .swiglu_triton import swiglu_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
@@ -121,3 +124,8 @@ def gated_rmsnorm(x, gate, weight, eps: float, backend: str = "auto"):
 def swiglu(gate, up, backend: str = "auto"):
     """The MLP's silu(gate) * up in fp32, rounded once. gate, up [..., I]; y in gate's dtype. See `swiglu_ref`."""
     return _pick("swiglu", swiglu_triton, swiglu_ref, gate, backend)(gate, up)
+
+
+def rmsnorm(x, weight, eps: float, backend: str = "auto"):
+    """The decoder's RMSNorm (Qwen2's rounding). x [..., D]; weight [D]. See `rmsnorm_ref`."""
+    return _pick("rmsnorm", rmsnorm_triton, rmsnorm_ref, x, backend)(x, weight, eps)

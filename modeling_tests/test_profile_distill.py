@@ -16,6 +16,7 @@ def test_kernel_names_fall_into_their_families():
     assert pd.family("cunn_SoftMaxForward") == "kl / softmax"
     assert pd.family("multi_tensor_apply_kernel") == "optimizer"
     assert pd.family("_swiglu_bwd_kernel") == pd.family("aten::silu_backward") == "silu / swiglu"
+    assert pd.family("_rmsnorm_bwd_kernel") == "rmsnorm" and pd.family("_norm_bwd_kernel") == "jetblock triton"
     assert pd.family("something_new") == "other"
 
 

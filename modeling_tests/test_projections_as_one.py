@@ -124,18 +124,23 @@ def test_a_distillation_switches_them_on_for_its_steps_and_off_after(monkeypatch
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_the_mlp_takes_the_fused_activation_only_while_gradients_are_recorded(monkeypatch):
-    """Training runs silu(gate) * up through `ops.swiglu` (one kernel each way on CUDA); inference keeps the eager
-    expression, the official model's arithmetic. On the CPU's reference path both give the same fp32 values."""
+def test_the_training_kernels_run_only_while_gradients_are_recorded(monkeypatch):
+    """Training runs the MLP's silu(gate) * up through `ops.swiglu` and the decoder's norms through `ops.rmsnorm`
+    (one kernel each way on CUDA); inference keeps the eager code, the official model's arithmetic. On the CPU's
+    reference path both give the same fp32 values."""
     from jet_nemotron import modeling_jet_nemotron as modeling
 
     model = tiny_model()
     calls = []
-    real = modeling.swiglu
-    monkeypatch.setattr(modeling, "swiglu", lambda g, u, backend: calls.append(backend) or real(g, u, backend))
+    swiglu, rmsnorm = modeling.swiglu, modeling.rmsnorm
+    monkeypatch.setattr(modeling, "swiglu", lambda g, u, backend: calls.append("swiglu") or swiglu(g, u, backend))
+    monkeypatch.setattr(modeling, "rmsnorm", lambda x, w, eps, backend: calls.append("rmsnorm")
+                        or rmsnorm(x, w, eps, backend))
     ids = torch.randint(3, 128, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         eager = model(ids).logits
     assert calls == []
     fused = model(ids).logits
-    assert len(calls) == model.config.num_hidden_layers and torch.equal(fused.detach(), eager)
+    n = model.config.num_hidden_layers
+    assert calls.count("swiglu") == n and calls.count("rmsnorm") >= 2 * n + 1
+    assert torch.equal(fused.detach(), eager)

@@ -52,7 +52,8 @@ def test_remote_code_roundtrip(tmp_path):
     files = sorted(p.name for p in folder.iterdir())
     for name in ("modeling_jet_nemotron.py", "configuration_jet_nemotron.py", "jet_block.py", "ops.py",
                  "cache_jet_nemotron.py", "gated_delta_rule_ref.py", "dynamic_conv_ref.py", "gated_rmsnorm_ref.py",
-                 "gated_rmsnorm_triton.py", "swiglu_ref.py", "swiglu_triton.py"):
+                 "gated_rmsnorm_triton.py", "swiglu_ref.py", "swiglu_triton.py", "rmsnorm_ref.py",
+                 "rmsnorm_triton.py"):
         assert name in files, f"{name} was not copied next to the weights: {files}"
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_jet_nemotron.JetNemotronForCausalLM"
