@@ -29,7 +29,10 @@ def gguf_tensors(path: str | Path, names: dict[str, torch.Size], tied: bool, dev
     returned on the CPU in `dtype`. Also returns a report: tensors per type and path ("torch" or "gguf-numpy"),
     seconds.
     """
-    import gguf
+    try:
+        import gguf
+    except ImportError as err:
+        raise ImportError(f"reading {path} needs the gguf package: pip install 'jet-nemotron[gguf]' ({err})") from err
 
     t0 = time.perf_counter()
     reader = gguf.GGUFReader(str(path))

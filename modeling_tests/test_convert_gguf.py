@@ -176,3 +176,13 @@ def test_a_gguf_missing_a_tensor_or_holding_a_stray_one_is_refused_with_its_name
     write_qwen2_gguf(src, tok, tmp_path / "extra.gguf", state_dict=extra, blocks=3)
     with pytest.raises(ValueError, match=r"tensors no model tensor claims: \['blk.2.ffn_up.weight'\]"):
         load_source(str(tmp_path / "extra.gguf"))
+
+
+def test_a_gguf_without_the_gguf_package_names_the_extra_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from convert.gguf_source import gguf_tensors
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    with pytest.raises(ImportError, match=r"needs the gguf package: pip install 'jet-nemotron\[gguf\]'"):
+        gguf_tensors(tmp_path / "x.gguf", {}, tied=False)
