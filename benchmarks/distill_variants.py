@@ -656,7 +656,7 @@ def write(res: dict, out: Path) -> None:
     if any("humaneval" in v for v in res["variants"]):
         head.append("HumanEval")
     if any("answers" in v for v in res["variants"]):
-        head.append("teacher's answers: KL / top-1 / exact")
+        head.append("teacher's answers: KL / top-1 / exact / top-1 of the first 8")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| teacher | - | - | - | 0 | - | {:.3f} | ".format(res["ppl_teacher"])
                  + (("-" if t_std is None else f"{t_std:.3f}") + " | " if stdlib else "")
@@ -676,7 +676,8 @@ def write(res: dict, out: Path) -> None:
             cells.append(_he(v["humaneval"], v["humaneval_run"]) if "humaneval" in v else "-")
         if head[-1].startswith("teacher's answers"):
             a = v.get("answers")
-            cells.append("-" if a is None else f"{a['kl']:.3f} / {a['top1']:.3f} / {a['exact']:.2f}")
+            cells.append("-" if a is None else f"{a['kl']:.3f} / {a['top1']:.3f} / {a['exact']:.2f}"
+                         + (f" / {a['head_top1']:.3f}" if "head_top1" in a else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [f"| {f['name']} | failed: {f['error'][:200]} |" for f in res.get("failed", [])]
     st = res["stamp"][0]

@@ -78,26 +78,29 @@ def test_measures_match_full_logits_and_do_not_depend_on_the_batch(models):
     rows = _greedy_rows(tok, teacher, [HEAD, "def mul(a, b):\n", 'def name():\n    """The name."""\n'])
     got = answer_agreement(student, teacher, rows, batch=3, pad_id=tok.pad_token_id)
     # the same measures from each row's full logits, one row at a time
-    kl = agree = tokens = exact = before = 0.0
+    kl = agree = tokens = exact = before = head_kl = head_agree = 0.0
     with torch.no_grad():
         for ids, start in rows:
             x = torch.tensor([ids])
             ls = torch.log_softmax(student(x).logits[0, start - 1: -1].float(), -1)
             lt = torch.log_softmax(teacher(x).logits[0, start - 1: -1].float(), -1)
             kl += (lt.exp() * (lt - ls)).sum().item()
+            head_kl += (lt[:8].exp() * (lt[:8] - ls[:8])).sum().item()
             same = ls.argmax(-1) == lt.argmax(-1)
             agree, tokens = agree + same.sum().item(), tokens + same.numel()
+            head_agree += same[:8].sum().item()
             exact += bool(same.all())
             before += (int((~same).nonzero()[0, 0]) if not same.all() else same.numel()) / same.numel()
     assert got["kl"] == pytest.approx(kl / tokens, rel=1e-4)
     assert got["top1"] == pytest.approx(agree / tokens)
     assert got["exact"] == pytest.approx(exact / 3) and got["before_miss"] == pytest.approx(before / 3)
     assert got["answers"] == 3 and got["answer_tokens"] == 36
+    assert got["head_top1"] == pytest.approx(head_agree / 24) and got["head_kl"] == pytest.approx(head_kl / 24, rel=1e-4)
     # a student unlike its teacher: the measure must see that (else it could not rank students)
     assert got["kl"] > 1e-3 and got["top1"] < 1
     # right padding changes nothing the causal models see: one row a batch gives the same numbers
     one = answer_agreement(student, teacher, rows, batch=1, pad_id=tok.pad_token_id)
-    for k in ("kl", "top1", "exact", "before_miss", "teacher_top1"):
+    for k in ("kl", "top1", "exact", "before_miss", "head_top1", "head_kl", "teacher_top1"):
         assert one[k] == pytest.approx(got[k], rel=1e-5, abs=1e-7), k
 
 
@@ -106,7 +109,7 @@ def test_the_teacher_against_its_own_greedy_answers_agrees_everywhere(models):
     rows = _greedy_rows(tok, teacher, [HEAD, "def mul(a, b):\n"])
     got = answer_agreement(teacher, teacher, rows, batch=2, pad_id=tok.pad_token_id)
     assert got["kl"] == pytest.approx(0, abs=1e-6)
-    assert got["top1"] == got["exact"] == got["before_miss"] == 1.0
+    assert got["top1"] == got["exact"] == got["before_miss"] == got["head_top1"] == 1.0
     assert got["teacher_top1"] == 1.0  # its answers are its argmax: the check that the chats are the teacher's
     # answers that are not the teacher's: its argmax is not their next token everywhere
     other = [(ids[:start] + [(37 * i + 5) % len(tok) for i in range(len(ids) - start)], start) for ids, start in rows]

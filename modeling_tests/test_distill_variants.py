@@ -291,7 +291,8 @@ def test_teacher_last_measures_the_students_first_and_keeps_each_measurement_as_
     a = res["variants"][0]["answers"]
     assert a["answers"] == res["answers_eval"]["chats"] == 8 and a["answer_tokens"] > 8
     assert a["kl"] > 0 and 0 <= a["exact"] <= a["before_miss"] <= 1 and 0 <= a["top1"] <= 1
-    assert f"| {a['kl']:.3f} / {a['top1']:.3f} / {a['exact']:.2f} |" in last_table
+    assert 0 <= a["head_top1"] <= 1 and a["head_kl"] >= 0
+    assert f"| {a['kl']:.3f} / {a['top1']:.3f} / {a['exact']:.2f} / {a['head_top1']:.3f} |" in last_table
 
 
 def test_no_student_trains_on_the_answers_it_is_measured_on(tmp_path):
