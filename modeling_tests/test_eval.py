@@ -221,6 +221,33 @@ def test_each_generate_sizes_its_static_cache_to_its_own_prompts(folders, which,
     assert sizes[0] == sizes[2] <= 9 + 4 < 600 <= sizes[1], sizes
 
 
+def test_a_batch_out_of_device_memory_is_halved_and_gives_the_same_tokens(folders, capsys):
+    """One large batch is the fastest eager decoding (a step costs its launches, not its rows); where it does not
+    fit, greedy halves it, says so, and answers every prompt as before. One row out of memory is an error."""
+    from convert.eval.generation import greedy
+    from convert.eval.models import load
+
+    m = load(folders["jet"])
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (5, 17, 11, 8, 3)]
+    want = greedy(m, prompts, max_new_tokens=4, batch_size=1)
+    real, rows = m.model.generate, []
+
+    def small_card(**kw):
+        rows.append(kw["input_ids"].shape[0])
+        if kw["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(**kw)
+
+    m.model.generate = small_card
+    assert greedy(m, prompts, max_new_tokens=4, batch_size=8) == want
+    assert rows == [5, 3, 2, 2, 1], rows  # 5 -> 3 -> 2 rows a batch, then the rest in batches of 2
+    assert "a batch of 5 rows ran out of device memory; batches of 3 now" in capsys.readouterr().out
+    m.model.generate = lambda **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated"))
+    with pytest.raises(torch.OutOfMemoryError):
+        greedy(m, prompts[:1], max_new_tokens=4, batch_size=1)
+
+
 def test_humaneval_sandbox_passes_right_code_and_stops_the_rest():
     from convert.eval.humaneval import load_problems, program, run_sandboxed
 

@@ -51,7 +51,8 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
     """The new token ids greedy decoding gives each prompt (in the order given), cut before the first EOS.
 
     Prompts are sorted by length so each batch of `batch_size` pads little; every batch runs generate() with
-    `cache_implementation="static"`; `compiled` (default: on CUDA) uses the compiled decode step. `stop_strings`
+    `cache_implementation="static"`; `compiled` (default: on CUDA) uses the compiled decode step. A batch that runs
+    out of device memory is halved (and said), down to one row. `stop_strings`
     end a row early (a row may overshoot; callers cut the text at the stop string themselves). `pad_to` pads every
     batch to that many prompt tokens, so that with equal batches one compiled shape serves them all.
     """
@@ -69,15 +70,27 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
     if stop_strings:
         extra.update(stop_strings=stop_strings, tokenizer=tok)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False)
-    for start in range(0, len(order), batch_size):
+    start = 0
+    while start < len(order):
         idx = order[start:start + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id, pad_to)
         ids, mask = ids.to(m.device), mask.to(m.device)
         forget_cache_length(m.model)
         t0 = time.perf_counter()
-        gen = m.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                               cache_implementation="static", pad_token_id=tok.pad_token_id,
-                               eos_token_id=sorted(stops), top_p=None, top_k=None, temperature=None, **extra)
+        try:
+            gen = m.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   do_sample=False, cache_implementation="static", pad_token_id=tok.pad_token_id,
+                                   eos_token_id=sorted(stops), top_p=None, top_k=None, temperature=None, **extra)
+        except torch.OutOfMemoryError:
+            if len(idx) == 1:
+                raise
+            # eager decoding is launch-bound, so one large batch is fastest; where it does not fit, halve it (said)
+            del ids, mask
+            release_memory()
+            batch_size = (len(idx) + 1) // 2
+            tqdm.write(f"{desc}: a batch of {len(idx)} rows ran out of device memory; batches of {batch_size} now")
+            continue
+        start += len(idx)
         for row, i in zip(gen[:, ids.shape[1]:].tolist(), idx):
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
             out[i] = row[:cut]
