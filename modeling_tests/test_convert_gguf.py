@@ -159,6 +159,10 @@ def test_a_quantised_gguf_loads_as_transformers_loads_it_bit_for_bit(tmp_path, t
     # transformers marks its model GGUF-quantised though its tensors are plain (save_dequantised drops the mark)
     assert ours.config.to_dict() == {k: v for k, v in theirs.config.to_dict().items() if k != "quantization_config"}
     assert ours.generation_config.to_dict() == theirs.generation_config.to_dict()
+    # the buffers a state dict leaves out (rotary frequencies) are real too: the same logits, bit for bit
+    ids = torch.randint(0, len(tok), (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, theirs(ids).logits)
     assert tok_ours("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
 
 
