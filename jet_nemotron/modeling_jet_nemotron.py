@@ -53,17 +53,18 @@ def packed_cu_seqlens(position_ids: torch.Tensor) -> torch.LongTensor | None:
 
 
 class JetNemotronRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6, backend: str = "auto"):
+    def __init__(self, hidden_size: int, eps: float = 1e-6, config: JetNemotronConfig | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
-        self.kernel_backend = backend
+        self.config = config  # its kernel_backend, read at each call as the JetBlock and the MLP read it
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # training: one kernel each way on CUDA (`ops.rmsnorm`) instead of PyTorch's fp32 chain, the same
             # rounding; inference keeps the code below, the official arithmetic, and Inductor fuses it when compiled
-            return rmsnorm(hidden_states, self.weight, self.variance_epsilon, backend=self.kernel_backend)
+            backend = self.config.kernel_backend if self.config is not None else "auto"
+            return rmsnorm(hidden_states, self.weight, self.variance_epsilon, backend=backend)
         return rmsnorm_ref(hidden_states, self.weight, self.variance_epsilon)
 
 
@@ -218,8 +219,8 @@ class JetNemotronAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, config.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, hidden, bias=False)
         if config.qk_norm:
-            self.q_norm = JetNemotronRMSNorm(self.head_dim, config.rms_norm_eps, config.kernel_backend)
-            self.k_norm = JetNemotronRMSNorm(self.head_dim, config.rms_norm_eps, config.kernel_backend)
+            self.q_norm = JetNemotronRMSNorm(self.head_dim, config.rms_norm_eps, config)
+            self.k_norm = JetNemotronRMSNorm(self.head_dim, config.rms_norm_eps, config)
         is_sliding = config.layer_types[layer_idx] == "sliding_attention"
         self.sliding_window = config.sliding_window if is_sliding else None
         self.fused_sizes: list[int] | None = None
@@ -297,9 +298,8 @@ class JetNemotronDecoderLayer(GradientCheckpointingLayer):
         mixer = JetBlock if self.layer_type == "linear_attention" else JetNemotronAttention
         self.self_attn = mixer(config, layer_idx)
         self.mlp = JetNemotronMLP(config)
-        self.input_layernorm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps, config.kernel_backend)
-        self.post_attention_layernorm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps,
-                                                            config.kernel_backend)
+        self.input_layernorm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps, config)
+        self.post_attention_layernorm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps, config)
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, past_key_values=None,
                 cu_seqlens=None, **kwargs):
@@ -373,7 +373,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(JetNemotronDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps, config.kernel_backend)
+        self.norm = JetNemotronRMSNorm(config.hidden_size, config.rms_norm_eps, config)
         self.rotary_emb = JetNemotronRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()

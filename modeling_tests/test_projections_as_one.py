@@ -133,8 +133,9 @@ def test_the_training_kernels_run_only_while_gradients_are_recorded(monkeypatch)
     model = tiny_model()
     calls = []
     swiglu, rmsnorm = modeling.swiglu, modeling.rmsnorm
-    monkeypatch.setattr(modeling, "swiglu", lambda g, u, backend: calls.append("swiglu") or swiglu(g, u, backend))
-    monkeypatch.setattr(modeling, "rmsnorm", lambda x, w, eps, backend: calls.append("rmsnorm")
+    monkeypatch.setattr(modeling, "swiglu", lambda g, u, backend: calls.append(("swiglu", backend))
+                        or swiglu(g, u, backend))
+    monkeypatch.setattr(modeling, "rmsnorm", lambda x, w, eps, backend: calls.append(("rmsnorm", backend))
                         or rmsnorm(x, w, eps, backend))
     ids = torch.randint(3, 128, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -142,5 +143,9 @@ def test_the_training_kernels_run_only_while_gradients_are_recorded(monkeypatch)
     assert calls == []
     fused = model(ids).logits
     n = model.config.num_hidden_layers
-    assert calls.count("swiglu") == n and calls.count("rmsnorm") >= 2 * n + 1
+    assert calls.count(("swiglu", "auto")) == n and calls.count(("rmsnorm", "auto")) >= 2 * n + 1
     assert torch.equal(fused.detach(), eager)
+    # the config's backend is read at each call, as the JetBlocks read it
+    model.config.kernel_backend, calls[:] = "reference", []
+    model(ids)
+    assert calls and {backend for _, backend in calls} == {"reference"}
