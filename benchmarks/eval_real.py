@@ -9,7 +9,8 @@ Runs, each suite on both models before the next (both stay loaded, so a run cut 
   windows of 4,096 tokens.
 - niah: passkey, needle grid (1K..32K x 11 depths), multi-needle, key-value, variable tracking; --trials prompts
   a cell, the haystack the same held-out text. The longest length is 32,000 so prompt + answer fit a 32,768 model.
-- humaneval: all 164 problems, greedy, left-padded batches of 64 on the static cache, 512 new tokens at most.
+- humaneval: all 164 problems, greedy, left-padded in one batch on the static cache (halved if it does not fit),
+  512 new tokens at most.
 - speed: prefill and decode tok/s at 4K..32K, batch 1 and the largest batch that fits (capped), cache bytes.
 Writes OUT/eval/{eval.json, eval.md, retrieval.png, speed.png} (a cut run leaves them in OUT/eval.tmp-PID/)
 and prints the table; eval.json has the seconds each suite took per model, and the load times.
