@@ -82,8 +82,8 @@ def q5_k(raw: torch.Tensor) -> torch.Tensor:
 def q6_k(raw: torch.Tensor) -> torch.Tensor:
     """Super-blocks of 256 (210 bytes): 128 bytes of low 4 bits, 64 bytes of high 2 bits, 16 int8 scales, fp16 d;
     x = d * scale * (q - 32) over 16 sub-blocks of 16. Each half of 128 elements takes 64 low bytes and 32 high
-    bytes: element 32k + l (k = 0..3) is the low nibble (k even) or high nibble (k odd) of low byte l + 32 (k % 2),
-    with bits 2k..2k+1 of high byte l above it."""
+    bytes: element 32k + l (k = 0..3) is the low nibble (k < 2) or the high nibble (k >= 2) of low byte
+    l + 32 (k % 2), with bits 2k..2k+1 of high byte l above it."""
     b = _blocks(raw, 210)
     ql = b[:, :128].reshape(-1, 2, 2, 32)  # [n, half, k % 2, l]
     qh = b[:, 128:192].reshape(-1, 2, 1, 32)  # [n, half, -, l]
@@ -98,7 +98,8 @@ def q6_k(raw: torch.Tensor) -> torch.Tensor:
 
 def dequantize(raw: torch.Tensor, type_name: str) -> torch.Tensor | None:
     """[rows, bytes_per_row] uint8 (F32/F16/BF16: that dtype, [rows, cols]) -> [rows, elements] float32, or None for
-    a type without a torch version here. `type_name` is `gguf.GGMLQuantizationType`'s name."""
+    a type without a torch version here (F32 gives back its input itself). `type_name` is
+    `gguf.GGMLQuantizationType`'s name."""
     if type_name == "F32":
         return raw.float()
     if type_name in ("F16", "BF16"):
