@@ -172,9 +172,9 @@ class DistillConfig(TrainSchedule):
 
 def end_to_end(cfg: DistillConfig) -> DistillConfig:
     """A resolved stage whose default attention transfer must run end to end instead (FSDP cannot shard it):
-    `local` off, and a default `projections_as_one` as it would have been for an end-to-end stage."""
-    as_one = cfg.projections_as_one or (cfg._as_one_by_default and cfg.mixed_precision == "bf16")
-    return replace(cfg, local=False, projections_as_one=as_one)
+    `local` off, and a default `projections_as_one` resolved again by `resolved`'s own rule for such a stage."""
+    as_one = None if cfg._as_one_by_default else cfg.projections_as_one
+    return replace(cfg, local=False, projections_as_one=as_one).resolved()
 
 
 def jetblock_weight(student) -> Callable[[str], bool]:

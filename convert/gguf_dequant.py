@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-QK_K = 256
-
 
 def _f16(raw: torch.Tensor) -> torch.Tensor:
     """[..., 2] uint8 (little-endian fp16) -> [..., 1] float32."""
@@ -54,29 +52,28 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([q & 0xF, q >> 4], dim=2).reshape(-1, 8, 32)
 
 
+def _k_affine(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """A Q4_K / Q5_K super-block's values from its bytes b [n, block] (fp16 d, fp16 dmin, then the 12 scale bytes)
+    and its quants q [n, 8, 32]: d * scale_j * q - dmin * min_j for sub-block j."""
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, m = _k_scales(b[:, 4:16])
+    return (d * sc)[:, :, None] * q.float() - (dmin * m)[:, :, None]
+
+
 def q4_k(raw: torch.Tensor) -> torch.Tensor:
     """Super-blocks of 256 (144 bytes): fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of 4-bit q;
     x = d * scale_j * q - dmin * min_j over 8 sub-blocks j of 32."""
     b = _blocks(raw, 144)
-    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    sc, m = _k_scales(b[:, 4:16])
-    q = _nibbles(b[:, 16:]).float()
-    x = (d * sc)[:, :, None] * q - (dmin * m)[:, :, None]
-    return x.reshape(raw.shape[0], -1)
+    return _k_affine(b, _nibbles(b[:, 16:])).reshape(raw.shape[0], -1)
 
 
 def q5_k(raw: torch.Tensor) -> torch.Tensor:
     """Super-blocks of 256 (176 bytes): fp16 d, fp16 dmin, 12 bytes of scales and mins, 32 bytes of fifth bits,
     128 bytes of low 4 bits; sub-block j's fifth bit is bit j of each of the 32 high-bit bytes."""
     b = _blocks(raw, 176)
-    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    sc, m = _k_scales(b[:, 4:16])
-    qh = b[:, 16:48]
     shifts = torch.arange(8, device=raw.device, dtype=torch.uint8)
-    fifth = ((qh[:, None, :] >> shifts[None, :, None]) & 1) << 4  # [n, 8, 32]
-    q = (_nibbles(b[:, 48:]) | fifth).float()
-    x = (d * sc)[:, :, None] * q - (dmin * m)[:, :, None]
-    return x.reshape(raw.shape[0], -1)
+    fifth = ((b[:, None, 16:48] >> shifts[None, :, None]) & 1) << 4  # [n, 8, 32]
+    return _k_affine(b, _nibbles(b[:, 48:]) | fifth).reshape(raw.shape[0], -1)
 
 
 def q6_k(raw: torch.Tensor) -> torch.Tensor:

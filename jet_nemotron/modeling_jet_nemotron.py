@@ -52,6 +52,13 @@ def packed_cu_seqlens(position_ids: torch.Tensor) -> torch.LongTensor | None:
     return torch.cat([idx, idx.new_tensor([B * T])])
 
 
+def training_kernels() -> bool:
+    """Whether a norm or an MLP takes its training kernel (`ops.rmsnorm`, `ops.swiglu`): while gradients are
+    recorded, and not under torch.compile, whose Inductor fuses the eager code itself. Inference keeps the eager
+    code, the official model's arithmetic."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class JetNemotronRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6, config: JetNemotronConfig | None = None):
         super().__init__()
@@ -60,9 +67,7 @@ class JetNemotronRMSNorm(nn.Module):
         self.config = config  # its kernel_backend, read at each call as the JetBlock and the MLP read it
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # training: one kernel each way on CUDA (`ops.rmsnorm`) instead of PyTorch's fp32 chain, the same
-            # rounding; inference keeps the code below, the official arithmetic, and Inductor fuses it when compiled
+        if training_kernels():  # one kernel each way on CUDA instead of PyTorch's fp32 chain, the same rounding
             backend = self.config.kernel_backend if self.config is not None else "auto"
             return rmsnorm(hidden_states, self.weight, self.variance_epsilon, backend=backend)
         return rmsnorm_ref(hidden_states, self.weight, self.variance_epsilon)
@@ -281,10 +286,7 @@ class JetNemotronMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = project(self, "gate_up_fused", x)
-        if self.silu_gated and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # training: one kernel each way on CUDA (`ops.swiglu`) instead of five, and silu(gate) not kept for
-            # backward. Inference keeps the eager expression, the official model's arithmetic; under
-            # torch.compile, Inductor fuses that expression itself
+        if self.silu_gated and training_kernels():  # one kernel each way on CUDA, not five; silu(gate) not kept
             return self.down_proj(swiglu(gate, up, backend=self.config.kernel_backend))
         return self.down_proj(self.act_fn(gate) * up)
 
