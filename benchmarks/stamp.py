@@ -35,14 +35,15 @@ def commit() -> str:
 
 def versions() -> dict[str, str]:
     """torch, transformers and triton as this process imports them ("absent" for one not installed): a number
-    means little without the library versions that produced it (transformers 5.x changed generate()'s cache)."""
-    import importlib.metadata
+    means little without the library versions that produced it (transformers 5.x changed generate()'s cache).
+    The module's own `__version__`, not the package metadata's, so torch keeps its build tag (2.15.0+cu132)."""
+    import importlib
 
     out = {}
     for name in ("torch", "transformers", "triton"):
         try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
+            out[name] = importlib.import_module(name).__version__
+        except ImportError:
             out[name] = "absent"
     return out
 

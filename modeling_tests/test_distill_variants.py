@@ -238,8 +238,13 @@ def test_the_committed_teacher_answers_ablation_differs_in_its_chat_file_only():
 def test_every_committed_variant_file_is_valid_and_plans_its_steps(name):
     """A session's plan is refused on the GPU only after the parts arrive (minutes of device time): check here."""
     answers = Path(__file__).resolve().parent / "data" / "chats.jsonl"  # stands in for a session's teacher answers
-    rows = dv.variant_list(str(Path(__file__).resolve().parents[1] / "benchmarks/variants" / name), None, answers)
+    root = Path(__file__).resolve().parents[1]
+    searched = root / "benchmarks/results/real_model/placement_search/layer_map.json"  # the session's SEARCHED
+    rows = dv.variant_list(str(root / "benchmarks/variants" / name), searched, answers)
     assert rows and all(v["steps"] is not None and sum(v["steps"]) > 0 for v in rows)
+    for v in rows:  # every placement resolves on the real teacher's 28 layers, with the preset's JetBlock shape
+        lm = dv.layer_map_of(v, 28, searched)
+        assert len(lm.layer_types) == 28 and lm.jet == dv.resolve_layer_map("jet-nemotron-2b", 28).jet
 
 
 @pytest.mark.parametrize("depths", ["0,2", "a,b", ","])
