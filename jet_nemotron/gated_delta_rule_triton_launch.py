@@ -38,12 +38,13 @@ RECURRENT_CONFIG = {torch.float32: (16, 1), torch.bfloat16: (32, 1)}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """How the kernels multiply fp32 tiles: IEEE, unless TF32 is allowed for fp32 matmuls
-    (`torch.backends.cuda.matmul.allow_tf32` or `torch.set_float32_matmul_precision("high")`), as PyTorch's own
-    matmuls do. Triton's own default is TF32, which put fp32 training gradients 3x further from the exact ones than
-    the reference path's under TF32 (A_log 2.7e-2 against 8.4e-3, H100). bf16 tiles are unaffected (wgmma either
-    way), so bf16 inputs keep "tf32" and their speed."""
-    return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+    """How the kernels multiply fp32 tiles: IEEE, unless TF32 is allowed for fp32 matmuls, as PyTorch's own matmuls
+    do (`torch.set_float32_matmul_precision("high")`, or `torch.backends.cuda.matmul.allow_tf32 = True`, which sets
+    the same precision: read here through the function every torch version has). Triton's own default is TF32,
+    which put fp32 training gradients 3x further from the exact ones than the reference path's under TF32 (A_log
+    2.7e-2 against 8.4e-3, H100). bf16 tiles are unaffected (wgmma either way), so bf16 inputs keep "tf32" and
+    their speed."""
+    return "ieee" if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def pow2_block(n: int) -> int:

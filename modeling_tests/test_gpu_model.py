@@ -90,12 +90,12 @@ def test_triton_training_gradients_match_reference(head_dim, allow_tf32):
     for name, backend, tf32 in (("truth", "reference", False), ("ref_tf32", "reference", True),
                                 ("triton", "triton", allow_tf32)):
         model = _model(backend, torch.float32, efficient_attention_config=eac).train()
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")  # TF32 matmuls or not (all torch versions)
         try:
             model(ids, labels=ids).loss.backward()
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = old
+            torch.set_float32_matmul_precision(old)
         grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads["truth"].keys() == grads["triton"].keys()
     errs = {n: (_rel(grads["triton"][n], g), _rel(grads["ref_tf32"][n], g)) for n, g in grads["truth"].items()}

@@ -433,7 +433,7 @@ def test_model_gradients_under_emulated_tf32(monkeypatch):
     """fp32 training gradients of a tiny model (dk 16) through the kernels, with the interpreter's dots rounding
     their inputs to TF32 wherever a kernel asks for TF32, against the exact reference path.
 
-    By default (torch's allow_tf32 off) every fp32 product asks for IEEE, so the emulation must change nothing.
+    By default (torch's fp32 matmul precision "highest") every fp32 product asks for IEEE, so the emulation must change nothing.
     With TF32 allowed, the output kernel still runs IEEE: under a strong decay an output is mostly its own q.k v'
     product and the decay's gradient is the small rest; with that product in TF32 the A_log gradient was 20% off
     (worst 2e-1). Measured with TF32 allowed: worst 1.3e-2 (dt_bias), median 2.4e-3; the bound 3e-2 is TF32's
@@ -452,8 +452,12 @@ def test_model_gradients_under_emulated_tf32(monkeypatch):
     default = grads("triton")
     for n, g in exact.items():  # nothing asked for TF32: bit-identical to the unemulated run
         assert torch.equal(default[n], g), n
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    tf32 = grads("triton")
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 allowed, as `allow_tf32 = True` sets it on older torch
+    try:
+        tf32 = grads("triton")
+    finally:
+        torch.set_float32_matmul_precision(old)
     err_exact = {n: rel(exact[n], g) for n, g in ref.items()}
     err_tf32 = {n: rel(tf32[n], g) for n, g in ref.items()}
     # the emulation must bite, or this test would measure nothing: exact fp32 dots agree to ~1e-5
