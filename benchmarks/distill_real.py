@@ -339,10 +339,11 @@ def budget_steps(cfgs, student, teacher, data, tok, retrieval, args, res) -> lis
     for cfg, share in zip(cfgs, shares):
         from convert.distill import set_trainable
 
-        set_trainable(student, cfg.resolved().train)
-        f = flops_per_token(student, teacher, cfg.seq_len or args.seq_len, local=cfg.local)["total"]
+        r = cfg.resolved()
+        set_trainable(student, r.train)
+        f = flops_per_token(student, teacher, cfg.seq_len or args.seq_len, local=r.local)["total"]
         if not steps:  # the FLOPs of what the rate measured: the probe ran this stage 1, --rate an end-to-end one
-            f1 = flops_per_token(student, teacher, args.seq_len)["total"] if args.rate and cfg.local else f
+            f1 = flops_per_token(student, teacher, args.seq_len)["total"] if args.rate and r.local else f
         stage_rate = rate * f1 / f
         tokens_per_step = cfg.batch_size * (cfg.seq_len or args.seq_len)
         steps.append(int(share * args.time_budget_min * 60 * stage_rate / tokens_per_step))

@@ -447,7 +447,8 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
         if v["steps"] is not None:  # an explicit plan (e.g. from each stage's own measured tok/s) instead
             n = v["steps"][i]
         else:
-            f = _flops(student, teacher, cfg.resolved().train, cfg.seq_len or args.seq_len, cfg.local)
+            r = cfg.resolved()
+            f = _flops(student, teacher, r.train, cfg.seq_len or args.seq_len, r.local)
             n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
         if n > 0:
             plan.append(replace(cfg, steps=n, warmup_steps=min(cfg.warmup_steps, max(1, n // 10))))

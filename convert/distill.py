@@ -116,10 +116,14 @@ class DistillConfig(TrainSchedule):
     fused_adam: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
-    _local_by_default: bool = field(default=False, init=False, repr=False)  # `local` came from None, not the caller
-    _as_one_by_default: bool = field(default=False, init=False, repr=False)  # `projections_as_one` came from None
 
-    def resolved(self) -> "DistillConfig":
+    def resolved(self, fsdp: bool = False) -> "DistillConfig":
+        """A copy with every None default decided and every field checked (ValueError naming the field). `fsdp`:
+        the stage runs under FSDP, which cannot shard attention transfer, so there `local`'s default is off and
+        `local=True` is refused. Resolving a resolved config under the same `fsdp` changes nothing."""
+        return replace(self)._resolve(fsdp)
+
+    def _resolve(self, fsdp: bool) -> "DistillConfig":
         if self.stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.mse_weight is None:
@@ -158,11 +162,14 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"stage {self.stage}: frozen_bf16 holds frozen weights in bf16 for a bf16 run; it needs "
                              f"mixed_precision 'bf16', got {self.mixed_precision!r}")
         if self.local is None:
-            self.local = self.stage == 1 and self.train == "jet" and self.mse_weight > 0
-            self._local_by_default = self.local
-        if self.projections_as_one is None:  # after `local`: distill() may still turn a default local off (FSDP)
+            self.local = self.stage == 1 and self.train == "jet" and self.mse_weight > 0 and not fsdp
+        elif self.local and fsdp:  # FSDP gathers a decoder layer's weights in its forward, which transfer skips
+            raise ValueError("local attention transfer (stage 1 --stage1-local) runs the JetBlocks outside their "
+                             "decoder layers, which FSDP cannot shard: leave the flag out or pass --no-stage1-local "
+                             "(DistillConfig(local=None / False): an end-to-end stage 1), or run that stage on one "
+                             "GPU or under DDP")
+        if self.projections_as_one is None:  # after `local`, on which its default depends
             self.projections_as_one = self.mixed_precision == "bf16" and not self.local
-            self._as_one_by_default = True
         if self.local and (self.stage != 1 or self.train != "jet" or not self.mse_weight > 0):
             raise ValueError(f"local attention transfer trains the JetBlocks alone on the attention MSE: it needs "
                              f"stage 1, train 'jet' and mse_weight > 0 (got stage {self.stage}, train "
@@ -170,11 +177,10 @@ class DistillConfig(TrainSchedule):
         return self
 
 
-def end_to_end(cfg: DistillConfig) -> DistillConfig:
-    """A resolved stage whose default attention transfer must run end to end instead (FSDP cannot shard it):
-    `local` off, and a default `projections_as_one` resolved again by `resolved`'s own rule for such a stage."""
-    as_one = None if cfg._as_one_by_default else cfg.projections_as_one
-    return replace(cfg, local=False, projections_as_one=as_one).resolved()
+def fsdp_turns_off_transfer(cfg: DistillConfig, fsdp: bool) -> bool:
+    """Whether `cfg` (not yet resolved) would run as attention transfer by default but runs end to end under FSDP:
+    the callers say so in one log line."""
+    return fsdp and cfg.local is None and cfg.resolved().local
 
 
 def jetblock_weight(student) -> Callable[[str], bool]:
@@ -432,7 +438,10 @@ def _checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
-def _uses_fsdp(acc) -> bool:
+FSDP_NOTE = "stage 1 runs end to end under FSDP: attention transfer, the default elsewhere, cannot be sharded"
+
+
+def uses_fsdp(acc) -> bool:
     from accelerate.utils import DistributedType
 
     return acc.distributed_type == DistributedType.FSDP
@@ -549,11 +558,10 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     """
     from accelerate import Accelerator
 
-    cfg = cfg.resolved()
     acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
-    if cfg.local and cfg._local_by_default and _uses_fsdp(acc):
-        acc.print("stage 1 runs end to end under FSDP: attention transfer, the default elsewhere, cannot be sharded")
-        cfg = end_to_end(cfg)
+    if fsdp_turns_off_transfer(cfg, uses_fsdp(acc)):
+        acc.print(FSDP_NOTE)
+    cfg = cfg.resolved(fsdp=uses_fsdp(acc))
     if cfg.kl_kernel is None:  # the Triton KL wherever it runs natively
         cfg = replace(cfg, kl_kernel=acc.device.type == "cuda" and cfg.fused_kl)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
@@ -594,8 +602,7 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     acc.wait_for_everyone()
     unwrapped = _finish(run, student, cfg)
     wall, L = time.perf_counter() - t_run, data.seq_len
-    # a private field (a leading "_": how the config was resolved) is no setting of the run
-    config = {k: v for k, v in asdict(cfg).items() if k != "history" and not k.startswith("_")}
+    config = {k: v for k, v in asdict(cfg).items() if k != "history"}
     summary = {"config": config, "trainable_params": run.n_train,
                "world_size": acc.num_processes, "eval_kl_before": kl_before, "history": history,
                "tokens": cfg.steps * cfg.batch_size * L, "steps": cfg.steps, "wall_s": wall,
@@ -643,12 +650,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     mse_layers = jet_layers if cfg.mse_weight > 0 else []
     if cfg.kl_weight <= 0 and not mse_layers:
         raise ValueError("kl_weight is 0 and the student has no JetBlock for the attention MSE: nothing to train on")
-    fsdp = _uses_fsdp(acc)
-    if fsdp and cfg.local:  # FSDP gathers a decoder layer's weights in its forward, which attention transfer skips
-        raise ValueError("local attention transfer (stage 1 --stage1-local) runs the JetBlocks outside their decoder "
-                         "layers, which FSDP cannot shard: leave the flag out or pass --no-stage1-local "
-                         "(DistillConfig(local=None / False): an end-to-end stage 1), or run that stage on one GPU "
-                         "or under DDP")
+    fsdp = uses_fsdp(acc)
     if cfg.fused_adam and fsdp:
         raise ValueError("fused_adam with FSDP: AdamW's fused kernel on sharded parameters is not tested here; leave "
                          "it off under FSDP")

@@ -17,7 +17,8 @@ import torch
 
 from .corpus import build_corpus
 from .data import check_tokenizer_fits
-from .distill import DistillConfig, distill, perplexity, plot_history, teacher_on
+from .distill import (FSDP_NOTE, DistillConfig, distill, fsdp_turns_off_transfer, perplexity, plot_history,
+                      teacher_on, uses_fsdp)
 from .dtypes import DEFAULT_DTYPE, torch_dtype
 from .export import load_source, refuse_overlap, write_folder
 from .layer_map import resolve_layer_map
@@ -201,14 +202,15 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     for c in (stage1, stage2, stage3):
         if c is not None and c.steps > 0 and c.seq_len is not None and c.seq_len < 2:
             raise ValueError(f"--stage{c.stage}-seq-len must be >= 2, got {c.seq_len}")
-    stages = [c.resolved() for c in (stage1, stage2, stage3) if c is not None and c.steps > 0]
+    raw = [c for c in (stage1, stage2, stage3) if c is not None and c.steps > 0]
+    if not raw:
+        raise ValueError("no distillation stage has steps > 0 (--stage1-steps / --stage2-steps / --stage3-steps)")
+    stages = [c.resolved() for c in raw]  # every field checked before anything loads
     for c in stages:
         if c.batch_size % c.micro_batch:
             flag = "--stage3-" if c.stage == 3 else "--"
             raise ValueError(f"{flag}batch-size {c.batch_size} is not a multiple of {flag}micro-batch {c.micro_batch}")
     check_data_options(corpus, retrieval, eval_fraction, eval_rows, start_tokens, len(data))
-    if not stages:
-        raise ValueError("no distillation stage has steps > 0 (--stage1-steps / --stage2-steps / --stage3-steps)")
     if seq_len < 2:
         raise ValueError(f"--seq-len must be >= 2, got {seq_len}")
     if max_tokens is not None and max_tokens < 1:
@@ -224,6 +226,12 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
         o, c = out.resolve(), ckpt_dir.resolve()
         if o == c or o in c.parents or c in o.parents:  # replacing the output would delete the checkpoints
             raise ValueError(f"checkpoint folder {ckpt_dir} overlaps the output {out}; give --ckpt-dir outside it")
+    # resolved again as the stages will run: under FSDP a default attention transfer runs end to end, and the run
+    # identity (what a resume must match) says so
+    acc = Accelerator(mixed_precision=raw[0].mixed_precision)
+    stages = [c.resolved(fsdp=uses_fsdp(acc)) for c in raw]
+    if any(fsdp_turns_off_transfer(c, uses_fsdp(acc)) for c in raw):
+        acc.print(FSDP_NOTE)
     prepare_checkpoint_folder(ckpt_dir, resume, overwrite)
     if teacher_model is None:
         teacher_model, _ = load_source(teacher, gguf_file)
@@ -241,7 +249,6 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                             retrieval=_retrieval_identity(retrieval), start_tokens=start_tokens)
     if resume:
         check_resume_identity(ckpt_dir, identity, skip=("data",))  # before the (possibly long) tokenisation
-    acc = Accelerator(mixed_precision=stages[0].mixed_precision)
     t0 = time.perf_counter()
     kw = dict(corpus or {})
     with acc.main_process_first():  # the main process tokenises into the cache; the others then read it

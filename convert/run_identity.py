@@ -35,7 +35,7 @@ def _hash(obj) -> str:
 
 def stage_fields(cfg) -> dict:
     """The result-changing fields of one resolved DistillConfig."""
-    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY and not k.startswith("_")}  # "_": private
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
 
 
 def config_fingerprint(config) -> str:

@@ -281,15 +281,29 @@ def test_attention_transfer_is_the_default_wherever_it_applies(kw, local):
     (dict(stage=2, projections_as_one=False), False),
 ])
 def test_projections_as_one_is_on_by_default_in_bf16_stages_that_are_not_local(kw, as_one):
-    from convert.distill import end_to_end
-
-    cfg = DistillConfig(mixed_precision="bf16", **kw).resolved()
+    raw = DistillConfig(mixed_precision="bf16", **kw)
+    cfg = raw.resolved()
     assert cfg.projections_as_one is as_one
     assert DistillConfig(mixed_precision="no", **kw).resolved().projections_as_one is kw.get("projections_as_one",
                                                                                               False)
     # FSDP turns a default attention transfer end to end: a default product follows it, an asked one stays
-    assert end_to_end(cfg).local is False
-    assert end_to_end(cfg).projections_as_one is kw.get("projections_as_one", True)
+    under_fsdp = raw.resolved(fsdp=True)
+    assert under_fsdp.local is False and under_fsdp.projections_as_one is kw.get("projections_as_one", True)
+    # a copy: the caller's config keeps its Nones, and resolving again under the same setting changes nothing
+    assert raw.local is kw.get("local") and raw.projections_as_one is kw.get("projections_as_one")
+    assert cfg.resolved() == cfg and under_fsdp.resolved(fsdp=True) == under_fsdp
+
+
+def test_attention_transfer_asked_for_under_fsdp_is_refused_by_the_config():
+    """Asked for explicitly, attention transfer under FSDP is an error; by default it is off there."""
+    with pytest.raises(ValueError, match="FSDP cannot shard: leave the flag out or pass --no-stage1-local"):
+        DistillConfig(stage=1, local=True).resolved(fsdp=True)
+    from convert.distill import fsdp_turns_off_transfer
+
+    assert fsdp_turns_off_transfer(DistillConfig(stage=1), fsdp=True)
+    assert not fsdp_turns_off_transfer(DistillConfig(stage=1), fsdp=False)
+    assert not fsdp_turns_off_transfer(DistillConfig(stage=1, local=False), fsdp=True)
+    assert not fsdp_turns_off_transfer(DistillConfig(stage=2), fsdp=True)
 
 
 @pytest.mark.parametrize("kw, message", [

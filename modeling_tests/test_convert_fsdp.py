@@ -180,7 +180,7 @@ def test_attention_transfer_asked_for_under_fsdp_is_refused_naming_the_flag(monk
     from test_convert_distill import _setup
 
     teacher, student, train, _ = _setup()
-    monkeypatch.setattr(d, "_uses_fsdp", lambda acc: True)
+    monkeypatch.setattr(d, "uses_fsdp", lambda acc: True)
     with pytest.raises(ValueError, match="FSDP cannot shard: leave the flag out or pass --no-stage1-local"):
         distill(student, teacher, train, DistillConfig(**CFG, local=True))
 
@@ -191,6 +191,6 @@ def test_fused_adam_under_fsdp_is_refused(monkeypatch):
     from test_convert_distill import _setup
 
     teacher, student, train, _ = _setup()
-    monkeypatch.setattr(d, "_uses_fsdp", lambda acc: True)
+    monkeypatch.setattr(d, "uses_fsdp", lambda acc: True)
     with pytest.raises(ValueError, match="fused_adam with FSDP"):
         distill(student, teacher, train, DistillConfig(**CFG, fused_adam=True))
