@@ -6,6 +6,8 @@ placement comparison (issue 13: the searched map vs the `jet-nemotron-2b` preset
     python benchmarks/distill_variants.py --variants placement --searched runs/search/layer_map.json ...
     python benchmarks/distill_variants.py --variants my_variants.json ...    # a list of variant objects
     python benchmarks/distill_variants.py --toy --variants recipe --out runs/variants-toy   # CPU plumbing check
+    python benchmarks/distill_variants.py ... --teacher G.gguf --tokenise-only   # the corpus cache alone, beside
+                                                                                 # save_teacher.py (GPU sessions)
 
 A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotron-2b), "split" (budget share of
 stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "local1" (stage 1 as
@@ -277,6 +279,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="train every variant's first stage, even where an earlier variant's has the same start, plan "
                          "and rows (by default its weights are reused: the same result without the card time)")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
+    ap.add_argument("--tokenise-only", action="store_true",
+                    help="tokenise the corpus into the cache with --teacher's tokenizer (a model folder or a .gguf) "
+                         "and stop: run beside save_teacher.py, so that the run after it finds its corpus cached (the "
+                         "cache is keyed by the tokenizer's hash, so a tokenizer that hashes otherwise once saved "
+                         "costs a rebuild, never a wrong corpus)")
     args = ap.parse_args(argv)
     from convert.eval.retrieval import parse_depths
 
@@ -296,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         variants = [by_name[n] for n in dict.fromkeys(want)]  # the order given: a run cut short keeps the first
     if not args.toy and args.gguf is None:
         raise SystemExit("--teacher is required (or --toy for the CPU check)")
+    if args.tokenise_only and not args.toy and not args.gguf.exists():
+        raise SystemExit(f"--teacher {args.gguf}: no such model folder or GGUF to read the tokenizer from")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -312,20 +321,29 @@ def main(argv: list[str] | None = None) -> None:
         args.seq_len, args.stage3_seq_len, args.micro_batch, args.max_tokens = 128, 256, 2, 2_000_000
         args.lengths, sources, held_out = "128,256", [stdlib_files("train")[0].parent], ["json"]
     else:
-        from convert.export import load_source
-
-        teacher, tok = load_source(str(args.gguf), None, torch.float32)
         import site
 
+        if args.tokenise_only:  # the tokenizer alone: the model may still be being saved
+            teacher, tok = None, _tokenizer_of(args.gguf)
+        else:
+            from convert.export import load_source
+
+            teacher, tok = load_source(str(args.gguf), None, torch.float32)
         sources = args.site_packages or [Path(site.getsitepackages()[0])]
         held_out = args.held_out or ["pandas"]
     res["seconds"]["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     data = build_corpus(sources, tok, None, args.max_tokens, held_out=held_out, workers=os.cpu_count(),
                         eval_fraction=0.05, cache_dir=args.corpus_cache)
+    if args.tokenise_only:
+        print(f"corpus cached in {time.perf_counter() - t0:.1f} s (tokenizer {res['seconds']['load']:.1f} s): "
+              f"{data.describe()}")
+        return
     held = data.eval_rows(args.seq_len, args.eval_rows)
     filler = [int(t) for t in data.sources[0].eval if t != tok.eos_token_id]
-    res["corpus"] = {"train_tokens": data.train_tokens, "held_out_tokens": data.eval_tokens}
+    # cached: every source came from the cache (e.g. a --tokenise-only run beside save_teacher.py)
+    res["corpus"] = {"train_tokens": data.train_tokens, "held_out_tokens": data.eval_tokens,
+                     "cached": all(src.cache_hit for src in data.sources)}
     answers = held_out_answers(variants, args, tok, out) if args.answers_eval else None
     if answers:
         res["answers_eval"] = {"file": str(args.answers_eval_file), "chats": len(answers),
@@ -534,6 +552,15 @@ def _first_stage_key(v: dict, cfg: DistillConfig, args, retrieval_kw: dict | Non
     stage = {k: x for k, x in asdict(cfg).items() if k != "frozen_bf16"}
     return json.dumps({"layer_map": v["layer_map"], "init": v["init"], "searched": str(args.searched),
                        "seq_len": args.seq_len, "stage": stage, "rows": retrieval_kw}, sort_keys=True, default=str)
+
+
+def _tokenizer_of(path: Path):
+    """The tokenizer of a model folder, or of a GGUF file (its vocabulary parsed, no tensor read)."""
+    from transformers import AutoTokenizer
+
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 def _partial(row: dict, out: Path) -> None:

@@ -21,6 +21,7 @@
 #                                        (always with jet-nemotron eval's stdlib perplexity, in process);
 #                                        ANSWERS=N (ANSWERS_BUDGET s): the teacher's answers to N function requests
 #                                        first, the chat file of variants whose chat_file is '@answers';
+#                                        the corpus is tokenised beside save_teacher (tokenise.log);
 #                                        LENGTHS=2048,8192, TRIALS=N and DEPTHS=0,0.25,0.5,0.75,1 (jet-nemotron
 #                                        eval's default grid) for the retrieval cells, MAX_TOKENS=N of
 #                                        corpus to tokenise (every variant reads the same first rows);
@@ -134,8 +135,13 @@ case "$1" in
       search=0 V+=(--searched "$(realpath "$SEARCHED")")
     fi
     setsid nohup bash -c "
-      [ -e $WORK/teacher_fp32/config.json ] || python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 \
-        > $JOB/save_teacher.log 2>&1
+      if [ ! -e $WORK/teacher_fp32/config.json ]; then
+        # the corpus is tokenised into the cache the variants read (on the CPU, with the GGUF's tokenizer) while the
+        # teacher is dequantised and saved: the variants' own tokenising (25 s on 2026-12-04) becomes a cache read
+        python3 benchmarks/distill_variants.py ${V[*]} --teacher $GGUF --tokenise-only > $JOB/tokenise.log 2>&1 &
+        python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 > $JOB/save_teacher.log 2>&1
+        wait
+      fi
       while [ ! -e $JOB/speed.done ]; do sleep 2; done
       # ANSWERS=N: the teacher first answers N function requests (at most ANSWERS_BUDGET s), for variants whose
       # chat_file is '@answers'; the chat file comes back in the results to be committed

@@ -375,3 +375,31 @@ def test_first_stages_differ_by_what_changes_their_weights_only():
                   dv._first_stage_key(v | {"init": "random"}, DistillConfig(stage=1, steps=138, lr=1e-3), args, rows),
                   dv._first_stage_key(v, DistillConfig(stage=1, steps=138, lr=1e-3, fused_adam=True), args, rows)):
         assert other != key
+
+
+def test_tokenise_only_fills_the_cache_that_the_run_then_reads(tmp_path, monkeypatch):
+    """--tokenise-only (run beside save_teacher on the GPU) builds the corpus cache and stops; the run after it reads
+    every source from that cache (stopped here once its corpus is built: the rest is other tests')."""
+    built, real = [], dv.build_corpus
+    monkeypatch.setattr(dv, "build_corpus", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+
+    class Built(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Built
+
+    monkeypatch.setattr(dv, "teacher_on", stop)  # the first step after the corpus and the answers' rows
+    common = ["--toy", "--variants", "recipe", "--only", "base", "--corpus-cache", str(tmp_path / "cache")]
+    dv.main([*common, "--tokenise-only", "--out", str(tmp_path / "tokenise")])
+    assert len(built) == 1 and not any(src.cache_hit for src in built[0].sources)
+    assert not (tmp_path / "tokenise" / "variants.json").exists()  # tokenised, nothing else
+    with pytest.raises(Built):
+        dv.main([*common, "--out", str(tmp_path / "out")])
+    assert len(built) == 2 and all(src.cache_hit for src in built[1].sources)
+    assert built[1].train_tokens == built[0].train_tokens
+
+
+def test_tokenise_only_refuses_a_missing_tokenizer_source(tmp_path):
+    with pytest.raises(SystemExit, match="no such model folder or GGUF"):
+        dv.main(["--teacher", str(tmp_path / "nope.gguf"), "--tokenise-only", "--out", str(tmp_path / "o")])

@@ -29,11 +29,14 @@ def _run(tmp_path, args, **env):
                           capture_output=True, text=True, timeout=60)
 
 
-def _calls(tmp_path, n, timeout=20.0):
+def _calls(tmp_path, n, timeout=20.0, tokenise=False):
+    """The first n python3 calls; the corpus tokenising that runs beside save_teacher (in either order) left out
+    unless `tokenise`."""
     log = tmp_path / "calls.log"
     t = time.time()
     while time.time() - t < timeout:
         lines = log.read_text().splitlines() if log.exists() else []
+        lines = [x for x in lines if tokenise or "--tokenise-only" not in x]
         if len(lines) >= n:
             return lines
         time.sleep(0.2)
@@ -205,3 +208,26 @@ def test_poll_on_a_fresh_machine_says_so_at_once(tmp_path):
     r = _run(tmp_path, ["poll", "30"], OUT=str(tmp_path / "out"))
     assert r.returncode == 3 and "a fresh machine" in r.stdout and time.time() - t < 10
     assert not (tmp_path / "out" / "results.tgz").exists()
+
+
+def test_variants_pipeline_tokenises_beside_the_teacher_save_with_the_variants_own_flags(tmp_path):
+    """The corpus is tokenised while save_teacher runs, with the GGUF's tokenizer and every flag of the variants
+    run (the cache is keyed by the settings: another --max-tokens would only be a miss); not again once the teacher
+    is saved."""
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/knobs_v3_3min.json",
+             MAX_TOKENS="40000000", SEARCHED="benchmarks/results/real_model/placement_search/layer_map.json")
+    assert r.returncode == 0, r.stderr
+    calls = _calls(tmp_path, 3, tokenise=True)
+    tokenise = next(c for c in calls if "--tokenise-only" in c)
+    save = next(c for c in calls if "save_teacher.py" in c)
+    variants = next(c for c in calls if "distill_variants.py" in c and "--tokenise-only" not in c)
+    gguf = save.split()[2]
+    assert gguf.endswith(".gguf") and tokenise.endswith(f"--teacher {gguf} --tokenise-only")
+    assert tokenise.startswith(variants + " --teacher")  # the variants run's own flags, then the GGUF
+    (tmp_path / "again").mkdir()
+    teacher = tmp_path / "again" / "work" / "teacher_fp32"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text("{}")
+    r = _run(tmp_path / "again", ["pipeline-variants"], WORK=str(tmp_path / "again" / "work"))
+    assert r.returncode == 0, r.stderr
+    assert not any("--tokenise-only" in c for c in _calls(tmp_path / "again", 1, tokenise=True))
