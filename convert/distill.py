@@ -558,10 +558,12 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     """
     from accelerate import Accelerator
 
+    cfg.resolved()  # every field checked (a ValueError naming it) before an accelerator is made
     acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
-    if fsdp_turns_off_transfer(cfg, uses_fsdp(acc)):
+    fsdp = uses_fsdp(acc)
+    if fsdp_turns_off_transfer(cfg, fsdp):
         acc.print(FSDP_NOTE)
-    cfg = cfg.resolved(fsdp=uses_fsdp(acc))
+    cfg = cfg.resolved(fsdp=fsdp)
     if cfg.kl_kernel is None:  # the Triton KL wherever it runs natively
         cfg = replace(cfg, kl_kernel=acc.device.type == "cuda" and cfg.fused_kl)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
