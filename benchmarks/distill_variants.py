@@ -22,6 +22,10 @@ the fused KL's softmax work in one Triton kernel; null: on on CUDA), "retrieval_
 passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in stages 2-3,
 `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused kernel),
 "chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
+"split2" (stage 2 in two parts, the second that share of its steps, each part on its own schedule and optimizer, as
+local1_share splits stage 1), "own_answers" (N: between the two parts the student answers N function requests of the
+train files greedily, and the second part's chat rows are those chats, every answer kept: on-policy distillation,
+the teacher's predictions along what the student itself writes; 0: the corpus chats),
 "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
 e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
 to the repository, absolute, or "@answers": the file given by --answers)}; the missing keys take the defaults below (BASE: the recipe that
@@ -80,7 +84,7 @@ from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
-from convert.teacher_answers import write_chats  # noqa: E402
+from convert.teacher_answers import answer_chats, function_heads, write_chats  # noqa: E402
 from convert.throughput import flops_per_token  # noqa: E402
 
 ANSWERS = HERE / "data" / "teacher_answers.jsonl.gz"  # the teacher's answers of 2026-12-04 (d2dceba, H200)
@@ -89,7 +93,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
-        "fused_adam": False, "chat_docstrings": False}
+        "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -189,6 +193,12 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
+        if not 0 <= v["split2"] < 1 or not isinstance(v["own_answers"], int) or v["own_answers"] < 0:
+            raise SystemExit(f"variant {v['name']!r}: split2 is the share of stage 2's steps in its second part, in "
+                             f"[0, 1), and own_answers a number of requests >= 0")
+        if v["own_answers"] and not (v["split2"] > 0 and v["chat_ratio"] > 0 and v["chat_file"] is None):
+            raise SystemExit(f"variant {v['name']!r}: own_answers makes the chat rows of stage 2's second part, so it "
+                             f"needs split2 > 0, chat_ratio > 0 and no chat_file")
         this_session = v["chat_file"] == "@answers"  # the chat file this session's teacher writes first
         if this_session:
             if answers is None:
@@ -279,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="train every variant's first stage, even where an earlier variant's has the same start, plan "
                          "and rows (by default its weights are reused: the same result without the card time)")
     ap.add_argument("--toy", action="store_true", help="tiny teacher on the CPU: checks the plumbing only")
+    ap.add_argument("--own-answers-tokens", type=int, default=384,
+                    help="new tokens at most of each of the student's own answers (variants with own_answers)")
     ap.add_argument("--tokenise-only", action="store_true",
                     help="tokenise the corpus into the cache with --teacher's tokenizer (a model folder or a .gguf) "
                          "and stop: run beside save_teacher.py, so that the run after it finds its corpus cached (the "
@@ -345,6 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     res["corpus"] = {"train_tokens": data.train_tokens, "held_out_tokens": data.eval_tokens,
                      "cached": all(src.cache_hit for src in data.sources)}
     answers = held_out_answers(variants, args, tok, out) if args.answers_eval else None
+    # the requests of the variants that train on the student's own answers: functions of the train files only
+    most = max(v["own_answers"] for v in variants)
+    heads = function_heads(sources, held_out, most, seed=0) if most else None
+    if most and len(heads) < most:
+        raise SystemExit(f"own_answers asks {most} function requests; the train files hold {len(heads)}")
     if answers:
         res["answers_eval"] = {"file": str(args.answers_eval_file), "chats": len(answers),
                                "answer_tokens": sum(len(ids) - start for ids, start in answers)}
@@ -361,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         t_v = time.perf_counter()
         try:
             row, rate = run_variant(v, teacher, t_dev, tok, data, held, filler, lengths, args, dev, bf16, rate,
-                                    answers)
+                                    answers, heads)
         except Exception as err:  # noqa: BLE001 - one variant's failure (a compile error, OOM) must not cost the
             # rest of a GPU session: recorded in the results and the table, printed, and the next variant runs
             traceback.print_exc()
@@ -422,7 +439,8 @@ def held_out_answers(variants: list[dict], args, tok, out: Path) -> list[tuple[l
 
 
 def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args, dev, bf16: bool,
-                rate: float | None, answers: list[tuple[list[int], int]] | None = None):
+                rate: float | None, answers: list[tuple[list[int], int]] | None = None,
+                heads: list[tuple[str, str]] | None = None):
     """Convert, distil for the variant's budget, measure; (row for the table, the stage-1 rate to reuse). t_dev: the
     teacher on the device as it is measured (bf16 on CUDA), shared by every variant's measurements; answers: the
     rows of `held_out_answers`, or None."""
@@ -470,21 +488,35 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
         if n > 0:
             plan.append(replace(cfg, steps=n, warmup_steps=min(cfg.warmup_steps, max(1, n // 10))))
+    plan, own = _split_stage2(plan, v)
     student.requires_grad_(True)
     summaries, kl = [], None
     first = _first_stage_key(v, plan[0], args, retrieval_kw)
-    for i, (cfg, sampler) in enumerate(zip(plan, stage_samplers(data, plan, args.seq_len, tok, retrieval_kw))):
-        if i == 0 and not args.fresh_stages and _STAGE1.get("key") == first:
-            student.load_state_dict(_STAGE1["state"])
-            s = copy.deepcopy(_STAGE1["summary"]) | {"reused_from": _STAGE1["name"]}
-            print(f"{v['name']}: stage {cfg.stage} ({cfg.steps} steps) is {_STAGE1['name']!r}'s, the same plan, rows "
+    samplers, own_stats = stage_samplers(data, plan, args.seq_len, tok, retrieval_kw), None
+    for i, cfg in enumerate(plan):
+        sampler = samplers[i]
+        if own[i]:  # the student answers now, and this part's chat rows are its answers (the corpus walk goes on)
+            path = args.out / f"own_answers_{_file_name(v['name'])}.jsonl.gz"
+            t_own = time.perf_counter()
+            own_stats = _own_answers(student, tok, heads[:v["own_answers"]], path, dev, bf16, args.own_answers_tokens)
+            seconds["own_answers"] = time.perf_counter() - t_own  # inside "distil": the recipe's own time
+            drawn = sum(c.steps * c.batch_size * (c.seq_len or args.seq_len) for c in plan[:i])
+            (sampler,) = stage_samplers(data, [cfg], args.seq_len, tok, retrieval_kw | {"chat_file": str(path)},
+                                        start_tokens=drawn)
+        if i == 0 and not args.fresh_stages and first in _STAGE1:
+            kept = _STAGE1.pop(first)
+            _STAGE1[first] = kept  # the most recently used is evicted last
+            student.load_state_dict(kept["state"])
+            s = copy.deepcopy(kept["summary"]) | {"reused_from": kept["name"]}
+            print(f"{v['name']}: stage {cfg.stage} ({cfg.steps} steps) is {kept['name']!r}'s, the same plan, rows "
                   f"and start: its weights reused, {s['wall_s']:.0f} s of the card saved")
         else:
             s = distill(student, teacher, sampler, cfg, eval_rows=held, eval_kl_before=kl)
             if i == 0 and len(plan) > 1 and not args.fresh_stages:
-                _STAGE1.clear()  # one kept: a 1.5B student's weights are 6 GB of host memory
-                _STAGE1.update(key=first, name=v["name"], summary=copy.deepcopy(s),
-                               state={k: x.detach().to("cpu", copy=True) for k, x in student.state_dict().items()})
+                while len(_STAGE1) >= STAGE1_KEPT:  # a 1.5B student's weights are 6 GB of host memory
+                    _STAGE1.pop(next(iter(_STAGE1)))
+                _STAGE1[first] = dict(name=v["name"], summary=copy.deepcopy(s),
+                                      state={k: x.detach().to("cpu", copy=True) for k, x in student.state_dict().items()})
         kl = s["eval_kl_after"]
         summaries.append(s)
     seconds["distil"] = time.perf_counter() - t - seconds["convert"]
@@ -502,13 +534,14 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             steps[c.stage] = steps.get(c.stage, 0) + c.steps
         row = {"name": v["name"], "variant": v, "layer_types": lm.layer_types,
                "steps": [steps.get(k, 0) for k in (1, 2, 3)],
-               "plan": [{"stage": c.stage, "local": c.local, "steps": c.steps, "lr": c.lr} for c in plan],
+               "plan": [{"stage": c.stage, "local": c.local, "steps": c.steps, "lr": c.lr, "own_answers": o}
+                        for c, o in zip(plan, own)],
                "tokens": sum(s["tokens"] for s in summaries),
                # after each stage (the stage's own measurement, same rows): whether a stage moved the held-out KL
                "held_out_kl_by_stage": [s.get("eval_kl_after") for s in summaries],
                "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
                "history": [h | {"local": c.local} for c, s in zip(plan, summaries) for h in s["history"]],
-               "stage1_reused_from": summaries[0].get("reused_from"), "seconds": seconds}
+               "stage1_reused_from": summaries[0].get("reused_from"), "own_answers": own_stats, "seconds": seconds}
         # each measurement lands in OUT/partial.json as it is made (the cheap ones first, HumanEval before the
         # retrieval cells), so a machine taken back during the evaluation keeps what was measured
         row["held_out_kl"] = eval_kl(student, t_dev, held.to(dev), 8)
@@ -540,7 +573,11 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     return row, rate
 
 
-_STAGE1: dict = {}  # the last first stage that a later stage followed: key, name, summary, state (CPU copies)
+# the first stages trained so far, by key (_first_stage_key): name, summary, state (CPU copies); the least recently
+# used goes first. Three, so that a file may put variants with stage 1s of their own between the base and those that
+# share its stage 1 (knobs_v3: two of them, then four variants on the base's)
+_STAGE1: dict = {}
+STAGE1_KEPT = 3
 
 
 def _first_stage_key(v: dict, cfg: DistillConfig, args, retrieval_kw: dict | None) -> str:
@@ -552,6 +589,44 @@ def _first_stage_key(v: dict, cfg: DistillConfig, args, retrieval_kw: dict | Non
     stage = {k: x for k, x in asdict(cfg).items() if k != "frozen_bf16"}
     return json.dumps({"layer_map": v["layer_map"], "init": v["init"], "searched": str(args.searched),
                        "seq_len": args.seq_len, "stage": stage, "rows": retrieval_kw}, sort_keys=True, default=str)
+
+
+def _split_stage2(plan: list[DistillConfig], v: dict) -> tuple[list[DistillConfig], list[bool]]:
+    """(plan, own): with `split2`, stage 2 as two parts of (1 - split2) and split2 of its steps, each with its own
+    warm-up and cosine; own[i]: plan[i] trains on the student's own answers (the second part, with `own_answers`)."""
+    at = next((i for i, c in enumerate(plan) if c.stage == 2), None)
+    if not v["split2"] or at is None:
+        return plan, [False] * len(plan)
+    c = plan[at]
+    second = round(c.steps * v["split2"])
+    parts = [replace(c, steps=n, warmup_steps=min(c.warmup_steps, max(1, n // 10)))
+             for n in (c.steps - second, second) if n > 0]
+    if len(parts) < 2:
+        raise ValueError(f"variant {v['name']!r}: split2 {v['split2']} of {c.steps} stage-2 steps leaves a part "
+                         f"without steps")
+    plan = plan[:at] + parts + plan[at + 1:]
+    own = [False] * len(plan)
+    own[at + 1] = bool(v["own_answers"])
+    return plan, own
+
+
+def _own_answers(student, tok, heads: list[tuple[str, str]], path: Path, dev, bf16: bool,
+                 max_new_tokens: int) -> dict:
+    """The student's greedy answers to `heads`, every one kept (`answer_chats(keep_all=True)`), written to `path` as
+    a chat file; the stats. A copy answers, in bf16 on the GPU as a saved student would, so the trained weights and
+    their fp32 values stay as they are."""
+    from convert.eval.models import wrap
+
+    gen = copy.deepcopy(student)
+    gen = (_as_loaded_bf16(gen) if bf16 else gen).eval()
+    with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+        # eager decoding: a compiled step would compile a model that lives for these answers only
+        chats, stats = answer_chats(wrap(gen, tok, "student"), heads, max_new_tokens, compiled=False, keep_all=True)
+    del gen
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    write_chats(path, chats, {"stats": stats})
+    return stats | {"file": path.name}
 
 
 def _tokenizer_of(path: Path):

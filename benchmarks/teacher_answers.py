@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from stamp import stamp  # noqa: E402
 
-from convert.teacher_answers import function_heads, teacher_chats, write_chats  # noqa: E402
+from convert.teacher_answers import answer_chats, function_heads, write_chats  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if not heads:
         raise SystemExit(f"no function heads found in {[str(s) for s in sources]}")
     print(f"{len(heads):,} function heads from {len(sources)} source(s) in {heads_s:.1f} s")
-    chats, stats = teacher_chats(m, heads, args.max_new_tokens, args.batch_size,
+    chats, stats = answer_chats(m, heads, args.max_new_tokens, args.batch_size,
                                  compiled=False if args.no_compile else None, time_budget_s=args.time_budget_s)
     if not chats:
         raise SystemExit(f"the teacher kept no answer of {stats['asked']} asked: nothing written to {args.out}")

@@ -1,4 +1,4 @@
-"""The teacher's own answers to function requests, as chats to distil on (`--chat-file`).
+"""A model's own answers to function requests, as chats to distil on (`--chat-file`): the teacher's, or a student's.
 
 Chat rows built from the corpus (`chat_data.ChatCodeStream`) answer each request with the function as the corpus
 wrote it; the student then learns the teacher's predictions on text the teacher would not have written. Greedy
@@ -7,8 +7,12 @@ functions first, in the form HumanEval asks: the request as a user turn, the ans
 the function's head, continued greedily to the closing fence. Answers that do not parse as Python with their head,
 or that ran out of tokens before the fence, are dropped.
 
+A student's own answers (`keep_all`) are kept whole, closed or not, parsing or not: the teacher's predictions along
+the text the student writes, mistakes included, are what on-policy distillation trains on (`distill_variants`'
+`own_answers`).
+
     heads = function_heads([site_packages], held_out=["pandas"], n=4096)
-    chats, stats = teacher_chats(wrap(teacher, tok), heads)
+    chats, stats = answer_chats(wrap(teacher, tok), heads)
     write_chats("answers.jsonl.gz", chats, meta)
 
 Heads come from the sources' .py files, held-out files excluded by the corpus's own rule (`corpus.is_held_out`), in
@@ -55,9 +59,12 @@ def function_heads(sources: list[str | Path], held_out: list[str] | None = None,
     return out
 
 
-def _answer_text(head: str, completion: str) -> str | None:
-    """The assistant's whole code block, or None when the completion does not close its block or does not parse."""
+def _answer_text(head: str, completion: str, keep_all: bool = False) -> str | None:
+    """The assistant's whole code block, or None when the completion does not close its block or does not parse;
+    `keep_all`: the block as written up to its fence (or the end), closed, whatever it holds."""
     at = completion.find(FENCE)
+    if keep_all:
+        return f"{FENCE}python\n{head}{completion[:at if at >= 0 else None].rstrip()}\n{FENCE}"
     if at < 0:
         return None  # ran out of tokens inside the block
     body = completion[:at].rstrip()
@@ -71,19 +78,22 @@ def _answer_text(head: str, completion: str) -> str | None:
     return f"{FENCE}python\n{code}\n{FENCE}"
 
 
-def teacher_chats(m, heads: list[tuple[str, str]], max_new_tokens: int = 384, batch_size: int = 256,
-                  compiled: bool | None = None, time_budget_s: float | None = None) -> tuple[list[list[dict]], dict]:
-    """(chats [user, assistant], stats) of the teacher `m` (an `eval.models.EvalModel`) answering each head greedily.
+def answer_chats(m, heads: list[tuple[str, str]], max_new_tokens: int = 384, batch_size: int = 256,
+                 compiled: bool | None = None, time_budget_s: float | None = None,
+                 keep_all: bool = False) -> tuple[list[list[dict]], dict]:
+    """(chats [user, assistant], stats) of the model `m` (an `eval.models.EvalModel`) answering each head greedily.
 
     Batches run in order until `time_budget_s` (if given) is spent; every batch is padded to the longest prompt of
-    all, so with `compiled` one compiled decode step serves them all. stats: asked, answered, dropped (no closing
-    fence / does not parse), generated tokens, seconds, tok/s.
+    all, so with `compiled` one compiled decode step serves them all. `keep_all`: every answer is kept (a student's
+    own, see the module docstring), else those without a closing fence or that do not parse are dropped. stats:
+    asked, answered (kept), dropped_unclosed / dropped_unparsed (no closing fence / does not parse; kept anyway under
+    `keep_all`), generated tokens, seconds, tok/s, keep_all.
     """
     from .eval.generation import greedy
 
     tok = m.tok
     if not getattr(tok, "chat_template", None):
-        raise ValueError(f"{m.name}: the teacher's tokenizer has no chat template; its answers would not be chats")
+        raise ValueError(f"{m.name}: the tokenizer has no chat template; its answers would not be chats")
     prompts = [tok(answer_prompt(tok, instruction, head), add_special_tokens=False)["input_ids"]
                for instruction, head in heads]
     width = max(map(len, prompts))
@@ -94,23 +104,25 @@ def teacher_chats(m, heads: list[tuple[str, str]], max_new_tokens: int = 384, ba
             break
         part = slice(start, start + batch_size)
         new = greedy(m, prompts[part], max_new_tokens, batch_size, stop_strings=[FENCE], compiled=compiled,
-                     desc="teacher answers", pad_to=width)
+                     desc=f"{m.name} answers", pad_to=width)
         for (instruction, head), ids in zip(heads[part], new):
             generated += len(ids)
             completion = tok.decode(ids, skip_special_tokens=True)
             answer = _answer_text(head, completion)
-            if answer is None:
+            if answer is None:  # counted either way: under keep_all, how often the model's own answers fail
                 closed = FENCE in completion
                 unclosed, unparsed = unclosed + (not closed), unparsed + closed
-                continue
+                if not keep_all:
+                    continue
+                answer = _answer_text(head, completion, keep_all=True)
             chats.append([{"role": "user", "content": user_turn(instruction, head)},
                           {"role": "assistant", "content": answer}])
         asked += len(new)
     seconds = time.perf_counter() - t0
     stats = {"asked": asked, "answered": len(chats), "dropped_unclosed": unclosed, "dropped_unparsed": unparsed,
              "generated_tokens": generated, "seconds": seconds, "tok_per_s": generated / max(seconds, 1e-9),
-             "prompt_width": width, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    print(f"teacher answers: {len(chats):,} of {asked:,} asked kept ({unclosed} unclosed, {unparsed} do not parse); "
+             "prompt_width": width, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "keep_all": keep_all}
+    print(f"{m.name} answers: {len(chats):,} of {asked:,} asked kept ({unclosed} unclosed, {unparsed} do not parse); "
           f"{generated:,} tokens in {seconds:.1f} s ({stats['tok_per_s']:,.0f} tok/s)")
     return chats, stats
 

@@ -332,11 +332,13 @@ def test_only_reads_names_that_hold_commas():
 def test_a_shared_first_stage_is_trained_once_and_gives_what_training_it_again_gives(tmp_path):
     """Two variants with the same start, stage-1 plan and rows: the second loads the first's stage-1 weights. Its
     held-out KL after each stage, its stage-2 losses and its answers' measures are those of the same variant run
-    alone, which trains its own stage 1 (bit-exact on the CPU); a variant whose stage 1 differs trains its own."""
+    alone, which trains its own stage 1 (bit-exact on the CPU); a variant whose stage 1 differs trains its own, and
+    in between does not cost the later one its reuse (one kept stage did: knobs_v2's docstring variant, second,
+    would have made the two after it train the base's stage 1 again)."""
     variants = tmp_path / "v.json"
     variants.write_text(json.dumps([{"name": "a", "steps": [3, 2, 0]},
-                                    {"name": "b", "steps": [3, 2, 0], "lr": [1e-3, 1e-4, 1e-4]},
-                                    {"name": "c", "steps": [2, 2, 0]}]))
+                                    {"name": "c", "steps": [2, 2, 0]},
+                                    {"name": "b", "steps": [3, 2, 0], "lr": [1e-3, 1e-4, 1e-4]}]))
     common = ["--toy", "--variants", str(variants), "--corpus-cache", str(tmp_path / "cache")]
     dv.main(common + ["--out", str(tmp_path / "shared")])
     dv.main(common + ["--only", "b", "--out", str(tmp_path / "alone")])
@@ -403,3 +405,63 @@ def test_tokenise_only_fills_the_cache_that_the_run_then_reads(tmp_path, monkeyp
 def test_tokenise_only_refuses_a_missing_tokenizer_source(tmp_path):
     with pytest.raises(SystemExit, match="no such model folder or GGUF"):
         dv.main(["--teacher", str(tmp_path / "nope.gguf"), "--tokenise-only", "--out", str(tmp_path / "o")])
+
+
+def test_own_answers_train_the_second_part_of_stage_2_on_what_the_student_wrote(tmp_path, monkeypatch):
+    """On-policy distillation: stage 2 runs in two parts; between them the student (a copy, its weights untouched)
+    answers function requests of the train files, every answer kept, and the second part's chat rows are drawn
+    from exactly that file while the corpus walk goes on. (Stopped once the stages ran: the measurements are other
+    tests'.)"""
+    from convert.chat_data import read_chats
+
+    class Distilled(BaseException):  # not an Exception: run_variant records those and goes on
+        pass
+
+    samplers, real_samplers = [], dv.stage_samplers
+    monkeypatch.setattr(dv, "stage_samplers", lambda *a, **k: samplers.append((a, k, real_samplers(*a, **k))) or
+                        samplers[-1][2])
+    stages, real_distill = [], dv.distill
+
+    def weights(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def distill(student, teacher, sampler, cfg, **kw):
+        before = weights(student)
+        summary = real_distill(student, teacher, sampler, cfg, **kw)
+        stages.append((cfg.stage, cfg.steps, sampler, before, weights(student)))
+        return summary
+
+    def stop(*a, **k):
+        raise Distilled
+
+    monkeypatch.setattr(dv, "distill", distill)
+    monkeypatch.setattr(dv, "eval_kl", stop)  # the first measurement after the stages
+    out = tmp_path / "out"
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps([{"name": "own", "steps": [1, 4, 0], "chat_ratio": 0.25, "split2": 0.5,
+                                     "own_answers": 3}]))
+    with pytest.raises(Distilled):
+        dv.main(["--toy", "--variants", str(variants), "--answers-eval", "0", "--own-answers-tokens", "12",
+                 "--teacher-last", "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
+    assert [(stage, steps) for stage, steps, *_ in stages] == [(1, 1), (2, 2), (2, 2)]
+    chats = read_chats(out / "own_answers_own.jsonl.gz")  # all 3 kept, whatever the toy student wrote
+    assert len(chats) == 3 and all(c[1]["content"].startswith("```python\n") for c in chats)
+    (_, plan, *_), _, first = samplers[0]
+    (_, (part,), _, _, rows), kw, second = samplers[1]
+    assert stages[1][2] is first[1] and stages[2][2] is second[0]  # the second part reads the new sampler
+    after_first_part, before_second = stages[1][4], stages[2][3]  # the answering copy left the weights as they were
+    assert all(torch.equal(after_first_part[n], w) for n, w in before_second.items())
+    assert part.steps == 2 and rows["chat_file"] == str(out / "own_answers_own.jsonl.gz")
+    # the corpus walk goes on after the rows the earlier parts drew
+    assert kw["start_tokens"] == sum(c.steps * c.batch_size * 128 for c in plan[:2])
+
+
+@pytest.mark.parametrize("spec, match", [({"own_answers": 8}, "needs split2 > 0"),
+                                         ({"split2": 1.0}, r"split2 is the share"),
+                                         ({"split2": 0.5, "own_answers": -1}, r"split2 is the share"),
+                                         ({"split2": 0.5, "own_answers": 8, "chat_ratio": 0.0}, "chat_ratio > 0")])
+def test_bad_own_answers_settings_are_refused_before_anything_loads(tmp_path, spec, match):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"name": "x", **spec}]))
+    with pytest.raises(SystemExit, match=match):
+        dv.variant_list(str(bad), None)

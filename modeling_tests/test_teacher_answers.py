@@ -18,7 +18,7 @@ from convert.eval.generation import left_pad
 from convert.eval.humaneval import INSTRUCTION, prompt_text
 from convert.eval.models import wrap
 from convert.pipeline import _retrieval_identity, check_generated_rows
-from convert.teacher_answers import _answer_text, function_heads, teacher_chats, write_chats
+from convert.teacher_answers import _answer_text, answer_chats, function_heads, write_chats
 from convert.tiny_teacher import TeacherSize, build_qwen2, build_tokenizer, read_corpus, stdlib_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +68,13 @@ def test_an_answer_is_kept_only_when_it_closes_its_block_and_parses():
     assert _answer_text(head, "    return x + y\n") is None  # ran out of tokens inside the block
     assert _answer_text(head, "    return x +\n```") is None  # does not parse
     assert _answer_text(head, "```") is None  # no body
+    # a student's own answers are kept as written, closed at their fence or at the end
+    assert _answer_text(head, "    return x +\n```\nMore.", keep_all=True) == f"```python\n{head}    return x +\n```"
+    assert _answer_text(head, "    return x + y\n", keep_all=True) == f"```python\n{head}    return x + y\n```"
+    assert _answer_text(head, "```", keep_all=True) == f"```python\n{head}\n```"
 
 
-def test_teacher_chats_asks_in_humaneval_form_and_keeps_what_parses(tok, monkeypatch):
+def test_answer_chats_asks_in_humaneval_form_and_keeps_what_parses(tok, monkeypatch):
     teacher = wrap(build_qwen2(TeacherSize(vocab=len(tok), hidden=32, layers=1, heads=2, kv_heads=1,
                                            intermediate=64), tok).eval(), tok, "teacher")
     heads = [(INSTRUCTION, 'def add(x, y):\n    """Add."""\n'), (INSTRUCTIONS[1], "def neg(x):\n"),
@@ -89,7 +93,7 @@ def test_teacher_chats_asks_in_humaneval_form_and_keeps_what_parses(tok, monkeyp
         return out
 
     monkeypatch.setattr(generation, "greedy", fake_greedy)
-    chats, stats = teacher_chats(teacher, heads, max_new_tokens=16, batch_size=2)
+    chats, stats = answer_chats(teacher, heads, max_new_tokens=16, batch_size=2)
     # the prompt of the HumanEval instruction is HumanEval's own prompt for that function
     assert tok.decode(seen["prompts"][0]) == prompt_text(tok, {"prompt": heads[0][1]})[0]
     assert seen["pad_to"] == max(len(p) for p in seen["prompts"]) and seen["stops"] == ["```"]
@@ -97,6 +101,12 @@ def test_teacher_chats_asks_in_humaneval_form_and_keeps_what_parses(tok, monkeyp
     assert stats["dropped_unclosed"] == 1 and stats["dropped_unparsed"] == 1
     assert chats == [[{"role": "user", "content": user_turn(INSTRUCTION, heads[0][1])},
                       {"role": "assistant", "content": f"```python\n{heads[0][1]}    return x + y\n```"}]]
+    # keep_all (a student's own answers): all three kept, the failures still counted
+    every, stats = answer_chats(teacher, heads, max_new_tokens=16, batch_size=2, keep_all=True)
+    assert len(every) == 3 and every[0] == chats[0] and stats["answered"] == 3 and stats["keep_all"]
+    assert stats["dropped_unclosed"] == 1 and stats["dropped_unparsed"] == 1
+    assert all(c[1]["content"].startswith(f"```python\n{h}") and c[1]["content"].endswith("\n```")
+               for c, (_, h) in zip(every, heads))
 
 
 def test_chats_written_and_read_back_and_bad_files_named(tmp_path):
