@@ -515,8 +515,8 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             if i == 0 and len(plan) > 1 and not args.fresh_stages:
                 while len(_STAGE1) >= STAGE1_KEPT:  # a 1.5B student's weights are 6 GB of host memory
                     _STAGE1.pop(next(iter(_STAGE1)))
-                _STAGE1[first] = dict(name=v["name"], summary=copy.deepcopy(s),
-                                      state={k: x.detach().to("cpu", copy=True) for k, x in student.state_dict().items()})
+                state = {k: x.detach().to("cpu", copy=True) for k, x in student.state_dict().items()}
+                _STAGE1[first] = dict(name=v["name"], summary=copy.deepcopy(s), state=state)
         kl = s["eval_kl_after"]
         summaries.append(s)
     seconds["distil"] = time.perf_counter() - t - seconds["convert"]

@@ -433,11 +433,11 @@ def test_model_gradients_under_emulated_tf32(monkeypatch):
     """fp32 training gradients of a tiny model (dk 16) through the kernels, with the interpreter's dots rounding
     their inputs to TF32 wherever a kernel asks for TF32, against the exact reference path.
 
-    By default (torch's fp32 matmul precision "highest") every fp32 product asks for IEEE, so the emulation must change nothing.
-    With TF32 allowed, the output kernel still runs IEEE: under a strong decay an output is mostly its own q.k v'
-    product and the decay's gradient is the small rest; with that product in TF32 the A_log gradient was 20% off
-    (worst 2e-1). Measured with TF32 allowed: worst 1.3e-2 (dt_bias), median 2.4e-3; the bound 3e-2 is TF32's
-    5e-4 per product through four deliberately large-weight layers forward and back."""
+    By default (torch's fp32 matmul precision "highest") every fp32 product asks for IEEE, so the emulation must
+    change nothing. With TF32 allowed, the output kernel still runs IEEE: under a strong decay an output is mostly
+    its own q.k v' product and the decay's gradient is the small rest; with that product in TF32 the A_log gradient
+    was 20% off (worst 2e-1). Measured with TF32 allowed: worst 1.3e-2 (dt_bias), median 2.4e-3; the bound 3e-2 is
+    TF32's 5e-4 per product through four deliberately large-weight layers forward and back."""
     from conftest import tiny_model
 
     ids = torch.randint(3, 128, (2, 130), generator=torch.Generator().manual_seed(0))
