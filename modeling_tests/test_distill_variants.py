@@ -465,3 +465,23 @@ def test_bad_own_answers_settings_are_refused_before_anything_loads(tmp_path, sp
     bad.write_text(json.dumps([{"name": "x", **spec}]))
     with pytest.raises(SystemExit, match=match):
         dv.variant_list(str(bad), None)
+
+
+def test_own_answers_in_bf16_leave_the_trained_fp32_weights_as_they_are(tmp_path):
+    """The GPU's path (a bf16 copy answers under autocast), here on the CPU: every answer written, the student's
+    fp32 weights unchanged in value and dtype."""
+    from distill_real import toy_models
+
+    from convert.chat_data import read_chats
+    from convert.qwen_to_jet import convert_model
+    from convert.teacher_answers import function_heads
+    from convert.tiny_teacher import stdlib_files
+
+    teacher, _, tok = toy_models(tmp_path)
+    student = convert_model(teacher, dv.layer_map_of({**dv.BASE, "name": "x"}, teacher.config.num_hidden_layers,
+                                                     None)).float()
+    heads = function_heads([stdlib_files("train")[0].parent], ["json"], 4)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    stats = dv._own_answers(student, tok, heads, tmp_path / "own.jsonl.gz", torch.device("cpu"), True, 8)
+    assert stats["asked"] == stats["answered"] == 4 and len(read_chats(tmp_path / "own.jsonl.gz")) == 4
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in student.named_parameters())
