@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from convert.corpus import build_corpus  # noqa: E402
 from convert.distill import DistillConfig, distill, teacher_on  # noqa: E402
 from convert.evaluation import passkey_accuracy  # noqa: E402
-from convert.export import load_source, save_dequantised  # noqa: E402
+from convert.export import load_source, load_tokenizer, save_dequantised  # noqa: E402
 from convert.layer_map import parse_spec, resolve_layer_map  # noqa: E402
 from convert.pipeline import distill_checkpoint, stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
@@ -194,12 +194,12 @@ def main():
         t0 = time.perf_counter()
         saved = work / "teacher_fp32"  # dequantising the GGUF takes minutes (176 s on a loaded 2-core CPU)
         if not converting and (saved / "config.json").exists():
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
             teacher = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
             # the GGUF's own tokenizer: a saved and reloaded copy serialises differently, so the corpus cache,
             # keyed by the tokenizer's JSON, would miss
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            tok = load_tokenizer(gguf)
         else:
             teacher, tok = load_source(str(gguf), None, torch.float32)
             if stages[-1] < 3 or args.save_teacher:  # a later call (or the eval's baseline) reads these instead

@@ -79,7 +79,7 @@ from convert.chat_data import read_chats  # noqa: E402
 from convert.corpus import build_corpus  # noqa: E402
 from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perplexity, set_trainable,  # noqa: E402
                              teacher_on)
-from convert.export import write_folder  # noqa: E402
+from convert.export import load_tokenizer, write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         import site
 
         if args.tokenise_only:  # the tokenizer alone: the model may still be being saved
-            teacher, tok = None, _tokenizer_of(args.gguf)
+            teacher, tok = None, load_tokenizer(args.gguf)
         else:
             from convert.export import load_source
 
@@ -627,15 +627,6 @@ def _own_answers(student, tok, heads: list[tuple[str, str]], path: Path, dev, bf
         torch.cuda.empty_cache()
     write_chats(path, chats, {"stats": stats})
     return stats | {"file": path.name}
-
-
-def _tokenizer_of(path: Path):
-    """The tokenizer of a model folder, or of a GGUF file (its vocabulary parsed, no tensor read)."""
-    from transformers import AutoTokenizer
-
-    if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def _partial(row: dict, out: Path) -> None:

@@ -85,6 +85,17 @@ def load_source(source: str, gguf_file: str | None = None, dtype: torch.dtype = 
     return model, tok
 
 
+def load_tokenizer(source: str | Path):
+    """The tokenizer of a model folder, a Hub id, or a local .gguf file (its vocabulary parsed, no tensor read), as
+    `load_source` loads it."""
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if path.suffix == ".gguf" and path.is_file():
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(str(source))
+
+
 def _load_gguf(file: Path, cfg, dtype: torch.dtype):
     """The model of `cfg` (read from the GGUF's metadata by transformers) with the file's tensors dequantised by
     `gguf_source` (on the GPU when there is one), the same values as transformers' own GGUF loading (tested)."""

@@ -46,17 +46,19 @@ def _rmsnorm_fwd_kernel(x, w, y, n_rows, D, eps, BR: tl.constexpr, BD: tl.conste
 
 
 @triton.jit
-def _rmsnorm_bwd_kernel(x, w, dy, dx, dw_part, n_rows, D, eps, BR: tl.constexpr, BD: tl.constexpr):
-    """dx for a row block; its share of dw into dw_part[program] (summed on the host side)."""
+def _rmsnorm_bwd_kernel(x, w, dy, dx, dw_part, n_rows, D, eps, BR: tl.constexpr, BD: tl.constexpr,
+                        HAS_DW: tl.constexpr):
+    """dx for a row block; with HAS_DW (a trained weight) its share of dw into dw_part[program], summed after."""
     i = tl.program_id(0)
     p, m, b_x, b_w, b_n, b_r = _rows(x, w, i, n_rows, D, eps, BR, BD)
     b_dy = tl.load(dy + p, mask=m, other=0.0).to(tl.float32)
     b_dn = b_dy * b_w[None, :]
     b_dx = b_r[:, None] * (b_dn - b_n * (tl.sum(b_dn * b_n, 1) / D)[:, None])
     tl.store(dx + p, b_dx.to(dx.dtype.element_ty), mask=m)
-    o_d = tl.arange(0, BD)
-    b_nr = b_n.to(x.dtype.element_ty).to(tl.float32)
-    tl.store(dw_part + i.to(tl.int64) * D + o_d, tl.sum(b_dy * b_nr, 0), mask=o_d < D)
+    if HAS_DW:
+        o_d = tl.arange(0, BD)
+        b_nr = b_n.to(x.dtype.element_ty).to(tl.float32)
+        tl.store(dw_part + i.to(tl.int64) * D + o_d, tl.sum(b_dy * b_nr, 0), mask=o_d < D)
 
 
 def _check(x, weight):
@@ -92,11 +94,12 @@ class _RMSNormFunction(torch.autograd.Function):
         dx = torch.empty_like(x)
         BR, BD = _tile(D)
         n_prog = triton.cdiv(n_rows, BR)
-        dw_part = torch.empty(n_prog, D, device=x.device, dtype=torch.float32)
+        has_dw = ctx.needs_input_grad[1]  # a frozen weight (stage 1's norms): no partial sums written or summed
+        dw_part = torch.empty(n_prog if has_dw else 0, D, device=x.device, dtype=torch.float32)
         if n_rows:
             _rmsnorm_bwd_kernel[(n_prog,)](x, weight, dy, dx, dw_part, n_rows, D, ctx.eps, BR=BR, BD=BD,
-                                           num_warps=8)
-        return dx, dw_part.sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None, None
+                                           HAS_DW=has_dw, num_warps=8)
+        return dx, dw_part.sum(0).to(weight.dtype) if has_dw else None, None
 
 
 def rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -70,6 +70,13 @@ def test_convert_from_gguf_keeps_logits_and_tokenizer(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(jet(ids).logits, src(ids).logits, atol=1e-5, rtol=0)
     assert AutoTokenizer.from_pretrained(out)("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
+    # the tokenizer alone (what GPU sessions tokenise with beside the teacher's save) is load_source's, hash for hash
+    from convert.corpus import tokenizer_hash
+    from convert.export import load_source, load_tokenizer
+
+    alone = load_tokenizer(tmp_path / "tiny.gguf")
+    assert tokenizer_hash(alone) == tokenizer_hash(load_source(str(tmp_path / "tiny.gguf"))[1])
+    assert alone("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
 
 
 def test_save_teacher_writes_a_folder_that_loads_to_the_same_logits(tmp_path):
