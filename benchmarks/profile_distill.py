@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the fused KL's softmax work in one Triton kernel (DistillConfig.kl_kernel; default: the "
                          "library's, on on CUDA)")
     ap.add_argument("--fused-adam", action="store_true", help="AdamW's fused kernel (DistillConfig.fused_adam)")
+    ap.add_argument("--teacher-norm-kernel", action=argparse.BooleanOptionalAction, default=True,
+                    help="the teacher's RMSNorms on ops.rmsnorm (DistillConfig.teacher_norm_kernel, default on)")
     ap.add_argument("--train", choices=("jet", "non-mlp", "all"),
                     help="the trainable set (DistillConfig.train; default: the stage's, e.g. all in stage 2)")
     ap.add_argument("--kl-chunk", type=int, default=DistillConfig.kl_chunk,
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                         local=args.local, compile=args.compile, frozen_bf16=args.frozen_bf16,
                         fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk,
                         projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
-                        fused_adam=args.fused_adam, train=args.train)
+                        fused_adam=args.fused_adam, train=args.train,
+                        teacher_norm_kernel=args.teacher_norm_kernel)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -171,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         "_frozen_bf16" if args.frozen_bf16 else "") + ("_kl_reference" if args.kl_reference else "") + (
         {True: "_as_one", False: "_no_as_one", None: ""}[args.projections_as_one]) + (
         {True: "_kl_kernel", False: "_no_kl_kernel", None: ""}[args.kl_kernel]) + (
-        "_fused_adam" if args.fused_adam else "") + (f"_train_{args.train}" if args.train else "") + (
+        "_fused_adam" if args.fused_adam else "") + ("" if args.teacher_norm_kernel else "_eager_teacher_norms") + (
+        f"_train_{args.train}" if args.train else "") + (
         f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),

@@ -1,0 +1,98 @@
+"""The teacher's RMSNorms on `ops.rmsnorm` while it distils (`convert/teacher_kernels.py`): each norm class's own
+arithmetic, a copy that shares every tensor and leaves the caller's teacher as it was, and a distillation that
+trains alike with and without it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from convert.distill import DistillConfig, distill
+from convert.layer_map import parse_spec
+from convert.qwen_to_jet import convert_model
+from convert.teacher_kernels import KernelRMSNorm, with_kernel_norms
+
+from test_convert_conversion import tiny_qwen
+
+
+def _norms(model):
+    from convert.teacher_kernels import NORM_CLASSES
+
+    return [m for m in model.modules() if type(m).__name__ in NORM_CLASSES]
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "jet"])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                             (torch.bfloat16, torch.float32)])
+def test_each_norm_class_gives_its_own_forward_bit_for_bit(kind, x_dtype, w_dtype):
+    """On the CPU `ops.rmsnorm` is the reference: it must be the norm class's own arithmetic exactly, in every dtype
+    pair a teacher runs (fp32; bf16 weights on a bf16 stream; fp32 weights under autocast)."""
+    model = tiny_model() if kind == "jet" else tiny_qwen(kind)
+    norm = _norms(model)[0]
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.3)
+    norm = norm.to(w_dtype)
+    x = (torch.randn(3, 7, norm.weight.shape[0], generator=torch.Generator().manual_seed(0)) * 5).to(x_dtype)
+    with torch.inference_mode():
+        want, got = norm(x), KernelRMSNorm(norm)(x)
+    assert got.dtype == want.dtype
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_the_copy_shares_the_weights_and_leaves_the_teacher_as_it_was(kind):
+    teacher = tiny_qwen(kind, layers=3)
+    before = [type(m) for m in teacher.modules()]
+    fast, n = with_kernel_norms(teacher)
+    # 2 a layer and the final norm; Qwen3 adds its q / k norms
+    assert n == 3 * 2 + 1 + (3 * 2 if kind == "qwen3" else 0)
+    assert n == sum(isinstance(m, KernelRMSNorm) for m in fast.modules())
+    assert [type(m) for m in teacher.modules()] == before and not any(
+        isinstance(m, KernelRMSNorm) for m in teacher.modules())
+    ptrs = {p.data_ptr() for p in teacher.parameters()} | {b.data_ptr() for b in teacher.buffers()}
+    assert {p.data_ptr() for p in fast.parameters()} | {b.data_ptr() for b in fast.buffers()} == ptrs
+    ids = torch.randint(0, 101, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(fast(input_ids=ids).logits, teacher(input_ids=ids).logits)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+                    reason="the Triton path: CUDA, or TRITON_INTERPRET=1 on the CPU")
+def test_on_the_triton_kernel_the_teacher_gives_its_own_logits(monkeypatch):
+    """Forced onto the kernel (Triton's interpreter here, in fp32: its bf16 is not the card's), the teacher's final
+    states equal its eager ones to fp32 rounding."""
+    monkeypatch.setenv("JET_NEMOTRON_KERNELS", "triton")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = tiny_qwen("qwen3", layers=2).to(dev)
+    fast, _ = with_kernel_norms(teacher)
+    ids = torch.randint(0, 101, (2, 19), generator=torch.Generator().manual_seed(1)).to(dev)
+    calls = []
+    from convert import teacher_kernels
+
+    real = teacher_kernels.rmsnorm
+    monkeypatch.setattr(teacher_kernels, "rmsnorm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        got = fast.model(input_ids=ids).last_hidden_state
+        want = teacher.model(input_ids=ids).last_hidden_state
+    assert len(calls) == 2 * 2 + 1 + 2 * 2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_distillation_trains_alike_with_the_teacher_norms_on_the_kernel(capsys):
+    """One run each way (CPU: the reference, Qwen's arithmetic): the same losses step by step, the caller's teacher
+    keeps its own norms, and the step log says how many norms ran on ops.rmsnorm."""
+    teacher = tiny_qwen("qwen2", layers=4)
+    lm = parse_spec("jet,attn,jet,jet")
+    rows = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(2))
+    hist = {}
+    for on in (True, False):
+        student = convert_model(teacher, lm).float()
+        cfg = DistillConfig(stage=1, steps=3, batch_size=4, micro_batch=2, lr=1e-3, log_every=1, warmup_steps=1,
+                            teacher_norm_kernel=on)
+        hist[on] = [(h["loss"], h["kl"]) for h in distill(student, teacher, rows, cfg)["history"]]
+        assert f"teacher RMSNorms: {9 if on else 0} on ops.rmsnorm" in capsys.readouterr().out
+    assert hist[True] == hist[False] and len(hist[True]) == 3
+    assert not any(isinstance(m, KernelRMSNorm) for m in teacher.modules())
