@@ -18,7 +18,9 @@ optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that frac
 the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compile`: the student's layers, or in
 attention transfer its JetBlocks, under torch.compile), "projections_as_one" (`DistillConfig.projections_as_one`:
 same-input projections as one product while training; null: on in bf16), "kl_kernel" (`DistillConfig.kl_kernel`:
-the fused KL's softmax work in one Triton kernel; null: on on CUDA), "retrieval_kinds" (the generated retrieval rows' kinds:
+the fused KL's softmax work in one Triton kernel; null: on on CUDA), "mse_kernel" (`DistillConfig.mse_kernel`: the
+attention-output loss in one Triton kernel each way; null: on on CUDA), "teacher_norm_kernel"
+(`DistillConfig.teacher_norm_kernel`: the teacher's RMSNorms on `ops.rmsnorm`), "retrieval_kinds" (the generated retrieval rows' kinds:
 passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in stages 2-3,
 `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused kernel),
 "chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
@@ -93,7 +95,8 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "retrieval_ratio": 0.1, "batch_size": 16, "local1": True, "train2": "all", "init": "attention",
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
-        "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0}
+        "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
+        "teacher_norm_kernel": True}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -454,7 +457,8 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     seconds["convert"] = time.perf_counter() - t
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
                   micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"], compile=v["compile"],
-                  projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"])
+                  projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"],
+                  mse_kernel=v["mse_kernel"], teacher_norm_kernel=v["teacher_norm_kernel"])
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),

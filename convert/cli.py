@@ -162,6 +162,9 @@ def distill(
         "--kl-kernel/--no-kl-kernel", help="the KL's softmax work in one Triton kernel (default: on on CUDA)")] = None,
     fused_adam: Annotated[bool, typer.Option(help="AdamW's fused kernel (one launch for all parameters; not with "
                                                   "FSDP)")] = False,
+    mse_kernel: Annotated[Optional[bool], typer.Option(
+        "--mse-kernel/--no-mse-kernel", help="the attention-output loss (stage 1) in one Triton kernel each way "
+                                             "(default: on on CUDA)")] = None,
     teacher_norm_kernel: Annotated[bool, typer.Option(
         help="the teacher's RMSNorms in one kernel each (jet_nemotron.ops.rmsnorm, Qwen's rounding) instead of "
              "eager PyTorch's chain")] = True,
@@ -183,7 +186,8 @@ def distill(
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
                   compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel,
-                  fused_adam=fused_adam, teacher_norm_kernel=teacher_norm_kernel)
+                  fused_adam=fused_adam, teacher_norm_kernel=teacher_norm_kernel,
+                  mse_kernel=mse_kernel)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,

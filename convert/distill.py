@@ -112,6 +112,10 @@ class DistillConfig(TrainSchedule):
     # the fused KL's per-chunk softmax work in one Triton kernel (`kl_rows_triton.py`). None: on on CUDA with the
     # fused KL; True elsewhere is an error (TRITON_INTERPRET=1 excepted)
     kl_kernel: bool | None = None
+    # the attention-output loss (normalised MSE) in one Triton kernel each way (`normalised_mse_triton.py`) instead
+    # of PyTorch's fp32 copies and chain, about 30 ms of a 684 ms attention-transfer step on the H200. None: on on
+    # CUDA; True elsewhere is an error (TRITON_INTERPRET=1 excepted)
+    mse_kernel: bool | None = None
     # AdamW's fused kernel (one launch for all parameters) instead of its per-tensor-list default. Its stage-2 step
     # took 98 ms of 1,622 on the H200 (2026-12-04 profile); opt-in until measured there
     fused_adam: bool = False
@@ -263,9 +267,10 @@ class DistillLoss(nn.Module):
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
                  temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
-                 projections_as_one: bool = False, kl_kernel: bool = False):
+                 projections_as_one: bool = False, kl_kernel: bool = False, mse: Callable | None = None):
         super().__init__()
         self.local, self.fused_kl, self.kl_kernel = local, fused_kl, kl_kernel
+        self.mse = mse or normalised_mse  # the attention-output loss: `mse_fn`'s choice
         self.student = student
         # switched off again in `release`: the caller's student must decode without concatenating weights each step
         self.as_one = set_projections_as_one(student) if projections_as_one else []
@@ -308,7 +313,7 @@ class DistillLoss(nn.Module):
                         self.temperature, self.fused_kl, self.kl_kernel) if self.kl_weight > 0 else zero
         mse = zero
         if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
-            terms = [normalised_mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
+            terms = [self.mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
             mse = torch.stack(terms).mean()
         return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
 
@@ -316,14 +321,28 @@ class DistillLoss(nn.Module):
         """Attention transfer: each JetBlock on the teacher's input to that layer's attention, against its
         output; the layers are independent, so their gradients never cross a layer boundary."""
         layers = self.student.model.layers
-        terms = [normalised_mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
+        terms = [self.mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
         mse = torch.stack(terms).mean()
         return self.mse_weight * mse, mse.new_zeros(()), mse.detach()
 
 
 def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """mean((s - t)^2) / mean(t^2), in fp32: the attention-output loss of stage 1 and of the search's supernet."""
+    """mean((s - t)^2) / mean(t^2), in fp32: the attention-output loss of stage 1 and of the search's supernet.
+    s, t [...] of one shape -> a scalar. The reference of `normalised_mse_triton.normalised_mse_triton`."""
     return ((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
+
+
+def mse_fn(kernel: bool, device):
+    """`normalised_mse`, or with `kernel` its Triton twin: on CUDA, or on the CPU in Triton's interpreter (tests).
+    Asked for where neither holds, it is an error, not a quiet fallback to the reference."""
+    if not kernel:
+        return normalised_mse
+    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the Triton attention-MSE kernel (DistillConfig.mse_kernel) runs on CUDA, not on {device} "
+                         "(TRITON_INTERPRET=1 runs it on the CPU, slowly, for tests)")
+    from .normalised_mse_triton import normalised_mse_triton
+
+    return normalised_mse_triton
 
 
 @torch.no_grad()
@@ -570,6 +589,8 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     cfg = cfg.resolved(fsdp=fsdp)
     if cfg.kl_kernel is None:  # the Triton KL wherever it runs natively
         cfg = replace(cfg, kl_kernel=acc.device.type == "cuda" and cfg.fused_kl)
+    if cfg.mse_kernel is None:  # and the Triton attention MSE
+        cfg = replace(cfg, mse_kernel=acc.device.type == "cuda")
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
     data = TensorRows(train_rows, cfg.seed) if isinstance(train_rows, torch.Tensor) else train_rows
     identity = {**(identity or {}), "train_rows": source_fingerprint(data, cfg.batch_size),
@@ -664,6 +685,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
         _check_fsdp_plugin(acc.state.fsdp_plugin)
         _fsdp_match_single_device(acc)
     rows_fn(cfg.kl_kernel, acc.device)  # a kernel asked for where it cannot run: refused before any step
+    mse = mse_fn(cfg.mse_kernel, acc.device)
     n_train = set_trainable(student, cfg.train)
     if cfg.frozen_bf16 and fsdp:
         raise ValueError("frozen_bf16 with FSDP: FSDP's mixed-precision policy casts the shards itself; use one GPU "
@@ -681,7 +703,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
                           compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl,
-                          projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel)
+                          projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel,
+                          mse=mse)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
     opt = torch.optim.AdamW(param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
@@ -856,7 +879,8 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
     acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.3g} GFLOP per token (student {fpt['student'] / 1e9:.3g}, "
               f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}; projections as one product: "
               f"{'on' if cfg.projections_as_one else 'off'}, KL: {'Triton kernel' if cfg.kl_kernel else 'PyTorch'}"
-              f"{' (fused)' if cfg.fused_kl else ' (reference)'}, AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher "
+              f"{' (fused)' if cfg.fused_kl else ' (reference)'}, attention MSE: "
+              f"{'Triton kernel' if cfg.mse_kernel else 'PyTorch'}, AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher "
               f"RMSNorms: {sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} on ops.rmsnorm")
     return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
 

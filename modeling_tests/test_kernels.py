@@ -526,3 +526,62 @@ def test_a_distillation_with_the_kl_kernel_trains_as_the_reference(monkeypatch):
         monkeypatch.delenv("TRITON_INTERPRET")
         with pytest.raises(ValueError, match="runs on CUDA, not on cpu"):
             distill(student, teacher, rows, DistillConfig(stage=2, steps=1, batch_size=4, micro_batch=4, kl_kernel=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 4095, 4096 * 3 + 17])  # one element; a partial block; several blocks and a rest
+def test_normalised_mse_kernel_matches_its_reference(dtype, n):
+    """Stage 1's attention-output loss (convert/normalised_mse_triton.py) against `distill.normalised_mse`: the loss
+    and the student's gradient, with an upstream gradient that is not 1 (a weighted mean of layers), and the
+    reference's clamp of a target that is all zeros. GPU: a real [8, 2048, 1536] output too."""
+    from convert.distill import normalised_mse
+    from convert.normalised_mse_triton import normalised_mse_triton
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(n,)] + ([(8, 2048, 1536)] if CUDA else [])
+    for shape in shapes:
+        t = torch.randn(shape, generator=g).to(DEVICE, dtype)
+        for target in (t, torch.zeros_like(t)):
+            s = (t.float() + 0.3 * torch.randn(shape, generator=g).to(DEVICE)).to(dtype).requires_grad_(True)
+            got, want = normalised_mse_triton(s, target), normalised_mse(s, target)
+            assert got.dtype == torch.float32 and got.shape == ()
+            assert got.item() == pytest.approx(want.item(), rel=1e-5)
+            (d_got,), (d_want,) = torch.autograd.grad(got * 0.25, s), torch.autograd.grad(want * 0.25, s)
+            assert d_got.dtype == dtype
+            # bf16: the two round the same fp32 gradient computed in another order
+            assert rel(d_got.float(), d_want.float()) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_normalised_mse_kernel_refuses_what_it_does_not_do():
+    from convert.normalised_mse_triton import normalised_mse_triton
+
+    with pytest.raises(ValueError, match="of one shape"):
+        normalised_mse_triton(torch.zeros(3, device=DEVICE), torch.zeros(4, device=DEVICE))
+    with pytest.raises(ValueError, match="no gradient for the target"):
+        normalised_mse_triton(torch.zeros(3, device=DEVICE), torch.zeros(3, device=DEVICE, requires_grad=True))
+
+
+def test_attention_transfer_with_the_mse_kernel_trains_as_the_reference(monkeypatch):
+    """DistillConfig.mse_kernel: an attention-transfer stage gives the reference's losses step by step (tiny teacher
+    and student, fp32, in the interpreter on the CPU); asked for on a CPU without the interpreter, it is refused
+    before a step."""
+    from convert.distill import DistillConfig, distill
+    from convert.layer_map import parse_spec
+    from convert.qwen_to_jet import convert_model
+    from test_convert_conversion import tiny_qwen
+
+    teacher = tiny_qwen("qwen2", layers=3, seed=0)
+    rows = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for kernel in (True, False):
+        student = convert_model(teacher, parse_spec("jet,attn,jet"))
+        cfg = DistillConfig(stage=1, steps=3, batch_size=4, micro_batch=2, lr=1e-3, warmup_steps=1, log_every=1,
+                            mse_kernel=kernel)
+        assert cfg.resolved().local
+        losses.append([h["mse"] for h in distill(student, teacher, rows, cfg)["history"]])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0][-1] < losses[0][0]
+    if not CUDA:
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(ValueError, match="attention-MSE kernel .* runs on CUDA, not on cpu"):
+            distill(student, teacher, rows, DistillConfig(stage=1, steps=1, batch_size=4, micro_batch=2,
+                                                          mse_kernel=True))
