@@ -53,6 +53,7 @@ from jet_nemotron.transformers_compat import checkpointing_disable, checkpointin
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
 from .teacher_kernels import KernelRMSNorm, with_kernel_norms
+from .triton_device import check_triton_device
 
 
 @dataclass
@@ -337,9 +338,7 @@ def mse_fn(kernel: bool, device):
     Asked for where neither holds, it is an error, not a quiet fallback to the reference."""
     if not kernel:
         return normalised_mse
-    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"the Triton attention-MSE kernel (DistillConfig.mse_kernel) runs on CUDA, not on {device} "
-                         "(TRITON_INTERPRET=1 runs it on the CPU, slowly, for tests)")
+    check_triton_device("the Triton attention-MSE kernel (DistillConfig.mse_kernel)", device)
     from .normalised_mse_triton import normalised_mse_triton
 
     return normalised_mse_triton

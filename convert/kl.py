@@ -16,11 +16,11 @@ Two ways to get the gradients, the same function:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from .triton_device import check_triton_device
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -138,9 +138,7 @@ def rows_fn(kernel: bool, device: torch.device):
     where neither holds, it is an error, not a quiet fallback to the reference."""
     if not kernel:
         return kl_rows
-    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"the Triton KL kernel (kernel=True, DistillConfig.kl_kernel) runs on CUDA, not on {device} "
-                         "(TRITON_INTERPRET=1 runs it on the CPU, slowly, for tests)")
+    check_triton_device("the Triton KL kernel (kernel=True, DistillConfig.kl_kernel)", device)
     from .kl_rows_triton import kl_rows_triton
 
     return kl_rows_triton
