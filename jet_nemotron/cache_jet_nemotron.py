@@ -107,13 +107,44 @@ class StaticRingWindowLayer(StaticSlidingWindowLayer):
     keys are stored after RoPE, so their order does not matter to attention, only the mask's columns must follow
     the slots (`ring_order_mask`). Multi-token updates past a full window (chat continuation, chunked prefill)
     return their keys in position order, as the parent does, and store the window back in ring order.
-    `cumulative_length` (a tensor, for CUDA graphs) counts every token, as `cumulative_length_int` does."""
+    `cumulative_length` (a tensor, for CUDA graphs) counts every token, as `cumulative_length_int` does.
+
+    A compiled one-token step reads and writes the tensor count only. The parent reads the Python int there, which
+    torch.compile turns into an integer input of the decode graph after the first recompile, and CUDA graphs record
+    a new graph for every distinct integer input: one every token (`test_cache.py` checks the compiled step has
+    none). The step only marks the int one token behind (a constant store, which dynamo replays after the graph);
+    `count_compiled_step`, which our model's compiled call runs after each step, adds that token on the host. Read
+    while still marked (a compile of the model by other means), the int is read back from the device: one sync."""
+
+    @property
+    def cumulative_length_int(self) -> int:
+        if self._one_token_behind:
+            self._count, self._one_token_behind = int(self.cumulative_length), False
+            self.device_reads += 1
+        return self._count
+
+    @cumulative_length_int.setter
+    def cumulative_length_int(self, value: int) -> None:
+        self._count, self._one_token_behind = value, False
+        self.device_reads = getattr(self, "device_reads", 0)  # times the int had to be read back (a sync each)
+
+    def count_compiled_step(self) -> None:
+        """The host count of a compiled one-token step that only marked it (no sync)."""
+        if self._one_token_behind:
+            self._count, self._one_token_behind = self._count + 1, False
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """key_states, value_states [B, H_kv, T, D]. Returns the keys and values to attend to."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         W, T = self.max_cache_len, key_states.shape[-2]
+        if T == 1 and torch.compiler.is_compiling():  # the one slot the branch below writes, counted on the device
+            slot = (torch.arange(1, device=self.device) + self.cumulative_length) % W
+            self.keys.index_copy_(2, slot, key_states)
+            self.values.index_copy_(2, slot, value_states)
+            self.cumulative_length.add_(1)
+            self._one_token_behind = True
+            return self.keys, self.values
         seen = self.cumulative_length_int
         self.cumulative_length_int += T
         if seen + T <= W or (seen >= W and T == 1):
@@ -142,11 +173,17 @@ def ring_order_mask(mask: torch.Tensor | None, cache, query_length: int) -> torc
     needs it: before the window fills, slots and positions coincide, and longer updates return keys in position
     order. The column of slot s is position p = s (mod W) of the window seen + 1 - W .. seen."""
     layer = next((layer for layer in getattr(cache, "layers", ()) if isinstance(layer, StaticRingWindowLayer)), None)
-    if mask is None or layer is None or query_length != 1 or layer.cumulative_length_int < layer.max_cache_len:
+    if mask is None or layer is None or query_length != 1:
         return mask
     W = layer.max_cache_len
-    cols = (torch.arange(W, device=mask.device) - layer.cumulative_length.to(mask.device) - 1) % W
-    return mask[..., :W].index_select(-1, cols)
+    slots = torch.arange(W, device=mask.device)
+    seen = layer.cumulative_length.to(mask.device)
+    if torch.compiler.is_compiling():  # the window's state from the device count: no Python int in the graph
+        # (a one-token mask is W wide whether or not the window is full: transformers sizes it so)
+        return mask[..., :W].index_select(-1, torch.where(seen >= W, (slots - seen - 1) % W, slots))
+    if layer.cumulative_length_int < W:
+        return mask
+    return mask[..., :W].index_select(-1, (slots - seen - 1) % W)
 
 
 class JetNemotronStaticCache(_LayerKindIndex, StaticCache):
@@ -165,3 +202,10 @@ class JetNemotronStaticCache(_LayerKindIndex, StaticCache):
     def nbytes_per_layer_type(self) -> dict[str, int]:
         """Bytes held (preallocated) per layer kind and in total."""
         return cache_nbytes_per_layer_type(self, self.layer_types)
+
+    def count_compiled_step(self) -> None:
+        """After a compiled one-token step: every sliding layer's host count, without a sync
+        (`StaticRingWindowLayer.count_compiled_step`)."""
+        for layer in self.layers:
+            if isinstance(layer, StaticRingWindowLayer):
+                layer.count_compiled_step()

@@ -520,6 +520,20 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                                      max_cache_length)
 
+    def get_compiled_call(self, compile_config):
+        """transformers' compiled forward (generate's decode step), followed by the host count of our static cache's
+        sliding windows, which a compiled step leaves on the device (`StaticRingWindowLayer`): no sync a token."""
+        compiled = super().get_compiled_call(compile_config)
+
+        def call(*args, **kwargs):
+            out = compiled(*args, **kwargs)
+            cache = pick_cache(kwargs.get("cache"), kwargs.get("past_key_values"))
+            if isinstance(cache, JetNemotronStaticCache):
+                cache.count_compiled_step()
+            return out
+
+        return call
+
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
                               model_kwargs):
         """`cache_implementation="static"` gets our static cache (same layers, plus the byte accounting)."""

@@ -10,6 +10,7 @@ import torch
 
 from conftest import tiny_config, tiny_model
 from jet_nemotron import JetNemotronCache, JetNemotronForCausalLM
+from jet_nemotron.cache_jet_nemotron import StaticRingWindowLayer
 from jet_nemotron.transformers_compat import CACHE_NAME
 
 ATOL, RTOL = 1e-4, 1e-4
@@ -249,6 +250,41 @@ def test_compiled_static_decode_traces_as_one_graph_and_matches_eager():
         compiled = model.generate(prompt, cache_implementation="static", compile_config=config, **kw)
     assert hasattr(model, "_compiled_call"), "generate did not take the compiled path"
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("layer_types", [("jet", "attn", "swa", "jet"), ("swa", "jet", "jet", "jet")])
+def test_compiled_decode_takes_no_integer_input_as_the_window_fills_and_wraps(layer_types):
+    """Inductor's CUDA graphs record a new graph for every distinct integer input of a compiled step. The sliding
+    layers' token count, read as a Python int in the step, became one after the first recompile: a graph recorded
+    every token, which no benchmark that replays the same lengths sees. Here the decode starts inside the window
+    (8), fills it and wraps it, left-padded: one graph, no integer input, and the eager model's tokens; the host
+    count is kept without reading it back from the device (a sync a token)."""
+    from transformers import CompileConfig
+
+    model = tiny_model(layer_types=layer_types)
+    ids = torch.tensor([[77, 77, 5, 9, 14], [4, 8, 15, 16, 23]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    kw = dict(attention_mask=mask, max_new_tokens=14, do_sample=False, eos_token_id=None, pad_token_id=0)
+    eager = model.generate(ids, use_cache=False, **kw)
+    graphs = []
+
+    def recording(gm, example_inputs, **_):  # the eager backend, noting each graph's non-tensor inputs
+        graphs.append([type(x).__name__ for x in example_inputs if not isinstance(x, torch.Tensor)])
+        return gm.forward
+
+    config = CompileConfig(fullgraph=True, backend=recording, dynamic=None)
+    config._compile_all_devices = True
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = model.generate(ids, cache_implementation="static", compile_config=config, return_dict_in_generate=True,
+                             **kw)
+    assert model.config.sliding_window < ids.shape[1] + 14 and len(graphs) > 0
+    assert graphs == [[]], graphs  # one graph for every step, no SymInt among its inputs
+    assert torch.equal(out.sequences, eager)
+    rings = [layer for layer in getattr(out, CACHE_NAME).layers if isinstance(layer, StaticRingWindowLayer)]
+    assert len(rings) == layer_types.count("swa")
+    for layer in rings:  # 5 + 14 - 1 tokens written (the last new token is never fed back)
+        assert layer.device_reads == 0 and layer.cumulative_length_int == int(layer.cumulative_length) == 18
 
 
 @torch.no_grad()
