@@ -20,10 +20,10 @@ attention transfer its JetBlocks, under torch.compile), "projections_as_one" (`D
 same-input projections as one product while training; null: on in bf16), "kl_kernel" (`DistillConfig.kl_kernel`:
 the fused KL's softmax work in one Triton kernel; null: on on CUDA), "mse_kernel" (`DistillConfig.mse_kernel`: the
 attention-output loss in one Triton kernel each way; null: on on CUDA), "teacher_norm_kernel"
-(`DistillConfig.teacher_norm_kernel`: the teacher's RMSNorms on `ops.rmsnorm`), "retrieval_kinds" (the generated retrieval rows' kinds:
-passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in stages 2-3,
-`DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused kernel),
-"chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
+(`DistillConfig.teacher_norm_kernel`: the teacher's RMSNorms on `ops.rmsnorm`), "retrieval_kinds" (the generated
+retrieval rows' kinds: passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in
+stages 2-3, `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused
+kernel), "chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
 "split2" (stage 2 in two parts, the second that share of its steps, each part on its own schedule and optimizer, as
 local1_share splits stage 1), "own_answers" (N: between the two parts the student answers N function requests of the
 train files greedily, and the second part's chat rows are those chats, every answer kept: on-policy distillation,

@@ -878,9 +878,10 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
     acc.print(f"stage {cfg.stage}: {fpt['total'] / 1e9:.3g} GFLOP per token (student {fpt['student'] / 1e9:.3g}, "
               f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}; projections as one product: "
               f"{'on' if cfg.projections_as_one else 'off'}, KL: {'Triton kernel' if cfg.kl_kernel else 'PyTorch'}"
-              f"{' (fused)' if cfg.fused_kl else ' (reference)'}, attention MSE: "
-              f"{'Triton kernel' if cfg.mse_kernel else 'PyTorch'}, AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher "
-              f"RMSNorms: {sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} on ops.rmsnorm")
+              f"{' (fused)' if cfg.fused_kl else ' (reference)'}"
+              + (f", attention MSE: {'Triton kernel' if cfg.mse_kernel else 'PyTorch'}" if cfg.mse_weight > 0 else "")
+              + f", AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher RMSNorms: "
+              f"{sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} on ops.rmsnorm")
     return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
 
 

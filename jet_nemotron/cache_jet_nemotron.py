@@ -116,6 +116,9 @@ class StaticRingWindowLayer(StaticSlidingWindowLayer):
     `count_compiled_step`, which our model's compiled call runs after each step, adds that token on the host. Read
     while still marked (a compile of the model by other means), the int is read back from the device: one sync."""
 
+    _count, _one_token_behind = 0, False  # the host count, and whether a compiled step left it one token behind
+    device_reads = 0  # times the host count had to be read back from the device (a sync each)
+
     @property
     def cumulative_length_int(self) -> int:
         if self._one_token_behind:
@@ -126,7 +129,6 @@ class StaticRingWindowLayer(StaticSlidingWindowLayer):
     @cumulative_length_int.setter
     def cumulative_length_int(self, value: int) -> None:
         self._count, self._one_token_behind = value, False
-        self.device_reads = getattr(self, "device_reads", 0)  # times the int had to be read back (a sync each)
 
     def count_compiled_step(self) -> None:
         """The host count of a compiled one-token step that only marked it (no sync)."""
