@@ -585,3 +585,24 @@ def test_attention_transfer_with_the_mse_kernel_trains_as_the_reference(monkeypa
         with pytest.raises(ValueError, match="attention-MSE kernel .* runs on CUDA, not on cpu"):
             distill(student, teacher, rows, DistillConfig(stage=1, steps=1, batch_size=4, micro_batch=2,
                                                           mse_kernel=True))
+
+
+def test_on_the_rmsnorm_kernel_a_teacher_gives_its_own_final_states(monkeypatch):
+    """The teacher's norms forced onto the kernel (convert/teacher_kernels.py; in fp32 on the CPU interpreter, whose
+    bf16 is not the card's): its final states equal its eager ones to fp32 rounding, every norm through the kernel."""
+    from convert import teacher_kernels
+    from convert.teacher_kernels import with_kernel_norms
+    from test_convert_conversion import tiny_qwen
+
+    monkeypatch.setenv("JET_NEMOTRON_KERNELS", "triton")
+    teacher = tiny_qwen("qwen3", layers=2).to(DEVICE)
+    fast, n = with_kernel_norms(teacher)
+    ids = torch.randint(0, 101, (2, 19), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    calls = []
+    real = teacher_kernels.rmsnorm
+    monkeypatch.setattr(teacher_kernels, "rmsnorm", lambda *a, **k: calls.append(k["backend"]) or real(*a, **k))
+    with torch.inference_mode():
+        got = fast.model(input_ids=ids).last_hidden_state
+        want = teacher.model(input_ids=ids).last_hidden_state
+    assert n == len(calls) == 2 * 2 + 1 + 2 * 2  # two a layer, the final norm, Qwen3's q / k norms
+    assert rel(got, want) < 1e-5
