@@ -91,6 +91,9 @@ def distill(
                                                               "corpus)")] = None,
     tokenise_workers: Annotated[Optional[int], typer.Option(help="tokenising processes (default: all "
                                                                  "cores)")] = None,
+    row_workers: Annotated[Optional[int], typer.Option(
+        help="processes drawing the generated rows (chat, retrieval) ahead of the steps (default: up to 4, leaving "
+             "two cores; 0: the batch thread)")] = None,
     on_stale: Annotated[str, typer.Option(help="a cached tokenisation whose source files changed: 'rebuild' "
                                                "(say so and rebuild) or 'error'")] = "rebuild",
     stage1_steps: Annotated[int, typer.Option(help="optimizer steps of stage 1 (JetBlocks only: KL + attention "
@@ -208,7 +211,8 @@ def distill(
     distill_checkpoint(teacher, student, out, data, seq_len=seq_len, stage1=s1, stage2=s2, stage3=s3,
                        text_field=text_field, max_tokens=max_tokens, eval_fraction=eval_fraction,
                        ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,
-                       corpus=corpus, retrieval=retrieval, eval_rows=eval_rows, layout=layout)
+                       corpus=corpus, retrieval=retrieval, eval_rows=eval_rows, layout=layout,
+                       row_workers=row_workers)
 
 
 @app.command()

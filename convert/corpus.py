@@ -448,16 +448,43 @@ class MixtureSampler:
             rank[idx] = np.arange(len(idx))
         return which, rank
 
-    def row(self, g: int) -> np.ndarray:
+    def locate(self, g: int) -> tuple[int, int]:
+        """(stream index, draw) of global row g."""
         c, pos = divmod(g, self.cycle)
         which, rank = self._cycle(c)
         s = int(which[pos])
-        return self.streams[s].draw(c * int(self.counts[s]) + int(rank[pos]))
+        return s, c * int(self.counts[s]) + int(rank[pos])
 
-    def batch(self, step: int, batch_size: int) -> torch.Tensor:
-        """Rows [batch_size, seq_len] (int64) of optimizer step `step` (global rows after `row_offset`)."""
+    def row(self, g: int) -> np.ndarray:
+        s, k = self.locate(g)
+        return self.streams[s].draw(k)
+
+    def batch(self, step: int, batch_size: int, ahead: int = 3) -> torch.Tensor:
+        """Rows [batch_size, seq_len] (int64) of optimizer step `step` (global rows after `row_offset`). Streams
+        that draw in workers (`row_workers.AheadStream`) are first asked for their rows of this step and the
+        `ahead` steps after it."""
         g = self.row_offset + step * batch_size
+        if any(hasattr(st, "request") for st in self.streams):
+            wanted: dict[int, list[int]] = {}
+            for i in range(g, g + (1 + ahead) * batch_size):
+                s, k = self.locate(i)
+                wanted.setdefault(s, []).append(k)
+            for s, ks in wanted.items():
+                if hasattr(self.streams[s], "request"):
+                    self.streams[s].request(ks)
         return torch.from_numpy(np.stack([self.row(g + i) for i in range(batch_size)]))
+
+    def start(self) -> None:
+        """Start any stream's worker processes (`row_workers.AheadStream.start`)."""
+        for st in self.streams:
+            if hasattr(st, "start"):
+                st.start()
+
+    def close(self) -> None:
+        """Stop any stream's worker processes."""
+        for st in self.streams:
+            if hasattr(st, "close"):
+                st.close()
 
     def epochs_at(self, rows: int) -> dict[str, float]:
         """Passes over each finite stream after `rows` global rows (for the run's summary)."""

@@ -759,6 +759,8 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
     last_good = found[-1] if found else None
     meter = StepMeter(cfg.batch_size * data.seq_len, speed["flops_per_token"]["total"], speed["peak_flops"],
                       acc.num_processes)
+    if hasattr(data, "start"):  # generated rows' workers, forked here before the batch thread exists
+        data.start()
     prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
     try:
         for step in range(start, cfg.steps):
@@ -780,6 +782,8 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
                 return step + 1
     finally:
         prefetch.close()
+        if hasattr(data, "close"):  # generated rows' worker processes (`row_workers.py`); restarted if used again
+            data.close()
         bar.close()
     return None
 

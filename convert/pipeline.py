@@ -31,12 +31,18 @@ from .source_check import check_finite, read_headers, safetensors_files
 
 
 def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, retrieval: dict | None = None,
-                   start_tokens: int = 0):
+                   start_tokens: int = 0, row_workers: int | None = None):
     """One `MixtureSampler` per stage, at the stage's seq_len; each starts after the tokens the earlier stages
     drew (plus `start_tokens`, drawn by stages run in an earlier process), so stage 2 continues stage 1's epoch
-    instead of re-reading its first rows."""
+    instead of re-reading its first rows. The generated streams (retrieval, chat rows) draw in `row_workers`
+    processes (`row_workers.py`; None: `default_workers()`, 0: on the batch thread); the same rows either way."""
     from .chat_data import ChatCodeStream
     from .retrieval_data import RetrievalStream
+    from .row_workers import AheadStream, default_workers
+
+    check_row_workers(row_workers)
+    workers = default_workers() if row_workers is None else row_workers
+    ahead = (lambda st: AheadStream(st, workers)) if workers > 0 else (lambda st: st)
 
     out, tokens = [], start_tokens
     chats = check_generated_rows(retrieval)
@@ -48,10 +54,10 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
         # weights that make r (retrieval) and c (chat) of all rows generated, the corpus the rest
         if r > 0:
             stream = RetrievalStream(tokenizer, hay, L, retrieval.get("kinds", DEFAULT_KINDS), cfg.seed + 17)
-            extra.append((stream, r / (1 - r - c) * sum(data.weights)))
+            extra.append((ahead(stream), r / (1 - r - c) * sum(data.weights)))
         if c > 0:
-            extra.append((ChatCodeStream(tokenizer, hay, L, cfg.seed + 29, chats=chats,
-                                         docstrings=bool(retrieval.get("chat_docstrings"))),
+            extra.append((ahead(ChatCodeStream(tokenizer, hay, L, cfg.seed + 29, chats=chats,
+                                               docstrings=bool(retrieval.get("chat_docstrings")))),
                           c / (1 - r - c) * sum(data.weights)))
         sampler = data.sampler(L, cfg.seed, extra, row_offset=tokens // L)
         if cfg.batch_size > sum(getattr(s, "n", cfg.batch_size) for s in sampler.streams):
@@ -168,7 +174,8 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                        gguf_file: str | None = None, teacher_model=None, student_model=None, tokenizer=None,
                        stage3: DistillConfig | None = None, corpus: dict | None = None,
                        retrieval: dict | None = None, eval_rows: int = 64,
-                       layout: str = "transformers", start_tokens: int = 0) -> dict:
+                       layout: str = "transformers", start_tokens: int = 0,
+                       row_workers: int | None = None) -> dict:
     """Stages 1, 2, 3 (any may be None), perplexities, loss curve, card; saves the student to `out`.
 
     The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
@@ -211,6 +218,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
             flag = "--stage3-" if c.stage == 3 else "--"
             raise ValueError(f"{flag}batch-size {c.batch_size} is not a multiple of {flag}micro-batch {c.micro_batch}")
     check_data_options(corpus, retrieval, eval_fraction, eval_rows, start_tokens, len(data))
+    check_row_workers(row_workers)
     if seq_len < 2:
         raise ValueError(f"--seq-len must be >= 2, got {seq_len}")
     if max_tokens is not None and max_tokens < 1:
@@ -261,7 +269,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     identity["data"] = corpus_fingerprint(data_.identity(), max_tokens=max_tokens, eval_rows=eval_rows)
     if resume:
         check_resume_identity(ckpt_dir, identity)
-    samplers = stage_samplers(data_, stages, seq_len, tokenizer, retrieval, start_tokens)
+    samplers = stage_samplers(data_, stages, seq_len, tokenizer, retrieval, start_tokens, row_workers)
     held = data_.eval_rows(seq_len, eval_rows)
     acc.print(f"data: {data_.describe()}; {held.shape[0]} held-out rows of {seq_len} "
               f"({time.perf_counter() - t0:.1f} s)")
@@ -330,6 +338,12 @@ def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fractio
     if start_tokens < 0:
         raise ValueError(f"start_tokens must be >= 0, got {start_tokens}")
     check_generated_rows(retrieval)
+
+
+def check_row_workers(row_workers: int | None) -> None:
+    if row_workers is not None and (isinstance(row_workers, bool) or not isinstance(row_workers, int)
+                                    or row_workers < 0):
+        raise ValueError(f"--row-workers must be an integer >= 0 (0: the batch thread draws them), got {row_workers}")
 
 
 def check_generated_rows(retrieval: dict | None) -> list[list[dict]] | None:
