@@ -195,6 +195,29 @@ def test_batched_left_padded_static_greedy_matches_uncached_decoding(folders, wh
 
 
 @pytest.mark.parametrize("which", ["qwen", "jet"])
+def test_the_step_clock_notes_every_step_and_changes_no_token(folders, which):
+    """A batch's log line splits its prefill and first decode step (compile) from its median step: the clock is a
+    logits processor that notes one host time a generated token and passes the scores through."""
+    from transformers import LogitsProcessorList
+
+    from convert.eval.generation import StepClock, batch_line
+    from convert.eval.models import load
+
+    m = load(folders[which])
+    ids = torch.tensor([[5, 9, 14, 20, 33, 41]])
+    kw = dict(max_new_tokens=7, min_new_tokens=7, do_sample=False, cache_implementation="static", pad_token_id=0,
+              top_p=None, top_k=None, temperature=None)
+    clock = StepClock()
+    timed = m.model.generate(ids, logits_processor=LogitsProcessorList([clock]), **kw)
+    assert torch.equal(timed, m.model.generate(ids, **kw)) and len(clock.times) == 7
+    assert clock.times == sorted(clock.times)
+    line = batch_line("humaneval x", 64, 265, 512, 10.0, 30.0, [12.5, 12.51, 12.53, 12.54, 12.55])
+    assert line == ("humaneval x: batch of 64 rows, prompts padded to 265 tokens, 512 steps in 20.0 s (prefill 2.5 "
+                    "s, first decode step 0.0 s, then 10.0 ms a step, median of 3)")
+    assert batch_line("d", 1, 2, 1, 0.0, 1.5, [0.5]).endswith("1 steps in 1.5 s")  # too few steps for a median
+
+
+@pytest.mark.parametrize("which", ["qwen", "jet"])
 def test_each_generate_sizes_its_static_cache_to_its_own_prompts(folders, which, monkeypatch):
     """After a long prompt, a short batch's static cache is as long as its own prompt and new tokens, not the long
     one's (transformers keeps the longest a model ever used: a teacher's HumanEval after a 32K retrieval cell

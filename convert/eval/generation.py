@@ -8,6 +8,7 @@ import time
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from .models import EvalModel, release_memory
 
@@ -26,6 +27,32 @@ def forget_cache_length(model) -> None:
     teacher's decode took 448 ms a step on the H200 for 64 rows, 10x the student's, whose HumanEval ran first."""
     if hasattr(model, "_previous_max_cache_length"):
         del model._previous_max_cache_length
+
+
+class StepClock:
+    """A logits processor that only notes the host time of each decoding step: generate() calls its processors once a
+    step, outside the compiled forward. No sync: once the launch queue is full, a GPU-bound loop's host steps run at
+    the device's rate. The first time follows the prefill (eager), the second the first decode step (its compile and
+    CUDA-graph recording), and the median gap after those is what decoding costs. [B, V] scores pass through."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def batch_line(desc: str, rows: int, width: int, steps: int, t0: float, end: float, times: list[float]) -> str:
+    """The log line of one generate() batch: its wall clock, the prefill, the first decode step (compile) and the
+    median step after them, from `StepClock` times (a slow batch was, until 2026-12-05, one number of ms a step,
+    which could not tell a compile from a slow decode)."""
+    line = f"{desc}: batch of {rows} rows, prompts padded to {width} tokens, {steps} steps in {end - t0:.1f} s"
+    if len(times) >= 3:
+        gaps = sorted(b - a for a, b in zip(times[1:], times[2:]))
+        line += (f" (prefill {times[0] - t0:.1f} s, first decode step {times[1] - times[0]:.1f} s, then "
+                 f"{gaps[len(gaps) // 2] * 1e3:.1f} ms a step, median of {len(gaps)})")
+    return line
 
 
 def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,11 +103,13 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
         ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id, pad_to)
         ids, mask = ids.to(m.device), mask.to(m.device)
         forget_cache_length(m.model)
+        clock = StepClock()
         t0 = time.perf_counter()
         try:
             gen = m.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                    do_sample=False, cache_implementation="static", pad_token_id=tok.pad_token_id,
-                                   eos_token_id=sorted(stops), top_p=None, top_k=None, temperature=None, **extra)
+                                   eos_token_id=sorted(stops), top_p=None, top_k=None, temperature=None,
+                                   logits_processor=LogitsProcessorList([clock]), **extra)
         except torch.OutOfMemoryError:
             if len(idx) == 1:
                 raise
@@ -96,10 +125,9 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
             out[i] = row[:cut]
         # a batch runs until its slowest row stops: steps and seconds per step say where a slow run's time went
         # (batches under a second, a retrieval cell's, are not worth a line)
-        steps, s = gen.shape[1] - ids.shape[1], time.perf_counter() - t0
-        if s >= 1.0:
-            tqdm.write(f"{desc}: batch of {len(idx)} rows, prompts padded to {ids.shape[1]} tokens, {steps} steps "
-                       f"in {s:.1f} s ({s / max(steps, 1) * 1e3:.0f} ms/step)")
+        end = time.perf_counter()
+        if end - t0 >= 1.0:
+            tqdm.write(batch_line(desc, len(idx), ids.shape[1], gen.shape[1] - ids.shape[1], t0, end, clock.times))
         del gen, ids, mask
         bar.update(len(idx))
     bar.close()
