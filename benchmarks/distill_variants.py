@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--stage3-seq-len", type=int, default=8192)
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--row-workers", type=int, help="processes drawing the chat and retrieval rows (default: "
+                                                    "convert.row_workers.default_workers(); 0: the batch thread)")
     ap.add_argument("--lengths", default="2048,8192", help="retrieval prompt lengths")
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--depths", default="0,0.5,1",
@@ -324,8 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = dev.type == "cuda"
+    from convert.row_workers import default_workers
+
     res: dict = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "variants": [],
-                 "seconds": {}}
+                 "seconds": {}, "row_workers": default_workers() if args.row_workers is None else args.row_workers}
     t0 = time.perf_counter()
     if args.toy:
         from distill_real import toy_models
@@ -492,11 +496,15 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             n = int(share * args.minutes * 60 * rate * f1 / f / (cfg.batch_size * (cfg.seq_len or args.seq_len)))
         if n > 0:
             plan.append(replace(cfg, steps=n, warmup_steps=min(cfg.warmup_steps, max(1, n // 10))))
+    if not plan:
+        raise ValueError(f"{args.minutes} minutes buy no optimizer step of any stage at {rate:,.0f} tok/s (stage 1): "
+                         "give more --minutes or explicit steps")
     plan, own = _split_stage2(plan, v)
     student.requires_grad_(True)
     summaries, kl = [], None
     first = _first_stage_key(v, plan[0], args, retrieval_kw)
-    samplers, own_stats = stage_samplers(data, plan, args.seq_len, tok, retrieval_kw), None
+    samplers, own_stats = stage_samplers(data, plan, args.seq_len, tok, retrieval_kw,
+                                         row_workers=args.row_workers), None
     for i, cfg in enumerate(plan):
         sampler = samplers[i]
         if own[i]:  # the student answers now, and this part's chat rows are its answers (the corpus walk goes on)
@@ -506,6 +514,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             seconds["own_answers"] = time.perf_counter() - t_own  # inside "distil": the recipe's own time
             drawn = sum(c.steps * c.batch_size * (c.seq_len or args.seq_len) for c in plan[:i])
             (sampler,) = stage_samplers(data, [cfg], args.seq_len, tok, retrieval_kw | {"chat_file": str(path)},
+                                        row_workers=args.row_workers,
                                         start_tokens=drawn)
         if i == 0 and not args.fresh_stages and first in _STAGE1:
             kept = _STAGE1.pop(first)
@@ -711,7 +720,7 @@ def _flops(student, teacher, train: str, seq_len: int, local: bool) -> float:
 def _probe_rate(student, teacher, data, tok, cfg, args, retrieval_kw) -> float:
     """Stage 1's tok/s over 4 steps on a copy of the student (the warm second log interval)."""
     probe = replace(cfg, steps=4, log_every=2, warmup_steps=1)
-    sampler = stage_samplers(data, [probe], args.seq_len, tok, retrieval_kw)[0]
+    sampler = stage_samplers(data, [probe], args.seq_len, tok, retrieval_kw, row_workers=args.row_workers)[0]
     return distill(copy.deepcopy(student), teacher, sampler, probe)["history"][-1]["tok_per_s"]
 
 

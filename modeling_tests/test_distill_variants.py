@@ -191,12 +191,14 @@ def test_the_committed_12_minute_plan_fits_15_minutes_at_the_measured_rates():
 
 def test_without_a_rate_the_first_variant_probes_one(tmp_path):
     """No --rate: an end-to-end stage 1 is timed on a copy of the first student and every plan comes from it (how
-    many steps it buys depends on the machine, so only the probe itself is checked)."""
+    many steps it buys depends on the machine, so only the probe itself is checked). The chat and retrieval rows come
+    from two worker processes here (`--row-workers`), as on the GPU machine by default, and the record says so."""
     out = tmp_path / "out"
-    dv.main(["--toy", "--variants", "recipe", "--only", "base", "--minutes", "0.01", "--out", str(out),
-             "--corpus-cache", str(tmp_path / "cache")])
+    dv.main(["--toy", "--variants", "recipe", "--only", "base", "--minutes", "0.03", "--out", str(out),
+             "--corpus-cache", str(tmp_path / "cache"), "--row-workers", "2"])
     res = json.loads((out / "variants.json").read_text())
     assert res["stage1_rate"]["measured"] and res["stage1_rate"]["tok_per_s"] > 0
+    assert res["row_workers"] == 2
 
 
 def test_best_student_prefers_humaneval_then_held_out_kl(tmp_path):
