@@ -341,6 +341,7 @@ def check_data_options(corpus: dict | None, retrieval: dict | None, eval_fractio
 
 
 def check_row_workers(row_workers: int | None) -> None:
+    """--row-workers: None (the default count) or an integer >= 0, else a one-line error naming the flag."""
     if row_workers is not None and (isinstance(row_workers, bool) or not isinstance(row_workers, int)
                                     or row_workers < 0):
         raise ValueError(f"--row-workers must be an integer >= 0 (0: the batch thread draws them), got {row_workers}")

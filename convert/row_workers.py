@@ -8,8 +8,8 @@ processes draws the rows the next steps will take, and `draw(k)` hands back the 
 `draw(k)` makes (row k is a pure function of (seed, k)), so a run is the same run with or without workers.
 
 Forked as PyTorch's DataLoader workers are: the stream (its tokenizer and memory-mapped haystack) is inherited, not
-pickled, and the workers touch no GPU. `start` forks them from the training thread before the batch thread exists
-(`distill` calls it), so no fork happens from a thread while another holds a lock.
+pickled, and the workers run no torch and touch no GPU. `start` forks them from the training thread before the batch
+thread exists (`distill` calls it), not from the batch thread while the training thread works.
 """
 
 from __future__ import annotations
