@@ -326,10 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = dev.type == "cuda"
-    from convert.row_workers import default_workers
+    from convert.row_workers import resolve_workers
 
     res: dict = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "variants": [],
-                 "seconds": {}, "row_workers": default_workers() if args.row_workers is None else args.row_workers}
+                 "seconds": {}, "row_workers": resolve_workers(args.row_workers)}
     t0 = time.perf_counter()
     if args.toy:
         from distill_real import toy_models

@@ -53,9 +53,11 @@ class _NormalisedMSE(torch.autograd.Function):
     def forward(ctx, s, t):
         s, t = s.contiguous(), t.contiguous()
         n = s.numel()
-        part = torch.zeros(max(1, triton.cdiv(n, BLOCK)), 2, dtype=torch.float32, device=s.device)
-        if n:
+        if n:  # every block writes its two sums: no memset
+            part = torch.empty(triton.cdiv(n, BLOCK), 2, dtype=torch.float32, device=s.device)
             _sums_kernel[(triton.cdiv(n, BLOCK),)](s, t, part, n, BLOCK=BLOCK, num_warps=8)
+        else:
+            part = torch.zeros(1, 2, dtype=torch.float32, device=s.device)
         sums = part.sum(0)
         # the reference's clamp of mean(t^2) at 1e-8, on the sum: mean = sum / N
         denom = sums[1].clamp(min=1e-8 * n)

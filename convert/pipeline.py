@@ -38,10 +38,10 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
     processes (`row_workers.py`; None: `default_workers()`, 0: on the batch thread); the same rows either way."""
     from .chat_data import ChatCodeStream
     from .retrieval_data import RetrievalStream
-    from .row_workers import AheadStream, default_workers
+    from .row_workers import AheadStream, resolve_workers
 
     check_row_workers(row_workers)
-    workers = default_workers() if row_workers is None else row_workers
+    workers = resolve_workers(row_workers)
     ahead = (lambda st: AheadStream(st, workers)) if workers > 0 else (lambda st: st)
 
     out, tokens = [], start_tokens

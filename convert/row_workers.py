@@ -36,6 +36,11 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 2))
 
 
+def resolve_workers(workers: int | None) -> int:
+    """`workers` as asked (`--row-workers`), or `default_workers()` for None."""
+    return default_workers() if workers is None else workers
+
+
 class AheadStream:
     """A generated stream whose rows are drawn in `workers` processes once `request`ed. Other attributes are the
     stream's (its name, seq_len)."""

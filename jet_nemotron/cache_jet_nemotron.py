@@ -140,17 +140,14 @@ class StaticRingWindowLayer(StaticSlidingWindowLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         W, T = self.max_cache_len, key_states.shape[-2]
-        if T == 1 and torch.compiler.is_compiling():  # the one slot the branch below writes, counted on the device
-            slot = (torch.arange(1, device=self.device) + self.cumulative_length) % W
-            self.keys.index_copy_(2, slot, key_states)
-            self.values.index_copy_(2, slot, value_states)
-            self.cumulative_length.add_(1)
-            self._one_token_behind = True
-            return self.keys, self.values
-        seen = self.cumulative_length_int
-        self.cumulative_length_int += T
-        if seen + T <= W or (seen >= W and T == 1):
-            # slots seen .. seen+T-1 of an unfilled window, or the one slot the oldest token frees
+        if T == 1 and torch.compiler.is_compiling():
+            self._one_token_behind = True  # counted on the device only (the class docstring says why)
+        else:
+            seen = self.cumulative_length_int
+            self.cumulative_length_int += T
+        if T == 1 or seen + T <= W:
+            # one token: the slot the oldest token frees (or the next of an unfilled window); more tokens: slots
+            # seen .. seen+T-1 of a window they do not overfill
             slots = (torch.arange(T, device=self.device) + self.cumulative_length) % W
             self.keys.index_copy_(2, slots, key_states)
             self.values.index_copy_(2, slots, value_states)
@@ -178,14 +175,16 @@ def ring_order_mask(mask: torch.Tensor | None, cache, query_length: int) -> torc
     if mask is None or layer is None or query_length != 1:
         return mask
     W = layer.max_cache_len
+    compiling = torch.compiler.is_compiling()
+    if not compiling and layer.cumulative_length_int < W:
+        return mask
     slots = torch.arange(W, device=mask.device)
     seen = layer.cumulative_length.to(mask.device)
-    if torch.compiler.is_compiling():  # the window's state from the device count: no Python int in the graph
+    cols = (slots - seen - 1) % W
+    if compiling:  # the window's state from the device count: no Python int in the graph
         # (a one-token mask is W wide whether or not the window is full: transformers sizes it so)
-        return mask[..., :W].index_select(-1, torch.where(seen >= W, (slots - seen - 1) % W, slots))
-    if layer.cumulative_length_int < W:
-        return mask
-    return mask[..., :W].index_select(-1, (slots - seen - 1) % W)
+        cols = torch.where(seen >= W, cols, slots)
+    return mask[..., :W].index_select(-1, cols)
 
 
 class JetNemotronStaticCache(_LayerKindIndex, StaticCache):
