@@ -19,8 +19,8 @@ the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compi
 attention transfer its JetBlocks, under torch.compile), "projections_as_one" (`DistillConfig.projections_as_one`:
 same-input projections as one product while training; null: on in bf16), "kl_kernel" (`DistillConfig.kl_kernel`:
 the fused KL's softmax work in one Triton kernel; null: on on CUDA), "mse_kernel" (`DistillConfig.mse_kernel`: the
-attention-output loss in one Triton kernel each way; null: on on CUDA), "teacher_norm_kernel"
-(`DistillConfig.teacher_norm_kernel`: the teacher's RMSNorms on `ops.rmsnorm`), "retrieval_kinds" (the generated
+attention-output loss in one Triton kernel each way; null: on on CUDA), "teacher_kernels"
+(`DistillConfig.teacher_kernels`: the teacher's RMSNorms and MLP activations on `ops.rmsnorm` / `ops.swiglu`), "retrieval_kinds" (the generated
 retrieval rows' kinds: passkey, kv, table, `convert/retrieval_data.py`), "jet_lr2" (the JetBlocks' own peak lr in
 stages 2-3, `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused
 kernel), "chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
@@ -96,7 +96,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
         "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
-        "teacher_norm_kernel": True}
+        "teacher_kernels": True}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -462,7 +462,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
                   micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"], compile=v["compile"],
                   projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"],
-                  mse_kernel=v["mse_kernel"], teacher_norm_kernel=v["teacher_norm_kernel"])
+                  mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"])
     b = v["batch_size"]
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
@@ -749,7 +749,9 @@ def best_student(results: Path) -> Path | None:
 
 
 def _he(pass1: float, run: dict) -> str:
-    return f"{pass1:.3f} ({run['problems']} in {run['seconds']:.0f} s)"
+    """pass@1, problems, seconds, and where measured the decode check's agreement (`convert/eval/decode_agreement`)."""
+    check = f", decode {run['decode_agreement']:.3f}" if run.get("decode_agreement") is not None else ""
+    return f"{pass1:.3f} ({run['problems']} in {run['seconds']:.0f} s{check})"
 
 
 def write(res: dict, out: Path) -> None:

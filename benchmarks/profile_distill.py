@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mse-kernel", action=argparse.BooleanOptionalAction,
                     help="the attention-output loss in one Triton kernel each way (DistillConfig.mse_kernel; default: "
                          "on on CUDA)")
-    ap.add_argument("--teacher-norm-kernel", action=argparse.BooleanOptionalAction, default=True,
-                    help="the teacher's RMSNorms on ops.rmsnorm (DistillConfig.teacher_norm_kernel, default on)")
+    ap.add_argument("--teacher-kernels", action=argparse.BooleanOptionalAction, default=True,
+                    help="the teacher's RMSNorms and MLP activations on ops.rmsnorm / ops.swiglu "
+                         "(DistillConfig.teacher_kernels, default on)")
     ap.add_argument("--train", choices=("jet", "non-mlp", "all"),
                     help="the trainable set (DistillConfig.train; default: the stage's, e.g. all in stage 2)")
     ap.add_argument("--kl-chunk", type=int, default=DistillConfig.kl_chunk,
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                         fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk,
                         projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
                         fused_adam=args.fused_adam, train=args.train,
-                        teacher_norm_kernel=args.teacher_norm_kernel, mse_kernel=args.mse_kernel)
+                        teacher_kernels=args.teacher_kernels, mse_kernel=args.mse_kernel)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         "_frozen_bf16" if args.frozen_bf16 else "") + ("_kl_reference" if args.kl_reference else "") + (
         {True: "_as_one", False: "_no_as_one", None: ""}[args.projections_as_one]) + (
         {True: "_kl_kernel", False: "_no_kl_kernel", None: ""}[args.kl_kernel]) + (
-        "_fused_adam" if args.fused_adam else "") + ("" if args.teacher_norm_kernel else "_eager_teacher_norms") + (
+        "_fused_adam" if args.fused_adam else "") + ("" if args.teacher_kernels else "_eager_teacher") + (
         {True: "_mse_kernel", False: "_no_mse_kernel", None: ""}[args.mse_kernel]) + (
         f"_train_{args.train}" if args.train else "") + (
         f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + ("_toy" if args.toy else "")

@@ -168,9 +168,9 @@ def distill(
     mse_kernel: Annotated[Optional[bool], typer.Option(
         "--mse-kernel/--no-mse-kernel", help="the attention-output loss (stage 1) in one Triton kernel each way "
                                              "(default: on on CUDA)")] = None,
-    teacher_norm_kernel: Annotated[bool, typer.Option(
-        help="the teacher's RMSNorms in one kernel each (jet_nemotron.ops.rmsnorm, Qwen's rounding) instead of "
-             "eager PyTorch's chain")] = True,
+    teacher_kernels: Annotated[bool, typer.Option(
+        help="the teacher's RMSNorms and MLP activations in one kernel each (jet_nemotron.ops.rmsnorm / swiglu, the "
+             "teacher's own rounding) instead of eager PyTorch's chains")] = True,
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint of this same run (settings, "
                                               "data and models must match)")] = False,
@@ -189,7 +189,7 @@ def distill(
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
                   compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel,
-                  fused_adam=fused_adam, teacher_norm_kernel=teacher_norm_kernel,
+                  fused_adam=fused_adam, teacher_kernels=teacher_kernels,
                   mse_kernel=mse_kernel)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)

@@ -52,7 +52,7 @@ from jet_nemotron.transformers_compat import checkpointing_disable, checkpointin
 
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
-from .teacher_kernels import KernelRMSNorm, with_kernel_norms
+from .teacher_kernels import KernelMLP, KernelRMSNorm, with_teacher_kernels
 from .triton_device import check_triton_device
 
 
@@ -120,9 +120,10 @@ class DistillConfig(TrainSchedule):
     # AdamW's fused kernel (one launch for all parameters) instead of its per-tensor-list default. Its stage-2 step
     # took 98 ms of 1,622 on the H200 (2026-12-04 profile); opt-in until measured there
     fused_adam: bool = False
-    # the teacher's RMSNorms on `ops.rmsnorm` (one kernel on CUDA, Qwen's rounding; `teacher_kernels.py`) instead of
-    # eager PyTorch's chain of fp32 kernels, about 40 ms of a 684 ms attention-transfer step on the H200
-    teacher_norm_kernel: bool = True
+    # the teacher's RMSNorms on `ops.rmsnorm` and its MLPs' act(gate) * up on `ops.swiglu` (one kernel each on CUDA,
+    # the teacher's own rounding; `teacher_kernels.py`) instead of eager PyTorch's chains: about 40 and 20 ms of a
+    # 684 ms attention-transfer step in the H200 profile
+    teacher_kernels: bool = True
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     history: list = field(default_factory=list)
 
@@ -695,8 +696,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     student.train()
     # the teacher only runs forward: in bf16 it takes half the memory and time
     teacher = teacher_on(teacher, acc.device, torch.bfloat16 if cfg.mixed_precision == "bf16" else None)
-    if cfg.teacher_norm_kernel:
-        teacher, _ = with_kernel_norms(teacher)
+    if cfg.teacher_kernels:
+        teacher, _ = with_teacher_kernels(teacher)
     # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
@@ -884,8 +885,9 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
               f"{'on' if cfg.projections_as_one else 'off'}, KL: {'Triton kernel' if cfg.kl_kernel else 'PyTorch'}"
               f"{' (fused)' if cfg.fused_kl else ' (reference)'}"
               + (f", attention MSE: {'Triton kernel' if cfg.mse_kernel else 'PyTorch'}" if cfg.mse_weight > 0 else "")
-              + f", AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher RMSNorms: "
-              f"{sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} on ops.rmsnorm")
+              + f", AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher: "
+              f"{sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} RMSNorms on ops.rmsnorm, "
+              f"{sum(isinstance(m, KernelMLP) for m in teacher.modules())} MLPs on ops.swiglu")
     return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
 
 

@@ -26,7 +26,7 @@ FORMAT = 1
 # DistillConfig fields that change neither the batches nor the arithmetic (beyond summation order)
 NOT_IDENTITY = ("micro_batch", "kl_chunk", "gradient_checkpointing", "save_every", "keep_checkpoints", "log_every",
                 "eval_batch", "history", "compile", "peak_tflops", "fused_kl", "projections_as_one",
-                "kl_kernel", "fused_adam", "teacher_norm_kernel",
+                "kl_kernel", "fused_adam", "teacher_kernels",
                 "mse_kernel")
 
 

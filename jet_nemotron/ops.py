@@ -121,9 +121,10 @@ def gated_rmsnorm(x, gate, weight, eps: float, backend: str = "auto"):
     return _pick("gated_rmsnorm", gated_rmsnorm_triton, gated_rmsnorm_ref, x, backend)(x, gate, weight, eps)
 
 
-def swiglu(gate, up, backend: str = "auto"):
-    """The MLP's silu(gate) * up in fp32, rounded once. gate, up [..., I]; y in gate's dtype. See `swiglu_ref`."""
-    return _pick("swiglu", swiglu_triton, swiglu_ref, gate, backend)(gate, up)
+def swiglu(gate, up, backend: str = "auto", act_rounded: bool = False):
+    """The MLP's silu(gate) * up in fp32, rounded once (`act_rounded`: silu(gate) rounded first, as eager bf16).
+    gate, up [..., I]; y in gate's dtype. See `swiglu_ref`."""
+    return _pick("swiglu", swiglu_triton, swiglu_ref, gate, backend)(gate, up, act_rounded)
 
 
 def rmsnorm(x, weight, eps: float, backend: str = "auto"):

@@ -3,7 +3,9 @@
     y = silu(gate) * up
 
 Shapes (the same for every backend, see `ops.py`): gate, up [..., I] (strided views are fine). Returns y [..., I]
-in gate's dtype; the arithmetic is fp32, rounded once.
+in gate's dtype; the arithmetic is fp32, rounded once. With `act_rounded`, silu(gate) is rounded to gate's dtype
+before the product, as eager PyTorch's `act(gate) * up` does in bf16: a frozen teacher keeps its own arithmetic
+(`convert/teacher_kernels.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 
-def swiglu_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def swiglu_ref(gate: torch.Tensor, up: torch.Tensor, act_rounded: bool = False) -> torch.Tensor:
     """silu(gate) * up. Shapes in the module docstring."""
+    if act_rounded:
+        return F.silu(gate) * up.to(gate.dtype)
     return (F.silu(gate.float()) * up.float()).to(gate.dtype)

@@ -5,6 +5,8 @@ Same signature and shapes as `swiglu_ref.py`: gate, up [..., I], each with unit 
 product, as `fused_projections.linears_as_one` gives them, are such views); y in gate's dtype, fp32 inside.
 With s = sigmoid(gate):
     y = gate s up;  dup = dy gate s;  dgate = dy up s (1 + gate (1 - s))
+`act_rounded` rounds gate s to y's dtype before the product (eager bf16's two roundings, for a frozen teacher); its
+backward is the one above.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ BLOCK = 1024  # elements of one row per program
 
 
 @triton.jit
-def _swiglu_fwd_kernel(gate, up, y, I, s_gate, s_up, BLOCK: tl.constexpr):
+def _swiglu_fwd_kernel(gate, up, y, I, s_gate, s_up, BLOCK: tl.constexpr, ACT_ROUNDED: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = o < I
     b_g = tl.load(gate + row * s_gate + o, mask=m, other=0.0).to(tl.float32)
     b_u = tl.load(up + row * s_up + o, mask=m, other=0.0).to(tl.float32)
-    tl.store(y + row * I + o, (b_g * tl.sigmoid(b_g) * b_u).to(y.dtype.element_ty), mask=m)
+    b_a = b_g * tl.sigmoid(b_g)
+    if ACT_ROUNDED:
+        b_a = b_a.to(y.dtype.element_ty).to(tl.float32)
+        b_u = b_u.to(y.dtype.element_ty).to(tl.float32)
+    tl.store(y + row * I + o, (b_a * b_u).to(y.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -65,13 +71,14 @@ def _grid(n_rows: int, I: int) -> tuple[int, int]:
 
 class _SwiGLUFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate, up):
+    def forward(ctx, gate, up, act_rounded):
         g, u = _rows(gate, up)
         ctx.save_for_backward(g, u)
         ctx.shape = gate.shape
         y = torch.empty(gate.shape, device=gate.device, dtype=gate.dtype)
         if g.numel():
-            _swiglu_fwd_kernel[_grid(*g.shape)](g, u, y, g.shape[1], g.stride(0), u.stride(0), BLOCK=BLOCK)
+            _swiglu_fwd_kernel[_grid(*g.shape)](g, u, y, g.shape[1], g.stride(0), u.stride(0), BLOCK=BLOCK,
+                                                ACT_ROUNDED=act_rounded)
         return y
 
     @staticmethod
@@ -83,9 +90,9 @@ class _SwiGLUFunction(torch.autograd.Function):
         if g.numel():
             _swiglu_bwd_kernel[_grid(*g.shape)](g, u, dy, dgate, dup, g.shape[1], g.stride(0), u.stride(0),
                                                 BLOCK=BLOCK)
-        return dgate, dup
+        return dgate, dup, None
 
 
-def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, act_rounded: bool = False) -> torch.Tensor:
     """silu(gate) * up, with autograd. gate, up [..., I]; y [..., I] in gate's dtype."""
-    return _SwiGLUFunction.apply(gate, up)
+    return _SwiGLUFunction.apply(gate, up, act_rounded)

@@ -305,14 +305,16 @@ def test_humaneval_pipeline_scores_what_the_model_writes(folders, monkeypatch, c
         return fake_greedy
 
     monkeypatch.setattr(humaneval, "greedy", writer(lambda p: p["canonical_solution"]))
-    r = humaneval.humaneval(m, limit=3)
+    # the model's weights are never loaded, and the answers are not its own: no decode check
+    r = humaneval.humaneval(m, limit=3, check_decode=False)
     assert r["pass@1"] == 1.0 and r["chat_template"] is chat, [x["result"] for x in r["results"]]
     assert r["unfinished"] == 0
-    r = humaneval.humaneval(m, limit=3, max_new_tokens=8)  # every fake answer is longer: none ended in 8 tokens
+    # every fake answer is longer: none ended in 8 tokens
+    r = humaneval.humaneval(m, limit=3, max_new_tokens=8, check_decode=False)
     assert r["unfinished"] == 3
     assert ("<|im_start|>assistant" in seen[0]) is chat and problems[0]["prompt"].strip()[:40] in seen[0]
     monkeypatch.setattr(humaneval, "greedy", writer(lambda p: "    pass\n"))
-    r = humaneval.humaneval(m, limit=3)
+    r = humaneval.humaneval(m, limit=3, check_decode=False)
     assert r["passed"] == 0 and [x["task_id"] for x in r["results"]] == [p["task_id"] for p in problems]
 
 
@@ -354,6 +356,9 @@ def test_cli_runs_every_in_process_suite_and_the_card_shows_the_table(folders, t
     ratio = ppl["model"]["perplexity"] / ppl["baseline"]["perplexity"]
     assert "| metric | jet | qwen | ratio (jet / qwen) |" in table and f"{ratio:.2f}x" in table
     assert "niah @300" in table and "HumanEval pass@1 (1 problems)" in table
+    he = res["suites"]["humaneval"]
+    assert he["model"]["decode_agreement"] == he["baseline"]["decode_agreement"] == 1.0  # fp32 on the CPU: no tie
+    assert "HumanEval decoded tokens that are the full forward's argmax" in table
     folder = tmp_path / "card"
     folder.mkdir()
     (folder / "eval.json").write_text((out / "eval.json").read_text())
@@ -458,3 +463,31 @@ def test_the_vocabulary_is_decoded_once_for_all_retrieval_prompts():
         make_prompt("niah", tok, filler, 256, rng, depth)
     assert sum(len(ids) == 1 for ids in decoded) == len(tok)  # single ids: the vocabulary's decode, once
     assert newline_ids(tok) is newline_ids(tok)
+
+
+def test_decoded_answers_are_the_full_forwards_argmax_and_a_broken_decode_step_is_caught(folders, monkeypatch):
+    """HumanEval's decode check: left-padded, batched greedy decoding on the static cache writes, token by token,
+    the argmax of the model's one forward over prompt and answer. A JetBlock step that forgets its state (a decode
+    path that computes something else, with no error) is caught by the same measure."""
+    import jet_nemotron.jet_block as jet_block
+    from convert.eval.decode_agreement import decode_agreement
+    from convert.eval.generation import greedy
+    from convert.eval.models import load
+
+    m = load(folders["jet"])
+    rng = random.Random(3)
+    prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (40, 9, 23, 31)]
+    new = greedy(m, prompts, max_new_tokens=12, batch_size=4)
+    good = decode_agreement(m, prompts, new, batch=3)
+    assert good == {"decode_agreement": 1.0, "decode_clear_misses": 0, "decode_tokens": sum(map(len, new))}
+    assert good["decode_tokens"] > 24
+
+    step = jet_block.gated_delta_rule_step
+    monkeypatch.setattr(jet_block, "gated_delta_rule_step", lambda q, k, v, g, beta, state, **kw:
+                        step(q, k, v, g, beta, state.zero_(), **kw))
+    broken = greedy(m, prompts, max_new_tokens=12, batch_size=4)
+    monkeypatch.undo()
+    bad = decode_agreement(m, prompts, broken, batch=3)
+    assert broken != new and bad["decode_agreement"] < 0.9, bad
+    with pytest.raises(ValueError, match="2 prompts but 1 answers"):
+        decode_agreement(m, prompts[:2], new[:1])

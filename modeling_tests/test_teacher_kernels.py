@@ -1,6 +1,6 @@
-"""The teacher's RMSNorms on `ops.rmsnorm` while it distils (`convert/teacher_kernels.py`): each norm class's own
-arithmetic, a copy that shares every tensor and leaves the caller's teacher as it was, and a distillation that
-trains alike with and without it."""
+"""The teacher's RMSNorms on `ops.rmsnorm` and its MLPs on `ops.swiglu` while it distils (`convert/teacher_kernels.py`):
+each norm and MLP class's own arithmetic, a copy that shares every tensor and leaves the caller's teacher as it was,
+and a distillation that trains alike with and without it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import tiny_model
 from convert.distill import DistillConfig, distill
 from convert.layer_map import parse_spec
 from convert.qwen_to_jet import convert_model
-from convert.teacher_kernels import KernelRMSNorm, with_kernel_norms
+from convert.teacher_kernels import KernelMLP, KernelRMSNorm, with_teacher_kernels
 
 from test_convert_conversion import tiny_qwen
 
@@ -20,6 +20,12 @@ def _norms(model):
     from convert.teacher_kernels import NORM_CLASSES
 
     return [m for m in model.modules() if type(m).__name__ in NORM_CLASSES]
+
+
+def _mlps(model):
+    from convert.teacher_kernels import MLP_CLASSES
+
+    return [m for m in model.modules() if type(m).__name__ in MLP_CLASSES]
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3", "jet"])
@@ -40,16 +46,31 @@ def test_each_norm_class_gives_its_own_forward_bit_for_bit(kind, x_dtype, w_dtyp
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "jet"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_mlp_class_gives_its_own_forward_bit_for_bit(kind, dtype):
+    """On the CPU `ops.swiglu` with `act_rounded` is the reference: the MLP class's own eager arithmetic exactly, in
+    fp32 and in bf16 (silu(gate) rounded to bf16 before the product, then the product rounded)."""
+    model = (tiny_model() if kind == "jet" else tiny_qwen(kind)).to(dtype)
+    mlp = _mlps(model)[0]
+    x = (torch.randn(3, 7, mlp.gate_proj.in_features, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    with torch.inference_mode():
+        want, got = mlp(x), KernelMLP(mlp)(x)
+    assert got.dtype == want.dtype == dtype
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_the_copy_shares_the_weights_and_leaves_the_teacher_as_it_was(kind):
     teacher = tiny_qwen(kind, layers=3)
     before = [type(m) for m in teacher.modules()]
-    fast, n = with_kernel_norms(teacher)
-    # 2 a layer and the final norm; Qwen3 adds its q / k norms
-    assert n == 3 * 2 + 1 + (3 * 2 if kind == "qwen3" else 0)
-    assert n == sum(isinstance(m, KernelRMSNorm) for m in fast.modules())
+    fast, n = with_teacher_kernels(teacher)
+    # 2 a layer and the final norm; Qwen3 adds its q / k norms; one MLP a layer
+    assert n == {"rmsnorm": 3 * 2 + 1 + (3 * 2 if kind == "qwen3" else 0), "swiglu": 3}
+    assert n["rmsnorm"] == sum(isinstance(m, KernelRMSNorm) for m in fast.modules())
+    assert n["swiglu"] == sum(isinstance(m, KernelMLP) for m in fast.modules())
     assert [type(m) for m in teacher.modules()] == before and not any(
-        isinstance(m, KernelRMSNorm) for m in teacher.modules())
+        isinstance(m, (KernelRMSNorm, KernelMLP)) for m in teacher.modules())
     ptrs = {p.data_ptr() for p in teacher.parameters()} | {b.data_ptr() for b in teacher.buffers()}
     assert {p.data_ptr() for p in fast.parameters()} | {b.data_ptr() for b in fast.buffers()} == ptrs
     ids = torch.randint(0, 101, (2, 19), generator=torch.Generator().manual_seed(1))
@@ -57,9 +78,19 @@ def test_the_copy_shares_the_weights_and_leaves_the_teacher_as_it_was(kind):
         assert torch.equal(fast(input_ids=ids).logits, teacher(input_ids=ids).logits)
 
 
-def test_a_distillation_trains_alike_with_the_teacher_norms_on_the_kernel(capsys):
+def test_a_silu_mlp_alone_is_swapped():
+    """An MLP with another activation, or a Jet-Nemotron MLP fused for inference, keeps its own forward."""
+    teacher = tiny_qwen("qwen2", layers=2)
+    teacher.model.layers[0].mlp.config = type(teacher.config)(**{**teacher.config.to_dict(), "hidden_act": "gelu"})
+    assert with_teacher_kernels(teacher)[1]["swiglu"] == 1
+    jet = tiny_model()
+    jet.model.layers[0].mlp.fuse_projections()
+    assert with_teacher_kernels(jet)[1]["swiglu"] == len(jet.model.layers) - 1
+
+
+def test_a_distillation_trains_alike_with_the_teacher_on_the_kernels(capsys):
     """One run each way (CPU: the reference, Qwen's arithmetic): the same losses step by step, the caller's teacher
-    keeps its own norms, and the step log says how many norms ran on ops.rmsnorm."""
+    keeps its own modules, and the step log says how many norms and MLPs ran on the kernels."""
     teacher = tiny_qwen("qwen2", layers=4)
     lm = parse_spec("jet,attn,jet,jet")
     rows = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(2))
@@ -67,8 +98,9 @@ def test_a_distillation_trains_alike_with_the_teacher_norms_on_the_kernel(capsys
     for on in (True, False):
         student = convert_model(teacher, lm).float()
         cfg = DistillConfig(stage=1, steps=3, batch_size=4, micro_batch=2, lr=1e-3, log_every=1, warmup_steps=1,
-                            teacher_norm_kernel=on)
+                            teacher_kernels=on)
         hist[on] = [(h["loss"], h["kl"]) for h in distill(student, teacher, rows, cfg)["history"]]
-        assert f"teacher RMSNorms: {9 if on else 0} on ops.rmsnorm" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"teacher: {9 if on else 0} RMSNorms on ops.rmsnorm, {4 if on else 0} MLPs on ops.swiglu" in out
     assert hist[True] == hist[False] and len(hist[True]) == 3
-    assert not any(isinstance(m, KernelRMSNorm) for m in teacher.modules())
+    assert not any(isinstance(m, (KernelRMSNorm, KernelMLP)) for m in teacher.modules())

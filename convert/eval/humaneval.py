@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..chat_data import answer_prompt
+from .decode_agreement import decode_agreement
 from .generation import greedy
 from .models import EvalModel
 
@@ -105,10 +106,12 @@ def cut(text: str, stops: list[str]) -> str:
 
 
 def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512, batch_size: int = 256,
-              timeout: float = 10.0, workers: int | None = None, compiled: bool | None = None) -> dict:
+              timeout: float = 10.0, workers: int | None = None, compiled: bool | None = None,
+              check_decode: bool = True) -> dict:
     """{"pass@1", "passed", "problems", "chat_template", "unfinished", "results": [{task_id, passed, result,
     completion}]}; "unfinished": answers that reached `max_new_tokens` without an end (one holds its whole batch
-    to the limit)."""
+    to the limit). `check_decode` adds `decode_agreement`'s measures: whether the answers are what the model's full
+    forward would have written (one forward over the prompts and answers)."""
     problems = load_problems(limit)
     check_sandbox(problems[0], timeout)
     texts = [prompt_text(m.tok, p) for p in problems]
@@ -119,6 +122,7 @@ def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512,
     new = greedy(m, prompts, max_new_tokens, batch_size, stop_strings=stops, compiled=compiled,
                  desc=f"humaneval {m.name}")
     generate_s = time.perf_counter() - t0
+    decode = decode_agreement(m, prompts, new) if check_decode else {}
     completions = [cut(m.tok.decode(ids, skip_special_tokens=True), stops) for ids in new]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
@@ -132,6 +136,10 @@ def humaneval(m: EvalModel, limit: int | None = None, max_new_tokens: int = 512,
     print(f"humaneval {m.name}: pass@1 {passed / len(results):.3f} ({passed}/{len(results)}, "
           f"{'chat template' if chat else 'plain prompt'}; {unfinished} answers unfinished at {max_new_tokens} "
           f"tokens; generating {generate_s:.1f} s, tests {tests_s:.1f} s)")
-    return {"pass@1": passed / len(results), "passed": passed, "problems": len(results), "chat_template": chat,
-            "unfinished": unfinished, "generated_tokens": sum(map(len, new)), "generate_s": generate_s,
-            "tests_s": tests_s, "results": results}
+    if decode.get("decode_tokens"):
+        print(f"humaneval {m.name}: the full forward's argmax is the decoded token at {decode['decode_agreement']:.4f} "
+              f"of {decode['decode_tokens']:,} tokens; {decode['decode_clear_misses']} decoded tokens trail it by "
+              f"more than a nat")
+    return {**decode, "pass@1": passed / len(results), "passed": passed, "problems": len(results),
+            "chat_template": chat, "unfinished": unfinished, "generated_tokens": sum(map(len, new)),
+            "generate_s": generate_s, "tests_s": tests_s, "results": results}

@@ -23,7 +23,10 @@ def _rows_of(suite: str, r: dict) -> list[tuple[str, float, bool]]:
                 out.append((f"{task} @{int(n):,}", acc, True))
         return out
     if suite == "humaneval":
-        return [(f"HumanEval pass@1 ({r['problems']} problems)", r["pass@1"], True)]
+        out = [(f"HumanEval pass@1 ({r['problems']} problems)", r["pass@1"], True)]
+        if r.get("decode_agreement") is not None:  # `decode_agreement.py`: the decode path writes the forward's argmax
+            out.append(("HumanEval decoded tokens that are the full forward's argmax", r["decode_agreement"], True))
+        return out
     if suite == "speed":
         out = []
         for row in r["rows"]:
