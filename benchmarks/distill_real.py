@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.corpus import build_corpus  # noqa: E402
-from convert.distill import DistillConfig, distill, teacher_on  # noqa: E402
+from convert.distill import DistillConfig, distill  # noqa: E402
+from convert.distill_loss import teacher_on  # noqa: E402
 from convert.evaluation import passkey_accuracy  # noqa: E402
 from convert.export import load_source, load_tokenizer, save_dequantised  # noqa: E402
 from convert.layer_map import parse_spec, resolve_layer_map  # noqa: E402

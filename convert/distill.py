@@ -28,6 +28,9 @@ FSDP (accelerate configured with `fsdp_version: 2`): a copy of the student is sh
 weights are gathered back into the caller's `student`, which stays an ordinary module. The teacher only runs
 forward and is not sharded: every process holds a full copy (bf16 with `mixed_precision="bf16"`). The caller's
 teacher is left as it was, on its device and in its dtype: distillation runs a copy made on the device.
+
+A stage's settings are `distill_config.DistillConfig`; what a step measures (the teacher's targets, the KL and the
+attention-output loss) is `distill_loss.py`; this file runs the stage.
 """
 
 from __future__ import annotations
@@ -40,157 +43,20 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from jet_nemotron.fused_projections import set_projections_as_one
 from jet_nemotron.transformers_compat import checkpointing_disable, checkpointing_enable
 
+from .distill_config import DistillConfig, fsdp_turns_off_transfer
+from .distill_loss import DistillLoss, mse_fn, teacher_on, teacher_targets
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
 from .teacher_kernels import KernelMLP, KernelRMSNorm, with_teacher_kernels
-from .triton_device import check_triton_device
-
-
-@dataclass
-class TrainSchedule:
-    """Steps, batch and learning-rate schedule (warm-up, then cosine to min_lr_ratio * lr): shared by the
-    distillation stages and the search's supernet training."""
-    steps: int = 100
-    batch_size: int = 8  # sequences per optimizer step (global)
-    micro_batch: int = 8  # sequences per forward per process
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-
-
-@dataclass
-class DistillConfig(TrainSchedule):
-    stage: int = 1  # 1, 2, or 3 (a long-context stage: stage 2's defaults, usually with a longer seq_len)
-    # peak lr of the JetBlocks' own weights (on the same schedule) where the stage also trains pretrained weights:
-    # the JetBlocks are new and still far from their attention after stage 1, the copied weights are not. None: lr
-    jet_lr: float | None = None
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    kl_weight: float = 1.0
-    mse_weight: float | None = None  # default: 1.0 in stage 1, 0 in stage 2
-    train: str | None = None  # "jet", "non-mlp", "all"; default: "jet" in stage 1, "all" in stage 2
-    temperature: float = 1.0
-    kl_chunk: int = 1024  # tokens per KL chunk
-    fused_kl: bool = True  # each KL chunk's gradients taken in its forward (kl.py); False: the checkpointed reference
-    mixed_precision: str = "no"  # "no" or "bf16"
-    gradient_checkpointing: bool = False
-    save_every: int = 0  # 0: no intermediate checkpoints
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    eval_batch: int = 8
-    seed: int = 0
-    seq_len: int | None = None  # rows of this stage; None: the pipeline's --seq-len
-    compile: bool = False  # torch.compile each decoder layer of the student (opt-in: compile time, graph breaks)
-    # stage 1 only: each JetBlock learns its attention layer's map from the teacher's own input to the teacher's
-    # attention output (normalised MSE), all layers side by side with no end-to-end pass and no KL ("attention
-    # transfer"); about half a full stage-1 step's FLOPs, and no layer waits for the ones below it to be right.
-    # None: on wherever it applies (stage 1 training the JetBlocks alone with mse_weight > 0), the recipe that won
-    # on the H200 (benchmarks/results/real_model/recipe_variants/); FSDP cannot shard it, so there None means off
-    local: bool | None = None
-    # bf16 runs: the stage's frozen parameters held in bf16 while it trains (as the teacher is), so autocast does not
-    # cast them again in every forward and the residual stream runs in bf16 from the frozen embeddings; restored
-    # to their exact fp32 values when the stage ends. Opt-in until measured on the GPU
-    frozen_bf16: bool = False
-    # the student's same-input projections (a JetBlock's seven, attention's q/k/v, the MLP's gate/up) run as one
-    # product each while training: the input is cast once under autocast and its gradient accumulates in fp32 inside
-    # one product (`jet_nemotron.fused_projections.linears_as_one`). None: on in bf16 runs that are not local, where
-    # those casts are. With the KL kernel below, a stage-2 step of the real 1.5B on the H200 took 1,538 ms against
-    # 1,611-1,657 ms without either, in one process (benchmarks/results/real_model/knobs_3min/). Local attention
-    # transfer feeds each JetBlock the bf16 teacher's states, which need neither cast nor gradient, so there the
-    # product only adds the weights' and gradients' concatenations: 705 against 684 ms a step on the H200, one lease
-    # (benchmarks/results/real_model/knobs_v2_3min_cut/)
-    projections_as_one: bool | None = None
-    # the fused KL's per-chunk softmax work in one Triton kernel (`kl_rows_triton.py`). None: on on CUDA with the
-    # fused KL; True elsewhere is an error (TRITON_INTERPRET=1 excepted)
-    kl_kernel: bool | None = None
-    # the attention-output loss (normalised MSE) in one Triton kernel each way (`normalised_mse_triton.py`) instead
-    # of PyTorch's fp32 copies and chain, about 30 ms of a 684 ms attention-transfer step on the H200. None: on on
-    # CUDA; True elsewhere is an error (TRITON_INTERPRET=1 excepted)
-    mse_kernel: bool | None = None
-    # AdamW's fused kernel (one launch for all parameters) instead of its per-tensor-list default. Its stage-2 step
-    # took 98 ms of 1,622 on the H200 (2026-12-04 profile); opt-in until measured there
-    fused_adam: bool = False
-    # the teacher's RMSNorms on `ops.rmsnorm` and its MLPs' act(gate) * up on `ops.swiglu` (one kernel each on CUDA,
-    # the teacher's own rounding; `teacher_kernels.py`) instead of eager PyTorch's chains: about 40 and 20 ms of a
-    # 684 ms attention-transfer step in the H200 profile
-    teacher_kernels: bool = True
-    peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
-    history: list = field(default_factory=list)
-
-    def resolved(self, fsdp: bool = False) -> "DistillConfig":
-        """A copy with every None default decided and every field checked (ValueError naming the field). `fsdp`:
-        the stage runs under FSDP, which cannot shard attention transfer, so there `local`'s default is off and
-        `local=True` is refused. Resolving a resolved config under the same `fsdp` changes nothing."""
-        return replace(self)._resolve(fsdp)
-
-    def _resolve(self, fsdp: bool) -> "DistillConfig":
-        if self.stage not in (1, 2, 3):
-            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
-        if self.mse_weight is None:
-            self.mse_weight = 1.0 if self.stage == 1 else 0.0
-        if self.train is None:
-            self.train = "jet" if self.stage == 1 else "all"
-        if self.train not in ("jet", "non-mlp", "all"):
-            raise ValueError(f"train must be 'jet', 'non-mlp' or 'all', got {self.train!r}")
-        if self.kl_weight <= 0 and self.mse_weight <= 0:
-            raise ValueError("kl_weight and mse_weight are both zero: nothing to train on")
-        for name in ("steps", "batch_size", "micro_batch", "kl_chunk", "eval_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"stage {self.stage}: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "save_every", "log_every", "keep_checkpoints", "weight_decay", "grad_clip",
-                     "kl_weight", "mse_weight"):
-            v = getattr(self, name)
-            if not v >= 0 or not math.isfinite(v):
-                raise ValueError(f"stage {self.stage}: {name} must be >= 0, got {v}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"stage {self.stage}: lr must be a positive number, got {self.lr}")
-        if self.jet_lr is not None and not (self.jet_lr > 0 and math.isfinite(self.jet_lr)):
-            raise ValueError(f"stage {self.stage}: jet_lr must be a positive number or None, got {self.jet_lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"stage {self.stage}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not self.temperature > 0:
-            raise ValueError(f"stage {self.stage}: temperature must be > 0, got {self.temperature}")
-        if self.seq_len is not None and self.seq_len < 2:
-            raise ValueError(f"stage {self.stage}: seq_len must be >= 2, got {self.seq_len}")
-        if self.peak_tflops is not None and not (self.peak_tflops > 0 and math.isfinite(self.peak_tflops)):
-            raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.kl_kernel and not self.fused_kl:
-            raise ValueError(f"stage {self.stage}: kl_kernel is the fused KL's kernel; it needs fused_kl=True")
-        if self.frozen_bf16 and self.mixed_precision != "bf16":
-            raise ValueError(f"stage {self.stage}: frozen_bf16 holds frozen weights in bf16 for a bf16 run; it needs "
-                             f"mixed_precision 'bf16', got {self.mixed_precision!r}")
-        if self.local is None:
-            self.local = self.stage == 1 and self.train == "jet" and self.mse_weight > 0 and not fsdp
-        elif self.local and fsdp:  # FSDP gathers a decoder layer's weights in its forward, which transfer skips
-            raise ValueError("local attention transfer (stage 1 --stage1-local) runs the JetBlocks outside their "
-                             "decoder layers, which FSDP cannot shard: leave the flag out or pass --no-stage1-local "
-                             "(DistillConfig(local=None / False): an end-to-end stage 1), or run that stage on one "
-                             "GPU or under DDP")
-        if self.projections_as_one is None:  # after `local`, on which its default depends
-            self.projections_as_one = self.mixed_precision == "bf16" and not self.local
-        if self.local and (self.stage != 1 or self.train != "jet" or not self.mse_weight > 0):
-            raise ValueError(f"local attention transfer trains the JetBlocks alone on the attention MSE: it needs "
-                             f"stage 1, train 'jet' and mse_weight > 0 (got stage {self.stage}, train "
-                             f"{self.train!r}, mse_weight {self.mse_weight})")
-        return self
-
-
-def fsdp_turns_off_transfer(cfg: DistillConfig, fsdp: bool) -> bool:
-    """Whether `cfg` (not yet resolved) would run as attention transfer by default but runs end to end under FSDP:
-    the callers say so in one log line."""
-    return fsdp and cfg.local is None and cfg.resolved().local
 
 
 def jetblock_weight(student) -> Callable[[str], bool]:
@@ -236,158 +102,6 @@ def param_groups(student, cfg: DistillConfig) -> list[dict]:
         raise ValueError(f"stage {cfg.stage}: jet_lr {cfg.jet_lr} but no JetBlock weight trains (train="
                          f"{cfg.train!r})")
     return [g for g in groups if g["params"]]
-
-
-class _Capture:
-    """Forward hooks that record the output of `self_attn` of the given layers (in call order) and, with `inputs`,
-    the hidden states it was given (positional or keyword `hidden_states`)."""
-
-    def __init__(self, model, layers: list[int], inputs: bool = False):
-        self.outputs: list[torch.Tensor] = []
-        self.inputs: list[torch.Tensor] = []
-        base = model.model
-        self.handles = [base.layers[i].self_attn.register_forward_hook(self._hook, with_kwargs=True)
-                        for i in layers]
-        self.record_inputs = inputs
-
-    def _hook(self, module, args, kwargs, output):
-        self.outputs.append(output[0] if isinstance(output, tuple) else output)
-        if self.record_inputs:
-            self.inputs.append(args[0] if args else kwargs["hidden_states"])
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
-
-class DistillLoss(nn.Module):
-    """Wraps the student so one DDP forward returns the loss (gradients are then synchronised by DDP).
-
-    forward(input_ids [B, L], teacher_hidden [B, L, d], teacher_head [V, d], teacher_attn list of [B, L, d])
-    -> (loss, kl, mse) scalars.
-    """
-
-    def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
-                 temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
-                 projections_as_one: bool = False, kl_kernel: bool = False, mse: Callable | None = None):
-        super().__init__()
-        self.local, self.fused_kl, self.kl_kernel = local, fused_kl, kl_kernel
-        self.mse = mse or normalised_mse  # the attention-output loss: `mse_fn`'s choice
-        self.student = student
-        # switched off again in `release`: the caller's student must decode without concatenating weights each step
-        self.as_one = set_projections_as_one(student) if projections_as_one else []
-        # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
-        self._no_split_modules = getattr(student, "_no_split_modules", None)
-        self.mse_layers, self.kl_weight, self.mse_weight = mse_layers, kl_weight, mse_weight
-        self.chunk, self.temperature = chunk, temperature
-        # compiled layers guard on their hooks: new hooks every forward would recompile every step, so the
-        # capture stays registered for the stage (`release` removes it)
-        # (attention transfer calls the JetBlocks itself and needs no capture)
-        self.persistent = _Capture(student, mse_layers) if compiled and mse_weight > 0 and not local else None
-
-    def release(self) -> None:
-        """Remove the stage's persistent hooks and compiled layers: the caller's student must not keep capturing
-        outputs, and evaluates eagerly (nn.Module.compile keeps its compiled forward in `_compiled_call_impl`)."""
-        if self.persistent is not None:
-            self.persistent.close()
-            self.persistent = None
-        for layer in self.student.model.layers:
-            layer._compiled_call_impl = layer.self_attn._compiled_call_impl = None
-        if self.as_one:  # the same modules set_projections_as_one switched on, by the same rule
-            set_projections_as_one(self.student, on=False)
-        self.as_one = []
-
-    def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None, teacher_attn_in=None):
-        if self.local:
-            return self._local(teacher_attn_in, teacher_attn)
-        cap = self.persistent
-        if cap is not None:
-            cap.outputs = []
-        elif self.mse_weight > 0:
-            cap = _Capture(self.student, self.mse_layers)
-        try:
-            h = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
-        finally:
-            if cap is not None and cap is not self.persistent:
-                cap.close()
-        zero = h.new_zeros((), dtype=torch.float32)
-        kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
-                        self.temperature, self.fused_kl, self.kl_kernel) if self.kl_weight > 0 else zero
-        mse = zero
-        if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
-            terms = [self.mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
-            mse = torch.stack(terms).mean()
-        return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
-
-    def _local(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]):
-        """Attention transfer: each JetBlock on the teacher's input to that layer's attention, against its
-        output; the layers are independent, so their gradients never cross a layer boundary."""
-        layers = self.student.model.layers
-        terms = [self.mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
-        mse = torch.stack(terms).mean()
-        return self.mse_weight * mse, mse.new_zeros(()), mse.detach()
-
-
-def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """mean((s - t)^2) / mean(t^2), in fp32: the attention-output loss of stage 1 and of the search's supernet.
-    s, t [...] of one shape -> a scalar. The reference of `normalised_mse_triton.normalised_mse_triton`."""
-    return ((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
-
-
-def mse_fn(kernel: bool, device):
-    """`normalised_mse`, or with `kernel` its Triton twin: on CUDA, or on the CPU in Triton's interpreter (tests).
-    Asked for where neither holds, it is an error, not a quiet fallback to the reference."""
-    if not kernel:
-        return normalised_mse
-    check_triton_device("the Triton attention-MSE kernel (DistillConfig.mse_kernel)", device)
-    from .normalised_mse_triton import normalised_mse_triton
-
-    return normalised_mse_triton
-
-
-@torch.no_grad()
-def teacher_on(teacher: nn.Module, device, dtype: torch.dtype | None = None) -> nn.Module:
-    """`teacher` in eval mode, frozen, on `device` with floating parameters in `dtype` (None: their own).
-
-    Returns the teacher itself when it is already there, else a copy whose parameters are cast one at a time
-    straight onto the device, so the caller's model keeps its weights: casting it in place rounded them to
-    bf16 for good, and the teacher perplexity measured after a bf16 run was then a bf16 model's. Buffers
-    (rotary frequencies) keep their dtype.
-    """
-    teacher.eval().requires_grad_(False)
-    device = torch.device(device)
-    params = list(teacher.parameters())
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
-
-    if all(p.device == device and cast(p) is p for p in params):
-        return teacher
-    # deepcopy takes the cast tensors from the memo instead of copying the originals (tied weights stay tied)
-    memo = {id(p): nn.Parameter(cast(p.detach()), requires_grad=False) for p in params}
-    memo.update({id(b): b.detach().to(device) for b in teacher.buffers()})
-    return copy.deepcopy(teacher, memo)
-
-
-@torch.no_grad()
-def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = False):
-    """(teacher's final hidden states [B, L, d], the attention outputs of `mse_layers`, and with `inputs` the hidden
-    states each of those attention layers was given, else None), no grad.
-
-    The forward runs under inference mode (no version counters or autograd metadata at all); its outputs are
-    cloned out of it because autograd refuses to save inference tensors, and the student's loss saves them
-    (the MSE's normaliser, the checkpointed KL chunks). A clone is one read and write of [B, L, d] per tensor.
-    """
-    cap = _Capture(teacher, mse_layers, inputs) if mse_layers else None
-    try:
-        with torch.inference_mode():
-            h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
-    finally:
-        if cap is not None:
-            cap.close()
-    attn = [t.clone() for t in cap.outputs] if cap is not None else None
-    given = [t.clone() for t in cap.inputs] if cap is not None and inputs else None
-    return h.clone(), attn, given
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:

@@ -1,6 +1,6 @@
 """Stage 1's attention-output loss in Triton, forward and backward: mean((s - t)^2) / mean(t^2) in fp32.
 
-The reference (`distill.normalised_mse`) makes three fp32 copies of the [B, L, d] bf16 outputs (s once, t twice), a
+The reference (`distill_loss.normalised_mse`) makes three fp32 copies of the [B, L, d] bf16 outputs (s once, t twice), a
 difference, two squares and two means forward, and three more elementwise kernels and a cast backward. In the H200
 profile of an attention-transfer step (`benchmarks/results/real_model/knobs_v2_3min_cut/profile/`, 24 JetBlocks x 2
 micro-batches a step) those came to about 30 ms of 684. Here the forward reads s and t once (per-block fp32 sums of
@@ -80,5 +80,5 @@ def normalised_mse_triton(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"normalised_mse needs s and t of one shape, got {tuple(s.shape)} and {tuple(t.shape)}")
     if t.requires_grad:
         raise ValueError("normalised_mse_triton takes no gradient for the target t (the teacher's output); detach it "
-                         "or use the reference, distill.normalised_mse")
+                         "or use the reference, distill_loss.normalised_mse")
     return _NormalisedMSE.apply(s, t)

@@ -17,8 +17,9 @@ import torch
 
 from .corpus import build_corpus
 from .data import check_tokenizer_fits
-from .distill import (FSDP_NOTE, DistillConfig, distill, fsdp_turns_off_transfer, perplexity, plot_history,
-                      teacher_on, uses_fsdp)
+from .distill import FSDP_NOTE, DistillConfig, distill, perplexity, plot_history, uses_fsdp
+from .distill_config import fsdp_turns_off_transfer
+from .distill_loss import teacher_on
 from .dtypes import DEFAULT_DTYPE, torch_dtype
 from .export import load_source, refuse_overlap, write_folder
 from .layer_map import resolve_layer_map

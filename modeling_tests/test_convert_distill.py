@@ -201,7 +201,7 @@ def test_bf16_distillation_leaves_the_callers_teacher_exact(fresh_accelerate_sta
 
 
 def test_teacher_on_casts_a_copy_and_keeps_ties_and_buffers():
-    from convert.distill import teacher_on
+    from convert.distill_loss import teacher_on
 
     teacher = tiny_qwen("qwen2", layers=2, seed=0)
     teacher.config.tie_word_embeddings = True
@@ -298,7 +298,7 @@ def test_attention_transfer_asked_for_under_fsdp_is_refused_by_the_config():
     """Asked for explicitly, attention transfer under FSDP is an error; by default it is off there."""
     with pytest.raises(ValueError, match="FSDP cannot shard: leave the flag out or pass --no-stage1-local"):
         DistillConfig(stage=1, local=True).resolved(fsdp=True)
-    from convert.distill import fsdp_turns_off_transfer
+    from convert.distill_config import fsdp_turns_off_transfer
 
     assert fsdp_turns_off_transfer(DistillConfig(stage=1), fsdp=True)
     assert not fsdp_turns_off_transfer(DistillConfig(stage=1), fsdp=False)
@@ -380,7 +380,8 @@ def test_the_fused_kl_gives_every_parameter_the_reference_gradient(train):
     same loss and, for every trained parameter, the same gradient (end-to-end stage 1 trains the JetBlocks under a
     frozen head; stage 2 trains everything). Compared before any optimizer: Adam turns fp32 summation-order noise in
     near-zero gradients into visible weight differences."""
-    from convert.distill import DistillLoss, set_trainable
+    from convert.distill import set_trainable
+    from convert.distill_loss import DistillLoss
 
     teacher, student, train_rows, _ = _setup()
     set_trainable(student, train)

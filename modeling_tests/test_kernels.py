@@ -531,10 +531,10 @@ def test_a_distillation_with_the_kl_kernel_trains_as_the_reference(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [1, 4095, 4096 * 3 + 17])  # one element; a partial block; several blocks and a rest
 def test_normalised_mse_kernel_matches_its_reference(dtype, n):
-    """Stage 1's attention-output loss (convert/normalised_mse_triton.py) against `distill.normalised_mse`: the loss
+    """Stage 1's attention-output loss (convert/normalised_mse_triton.py) against `distill_loss.normalised_mse`: the loss
     and the student's gradient, with an upstream gradient that is not 1 (a weighted mean of layers), and the
     reference's clamp of a target that is all zeros. GPU: a real [8, 2048, 1536] output too."""
-    from convert.distill import normalised_mse
+    from convert.distill_loss import normalised_mse
     from convert.normalised_mse_triton import normalised_mse_triton
 
     g = torch.Generator().manual_seed(0)

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..distill import TrainSchedule, batch_rows, lr_at, normalised_mse
+from ..distill import batch_rows, lr_at
+from ..distill_config import TrainSchedule
+from ..distill_loss import normalised_mse
 from ..kl import chunked_kl
 from .supernet import Supernet
 

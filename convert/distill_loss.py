@@ -1,0 +1,172 @@
+"""What a distillation step measures: the teacher's targets (its final hidden states, and the attention outputs and
+inputs of the layers that became JetBlocks) and the student's loss against them (`DistillLoss`: the chunked logit KL,
+the per-layer attention-output MSE, or in attention transfer each JetBlock alone on the teacher's inputs).
+
+    teacher_targets(teacher, ids [B, L], layers) -> final states [B, L, d], attention outputs / inputs [B, L, d] each
+    DistillLoss(student, ...)(ids, final states, teacher head [V, d], outputs, inputs) -> (loss, kl, mse) scalars
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from jet_nemotron.fused_projections import set_projections_as_one
+
+from .kl import chunked_kl
+from .triton_device import check_triton_device
+
+
+class _Capture:
+    """Forward hooks that record the output of `self_attn` of the given layers (in call order) and, with `inputs`,
+    the hidden states it was given (positional or keyword `hidden_states`)."""
+
+    def __init__(self, model, layers: list[int], inputs: bool = False):
+        self.outputs: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+        base = model.model
+        self.handles = [base.layers[i].self_attn.register_forward_hook(self._hook, with_kwargs=True)
+                        for i in layers]
+        self.record_inputs = inputs
+
+    def _hook(self, module, args, kwargs, output):
+        self.outputs.append(output[0] if isinstance(output, tuple) else output)
+        if self.record_inputs:
+            self.inputs.append(args[0] if args else kwargs["hidden_states"])
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+class DistillLoss(nn.Module):
+    """Wraps the student so one DDP forward returns the loss (gradients are then synchronised by DDP).
+
+    forward(input_ids [B, L], teacher_hidden [B, L, d], teacher_head [V, d], teacher_attn list of [B, L, d])
+    -> (loss, kl, mse) scalars.
+    """
+
+    def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
+                 temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
+                 projections_as_one: bool = False, kl_kernel: bool = False, mse: Callable | None = None):
+        super().__init__()
+        self.local, self.fused_kl, self.kl_kernel = local, fused_kl, kl_kernel
+        self.mse = mse or normalised_mse  # the attention-output loss: `mse_fn`'s choice
+        self.student = student
+        # switched off again in `release`: the caller's student must decode without concatenating weights each step
+        self.as_one = set_projections_as_one(student) if projections_as_one else []
+        # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
+        self._no_split_modules = getattr(student, "_no_split_modules", None)
+        self.mse_layers, self.kl_weight, self.mse_weight = mse_layers, kl_weight, mse_weight
+        self.chunk, self.temperature = chunk, temperature
+        # compiled layers guard on their hooks: new hooks every forward would recompile every step, so the
+        # capture stays registered for the stage (`release` removes it)
+        # (attention transfer calls the JetBlocks itself and needs no capture)
+        self.persistent = _Capture(student, mse_layers) if compiled and mse_weight > 0 and not local else None
+
+    def release(self) -> None:
+        """Remove the stage's persistent hooks and compiled layers: the caller's student must not keep capturing
+        outputs, and evaluates eagerly (nn.Module.compile keeps its compiled forward in `_compiled_call_impl`)."""
+        if self.persistent is not None:
+            self.persistent.close()
+            self.persistent = None
+        for layer in self.student.model.layers:
+            layer._compiled_call_impl = layer.self_attn._compiled_call_impl = None
+        if self.as_one:  # the same modules set_projections_as_one switched on, by the same rule
+            set_projections_as_one(self.student, on=False)
+        self.as_one = []
+
+    def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None, teacher_attn_in=None):
+        if self.local:
+            return self._local(teacher_attn_in, teacher_attn)
+        cap = self.persistent
+        if cap is not None:
+            cap.outputs = []
+        elif self.mse_weight > 0:
+            cap = _Capture(self.student, self.mse_layers)
+        try:
+            h = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        finally:
+            if cap is not None and cap is not self.persistent:
+                cap.close()
+        zero = h.new_zeros((), dtype=torch.float32)
+        kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
+                        self.temperature, self.fused_kl, self.kl_kernel) if self.kl_weight > 0 else zero
+        mse = zero
+        if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
+            terms = [self.mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]
+            mse = torch.stack(terms).mean()
+        return self.kl_weight * kl + self.mse_weight * mse, kl.detach(), mse.detach()
+
+    def _local(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]):
+        """Attention transfer: each JetBlock on the teacher's input to that layer's attention, against its
+        output; the layers are independent, so their gradients never cross a layer boundary."""
+        layers = self.student.model.layers
+        terms = [self.mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
+        mse = torch.stack(terms).mean()
+        return self.mse_weight * mse, mse.new_zeros(()), mse.detach()
+
+
+def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """mean((s - t)^2) / mean(t^2), in fp32: the attention-output loss of stage 1 and of the search's supernet.
+    s, t [...] of one shape -> a scalar. The reference of `normalised_mse_triton.normalised_mse_triton`."""
+    return ((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
+
+
+def mse_fn(kernel: bool, device):
+    """`normalised_mse`, or with `kernel` its Triton twin: on CUDA, or on the CPU in Triton's interpreter (tests).
+    Asked for where neither holds, it is an error, not a quiet fallback to the reference."""
+    if not kernel:
+        return normalised_mse
+    check_triton_device("the Triton attention-MSE kernel (DistillConfig.mse_kernel)", device)
+    from .normalised_mse_triton import normalised_mse_triton
+
+    return normalised_mse_triton
+
+
+@torch.no_grad()
+def teacher_on(teacher: nn.Module, device, dtype: torch.dtype | None = None) -> nn.Module:
+    """`teacher` in eval mode, frozen, on `device` with floating parameters in `dtype` (None: their own).
+
+    Returns the teacher itself when it is already there, else a copy whose parameters are cast one at a time
+    straight onto the device, so the caller's model keeps its weights: casting it in place rounded them to
+    bf16 for good, and the teacher perplexity measured after a bf16 run was then a bf16 model's. Buffers
+    (rotary frequencies) keep their dtype.
+    """
+    teacher.eval().requires_grad_(False)
+    device = torch.device(device)
+    params = list(teacher.parameters())
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
+
+    if all(p.device == device and cast(p) is p for p in params):
+        return teacher
+    # deepcopy takes the cast tensors from the memo instead of copying the originals (tied weights stay tied)
+    memo = {id(p): nn.Parameter(cast(p.detach()), requires_grad=False) for p in params}
+    memo.update({id(b): b.detach().to(device) for b in teacher.buffers()})
+    return copy.deepcopy(teacher, memo)
+
+
+@torch.no_grad()
+def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = False):
+    """(teacher's final hidden states [B, L, d], the attention outputs of `mse_layers`, and with `inputs` the hidden
+    states each of those attention layers was given, else None), no grad.
+
+    The forward runs under inference mode (no version counters or autograd metadata at all); its outputs are
+    cloned out of it because autograd refuses to save inference tensors, and the student's loss saves them
+    (the MSE's normaliser, the checkpointed KL chunks). A clone is one read and write of [B, L, d] per tensor.
+    """
+    cap = _Capture(teacher, mse_layers, inputs) if mse_layers else None
+    try:
+        with torch.inference_mode():
+            h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+    finally:
+        if cap is not None:
+            cap.close()
+    attn = [t.clone() for t in cap.outputs] if cap is not None else None
+    given = [t.clone() for t in cap.inputs] if cap is not None and inputs else None
+    return h.clone(), attn, given
