@@ -491,3 +491,26 @@ def test_decoded_answers_are_the_full_forwards_argmax_and_a_broken_decode_step_i
     assert broken != new and bad["decode_agreement"] < 0.9, bad
     with pytest.raises(ValueError, match="2 prompts but 1 answers"):
         decode_agreement(m, prompts[:2], new[:1])
+
+
+def test_the_pad_tokens_after_a_stop_string_are_not_part_of_the_answer(folders):
+    """generate() fills a row that a stop string ended with the pad token until its batch ends. Where the pad is not
+    an EOS (the real Qwen2.5-Coder GGUF: pad <|endoftext|>, EOS <|im_end|>), that fill was kept as the answer: the
+    decode check then scored 0.73 for the teacher on the CPU (105 of 384 tokens), and every such answer counted as
+    unfinished. A pad the model wrote inside its answer stays."""
+    from convert.eval.generation import greedy
+    from convert.eval.models import load
+
+    m = load(folders["jet"])
+    pad = 7
+    m.tok.pad_token_id = pad
+    assert pad != m.tok.eos_token_id
+    answers = [[11, 12, pad, pad, pad], [13, pad, 14, 15, 16], [pad, pad, pad, pad, pad]]
+
+    def fake_generate(input_ids, **kw):
+        return torch.cat([input_ids, torch.tensor(answers)[: input_ids.shape[0]]], dim=1)
+
+    m.model.generate = fake_generate
+    # prompts in length order, which greedy batches them in
+    assert greedy(m, [[9], [5, 6], [5, 6, 8]], max_new_tokens=5, batch_size=3) == [[11, 12], [13, pad, 14, 15, 16],
+                                                                                    []]

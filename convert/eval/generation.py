@@ -75,7 +75,8 @@ def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None) -> tu
 def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 64,
            stop_strings: list[str] | None = None, compiled: bool | None = None, desc: str = "generating",
            pad_to: int | None = None) -> list[list[int]]:
-    """The new token ids greedy decoding gives each prompt (in the order given), cut before the first EOS.
+    """The new token ids greedy decoding gives each prompt (in the order given), cut before the first EOS and
+    without the pad tokens that fill a row ended by a stop string.
 
     Prompts are sorted by length so each batch of `batch_size` pads little; every batch runs generate() with
     `cache_implementation="static"`; `compiled` (default: on CUDA) uses the compiled decode step. A batch that runs
@@ -122,6 +123,10 @@ def greedy(m: EvalModel, prompts: list[list[int]], max_new_tokens: int, batch_si
         start += len(idx)
         for row, i in zip(gen[:, ids.shape[1]:].tolist(), idx):
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+            # a row ended by a stop string is filled with the pad token until its batch ends, and that pad need not
+            # be an EOS (Qwen2.5's GGUF: pad <|endoftext|>, EOS <|im_end|>): the fill is not the model's answer
+            while cut and row[cut - 1] == tok.pad_token_id:
+                cut -= 1
             out[i] = row[:cut]
         # a batch runs until its slowest row stops: steps and seconds per step say where a slow run's time went
         # (batches under a second, a retrieval cell's, are not worth a line)
