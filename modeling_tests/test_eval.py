@@ -479,7 +479,9 @@ def test_decoded_answers_are_the_full_forwards_argmax_and_a_broken_decode_step_i
     prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (40, 9, 23, 31)]
     new = greedy(m, prompts, max_new_tokens=12, batch_size=4)
     good = decode_agreement(m, prompts, new, batch=3)
-    assert good == {"decode_agreement": 1.0, "decode_clear_misses": 0, "decode_tokens": sum(map(len, new))}
+    assert good["decode_clear_misses"] == 0 and good["decode_tokens"] == sum(map(len, new))
+    # on a card the step kernels and the chunked forward round fp32 differently: a near tie may go either way
+    assert good["decode_agreement"] == 1.0 if m.device.type == "cpu" else good["decode_agreement"] >= 0.95
     assert good["decode_tokens"] > 24
 
     step = jet_block.gated_delta_rule_step
