@@ -16,7 +16,9 @@
 #                                  one compile per model), within SPEED_TIMEOUT seconds
 #   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
-#                                        pipeline-variants: ROW_WORKERS=N processes draw chat / retrieval rows (0: none)
+#                                        pipeline-variants: ROW_WORKERS=N processes draw chat / retrieval rows (0: none);
+#                                        MICRO_BATCH / MICRO_BATCH2: rows a forward in stage 1 / 2 (an 80 GB
+#                                        H100 fits stage 2 at 4 or fewer, not the default 8)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
 #                                        (always with jet-nemotron eval's stdlib perplexity, in process);
@@ -127,7 +129,8 @@ case "$1" in
        --minutes "${VARIANT_MIN:-3}" --out $JOB/out/variants ${RATE:+--rate $RATE} --humaneval "${HUMANEVAL:-0}"
        --stdlib-ppl
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${DEPTHS:+--depths $DEPTHS}
-       ${MAX_TOKENS:+--max-tokens $MAX_TOKENS} ${TEACHER_LAST:+--teacher-last} ${ROW_WORKERS:+--row-workers $ROW_WORKERS}
+       ${MAX_TOKENS:+--max-tokens $MAX_TOKENS} ${MICRO_BATCH:+--micro-batch $MICRO_BATCH}
+       ${MICRO_BATCH2:+--micro-batch2 $MICRO_BATCH2} ${TEACHER_LAST:+--teacher-last} ${ROW_WORKERS:+--row-workers $ROW_WORKERS}
        ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac
