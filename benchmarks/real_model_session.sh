@@ -57,6 +57,9 @@ case "$1" in
     mkdir -p "$M" && cp ".blob/part$2" "$M/part$2" && echo "$(ls "$M" | wc -l) parts"
     if ls .whl/*.whl >/dev/null 2>&1; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+      # the tests and card job below need them in this very call (the line at the top saw no /tmp/site yet: the
+      # gguf tests failed for want of gguf on 2026-12-05)
+      case ":$PYTHONPATH:" in *:/tmp/site:*) ;; *) export PYTHONPATH=$PYTHONPATH:/tmp/site ;; esac
     fi
     if [ "$(ls "$M" | wc -l)" = 22 ]; then
       mkdir -p "$WORK" && cat "$M"/part{01..22} > "$GGUF" && rm -r "$M"

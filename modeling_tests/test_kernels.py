@@ -311,8 +311,10 @@ def test_rmsnorm_matches_reference(rows, D, x_dtype, w_dtype):
     # the gradients once (2^-8), where the reference's autograd rounds at other points; dw sums 2 * rows of them
     bound = 1e-5 if x_dtype == torch.float32 else 1e-2
     assert y.dtype == y_r.dtype == torch.promote_types(x_dtype, w_dtype) and rel(y, y_r) < bound
-    if CUDA:  # the reference's two roundings, emulated: equal but where r's last fp32 bit moves a rounding (the
-        # interpreter's fp32 -> bf16 cast truncates, so this holds on a GPU only)
+    if CUDA and x_dtype == torch.bfloat16:  # the reference's two roundings of a bf16 input, emulated: equal but
+        # where r's last fp32 bit moves a rounding (the interpreter's fp32 -> bf16 cast truncates, so this holds on a
+        # GPU only). An fp32 input has no rounding to hide the reduction order: half its values differ in the last
+        # bits on an H200 (2026-12-05), within the bound above
         assert (y == y_r).float().mean() > 0.999
     for name, a, b in zip(("dx", "dweight"), grads, grads_r):
         assert a.dtype == b.dtype and rel(a, b) < bound, name

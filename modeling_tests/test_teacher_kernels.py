@@ -102,5 +102,11 @@ def test_a_distillation_trains_alike_with_the_teacher_on_the_kernels(capsys):
         hist[on] = [(h["loss"], h["kl"]) for h in distill(student, teacher, rows, cfg)["history"]]
         out = capsys.readouterr().out
         assert f"teacher: {9 if on else 0} RMSNorms on ops.rmsnorm, {4 if on else 0} MLPs on ops.swiglu" in out
-    assert hist[True] == hist[False] and len(hist[True]) == 3
+    assert len(hist[True]) == 3
+    if torch.cuda.is_available():  # the kernels' fp32 sums run in another order than PyTorch's: the third step's
+        # loss differed in its 8th digit on an H200 (2026-12-05)
+        flat = {on: [x for step in h for x in step] for on, h in hist.items()}
+        assert flat[True] == pytest.approx(flat[False], rel=1e-5, abs=1e-7)
+    else:
+        assert hist[True] == hist[False]
     assert not any(isinstance(m, (KernelRMSNorm, KernelMLP)) for m in teacher.modules())
