@@ -137,7 +137,8 @@ case "$1" in
        --stdlib-ppl
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${DEPTHS:+--depths $DEPTHS}
        ${MAX_TOKENS:+--max-tokens $MAX_TOKENS} ${MICRO_BATCH:+--micro-batch $MICRO_BATCH}
-       ${MICRO_BATCH2:+--micro-batch2 $MICRO_BATCH2} ${TEACHER_LAST:+--teacher-last} ${ROW_WORKERS:+--row-workers $ROW_WORKERS}
+       ${MICRO_BATCH2:+--micro-batch2 $MICRO_BATCH2} ${TEACHER_LAST:+--teacher-last}
+       ${ROW_WORKERS:+--row-workers $ROW_WORKERS}
        ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac
