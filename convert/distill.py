@@ -254,6 +254,27 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the gradient norm went NaN / Inf; the run stopped before the optimizer step applied it."""
 
 
+class DeviceMemoryError(RuntimeError):
+    """A step ran out of device memory; the message says with how many rows a forward and what to change."""
+
+
+def _out_of_memory(err: Exception, cfg: DistillConfig, step: int, seq_len: int, device,
+                   last_good) -> DeviceMemoryError:
+    """The error a step's out-of-memory becomes: the stage, step and micro-batch, the card's peak and size, what
+    to lower (the global batch, and so the run, stays the same), and the checkpoint a resume starts from."""
+    where = ""
+    if device.type == "cuda":
+        peak, total = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
+        where = f" ({peak / 1e9:.1f} GB allocated at peak of the card's {total / 1e9:.1f} GB)"
+    checkpointing = "" if cfg.gradient_checkpointing else ", or turn on --gradient-checkpointing"
+    return DeviceMemoryError(
+        f"stage {cfg.stage}, step {step + 1}: out of device memory with {cfg.micro_batch} rows of {seq_len} tokens a "
+        f"forward{where}. Lower --micro-batch (the --batch-size of {cfg.batch_size} stays: more micro-steps are "
+        f"accumulated, so the run is the same){checkpointing}. Last good checkpoint: "
+        f"{last_good or 'none (no checkpoint saved yet in this stage)'}; --resume continues from it with another "
+        f"micro-batch. ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})")
+
+
 @dataclass
 class _Training:
     """What one stage's loop works on, built by `_prepare`."""
@@ -485,8 +506,11 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
             read_back = (bool(cfg.log_every) and (step + 1) % cfg.log_every == 0) or saving or stopping \
                 or step + 1 == cfg.steps
             batch = prefetch.get(step)  # [batch_size, L], built on a background thread while the last step ran
-            _one_step(run, batch, cfg, step, meter,
-                      (lambda: _log_flush(meter, history, acc, bar, cfg, last_good)) if read_back else None)
+            try:
+                _one_step(run, batch, cfg, step, meter,
+                          (lambda: _log_flush(meter, history, acc, bar, cfg, last_good)) if read_back else None)
+            except torch.OutOfMemoryError as err:
+                raise _out_of_memory(err, cfg, step, data.seq_len, acc.device, last_good) from err
             bar.update(1)
             if saving:
                 last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,

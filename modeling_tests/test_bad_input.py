@@ -8,6 +8,7 @@ copy in its own folder, which is hashed too.
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import json
@@ -633,6 +634,33 @@ def test_non_finite_loss_stops_naming_step_and_checkpoint(lib_refuses, tmp_path)
     lib_refuses(lambda: distill(student, teacher, train, cfg, tmp_path / "ck"), NonFiniteLossError,
                 f"at step 2; stopped before applying it. Last good checkpoint: {tmp_path / 'ck' / 'step_1'}")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_1"]
+
+
+def test_out_of_device_memory_names_the_micro_batch_and_resumes_with_fewer_rows(lib_refuses, tmp_path, monkeypatch):
+    # an 80 GB card runs out in stage 2 at the H200's 8 rows a forward: the error says what to lower, the step's
+    # checkpoint before it is kept, and the run resumes from it with fewer rows a forward as the same run
+    import convert.distill as distill_module
+    from convert.distill import DeviceMemoryError, DistillConfig, distill
+
+    teacher, student, train, _ = _setup_distill()
+    cfg = dict(stage=2, steps=3, batch_size=4, micro_batch=4, save_every=1, log_every=1, lr=1e-3, warmup_steps=0)
+    real, calls = distill_module.teacher_targets, []
+
+    def short_of_memory(teacher, x, *a, **k):
+        calls.append(len(x))
+        if len(calls) == 2 and len(x) == 4:  # the second step, at 4 rows a forward
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return real(teacher, x, *a, **k)
+
+    monkeypatch.setattr(distill_module, "teacher_targets", short_of_memory)
+    lib_refuses(lambda: distill(copy.deepcopy(student), teacher, train, DistillConfig(**cfg), tmp_path / "ck"),
+                DeviceMemoryError, "stage 2, step 2: out of device memory with 4 rows of 32 tokens a forward. Lower "
+                "--micro-batch (the --batch-size of 4 stays: more micro-steps are accumulated, so the run is the "
+                f"same), or turn on --gradient-checkpointing. Last good checkpoint: {tmp_path / 'ck' / 'step_1'}")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_1"]
+    resumed = distill(copy.deepcopy(student), teacher, train, DistillConfig(**{**cfg, "micro_batch": 2}),
+                      tmp_path / "ck", resume=True)
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3] and calls[2:] == [2] * 4
 
 
 def test_data_options_library_refuses_a_weight_per_missing_source(lib_refuses):
