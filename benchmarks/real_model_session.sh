@@ -9,6 +9,7 @@
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
 #   TESTS="modeling_tests/x.py::test_y" bash benchmarks/real_model_session.sh part 01   # + those tests, first
 #   CARD_TESTS="..." bash benchmarks/real_model_session.sh part 01   # those tests in the card job below, first
+#                                  (SWEEP=1: then benchmarks/chunk_bwd_sweep.py)
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
 #                                  (KERNEL_PARTS="swiglu": kernel_speed.py's parts too, first)
 #                                  while the parts arrive: profile_distill.py (PROFILE_RUNS, a run a word, its
@@ -68,7 +69,7 @@ case "$1" in
     # TESTS: pytest node ids run on the card first, before any card job shares it (a GPU-only path checked before
     # the pipeline relies on it)
     [ -n "${TESTS:-}" ] && python3 -m pytest -q -x $TESTS 2>&1 | tail -5
-    if [ -n "${SPEED:-}${PROFILE:-}${KERNEL_PARTS:-}${CARD_TESTS:-}" ]; then
+    if [ -n "${SPEED:-}${PROFILE:-}${KERNEL_PARTS:-}${CARD_TESTS:-}${SWEEP:-}" ]; then
       # the card is idle while the parts arrive: random-weight jobs of the real shapes use it (the pipelines wait
       # for speed.done before distilling); one process each, so a cut one loses only its own, all within
       # SPEED_TIMEOUT seconds
@@ -80,6 +81,9 @@ case "$1" in
       # KERNEL_PARTS="swiglu norm": kernel_speed.py's parts, ours beside PyTorch eager and compiled, first
       [ -n "${KERNEL_PARTS:-}" ] &&
         jobs=" python3 benchmarks/kernel_speed.py --only $KERNEL_PARTS --out $JOB/out/kernels;$jobs"
+      # SWEEP=1: the per-chunk backward kernel's launch configs timed against its default (chunk_bwd_sweep.py), after
+      # the tests; it writes its JSON after every config, so a cut sweep keeps what it timed
+      [ -n "${SWEEP:-}" ] && jobs=" python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep;$jobs"
       # CARD_TESTS: pytest node ids run first in the card job, not before the parts go on as TESTS do (a lease
       # then spends no call waiting on them; the pipeline waits for the card job), into out/card_tests.log
       [ -n "${CARD_TESTS:-}" ] && jobs=" python3 -m pytest -q $CARD_TESTS > $JOB/out/card_tests.log 2>&1;$jobs"

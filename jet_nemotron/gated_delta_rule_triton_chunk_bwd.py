@@ -270,9 +270,10 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: boo
     dg = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
     safe_trans = launch.SAFE_TRANS  # read at call time: benchmarks/kernel_speed.py flips it to compare
     scratch = torch.empty(NC * H, BT, BT, device=q.device, dtype=torch.float32) if safe_trans else None
+    cfg = launch.CHUNK_BWD["fp32" if q.dtype == torch.float32 else "16-bit"]  # at call time too (the sweep)
     launch_pipelined(_bwd_chunk_kernel, (NC, H), q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta,
-                     dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK,
-                     BV=32 if q.dtype == torch.float32 else 64,  # fp32 tiles: half the columns fit
+                     dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=cfg["BV"],
                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=safe_trans,
-                     DOT_BF16=BK > 64 and q.is_cuda, PREC=dot_precision(q.dtype), num_warps=8)
+                     DOT_BF16=BK > 64 and q.is_cuda, PREC=dot_precision(q.dtype), stages=cfg["stages"],
+                     num_warps=cfg["num_warps"])
     return dq, dk, dv, dg, dbeta, dh0

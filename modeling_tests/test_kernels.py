@@ -7,6 +7,7 @@ set runs (T = 1, 63, 64, 65, 300, 1000; 1-4 heads; dk 32/96/128; dv 64/256). Err
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -632,3 +633,67 @@ def test_swiglu_with_the_activation_rounded_is_eager_low_precision():
     assert off.sum() <= 60 and bool(((y.float() - eager.float()).abs() <= step)[off].all()), int(off.sum())
     once = act_tri.swiglu_triton(gate, up)
     assert (once != eager).float().mean() > 0.05  # the flag is what makes the two roundings
+
+
+def _chunk_bwd_sweep():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import chunk_bwd_sweep
+
+    return chunk_bwd_sweep
+
+
+def test_the_chunk_backward_sweep_checks_each_launch_against_the_default(tmp_path):
+    """benchmarks/chunk_bwd_sweep.py: every launch config of the per-chunk backward gives the default's gradients
+    (fp32: to the summation order of the V slices), one that cannot be built is recorded with its error, not fatal,
+    and the default is back in `launch.CHUNK_BWD` afterwards."""
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    sweep = _chunk_bwd_sweep()
+    before = json.dumps(launch.CHUNK_BWD)
+    run = sweep.gradients_of(1, 70, 2, 32, 64, torch.float32, DEVICE)  # two chunks, the second partial
+    configs = [dict(launch.CHUNK_BWD["fp32"]), dict(BV=64, num_warps=4, stages=2), dict(BV=48, num_warps=4, stages=2)]
+    rows = sweep.sweep(run, configs, "fp32", sweep.BOUND[torch.float32], None)
+    assert rows[0]["default"] and rows[0]["ok"] and rows[0]["max_rel_err"] == 0.0
+    assert rows[1]["ok"] and 0 <= rows[1]["max_rel_err"] < 1e-5 and not rows[1]["default"]
+    assert "power of 2" in rows[2]["error"] and "ok" not in rows[2]  # tl.arange over a BV of 48
+    assert json.dumps(launch.CHUNK_BWD) == before
+    if not CUDA:  # the script's own --toy run (the interpreter), written stamped
+        res = sweep.main(["--toy", "--out", str(tmp_path), "--bv", "32,64", "--warps", "4", "--stages", "2"])
+        saved = json.loads((tmp_path / "chunk_bwd_sweep.json").read_text())
+        assert saved["configs"] == res["configs"] and saved["stamp"][0]["card"] == "cpu"
+        assert [r["default"] for r in saved["configs"]] == [True, False, False]  # the default first, not repeated
+        assert all(r["ok"] for r in saved["configs"]) and saved["fastest"] is None  # nothing timed on the CPU
+
+
+def test_the_chunk_backward_sweep_marks_other_gradients_and_restores_the_default():
+    """A config whose gradients leave the default's is marked and not timed; a run that fails midway still leaves
+    the default launch in place."""
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    sweep = _chunk_bwd_sweep()
+    before = json.dumps(launch.CHUNK_BWD)
+    base = (torch.ones(4), torch.ones(3), None)
+
+    def run():  # a miscompiled launch: BV 64's first gradient is off by 10%
+        return (base[0] * 1.1, *base[1:]) if launch.CHUNK_BWD["16-bit"]["BV"] == 64 else base
+
+    launch.CHUNK_BWD["16-bit"] = dict(BV=32, num_warps=8, stages=2)
+    try:
+        configs = [dict(BV=32, num_warps=8, stages=2), dict(BV=64, num_warps=8, stages=2)]
+        rows = sweep.sweep(run, configs, "16-bit", 2e-2, timer=lambda fn: 1.0)
+    finally:
+        launch.CHUNK_BWD = json.loads(before)
+    assert rows[0]["ok"] and rows[0]["ms"] == 1.0
+    assert rows[1]["ok"] is False and abs(rows[1]["max_rel_err"] - 0.1) < 1e-6 and "ms" not in rows[1]
+
+    calls = []
+
+    def broken():  # the reference run passes, the first config's is interrupted
+        calls.append(dict(launch.CHUNK_BWD["16-bit"]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return base
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.sweep(broken, configs[::-1], "16-bit", 2e-2, None)
+    assert calls[1]["BV"] == 64 and json.dumps(launch.CHUNK_BWD) == before
