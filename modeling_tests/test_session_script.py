@@ -231,3 +231,41 @@ def test_variants_pipeline_tokenises_beside_the_teacher_save_with_the_variants_o
     r = _run(tmp_path / "again", ["pipeline-variants"], WORK=str(tmp_path / "again" / "work"))
     assert r.returncode == 0, r.stderr
     assert not any("--tokenise-only" in c for c in _calls(tmp_path / "again", 1, tokenise=True))
+
+
+def test_card_tests_then_the_sweep_run_first_in_the_card_job(tmp_path):
+    """CARD_TESTS and SWEEP on part 01: the tests, then the chunk-backward sweep, then the kernels and profiles, all in
+    the detached card job (the part call itself returns at once)."""
+    blob = ROOT / ".blob"
+    made = not blob.exists()
+    blob.mkdir(exist_ok=True)
+    part = blob / "part01"
+    had = part.exists()
+    if not had:
+        part.write_bytes(b"x")
+    try:
+        r = _run(tmp_path, ["part", "01"], CARD_TESTS="modeling_tests/a.py::test_b modeling_tests/c.py", SWEEP="1",
+                 PROFILE="1", PROFILE_RUNS="--stage=1,--local", KERNEL_PARTS="swiglu", SPEED_TIMEOUT="30",
+                 M=str(tmp_path / "m"))
+        assert r.returncode == 0, r.stderr
+        extra = 1 if list((ROOT / ".whl").glob("*.whl")) else 0
+        every = [c for c in _calls(tmp_path, 4 + extra) if "pip install" not in c]
+    finally:
+        if not had:
+            part.unlink()
+        if made:
+            blob.rmdir()
+    assert every[0] == "PY -m pytest -q modeling_tests/a.py::test_b modeling_tests/c.py"
+    assert every[1].startswith("PY benchmarks/chunk_bwd_sweep.py --out ") and every[1].endswith("/out/sweep")
+    assert every[2].startswith("PY benchmarks/kernel_speed.py --only swiglu --out ")
+    assert every[3].startswith("PY benchmarks/profile_distill.py --stage=1 --local --out ")
+    assert (tmp_path / "job" / "out" / "card_tests.log").exists()
+
+
+def test_variants_pipeline_passes_each_stages_micro_batch(tmp_path):
+    """MICRO_BATCH / MICRO_BATCH2 reach distill_variants (an 80 GB H100 takes stage 2 at 2 rows a forward)."""
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/knobs_v4_3min.json", MICRO_BATCH="8",
+             MICRO_BATCH2="2")
+    assert r.returncode == 0, r.stderr
+    variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
+    assert "--micro-batch 8 --micro-batch2 2" in variants
