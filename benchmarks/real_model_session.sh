@@ -85,8 +85,9 @@ case "$1" in
       # the tests; it writes its JSON after every config, so a cut sweep keeps what it timed
       [ -n "${SWEEP:-}" ] && jobs=" python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep;$jobs"
       # CARD_TESTS: pytest node ids run first in the card job, not before the parts go on as TESTS do (a lease
-      # then spends no call waiting on them; the pipeline waits for the card job), into out/card_tests.log
-      [ -n "${CARD_TESTS:-}" ] && jobs=" python3 -m pytest -q $CARD_TESTS > $JOB/out/card_tests.log 2>&1;$jobs"
+      # then spends no call waiting on them; the pipeline waits for the card job), into out/card_tests.log, which
+      # names every test passed (-rA) as well as each failure
+      [ -n "${CARD_TESTS:-}" ] && jobs=" python3 -m pytest -q -rA $CARD_TESTS > $JOB/out/card_tests.log 2>&1;$jobs"
       # SPEED=1: one process per context (a cut one loses only its own); SPEED=all: one process for every context
       # (with SPEED_ARGS=--dynamic, one compile per model serves them all); SPEED_ARGS go to generation.py
       if [ "${SPEED:-}" = all ]; then

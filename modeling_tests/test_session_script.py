@@ -255,7 +255,7 @@ def test_card_tests_then_the_sweep_run_first_in_the_card_job(tmp_path):
             part.unlink()
         if made:
             blob.rmdir()
-    assert every[0] == "PY -m pytest -q modeling_tests/a.py::test_b modeling_tests/c.py"
+    assert every[0] == "PY -m pytest -q -rA modeling_tests/a.py::test_b modeling_tests/c.py"  # -rA: each pass named
     assert every[1].startswith("PY benchmarks/chunk_bwd_sweep.py --out ") and every[1].endswith("/out/sweep")
     assert every[2].startswith("PY benchmarks/kernel_speed.py --only swiglu --out ")
     assert every[3].startswith("PY benchmarks/profile_distill.py --stage=1 --local --out ")
