@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: jet_nemotron
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: stamp
+from kernel_speed import bench, gdr_cost, gdr_inputs  # noqa: E402
 from stamp import stamp  # noqa: E402
 
 # bf16 outputs of two configs differ where the V slices are summed in another order: a few bf16 steps at most
@@ -44,13 +44,9 @@ def gradients_of(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype, dev
     from jet_nemotron.gated_delta_rule_triton_chunk_fwd import chunk_fwd
     from jet_nemotron.gated_delta_rule_triton_launch import prep_inputs
 
-    gen = torch.Generator().manual_seed(seed)
-    q = F.silu(torch.randn(B, T, H, K, generator=gen)).to(device, dtype)
-    k = F.silu(torch.randn(B, T, H, K, generator=gen)).to(device, dtype)
-    v = torch.randn(B, T, H, V, generator=gen).to(device, dtype)
-    g = (F.logsigmoid(torch.randn(B, T, H, generator=gen)) * 0.1).to(device)
-    beta = torch.rand(B, T, H, generator=gen).to(device, dtype)
-    do = torch.randn(B, T, H, V, generator=gen).to(device, dtype)
+    torch.manual_seed(seed)
+    q, k, v, g, beta = gdr_inputs(T, H, K, V, False, B, device, dtype)
+    do = torch.randn_like(v)
     q, k, v, g, beta, scale, h0, meta = prep_inputs(q, k, v, g, beta, None, None, None)
     _, _, G, Ai = chunk_fwd(q, k, v, g, beta, scale, h0, False, meta, True)
     return lambda: chunk_bwd(q, k, v, g, beta, scale, h0, do, None, meta, True, G, Ai)
@@ -96,17 +92,10 @@ def grid(bvs, warps, stages) -> list[dict]:
     return [dict(BV=b, num_warps=w, stages=s) for b, w, s in itertools.product(bvs, warps, stages)]
 
 
-def cuda_timer(fn: Callable) -> float:
-    from triton.testing import do_bench
-
-    torch.cuda.synchronize()
-    return do_bench(fn, warmup=10, rep=50, return_mode="median")
-
-
-def backward_flops(B: int, T: int, H: int, K: int, V: int, C: int = 64) -> float:
-    """Matrix FLOPs of the chunked backward: twice the forward's products (kernel_speed.gdr_cost's count), whose
-    chunk-C intra products and K x V state products each get two gradient products."""
-    return 2.0 * B * T * H * 2 * (3 * C * K + 2 * C * V + 3 * K * V)
+def backward_flops(B: int, T: int, H: int, K: int, V: int) -> float:
+    """Matrix FLOPs of the chunked backward of B sequences: twice the forward's (`kernel_speed.gdr_cost`, which counts
+    forward and backward as three forwards)."""
+    return 2.0 * B * gdr_cost(T, H, K, V, False)[0]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         if not torch.cuda.is_available():
             raise SystemExit("the sweep times a CUDA kernel: run it on a GPU, or --toy on the CPU interpreter")
-        B, T, dtype, device, timer = args.batch, args.seq_len, torch.bfloat16, "cuda", cuda_timer
+        B, T, dtype, device, timer = args.batch, args.seq_len, torch.bfloat16, "cuda", bench
     key = "fp32" if dtype == torch.float32 else "16-bit"
     from jet_nemotron import gated_delta_rule_triton_launch as launch
 

@@ -64,12 +64,13 @@ def step_inputs(B, H, K, V, state_dtype=torch.float32):
     return q, k, v, g, beta, state
 
 
-def gdr_inputs(T, H, K, V, requires_grad):
-    q = F.silu(torch.randn(1, T, H, K, device="cuda")).bfloat16()
-    k = F.silu(torch.randn(1, T, H, K, device="cuda")).bfloat16()
-    v = torch.randn(1, T, H, V, device="cuda").bfloat16()
-    g = F.logsigmoid(torch.randn(1, T, H, device="cuda")) * 0.1
-    beta = torch.rand(1, T, H, device="cuda").bfloat16()
+def gdr_inputs(T, H, K, V, requires_grad, B=1, device="cuda", dtype=torch.bfloat16):
+    """[q, k, v, g, beta] of the gated delta rule (q, k [B, T, H, K]; v [B, T, H, V]; g fp32, beta [B, T, H])."""
+    q = F.silu(torch.randn(B, T, H, K, device=device)).to(dtype)
+    k = F.silu(torch.randn(B, T, H, K, device=device)).to(dtype)
+    v = torch.randn(B, T, H, V, device=device).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, device=device)) * 0.1
+    beta = torch.rand(B, T, H, device=device).to(dtype)
     xs = [q, k, v, g, beta]
     return [x.requires_grad_(requires_grad) for x in xs]
 

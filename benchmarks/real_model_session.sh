@@ -20,7 +20,7 @@
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #                                        pipeline-variants: ROW_WORKERS=N processes draw chat / retrieval rows (0: none);
 #                                        MICRO_BATCH / MICRO_BATCH2: rows a forward in stage 1 / 2 (an 80 GB
-#                                        H100 fits stage 2 at 4 or fewer, not the default 8)
+#                                        H100: stage 2 at 2, not the default 8; 4 would need about 78 GB)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
 #                                        (always with jet-nemotron eval's stdlib perplexity, in process);
@@ -46,7 +46,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-[ -d /tmp/site ] && export PYTHONPATH=$PYTHONPATH:/tmp/site
+# the carried wheels' folder (part 01 installs them), on the path even before it exists: part 01's own tests and
+# card job need it in that same call (the gguf tests failed for want of it on 2026-12-05); a missing folder is
+# skipped by Python
+export PYTHONPATH=$PYTHONPATH:/tmp/site
 M=${M:-/tmp/realmodel} WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
 GGUF=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf MD5=136755df932e5b87db9bbc2bea00aba5
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
@@ -58,9 +61,6 @@ case "$1" in
     mkdir -p "$M" && cp ".blob/part$2" "$M/part$2" && echo "$(ls "$M" | wc -l) parts"
     if ls .whl/*.whl >/dev/null 2>&1; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-      # the tests and card job below need them in this very call (the line at the top saw no /tmp/site yet: the
-      # gguf tests failed for want of gguf on 2026-12-05)
-      case ":$PYTHONPATH:" in *:/tmp/site:*) ;; *) export PYTHONPATH=$PYTHONPATH:/tmp/site ;; esac
     fi
     if [ "$(ls "$M" | wc -l)" = 22 ]; then
       mkdir -p "$WORK" && cat "$M"/part{01..22} > "$GGUF" && rm -r "$M"
