@@ -58,9 +58,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
           timer: Callable[[Callable], float] | None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Each config of `configs` ({BV, num_warps, stages}) set as `launch.CHUNK_BWD[key]`, run, checked against the
-    default's outputs (the largest relative error over the gradients; `ok` within `bound`) and, with a timer, timed
-    in ms; `on_row(rows so far)` after each (a cut sweep keeps what it measured). The default is restored
+    """Each config of `configs` ({BV, num_warps, stages, sum_sds}) set as `launch.CHUNK_BWD[key]`, run, checked
+    against the default's outputs (the largest relative error over the gradients; `ok` within `bound`) and, with a
+    timer, timed in ms; `on_row(rows so far)` after each (a cut sweep keeps what it measured). The default is restored
     afterwards, whatever happened."""
     from jet_nemotron import gated_delta_rule_triton_launch as launch
 
@@ -88,8 +88,9 @@ def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
     return rows
 
 
-def grid(bvs, warps, stages) -> list[dict]:
-    return [dict(BV=b, num_warps=w, stages=s) for b, w, s in itertools.product(bvs, warps, stages)]
+def grid(bvs, warps, stages, sum_sds=(False,)) -> list[dict]:
+    return [dict(BV=b, num_warps=w, stages=s, sum_sds=r)
+            for b, w, s, r in itertools.product(bvs, warps, stages, sum_sds)]
 
 
 def backward_flops(B: int, T: int, H: int, K: int, V: int) -> float:
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--shape", default="12,96,256", help="H,K,V of the JetBlock (the 2B's: 12 heads, dk 96, dv 256)")
     ap.add_argument("--bv", default="32,64,128")
+    ap.add_argument("--sum-sds", default="0,1",
+                    help="the kernel's SUM_SDS: 0 (S * dS held as a [BK, BV] tile), 1 (reduced slice by slice)")
     ap.add_argument("--warps", default="4,8")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--toy", action="store_true", help="CPU interpreter: fp32, tiny shapes, no timing")
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     from jet_nemotron import gated_delta_rule_triton_launch as launch
 
     default = dict(launch.CHUNK_BWD[key])
-    configs = grid(ints(args.bv), ints(args.warps), ints(args.stages))
+    configs = grid(ints(args.bv), ints(args.warps), ints(args.stages), [bool(x) for x in ints(args.sum_sds)])
     configs = [default] + [c for c in configs if c != default]  # the default first: every ratio's baseline
     args.out.mkdir(parents=True, exist_ok=True)
     head = {"stamp": [stamp(script="benchmarks/chunk_bwd_sweep.py")],
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     if res["fastest"] is not None:
         f = res["fastest"]
         share = f" ({100 * f['roofline']:.1f}% of the bf16 peak)" if "roofline" in f else ""
-        print(f"fastest: BV {f['BV']}, {f['num_warps']} warps, {f['stages']} stages, {f['ms']:.3f} ms{share}")
+        print(f"fastest: BV {f['BV']}, {f['num_warps']} warps, {f['stages']} stages, sum_sds {f['sum_sds']}, "
+              f"{f['ms']:.3f} ms{share}")
         if res["default_ms_over_fastest"] is not None:
             print(f"the default takes {res['default_ms_over_fastest']:.2f}x the fastest's time")
     bad = [r for r in rows if r.get("ok") is False]

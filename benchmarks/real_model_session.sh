@@ -9,7 +9,7 @@
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
 #   TESTS="modeling_tests/x.py::test_y" bash benchmarks/real_model_session.sh part 01   # + those tests, first
 #   CARD_TESTS="..." bash benchmarks/real_model_session.sh part 01   # those tests in the card job below, first
-#                                  (SWEEP=1: then benchmarks/chunk_bwd_sweep.py)
+#                                  (SWEEP=1: then benchmarks/chunk_bwd_sweep.py, with SWEEP_ARGS)
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
 #                                  (KERNEL_PARTS="swiglu": kernel_speed.py's parts too, first)
 #                                  while the parts arrive: profile_distill.py (PROFILE_RUNS, a run a word, its
@@ -83,7 +83,7 @@ case "$1" in
         jobs=" python3 benchmarks/kernel_speed.py --only $KERNEL_PARTS --out $JOB/out/kernels;$jobs"
       # SWEEP=1: the per-chunk backward kernel's launch configs timed against its default (chunk_bwd_sweep.py), after
       # the tests; it writes its JSON after every config, so a cut sweep keeps what it timed
-      [ -n "${SWEEP:-}" ] && jobs=" python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep;$jobs"
+      [ -n "${SWEEP:-}" ] && jobs=" python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep ${SWEEP_ARGS:-};$jobs"
       # CARD_TESTS: pytest node ids run first in the card job, not before the parts go on as TESTS do (a lease
       # then spends no call waiting on them; the pipeline waits for the card job), into out/card_tests.log, which
       # names every test passed (-rA) as well as each failure

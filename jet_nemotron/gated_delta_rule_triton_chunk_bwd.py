@@ -125,14 +125,17 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
                       cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                       H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr,
-                      SAFE_TRANS: tl.constexpr, DOT_BF16: tl.constexpr, PREC: tl.constexpr):
+                      SAFE_TRANS: tl.constexpr, DOT_BF16: tl.constexpr, PREC: tl.constexpr,
+                      SUM_SDS: tl.constexpr):
     """All per-chunk gradients once dh and dv' are known: dq, dk, dv, dbeta, dg (see the module docstring).
 
     S = h[chunk] (state in), dS = dh[chunk] (gradient of the state out), q~ = scale * q:
       dq~ = exp(G) do S^T + (do v'^T * Gamma) k       dk += (do v'^T * Gamma)^T q~ + exp(G_L - G) v' dS^T
       dw  = -dv' S^T; then through the WY form: dk, dbeta, dv, dG from dw and du = dv'.
     dG collects every place G appears; dg is its reverse cumulative sum within the chunk, and the
-    gradient of G_L (the whole chunk's decay) is added at the last row so the sum carries it to every row."""
+    gradient of G_L (the whole chunk's decay) is added at the last row so the sum carries it to every row.
+    SUM_SDS: sum(S * dS) is reduced slice by slice to a scalar, instead of kept as a [BK, BV] fp32 tile to the end
+    (one tile fewer held across the loop, beside four others of [BT, BK] and [BT, BT])."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
@@ -156,7 +159,8 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)  # do v'^T
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)  # du (beta v)^T, dw's part added below
     b_db = tl.zeros([BT], dtype=tl.float32)
-    b_dgl = tl.zeros([BK, BV], dtype=tl.float32)  # S * dS, summed at the end
+    b_dgl = tl.zeros([BK, BV], dtype=tl.float32)  # S * dS, summed at the end (SUM_SDS: unused)
+    b_sds = tl.zeros([1], dtype=tl.float32)  # sum(S * dS) so far (SUM_SDS)
     p_h = h + (i_ch.to(tl.int64) * H + i_h) * K * V
     p_dh = dh + (i_ch.to(tl.int64) * H + i_h) * K * V
     for i_v in range(tl.cdiv(V, BV)):
@@ -173,7 +177,10 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
         b_dks += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         b_dw += tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
-        b_dgl += b_h.to(tl.float32) * b_dh.to(tl.float32)
+        if SUM_SDS:
+            b_sds += tl.sum(tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), 1), 0)
+        else:
+            b_dgl += b_h.to(tl.float32) * b_dh.to(tl.float32)
         b_dT += tl.dot(b_du, tl.trans((b_v * b_b[:, None]).to(DT)), input_precision=PREC)
         b_dvb = tl.dot(b_ait, b_du, input_precision=PREC)  # Ai^T du: gradient of beta v
         tl.store(dv + row[:, None] * V + o_v[None, :], (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
@@ -206,7 +213,10 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     b_dk += b_dks
     b_kdks = tl.sum(b_kn * b_dks, 1)
     b_dG -= b_kdks
-    b_dGl = tl.exp(b_Gl) * tl.sum(tl.sum(b_dgl, 1), 0) + tl.sum(b_kdks, 0)
+    if SUM_SDS:
+        b_dGl = tl.exp(b_Gl) * tl.sum(b_sds, 0) + tl.sum(b_kdks, 0)
+    else:
+        b_dGl = tl.exp(b_Gl) * tl.sum(tl.sum(b_dgl, 1), 0) + tl.sum(b_kdks, 0)
     # WY form: w = Ai (beta exp(G) k), u = Ai (beta v), Ai = (I + A)^-1
     b_dw = -b_dw
     b_bg = b_b * b_eG
@@ -274,6 +284,7 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: boo
     launch_pipelined(_bwd_chunk_kernel, (NC, H), q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta,
                      dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=cfg["BV"],
                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=safe_trans,
-                     DOT_BF16=BK > 64 and q.is_cuda, PREC=dot_precision(q.dtype), stages=cfg["stages"],
+                     DOT_BF16=BK > 64 and q.is_cuda, PREC=dot_precision(q.dtype), SUM_SDS=cfg["sum_sds"],
+                     stages=cfg["stages"],
                      num_warps=cfg["num_warps"])
     return dq, dk, dv, dg, dbeta, dh0

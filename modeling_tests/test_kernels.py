@@ -655,17 +655,22 @@ def test_the_chunk_backward_sweep_checks_each_launch_against_the_default(tmp_pat
     run = sweep.gradients_of(1, 70, 2, 32, 64, dtype, DEVICE)  # two chunks, the second partial
     default = dict(launch.CHUNK_BWD[key])
     other = dict(default, BV=64 if default["BV"] == 32 else 32, num_warps=4)
-    configs = [default, other, dict(BV=48, num_warps=4, stages=2)]
+    summed = dict(default, sum_sds=not default["sum_sds"])  # S * dS reduced the other way: the same gradients
+    configs = [default, other, dict(BV=48, num_warps=4, stages=2, sum_sds=False), summed]
     rows = sweep.sweep(run, configs, key, sweep.BOUND[dtype], None)
     assert rows[0]["default"] and rows[0]["ok"] and rows[0]["max_rel_err"] == 0.0
     assert rows[1]["ok"] and 0 <= rows[1]["max_rel_err"] < sweep.BOUND[dtype] and not rows[1]["default"]
     assert "power of 2" in rows[2]["error"] and "ok" not in rows[2]  # tl.arange over a BV of 48
+    assert rows[3]["ok"] and rows[3]["max_rel_err"] < sweep.BOUND[dtype] and not rows[3]["default"]
     assert json.dumps(launch.CHUNK_BWD) == before
     if not CUDA:  # the script's own --toy run (the interpreter), written stamped
-        res = sweep.main(["--toy", "--out", str(tmp_path), "--bv", "32,64", "--warps", "4", "--stages", "2"])
+        res = sweep.main(["--toy", "--out", str(tmp_path), "--bv", "32,64", "--warps", "4", "--stages", "2",
+                          "--sum-sds", "0,1"])
         saved = json.loads((tmp_path / "chunk_bwd_sweep.json").read_text())
         assert saved["configs"] == res["configs"] and saved["stamp"][0]["card"] == "cpu"
-        assert [r["default"] for r in saved["configs"]] == [True, False, False]  # the default first, not repeated
+        # the default first, not repeated; then 2 BV x 2 ways to sum S * dS
+        assert [r["default"] for r in saved["configs"]] == [True] + [False] * 4
+        assert sorted(r["sum_sds"] for r in saved["configs"][1:]) == [False, False, True, True]
         assert all(r["ok"] for r in saved["configs"]) and saved["fastest"] is None  # nothing timed on the CPU
 
 

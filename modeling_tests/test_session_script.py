@@ -245,8 +245,8 @@ def test_card_tests_then_the_sweep_run_first_in_the_card_job(tmp_path):
         part.write_bytes(b"x")
     try:
         r = _run(tmp_path, ["part", "01"], CARD_TESTS="modeling_tests/a.py::test_b modeling_tests/c.py", SWEEP="1",
-                 PROFILE="1", PROFILE_RUNS="--stage=1,--local", KERNEL_PARTS="swiglu", SPEED_TIMEOUT="30",
-                 M=str(tmp_path / "m"))
+                 SWEEP_ARGS="--stages 2", PROFILE="1", PROFILE_RUNS="--stage=1,--local", KERNEL_PARTS="swiglu",
+                 SPEED_TIMEOUT="30", M=str(tmp_path / "m"))
         assert r.returncode == 0, r.stderr
         extra = 1 if list((ROOT / ".whl").glob("*.whl")) else 0
         every = [c for c in _calls(tmp_path, 4 + extra) if "pip install" not in c]
@@ -256,7 +256,7 @@ def test_card_tests_then_the_sweep_run_first_in_the_card_job(tmp_path):
         if made:
             blob.rmdir()
     assert every[0] == "PY -m pytest -q -rA modeling_tests/a.py::test_b modeling_tests/c.py"  # -rA: each pass named
-    assert every[1].startswith("PY benchmarks/chunk_bwd_sweep.py --out ") and every[1].endswith("/out/sweep")
+    assert every[1].startswith("PY benchmarks/chunk_bwd_sweep.py --out ") and every[1].endswith("/out/sweep --stages 2")
     assert every[2].startswith("PY benchmarks/kernel_speed.py --only swiglu --out ")
     assert every[3].startswith("PY benchmarks/profile_distill.py --stage=1 --local --out ")
     assert (tmp_path / "job" / "out" / "card_tests.log").exists()
