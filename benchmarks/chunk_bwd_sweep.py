@@ -56,6 +56,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
+def _error_line(err: Exception) -> str:
+    """The error's type, first line and last line. A Triton CompilationError's first line is only where ("at 39:12:",
+    the card's run of 2026-12-05); its cause, such as a BV that is not a power of 2, is its last line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    return f"{type(err).__name__}: {text[:300]}"
+
+
 def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
           timer: Callable[[Callable], float] | None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Each config of `configs` ({BV, num_warps, stages, sum_sds}) set as `launch.CHUNK_BWD[key]`, run, checked
@@ -78,7 +86,7 @@ def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
                 if timer is not None and row["ok"]:
                     row["ms"] = timer(run)
             except Exception as err:  # noqa: BLE001 - a config that does not compile or fit is a result
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                row["error"] = _error_line(err)
             rows.append(row)
             print(row, flush=True)
             if on_row is not None:

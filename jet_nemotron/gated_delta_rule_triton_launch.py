@@ -29,12 +29,15 @@ STATE_PASS_FWD = dict(BV=32, num_warps=4, stages=3)
 # warps and 2 stages 4.90 ms).
 STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # The per-chunk backward (`_bwd_chunk_kernel`, one program per chunk and head walking V in BV slices) by whether its
-# tiles are fp32 (half the columns fit) or 16-bit. Chosen without a measurement; it is a training step's largest
-# JetBlock kernel (1.75 ms a call at 8 x 2,048 tokens on the H200), and `benchmarks/chunk_bwd_sweep.py` times the
-# alternatives against this, side by side. Read at each call, so the sweep can set it.
-# sum_sds: reduce sum(S * dS) slice by slice instead of holding a [BK, BV] fp32 tile (the kernel's SUM_SDS).
+# tiles are fp32 (half the columns fit) or 16-bit. It is a training step's largest JetBlock kernel (1.75 ms a call at
+# 8 x 2,048 tokens on the H200); `benchmarks/chunk_bwd_sweep.py` times the alternatives against this, side by side.
+# Read at each call, so the sweep can set it.
+# sum_sds: reduce sum(S * dS) slice by slice instead of holding a [BK, BV] fp32 tile (the kernel's SUM_SDS). Swept
+# on an H100 at 8 x 2,048 tokens, bf16, 2B shapes (benchmarks/results/chunk_bwd_sweep_h100.json): BV 64 x 8 warps x 2
+# stages stays the fastest launch, and with sum_sds the whole chunked backward took 2.97 ms against 3.30 (1.11x);
+# sum_sds was faster in each of the six launches. fp32 is not measured and keeps the tile.
 CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False),
-             "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=False)}
+             "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True)}
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
 # fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes. From a sweep of BV
 # 16..128 x 1..8 warps per state dtype at B = 256 and 2048 on an H200 (benchmarks/kernel_speed.py --only step_variants):
