@@ -48,7 +48,7 @@ def gradients_of(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype, dev
     q, k, v, g, beta = gdr_inputs(T, H, K, V, False, B, device, dtype)
     do = torch.randn_like(v)
     q, k, v, g, beta, scale, h0, meta = prep_inputs(q, k, v, g, beta, None, None, None)
-    _, _, G, Ai = chunk_fwd(q, k, v, g, beta, scale, h0, False, meta, True)
+    _, _, G, Ai, _ = chunk_fwd(q, k, v, g, beta, scale, h0, False, meta, True)
     return lambda: chunk_bwd(q, k, v, g, beta, scale, h0, do, None, meta, True, G, Ai)
 
 

@@ -130,8 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kl-chunk", type=int, default=DistillConfig.kl_chunk,
                     help="tokens per KL chunk: fewer chunks cast and add the [V, d] head gradient fewer times, for "
                          "larger [chunk, V] logits")
+    ap.add_argument("--keep-states", action="store_true",
+                    help="the JetBlocks' forward keeps w, h and v' for the backward (launch.KEEP_STATES, env "
+                         "JET_NEMOTRON_KEEP_STATES=1)")
     ap.add_argument("--toy", action="store_true")
     args = ap.parse_args(argv)
+    if args.keep_states:
+        from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+        launch.KEEP_STATES = True
     from torch.profiler import ProfilerActivity, profile, schedule
 
     if args.toy:
@@ -181,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         "_fused_adam" if args.fused_adam else "") + ("" if args.teacher_kernels else "_eager_teacher") + (
         {True: "_mse_kernel", False: "_no_mse_kernel", None: ""}[args.mse_kernel]) + (
         f"_train_{args.train}" if args.train else "") + (
-        f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + ("_toy" if args.toy else "")
+        f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + (
+        "_keep_states" if args.keep_states else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
            "flops_per_token": run["flops_per_token"], "time_is": "device" if on_device else "cpu (self time)",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from . import gated_delta_rule_triton_launch as launch
 from .gated_delta_rule_triton_chunk_bwd import chunk_bwd
 from .gated_delta_rule_triton_chunk_fwd import chunk_fwd
 from .gated_delta_rule_triton_launch import prep_inputs
@@ -28,25 +29,31 @@ from .gated_delta_rule_triton_step import gated_delta_rule_step_triton
 
 class _GatedDeltaRuleFunction(torch.autograd.Function):
     """Chunked or recurrent forward (`recurrent`); one backward, the chunked one. The chunked forward keeps its G
-    and Ai for the backward; the recurrent one has none, so the backward recomputes them."""
+    and Ai for the backward, and with `launch.KEEP_STATES` its w, h and v' too; the recurrent one has none, so the
+    backward recomputes them."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_l2, recurrent):
         g_dtype, s_dtype = g.dtype, None if initial_state is None else initial_state.dtype
         q, k, v, g, beta, scale, h0, meta = prep_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens)
+        states = (None, None, None)
         if recurrent:
             o, ht = recurrent_fwd(q, k, v, g, beta, scale, h0, output_final_state, meta, use_l2)
             G = Ai = None
         else:
-            o, ht, G, Ai = chunk_fwd(q, k, v, g, beta, scale, h0, output_final_state, meta, use_l2)
-        ctx.save_for_backward(q, k, v, g, beta, h0, G, Ai)
+            o, ht, G, Ai, kept = chunk_fwd(q, k, v, g, beta, scale, h0, output_final_state, meta, use_l2)
+            if launch.KEEP_STATES and any(ctx.needs_input_grad):  # read at each call, as the sweeps set it
+                states = kept
+        ctx.save_for_backward(q, k, v, g, beta, h0, G, Ai, *states)
         ctx.meta, ctx.scale, ctx.use_l2, ctx.dtypes = meta, scale, use_l2, (g_dtype, s_dtype)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, beta, h0, G, Ai = ctx.saved_tensors
-        dq, dk, dv, dg, dbeta, dh0 = chunk_bwd(q, k, v, g, beta, ctx.scale, h0, do, dht, ctx.meta, ctx.use_l2, G, Ai)
+        q, k, v, g, beta, h0, G, Ai, w, h, v_new = ctx.saved_tensors
+        states = None if h is None else (w, h, v_new)
+        dq, dk, dv, dg, dbeta, dh0 = chunk_bwd(q, k, v, g, beta, ctx.scale, h0, do, dht, ctx.meta, ctx.use_l2, G, Ai,
+                                               states)
         g_dtype, s_dtype = ctx.dtypes
         dh0 = None if dh0 is None else dh0.to(s_dtype)
         return dq, dk, dv, dg.to(g_dtype), dbeta, None, dh0, None, None, None, None

@@ -1,7 +1,8 @@
-"""Chunked gated delta rule, backward. It recomputes w, u, S and v' (`gated_delta_rule_triton_chunk_fwd`) and
-runs three kernels: dv_local = (q k^T * Gamma)^T do (parallel), the reverse state recursion dS (sequential, also
-finishing dv'), and one per-chunk kernel that gives dq, dk, dv, dbeta and dg (the last through a reverse cumulative
-sum of dG within the chunk). The q/k L2 norm's Jacobian is applied at the end of that kernel.
+"""Chunked gated delta rule, backward. It recomputes w, u, S and v' (`gated_delta_rule_triton_chunk_fwd`), unless
+the forward kept them (`launch.KEEP_STATES`), and runs three kernels: dv_local = (q k^T * Gamma)^T do (parallel),
+the reverse state recursion dS (sequential, also finishing dv'), and one per-chunk kernel that gives dq, dk, dv,
+dbeta and dg (the last through a reverse cumulative sum of dG within the chunk). The q/k L2 norm's Jacobian is
+applied at the end of that kernel.
 """
 
 from __future__ import annotations
@@ -252,14 +253,18 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
 # ---------------------------------------------------------------------------------------------------- host side
 
 
-def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: bool, G=None, Ai=None):
-    """Gradients for q, k, v, g, beta and the initial state; recomputes w, u, h and v' (and G, Ai if not given)."""
+def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: bool, G=None, Ai=None, states=None):
+    """Gradients for q, k, v, g, beta and the initial state. Recomputes G and Ai if not given, and w, h and v' unless
+    `states` holds the forward's (w [B, T, H, K], h [chunks, H, K, V], v' [B, T, H, V])."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, NC = pow2_block(K), meta.total_chunks
     if G is None:
         G, Ai = prepare(k, beta, g, meta, use_l2)
-    w, h, v_new, _ = wu_and_states(k, v, beta, G, Ai, h0, False, meta, use_l2)
+    if states is None:
+        w, h, v_new, _ = wu_and_states(k, v, beta, G, Ai, h0, False, meta, use_l2)
+    else:
+        w, h, v_new = states
     do = do.contiguous()
     dv_local = torch.empty_like(v)
     _bwd_dv_local_kernel[(triton.cdiv(V, CHUNK_BV), NC, H)](q, k, G, do, dv_local, *meta.args(), scale, T, meta.NT,

@@ -9,7 +9,7 @@ Gamma[t, s] = exp(G_t - G_s) for s <= t, and q already L2-normalised and scaled:
 The q/k L2 norm is fused: every kernel that reads q or k loads whole rows (BK >= K) and normalises them in
 registers. The one normalised tensor in memory is k for the sequential state pass, written by `_wu_kernel`,
 because a norm on that pass's critical path cost it 1.4x. The backward (`gated_delta_rule_triton_chunk_bwd.py`)
-reruns `prepare` (unless the forward's G and Ai are kept) and `wu_and_states`.
+reruns `prepare` (unless the forward's G and Ai are kept) and `wu_and_states` (unless its w, h and v' are kept).
 """
 
 from __future__ import annotations
@@ -292,13 +292,14 @@ def wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta: ChunkMeta, use_l2: bool)
 
 
 def chunk_fwd(q, k, v, g, beta, scale, h0, want_ht, meta: ChunkMeta, use_l2: bool):
-    """Forward on contiguous [B, T, H, *] inputs; returns o, ht and what the backward keeps (G, Ai)."""
+    """Forward on contiguous [B, T, H, *] inputs; returns o, ht, what the backward keeps (G, Ai) and what it may keep
+    instead of recomputing, (w, h, v')."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     G, Ai = prepare(k, beta, g, meta, use_l2)
-    _, h, v_new, ht = wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta, use_l2)
+    w, h, v_new, ht = wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta, use_l2)
     o = torch.empty_like(v)
     _fwd_o_kernel[(triton.cdiv(V, CHUNK_BV), meta.total_chunks, H)](
         q, k, v_new, h, G, o, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=pow2_block(K), BV=CHUNK_BV,
         USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
-    return o, ht, G, Ai
+    return o, ht, G, Ai, (w, h, v_new)

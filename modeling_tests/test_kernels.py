@@ -161,6 +161,30 @@ def test_chunk_varlen_matches_reference(with_h0, dtype):
     check_gdr(gdr_tri.chunk_gated_delta_rule_triton, 0, 0, 2, 32 if not CUDA else 96, 64, dtype, with_h0, lens)
 
 
+@pytest.mark.parametrize("lens", [None, [37, 64, 100]])
+def test_kept_states_give_the_same_gradients_without_the_state_pass(monkeypatch, lens):
+    """launch.KEEP_STATES: the backward takes the forward's w, h and v' instead of rerunning the w/u kernel and the
+    sequential state pass, and the gradients are the same bits (the same kernels on the same inputs)."""
+    from jet_nemotron import gated_delta_rule_triton_chunk_bwd as bwd
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    calls = []
+    real = bwd.wu_and_states
+    monkeypatch.setattr(bwd, "wu_and_states", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    cu = None if lens is None else torch.tensor([0, 37, 101, 201], device=DEVICE)
+    B, T = (2, 130) if lens is None else (1, 201)
+    xs = make_gdr(B, T, 2, 32, 64, torch.float32, True, n_seq=None if lens is None else 3)
+    runs = {}
+    for keep in (False, True):
+        monkeypatch.setattr(launch, "KEEP_STATES", keep)
+        calls.clear()
+        o, ht, grads = run_gdr(gdr_tri.chunk_gated_delta_rule_triton, xs, True, cu)
+        runs[keep] = (o, ht, grads, len(calls))
+    assert runs[False][3] == 1 and runs[True][3] == 0  # recomputed once without, never with
+    for a, b in zip((runs[True][0], runs[True][1], *runs[True][2]), (runs[False][0], runs[False][1], *runs[False][2])):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.skipif(not CUDA, reason="Triton's interpreter (3.9) multiplies bf16 tl.dot operands as raw bits "
                     "(a 16x16 bf16 product came out 4e9 off): bf16 is checked on CUDA only")
 def test_chunk_bf16_small():

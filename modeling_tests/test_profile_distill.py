@@ -38,3 +38,14 @@ def test_a_kl_chunk_other_than_the_default_names_its_record(tmp_path):
     rec = json.loads((tmp_path / "profile_distill_stage2_kl_chunk32_toy.json").read_text())
     assert rec["args"]["kl_chunk"] == "32" and rec["tok_per_s"] > 0
     assert rec["peak_gb"] is None  # CPU: no device allocator to ask
+
+
+def test_keep_states_turns_the_launch_flag_on_and_names_its_record(tmp_path, monkeypatch):
+    """--keep-states profiles a step with the JetBlocks' forward states kept for the backward (on the card; the CPU
+    runs the PyTorch reference, which has no such states), in a record of its own name."""
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    monkeypatch.setattr(launch, "KEEP_STATES", False)  # restored after the test: main sets it for its process
+    pd.main(["--toy", "--keep-states", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage1_keep_states_toy.json").read_text())
+    assert rec["args"]["keep_states"] == "True" and launch.KEEP_STATES is True
