@@ -42,7 +42,7 @@ class _GatedDeltaRuleFunction(torch.autograd.Function):
             G = Ai = None
         else:
             o, ht, G, Ai, kept = chunk_fwd(q, k, v, g, beta, scale, h0, output_final_state, meta, use_l2)
-            if launch.KEEP_STATES and any(ctx.needs_input_grad):  # read at each call, as the sweeps set it
+            if launch.KEEP_STATES and any(ctx.needs_input_grad):  # read at each call: profile_distill sets it
                 states = kept
         ctx.save_for_backward(q, k, v, g, beta, h0, G, Ai, *states)
         ctx.meta, ctx.scale, ctx.use_l2, ctx.dtypes = meta, scale, use_l2, (g_dtype, s_dtype)
