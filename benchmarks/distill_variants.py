@@ -643,14 +643,15 @@ def _own_answers(student, tok, heads: list[tuple[str, str]], path: Path, dev, bf
     del gen
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    write_chats(path, chats, {"stats": stats})
+    write_chats(path, chats, {"stamp": [stamp()], "stats": stats})  # stamped: a result file beside the record's
     return stats | {"file": path.name}
 
 
 def _partial(row: dict, out: Path) -> None:
-    """The variant's row as measured so far, replaced whole: OUT/partial.json."""
+    """The variant's row as measured so far, replaced whole, stamped (a cut run's record may be this file alone):
+    OUT/partial.json."""
     tmp = out / "partial.json.tmp"
-    tmp.write_text(json.dumps(row, indent=1, default=str))
+    tmp.write_text(json.dumps({"stamp": [stamp()]} | row, indent=1, default=str))
     os.replace(tmp, out / "partial.json")
 
 

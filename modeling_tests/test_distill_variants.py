@@ -282,6 +282,7 @@ def test_teacher_last_measures_the_students_first_and_keeps_each_measurement_as_
     assert {"humaneval", "held_out_kl", "ppl", "answers"} <= set(order[0][1]) and "retrieval" not in order[0][1]
     partial = json.loads((out / "partial.json").read_text())
     assert partial["name"] == "only" and {"humaneval", "retrieval"} <= set(partial)
+    assert {"commit", "card", "date"} <= set(partial["stamp"][0])  # a cut run's record may be this file alone
     (first_has_teacher, first_table), (last_has_teacher, last_table) = tables[0], tables[-1]
     assert not first_has_teacher and last_has_teacher
     assert "| teacher | - | - | - | 0 | - |" in first_table and "| only |" in first_table
@@ -448,6 +449,8 @@ def test_own_answers_train_the_second_part_of_stage_2_on_what_the_student_wrote(
     assert [(stage, steps) for stage, steps, *_ in stages] == [(1, 1), (2, 2), (2, 2)]
     chats = read_chats(out / "own_answers_own.jsonl.gz")  # all 3 kept, whatever the toy student wrote
     assert len(chats) == 3 and all(c[1]["content"].startswith("```python\n") for c in chats)
+    meta = json.loads((out / "own_answers_own.jsonl.gz.meta.json").read_text())
+    assert meta["stats"]["asked"] == 3 and {"commit", "card", "date"} <= set(meta["stamp"][0])
     (_, plan, *_), _, first = samplers[0]
     (_, (part,), _, _, rows), kw, second = samplers[1]
     assert stages[1][2] is first[1] and stages[2][2] is second[0]  # the second part reads the new sampler
