@@ -66,8 +66,8 @@ def _error_line(err: Exception) -> str:
 
 def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
           timer: Callable[[Callable], float] | None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Each config of `configs` ({BV, num_warps, stages, sum_sds}) set as `launch.CHUNK_BWD[key]`, run, checked
-    against the default's outputs (the largest relative error over the gradients; `ok` within `bound`) and, with a
+    """Each config of `configs` ({BV, num_warps, stages, sum_sds, split_dqw}) set as `launch.CHUNK_BWD[key]`, run,
+    checked against the default's outputs (the largest relative error over the gradients; `ok` within `bound`) and, with a
     timer, timed in ms; `on_row(rows so far)` after each (a cut sweep keeps what it measured). The default is restored
     afterwards, whatever happened."""
     from jet_nemotron import gated_delta_rule_triton_launch as launch
@@ -96,9 +96,9 @@ def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
     return rows
 
 
-def grid(bvs, warps, stages, sum_sds=(False,)) -> list[dict]:
-    return [dict(BV=b, num_warps=w, stages=s, sum_sds=r)
-            for b, w, s, r in itertools.product(bvs, warps, stages, sum_sds)]
+def grid(bvs, warps, stages, sum_sds=(False,), split_dqw=(False,)) -> list[dict]:
+    return [dict(BV=b, num_warps=w, stages=s, sum_sds=r, split_dqw=d)
+            for b, w, s, r, d in itertools.product(bvs, warps, stages, sum_sds, split_dqw)]
 
 
 def backward_flops(B: int, T: int, H: int, K: int, V: int) -> float:
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--bv", default="32,64,128")
     ap.add_argument("--sum-sds", default="0,1",
                     help="the kernel's SUM_SDS: 0 (S * dS held as a [BK, BV] tile), 1 (reduced slice by slice)")
+    ap.add_argument("--split-dqw", default="0",
+                    help="the kernel's SPLIT_DQW: 1 (do S^T and dv' S^T in a kernel of their own), 0 (in its loop)")
     ap.add_argument("--warps", default="4,8")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--toy", action="store_true", help="CPU interpreter: fp32, tiny shapes, no timing")
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     from jet_nemotron import gated_delta_rule_triton_launch as launch
 
     default = dict(launch.CHUNK_BWD[key])
-    configs = grid(ints(args.bv), ints(args.warps), ints(args.stages), [bool(x) for x in ints(args.sum_sds)])
+    configs = grid(ints(args.bv), ints(args.warps), ints(args.stages), [bool(x) for x in ints(args.sum_sds)],
+                   [bool(x) for x in ints(args.split_dqw)])
     configs = [default] + [c for c in configs if c != default]  # the default first: every ratio's baseline
     args.out.mkdir(parents=True, exist_ok=True)
     head = {"stamp": [stamp(script="benchmarks/chunk_bwd_sweep.py")],
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         f = res["fastest"]
         share = f" ({100 * f['roofline']:.1f}% of the bf16 peak)" if "roofline" in f else ""
         print(f"fastest: BV {f['BV']}, {f['num_warps']} warps, {f['stages']} stages, sum_sds {f['sum_sds']}, "
-              f"{f['ms']:.3f} ms{share}")
+              f"split_dqw {f['split_dqw']}, {f['ms']:.3f} ms{share}")
         if res["default_ms_over_fastest"] is not None:
             print(f"the default takes {res['default_ms_over_fastest']:.2f}x the fastest's time")
     bad = [r for r in rows if r.get("ok") is False]

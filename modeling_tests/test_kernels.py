@@ -185,6 +185,25 @@ def test_kept_states_give_the_same_gradients_without_the_state_pass(monkeypatch,
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("K, lens", [(96, None), (32, [37, 64, 100])])  # K padded to BK = 128; varlen
+def test_the_state_products_apart_give_the_same_gradients(monkeypatch, K, lens):
+    """launch.CHUNK_BWD's split_dqw: do S^T and dv' S^T from a kernel of their own give the gradients of the loop
+    that holds them (the same products in the same order: the same bits on the interpreter, to rounding on CUDA)."""
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    key = "fp32"
+    cu = None if lens is None else torch.tensor([0, 37, 101, 201], device=DEVICE)
+    B, T = (1, 130) if lens is None else (1, 201)
+    xs = make_gdr(B, T, 2, K, 64, torch.float32, True, n_seq=None if lens is None else 3)
+    runs = {}
+    for split in (False, True):
+        monkeypatch.setitem(launch.CHUNK_BWD, key, dict(launch.CHUNK_BWD[key], split_dqw=split))
+        o, ht, grads = run_gdr(gdr_tri.chunk_gated_delta_rule_triton, xs, True, cu)
+        runs[split] = grads
+    for name, a, b in zip(NAMES, runs[True], runs[False]):
+        assert (torch.equal(a, b) if not CUDA else rel(a, b) < 1e-5), name
+
+
 @pytest.mark.skipif(not CUDA, reason="Triton's interpreter (3.9) multiplies bf16 tl.dot operands as raw bits "
                     "(a 16x16 bf16 product came out 4e9 off): bf16 is checked on CUDA only")
 def test_chunk_bf16_small():
@@ -680,12 +699,14 @@ def test_the_chunk_backward_sweep_checks_each_launch_against_the_default(tmp_pat
     default = dict(launch.CHUNK_BWD[key])
     other = dict(default, BV=64 if default["BV"] == 32 else 32, num_warps=4)
     summed = dict(default, sum_sds=not default["sum_sds"])  # S * dS reduced the other way: the same gradients
-    configs = [default, other, dict(BV=48, num_warps=4, stages=2, sum_sds=False), summed]
+    split = dict(default, split_dqw=not default["split_dqw"])  # the state products in a kernel apart, or not
+    configs = [default, other, dict(BV=48, num_warps=4, stages=2, sum_sds=False, split_dqw=False), summed, split,
+               dict(other, split_dqw=not default["split_dqw"])]
     rows = sweep.sweep(run, configs, key, sweep.BOUND[dtype], None)
     assert rows[0]["default"] and rows[0]["ok"] and rows[0]["max_rel_err"] == 0.0
     assert rows[1]["ok"] and 0 <= rows[1]["max_rel_err"] < sweep.BOUND[dtype] and not rows[1]["default"]
     assert "power of 2" in rows[2]["error"] and "ok" not in rows[2]  # tl.arange over a BV of 48
-    assert rows[3]["ok"] and rows[3]["max_rel_err"] < sweep.BOUND[dtype] and not rows[3]["default"]
+    assert all(r["ok"] and r["max_rel_err"] < sweep.BOUND[dtype] and not r["default"] for r in rows[3:])
     assert json.dumps(launch.CHUNK_BWD) == before
     if not CUDA:  # the script's own --toy run (the interpreter), written stamped
         res = sweep.main(["--toy", "--out", str(tmp_path), "--bv", "32,64", "--warps", "4", "--stages", "2",
