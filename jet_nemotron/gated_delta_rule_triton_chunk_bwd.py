@@ -114,7 +114,7 @@ def _bwd_dqw_kernel(h, do, dv2, dqh, dwh, cu_seqlens, chunk_indices, chunk_offse
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
-    DT = do.dtype.element_ty
+    DT = h.dtype.element_ty  # the dtype do is cast to in `_bwd_chunk_kernel` (q's, which h has)
     o_k = tl.arange(0, BK)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
