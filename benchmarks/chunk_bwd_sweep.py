@@ -2,9 +2,10 @@
 side in one process on one card at a training shape, each checked against the current default's gradients.
 
 That kernel runs one program per chunk and head, holds the chunk's [BT, BK] and [BT, BT] fp32 accumulators and walks
-V in BV slices. Its launch (BV 64, 8 warps, 2 pipeline stages for bf16) was never measured against another. It is
-a training step's largest JetBlock kernel: 1.75 ms a call at 8 x 2,048 tokens in the H200 profile of an
-attention-transfer step, 24 calls a micro-step. The state passes were swept this way
+V in BV slices. It is a training step's largest JetBlock kernel: 1.75 ms a call at 8 x 2,048 tokens in the H200
+profile of an attention-transfer step, 24 calls a micro-step. Besides the launch, two switches of the kernel are
+swept: sum_sds and split_dqw (`launch.CHUNK_BWD`); the H100 sweep of 2026-12-05 is
+`results/chunk_bwd_sweep_h100.json`. The state passes were swept this way
 (`results/state_pass_sweep_h100.json`); `launch.CHUNK_BWD` holds the choice, read at each call.
 
 What is timed is the whole chunked backward (`chunk_bwd`, from the forward's saved G and Ai, as autograd runs it),
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: jet_nemotron
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: stamp
-from kernel_speed import bench, gdr_cost, gdr_inputs  # noqa: E402
+from kernel_speed import bench, error_line, gdr_cost, gdr_inputs  # noqa: E402
 from stamp import stamp  # noqa: E402
 
 # bf16 outputs of two configs differ where the V slices are summed in another order: a few bf16 steps at most
@@ -56,20 +57,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-def _error_line(err: Exception) -> str:
-    """The error's type, first line and last line. A Triton CompilationError's first line is only where ("at 39:12:",
-    the card's run of 2026-12-05); its cause, such as a BV that is not a power of 2, is its last line."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
-    return f"{type(err).__name__}: {text[:300]}"
-
-
 def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
           timer: Callable[[Callable], float] | None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Each config of `configs` ({BV, num_warps, stages, sum_sds, split_dqw}) set as `launch.CHUNK_BWD[key]`, run,
-    checked against the default's outputs (the largest relative error over the gradients; `ok` within `bound`) and, with a
-    timer, timed in ms; `on_row(rows so far)` after each (a cut sweep keeps what it measured). The default is restored
-    afterwards, whatever happened."""
+    checked against the default's outputs (the largest relative error over the gradients; `ok` within `bound`) and,
+    with a timer, timed in ms; `on_row(rows so far)` after each (a cut sweep keeps what it measured). The default is
+    restored afterwards, whatever happened."""
     from jet_nemotron import gated_delta_rule_triton_launch as launch
 
     default = dict(launch.CHUNK_BWD[key])
@@ -86,7 +79,7 @@ def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
                 if timer is not None and row["ok"]:
                     row["ms"] = timer(run)
             except Exception as err:  # noqa: BLE001 - a config that does not compile or fit is a result
-                row["error"] = _error_line(err)
+                row["error"] = error_line(err)
             rows.append(row)
             print(row, flush=True)
             if on_row is not None:

@@ -100,6 +100,14 @@ def bench(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def error_line(err: Exception) -> str:
+    """The error's type, first line and last line. A Triton CompilationError's first line is only where ("at 39:12:",
+    on an H100 on 2026-12-05); its cause, such as a block that is not a power of 2, is its last line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    return f"{type(err).__name__}: {text[:300]}"
+
+
 def record(results: list, rec: dict, fn, floor_ms: float) -> None:
     """Time fn into rec (ms, and the fraction of the roofline time floor_ms), or the error that stopped it (a peer
     refusing its backward on Hopper, out of memory), then keep and print rec."""
@@ -107,7 +115,7 @@ def record(results: list, rec: dict, fn, floor_ms: float) -> None:
         ms = bench(fn)
         rec.update(ms=ms, roofline=floor_ms / ms)
     except Exception as err:  # noqa: BLE001 - reported in the results, not fatal
-        rec.update(error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        rec.update(error=error_line(err))
     results.append(rec)
     print(rec, flush=True)
 

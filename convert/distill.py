@@ -258,6 +258,11 @@ class DeviceMemoryError(RuntimeError):
     """A step ran out of device memory; the message says with how many rows a forward and what to change."""
 
 
+def _last_good(last_good) -> str:
+    """Where a resume of a stopped stage starts, as the stopping errors name it."""
+    return f"Last good checkpoint: {last_good or 'none (no checkpoint saved yet in this stage)'}"
+
+
 def _out_of_memory(err: Exception, cfg: DistillConfig, step: int, seq_len: int, device,
                    last_good) -> DeviceMemoryError:
     """The error a step's out-of-memory becomes: the stage, step and micro-batch, the card's peak and size, what
@@ -270,9 +275,8 @@ def _out_of_memory(err: Exception, cfg: DistillConfig, step: int, seq_len: int, 
     return DeviceMemoryError(
         f"stage {cfg.stage}, step {step + 1}: out of device memory with {cfg.micro_batch} rows of {seq_len} tokens a "
         f"forward{where}. Lower --micro-batch (the --batch-size of {cfg.batch_size} stays: more micro-steps are "
-        f"accumulated, so the run is the same){checkpointing}. Last good checkpoint: "
-        f"{last_good or 'none (no checkpoint saved yet in this stage)'}; --resume continues from it with another "
-        f"micro-batch. ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})")
+        f"accumulated, so the run is the same){checkpointing}. {_last_good(last_good)}; --resume continues from it "
+        f"with another micro-batch. ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})")
 
 
 @dataclass
@@ -643,8 +647,8 @@ def _log_flush(meter, history: list, acc, bar, cfg: DistillConfig, last_good) ->
             how = "stopped before applying it" if r["step"] == now else (
                 f"stopped at step {now} before applying that step (losses are read back every log_every = "
                 f"{cfg.log_every} steps); nothing since step {r['step']} was saved")
-            raise NonFiniteLossError(f"stage {cfg.stage}: the {what} became {val} at step {r['step']}; {how}. Last "
-                                     f"good checkpoint: {last_good or 'none (no checkpoint saved yet in this stage)'}")
+            raise NonFiniteLossError(f"stage {cfg.stage}: the {what} became {val} at step {r['step']}; {how}. "
+                                     f"{_last_good(last_good)}")
     history.extend(recs)
     r = recs[-1]
     mfu = f" MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""

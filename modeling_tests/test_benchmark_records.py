@@ -69,3 +69,14 @@ def test_no_script_is_named_like_a_package_it_might_import():
     assert scripts, "no scripts found"
     clashes = sorted(str(p) for name, p in scripts.items() if name in packages)
     assert not clashes, f"scripts named like importable packages: {clashes}"
+
+
+def test_a_recorded_error_keeps_its_cause_from_the_last_line():
+    """A Triton CompilationError says where on its first line and why on its last (an H100, 2026-12-05): a record
+    keeps both; a one-line error stays as it is."""
+    import kernel_speed
+
+    cause = "ValueError('arange's range must be a power of 2')"
+    err = RuntimeError(f"at 39:12:\n    b_h = tl.load(p)\n            ^\n{cause}")
+    assert kernel_speed.error_line(err) == f"RuntimeError: at 39:12: ... {cause}"
+    assert kernel_speed.error_line(MemoryError("out of memory")) == "MemoryError: out of memory"

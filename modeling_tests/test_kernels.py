@@ -161,6 +161,14 @@ def test_chunk_varlen_matches_reference(with_h0, dtype):
     check_gdr(gdr_tri.chunk_gated_delta_rule_triton, 0, 0, 2, 32 if not CUDA else 96, 64, dtype, with_h0, lens)
 
 
+def _padded_or_varlen(B, K, lens):
+    """fp32 inputs of 2 heads, dv 64 (make_gdr, with an initial state) and cu_seqlens: B x 130 tokens when lens is
+    None, else the sequences 37, 64 and 100 packed into one row."""
+    cu = None if lens is None else torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device=DEVICE)
+    B, T = (B, 130) if lens is None else (1, sum(lens))
+    return make_gdr(B, T, 2, K, 64, torch.float32, True, n_seq=None if lens is None else len(lens)), cu
+
+
 @pytest.mark.parametrize("lens", [None, [37, 64, 100]])
 def test_kept_states_give_the_same_gradients_without_the_state_pass(monkeypatch, lens):
     """launch.KEEP_STATES: the backward takes the forward's w, h and v' instead of rerunning the w/u kernel and the
@@ -171,9 +179,7 @@ def test_kept_states_give_the_same_gradients_without_the_state_pass(monkeypatch,
     calls = []
     real = bwd.wu_and_states
     monkeypatch.setattr(bwd, "wu_and_states", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    cu = None if lens is None else torch.tensor([0, 37, 101, 201], device=DEVICE)
-    B, T = (2, 130) if lens is None else (1, 201)
-    xs = make_gdr(B, T, 2, 32, 64, torch.float32, True, n_seq=None if lens is None else 3)
+    xs, cu = _padded_or_varlen(2, 32, lens)
     runs = {}
     for keep in (False, True):
         monkeypatch.setattr(launch, "KEEP_STATES", keep)
@@ -192,9 +198,7 @@ def test_the_state_products_apart_give_the_same_gradients(monkeypatch, K, lens):
     from jet_nemotron import gated_delta_rule_triton_launch as launch
 
     key = "fp32"
-    cu = None if lens is None else torch.tensor([0, 37, 101, 201], device=DEVICE)
-    B, T = (1, 130) if lens is None else (1, 201)
-    xs = make_gdr(B, T, 2, K, 64, torch.float32, True, n_seq=None if lens is None else 3)
+    xs, cu = _padded_or_varlen(1, K, lens)
     runs = {}
     for split in (False, True):
         monkeypatch.setitem(launch.CHUNK_BWD, key, dict(launch.CHUNK_BWD[key], split_dqw=split))

@@ -2,6 +2,7 @@
 lines: the detached chains call the right scripts with the flags the session gave, and `poll` packs the job's
 small files into one archive (a device call returns at most 8 files). A quoting slip here costs a GPU session."""
 
+import contextlib
 import os
 import subprocess
 import tarfile
@@ -27,6 +28,26 @@ def _run(tmp_path, args, **env):
     full = {"PATH": f"{bin_}:/usr/bin:/bin", "HOME": str(tmp_path), "JOB": str(tmp_path / "job"), **env}
     return subprocess.run(["bash", "benchmarks/real_model_session.sh", *args], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=60)
+
+
+@contextlib.contextmanager
+def _a_part01():
+    """A placeholder .blob/part01 for a `part 01` call (the script reads the part from the checkout), removed after
+    unless the checkout had one (a developer's real part stays)."""
+    blob = ROOT / ".blob"
+    made = not blob.exists()
+    blob.mkdir(exist_ok=True)
+    part = blob / "part01"
+    had = part.exists()
+    if not had:
+        part.write_bytes(b"x")
+    try:
+        yield
+    finally:
+        if not had:
+            part.unlink()
+        if made:
+            blob.rmdir()
 
 
 def _calls(tmp_path, n, timeout=20.0, tokenise=False):
@@ -158,25 +179,13 @@ def test_poll_stops_when_a_card_job_alone_is_done(tmp_path):
 
 def test_profile_runs_take_one_run_a_word_with_commas_joining_its_flags(tmp_path):
     """PROFILE_RUNS on part 01: each word is one profile_distill.py process, commas join that run's flags."""
-    blob = ROOT / ".blob"
-    made = not blob.exists()
-    blob.mkdir(exist_ok=True)
-    part = blob / "part01"
-    had = part.exists()
-    if not had:
-        part.write_bytes(b"x")
-    try:
+    with _a_part01():
         r = _run(tmp_path, ["part", "01"], PROFILE="1", PROFILE_RUNS="--stage=2 --stage=2,--compile",
                  KERNEL_PARTS="swiglu norm", SPEED_TIMEOUT="30", M=str(tmp_path / "m"))
         assert r.returncode == 0, r.stderr
         extra = 1 if list((ROOT / ".whl").glob("*.whl")) else 0  # a checkout with wheels installs them first
         every = _calls(tmp_path, 3 + extra)
         calls = [c for c in every if "profile_distill.py" in c]
-    finally:
-        if not had:
-            part.unlink()
-        if made:
-            blob.rmdir()
     assert calls[0].startswith("PY benchmarks/profile_distill.py --stage=2 --out ")
     assert calls[1].startswith("PY benchmarks/profile_distill.py --stage=2 --compile --out ")
     kernels = [c for c in every if "kernel_speed.py" in c]
@@ -236,25 +245,13 @@ def test_variants_pipeline_tokenises_beside_the_teacher_save_with_the_variants_o
 def test_card_tests_then_the_sweep_run_first_in_the_card_job(tmp_path):
     """CARD_TESTS and SWEEP on part 01: the tests, then the chunk-backward sweep, then the kernels and profiles, all in
     the detached card job (the part call itself returns at once)."""
-    blob = ROOT / ".blob"
-    made = not blob.exists()
-    blob.mkdir(exist_ok=True)
-    part = blob / "part01"
-    had = part.exists()
-    if not had:
-        part.write_bytes(b"x")
-    try:
+    with _a_part01():
         r = _run(tmp_path, ["part", "01"], CARD_TESTS="modeling_tests/a.py::test_b modeling_tests/c.py", SWEEP="1",
                  SWEEP_ARGS="--stages 2", PROFILE="1", PROFILE_RUNS="--stage=1,--local", KERNEL_PARTS="swiglu",
                  SPEED_TIMEOUT="30", M=str(tmp_path / "m"))
         assert r.returncode == 0, r.stderr
         extra = 1 if list((ROOT / ".whl").glob("*.whl")) else 0
         every = [c for c in _calls(tmp_path, 4 + extra) if "pip install" not in c]
-    finally:
-        if not had:
-            part.unlink()
-        if made:
-            blob.rmdir()
     assert every[0] == "PY -m pytest -q -rA modeling_tests/a.py::test_b modeling_tests/c.py"  # -rA: each pass named
     assert every[1].startswith("PY benchmarks/chunk_bwd_sweep.py --out ") and every[1].endswith("/out/sweep --stages 2")
     assert every[2].startswith("PY benchmarks/kernel_speed.py --only swiglu --out ")
