@@ -760,6 +760,17 @@ def _he(pass1: float, run: dict) -> str:
     return f"{pass1:.3f} ({run['problems']} in {run['seconds']:.0f} s{check})"
 
 
+def _paired(first: dict, run: dict | None) -> str:
+    """A variant's HumanEval against the first variant's, problem by problem: passes gained and lost, and the exact
+    sign test's p (`convert/eval/paired.py`); "-" where not run on the same problems."""
+    from convert.eval.paired import sign_test
+
+    if run is None or "passed_ids" not in run or run["problems"] != first["problems"]:
+        return "-"
+    r = sign_test(set(first["passed_ids"]), set(run["passed_ids"]), set(range(first["problems"])))
+    return f"+{r['gained']} / -{r['lost']} ({r['p']:.2f})"
+
+
 def write(res: dict, out: Path) -> None:
     """variants.json, variants.md and variants_kl.png, replaced whole after every variant."""
     tmp = out / "variants.json.tmp"
@@ -773,6 +784,9 @@ def write(res: dict, out: Path) -> None:
             "ppl (x teacher)"] + (["stdlib ppl (x teacher)"] if stdlib else []) + keys
     if any("humaneval" in v for v in res["variants"]):
         head.append("HumanEval")
+        first = res["variants"][0].get("humaneval_run")
+        if first is not None and "passed_ids" in first and len(res["variants"]) > 1:
+            head.append(f"HumanEval against {res['variants'][0]['name']}: + / - (p)")
     if any("answers" in v for v in res["variants"]):
         head.append("teacher's answers: KL / top-1 / exact / top-1 of the first 8")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -781,6 +795,7 @@ def write(res: dict, out: Path) -> None:
                  + " | ".join(f"{t_ret.get(k, float('nan')):.2f}" for k in keys)
                  + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
                     else (" | -" if "HumanEval" in head else ""))
+                 + (" | -" if any(h.startswith("HumanEval against") for h in head) else "")
                  + (" | -" if head[-1].startswith("teacher's answers") else "") + " |")
     for v in res["variants"]:
         by_stage = " / ".join("-" if k is None else f"{k:.3f}" for k in v.get("held_out_kl_by_stage", []))
@@ -792,6 +807,8 @@ def write(res: dict, out: Path) -> None:
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
         if "HumanEval" in head:
             cells.append(_he(v["humaneval"], v["humaneval_run"]) if "humaneval" in v else "-")
+        if any(h.startswith("HumanEval against") for h in head):
+            cells.append(_paired(res["variants"][0]["humaneval_run"], v.get("humaneval_run")))
         if head[-1].startswith("teacher's answers"):
             a = v.get("answers")
             cells.append("-" if a is None else f"{a['kl']:.3f} / {a['top1']:.3f} / {a['exact']:.2f}"

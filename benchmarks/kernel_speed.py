@@ -101,10 +101,18 @@ def bench(fn):
 
 
 def error_line(err: Exception) -> str:
-    """The error's type, first line and last line. A Triton CompilationError's first line is only where ("at 39:12:",
-    on an H100 on 2026-12-05); its cause, such as a block that is not a power of 2, is its last line."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    """The error's type, its first line, and the last line of the error at the root of its chain. A Triton
+    CompilationError's first line is only where ("at 39:12:", on an H100 on 2026-12-05). Its cause, such as a block
+    that is not a power of 2, is its last line, or (Triton 3.6, raised `from` the error inside a nested call, on an
+    H100 on 2026-12-05) the last line of its `__cause__`, while its own last line is the caret under the column."""
+    root = err
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    first = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    last = [ln.strip() for ln in str(root).splitlines() if ln.strip() and ln.strip() != "^"]
+    if not first:
+        return f"{type(err).__name__}: {last[-1][:300] if last else ''}"
+    text = first[0] if not last or last[-1] == first[0] else f"{first[0]} ... {last[-1]}"
     return f"{type(err).__name__}: {text[:300]}"
 
 

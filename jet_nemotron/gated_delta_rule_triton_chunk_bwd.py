@@ -105,33 +105,6 @@ def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chun
         tl.store(dh0 + p_state, b_dh, mask=m_kv)
 
 
-@triton.jit(do_not_specialize=["T", "NT"])
-def _bwd_dqw_kernel(h, do, dv2, dqh, dwh, cu_seqlens, chunk_indices, chunk_offsets, T, NT,
-                    H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                    BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """do S^T and dv' S^T [BT, K] fp32 for one chunk (S = h[chunk]), walking V in BV slices as `_bwd_chunk_kernel`
-    does: that kernel's two state products, apart (its SPLIT_DQW), so that it holds two [BT, BK] fp32 tiles fewer."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
-                                                  H, BT, IS_VARLEN)
-    DT = h.dtype.element_ty  # the dtype do is cast to in `_bwd_chunk_kernel` (q's, which h has)
-    o_k = tl.arange(0, BK)
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
-    p_h = h + (i_ch.to(tl.int64) * H + i_h) * K * V
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v[None, :] < V)
-        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0)
-        b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
-        b_du = tl.load(dv2 + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-        b_dw += tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
-    m_tk = m_t[:, None] & (o_k[None, :] < K)
-    tl.store(dqh + row[:, None] * K + o_k[None, :], b_dq, mask=m_tk)
-    tl.store(dwh + row[:, None] * K + o_k[None, :], b_dw, mask=m_tk)
-
-
 @triton.jit
 def _trans_tile(b_x, scratch, i_prog, BT: tl.constexpr, SAFE_TRANS: tl.constexpr):
     """Transpose of a computed [BT, BT] fp32 tile. With SAFE_TRANS the tile goes through a scratch buffer:
@@ -149,12 +122,12 @@ def _trans_tile(b_x, scratch, i_prog, BT: tl.constexpr, SAFE_TRANS: tl.constexpr
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
-def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg, scratch, dqh, dwh,
+def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta, dg, scratch,
                       cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                       H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr,
                       SAFE_TRANS: tl.constexpr, DOT_BF16: tl.constexpr, PREC: tl.constexpr,
-                      SUM_SDS: tl.constexpr, SPLIT_DQW: tl.constexpr):
+                      SUM_SDS: tl.constexpr):
     """All per-chunk gradients once dh and dv' are known: dq, dk, dv, dbeta, dg (see the module docstring).
 
     S = h[chunk] (state in), dS = dh[chunk] (gradient of the state out), q~ = scale * q:
@@ -163,9 +136,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     dG collects every place G appears; dg is its reverse cumulative sum within the chunk, and the
     gradient of G_L (the whole chunk's decay) is added at the last row so the sum carries it to every row.
     SUM_SDS: sum(S * dS) is reduced slice by slice to a scalar, instead of kept as a [BK, BV] fp32 tile to the end
-    (one tile fewer held across the loop, beside four others of [BT, BK] and [BT, BT]).
-    SPLIT_DQW: do S^T and dv' S^T come from `_bwd_dqw_kernel` (dqh, dwh [B, T, H, K] fp32) instead of the loop,
-    which then holds one [BT, BK] fp32 tile where it held three."""
+    (one tile fewer held across the loop, beside four others of [BT, BK] and [BT, BT])."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
@@ -203,9 +174,8 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
         b_du = tl.load(dv2 + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-        if not SPLIT_DQW:
-            b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-            b_dw += tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
+        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        b_dw += tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
         b_dks += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         if SUM_SDS:
@@ -221,8 +191,6 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     m_ts = o_t[:, None] >= o_t[None, :]
     b_gam = tl.where(m_ts, tl.exp(tl.where(m_ts, b_G[:, None] - b_G[None, :], 0.0)), 0.0)
     # output, inter-chunk part
-    if SPLIT_DQW:
-        b_dq = tl.load(dqh + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
     b_dq = b_dq * b_eG[:, None]
     b_dG = tl.sum(b_dq * b_q, 1)
     # output, intra-chunk part
@@ -251,8 +219,6 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     else:
         b_dGl = tl.exp(b_Gl) * tl.sum(tl.sum(b_dgl, 1), 0) + tl.sum(b_kdks, 0)
     # WY form: w = Ai (beta exp(G) k), u = Ai (beta v), Ai = (I + A)^-1
-    if SPLIT_DQW:  # loaded where it is first needed, not held from the start
-        b_dw = tl.load(dwh + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
     b_dw = -b_dw
     b_bg = b_b * b_eG
     b_dT += tl.dot(b_dw.to(DT), tl.trans((b_kn * b_bg[:, None]).to(DT)), input_precision=PREC)
@@ -320,15 +286,9 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: boo
     safe_trans = launch.SAFE_TRANS  # read at call time: benchmarks/kernel_speed.py flips it to compare
     scratch = torch.empty(NC * H, BT, BT, device=q.device, dtype=torch.float32) if safe_trans else None
     cfg = launch.CHUNK_BWD["fp32" if q.dtype == torch.float32 else "16-bit"]  # at call time too (the sweep)
-    dqh = dwh = None
-    if cfg["split_dqw"]:
-        dqh = torch.empty(B, T, H, K, device=q.device, dtype=torch.float32)
-        dwh = torch.empty_like(dqh)
-        _bwd_dqw_kernel[(NC, H)](h, do, dv2, dqh, dwh, *meta.args(), T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK,
-                                 BV=cfg["BV"], IS_VARLEN=meta.varlen, PREC=dot_precision(q.dtype), num_warps=4)
     launch_pipelined(_bwd_chunk_kernel, (NC, H), q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta,
-                     dg, scratch, dqh, dwh, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=cfg["BV"],
+                     dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=cfg["BV"],
                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=safe_trans,
                      DOT_BF16=BK > 64 and q.is_cuda, PREC=dot_precision(q.dtype), SUM_SDS=cfg["sum_sds"],
-                     SPLIT_DQW=cfg["split_dqw"], stages=cfg["stages"], num_warps=cfg["num_warps"])
+                     stages=cfg["stages"], num_warps=cfg["num_warps"])
     return dq, dk, dv, dg, dbeta, dh0

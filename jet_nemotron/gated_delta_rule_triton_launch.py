@@ -41,10 +41,10 @@ STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # on an H100 at 8 x 2,048 tokens, bf16, 2B shapes (benchmarks/results/chunk_bwd_sweep_h100.json): BV 64 x 8 warps x 2
 # stages stays the fastest launch, and with sum_sds the whole chunked backward took 2.97 ms against 3.30 (1.11x);
 # sum_sds was faster in each of the six launches. fp32 is not measured and keeps the tile.
-# split_dqw: the two state products do S^T and dv' S^T in a kernel of their own (the kernel's SPLIT_DQW), two fp32
-# tiles fewer held, for 2 x 4 bytes a token, head and key dim written and read back; not yet timed.
-CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False, split_dqw=False),
-             "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True, split_dqw=False)}
+# Two state products in a kernel of their own (do S^T and dv' S^T; two fp32 tiles fewer held) were slower on the
+# same H100 (3.05 against 3.02 ms at BV 64, 3.22 against 3.07 at BV 32; chunk_bwd_sweep_split_h100.json) and are gone.
+CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False),
+             "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True)}
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
 # fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes. From a sweep of BV
 # 16..128 x 1..8 warps per state dtype at B = 256 and 2048 on an H200 (benchmarks/kernel_speed.py --only step_variants):

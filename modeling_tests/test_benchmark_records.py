@@ -72,11 +72,19 @@ def test_no_script_is_named_like_a_package_it_might_import():
 
 
 def test_a_recorded_error_keeps_its_cause_from_the_last_line():
-    """A Triton CompilationError says where on its first line and why on its last (an H100, 2026-12-05): a record
-    keeps both; a one-line error stays as it is."""
+    """A Triton CompilationError says where on its first line and why on its last (an H100, 2026-12-05), or, raised
+    from the error of a nested call (Triton 3.6 on an H100, 2026-12-05), why on its cause's last line, its own last
+    being the caret: a record keeps both; a one-line error stays as it is."""
     import kernel_speed
 
     cause = "ValueError('arange's range must be a power of 2')"
     err = RuntimeError(f"at 39:12:\n    b_h = tl.load(p)\n            ^\n{cause}")
     assert kernel_speed.error_line(err) == f"RuntimeError: at 39:12: ... {cause}"
+    try:
+        try:
+            raise ValueError("arange's range must be a power of 2")
+        except ValueError as inner:
+            raise RuntimeError("at 41:12:\n    o = tl.arange(0, BV)\n            ^") from inner
+    except RuntimeError as chained:
+        assert kernel_speed.error_line(chained) == "RuntimeError: at 41:12: ... arange's range must be a power of 2"
     assert kernel_speed.error_line(MemoryError("out of memory")) == "MemoryError: out of memory"

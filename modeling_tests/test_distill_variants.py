@@ -107,6 +107,8 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path,
                and set(r["humaneval_run"]["passed_ids"]) <= {0, 1} for r in rows)
     table = (out / "variants.md").read_text()
     assert "(2 in " in table
+    # each variant against the first, problem by problem: the first against itself gains and loses nothing
+    assert "HumanEval against searched: + / - (p)" in table and "| +0 / -0 (1.00) |" in table
     assert table.count("\n| ") == 4 and "| uniform |" in table  # header row aside: teacher + 3 variants
     # the footer gives each variant's own distillation time, not only --minutes (ignored by explicit plans)
     assert "--minutes 0.04." in table and "searched: " in table and "min of distillation" in table
