@@ -8,8 +8,8 @@
 # or, past the 10-minute command limit, the whole run as one detached job (a process in its own session outlives
 # the call that started it) watched by short calls, each back to back so the machine never idles 30 s:
 #   TESTS="modeling_tests/x.py::test_y" bash benchmarks/real_model_session.sh part 01   # + those tests, first
-#   CARD_TESTS="..." bash benchmarks/real_model_session.sh part 01   # those tests in the card job below, first
-#                                  (SWEEP=1: then benchmarks/chunk_bwd_sweep.py, with SWEEP_ARGS)
+#   CARD_TESTS="..." bash benchmarks/real_model_session.sh part 01   # those tests in the card job below, after
+#                                  its profiles (SWEEP=1: then benchmarks/chunk_bwd_sweep.py, with SWEEP_ARGS)
 #   SPEED=1 PROFILE=1 bash benchmarks/real_model_session.sh part 01   # + random-weight jobs of the real shapes
 #                                  (KERNEL_PARTS="swiglu": kernel_speed.py's parts too, first)
 #                                  while the parts arrive: profile_distill.py (PROFILE_RUNS, a run a word, its
@@ -74,20 +74,23 @@ case "$1" in
       # for speed.done before distilling); one process each, so a cut one loses only its own, all within
       # SPEED_TIMEOUT seconds
       mkdir -p $JOB/out && rm -f $JOB/speed.done
+      # in this order, each in its own process:
+      # KERNEL_PARTS="swiglu norm": kernel_speed.py's parts, ours beside PyTorch eager and compiled (short);
+      # PROFILE_RUNS: one run a word, commas joining one run's flags ("--stage=2 --stage=2,--compile": two runs); the
+      #   step profiles are what the MFU goal is read from, and on 2026-12-05 the tests and the sweep ahead of them
+      #   used the whole SPEED_TIMEOUT before two of three profiles ran, so they come before both;
+      # CARD_TESTS: pytest node ids, run in the card job, not before the parts go on as TESTS do (a lease then spends
+      #   no call waiting on them; the pipeline waits for the card job), into out/card_tests.log, which names every
+      #   test passed (-rA) as well as each failure;
+      # SWEEP=1: the per-chunk backward kernel's launch configs timed against its default (chunk_bwd_sweep.py); it
+      #   writes its JSON after every config, so a cut sweep keeps what it timed
       jobs=""
-      # PROFILE_RUNS: one run a word, commas joining one run's flags ("--stage=2 --stage=2,--compile": two runs)
+      [ -n "${KERNEL_PARTS:-}" ] &&
+        jobs=" python3 benchmarks/kernel_speed.py --only $KERNEL_PARTS --out $JOB/out/kernels;"
       [ -n "${PROFILE:-}" ] && for p in ${PROFILE_RUNS:---stage=1 --local}; do
         jobs="$jobs python3 benchmarks/profile_distill.py ${p//,/ } --out $JOB/out/profile;"; done
-      # KERNEL_PARTS="swiglu norm": kernel_speed.py's parts, ours beside PyTorch eager and compiled, first
-      [ -n "${KERNEL_PARTS:-}" ] &&
-        jobs=" python3 benchmarks/kernel_speed.py --only $KERNEL_PARTS --out $JOB/out/kernels;$jobs"
-      # SWEEP=1: the per-chunk backward kernel's launch configs timed against its default (chunk_bwd_sweep.py), after
-      # the tests; it writes its JSON after every config, so a cut sweep keeps what it timed
-      [ -n "${SWEEP:-}" ] && jobs=" python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep ${SWEEP_ARGS:-};$jobs"
-      # CARD_TESTS: pytest node ids run first in the card job, not before the parts go on as TESTS do (a lease
-      # then spends no call waiting on them; the pipeline waits for the card job), into out/card_tests.log, which
-      # names every test passed (-rA) as well as each failure
-      [ -n "${CARD_TESTS:-}" ] && jobs=" python3 -m pytest -q -rA $CARD_TESTS > $JOB/out/card_tests.log 2>&1;$jobs"
+      [ -n "${CARD_TESTS:-}" ] && jobs="$jobs python3 -m pytest -q -rA $CARD_TESTS > $JOB/out/card_tests.log 2>&1;"
+      [ -n "${SWEEP:-}" ] && jobs="$jobs python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep ${SWEEP_ARGS:-};"
       # SPEED=1: one process per context (a cut one loses only its own); SPEED=all: one process for every context
       # (with SPEED_ARGS=--dynamic, one compile per model serves them all); SPEED_ARGS go to generation.py
       if [ "${SPEED:-}" = all ]; then

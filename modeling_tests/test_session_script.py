@@ -242,9 +242,9 @@ def test_variants_pipeline_tokenises_beside_the_teacher_save_with_the_variants_o
     assert not any("--tokenise-only" in c for c in _calls(tmp_path / "again", 1, tokenise=True))
 
 
-def test_card_tests_then_the_sweep_run_first_in_the_card_job(tmp_path):
-    """CARD_TESTS and SWEEP on part 01: the tests, then the chunk-backward sweep, then the kernels and profiles, all in
-    the detached card job (the part call itself returns at once)."""
+def test_profiles_then_card_tests_then_the_sweep_in_the_card_job(tmp_path):
+    """KERNEL_PARTS, PROFILE, CARD_TESTS and SWEEP on part 01: the short kernel timings, the step profiles, then the
+    tests, then the chunk-backward sweep, all in the detached card job (the part call itself returns at once)."""
     with _a_part01():
         r = _run(tmp_path, ["part", "01"], CARD_TESTS="modeling_tests/a.py::test_b modeling_tests/c.py", SWEEP="1",
                  SWEEP_ARGS="--stages 2", PROFILE="1", PROFILE_RUNS="--stage=1,--local", KERNEL_PARTS="swiglu",
@@ -252,10 +252,10 @@ def test_card_tests_then_the_sweep_run_first_in_the_card_job(tmp_path):
         assert r.returncode == 0, r.stderr
         extra = 1 if list((ROOT / ".whl").glob("*.whl")) else 0
         every = [c for c in _calls(tmp_path, 4 + extra) if "pip install" not in c]
-    assert every[0] == "PY -m pytest -q -rA modeling_tests/a.py::test_b modeling_tests/c.py"  # -rA: each pass named
-    assert every[1].startswith("PY benchmarks/chunk_bwd_sweep.py --out ") and every[1].endswith("/out/sweep --stages 2")
-    assert every[2].startswith("PY benchmarks/kernel_speed.py --only swiglu --out ")
-    assert every[3].startswith("PY benchmarks/profile_distill.py --stage=1 --local --out ")
+    assert every[0].startswith("PY benchmarks/kernel_speed.py --only swiglu --out ")
+    assert every[1].startswith("PY benchmarks/profile_distill.py --stage=1 --local --out ")
+    assert every[2] == "PY -m pytest -q -rA modeling_tests/a.py::test_b modeling_tests/c.py"  # -rA: each pass named
+    assert every[3].startswith("PY benchmarks/chunk_bwd_sweep.py --out ") and every[3].endswith("/out/sweep --stages 2")
     assert (tmp_path / "job" / "out" / "card_tests.log").exists()
 
 
