@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="stage 2's (and 3's) micro-batch, whose whole student trains (default --micro-batch): its "
                          "weights, gradients and AdamW state take 28 GB more than stage 1's, so an 80 GB card "
                          "takes fewer rows a forward (a stage-2 step at 8 peaked at 125 GB on an H200)")
+    ap.add_argument("--checkpoint2", action="store_true",
+                    help="stages 2 and 3 recompute the student's activations in the backward (gradient "
+                         "checkpointing), so an 80 GB card takes --micro-batch2 8 (2 rows fit without it)")
     ap.add_argument("--row-workers", type=int, help="processes drawing the chat and retrieval rows (default: "
                                                     "convert.row_workers.default_workers(); 0: the batch thread)")
     ap.add_argument("--lengths", default="2048,8192", help="retrieval prompt lengths")
@@ -472,11 +475,13 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
             DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b,
-                          jet_lr=v["jet_lr2"], **(common | {"micro_batch": mb2})),
+                          jet_lr=v["jet_lr2"], **(common | {"micro_batch": mb2,
+                                                            "gradient_checkpointing": args.checkpoint2})),
             DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"], jet_lr=v["jet_lr2"],
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
-                          **(common | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len)}))]
+                          **(common | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len),
+                                       "gradient_checkpointing": args.checkpoint2}))]
     retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": v["retrieval_kinds"], "chat_ratio": v["chat_ratio"],
                      "chat_file": chat_file_of(v), "chat_docstrings": v["chat_docstrings"]}
                     if v["retrieval_ratio"] or v["chat_ratio"] else None)

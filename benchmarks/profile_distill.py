@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep-states", action="store_true",
                     help="the JetBlocks' forward keeps w, h and v' for the backward (launch.KEEP_STATES, env "
                          "JET_NEMOTRON_KEEP_STATES=1)")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="the student's layers recompute their activations in the backward "
+                         "(DistillConfig.gradient_checkpointing): 8 rows a stage-2 forward on an 80 GB card, "
+                         "where without it only 2 fit")
     ap.add_argument("--toy", action="store_true")
     args = ap.parse_args(argv)
     if args.keep_states:
@@ -154,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                         fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk,
                         projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
                         fused_adam=args.fused_adam, train=args.train,
-                        teacher_kernels=args.teacher_kernels, mse_kernel=args.mse_kernel)
+                        teacher_kernels=args.teacher_kernels, mse_kernel=args.mse_kernel,
+                        gradient_checkpointing=args.gradient_checkpointing)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         {True: "_mse_kernel", False: "_no_mse_kernel", None: ""}[args.mse_kernel]) + (
         f"_train_{args.train}" if args.train else "") + (
         f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + (
-        "_keep_states" if args.keep_states else "") + ("_toy" if args.toy else "")
+        "_keep_states" if args.keep_states else "") + ("_ckpt" if args.gradient_checkpointing else "") + (
+        f"_mb{args.micro_batch}" if args.micro_batch != 8 and not args.toy else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
            "flops_per_token": run["flops_per_token"], "time_is": "device" if on_device else "cpu (self time)",

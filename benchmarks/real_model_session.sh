@@ -20,7 +20,8 @@
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #                                        pipeline-variants: ROW_WORKERS=N processes draw chat / retrieval rows (0: none);
 #                                        MICRO_BATCH / MICRO_BATCH2: rows a forward in stage 1 / 2 (an 80 GB
-#                                        H100: stage 2 at 2, not the default 8; 4 would need about 78 GB)
+#                                        H100: stage 2 at 2, not the default 8; 4 would need about 78 GB;
+#                                        CHECKPOINT2=1: stage 2 recomputes the student's activations, 8 may fit)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
 #                                        (always with jet-nemotron eval's stdlib perplexity, in process);
@@ -145,7 +146,7 @@ case "$1" in
        --stdlib-ppl
        ${LENGTHS:+--lengths $LENGTHS} ${TRIALS:+--trials $TRIALS} ${DEPTHS:+--depths $DEPTHS}
        ${MAX_TOKENS:+--max-tokens $MAX_TOKENS} ${MICRO_BATCH:+--micro-batch $MICRO_BATCH}
-       ${MICRO_BATCH2:+--micro-batch2 $MICRO_BATCH2} ${TEACHER_LAST:+--teacher-last}
+       ${MICRO_BATCH2:+--micro-batch2 $MICRO_BATCH2} ${CHECKPOINT2:+--checkpoint2} ${TEACHER_LAST:+--teacher-last}
        ${ROW_WORKERS:+--row-workers $ROW_WORKERS}
        ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)

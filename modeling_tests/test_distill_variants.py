@@ -496,17 +496,25 @@ def test_own_answers_in_bf16_leave_the_trained_fp32_weights_as_they_are(tmp_path
 
 def test_stage_two_takes_its_own_micro_batch_and_trains_as_it_would_at_stage_ones(tmp_path, monkeypatch):
     """--micro-batch2 sets the rows a forward of stage 2 only (an 80 GB card fits stage 2 at fewer than stage 1);
-    the gradient is accumulated over the same batch, so the student's losses are those of the default to rounding."""
+    the gradient is accumulated over the same batch, so the student's losses are those of the default to rounding.
+    --checkpoint2 recomputes stage 2's activations in its backward: the same losses again, stage 1 untouched."""
     variants = tmp_path / "v.json"
     variants.write_text(json.dumps([{"name": "a", "steps": [2, 2, 0]}]))
     seen, real = [], dv.distill
     monkeypatch.setattr(dv, "distill", lambda s, t, smp, cfg, **k: seen.append((cfg.stage, cfg.micro_batch))
-                        or real(s, t, smp, cfg, **k))
+                        or checkpointed.append(cfg.gradient_checkpointing) or real(s, t, smp, cfg, **k))
+    checkpointed = []
     common = ["--toy", "--variants", str(variants), "--corpus-cache", str(tmp_path / "cache")]
     dv.main(common + ["--out", str(tmp_path / "same")])
     assert seen == [(1, 2), (2, 2)]
     seen.clear()
     dv.main(common + ["--micro-batch2", "1", "--out", str(tmp_path / "one")])
     assert seen == [(1, 2), (2, 1)]
-    same, one = (json.loads((tmp_path / d / "variants.json").read_text())["variants"][0] for d in ("same", "one"))
+    seen.clear()
+    checkpointed.clear()
+    dv.main(common + ["--micro-batch2", "1", "--checkpoint2", "--out", str(tmp_path / "ckpt")])
+    assert seen == [(1, 2), (2, 1)] and checkpointed == [False, True]
+    same, one, ckpt = (json.loads((tmp_path / d / "variants.json").read_text())["variants"][0]
+                       for d in ("same", "one", "ckpt"))
     assert [h["loss"] for h in one["history"]] == pytest.approx([h["loss"] for h in same["history"]], rel=1e-4)
+    assert [h["loss"] for h in ckpt["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-4)

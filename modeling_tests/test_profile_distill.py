@@ -40,6 +40,20 @@ def test_a_kl_chunk_other_than_the_default_names_its_record(tmp_path):
     assert rec["peak_gb"] is None  # CPU: no device allocator to ask
 
 
+def test_gradient_checkpointing_reaches_the_step_and_names_its_record(tmp_path):
+    """--gradient-checkpointing profiles a stage-2 step whose student recomputes its activations (8 rows a forward
+    on an 80 GB card, where 2 fit without it), in a record of its own name."""
+    pd.main(["--toy", "--stage", "2", "--gradient-checkpointing", "--out", str(tmp_path), "--warm", "2",
+             "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage2_ckpt_toy.json").read_text())
+    assert rec["args"]["gradient_checkpointing"] == "True" and rec["tok_per_s"] > 0
+    # the recomputed forward is in the profile: more student matmul time a step than without
+    pd.main(["--toy", "--stage", "2", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
+    plain = json.loads((tmp_path / "profile_distill_stage2_toy.json").read_text())
+    calls = {k: sum(g["calls_per_step"] for g in r["glue_by_shape"]) for k, r in (("ckpt", rec), ("plain", plain))}
+    assert calls["ckpt"] > calls["plain"]
+
+
 def test_keep_states_turns_the_launch_flag_on_and_names_its_record(tmp_path, monkeypatch):
     """--keep-states profiles a step with the JetBlocks' forward states kept for the backward (on the card; the CPU
     runs the PyTorch reference, which has no such states), in a record of its own name."""

@@ -262,7 +262,7 @@ def test_profiles_then_card_tests_then_the_sweep_in_the_card_job(tmp_path):
 def test_variants_pipeline_passes_each_stages_micro_batch(tmp_path):
     """MICRO_BATCH / MICRO_BATCH2 reach distill_variants (an 80 GB H100 takes stage 2 at 2 rows a forward)."""
     r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/knobs_v4_3min.json", MICRO_BATCH="8",
-             MICRO_BATCH2="2")
+             MICRO_BATCH2="2", CHECKPOINT2="1")
     assert r.returncode == 0, r.stderr
     variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
-    assert "--micro-batch 8 --micro-batch2 2" in variants
+    assert "--micro-batch 8 --micro-batch2 2 --checkpoint2" in variants
