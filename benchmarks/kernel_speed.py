@@ -229,20 +229,30 @@ def time_modes(results, rec0: dict, impls, inputs: list, dy, nbytes: dict, bw):
 
 
 def run_conv(results, Ts, bw):
+    from jet_nemotron import dynamic_conv_triton as conv
     from jet_nemotron.dynamic_conv_ref import dynamic_conv_ref
-    from jet_nemotron.dynamic_conv_triton import dynamic_conv_triton
+
+    def ours(fused: bool):
+        def f(x, kern):  # the flag is read by the backward, which runs after f returns and before the next impl
+            conv.FUSED_BWD = fused
+            return conv.dynamic_conv_triton(x, kern)
+        return f
 
     H, K, V = SHAPES["2B"]
     Cch, KW = H * V, 4
-    # the reference compiled too: the peer on its best path
-    impls = (("ours", dynamic_conv_triton), ("reference", dynamic_conv_ref),
+    default = conv.FUSED_BWD
+    # the backward as two kernels and as one (conv.FUSED_BWD); the reference compiled too: the peer on its best path
+    impls = (("ours", ours(False)), ("ours, one-kernel backward", ours(True)), ("reference", dynamic_conv_ref),
              ("reference compiled", torch.compile(dynamic_conv_ref)))
-    for T in Ts:
-        x = torch.randn(1, T, Cch, device="cuda").bfloat16().requires_grad_()
-        kern = torch.randn(1, T, Cch, KW, device="cuda").bfloat16().requires_grad_()
-        nbytes = T * Cch * 2 * (1 + KW + 1)  # x, kernels, y
-        time_modes(results, dict(op="conv", shape="2B", T=T, C=Cch), impls, [x, kern], torch.randn_like(x),
-                   {"fwd": nbytes, "fwd+bwd": 3 * nbytes}, bw)
+    try:
+        for T in Ts:
+            x = torch.randn(1, T, Cch, device="cuda").bfloat16().requires_grad_()
+            kern = torch.randn(1, T, Cch, KW, device="cuda").bfloat16().requires_grad_()
+            nbytes = T * Cch * 2 * (1 + KW + 1)  # x, kernels, y
+            time_modes(results, dict(op="conv", shape="2B", T=T, C=Cch), impls, [x, kern], torch.randn_like(x),
+                       {"fwd": nbytes, "fwd+bwd": 3 * nbytes}, bw)
+    finally:
+        conv.FUSED_BWD = default
 
 
 def run_decode_attention(results, cases, bw):

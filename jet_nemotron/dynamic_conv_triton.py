@@ -9,6 +9,8 @@ prefill chunk) is treated as a constant and gets no gradient.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:  # transformers' remote-code checker skips imports inside try blocks; ops.py catches the ImportError
@@ -129,6 +131,56 @@ def _conv_bwd_dx_kernel(kern, dz, dx, cu_seqlens, seq_idx, T, n_el, C,
 
 
 @triton.jit
+def _conv_bwd_fused_kernel(x, kern, hist, dy, dx, dkern, cu_seqlens, seq_idx, T, NTOK, C, HL,
+                           KW: tl.constexpr, BKW: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr,
+                           HAS_HIST: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """dkernels and dx in one pass over BT tokens (flattened over B*T) and BC channels: what the two kernels above
+    compute, without dz's fp32 round trip through memory or the second read of the kernels. Tokens are walked in
+    order; token u's dz feeds dx of tokens u-KW+1..u, held in a [BC, BKW] ring (column k: token u-KW+1+k) whose
+    column 0 is complete after u and is stored. The KW-1 tokens after the block are walked for their share of dx
+    only; their dkernels belong to the next block."""
+    i_c, i_t = tl.program_id(0), tl.program_id(1)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_c = o_c < C
+    o_j = tl.arange(0, BKW)[None, :]
+    t0 = i_t * BT
+    ring = tl.zeros([BC, BKW], dtype=tl.float32)
+    for step in range(BT + KW - 1):
+        u = t0 + step
+        tv = u + 0 * o_c  # u for each channel: masks from scalars fail the interpreter's loads (Triton 3.9)
+        in_range = tv < NTOK
+        if IS_VARLEN:
+            i_n = tl.load(seq_idx + tl.minimum(u, NTOK - 1))
+            bos = tl.load(cu_seqlens + i_n)
+        else:
+            i_n = u // T
+            bos = i_n * T
+        m = m_c & in_range
+        o = u.to(tl.int64) * C + o_c
+        b_w, _ = _kernel_rows(kern, o, m, KW, BKW)
+        b_acc = tl.zeros([BC], dtype=tl.float32)
+        b_xs = tl.zeros_like(b_w)
+        for j in tl.static_range(KW):
+            b_x = _conv_input(x, hist, o, tv, o_c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
+            b_acc += _tap(b_w, o_j, j) * b_x
+            b_xs = tl.where(o_j == j, b_x[:, None], b_xs)
+        b_s = tl.sigmoid(b_acc)
+        b_dz = tl.load(dy + o, mask=m, other=0.0).to(tl.float32) * b_s * (1.0 + b_acc * (1.0 - b_s))
+        tl.store(dkern + o[:, None] * KW + o_j, (b_dz[:, None] * b_xs).to(dkern.dtype.element_ty),
+                 mask=(m & (tv < t0 + BT))[:, None] & (o_j < KW))
+        # tap j of u reaches token u-KW+1+j, inside u's sequence only
+        ring += tl.where((u - (KW - 1) + o_j >= bos) & (o_j < KW), b_dz[:, None] * b_w, 0.0)
+        v = tv - (KW - 1)  # complete now: every token that reaches it (v..v+KW-1) has been walked
+        tl.store(dx + v.to(tl.int64) * C + o_c, _tap(ring, o_j, 0).to(dx.dtype.element_ty),
+                 mask=m_c & (v >= t0) & (v < t0 + BT) & (v < NTOK))
+        # column k takes column k+1: the ring now starts at token v+1
+        b_next = tl.zeros([BC, BKW], dtype=tl.float32)
+        for k in tl.static_range(KW - 1):
+            b_next = tl.where(o_j == k, _tap(ring, o_j, k + 1)[:, None], b_next)
+        ring = b_next
+
+
+@triton.jit
 def _conv_step_kernel(x, kern, state, y, C, KW: tl.constexpr, BKW: tl.constexpr, BC: tl.constexpr):
     """Shift x into the [C, KW] state of one batch row, then y = silu(sum_j state[:, j] kernel[:, j])."""
     i_c, i_b = tl.program_id(0), tl.program_id(1)
@@ -148,6 +200,14 @@ def _conv_step_kernel(x, kern, state, y, C, KW: tl.constexpr, BKW: tl.constexpr,
 
 
 BLOCK_CONV = 1024  # (token, channel) elements per program, flattened: every load and store is contiguous
+# The backward in one kernel (`_conv_bwd_fused_kernel`, tiles of FUSED_BT tokens x FUSED_BC channels) instead of
+# two: it skips writing and reading dz in fp32 (8 bytes an element) and the second read of the kernels (2 x KW), of
+# the two kernels' 28 bytes an element in bf16 (against 14 at the least). The two kernels took 0.45 + 0.67 ms a call
+# at 8 x 2,048 tokens on an H100 (80% and 32% of their copy rooflines; profile of 2026-12-05). Opt-in until it is
+# timed beside them (`benchmarks/kernel_speed.py --only conv`); read at each backward, env
+# JET_NEMOTRON_CONV_FUSED_BWD=1.
+FUSED_BWD = os.environ.get("JET_NEMOTRON_CONV_FUSED_BWD", "0") == "1"
+FUSED_BC, FUSED_BT = 256, 64
 
 
 def _layout(x, kernels, history, cu_seqlens):
@@ -195,12 +255,18 @@ class _DynamicConvFunction(torch.autograd.Function):
         x, kernels, history, cu, seq_idx = ctx.saved_tensors
         B, T, C = x.shape
         KW = kernels.shape[-1]
-        n_el = B * T * C
-        grid = (triton.cdiv(n_el, BLOCK_CONV),)
-        dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)
         dkernels = torch.empty_like(kernels)
         dx = torch.empty_like(x)
         BKW = triton.next_power_of_2(KW)
+        if FUSED_BWD:  # read at each call: kernel_speed.py times both ways in one process
+            grid = (triton.cdiv(C, FUSED_BC), triton.cdiv(B * T, FUSED_BT))
+            _conv_bwd_fused_kernel[grid](x, kernels, history, dy.contiguous(), dx, dkernels, cu, seq_idx, T, B * T, C,
+                                         ctx.HL, KW=KW, BKW=BKW, BC=FUSED_BC, BT=FUSED_BT,
+                                         HAS_HIST=history is not None, IS_VARLEN=cu is not None, num_warps=4)
+            return dx, dkernels, None, None
+        n_el = B * T * C
+        grid = (triton.cdiv(n_el, BLOCK_CONV),)
+        dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)
         # 8 warps: at 4 the sm_90 builds hold 96 (dz) and 114 (dx) registers a thread against the forward's 62, and
         # fewer programs fit an SM (fwd+bwd at 44-46% of the copy roofline on an H100, the forward at 95%); at 8
         # they hold 64 and 59 (cuobjdump). Not yet timed.

@@ -7,6 +7,7 @@ set runs (T = 1, 63, 64, 65, 300, 1000; 1-4 heads; dk 32/96/128; dv 64/256). Err
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -397,6 +398,30 @@ def test_dynamic_conv_varlen(with_hist):
     assert rel(y, y_r) < 1e-5  # fp32, a 4-term sum
     for a, b in zip(grads, grads_r):
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B, T, hist_len, lens", [(2, 70, 0, None),  # 140 tokens: a partial token block
+                                                   (2, 130, 3, None),  # history; a block crossing into row 2
+                                                   (1, 59, 3, [2, 40, 17])])  # varlen, a sequence shorter than KW
+def test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients(monkeypatch, B, T, hist_len, lens, dtype):
+    """dynamic_conv_triton.FUSED_BWD: dkernels as the two kernels give them, bit for bit (the same products), and dx
+    to the order of its 4-term sums, across token blocks, sequence ends and the history."""
+    C, KW = (300 if lens is None else 80), 4
+    x, kern, hist = make_conv(B, T, C, KW, dtype, hist_len, n_seq=None if lens is None else len(lens))
+    cu = None if lens is None else torch.tensor([0] + list(itertools.accumulate(lens)), device=DEVICE)
+    dy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
+    grads = {}
+    for fused in (False, True):
+        monkeypatch.setattr(conv_tri, "FUSED_BWD", fused)
+        y = conv_tri.dynamic_conv_triton(x, kern, hist, cu)
+        grads[fused] = torch.autograd.grad((y * dy).sum(), [x, kern])
+    (dx2, dk2), (dx1, dk1) = grads[False], grads[True]
+    assert torch.equal(dk1, dk2)
+    assert rel(dx1, dx2) < (1e-6 if dtype == torch.float32 else 1e-2)  # bf16: dx rounded once, from other sums
+    y_r = conv_ref.dynamic_conv_ref(x, kern, hist, cu)
+    dx_r = torch.autograd.grad((y_r * dy).sum(), [x])[0]
+    assert rel(dx1, dx_r) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
