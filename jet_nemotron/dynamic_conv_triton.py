@@ -82,6 +82,23 @@ def _conv_acc(x, kern, hist, o, t, c, m, i_n, bos, C, HL, KW: tl.constexpr, BKW:
 
 
 @triton.jit
+def _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, HL, KW: tl.constexpr, BKW: tl.constexpr,
+                   HAS_HIST: tl.constexpr):
+    """The backward's per-element start: kernel rows [BLOCK, BKW], tap index, dz = dy * silu'(acc) fp32 [BLOCK] and
+    the inputs under each tap [BLOCK, BKW] (dkernels = dz x those inputs)."""
+    b_w, o_j = _kernel_rows(kern, o, m, KW, BKW)
+    b_acc = tl.zeros_like(_tap(b_w, o_j, 0))
+    b_xs = tl.zeros_like(b_w)
+    for j in tl.static_range(KW):
+        b_x = _conv_input(x, hist, o, t, c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
+        b_acc += _tap(b_w, o_j, j) * b_x
+        b_xs = tl.where(o_j == j, b_x[:, None], b_xs)
+    b_s = tl.sigmoid(b_acc)
+    b_dz = tl.load(dy + o, mask=m, other=0.0).to(tl.float32) * b_s * (1.0 + b_acc * (1.0 - b_s))
+    return b_w, o_j, b_dz, b_xs
+
+
+@triton.jit
 def _conv_fwd_kernel(x, kern, hist, y, cu_seqlens, seq_idx, T, n_el, C, HL,
                      KW: tl.constexpr, BKW: tl.constexpr, BLOCK: tl.constexpr, HAS_HIST: tl.constexpr,
                      IS_VARLEN: tl.constexpr):
@@ -98,15 +115,7 @@ def _conv_bwd_dz_kernel(x, kern, hist, dy, dz, dkern, cu_seqlens, seq_idx, T, n_
     """dz = dy * silu'(acc) (fp32, kept for dx) and dkernels[t, c, j] = dz[t, c] x[t-KW+1+j, c]."""
     o, m, t, c = _elements(tl.program_id(0), n_el, C, BLOCK)
     i_n, bos, _ = _token_bounds(cu_seqlens, seq_idx, t, m, T, IS_VARLEN)
-    b_w, o_j = _kernel_rows(kern, o, m, KW, BKW)
-    b_acc = tl.zeros_like(_tap(b_w, o_j, 0))
-    b_xs = tl.zeros_like(b_w)  # the inputs under each tap, [BLOCK, BKW]
-    for j in tl.static_range(KW):
-        b_x = _conv_input(x, hist, o, t, c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
-        b_acc += _tap(b_w, o_j, j) * b_x
-        b_xs = tl.where(o_j == j, b_x[:, None], b_xs)
-    b_s = tl.sigmoid(b_acc)
-    b_dz = tl.load(dy + o, mask=m, other=0.0).to(tl.float32) * b_s * (1.0 + b_acc * (1.0 - b_s))
+    b_w, o_j, b_dz, b_xs = _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, HL, KW, BKW, HAS_HIST)
     tl.store(dz + o, b_dz, mask=m)
     tl.store(dkern + o[:, None] * KW + o_j, (b_dz[:, None] * b_xs).to(dkern.dtype.element_ty),
              mask=m[:, None] & (o_j < KW))
@@ -157,15 +166,7 @@ def _conv_bwd_fused_kernel(x, kern, hist, dy, dx, dkern, cu_seqlens, seq_idx, T,
             bos = i_n * T
         m = m_c & in_range
         o = u.to(tl.int64) * C + o_c
-        b_w, _ = _kernel_rows(kern, o, m, KW, BKW)
-        b_acc = tl.zeros([BC], dtype=tl.float32)
-        b_xs = tl.zeros_like(b_w)
-        for j in tl.static_range(KW):
-            b_x = _conv_input(x, hist, o, tv, o_c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
-            b_acc += _tap(b_w, o_j, j) * b_x
-            b_xs = tl.where(o_j == j, b_x[:, None], b_xs)
-        b_s = tl.sigmoid(b_acc)
-        b_dz = tl.load(dy + o, mask=m, other=0.0).to(tl.float32) * b_s * (1.0 + b_acc * (1.0 - b_s))
+        b_w, _, b_dz, b_xs = _dz_and_inputs(x, kern, hist, dy, o, tv, o_c, m, i_n, bos, C, HL, KW, BKW, HAS_HIST)
         tl.store(dkern + o[:, None] * KW + o_j, (b_dz[:, None] * b_xs).to(dkern.dtype.element_ty),
                  mask=(m & (tv < t0 + BT))[:, None] & (o_j < KW))
         # tap j of u reaches token u-KW+1+j, inside u's sequence only
