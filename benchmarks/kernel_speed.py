@@ -105,9 +105,10 @@ def error_line(err: Exception) -> str:
     CompilationError's first line is only where ("at 39:12:", on an H100 on 2026-12-05). Its cause, such as a block
     that is not a power of 2, is its last line, or (Triton 3.6, raised `from` the error inside a nested call, on an
     H100 on 2026-12-05) the last line of its `__cause__`, while its own last line is the caret under the column."""
-    root = err
-    while root.__cause__ is not None and root.__cause__ is not root:
+    root, seen = err, {id(err)}
+    while root.__cause__ is not None and id(root.__cause__) not in seen:  # a chain can loop back on itself
         root = root.__cause__
+        seen.add(id(root))
     first = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     last = [ln.strip() for ln in str(root).splitlines() if ln.strip() and ln.strip() != "^"]
     if not first:
