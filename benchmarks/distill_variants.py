@@ -472,16 +472,15 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                   mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"])
     b = v["batch_size"]
     mb2 = args.micro_batch2 or args.micro_batch
+    common2 = common | {"micro_batch": mb2, "gradient_checkpointing": args.checkpoint2}  # stages 2 and 3
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
             DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b,
-                          jet_lr=v["jet_lr2"], **(common | {"micro_batch": mb2,
-                                                            "gradient_checkpointing": args.checkpoint2})),
+                          jet_lr=v["jet_lr2"], **common2),
             DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"], jet_lr=v["jet_lr2"],
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
-                          **(common | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len),
-                                       "gradient_checkpointing": args.checkpoint2}))]
+                          **(common2 | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len)}))]
     retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": v["retrieval_kinds"], "chat_ratio": v["chat_ratio"],
                      "chat_file": chat_file_of(v), "chat_docstrings": v["chat_docstrings"]}
                     if v["retrieval_ratio"] or v["chat_ratio"] else None)

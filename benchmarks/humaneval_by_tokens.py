@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stamp import stamp  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_model"
-# the settings that change what a student learns, at the recipe's values (convert/README.md, since 2026-12-04); a
-# key a record does not hold counts as its default (older records predate the key, when it did not exist)
+# the settings that change what a student learns, at the recipe's values (convert/README.md, since 2026-12-04)
 RECIPE = {"layer_map": "jet-nemotron-2b", "lr": [0.001, 3e-05, 3e-05], "mse_weight": 1.0, "retrieval_ratio": 0.1,
           "batch_size": 16, "local1": True, "train2": "all", "init": "attention", "local1_share": 0.0,
           "chat_ratio": 0.25, "chat_file": None, "retrieval_kinds": ["passkey", "kv"], "jet_lr2": None,
           "chat_docstrings": False, "split2": 0.0, "own_answers": 0}
-DEFAULTS = {"chat_docstrings": False, "split2": 0.0, "own_answers": 0, "jet_lr2": None, "chat_file": None}
+# keys added after the first records: a record without one predates it, when the recipe's value was the only one
+LATER = {"chat_docstrings", "split2", "own_answers", "jet_lr2", "chat_file"}
 GOAL = 0.8  # issue 14: HumanEval pass@1 at least 80% of the teacher's
 
 
@@ -48,7 +48,7 @@ def points(results: Path, problems: int = 164) -> tuple[list[dict], list[int]]:
             steps = var.get("steps") or v["steps"]
             if he.get("problems") != problems or (len(steps) > 2 and steps[2]):  # an 8K stage: another recipe
                 continue
-            if all(var.get(k, DEFAULTS.get(k, object())) == want for k, want in RECIPE.items()):
+            if all(var[k] == want if k in var else k in LATER for k, want in RECIPE.items()):
                 students.append({"record": path.parent.name, "name": v["name"], "tokens": v["tokens"],
                                  "passed": he["passed"], "card": res["stamp"][0]["card"]})
     return students, teacher
