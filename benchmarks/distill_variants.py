@@ -335,8 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = dev.type == "cuda"
     from convert.row_workers import resolve_workers
 
+    from jet_nemotron import dynamic_conv_triton, gated_delta_rule_triton_launch
+
+    # the process-wide kernel switches (env JET_NEMOTRON_KEEP_STATES / JET_NEMOTRON_CONV_FUSED_BWD) this run had
+    switches = {"keep_states": gated_delta_rule_triton_launch.KEEP_STATES,
+                "conv_fused_bwd": dynamic_conv_triton.FUSED_BWD}
     res: dict = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "variants": [],
-                 "seconds": {}, "row_workers": resolve_workers(args.row_workers)}
+                 "seconds": {}, "row_workers": resolve_workers(args.row_workers), "kernel_switches": switches}
     t0 = time.perf_counter()
     if args.toy:
         from distill_real import toy_models

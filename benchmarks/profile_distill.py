@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep-states", action="store_true",
                     help="the JetBlocks' forward keeps w, h and v' for the backward (launch.KEEP_STATES, env "
                          "JET_NEMOTRON_KEEP_STATES=1)")
+    ap.add_argument("--conv-fused-bwd", action="store_true",
+                    help="the dynamic convolution's backward in one kernel (dynamic_conv_triton.FUSED_BWD, env "
+                         "JET_NEMOTRON_CONV_FUSED_BWD=1)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="the student's layers recompute their activations in the backward "
                          "(DistillConfig.gradient_checkpointing): 8 rows a stage-2 forward on an 80 GB card, "
@@ -143,6 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         from jet_nemotron import gated_delta_rule_triton_launch as launch
 
         launch.KEEP_STATES = True
+    if args.conv_fused_bwd:
+        from jet_nemotron import dynamic_conv_triton
+
+        dynamic_conv_triton.FUSED_BWD = True
     from torch.profiler import ProfilerActivity, profile, schedule
 
     if args.toy:
@@ -194,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         {True: "_mse_kernel", False: "_no_mse_kernel", None: ""}[args.mse_kernel]) + (
         f"_train_{args.train}" if args.train else "") + (
         f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + (
-        "_keep_states" if args.keep_states else "") + ("_ckpt" if args.gradient_checkpointing else "") + (
+        "_keep_states" if args.keep_states else "") + ("_conv_fused_bwd" if args.conv_fused_bwd else "") + (
+        "_ckpt" if args.gradient_checkpointing else "") + (
         f"_mb{args.micro_batch}" if args.micro_batch != 8 and not args.toy else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),

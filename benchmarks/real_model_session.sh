@@ -36,7 +36,8 @@
 #                                        SEARCH_ARGS="--steps 100 --beam 1" shortens the placement search,
 #                                        SEARCHED=map.json skips it and uses that map; EVAL=1 saves each student
 #                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS;
-#                                        EVAL=best: the best student only)
+#                                        EVAL=best: the best student only; OPTINS=1 PLAN_MS=n1,n2: the
+#                                        speed switches the card job's profiles chose, steps refitted)
 #   bash benchmarks/real_model_session.sh poll 240             # wait (at most N s, default 240), pack what is done
 #                                                              #   into $OUT/results.tgz (a call returns 8 files at
 #                                                              #   most); a call cut by a machine taken back returns
@@ -169,13 +170,24 @@ case "$1" in
       [ -n '${ANSWERS:-}' ] && python3 benchmarks/teacher_answers.py --teacher $WORK/teacher_fp32 --site-packages $SP \
         --n ${ANSWERS:-0} ${ANSWERS_BUDGET:+--time-budget-s $ANSWERS_BUDGET} \
         --out $JOB/out/answers/teacher_answers.jsonl.gz > $JOB/answers.log 2>&1
+      # OPTINS=1: the speed switches and stage 2's shape the card job's profiles and tests chose on this card, and
+      # the variants' steps fitted to the seconds they were planned for at PLAN_MS (benchmarks/pick_optins.py)
+      picked=''
+      if [ -n '${OPTINS:-}' ]; then
+        python3 benchmarks/pick_optins.py --profiles $JOB/out/profile --card-tests $JOB/out/card_tests.log \
+          --variants ${VARIANTS:-recipe} --plan-ms ${PLAN_MS:-} --out $JOB/out/optins > $JOB/optins.log 2>&1
+        if [ -f $JOB/out/optins/variants_fitted.json ]; then
+          set -a; . $JOB/out/optins/optins.env; set +a
+          picked=\"\$(cat $JOB/out/optins/optins.args) --variants $JOB/out/optins/variants_fitted.json\"
+        fi
+      fi
       if [ $search = 1 ]; then
         python3 benchmarks/search_real.py --part placement --source $WORK/teacher_fp32 --out $JOB/out \
           --data $SP/torch/_inductor $SP/torch/nn --eval-data \$(python3 -c 'import email, os; print(os.path.dirname(email.__file__))') \
           ${SEARCH_ARGS:-} > $JOB/search.log 2>&1
         python3 benchmarks/distill_variants.py ${V[*]} --searched $JOB/out/placement/layer_map.json > $JOB/variants.log 2>&1
       else
-        python3 benchmarks/distill_variants.py ${V[*]} > $JOB/variants.log 2>&1
+        python3 benchmarks/distill_variants.py ${V[*]} \$picked > $JOB/variants.log 2>&1
       fi
       # EVAL=1: every saved student then goes through jet-nemotron eval beside the teacher (SUITE, EVAL_LENGTHS),
       # into OUT/eval_<name>/eval; EVAL=best: only the best of them (HumanEval, then held-out KL), as each eval

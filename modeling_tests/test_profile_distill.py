@@ -63,3 +63,14 @@ def test_keep_states_turns_the_launch_flag_on_and_names_its_record(tmp_path, mon
     pd.main(["--toy", "--keep-states", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
     rec = json.loads((tmp_path / "profile_distill_stage1_keep_states_toy.json").read_text())
     assert rec["args"]["keep_states"] == "True" and launch.KEEP_STATES is True
+
+
+def test_conv_fused_bwd_turns_the_conv_flag_on_and_names_its_record(tmp_path, monkeypatch):
+    """--conv-fused-bwd profiles a step with the dynamic convolution's one-kernel backward (on the card; the CPU runs
+    the PyTorch reference), in a record of its own name that pick_optins.py reads the switch from."""
+    from jet_nemotron import dynamic_conv_triton
+
+    monkeypatch.setattr(dynamic_conv_triton, "FUSED_BWD", False)
+    pd.main(["--toy", "--conv-fused-bwd", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage1_conv_fused_bwd_toy.json").read_text())
+    assert rec["args"]["conv_fused_bwd"] == "True" and dynamic_conv_triton.FUSED_BWD is True

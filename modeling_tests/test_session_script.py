@@ -11,8 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = """#!/bin/bash
-if [ "$1" = "-c" ]; then exec "{python}" "$@"; fi
+if [ "$1" = "-c" ] || [ "$1" = benchmarks/pick_optins.py ]; then exec "{python}" "$@"; fi
 echo "PY $*" >> "{log}"
+echo "$1 keep=${{JET_NEMOTRON_KEEP_STATES:-}} conv=${{JET_NEMOTRON_CONV_FUSED_BWD:-}}" >> "{log}.env"
 """
 
 
@@ -266,3 +267,30 @@ def test_variants_pipeline_passes_each_stages_micro_batch(tmp_path):
     assert r.returncode == 0, r.stderr
     variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
     assert "--micro-batch 8 --micro-batch2 2 --checkpoint2" in variants
+
+
+def test_variants_pipeline_runs_with_the_switches_the_card_job_picked(tmp_path):
+    """OPTINS=1: after the card job, pick_optins.py (run for real) reads its profiles and card tests; the variants
+    run with the picked switches in their environment, stage 2's picked shape and the refitted steps."""
+    import json
+
+    prof = tmp_path / "job" / "out" / "profile"
+    prof.mkdir(parents=True)
+    for i, (stage, ms, on, mb, ckpt) in enumerate([(1, 650, False, 8, False), (2, 1900, False, 2, False),
+                                                   (1, 580, True, 8, False), (2, 1700, True, 8, True)]):
+        args = {"stage": str(stage), "local": str(stage == 1), "fused_adam": "True", "keep_states": str(on),
+                "conv_fused_bwd": str(on), "micro_batch": str(mb), "gradient_checkpointing": str(ckpt)}
+        (prof / f"profile_distill_{i}.json").write_text(json.dumps({"args": args, "ms_per_step": ms}))
+    (tmp_path / "job" / "out" / "card_tests.log").write_text(
+        "PASSED modeling_tests/test_kernels.py::test_kept_states_give_the_same_gradients_without_the_state_pass[None]\n"
+        "PASSED modeling_tests/test_kernels.py::test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients[x]\n")
+    (tmp_path / "job" / "speed.done").touch()
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/acceptance_v3_15min_h100.json",
+             MICRO_BATCH2="2", OPTINS="1", PLAN_MS="652,1886")
+    assert r.returncode == 0, r.stderr
+    variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
+    fitted = tmp_path / "job" / "out" / "optins" / "variants_fitted.json"
+    assert variants.endswith(f"--micro-batch2 2 --micro-batch2 8 --checkpoint2 --variants {fitted}")
+    assert json.loads(fitted.read_text())[0]["steps"] == [int(0.97 * 670 * 652 / 580), int(0.97 * 230 * 1886 / 1700), 0]
+    env = (tmp_path / "calls.log.env").read_text().splitlines()
+    assert "benchmarks/distill_variants.py keep=1 conv=1" in env

@@ -1,0 +1,139 @@
+"""Pick a run's speed opt-ins from the step profiles the card job just measured on this very card, and fit the
+variants' step counts to the stage seconds they were planned for.
+
+The opt-ins are process-wide switches (env `JET_NEMOTRON_KEEP_STATES`, `JET_NEMOTRON_CONV_FUSED_BWD`) and stage 2's
+rows a forward and gradient checkpointing (distill_variants' `--micro-batch2`, `--checkpoint2`). A set of switches
+is a candidate when (a) every switch's card test passed in the same job (`card_tests.log`, pytest -rA) and (b) a
+stage-1 and a stage-2 profile ran with exactly that set (a profile that ran out of memory wrote no record). The
+candidate that buys the most optimizer steps in the plan's seconds wins; its stage-2 shape is its fastest profiled
+one. No candidate: no switch, and the variants' own steps.
+
+    python benchmarks/pick_optins.py --profiles JOB/out/profile --card-tests JOB/out/card_tests.log \\
+        --variants benchmarks/variants/acceptance_v3_15min_h100.json --plan-ms 652,1886 --out JOB/out/optins
+
+Writes OUT/optins.env (KEY=VALUE lines for the run's environment), OUT/optins.args (distill_variants flags),
+OUT/variants_fitted.json and OUT/optins.json (the profiles read, the candidates, the choice and why), and prints the
+choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from stamp import stamp  # noqa: E402
+
+# switch: (its env var, the card test each of its runs must pass)
+SWITCHES = {
+    "keep_states": ("JET_NEMOTRON_KEEP_STATES",
+                    "test_kept_states_give_the_same_gradients_without_the_state_pass"),
+    "conv_fused_bwd": ("JET_NEMOTRON_CONV_FUSED_BWD",
+                       "test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients"),
+}
+# the steps are planned with this margin under the plan's seconds: a run's step also reads rows and logs, which a
+# profile of random rows does not
+MARGIN = 0.97
+
+
+def passed_switches(log: str) -> set[str]:
+    """The switches whose card test ran and passed in every parametrisation: a -rA summary lists each run as
+    `PASSED path::name[params]` or `FAILED path::name[params] - why`."""
+    ok = set()
+    for sw, (_, test) in SWITCHES.items():
+        runs = re.findall(rf"^(PASSED|FAILED|ERROR) \S*::{test}\b", log, flags=re.M)
+        if runs and all(r == "PASSED" for r in runs):
+            ok.add(sw)
+    return ok
+
+
+def read_profiles(folder: Path) -> list[dict]:
+    """[{stage, switches, micro_batch, checkpoint, ms, mfu, file}] of every profile record in folder."""
+    out = []
+    for f in sorted(folder.glob("profile_distill_*.json")):
+        rec = json.loads(f.read_text())
+        a = rec["args"]
+        out.append({"stage": int(a["stage"]), "file": f.name, "ms": float(rec["ms_per_step"]), "mfu": rec.get("mfu"),
+                    "switches": sorted(sw for sw in SWITCHES if a.get(sw) == "True"),
+                    "micro_batch": int(a["micro_batch"]), "checkpoint": a.get("gradient_checkpointing") == "True",
+                    "local": a.get("local") == "True", "fused_adam": a.get("fused_adam") == "True",
+                    "peak_gb": rec.get("peak_gb")})
+    return out
+
+
+def choose(profiles: list[dict], passed: set[str], seconds: tuple[float, float], fused_adam: bool) -> dict | None:
+    """The candidate set of switches that buys the most steps in (stage-1, stage-2) seconds, or None. Only the
+    profiles of the run's own steps count: stage 1 as attention transfer, AdamW as the variant runs it."""
+    profiles = [p for p in profiles if p["fused_adam"] == fused_adam and (p["stage"] != 1 or p["local"])]
+    best = None
+    for sw in sorted({tuple(p["switches"]) for p in profiles}):
+        if not set(sw) <= passed:
+            continue
+        s1 = [p for p in profiles if p["stage"] == 1 and tuple(p["switches"]) == sw]
+        s2 = [p for p in profiles if p["stage"] == 2 and tuple(p["switches"]) == sw]
+        if not s1 or not s2:
+            continue
+        p1, p2 = min(s1, key=lambda p: p["ms"]), min(s2, key=lambda p: p["ms"])
+        steps = [math.floor(MARGIN * seconds[0] * 1e3 / p1["ms"]), math.floor(MARGIN * seconds[1] * 1e3 / p2["ms"])]
+        cand = {"switches": list(sw), "stage1": p1, "stage2": p2, "steps": steps}
+        if best is None or sum(steps) > sum(best["steps"]):
+            best = cand
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profiles", type=Path, required=True, help="the card job's profile_distill records")
+    ap.add_argument("--card-tests", type=Path, required=True, help="the card job's pytest -rA log")
+    ap.add_argument("--variants", type=Path, required=True, help="a variants file whose variants give explicit steps")
+    ap.add_argument("--plan-ms", required=True,
+                    help="stage-1,stage-2 ms a step the variants' steps were planned at (their seconds = steps x ms)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    plan_ms = [float(x) for x in args.plan_ms.split(",")]
+    variants = json.loads(args.variants.read_text())
+    if len(plan_ms) != 2 or not all(isinstance(v.get("steps"), list) and v["steps"][2] == 0 for v in variants):
+        raise SystemExit(f"{args.variants}: every variant needs explicit steps [n1, n2, 0], and --plan-ms two "
+                         f"numbers (got {args.plan_ms!r})")
+    log = args.card_tests.read_text() if args.card_tests.exists() else ""
+    passed = passed_switches(log)
+    profiles = read_profiles(args.profiles) if args.profiles.is_dir() else []
+    fitted, chosen_all = [], []
+    for v in variants:
+        seconds = (v["steps"][0] * plan_ms[0] / 1e3, v["steps"][1] * plan_ms[1] / 1e3)
+        c = choose(profiles, passed, seconds, bool(v.get("fused_adam")))
+        chosen_all.append(c)
+        fitted.append(dict(v, steps=[*c["steps"], 0]) if c else v)
+    # one process runs every variant: the switches of the first variant's choice hold for all
+    c = chosen_all[0]
+    env = {SWITCHES[sw][0]: "1" for sw in (c["switches"] if c else [])}
+    flags = []
+    if c:
+        flags = ["--micro-batch2", str(c["stage2"]["micro_batch"])] + (["--checkpoint2"] if c["stage2"]["checkpoint"]
+                                                                       else [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "optins.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    (args.out / "optins.args").write_text(" ".join(flags) + "\n")
+    (args.out / "variants_fitted.json").write_text(json.dumps(fitted, indent=1) + "\n")
+    rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "profiles": profiles, "plan_ms": plan_ms,
+           "margin": MARGIN, "chosen": chosen_all, "env": env, "flags": flags,
+           "steps": [v["steps"] for v in fitted], "planned_steps": [v["steps"] for v in variants]}
+    (args.out / "optins.json").write_text(json.dumps(rec, indent=1) + "\n")
+    if c:
+        print(f"opt-ins: {', '.join(c['switches']) or 'none'}; stage 2 at {c['stage2']['micro_batch']} rows"
+              f"{' with checkpointing' if c['stage2']['checkpoint'] else ''}; stage 1 {c['stage1']['ms']:.0f} ms, "
+              f"stage 2 {c['stage2']['ms']:.0f} ms a step; steps {rec['planned_steps'][0][:2]} -> {c['steps']}")
+    else:
+        print(f"opt-ins: none (no candidate: card tests passed for {sorted(passed)}, {len(profiles)} profiles); "
+              f"the planned steps")
+    return rec
+
+
+if __name__ == "__main__":
+    main()
