@@ -58,6 +58,13 @@ SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
 common=(--out "$OUT" --work "$WORK" --gguf "$GGUF" --site-packages "$SP" --time-budget-min "$BUDGET")
 JOB=${JOB:-/tmp/jn}  # the detached job's results (JOB/out), logs and flags: speed.done, done
+# snapshot DIR: a copy of this checkout for a detached job to run from. Every device call copies the working tree
+# anew, and a job importing from it while the next call's copy lands can miss a module: the card job's first
+# profile died so (2026-12-05, "No module named 'jet_nemotron.input_checks'", started as part 02 arrived).
+snapshot() {
+  rm -rf "$1" && mkdir -p "$1" &&
+    tar --exclude=./.git --exclude=./.blob --exclude=./.whl -cf - . | tar -xf - -C "$1"
+}
 case "$1" in
   part)
     mkdir -p "$M" && cp ".blob/part$2" "$M/part$2" && echo "$(ls "$M" | wc -l) parts"
@@ -101,7 +108,9 @@ case "$1" in
         for c in ${SPEED_CONTEXTS:-4096 32768}; do
           jobs="$jobs python3 benchmarks/generation.py --contexts $c ${SPEED_ARGS:-} --out $JOB/out/gen_$c;"; done
       fi
-      setsid nohup bash -c "timeout ${SPEED_TIMEOUT:-360} bash -c '$jobs'; touch $JOB/speed.done" \
+      snapshot $JOB/tree.card
+      setsid nohup bash -c "cd $JOB/tree.card && export PYTHONPATH=$JOB/tree.card:/tmp/site
+        timeout ${SPEED_TIMEOUT:-360} bash -c '$jobs'; touch $JOB/speed.done" \
         > $JOB/speed.log 2>&1 < /dev/null &
       echo "card job started: $JOB/speed.log ($jobs)"
     fi
@@ -128,7 +137,8 @@ case "$1" in
        --wait-for $JOB/speed.done --passkey-trials 10 ${RATE:+--rate $RATE} ${EXTRA:-})
     E=(--baseline "$WORK/teacher_fp32" --out $JOB/out --suite "${SUITE:-ppl,niah,humaneval}"
        --lengths "${LENGTHS:-2048,8192,16384,32000}" --trials 3)
-    setsid nohup bash -c "
+    snapshot $JOB/tree
+    setsid nohup bash -c "cd $JOB/tree && export PYTHONPATH=$JOB/tree:/tmp/site
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
       python3 -c 'import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)'
       python3 benchmarks/distill_real.py ${J[*]} --stages 0,1,2,3 --save-teacher > $JOB/distill.log 2>&1
@@ -156,7 +166,8 @@ case "$1" in
       [ -f "$SEARCHED" ] || { echo "SEARCHED=$SEARCHED: no such layer map" >&2; exit 2; }
       search=0 V+=(--searched "$(realpath "$SEARCHED")")
     fi
-    setsid nohup bash -c "
+    snapshot $JOB/tree
+    setsid nohup bash -c "cd $JOB/tree && export PYTHONPATH=$JOB/tree:/tmp/site
       if [ ! -e $WORK/teacher_fp32/config.json ]; then
         # the corpus is tokenised into the cache the variants read (on the CPU, with the GGUF's tokenizer) while the
         # teacher is dequantised and saved: the variants' own tokenising (25 s on 2026-12-04) becomes a cache read

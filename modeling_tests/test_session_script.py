@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE = """#!/bin/bash
 if [ "$1" = "-c" ] || [ "$1" = benchmarks/pick_optins.py ]; then exec "{python}" "$@"; fi
 echo "PY $*" >> "{log}"
-echo "$1 keep=${{JET_NEMOTRON_KEEP_STATES:-}} conv=${{JET_NEMOTRON_CONV_FUSED_BWD:-}}" >> "{log}.env"
+echo "$1 keep=${{JET_NEMOTRON_KEEP_STATES:-}} conv=${{JET_NEMOTRON_CONV_FUSED_BWD:-}} cwd=$PWD" >> "{log}.env"
 """
 
 
@@ -293,4 +293,20 @@ def test_variants_pipeline_runs_with_the_switches_the_card_job_picked(tmp_path):
     assert variants.endswith(f"--micro-batch2 2 --micro-batch2 8 --checkpoint2 --variants {fitted}")
     assert json.loads(fitted.read_text())[0]["steps"] == [int(0.97 * 670 * 652 / 580), int(0.97 * 230 * 1886 / 1700), 0]
     env = (tmp_path / "calls.log.env").read_text().splitlines()
-    assert "benchmarks/distill_variants.py keep=1 conv=1" in env
+    assert f"benchmarks/distill_variants.py keep=1 conv=1 cwd={tmp_path / 'job' / 'tree'}" in env
+
+
+def test_detached_jobs_run_from_their_own_copy_of_the_checkout(tmp_path):
+    """The card job and the pipeline import from a snapshot under JOB, not from the checkout that every later
+    device call copies anew (a module went missing mid-import that way)."""
+    with _a_part01():
+        r = _run(tmp_path, ["part", "01"], PROFILE="1", PROFILE_RUNS="--stage=1", SPEED_TIMEOUT="20")
+    assert r.returncode == 0, r.stderr
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="recipe")
+    assert r.returncode == 0, r.stderr
+    _calls(tmp_path, 3)
+    cwd = {line.split()[0]: line.split("cwd=")[1] for line in (tmp_path / "calls.log.env").read_text().splitlines()}
+    assert cwd["benchmarks/profile_distill.py"] == str(tmp_path / "job" / "tree.card")
+    assert cwd["benchmarks/distill_variants.py"] == str(tmp_path / "job" / "tree")
+    assert (tmp_path / "job" / "tree" / "jet_nemotron" / "modeling_jet_nemotron.py").exists()
+    assert not (tmp_path / "job" / "tree" / ".git").exists()
