@@ -462,3 +462,61 @@ def test_fused_adam_trains_as_the_default_adamw():
         # Adam divides by sqrt(v) + eps, which magnifies rounding where a gradient is tiny: 5e-5 is 0.4% of the
         # 1.2e-2 that four steps at lr 3e-3 can move a JetBlock weight
         torch.testing.assert_close(runs[True][1][n], p, atol=5e-5, rtol=0, msg=n)
+
+
+class _CastCount:
+    """Counts fp32 -> bf16 casts of tensors whose shape is one of `shapes` (a TorchDispatchMode, under autocast)."""
+
+    def __init__(self, shapes):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if (func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16
+                        and args[0].dtype == torch.float32 and tuple(args[0].shape) in shapes):
+                    outer.n += 1
+                return func(*args, **kwargs)
+
+        self.n, self.mode = 0, Mode()
+
+
+def test_a_step_casts_and_concatenates_each_trainable_weight_once_whatever_its_micro_steps(
+        fresh_accelerate_state, monkeypatch):
+    """bf16 on the CPU: one autocast region and one `step_weights` span a step's micro-steps, so each trainable
+    weight is cast to bf16 once a step and each set of projections run as one product concatenated once, not once
+    a micro-step; and nothing else changes: losses and weights are the bits of a run whose caches are emptied at
+    every micro-step, as when each micro-step had its own region."""
+    import convert.distill as d
+    from jet_nemotron import fused_projections as fp
+
+    def run(micro, per_micro_step):
+        teacher, student, train, _ = _setup()
+        d_model = student.config.hidden_size
+        # weights read by plain linears (o_proj, down_proj, ...): shapes no 2-D activation here has ([n, d_model])
+        count = _CastCount({tuple(p.shape) for p in student.parameters() if p.ndim == 2 and p.shape[1] != d_model})
+        concats, real_concat, real_targets = [], fp._concat, d.teacher_targets
+
+        def targets(*a, **kw):  # called once at the start of each micro-step, inside the step's region
+            if per_micro_step:
+                torch.clear_autocast_cache()
+                fp._STEP_WEIGHTS.clear()
+            return real_targets(*a, **kw)
+        monkeypatch.setattr(d, "teacher_targets", targets)
+        monkeypatch.setattr(fp, "_concat", lambda *a: concats.append(1) or real_concat(*a))
+        cfg = DistillConfig(stage=2, steps=2, batch_size=4, micro_batch=micro, lr=1e-3, warmup_steps=1,
+                            log_every=1, mixed_precision="bf16")
+        with count.mode:
+            hist = distill(student, teacher, train, cfg)["history"]
+        return (count.n, len(concats)), [h["loss"] for h in hist], {n: p.detach().clone()
+                                                                    for n, p in student.named_parameters()}
+
+    one, four, four_old = run(4, False), run(1, False), run(1, True)
+    assert one[0] == four[0] and min(four[0]) > 0  # 1 and 4 micro-steps: the same casts and concatenations
+    print(f"casts, concatenations: 1 micro-step {one[0]}, 4 {four[0]}, 4 with the caches emptied {four_old[0]}")
+    assert four_old[0][0] > four[0][0] and four_old[0][1] == 4 * four[0][1]  # emptied: again every micro-step
+    assert four[1] == four_old[1]
+    for n, p in four[2].items():
+        assert torch.equal(p, four_old[2][n]), n
