@@ -479,10 +479,31 @@ def run_rmsnorm(results, rows_list, bw):
                    {"fwd": 2 * n, "fwd+bwd": 5 * n}, bw)
 
 
+def run_rope(results, rows_list, bw):
+    """The frozen teacher's rotary embedding of q and k (1.5B: 12 query and 2 key heads of 128, the transposed head
+    views of the projections), forward only: ours vs Qwen2's `apply_rotary_pos_emb`, eager and compiled."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    from jet_nemotron.rope_triton import rope_triton
+
+    Hq, Hk, D = 12, 2, 128
+    impls = (("ours", rope_triton), ("eager", apply_rotary_pos_emb),
+             ("eager compiled", torch.compile(apply_rotary_pos_emb)))
+    for rows in rows_list:  # rows = batch x 2,048 positions
+        B, L = rows // 2048, 2048
+        q = torch.randn(B, L, Hq * D, device="cuda").bfloat16().view(B, L, Hq, D).transpose(1, 2)
+        k = torch.randn(B, L, Hk * D, device="cuda").bfloat16().view(B, L, Hk, D).transpose(1, 2)
+        cos, sin = (torch.randn(L, D, device="cuda").bfloat16()[None].expand(B, L, D) for _ in range(2))
+        n = (q.numel() + k.numel()) * 2 * 2 + 2 * L * D * 2  # q, k read and written; cos, sin read once
+        for name, f in impls:
+            record(results, dict(op="rope", shape="1.5B teacher", T=rows, mode="fwd", impl=name),
+                   timed_call(f, [q, k, cos, sin], "fwd", [], None), n / bw * 1e3)
+
+
 # the ops each part records, so that a merged run replaces exactly the rows it re-measured
 PART_OPS = {"decode_attention": ("decode_attention",), "accuracy": ("accuracy",), "step": ("step",),
             "step_variants": ("step_variant",), "chunk": ("chunk",), "conv": ("conv",), "norm": ("norm",),
-            "swiglu": ("swiglu",), "rmsnorm": ("rmsnorm",)}
+            "swiglu": ("swiglu",), "rmsnorm": ("rmsnorm",), "rope": ("rope",)}
 
 
 def merge_runs(current: dict, new: dict) -> dict:
@@ -498,7 +519,8 @@ def merge_runs(current: dict, new: dict) -> dict:
     return {"stamp": stamps + [run], "results": rows}
 
 
-PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm", "swiglu", "rmsnorm")
+PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm", "swiglu", "rmsnorm",
+         "rope")
 
 
 def main():
@@ -555,7 +577,8 @@ def main():
              "chunk": lambda: run_chunk(results, Ts, bw, peak, args.shapes or tuple(SHAPES)), "conv": lambda: run_conv(results, [4096, 16384], bw),
              "norm": lambda: run_norm(results, [4096, 65536], bw),
              "swiglu": lambda: run_swiglu(results, [2048, 16384], bw),
-             "rmsnorm": lambda: run_rmsnorm(results, [2048, 16384], bw)}
+             "rmsnorm": lambda: run_rmsnorm(results, [2048, 16384], bw),
+             "rope": lambda: run_rope(results, [16384], bw)}
     for name in args.only or PARTS:
         try:
             parts[name]()

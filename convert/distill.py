@@ -57,7 +57,7 @@ from .distill_config import DistillConfig, fsdp_turns_off_transfer
 from .distill_loss import DistillLoss, mse_fn, teacher_on, teacher_targets
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
-from .teacher_kernels import KernelMLP, KernelRMSNorm, with_teacher_kernels
+from .teacher_kernels import KernelMLP, KernelRMSNorm, teacher_rope_count, with_teacher_kernels
 
 
 def jetblock_weight(student) -> Callable[[str], bool]:
@@ -640,7 +640,8 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
               + (f", attention MSE: {'Triton kernel' if cfg.mse_kernel else 'PyTorch'}" if cfg.mse_weight > 0 else "")
               + f", AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher: "
               f"{sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} RMSNorms on ops.rmsnorm, "
-              f"{sum(isinstance(m, KernelMLP) for m in teacher.modules())} MLPs on ops.swiglu")
+              f"{sum(isinstance(m, KernelMLP) for m in teacher.modules())} MLPs on ops.swiglu, "
+              f"{teacher_rope_count(teacher)} attentions' rotary on ops.rope")
     return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
 
 

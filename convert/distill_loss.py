@@ -9,6 +9,7 @@ the per-layer attention-output MSE, or in attention transfer each JetBlock alone
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from jet_nemotron.fused_projections import set_projections_as_one
 
 from .kl import chunked_kl
+from .teacher_kernels import rope_kernels
 from .triton_device import check_triton_device
 
 
@@ -161,8 +163,9 @@ def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = Fa
     (the MSE's normaliser, the checkpointed KL chunks). A clone is one read and write of [B, L, d] per tensor.
     """
     cap = _Capture(teacher, mse_layers, inputs) if mse_layers else None
+    rotary = rope_kernels(teacher) if getattr(teacher, "teacher_rope_kernels", False) else nullcontext()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), rotary:
             h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
     finally:
         if cap is not None:

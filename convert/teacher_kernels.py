@@ -11,22 +11,60 @@ is the reference, Qwen's own arithmetic; `JET_NEMOTRON_KERNELS=reference` keeps 
 The MLP's `act(gate) * up` is two more passes over [tokens, 8,960] bf16 a layer (silu, then the product): in the
 same profile 8.6 and 11.1 ms a step, 56 calls each. `ops.swiglu` with `act_rounded` reads gate and up once and
 writes once, with eager bf16's two roundings (silu(gate) rounded before the product); only a silu MLP is swapped.
+
+The rotary embedding of queries and keys (`apply_rotary_pos_emb`: two products, rotate_half's negation and
+concatenation, a sum) took about 16 ms of a 589 ms H100 attention-transfer step. Qwen2 / Qwen3's attention calls it
+as a function of its modeling module, so `rope_kernels(model)` points that module's name at `ops.rope` (eager's
+three roundings, bit for bit) while the teacher's forward runs, and back after: `distill_loss.teacher_targets`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import sys
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from jet_nemotron.ops import rmsnorm, swiglu
+from jet_nemotron.ops import rmsnorm, rope, swiglu
 
 # the norms whose forward is `rmsnorm_ref`'s arithmetic (checked against each class's own forward in the tests)
 NORM_CLASSES = ("Qwen2RMSNorm", "Qwen3RMSNorm", "JetNemotronRMSNorm")
 # the MLPs whose forward is down(act(gate(x)) * up(x)) (checked likewise)
 MLP_CLASSES = ("Qwen2MLP", "Qwen3MLP", "JetNemotronMLP")
+# the attentions that call their modeling module's `apply_rotary_pos_emb(q, k, cos, sin)` (checked likewise)
+ROPE_CLASSES = ("Qwen2Attention", "Qwen3Attention")
+
+
+def _rope(q, k, cos, sin, unsqueeze_dim: int = 1):
+    """`apply_rotary_pos_emb`'s signature on `ops.rope` (heads on dim 1, the only layout these classes use)."""
+    if unsqueeze_dim != 1:
+        raise ValueError(f"the teacher's rotary kernel takes heads on dim 1 (unsqueeze_dim=1), got {unsqueeze_dim}")
+    return rope(q, k, cos, sin)
+
+
+def rope_modules(model: nn.Module) -> list:
+    """The modeling modules whose `apply_rotary_pos_emb` `model`'s attention layers call (`ROPE_CLASSES`)."""
+    mods = {type(m).__module__ for m in model.modules() if type(m).__name__ in ROPE_CLASSES}
+    return [sys.modules[n] for n in sorted(mods) if callable(getattr(sys.modules[n], "apply_rotary_pos_emb", None))]
+
+
+@contextlib.contextmanager
+def rope_kernels(model: nn.Module) -> Iterator[None]:
+    """Within: `model`'s Qwen attention layers rotate q and k on `ops.rope`, by pointing their modeling module's
+    `apply_rotary_pos_emb` at it; every model of that class in the process does so while inside (the caller runs
+    one frozen teacher's forward there)."""
+    saved = [(m, m.apply_rotary_pos_emb) for m in rope_modules(model)]
+    try:
+        for m, _ in saved:
+            m.apply_rotary_pos_emb = _rope
+        yield
+    finally:
+        for m, fn in saved:
+            m.apply_rotary_pos_emb = fn
 
 
 class KernelRMSNorm(nn.Module):
@@ -66,13 +104,26 @@ def _swappable_mlp(m: nn.Module) -> bool:
             and getattr(m, "fused_sizes", None) is None)
 
 
+def teacher_rope_count(model: nn.Module) -> int:
+    """How many of `model`'s attentions rotate on `ops.rope` in its forward for distillation (0 unless it is a
+    `with_teacher_kernels` copy)."""
+    if not getattr(model, "teacher_rope_kernels", False):
+        return 0
+    mods = {m.__name__ for m in rope_modules(model)}
+    return sum(type(m).__name__ in ROPE_CLASSES and type(m).__module__ in mods for m in model.modules())
+
+
 def with_teacher_kernels(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     """(a copy of `model` whose RMSNorms run `ops.rmsnorm` and whose silu MLPs `ops.swiglu`, {"rmsnorm": how many,
-    "swiglu": how many}). The copy shares every parameter and buffer with `model` (no tensor is copied), and `model`
-    itself is left as it is: the caller's teacher keeps its eager modules for evaluation."""
+    "swiglu": how many, "rope": how many attentions rotate on `ops.rope` inside `rope_kernels`}). The copy shares
+    every parameter and buffer with `model` (no tensor is copied), and `model` itself is left as it is: the caller's
+    teacher keeps its eager modules for evaluation. The copy's `teacher_rope_kernels` tells `teacher_targets` to
+    run its forward inside `rope_kernels`."""
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     out = copy.deepcopy(model, memo)
-    n = {"rmsnorm": 0, "swiglu": 0}
+    out.teacher_rope_kernels = True
+    n = {"rmsnorm": 0, "swiglu": 0, "rope": teacher_rope_count(out)}
+    out.teacher_rope_kernels = n["rope"] > 0
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
             if type(child).__name__ in NORM_CLASSES:

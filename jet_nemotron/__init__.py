@@ -11,7 +11,8 @@ jet_nemotron/  the model; flat, because save_pretrained copies it next to the we
   transformers_compat.py        what differs between the transformers releases supported
   fused_projections.py          same-input projections as one product: fused for inference, concatenated in training
   ops.py                        the one dispatch point of the sequence ops: Triton on CUDA, else the reference
-  *_ref.py                      PyTorch references (exact, any device): gated delta rule, dynamic conv, gated norm
+  *_ref.py                      PyTorch references (exact, any device): gated delta rule, dynamic conv, gated norm;
+                                 training's RMSNorm and SwiGLU, and a frozen teacher's rotary embedding
   *_triton.py                   the Triton kernels, same signatures; the gated delta rule is split by family:
     gated_delta_rule_triton.py  entry points + autograd  | _chunk_fwd / _chunk_bwd  chunked forward / backward
     _recurrent / _step          token loop / decode step | _launch / _tiles  launch tuning / shared tile helpers

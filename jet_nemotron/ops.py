@@ -19,6 +19,7 @@ from .configuration_jet_nemotron import KERNEL_BACKENDS
 from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_rmsnorm_ref import gated_rmsnorm_ref
 from .rmsnorm_ref import rmsnorm_ref
+from .rope_ref import rope_ref
 from .swiglu_ref import swiglu_ref
 from .gated_delta_rule_ref import (
     chunk_gated_delta_rule_ref,
@@ -31,6 +32,7 @@ logger = logging.get_logger(__name__)
 # the Triton functions, replaced below where Triton imports; `_choose` never picks one that is None
 chunk_gated_delta_rule_triton = fused_recurrent_gated_delta_rule_triton = gated_delta_rule_step_triton = None
 dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = rmsnorm_triton = swiglu_triton = None
+rope_triton = None
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:
     import triton  # noqa: F401  (only to learn whether the kernels can be built)
@@ -48,6 +50,7 @@ if _TRITON_IMPORT_ERROR is None:
         from .dynamic_conv_triton import dynamic_conv_step_triton, dynamic_conv_triton
         from .gated_rmsnorm_triton import gated_rmsnorm_triton
         from .rmsnorm_triton import rmsnorm_triton
+        from .rope_triton import rope_triton
         from .swiglu_triton import swiglu_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
@@ -125,6 +128,12 @@ def swiglu(gate, up, backend: str = "auto", act_rounded: bool = False):
     """The MLP's silu(gate) * up in fp32, rounded once (`act_rounded`: silu(gate) rounded first, as eager bf16).
     gate, up [..., I]; y in gate's dtype. See `swiglu_ref`."""
     return _pick("swiglu", swiglu_triton, swiglu_ref, gate, backend)(gate, up, act_rounded)
+
+
+def rope(q, k, cos, sin, backend: str = "auto"):
+    """Rotary position embedding of q [B, Hq, L, D] and k [B, Hk, L, D] with cos, sin [B, L, D], eager's rounding;
+    forward only (a frozen teacher's). See `rope_ref`."""
+    return _pick("rope", rope_triton, rope_ref, q, backend)(q, k, cos, sin)
 
 
 def rmsnorm(x, weight, eps: float, backend: str = "auto"):

@@ -36,6 +36,8 @@ from jet_nemotron import gated_rmsnorm_ref as norm_ref  # noqa: E402
 from jet_nemotron import gated_rmsnorm_triton as norm_tri  # noqa: E402
 from jet_nemotron import rmsnorm_ref as rms_ref  # noqa: E402
 from jet_nemotron import rmsnorm_triton as rms_tri  # noqa: E402
+from jet_nemotron import rope_ref  # noqa: E402
+from jet_nemotron import rope_triton  # noqa: E402
 from jet_nemotron import swiglu_ref as act_ref  # noqa: E402
 from jet_nemotron import swiglu_triton as act_tri  # noqa: E402
 
@@ -688,6 +690,29 @@ def test_swiglu_with_the_activation_rounded_is_eager_low_precision():
     assert off.sum() <= 60 and bool(((y.float() - eager.float()).abs() <= step)[off].all()), int(off.sum())
     once = act_tri.swiglu_triton(gate, up)
     assert (once != eager).float().mean() > 0.05  # the flag is what makes the two roundings
+
+
+@pytest.mark.parametrize("B, Hq, Hk, L", [(2, 3, 1, 45), (1, 2, 2, 64)])
+def test_the_rotary_kernel_is_eager_low_precision_bit_for_bit(B, Hq, Hk, L):
+    """q, k as the transposed head views of a projection, cos and sin broadcast over the batch (stride 0), L not a
+    multiple of the block: each product rounded, then the sum, as eager PyTorch. bf16 on CUDA; fp16 in the CPU
+    interpreter, whose bf16 casts do not round to nearest as a card does. Outputs keep the inputs' strides."""
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    D = 32
+    gen = torch.Generator().manual_seed(3)
+    q = (2 * torch.randn(B, L, Hq * D, generator=gen)).to(DEVICE, dtype).view(B, L, Hq, D).transpose(1, 2)
+    k = (2 * torch.randn(B, L, Hk * D, generator=gen)).to(DEVICE, dtype).view(B, L, Hk, D).transpose(1, 2)
+    ang = torch.arange(L)[:, None] * (10000.0 ** (-torch.arange(D // 2) / (D // 2)))[None, :]
+    ang = torch.cat([ang, ang], dim=-1)
+    cos, sin = (f(ang).to(DEVICE, dtype)[None].expand(B, L, D) for f in (torch.cos, torch.sin))
+    want = rope_ref.rope_ref(q, k, cos, sin)
+    got = rope_triton.rope_triton(q, k, cos, sin)
+    for g, w, x in zip(got, want, (q, k)):
+        assert g.stride() == x.stride() and torch.equal(g, w)
+    once = (q.float() * cos[:, None].float() + rope_ref._rotate_half(q).float() * sin[:, None].float()).to(dtype)
+    assert not torch.equal(once, want[0])  # the roundings are what the kernel must reproduce
+    with pytest.raises(RuntimeError, match="forward only"):
+        rope_triton.rope_triton(q.detach().requires_grad_(), k, cos, sin)
 
 
 def _chunk_bwd_sweep():

@@ -66,7 +66,7 @@ def test_the_copy_shares_the_weights_and_leaves_the_teacher_as_it_was(kind):
     before = [type(m) for m in teacher.modules()]
     fast, n = with_teacher_kernels(teacher)
     # 2 a layer and the final norm; Qwen3 adds its q / k norms; one MLP a layer
-    assert n == {"rmsnorm": 3 * 2 + 1 + (3 * 2 if kind == "qwen3" else 0), "swiglu": 3}
+    assert n == {"rmsnorm": 3 * 2 + 1 + (3 * 2 if kind == "qwen3" else 0), "swiglu": 3, "rope": 3}
     assert n["rmsnorm"] == sum(isinstance(m, KernelRMSNorm) for m in fast.modules())
     assert n["swiglu"] == sum(isinstance(m, KernelMLP) for m in fast.modules())
     assert [type(m) for m in teacher.modules()] == before and not any(
@@ -110,3 +110,33 @@ def test_a_distillation_trains_alike_with_the_teacher_on_the_kernels(capsys):
     else:
         assert hist[True] == hist[False]
     assert not any(isinstance(m, (KernelRMSNorm, KernelMLP)) for m in teacher.modules())
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_teachers_rotary_on_ops_rope_is_its_own_bit_for_bit_and_only_inside(kind, dtype, monkeypatch):
+    """`teacher_targets` of a kernel copy rotates q and k on `ops.rope` (called once a layer; on the CPU the
+    reference, the attention's own eager arithmetic) and gives the eager teacher's targets exactly; the modeling
+    module's own function is back afterwards, also after an error inside."""
+    import sys
+
+    import convert.teacher_kernels as tk
+    from convert.distill_loss import teacher_targets
+    from jet_nemotron.rope_ref import rope_ref
+
+    teacher = tiny_qwen(kind, layers=3).to(dtype)
+    fast, n = with_teacher_kernels(teacher)
+    calls = []
+    monkeypatch.setattr(tk, "rope", lambda *a: calls.append(1) or rope_ref(*a))
+    module = sys.modules[type(fast.model.layers[0].self_attn).__module__]
+    own = module.apply_rotary_pos_emb
+    ids = torch.randint(0, 101, (2, 19), generator=torch.Generator().manual_seed(1))
+    want = teacher_targets(teacher, ids, [0, 2], inputs=True)
+    got = teacher_targets(fast, ids, [0, 2], inputs=True)
+    assert len(calls) == n["rope"] == 3 and module.apply_rotary_pos_emb is own
+    for a, b in zip((want[0], *want[1], *want[2]), (got[0], *got[1], *got[2])):
+        assert a.dtype == b.dtype == dtype and torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="inside"), tk.rope_kernels(fast):
+        assert module.apply_rotary_pos_emb is tk._rope
+        raise RuntimeError("inside")
+    assert module.apply_rotary_pos_emb is own
