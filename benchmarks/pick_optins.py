@@ -3,12 +3,14 @@ variants' step counts to the stage seconds they were planned for.
 
 The opt-ins are process-wide switches (env `JET_NEMOTRON_KEEP_STATES`, `JET_NEMOTRON_CONV_FUSED_BWD`) and stage 2's
 rows a forward and gradient checkpointing (distill_variants' `--micro-batch2`, `--checkpoint2`). A set of switches
-is a candidate when (a) every switch's card test passed in the same job (`card_tests.log`, pytest -rA) and (b) a
-stage-1 and a stage-2 profile ran with exactly that set (a profile that ran out of memory wrote no record). The
-candidate that buys the most optimizer steps in the plan's seconds wins; its stage-2 shape is its fastest profiled
-one. No candidate: no switch, and the variants' own steps.
+is a candidate when (a) every switch's card test passed in this lease (the card job's `card_tests.log` and part
+01's `tests.log`, pytest -rA) and (b) a stage-1 and a stage-2 profile ran with exactly that set (a profile that ran
+out of memory wrote no record). The candidate that buys the most optimizer steps in the plan's seconds wins; its
+stage-2 shape is its fastest profiled one. No candidate: no switch, and the variants' own steps. A default-on kernel
+whose card test failed in this lease is turned off for the run (`DEFAULT_ON`: the teacher's rotary kernel).
 
-    python benchmarks/pick_optins.py --profiles JOB/out/profile --card-tests JOB/out/card_tests.log \\
+    python benchmarks/pick_optins.py --profiles JOB/out/profile \\
+        --card-tests JOB/out/card_tests.log JOB/out/tests.log \\
         --variants benchmarks/variants/acceptance_v3_15min_h100.json --plan-ms 652,1886 --out JOB/out/optins
 
 Writes OUT/optins.env (KEY=VALUE lines for the run's environment), OUT/optins.args (distill_variants flags),
@@ -37,6 +39,10 @@ SWITCHES = {
     "conv_fused_bwd": ("JET_NEMOTRON_CONV_FUSED_BWD",
                        "test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients"),
 }
+# kernels on by default that the run turns off (env var = "0") where their card test ran and failed
+DEFAULT_ON = {
+    "teacher_rope": ("JET_NEMOTRON_TEACHER_ROPE", "test_the_rotary_kernel_is_eager_low_precision_bit_for_bit"),
+}
 # the steps are planned with this margin under the plan's seconds: a run's step also reads rows and logs, which a
 # profile of random rows does not
 MARGIN = 0.97
@@ -51,6 +57,12 @@ def passed_switches(log: str) -> set[str]:
         if runs and all(r == "PASSED" for r in runs):
             ok.add(sw)
     return ok
+
+
+def failed_defaults(log: str) -> set[str]:
+    """The default-on kernels whose card test failed in some parametrisation of this job."""
+    return {name for name, (_, test) in DEFAULT_ON.items()
+            if re.search(rf"^(FAILED|ERROR) \S*::{test}\b", log, flags=re.M)}
 
 
 def read_profiles(folder: Path) -> list[dict]:
@@ -90,7 +102,8 @@ def choose(profiles: list[dict], passed: set[str], seconds: tuple[float, float],
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", type=Path, required=True, help="the card job's profile_distill records")
-    ap.add_argument("--card-tests", type=Path, required=True, help="the card job's pytest -rA log")
+    ap.add_argument("--card-tests", type=Path, nargs="+", required=True,
+                    help="pytest -rA logs of this lease's card tests (a missing one reads as empty)")
     ap.add_argument("--variants", type=Path, required=True, help="a variants file whose variants give explicit steps")
     ap.add_argument("--plan-ms", required=True,
                     help="stage-1,stage-2 ms a step the variants' steps were planned at (their seconds = steps x ms)")
@@ -101,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(plan_ms) != 2 or not all(isinstance(v.get("steps"), list) and v["steps"][2] == 0 for v in variants):
         raise SystemExit(f"{args.variants}: every variant needs explicit steps [n1, n2, 0], and --plan-ms two "
                          f"numbers (got {args.plan_ms!r})")
-    log = args.card_tests.read_text() if args.card_tests.exists() else ""
+    log = "".join(f.read_text() for f in args.card_tests if f.exists())
     passed = passed_switches(log)
     profiles = read_profiles(args.profiles) if args.profiles.is_dir() else []
     fitted, chosen_all = [], []
@@ -113,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     # one process runs every variant: the switches of the first variant's choice hold for all
     c = chosen_all[0]
     env = {SWITCHES[sw][0]: "1" for sw in (c["switches"] if c else [])}
+    failed = failed_defaults(log)
+    env |= {DEFAULT_ON[name][0]: "0" for name in sorted(failed)}
     flags = []
     if c:
         flags = ["--micro-batch2", str(c["stage2"]["micro_batch"])] + (["--checkpoint2"] if c["stage2"]["checkpoint"]
@@ -121,10 +136,13 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "optins.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     (args.out / "optins.args").write_text(" ".join(flags) + "\n")
     (args.out / "variants_fitted.json").write_text(json.dumps(fitted, indent=1) + "\n")
-    rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "profiles": profiles, "plan_ms": plan_ms,
+    rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "defaults_off": sorted(failed),
+           "profiles": profiles, "plan_ms": plan_ms,
            "margin": MARGIN, "chosen": chosen_all, "env": env, "flags": flags,
            "steps": [v["steps"] for v in fitted], "planned_steps": [v["steps"] for v in variants]}
     (args.out / "optins.json").write_text(json.dumps(rec, indent=1) + "\n")
+    if failed:
+        print(f"kernels off for this run, their card test failed: {', '.join(sorted(failed))}")
     if c:
         print(f"opt-ins: {', '.join(c['switches']) or 'none'}; stage 2 at {c['stage2']['micro_batch']} rows"
               f"{' with checkpointing' if c['stage2']['checkpoint'] else ''}; stage 1 {c['stage1']['ms']:.0f} ms, "

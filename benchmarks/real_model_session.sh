@@ -58,6 +58,17 @@ SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
 common=(--out "$OUT" --work "$WORK" --gguf "$GGUF" --site-packages "$SP" --time-budget-min "$BUDGET")
 JOB=${JOB:-/tmp/jn}  # the detached job's results (JOB/out), logs and flags: speed.done, done
+# The card decides some settings (an 80 GB H100 takes stage 2 at 2 rows a forward, a 141 GB H200 at 8), and a lease
+# is one batch of calls sent before any reply says which card came: X_H100 / X_H200 set X on that card, for X in
+# the list below (a card of at least 100 GB counts as an H200).
+mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+if [[ "${mem:-}" =~ ^[0-9]+$ ]]; then
+  [ "$mem" -ge 100000 ] && CARD=H200 || CARD=H100
+  for v in VARIANTS PLAN_MS MICRO_BATCH2 CHECKPOINT2 PROFILE_RUNS; do
+    o=${v}_$CARD
+    [ -n "${!o:-}" ] && export "$v=${!o}"
+  done
+fi
 # snapshot DIR: a copy of this checkout for a detached job to run from. Every device call copies the working tree
 # anew, and a job importing from it while the next call's copy lands can miss a module: the card job's first
 # profile died so (2026-12-05, "No module named 'jet_nemotron.input_checks'", started as part 02 arrived).
@@ -77,7 +88,10 @@ case "$1" in
     fi
     # TESTS: pytest node ids run on the card first, before any card job shares it (a GPU-only path checked before
     # the pipeline relies on it)
-    [ -n "${TESTS:-}" ] && python3 -m pytest -q -x $TESTS 2>&1 | tail -5
+    # (and into JOB/out/tests.log with every result named, -rA, which pick_optins.py reads beside the card job's)
+    if [ -n "${TESTS:-}" ]; then
+      mkdir -p $JOB/out && python3 -m pytest -q -rA -x $TESTS > $JOB/out/tests.log 2>&1; tail -5 $JOB/out/tests.log
+    fi
     if [ -n "${SPEED:-}${PROFILE:-}${KERNEL_PARTS:-}${CARD_TESTS:-}${SWEEP:-}" ]; then
       # the card is idle while the parts arrive: random-weight jobs of the real shapes use it (the pipelines wait
       # for speed.done before distilling); one process each, so a cut one loses only its own, all within
@@ -185,8 +199,8 @@ case "$1" in
       # the variants' steps fitted to the seconds they were planned for at PLAN_MS (benchmarks/pick_optins.py)
       picked=''
       if [ -n '${OPTINS:-}' ]; then
-        python3 benchmarks/pick_optins.py --profiles $JOB/out/profile --card-tests $JOB/out/card_tests.log \
-          --variants ${VARIANTS:-recipe} --plan-ms ${PLAN_MS:-} --out $JOB/out/optins > $JOB/optins.log 2>&1
+        python3 benchmarks/pick_optins.py --profiles $JOB/out/profile \
+          --card-tests $JOB/out/card_tests.log $JOB/out/tests.log --variants ${VARIANTS:-recipe} --plan-ms ${PLAN_MS:-} --out $JOB/out/optins > $JOB/optins.log 2>&1
         if [ -f $JOB/out/optins/variants_fitted.json ]; then
           set -a; . $JOB/out/optins/optins.env; set +a
           picked=\"\$(cat $JOB/out/optins/optins.args) --variants $JOB/out/optins/variants_fitted.json\"

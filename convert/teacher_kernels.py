@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import os
 import sys
 from collections.abc import Iterator
 
@@ -121,7 +122,9 @@ def with_teacher_kernels(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     run its forward inside `rope_kernels`."""
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     out = copy.deepcopy(model, memo)
-    out.teacher_rope_kernels = True
+    # JET_NEMOTRON_TEACHER_ROPE=0 keeps eager's rotary (the GPU session's driver sets it where the kernel's card test
+    # failed that very lease; the distillation's log line then says 0 attentions)
+    out.teacher_rope_kernels = os.environ.get("JET_NEMOTRON_TEACHER_ROPE", "1") != "0"
     n = {"rmsnorm": 0, "swiglu": 0, "rope": teacher_rope_count(out)}
     out.teacher_rope_kernels = n["rope"] > 0
     for parent in list(out.modules()):

@@ -31,8 +31,8 @@ def _files(tmp_path, log: str, steps=(670, 230, 0), fused_adam=True):
     v = tmp_path / "v.json"
     v.write_text(json.dumps([{"name": "acceptance", "split": [0.5, 0.5, 0.0], "steps": list(steps),
                               "fused_adam": fused_adam}]))
-    return ["--profiles", str(tmp_path / "p"), "--card-tests", str(tmp_path / "card_tests.log"), "--variants",
-            str(v), "--plan-ms", "652,1886", "--out", str(tmp_path / "o")]
+    return ["--profiles", str(tmp_path / "p"), "--card-tests", str(tmp_path / "card_tests.log"),
+            str(tmp_path / "no_tests.log"), "--variants", str(v), "--plan-ms", "652,1886", "--out", str(tmp_path / "o")]
 
 
 def _out(tmp_path):
@@ -83,3 +83,13 @@ def test_variants_without_explicit_steps_are_refused(tmp_path):
     argv = _files(tmp_path, "", steps=(670, 230, 10))
     with pytest.raises(SystemExit, match="explicit steps"):
         po.main(argv)
+
+
+def test_a_default_kernel_whose_card_test_failed_is_turned_off_for_the_run(tmp_path):
+    rope = "modeling_tests/test_kernels.py::test_the_rotary_kernel_is_eager_low_precision_bit_for_bit"
+    for log, off in ((f"PASSED {rope}[2-3-1-45]\nFAILED {rope}[1-2-2-64] - AssertionError\n", True),
+                     (f"PASSED {rope}[2-3-1-45]\n", False), ("", False)):
+        rec = po.main(_files(tmp_path, log))
+        env, _, _ = _out(tmp_path)
+        assert ("JET_NEMOTRON_TEACHER_ROPE=0" in env.splitlines()) == off
+        assert rec["defaults_off"] == (["teacher_rope"] if off else [])

@@ -9,6 +9,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = """#!/bin/bash
 if [ "$1" = "-c" ] || [ "$1" = benchmarks/pick_optins.py ]; then exec "{python}" "$@"; fi
@@ -17,13 +19,13 @@ echo "$1 keep=${{JET_NEMOTRON_KEEP_STATES:-}} conv=${{JET_NEMOTRON_CONV_FUSED_BW
 """
 
 
-def _run(tmp_path, args, **env):
+def _run(tmp_path, args, smi="fake-gpu", **env):
     bin_ = tmp_path / "bin"
     bin_.mkdir(exist_ok=True)
     import sys
 
     (bin_ / "python3").write_text(FAKE.format(python=sys.executable, log=tmp_path / "calls.log"))
-    (bin_ / "nvidia-smi").write_text("#!/bin/bash\necho fake-gpu\n")
+    (bin_ / "nvidia-smi").write_text(f"#!/bin/bash\necho {smi}\n")
     for f in bin_.iterdir():
         f.chmod(0o755)
     full = {"PATH": f"{bin_}:/usr/bin:/bin", "HOME": str(tmp_path), "JOB": str(tmp_path / "job"), **env}
@@ -310,3 +312,16 @@ def test_detached_jobs_run_from_their_own_copy_of_the_checkout(tmp_path):
     assert cwd["benchmarks/distill_variants.py"] == str(tmp_path / "job" / "tree")
     assert (tmp_path / "job" / "tree" / "jet_nemotron" / "modeling_jet_nemotron.py").exists()
     assert not (tmp_path / "job" / "tree" / ".git").exists()
+
+
+@pytest.mark.parametrize("mem, card", [("81559", "H100"), ("143771", "H200"), ("fake-gpu", None)])
+def test_settings_of_the_card_that_came(tmp_path, mem, card):
+    """X_H100 / X_H200 set X on that card (by its memory), so a whole lease goes as one batch of calls; without a
+    card's number the plain settings hold."""
+    r = _run(tmp_path, ["pipeline-variants"], smi=mem, VARIANTS="recipe", VARIANTS_H100="benchmarks/variants/a.json",
+             VARIANTS_H200="benchmarks/variants/b.json", MICRO_BATCH2_H100="2")
+    assert r.returncode == 0, r.stderr
+    variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
+    want = {"H100": "a.json", "H200": "b.json", None: "recipe"}[card]
+    assert f"--variants {'benchmarks/variants/' if card else ''}{want}" in variants
+    assert ("--micro-batch2 2" in variants) == (card == "H100")

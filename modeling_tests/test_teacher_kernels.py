@@ -140,3 +140,17 @@ def test_the_teachers_rotary_on_ops_rope_is_its_own_bit_for_bit_and_only_inside(
         assert module.apply_rotary_pos_emb is tk._rope
         raise RuntimeError("inside")
     assert module.apply_rotary_pos_emb is own
+
+
+def test_the_teachers_rotary_kernel_can_be_turned_off_for_a_run(monkeypatch):
+    """JET_NEMOTRON_TEACHER_ROPE=0 (set by the GPU session where the kernel's card test failed): the copy keeps
+    eager's rotary, and says so in its counts."""
+    import convert.teacher_kernels as tk
+    from convert.distill_loss import teacher_targets
+
+    monkeypatch.setenv("JET_NEMOTRON_TEACHER_ROPE", "0")
+    fast, n = with_teacher_kernels(tiny_qwen("qwen2", layers=2))
+    calls = []
+    monkeypatch.setattr(tk, "rope", lambda *a: calls.append(1))
+    teacher_targets(fast, torch.randint(0, 101, (1, 9)), [])
+    assert n["rope"] == 0 and tk.teacher_rope_count(fast) == 0 and calls == []
