@@ -117,14 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     log = "".join(f.read_text() for f in args.card_tests if f.exists())
     passed = passed_switches(log)
     profiles = read_profiles(args.profiles) if args.profiles.is_dir() else []
-    fitted, chosen_all = [], []
-    for v in variants:
-        seconds = (v["steps"][0] * plan_ms[0] / 1e3, v["steps"][1] * plan_ms[1] / 1e3)
-        c = choose(profiles, passed, seconds, bool(v.get("fused_adam")))
-        chosen_all.append(c)
-        fitted.append(dict(v, steps=[*c["steps"], 0]) if c else v)
-    # one process runs every variant: the switches of the first variant's choice hold for all
-    c = chosen_all[0]
+    def seconds(v: dict) -> tuple[float, float]:
+        return v["steps"][0] * plan_ms[0] / 1e3, v["steps"][1] * plan_ms[1] / 1e3
+
+    # one process runs every variant, so one choice holds for all: the first variant's (its AdamW picks the profiles)
+    c = choose(profiles, passed, seconds(variants[0]), bool(variants[0].get("fused_adam")))
+    fitted = [dict(v, steps=[math.floor(MARGIN * t * 1e3 / c[f"stage{i + 1}"]["ms"]) for i, t in enumerate(seconds(v))]
+                   + [0]) if c else v for v in variants]
     env = {SWITCHES[sw][0]: "1" for sw in (c["switches"] if c else [])}
     failed = failed_defaults(log)
     env |= {DEFAULT_ON[name][0]: "0" for name in sorted(failed)}
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "variants_fitted.json").write_text(json.dumps(fitted, indent=1) + "\n")
     rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "defaults_off": sorted(failed),
            "profiles": profiles, "plan_ms": plan_ms,
-           "margin": MARGIN, "chosen": chosen_all, "env": env, "flags": flags,
+           "margin": MARGIN, "chosen": c, "env": env, "flags": flags,
            "steps": [v["steps"] for v in fitted], "planned_steps": [v["steps"] for v in variants]}
     (args.out / "optins.json").write_text(json.dumps(rec, indent=1) + "\n")
     if failed:

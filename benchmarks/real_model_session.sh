@@ -200,7 +200,8 @@ case "$1" in
       picked=''
       if [ -n '${OPTINS:-}' ]; then
         python3 benchmarks/pick_optins.py --profiles $JOB/out/profile \
-          --card-tests $JOB/out/card_tests.log $JOB/out/tests.log --variants ${VARIANTS:-recipe} --plan-ms ${PLAN_MS:-} --out $JOB/out/optins > $JOB/optins.log 2>&1
+          --card-tests $JOB/out/card_tests.log $JOB/out/tests.log --variants ${VARIANTS:-recipe} \
+          --plan-ms ${PLAN_MS:-} --out $JOB/out/optins > $JOB/optins.log 2>&1
         if [ -f $JOB/out/optins/variants_fitted.json ]; then
           set -a; . $JOB/out/optins/optins.env; set +a
           picked=\"\$(cat $JOB/out/optins/optins.args) --variants $JOB/out/optins/variants_fitted.json\"

@@ -545,7 +545,7 @@ def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int
     # outermost region ends, so the step casts every weight once, not once a micro-step (the same values: weights
     # change only at the optimizer step); `step_weights` does the same for the projections run as one product,
     # whose concatenated weights autocast would not keep. At 2 rows a forward (an 80 GB card's stage 2: 8
-    # micro-steps) these casts and concatenations were about 100 ms of a 1,586 ms H100 step. FSDP keeps a region a
+    # micro-steps) these casts and concatenations were about 60 ms of a 1,586 ms H100 step. FSDP keeps a region a
     # micro-step: over the step, the caches would hold every layer's gathered weights. The teacher stays outside
     # autocast.
     step_region, micro_region = (nullcontext, acc.autocast) if run.fsdp else (acc.autocast, nullcontext)
