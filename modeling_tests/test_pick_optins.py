@@ -92,3 +92,16 @@ def test_a_default_kernel_whose_card_test_failed_is_turned_off_for_the_run(tmp_p
         env, _, _ = _out(tmp_path)
         assert ("JET_NEMOTRON_TEACHER_ROPE=0" in env.splitlines()) == off
         assert rec["defaults_off"] == (["teacher_rope"] if off else [])
+
+
+def test_every_variant_of_the_run_shares_one_choice(tmp_path):
+    """The switches hold for the whole process, so each variant's steps are refitted from the same profiles."""
+    p = tmp_path / "p"
+    _profile(p, 1, 650.0), _profile(p, 2, 1900.0, mb=2)
+    argv = _files(tmp_path, "")
+    v = json.loads(Path(argv[argv.index("--variants") + 1]).read_text())
+    Path(argv[argv.index("--variants") + 1]).write_text(json.dumps(v + [dict(v[0], name="b", steps=[100, 50, 0])]))
+    po.main(argv)
+    _, _, fitted = _out(tmp_path)
+    assert [f["steps"] for f in fitted] == [[math.floor(0.97 * n1 * 652 / 650), math.floor(0.97 * n2 * 1886 / 1900), 0]
+                                            for n1, n2 in ((670, 230), (100, 50))]
