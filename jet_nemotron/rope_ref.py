@@ -3,7 +3,7 @@
     x_embed = x * cos + rotate_half(x) * sin,   rotate_half([x1, x2]) = [-x2, x1]   (halves of the head dim)
 
 Shapes (the same for every backend, see `ops.py`): q [B, Hq, L, D], k [B, Hk, L, D] (strided views are fine);
-cos, sin [B, L, D]. Returns (q_embed, k_embed) in q's and k's dtypes, with eager PyTorch's rounding in low
+cos, sin [B, L, D] or [1, L, D]. Returns (q_embed, k_embed) in q's and k's dtypes, with eager PyTorch's rounding in low
 precision: each product rounded, then their sum (Qwen2 / Qwen3's own `apply_rotary_pos_emb`, for a frozen teacher:
 `convert/teacher_kernels.py`). Forward only.
 """

@@ -3,8 +3,8 @@
 step for the frozen teacher's 28 layers at 8 x 2,048 tokens, `benchmarks/results/real_model/knobs_v5_3min_h100/`).
 
 Same signature and shapes as `rope_ref.py`: q [B, Hq, L, D], k [B, Hk, L, D] with unit stride along D (the
-transposed head views of a projection are such); cos, sin [B, L, D] with unit stride along D (any batch stride,
-0 included). Outputs keep the inputs' strides. With halves x1, x2 of a head and c, s of cos and sin:
+transposed head views of a projection are such); cos, sin [B, L, D] or [1, L, D] (one table for the batch, as
+transformers' default position ids give) with unit stride along D. Outputs keep the inputs' strides. With halves x1, x2 of a head and c, s of cos and sin:
     out1 = r(r(x1 c1) + r(-x2 s1));  out2 = r(r(x2 c2) + r(x1 s2))
 r() rounds to the input's dtype: eager low precision's three roundings, bit for bit (a product of two bf16 or fp16
 values is exact in fp32, and so is their negation). Forward only: the teacher runs under inference mode.
@@ -71,8 +71,14 @@ def rope_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
         raise RuntimeError("rope_triton is forward only (a frozen teacher's); it got tensors that need a gradient")
     if q.dtype != cos.dtype or k.dtype != cos.dtype:
         raise ValueError(f"rope needs q, k, cos and sin in one dtype, got {q.dtype}, {k.dtype}, {cos.dtype}")
+    if k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2] or cos.shape[1] != q.shape[2] or cos.shape[0] not in (
+            1, q.shape[0]):
+        raise ValueError(f"rope needs q, k, cos and sin of one batch (cos and sin may have 1) and one length; got q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}, cos {tuple(cos.shape)}")
     q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
     cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (cos, sin))
     if cos.stride() != sin.stride():
         cos, sin = cos.contiguous(), sin.contiguous()
+    # one position table for the whole batch (transformers' default position ids are [1, L]): stride 0 over it
+    cos, sin = cos.expand(q.shape[0], -1, -1), sin.expand(q.shape[0], -1, -1)
     return _one(q, cos, sin), _one(k, cos, sin)

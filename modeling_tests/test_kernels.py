@@ -648,9 +648,9 @@ def test_attention_transfer_with_the_mse_kernel_trains_as_the_reference(monkeypa
 
 
 def test_on_the_kernels_a_teacher_gives_its_own_final_states(monkeypatch):
-    """The teacher's norms and MLPs forced onto the kernels (convert/teacher_kernels.py; in fp32 on the CPU
-    interpreter, whose bf16 is not the card's): its final states equal its eager ones to fp32 rounding, every norm and
-    MLP through a kernel."""
+    """The teacher's norms, MLPs and rotary embedding forced onto the kernels (convert/teacher_kernels.py; in fp32 on
+    the CPU interpreter, whose bf16 is not the card's): its final states equal its eager ones to fp32 rounding, every
+    norm, MLP and attention's rotary through a kernel."""
     from convert import teacher_kernels
     from convert.teacher_kernels import with_teacher_kernels
     from test_convert_conversion import tiny_qwen
@@ -660,15 +660,18 @@ def test_on_the_kernels_a_teacher_gives_its_own_final_states(monkeypatch):
     fast, n = with_teacher_kernels(teacher)
     ids = torch.randint(0, 101, (2, 19), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     calls = []
-    for name in ("rmsnorm", "swiglu"):
+    for name in ("rmsnorm", "swiglu", "rope"):
         real = getattr(teacher_kernels, name)
         monkeypatch.setattr(teacher_kernels, name, lambda *a, _n=name, _f=real, **k: calls.append(
-            (_n, k["backend"], k.get("act_rounded"))) or _f(*a, **k))
+            (_n, k.get("backend", "auto"), k.get("act_rounded"))) or _f(*a, **k))
     with torch.inference_mode():
-        got = fast.model(input_ids=ids).last_hidden_state
+        with teacher_kernels.rope_kernels(fast):
+            got = fast.model(input_ids=ids).last_hidden_state
         want = teacher.model(input_ids=ids).last_hidden_state
-    assert n == {"rmsnorm": 2 * 2 + 1 + 2 * 2, "swiglu": 2}  # two a layer, the final norm, Qwen3's q / k norms
+    # two norms a layer, the final norm, Qwen3's q / k norms; an MLP and an attention a layer
+    assert n == {"rmsnorm": 2 * 2 + 1 + 2 * 2, "swiglu": 2, "rope": 2}
     assert calls.count(("rmsnorm", "auto", None)) == 9 and calls.count(("swiglu", "auto", True)) == 2
+    assert calls.count(("rope", "auto", None)) == 2
     assert rel(got, want) < 1e-5
 
 
@@ -692,11 +695,13 @@ def test_swiglu_with_the_activation_rounded_is_eager_low_precision():
     assert (once != eager).float().mean() > 0.05  # the flag is what makes the two roundings
 
 
-@pytest.mark.parametrize("B, Hq, Hk, L", [(2, 3, 1, 45), (1, 2, 2, 64)])
-def test_the_rotary_kernel_is_eager_low_precision_bit_for_bit(B, Hq, Hk, L):
-    """q, k as the transposed head views of a projection, cos and sin broadcast over the batch (stride 0), L not a
-    multiple of the block: each product rounded, then the sum, as eager PyTorch. bf16 on CUDA; fp16 in the CPU
-    interpreter, whose bf16 casts do not round to nearest as a card does. Outputs keep the inputs' strides."""
+@pytest.mark.parametrize("B, Hq, Hk, L, table", [(2, 3, 1, 45, "expanded"), (1, 2, 2, 64, "expanded"),
+                                                  (3, 2, 1, 45, "one")])
+def test_the_rotary_kernel_is_eager_low_precision_bit_for_bit(B, Hq, Hk, L, table):
+    """q, k as the transposed head views of a projection; cos and sin expanded over the batch (stride 0), or one
+    [1, L, D] table for it (transformers' default position ids); L not a multiple of the block: each product rounded,
+    then the sum, as eager PyTorch. bf16 on CUDA; fp16 in the CPU interpreter, whose bf16 casts do not round to
+    nearest as a card does. Outputs keep the inputs' strides."""
     dtype = torch.bfloat16 if CUDA else torch.float16
     D = 32
     gen = torch.Generator().manual_seed(3)
@@ -704,12 +709,15 @@ def test_the_rotary_kernel_is_eager_low_precision_bit_for_bit(B, Hq, Hk, L):
     k = (2 * torch.randn(B, L, Hk * D, generator=gen)).to(DEVICE, dtype).view(B, L, Hk, D).transpose(1, 2)
     ang = torch.arange(L)[:, None] * (10000.0 ** (-torch.arange(D // 2) / (D // 2)))[None, :]
     ang = torch.cat([ang, ang], dim=-1)
-    cos, sin = (f(ang).to(DEVICE, dtype)[None].expand(B, L, D) for f in (torch.cos, torch.sin))
+    cos, sin = (f(ang).to(DEVICE, dtype)[None].expand(B if table == "expanded" else 1, L, D)
+                for f in (torch.cos, torch.sin))
     want = rope_ref.rope_ref(q, k, cos, sin)
     got = rope_triton.rope_triton(q, k, cos, sin)
     for g, w, x in zip(got, want, (q, k)):
         assert g.stride() == x.stride() and torch.equal(g, w)
     once = (q.float() * cos[:, None].float() + rope_ref._rotate_half(q).float() * sin[:, None].float()).to(dtype)
+    with pytest.raises(ValueError, match="one batch"):
+        rope_triton.rope_triton(q, k, cos[:, :-1], sin[:, :-1])
     assert not torch.equal(once, want[0])  # the roundings are what the kernel must reproduce
     with pytest.raises(RuntimeError, match="forward only"):
         rope_triton.rope_triton(q.detach().requires_grad_(), k, cos, sin)
