@@ -86,8 +86,10 @@ def test_variants_without_explicit_steps_are_refused(tmp_path):
 
 def test_a_default_kernel_whose_card_test_failed_is_turned_off_for_the_run(tmp_path):
     rope = "modeling_tests/test_kernels.py::test_the_rotary_kernel_is_eager_low_precision_bit_for_bit"
+    teacher = "modeling_tests/test_kernels.py::test_on_the_kernels_a_teacher_gives_its_own_final_states"
     for log, off in ((f"PASSED {rope}[2-3-1-45]\nFAILED {rope}[1-2-2-64] - AssertionError\n", True),
-                     (f"PASSED {rope}[2-3-1-45]\n", False), ("", False)):
+                     (f"PASSED {rope}[2-3-1-45]\nFAILED {teacher} - AssertionError\n", True),
+                     (f"PASSED {rope}[2-3-1-45]\nPASSED {teacher}\n", False), ("", False)):
         rec = po.main(_files(tmp_path, log))
         env, _, _ = _out(tmp_path)
         assert ("JET_NEMOTRON_TEACHER_ROPE=0" in env.splitlines()) == off
