@@ -45,6 +45,8 @@
 #                                                              #   exit 3 at once on a fresh machine (no job)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
+# Send a whole lease as one batch of calls (a machine idle 30 s between two is taken back): VARIANTS, PLAN_MS,
+# MICRO_BATCH2, CHECKPOINT2 and PROFILE_RUNS may be given per card as X_H100 / X_H200, read off the card itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
