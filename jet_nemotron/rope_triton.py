@@ -4,7 +4,8 @@ step for the frozen teacher's 28 layers at 8 x 2,048 tokens, `benchmarks/results
 
 Same signature and shapes as `rope_ref.py`: q [B, Hq, L, D], k [B, Hk, L, D] with unit stride along D (the
 transposed head views of a projection are such); cos, sin [B, L, D] or [1, L, D] (one table for the batch, as
-transformers' default position ids give) with unit stride along D. Outputs keep the inputs' strides. With halves x1, x2 of a head and c, s of cos and sin:
+transformers' default position ids give) with unit stride along D. Outputs keep the inputs' strides. With halves
+x1, x2 of a head and c, s of cos and sin:
     out1 = r(r(x1 c1) + r(-x2 s1));  out2 = r(r(x2 c2) + r(x1 s2))
 r() rounds to the input's dtype: eager low precision's three roundings, bit for bit (a product of two bf16 or fp16
 values is exact in fp32, and so is their negation). Forward only: the teacher runs under inference mode.
