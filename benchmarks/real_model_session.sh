@@ -109,20 +109,26 @@ case "$1" in
       #   test passed (-rA) as well as each failure;
       # SWEEP=1: the per-chunk backward kernel's launch configs timed against its default (chunk_bwd_sweep.py); it
       #   writes its JSON after every config, so a cut sweep keeps what it timed
+      # the job is one line of commands: a list given over several lines (CARD_TESTS="a\n b") is joined by spaces
+      # first, or its newline would end the command there (the first test alone would run, unlogged)
+      flat() { echo $*; }
       jobs=""
       [ -n "${KERNEL_PARTS:-}" ] &&
-        jobs=" python3 benchmarks/kernel_speed.py --only $KERNEL_PARTS --out $JOB/out/kernels;"
+        jobs=" python3 benchmarks/kernel_speed.py --only $(flat $KERNEL_PARTS) --out $JOB/out/kernels;"
       [ -n "${PROFILE:-}" ] && for p in ${PROFILE_RUNS:---stage=1 --local}; do
         jobs="$jobs python3 benchmarks/profile_distill.py ${p//,/ } --out $JOB/out/profile;"; done
-      [ -n "${CARD_TESTS:-}" ] && jobs="$jobs python3 -m pytest -q -rA $CARD_TESTS > $JOB/out/card_tests.log 2>&1;"
-      [ -n "${SWEEP:-}" ] && jobs="$jobs python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep ${SWEEP_ARGS:-};"
+      [ -n "${CARD_TESTS:-}" ] &&
+        jobs="$jobs python3 -m pytest -q -rA $(flat $CARD_TESTS) > $JOB/out/card_tests.log 2>&1;"
+      [ -n "${SWEEP:-}" ] &&
+        jobs="$jobs python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep $(flat ${SWEEP_ARGS:-});"
       # SPEED=1: one process per context (a cut one loses only its own); SPEED=all: one process for every context
       # (with SPEED_ARGS=--dynamic, one compile per model serves them all); SPEED_ARGS go to generation.py
       if [ "${SPEED:-}" = all ]; then
-        jobs="$jobs python3 benchmarks/generation.py --contexts ${SPEED_CONTEXTS:-4096 32768} ${SPEED_ARGS:-} --out $JOB/out/gen_all;"
+        jobs="$jobs python3 benchmarks/generation.py --contexts $(flat ${SPEED_CONTEXTS:-4096 32768})"
+        jobs="$jobs $(flat ${SPEED_ARGS:-}) --out $JOB/out/gen_all;"
       elif [ -n "${SPEED:-}" ]; then
         for c in ${SPEED_CONTEXTS:-4096 32768}; do
-          jobs="$jobs python3 benchmarks/generation.py --contexts $c ${SPEED_ARGS:-} --out $JOB/out/gen_$c;"; done
+          jobs="$jobs python3 benchmarks/generation.py --contexts $c $(flat ${SPEED_ARGS:-}) --out $JOB/out/gen_$c;"; done
       fi
       snapshot $JOB/tree.card
       setsid nohup bash -c "cd $JOB/tree.card && export PYTHONPATH=$JOB/tree.card:/tmp/site

@@ -325,3 +325,21 @@ def test_settings_of_the_card_that_came(tmp_path, mem, card):
     want = {"H100": "a.json", "H200": "b.json", None: "recipe"}[card]
     assert f"--variants {'benchmarks/variants/' if card else ''}{want}" in variants
     assert ("--micro-batch2 2" in variants) == (card == "H100")
+
+
+def test_a_card_test_list_over_several_lines_runs_as_one_logged_pytest(tmp_path):
+    """CARD_TESTS as written over lines in a README (a newline inside): one pytest of both tests, into
+    card_tests.log; a newline left in the job's one-line command list once ran the first test alone, unlogged."""
+    with _a_part01():
+        r = _run(tmp_path, ["part", "01"], CARD_TESTS="mod.py::test_a\n              mod.py::test_b",
+                 KERNEL_PARTS="conv\n rope", SPEED_TIMEOUT="20", M=str(tmp_path / "m"))
+    assert r.returncode == 0, r.stderr
+    for _ in range(100):  # the card job runs detached: until it is done
+        if (tmp_path / "job" / "speed.done").exists():
+            break
+        time.sleep(0.1)
+    # a checkout with carried wheels (.whl) installs them first
+    calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if not c.startswith("PY -m pip")]
+    assert calls[0] == f"PY benchmarks/kernel_speed.py --only conv rope --out {tmp_path / 'job' / 'out' / 'kernels'}"
+    assert calls[1:] == ["PY -m pytest -q -rA mod.py::test_a mod.py::test_b"]
+    assert (tmp_path / "job" / "out" / "card_tests.log").exists()
