@@ -89,10 +89,10 @@ case "$1" in
       [ "$(md5sum < "$GGUF" | cut -c1-32)" = "$MD5" ] && echo "GGUF ok: $GGUF" || echo "GGUF md5 MISMATCH"
     fi
     # TESTS: pytest node ids run on the card first, before any card job shares it (a GPU-only path checked before
-    # the pipeline relies on it)
-    # (and into JOB/out/tests.log with every result named, -rA, which pick_optins.py reads beside the card job's)
+    # the pipeline relies on it), every one of them (pick_optins.py gates each kernel on its own tests), into
+    # JOB/out/tests.log with every result named (-rA)
     if [ -n "${TESTS:-}" ]; then
-      mkdir -p $JOB/out && python3 -m pytest -q -rA -x $TESTS > $JOB/out/tests.log 2>&1; tail -5 $JOB/out/tests.log
+      mkdir -p $JOB/out && python3 -m pytest -q -rA $TESTS > $JOB/out/tests.log 2>&1; tail -5 $JOB/out/tests.log
     fi
     if [ -n "${SPEED:-}${PROFILE:-}${KERNEL_PARTS:-}${CARD_TESTS:-}${SWEEP:-}" ]; then
       # the card is idle while the parts arrive: random-weight jobs of the real shapes use it (the pipelines wait

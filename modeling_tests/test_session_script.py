@@ -343,3 +343,14 @@ def test_a_card_test_list_over_several_lines_runs_as_one_logged_pytest(tmp_path)
     assert calls[0] == f"PY benchmarks/kernel_speed.py --only conv rope --out {tmp_path / 'job' / 'out' / 'kernels'}"
     assert calls[1:] == ["PY -m pytest -q -rA mod.py::test_a mod.py::test_b"]
     assert (tmp_path / "job" / "out" / "card_tests.log").exists()
+
+
+def test_part_tests_all_run_into_a_log_the_picker_reads(tmp_path):
+    """TESTS on a part: every test runs (no stop at the first failure: each kernel is gated on its own tests) and
+    the results land in JOB/out/tests.log, which pick_optins.py reads."""
+    with _a_part01():
+        r = _run(tmp_path, ["part", "01"], TESTS="m.py::test_a m.py::test_b\n     m.py::test_c", M=str(tmp_path / "m"))
+    assert r.returncode == 0, r.stderr
+    calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if not c.startswith("PY -m pip")]
+    assert calls == ["PY -m pytest -q -rA m.py::test_a m.py::test_b m.py::test_c"]
+    assert (tmp_path / "job" / "out" / "tests.log").exists()
