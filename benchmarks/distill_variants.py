@@ -796,6 +796,7 @@ def write(res: dict, out: Path) -> None:
         first = res["variants"][0].get("humaneval_run")
         if first is not None and "passed_ids" in first and len(res["variants"]) > 1:
             head.append(f"HumanEval against {res['variants'][0]['name']}: + / - (p)")
+    paired = any(h.startswith("HumanEval against") for h in head)
     if any("answers" in v for v in res["variants"]):
         head.append("teacher's answers: KL / top-1 / exact / top-1 of the first 8")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -804,7 +805,7 @@ def write(res: dict, out: Path) -> None:
                  + " | ".join(f"{t_ret.get(k, float('nan')):.2f}" for k in keys)
                  + (f" | {_he(res['teacher_humaneval'], res['teacher_humaneval_run'])}" if "teacher_humaneval" in res
                     else (" | -" if "HumanEval" in head else ""))
-                 + (" | -" if any(h.startswith("HumanEval against") for h in head) else "")
+                 + (" | -" if paired else "")
                  + (" | -" if head[-1].startswith("teacher's answers") else "") + " |")
     for v in res["variants"]:
         by_stage = " / ".join("-" if k is None else f"{k:.3f}" for k in v.get("held_out_kl_by_stage", []))
@@ -816,7 +817,7 @@ def write(res: dict, out: Path) -> None:
         cells += [f"{v['retrieval'].get(k, float('nan')):.2f}" for k in keys]
         if "HumanEval" in head:
             cells.append(_he(v["humaneval"], v["humaneval_run"]) if "humaneval" in v else "-")
-        if any(h.startswith("HumanEval against") for h in head):
+        if paired:
             cells.append(_paired(res["variants"][0]["humaneval_run"], v.get("humaneval_run")))
         if head[-1].startswith("teacher's answers"):
             a = v.get("answers")

@@ -493,7 +493,8 @@ def run_rope(results, rows_list, bw):
         B, L = rows // 2048, 2048
         q = torch.randn(B, L, Hq * D, device="cuda").bfloat16().view(B, L, Hq, D).transpose(1, 2)
         k = torch.randn(B, L, Hk * D, device="cuda").bfloat16().view(B, L, Hk, D).transpose(1, 2)
-        cos, sin = (torch.randn(L, D, device="cuda").bfloat16()[None].expand(B, L, D) for _ in range(2))
+        # one [1, L, D] table for the batch, as transformers' default position ids give the teacher
+        cos, sin = (torch.randn(1, L, D, device="cuda").bfloat16() for _ in range(2))
         n = (q.numel() + k.numel()) * 2 * 2 + 2 * L * D * 2  # q, k read and written; cos, sin read once
         for name, f in impls:
             record(results, dict(op="rope", shape="1.5B teacher", T=rows, mode="fwd", impl=name),

@@ -49,21 +49,22 @@ DEFAULT_ON = {
 MARGIN = 0.97
 
 
+def outcomes(log: str, test: str) -> list[str]:
+    """PASSED / FAILED / ERROR of each run of `test` (each parametrisation) in a pytest -rA summary, which lists them
+    as `PASSED path::name[params]` or `FAILED path::name[params] - why`."""
+    return re.findall(rf"^(PASSED|FAILED|ERROR) \S*::{test}\b", log, flags=re.M)
+
+
 def passed_switches(log: str) -> set[str]:
-    """The switches whose card test ran and passed in every parametrisation: a -rA summary lists each run as
-    `PASSED path::name[params]` or `FAILED path::name[params] - why`."""
-    ok = set()
-    for sw, (_, test) in SWITCHES.items():
-        runs = re.findall(rf"^(PASSED|FAILED|ERROR) \S*::{test}\b", log, flags=re.M)
-        if runs and all(r == "PASSED" for r in runs):
-            ok.add(sw)
-    return ok
+    """The switches whose card test ran and passed in every parametrisation."""
+    return {sw for sw, (_, test) in SWITCHES.items()
+            if outcomes(log, test) and all(r == "PASSED" for r in outcomes(log, test))}
 
 
 def failed_defaults(log: str) -> set[str]:
-    """The default-on kernels whose card test failed in some parametrisation of this job."""
+    """The default-on kernels whose card tests failed in some parametrisation of this job."""
     return {name for name, (_, tests) in DEFAULT_ON.items()
-            if any(re.search(rf"^(FAILED|ERROR) \S*::{t}\b", log, flags=re.M) for t in tests)}
+            if any(r != "PASSED" for t in tests for r in outcomes(log, t))}
 
 
 def read_profiles(folder: Path) -> list[dict]:

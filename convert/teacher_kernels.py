@@ -105,13 +105,16 @@ def _swappable_mlp(m: nn.Module) -> bool:
             and getattr(m, "fused_sizes", None) is None)
 
 
+def _rotating(model: nn.Module) -> int:
+    """How many of `model`'s attentions call a modeling module's `apply_rotary_pos_emb` (`rope_modules`)."""
+    mods = {m.__name__ for m in rope_modules(model)}
+    return sum(type(m).__name__ in ROPE_CLASSES and type(m).__module__ in mods for m in model.modules())
+
+
 def teacher_rope_count(model: nn.Module) -> int:
     """How many of `model`'s attentions rotate on `ops.rope` in its forward for distillation (0 unless it is a
     `with_teacher_kernels` copy)."""
-    if not getattr(model, "teacher_rope_kernels", False):
-        return 0
-    mods = {m.__name__ for m in rope_modules(model)}
-    return sum(type(m).__name__ in ROPE_CLASSES and type(m).__module__ in mods for m in model.modules())
+    return _rotating(model) if getattr(model, "teacher_rope_kernels", False) else 0
 
 
 def with_teacher_kernels(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
@@ -124,8 +127,8 @@ def with_teacher_kernels(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     out = copy.deepcopy(model, memo)
     # JET_NEMOTRON_TEACHER_ROPE=0 keeps eager's rotary (the GPU session's driver sets it where the kernel's card test
     # failed that very lease; the distillation's log line then says 0 attentions)
-    out.teacher_rope_kernels = os.environ.get("JET_NEMOTRON_TEACHER_ROPE", "1") != "0"
-    n = {"rmsnorm": 0, "swiglu": 0, "rope": teacher_rope_count(out)}
+    n = {"rmsnorm": 0, "swiglu": 0,
+         "rope": _rotating(out) if os.environ.get("JET_NEMOTRON_TEACHER_ROPE", "1") != "0" else 0}
     out.teacher_rope_kernels = n["rope"] > 0
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):

@@ -296,6 +296,13 @@ def test_variants_pipeline_runs_with_the_switches_the_card_job_picked(tmp_path):
     assert json.loads(fitted.read_text())[0]["steps"] == [int(0.97 * 670 * 652 / 580), int(0.97 * 230 * 1886 / 1700), 0]
     env = (tmp_path / "calls.log.env").read_text().splitlines()
     assert f"benchmarks/distill_variants.py keep=1 conv=1 cwd={tmp_path / 'job' / 'tree'}" in env
+    # a placement comparison on a searched map takes the same picks
+    searched = "benchmarks/results/real_model/placement_search/layer_map.json"
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/acceptance_v3_15min_h100.json",
+             SEARCHED=searched, OPTINS="1", PLAN_MS="652,1886")
+    assert r.returncode == 0, r.stderr
+    variants = [c for c in _calls(tmp_path, 4) if "distill_variants.py" in c and "--tokenise-only" not in c][-1]
+    assert "--searched" in variants and variants.endswith(f"--micro-batch2 8 --checkpoint2 --variants {fitted}")
 
 
 def test_detached_jobs_run_from_their_own_copy_of_the_checkout(tmp_path):
