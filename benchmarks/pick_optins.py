@@ -9,6 +9,9 @@ out of memory wrote no record). The candidate that buys the most optimizer steps
 stage-2 shape is its fastest profiled one. No candidate: no switch, and the variants' own steps. A default-on kernel
 whose card test failed in this lease is turned off for the run (`DEFAULT_ON`: the teacher's rotary kernel).
 
+With --no-profiles (a lease whose minutes go to the run, not to profiles) every switch whose card test passed is on,
+and the variants keep their own steps, planned for the switched-on step: the run's step log measures it.
+
     python benchmarks/pick_optins.py --profiles JOB/out/profile \\
         --card-tests JOB/out/card_tests.log JOB/out/tests.log \\
         --variants benchmarks/variants/acceptance_v3_15min_h100.json --plan-ms 652,1886 --out JOB/out/optins
@@ -107,30 +110,38 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--card-tests", type=Path, nargs="+", required=True,
                     help="pytest -rA logs of this lease's card tests (a missing one reads as empty)")
     ap.add_argument("--variants", type=Path, required=True, help="a variants file whose variants give explicit steps")
-    ap.add_argument("--plan-ms", required=True,
+    ap.add_argument("--plan-ms", default="",
                     help="stage-1,stage-2 ms a step the variants' steps were planned at (their seconds = steps x ms)")
+    ap.add_argument("--no-profiles", action="store_true",
+                    help="no profiles ran: every switch whose card test passed, the variants' own steps")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    plan_ms = [float(x) for x in args.plan_ms.split(",")]
+    plan_ms = [float(x) for x in args.plan_ms.split(",") if x]
     variants = json.loads(args.variants.read_text())
-    if len(plan_ms) != 2 or not all(isinstance(v.get("steps"), list) and v["steps"][2] == 0 for v in variants):
+    explicit = all(isinstance(v.get("steps"), list) and v["steps"][2] == 0 for v in variants)
+    if (len(plan_ms) != 2 and not args.no_profiles) or not explicit:
         raise SystemExit(f"{args.variants}: every variant needs explicit steps [n1, n2, 0], and --plan-ms two "
                          f"numbers (got {args.plan_ms!r})")
     log = "".join(f.read_text() for f in args.card_tests if f.exists())
     passed = passed_switches(log)
-    profiles = read_profiles(args.profiles) if args.profiles.is_dir() else []
+    profiles = read_profiles(args.profiles) if args.profiles.is_dir() and not args.no_profiles else []
+
     def seconds(v: dict) -> tuple[float, float]:
         return v["steps"][0] * plan_ms[0] / 1e3, v["steps"][1] * plan_ms[1] / 1e3
 
     # one process runs every variant, so one choice holds for all: the first variant's (its AdamW picks the profiles)
-    c = choose(profiles, passed, seconds(variants[0]), bool(variants[0].get("fused_adam")))
-    fitted = [dict(v, steps=[math.floor(MARGIN * t * 1e3 / c[f"stage{i + 1}"]["ms"]) for i, t in enumerate(seconds(v))]
-                   + [0]) if c else v for v in variants]
+    if args.no_profiles:
+        c = {"switches": sorted(passed), "stage1": None, "stage2": None, "steps": variants[0]["steps"][:2]}
+        fitted = variants
+    else:
+        c = choose(profiles, passed, seconds(variants[0]), bool(variants[0].get("fused_adam")))
+        fitted = [dict(v, steps=[math.floor(MARGIN * t * 1e3 / c[f"stage{i + 1}"]["ms"])
+                                 for i, t in enumerate(seconds(v))] + [0]) if c else v for v in variants]
     env = {SWITCHES[sw][0]: "1" for sw in (c["switches"] if c else [])}
     failed = failed_defaults(log)
     env |= {DEFAULT_ON[name][0]: "0" for name in sorted(failed)}
     flags = []
-    if c:
+    if c and c["stage2"]:
         flags = ["--micro-batch2", str(c["stage2"]["micro_batch"])] + (["--checkpoint2"] if c["stage2"]["checkpoint"]
                                                                        else [])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,12 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "variants_fitted.json").write_text(json.dumps(fitted, indent=1) + "\n")
     rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "defaults_off": sorted(failed),
            "profiles": profiles, "plan_ms": plan_ms,
-           "margin": MARGIN, "chosen": c, "env": env, "flags": flags,
+           "margin": MARGIN, "no_profiles": args.no_profiles, "chosen": c, "env": env, "flags": flags,
            "steps": [v["steps"] for v in fitted], "planned_steps": [v["steps"] for v in variants]}
     (args.out / "optins.json").write_text(json.dumps(rec, indent=1) + "\n")
     if failed:
         print(f"kernels off for this run, their card test failed: {', '.join(sorted(failed))}")
-    if c:
+    if args.no_profiles:
+        print(f"opt-ins by card tests alone: {', '.join(c['switches']) or 'none'}; the planned steps")
+    elif c:
         print(f"opt-ins: {', '.join(c['switches']) or 'none'}; stage 2 at {c['stage2']['micro_batch']} rows"
               f"{' with checkpointing' if c['stage2']['checkpoint'] else ''}; stage 1 {c['stage1']['ms']:.0f} ms, "
               f"stage 2 {c['stage2']['ms']:.0f} ms a step; steps {rec['planned_steps'][0][:2]} -> {c['steps']}")

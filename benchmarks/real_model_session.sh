@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The real-model GPU session, one device call per stage, all calls back to back on one warm machine (the
 # machine keeps /tmp between calls only while it stays warm):
-#   bash benchmarks/real_model_session.sh part 01 .. part 22   # each call carries .blob/partNN (+ .whl on 01)
+#   bash benchmarks/real_model_session.sh part 01 .. part 24   # each call carries .blob/partNN (+ .whl on 01)
+# .blob holds the GGUF in NPARTS (24) parts of 45 MiB: a call carries the tracked tree (15 MB) beside its part, within
+# 64 MiB, and the 22 parts of 50 MiB the model ships in no longer fit (refused on 2026-12-05). To make them:
+#   cat /tmp/qwen/parts/part{01..22} > q.gguf && split -b 45M -d -a 2 --numeric-suffixes=1 q.gguf .blob/part
 #   bash benchmarks/real_model_session.sh prep                 # GGUF, convert, tokenise, probe; hardware search
 #   bash benchmarks/real_model_session.sh distill 1|2|3        # one distillation stage a call (resumable)
 #   bash benchmarks/real_model_session.sh eval                 # jet-nemotron eval: student beside its teacher
@@ -16,7 +19,7 @@
 #                                  flags joined by commas) and generation.py
 #                                  (SPEED_CONTEXTS; SPEED=all: one process for all of them, SPEED_ARGS=--dynamic:
 #                                  one compile per model), within SPEED_TIMEOUT seconds
-#   bash benchmarks/real_model_session.sh pipeline             # after part 22: prep + stages 1-3 (one process) | eval | tests
+#   bash benchmarks/real_model_session.sh pipeline             # after the parts: prep, stages 1-3 (one process), eval, tests
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #                                        pipeline-variants: ROW_WORKERS=N processes draw chat / retrieval rows (0: none);
 #                                        MICRO_BATCH / MICRO_BATCH2: rows a forward in stage 1 / 2 (an 80 GB
@@ -37,7 +40,8 @@
 #                                        SEARCHED=map.json skips it and uses that map; EVAL=1 saves each student
 #                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS;
 #                                        EVAL=best: the best student only; OPTINS=1 PLAN_MS=n1,n2: the
-#                                        speed switches the card job's profiles chose, steps refitted)
+#                                        speed switches the card job's profiles chose, steps refitted;
+#                                        OPTINS=tests: the switches whose card tests passed, the planned steps)
 #   bash benchmarks/real_model_session.sh poll 240             # wait (at most N s, default 240), pack what is done
 #                                                              #   into $OUT/results.tgz (a call returns 8 files at
 #                                                              #   most); a call cut by a machine taken back returns
@@ -54,7 +58,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_
 # card job need it in that same call (the gguf tests failed for want of it on 2026-12-05); a missing folder is
 # skipped by Python
 export PYTHONPATH=$PYTHONPATH:/tmp/site
-M=${M:-/tmp/realmodel} WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
+NPARTS=${NPARTS:-24} M=${M:-/tmp/realmodel} WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
 GGUF=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf MD5=136755df932e5b87db9bbc2bea00aba5
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
@@ -84,8 +88,8 @@ case "$1" in
     if ls .whl/*.whl >/dev/null 2>&1; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     fi
-    if [ "$(ls "$M" | wc -l)" = 22 ]; then
-      mkdir -p "$WORK" && cat "$M"/part{01..22} > "$GGUF" && rm -r "$M"
+    if [ "$(ls "$M" | wc -l)" = "$NPARTS" ]; then
+      mkdir -p "$WORK" && cat $(ls "$M"/part* | sort) > "$GGUF" && rm -r "$M"
       [ "$(md5sum < "$GGUF" | cut -c1-32)" = "$MD5" ] && echo "GGUF ok: $GGUF" || echo "GGUF md5 MISMATCH"
     fi
     # TESTS: pytest node ids run on the card first, before any card job shares it (a GPU-only path checked before
@@ -204,12 +208,14 @@ case "$1" in
         --n ${ANSWERS:-0} ${ANSWERS_BUDGET:+--time-budget-s $ANSWERS_BUDGET} \
         --out $JOB/out/answers/teacher_answers.jsonl.gz > $JOB/answers.log 2>&1
       # OPTINS=1: the speed switches and stage 2's shape the card job's profiles and tests chose on this card, and
-      # the variants' steps fitted to the seconds they were planned for at PLAN_MS (benchmarks/pick_optins.py)
+      # the variants' steps fitted to the seconds they were planned for at PLAN_MS (benchmarks/pick_optins.py);
+      # OPTINS=tests: no profiles, every switch whose card test passed, the variants' own steps
       picked=''
       if [ -n '${OPTINS:-}' ]; then
         python3 benchmarks/pick_optins.py --profiles $JOB/out/profile \
           --card-tests $JOB/out/card_tests.log $JOB/out/tests.log --variants ${VARIANTS:-recipe} \
-          --plan-ms ${PLAN_MS:-} --out $JOB/out/optins > $JOB/optins.log 2>&1
+          --plan-ms '${PLAN_MS:-}' $([ "${OPTINS:-}" = tests ] && echo --no-profiles) --out $JOB/out/optins \
+          > $JOB/optins.log 2>&1
         if [ -f $JOB/out/optins/variants_fitted.json ]; then
           set -a; . $JOB/out/optins/optins.env; set +a
           picked=\"\$(cat $JOB/out/optins/optins.args) --variants $JOB/out/optins/variants_fitted.json\"

@@ -107,3 +107,18 @@ def test_every_variant_of_the_run_shares_one_choice(tmp_path):
     _, _, fitted = _out(tmp_path)
     assert [f["steps"] for f in fitted] == [[math.floor(0.97 * n1 * 652 / 650), math.floor(0.97 * n2 * 1886 / 1900), 0]
                                             for n1, n2 in ((670, 230), (100, 50))]
+
+
+def test_without_profiles_every_switch_whose_test_passed_and_the_planned_steps(tmp_path):
+    """--no-profiles (a lease's minutes go to the run): profiles present are not read, a switch is on only where its
+    card test passed, the variants keep their steps and stage 2 its given shape."""
+    _profile(tmp_path / "p", 1, 580.0, keep=True, conv=True), _profile(tmp_path / "p", 2, 900.0, keep=True, conv=True)
+    args = [a for a in _files(tmp_path, f"PASSED {KEEP}\nFAILED {CONV} - mismatch\n", steps=(600, 275, 0))
+            if a not in ("--plan-ms", "652,1886")]
+    rec = po.main(args + ["--no-profiles"])
+    env, flags, fitted = _out(tmp_path)
+    assert env == "JET_NEMOTRON_KEEP_STATES=1\n" and flags == [] and fitted[0]["steps"] == [600, 275, 0]
+    assert rec["profiles"] == [] and rec["chosen"]["switches"] == ["keep_states"] and rec["no_profiles"]
+    # with profiles the same files would refit the steps: the flag is what keeps them
+    po.main(_files(tmp_path, f"PASSED {KEEP}\nPASSED {CONV}\n", steps=(600, 275, 0)))
+    assert _out(tmp_path)[2][0]["steps"] != [600, 275, 0]

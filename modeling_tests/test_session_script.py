@@ -361,3 +361,41 @@ def test_part_tests_all_run_into_a_log_the_picker_reads(tmp_path):
     calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if not c.startswith("PY -m pip")]
     assert calls == ["PY -m pytest -q -rA m.py::test_a m.py::test_b m.py::test_c"]
     assert (tmp_path / "job" / "out" / "tests.log").exists()
+
+
+def test_the_last_part_joins_all_parts_in_order(tmp_path):
+    """NPARTS parts (45 MiB each: a call carries the tracked tree beside one within 64 MiB): the call that brings the
+    last one joins them in order into the GGUF, checks its md5 and frees the parts."""
+    m, work = tmp_path / "m", tmp_path / "work"
+    m.mkdir()
+    (m / "part02").write_bytes(b"second")
+    (m / "part03").write_bytes(b"third")
+    with _a_part01():
+        first = (ROOT / ".blob" / "part01").read_bytes()
+        r = _run(tmp_path, ["part", "01"], M=str(m), WORK=str(work), NPARTS="3")
+    assert r.returncode == 0, r.stderr
+    assert (work / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf").read_bytes() == first + b"secondthird"
+    assert "GGUF md5 MISMATCH" in r.stdout and not m.exists()
+    # fewer parts than NPARTS: nothing joined yet
+    r = _run(tmp_path, ["part", "02"], M=str(tmp_path / "m2"), WORK=str(tmp_path / "w2"), NPARTS="3")
+    assert "1 parts" in r.stdout and not (tmp_path / "w2").exists()
+
+
+def test_variants_pipeline_with_switches_by_card_test_alone(tmp_path):
+    """OPTINS=tests: no profiles; the switches whose card tests passed, the variants' own steps."""
+    import json
+
+    (tmp_path / "job" / "out").mkdir(parents=True)
+    (tmp_path / "job" / "out" / "card_tests.log").write_text(
+        "PASSED modeling_tests/test_kernels.py::test_kept_states_give_the_same_gradients_without_the_state_pass\n"
+        "PASSED modeling_tests/test_kernels.py::test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients\n")
+    (tmp_path / "job" / "speed.done").touch()
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/acceptance_v4_15min_h100.json",
+             MICRO_BATCH2="2", OPTINS="tests")
+    assert r.returncode == 0, r.stderr
+    variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
+    fitted = tmp_path / "job" / "out" / "optins" / "variants_fitted.json"
+    assert variants.endswith(f"--micro-batch2 2 --variants {fitted}")
+    assert json.loads(fitted.read_text())[0]["steps"] == [700, 235, 0]
+    env = (tmp_path / "calls.log.env").read_text().splitlines()
+    assert f"benchmarks/distill_variants.py keep=1 conv=1 cwd={tmp_path / 'job' / 'tree'}" in env
