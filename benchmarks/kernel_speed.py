@@ -354,7 +354,9 @@ def table(results):
             continue
         o = d["ours"]
         cell = lambda r: f"{r['ms']:9.3f} ({r['roofline'] * 100:3.0f}%)" if r else f"{'-':>16}"  # noqa: E731
-        fla, ref, cref = d.get("fla"), d.get("reference"), d.get("reference compiled")
+        # the peer in PyTorch: our reference, or the eager expression a kernel replaces (swiglu, rope)
+        fla, ref = d.get("fla"), d.get("reference", d.get("eager"))
+        cref = d.get("reference compiled", d.get("eager compiled"))
         print(f"{key[0]:6} {str(key[1] or '-'):5} {key[2]:>6} {key[3]:8} {cell(o):>16} {cell(fla):>16} "
               f"{(fla['ms'] / o['ms']) if fla else float('nan'):8.2f} "
               f"{(ref['ms'] / o['ms']) if ref else float('nan'):8.2f} "

@@ -8,7 +8,9 @@ transformers' default position ids give) with unit stride along D. Outputs keep 
 x1, x2 of a head and c, s of cos and sin:
     out1 = r(r(x1 c1) + r(-x2 s1));  out2 = r(r(x2 c2) + r(x1 s2))
 r() rounds to the input's dtype: eager low precision's three roundings, bit for bit (a product of two bf16 or fp16
-values is exact in fp32, and so is their negation). Forward only: the teacher runs under inference mode.
+values is exact in fp32, and so is their negation). The launch turns off Triton's fp fusion: with it, the compiler
+dropped the first product's rounding into an FMA on an H100 (out = fma(x1, c1, r(-x2 s1)): a fifth of the elements
+one bf16 step off eager, caught by the card test, 2026-12-05). Forward only: the teacher runs under inference mode.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _one(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     if x.numel():
         _rope_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
             x, y, cos, sin, H, L, x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
-            cos.stride(0), cos.stride(1), HALF=D // 2, BLOCK_L=BLOCK_L)
+            cos.stride(0), cos.stride(1), HALF=D // 2, BLOCK_L=BLOCK_L,
+            enable_fp_fusion=False)  # eager's roundings: no FMA may skip one (see the module's docstring)
     return y
 
 
