@@ -130,26 +130,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kl-chunk", type=int, default=DistillConfig.kl_chunk,
                     help="tokens per KL chunk: fewer chunks cast and add the [V, d] head gradient fewer times, for "
                          "larger [chunk, V] logits")
-    ap.add_argument("--keep-states", action="store_true",
+    ap.add_argument("--keep-states", action=argparse.BooleanOptionalAction,
                     help="the JetBlocks' forward keeps w, h and v' for the backward (launch.KEEP_STATES, env "
-                         "JET_NEMOTRON_KEEP_STATES=1)")
-    ap.add_argument("--conv-fused-bwd", action="store_true",
+                         "JET_NEMOTRON_KEEP_STATES; default: the library's, on)")
+    ap.add_argument("--conv-fused-bwd", action=argparse.BooleanOptionalAction,
                     help="the dynamic convolution's backward in one kernel (dynamic_conv_triton.FUSED_BWD, env "
-                         "JET_NEMOTRON_CONV_FUSED_BWD=1)")
+                         "JET_NEMOTRON_CONV_FUSED_BWD; default: the library's, on)")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="the student's layers recompute their activations in the backward "
                          "(DistillConfig.gradient_checkpointing): 8 rows a stage-2 forward on an 80 GB card, "
                          "where without it only 2 fit")
     ap.add_argument("--toy", action="store_true")
     args = ap.parse_args(argv)
-    if args.keep_states:
-        from jet_nemotron import gated_delta_rule_triton_launch as launch
-
-        launch.KEEP_STATES = True
-    if args.conv_fused_bwd:
+    # the switches as given, else the library's: the record's name says what was given (as for the other
+    # library-default options), its args what ran
+    given = {True: "_{}", False: "_no_{}", None: ""}
+    switch_tag = given[args.keep_states].format("keep_states") + given[args.conv_fused_bwd].format("conv_fused_bwd")
+    try:
         from jet_nemotron import dynamic_conv_triton
-
-        dynamic_conv_triton.FUSED_BWD = True
+        from jet_nemotron import gated_delta_rule_triton_launch as launch
+    except ImportError:  # no Triton: the PyTorch reference runs, which has neither switch
+        if args.keep_states or args.conv_fused_bwd:
+            raise
+        args.keep_states = args.conv_fused_bwd = False
+    else:
+        if args.keep_states is not None:
+            launch.KEEP_STATES = args.keep_states
+        if args.conv_fused_bwd is not None:
+            dynamic_conv_triton.FUSED_BWD = args.conv_fused_bwd
+        args.keep_states, args.conv_fused_bwd = launch.KEEP_STATES, dynamic_conv_triton.FUSED_BWD
     from torch.profiler import ProfilerActivity, profile, schedule
 
     if args.toy:
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         {True: "_mse_kernel", False: "_no_mse_kernel", None: ""}[args.mse_kernel]) + (
         f"_train_{args.train}" if args.train else "") + (
         f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + (
-        "_keep_states" if args.keep_states else "") + ("_conv_fused_bwd" if args.conv_fused_bwd else "") + (
+        switch_tag) + (
         "_ckpt" if args.gradient_checkpointing else "") + (
         f"_mb{args.micro_batch}" if args.micro_batch != 8 and not args.toy else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,

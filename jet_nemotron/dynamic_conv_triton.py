@@ -204,10 +204,10 @@ BLOCK_CONV = 1024  # (token, channel) elements per program, flattened: every loa
 # The backward in one kernel (`_conv_bwd_fused_kernel`, tiles of FUSED_BT tokens x FUSED_BC channels) instead of
 # two: it skips writing and reading dz in fp32 (8 bytes an element) and the second read of the kernels (2 x KW), of
 # the two kernels' 28 bytes an element in bf16 (against 14 at the least). The two kernels took 0.45 + 0.67 ms a call
-# at 8 x 2,048 tokens on an H100 (80% and 32% of their copy rooflines; profile of 2026-12-05). Opt-in until it is
-# timed beside them (`benchmarks/kernel_speed.py --only conv`); read at each backward, env
-# JET_NEMOTRON_CONV_FUSED_BWD=1.
-FUSED_BWD = os.environ.get("JET_NEMOTRON_CONV_FUSED_BWD", "0") == "1"
+# at 8 x 2,048 tokens on an H100 (80% and 32% of their copy rooflines; profile of 2026-12-05). On since its card
+# test passed and a step was timed with it (with the kept states, benchmarks/results/profiles/switches_h100/);
+# JET_NEMOTRON_CONV_FUSED_BWD=0 runs the two kernels. Read at each backward.
+FUSED_BWD = os.environ.get("JET_NEMOTRON_CONV_FUSED_BWD", "1") == "1"
 FUSED_BC, FUSED_BT = 256, 64
 
 

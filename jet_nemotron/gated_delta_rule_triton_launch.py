@@ -21,8 +21,11 @@ SAFE_TRANS = os.environ.get("JET_NEMOTRON_SAFE_TRANS", "0") == "1"
 # The chunked forward keeps w, the chunk states h and v' for the backward, which then skips their recomputation (the
 # w/u kernel and the sequential state pass: about 20 ms of a 680 ms attention-transfer step in an H100 profile). It
 # costs memory while the graph lives: at the 2B shapes about 18 KB a token a JetBlock, 7 GB for 24 JetBlocks at
-# 8 x 2,048 tokens. Off until a step is timed with it; read at each forward, like SAFE_TRANS.
-KEEP_STATES = os.environ.get("JET_NEMOTRON_KEEP_STATES", "0") == "1"
+# 8 x 2,048 tokens. On since its card test passed and a step was timed with it (H100, 2026-12-05: with the
+# one-kernel conv backward, a stage-1 step 616 -> 570 ms, stage 2 at 2 rows 1,537 -> 1,445 ms, peak +6.7 / +1.8 GB;
+# benchmarks/results/profiles/switches_h100/); JET_NEMOTRON_KEEP_STATES=0 trades that time back for the memory.
+# Read at each forward, like SAFE_TRANS.
+KEEP_STATES = os.environ.get("JET_NEMOTRON_KEEP_STATES", "1") == "1"
 
 # BV of the chunked kernels that run one program per chunk and V slice (forward output, backward dv_local).
 CHUNK_BV = 64

@@ -68,14 +68,14 @@ def test_a_switch_whose_card_test_failed_or_never_ran_is_not_picked(tmp_path):
                 f"PASSED {KEEP}[None]\n", ""):
         po.main(_files(tmp_path, log))
         env, flags, fitted = _out(tmp_path)
-        assert env == "" and flags == ["--micro-batch2", "2"]
+        assert env == "JET_NEMOTRON_KEEP_STATES=0\nJET_NEMOTRON_CONV_FUSED_BWD=0\n" and flags == ["--micro-batch2", "2"]  # off: the library's default is on
         assert fitted[0]["steps"] == [math.floor(0.97 * 670 * 652 / 650), math.floor(0.97 * 230 * 1886 / 1900), 0]
 
 
 def test_no_profiles_leave_the_plan_as_it_was(tmp_path):
     po.main(_files(tmp_path, f"PASSED {KEEP}[None]\n"))
     env, flags, fitted = _out(tmp_path)
-    assert env == "" and flags == [] and fitted[0]["steps"] == [670, 230, 0]
+    assert env == "JET_NEMOTRON_KEEP_STATES=0\nJET_NEMOTRON_CONV_FUSED_BWD=0\n" and flags == [] and fitted[0]["steps"] == [670, 230, 0]
 
 
 def test_variants_without_explicit_steps_are_refused(tmp_path):
@@ -117,7 +117,8 @@ def test_without_profiles_every_switch_whose_test_passed_and_the_planned_steps(t
             if a not in ("--plan-ms", "652,1886")]
     rec = po.main(args + ["--no-profiles"])
     env, flags, fitted = _out(tmp_path)
-    assert env == "JET_NEMOTRON_KEEP_STATES=1\n" and flags == [] and fitted[0]["steps"] == [600, 275, 0]
+    assert env == "JET_NEMOTRON_KEEP_STATES=1\nJET_NEMOTRON_CONV_FUSED_BWD=0\n" and flags == []
+    assert fitted[0]["steps"] == [600, 275, 0]
     assert rec["profiles"] == [] and rec["chosen"]["switches"] == ["keep_states"] and rec["no_profiles"]
     # with profiles the same files would refit the steps: the flag is what keeps them
     po.main(_files(tmp_path, f"PASSED {KEEP}\nPASSED {CONV}\n", steps=(600, 275, 0)))

@@ -74,3 +74,21 @@ def test_conv_fused_bwd_turns_the_conv_flag_on_and_names_its_record(tmp_path, mo
     pd.main(["--toy", "--conv-fused-bwd", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
     rec = json.loads((tmp_path / "profile_distill_stage1_conv_fused_bwd_toy.json").read_text())
     assert rec["args"]["conv_fused_bwd"] == "True" and dynamic_conv_triton.FUSED_BWD is True
+
+
+def test_the_switches_default_to_the_librarys_and_the_record_holds_what_ran(tmp_path, monkeypatch):
+    """Without a switch flag the library's setting runs (both on since their card tests and timing, 2026-12-05);
+    --no-keep-states / --no-conv-fused-bwd turn them off, in a record of its own name whose args say so."""
+    from jet_nemotron import dynamic_conv_triton
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    monkeypatch.setattr(launch, "KEEP_STATES", True)
+    monkeypatch.setattr(dynamic_conv_triton, "FUSED_BWD", True)
+    pd.main(["--toy", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage1_toy.json").read_text())
+    assert rec["args"]["keep_states"] == rec["args"]["conv_fused_bwd"] == "True"
+    pd.main(["--toy", "--no-keep-states", "--no-conv-fused-bwd", "--out", str(tmp_path), "--warm", "2",
+             "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage1_no_keep_states_no_conv_fused_bwd_toy.json").read_text())
+    assert rec["args"]["keep_states"] == rec["args"]["conv_fused_bwd"] == "False"
+    assert launch.KEEP_STATES is False and dynamic_conv_triton.FUSED_BWD is False
