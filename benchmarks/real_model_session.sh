@@ -49,8 +49,10 @@
 #                                                              #   exit 3 at once on a fresh machine (no job)
 # Budget (DISTILL_MIN, default 6) is the distillation's wall clock over all stages. Results go to $OUT. Prefix each
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
-# Send a whole lease as one batch of calls (a machine idle 30 s between two is taken back): VARIANTS, PLAN_MS,
-# MICRO_BATCH2, CHECKPOINT2 and PROFILE_RUNS may be given per card as X_H100 / X_H200, read off the card itself.
+# Send a lease as part 01 alone, then every other call as one batch written beforehand (a machine idle 30 s between
+# two calls is taken back; a start that fails refuses each call of its batch at 15 s: 28 of them cost 420 s on
+# 2026-12-05): VARIANTS, PLAN_MS, MICRO_BATCH2, CHECKPOINT2 and PROFILE_RUNS may be given per card as X_H100 /
+# X_H200, read off the card itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1

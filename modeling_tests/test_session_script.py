@@ -396,6 +396,6 @@ def test_variants_pipeline_with_switches_by_card_test_alone(tmp_path):
     variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
     fitted = tmp_path / "job" / "out" / "optins" / "variants_fitted.json"
     assert variants.endswith(f"--micro-batch2 2 --variants {fitted}")
-    assert json.loads(fitted.read_text())[0]["steps"] == [700, 235, 0]
+    assert json.loads(fitted.read_text())[0]["steps"] == [700, 250, 0]
     env = (tmp_path / "calls.log.env").read_text().splitlines()
     assert f"benchmarks/distill_variants.py keep=1 conv=1 cwd={tmp_path / 'job' / 'tree'}" in env
