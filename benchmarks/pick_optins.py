@@ -2,12 +2,12 @@
 variants' step counts to the stage seconds they were planned for.
 
 The opt-ins are process-wide switches (env `JET_NEMOTRON_KEEP_STATES`, `JET_NEMOTRON_CONV_FUSED_BWD`; on by default
-since their card tests passed and a step was timed with them, so a switch not picked is set to 0) and stage 2's rows
-a forward and gradient checkpointing (distill_variants' `--micro-batch2`, `--checkpoint2`). A set of switches
-is a candidate when (a) every switch's card test passed in this lease (the card job's `card_tests.log` and part
-01's `tests.log`, pytest -rA) and (b) a stage-1 and a stage-2 profile ran with exactly that set (a profile that ran
-out of memory wrote no record). The candidate that buys the most optimizer steps in the plan's seconds wins; its
-stage-2 shape is its fastest profiled one. No candidate: both switches off, and the variants' own steps. A default-on kernel
+since their card tests passed and a step was timed with them, so a switch not picked is set to 0) and stage 2's rows a
+forward and gradient checkpointing (distill_variants' `--micro-batch2`, `--checkpoint2`). A set of switches is a
+candidate when (a) every switch's card test passed in this lease (the card job's `card_tests.log` and part 01's
+`tests.log`, pytest -rA) and (b) a stage-1 and a stage-2 profile ran with exactly that set (a profile that ran out of
+memory wrote no record). The candidate that buys the most optimizer steps in the plan's seconds wins; its stage-2
+shape is its fastest profiled one. No candidate: both switches off, and the variants' own steps. A default-on kernel
 whose card test failed in this lease is turned off for the run (`DEFAULT_ON`: the teacher's rotary kernel).
 
 With --no-profiles (a lease whose minutes go to the run, not to profiles) every switch whose card test passed is on,

@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import pick_optins as po  # noqa: E402
 
+# the environment of a run with neither switch: both set off, as the library turns them on by default
+OFF = "JET_NEMOTRON_KEEP_STATES=0\nJET_NEMOTRON_CONV_FUSED_BWD=0\n"
 KEEP = "modeling_tests/test_kernels.py::test_kept_states_give_the_same_gradients_without_the_state_pass"
 CONV = "modeling_tests/test_kernels.py::test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients"
 
@@ -68,14 +70,14 @@ def test_a_switch_whose_card_test_failed_or_never_ran_is_not_picked(tmp_path):
                 f"PASSED {KEEP}[None]\n", ""):
         po.main(_files(tmp_path, log))
         env, flags, fitted = _out(tmp_path)
-        assert env == "JET_NEMOTRON_KEEP_STATES=0\nJET_NEMOTRON_CONV_FUSED_BWD=0\n" and flags == ["--micro-batch2", "2"]  # off: the library's default is on
+        assert env == OFF and flags == ["--micro-batch2", "2"]
         assert fitted[0]["steps"] == [math.floor(0.97 * 670 * 652 / 650), math.floor(0.97 * 230 * 1886 / 1900), 0]
 
 
 def test_no_profiles_leave_the_plan_as_it_was(tmp_path):
     po.main(_files(tmp_path, f"PASSED {KEEP}[None]\n"))
     env, flags, fitted = _out(tmp_path)
-    assert env == "JET_NEMOTRON_KEEP_STATES=0\nJET_NEMOTRON_CONV_FUSED_BWD=0\n" and flags == [] and fitted[0]["steps"] == [670, 230, 0]
+    assert env == OFF and flags == [] and fitted[0]["steps"] == [670, 230, 0]
 
 
 def test_variants_without_explicit_steps_are_refused(tmp_path):
