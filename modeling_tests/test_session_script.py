@@ -377,7 +377,8 @@ def test_the_last_part_joins_all_parts_in_order(tmp_path):
     assert (work / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf").read_bytes() == first + b"secondthird"
     assert "GGUF md5 MISMATCH" in r.stdout and not m.exists()
     # fewer parts than NPARTS: nothing joined yet
-    r = _run(tmp_path, ["part", "02"], M=str(tmp_path / "m2"), WORK=str(tmp_path / "w2"), NPARTS="3")
+    with _a_part01():
+        r = _run(tmp_path, ["part", "01"], M=str(tmp_path / "m2"), WORK=str(tmp_path / "w2"), NPARTS="3")
     assert "1 parts" in r.stdout and not (tmp_path / "w2").exists()
 
 
