@@ -91,7 +91,7 @@ case "$1" in
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     fi
     if [ "$(ls "$M" | wc -l)" = "$NPARTS" ]; then
-      mkdir -p "$WORK" && cat $(ls "$M"/part* | sort) > "$GGUF" && rm -r "$M"
+      mkdir -p "$WORK" && cat "$M"/part* > "$GGUF" && rm -r "$M"
       [ "$(md5sum < "$GGUF" | cut -c1-32)" = "$MD5" ] && echo "GGUF ok: $GGUF" || echo "GGUF md5 MISMATCH"
     fi
     # TESTS: pytest node ids run on the card first, before any card job shares it (a GPU-only path checked before

@@ -163,7 +163,7 @@ def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = Fa
     (the MSE's normaliser, the checkpointed KL chunks). A clone is one read and write of [B, L, d] per tensor.
     """
     cap = _Capture(teacher, mse_layers, inputs) if mse_layers else None
-    rotary = rope_kernels(teacher) if getattr(teacher, "teacher_rope_kernels", False) else nullcontext()
+    rotary = rope_kernels(teacher) if getattr(teacher, "teacher_rope_modules", None) else nullcontext()
     try:
         with torch.inference_mode(), rotary:
             h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state

@@ -47,18 +47,22 @@ def _rope(q, k, cos, sin, unsqueeze_dim: int = 1):
     return rope(q, k, cos, sin)
 
 
-def rope_modules(model: nn.Module) -> list:
-    """The modeling modules whose `apply_rotary_pos_emb` `model`'s attention layers call (`ROPE_CLASSES`)."""
+def rope_modules(model: nn.Module) -> list[str]:
+    """The names of the modeling modules whose `apply_rotary_pos_emb` `model`'s attention layers call
+    (`ROPE_CLASSES`)."""
     mods = {type(m).__module__ for m in model.modules() if type(m).__name__ in ROPE_CLASSES}
-    return [sys.modules[n] for n in sorted(mods) if callable(getattr(sys.modules[n], "apply_rotary_pos_emb", None))]
+    return [n for n in sorted(mods) if callable(getattr(sys.modules[n], "apply_rotary_pos_emb", None))]
 
 
 @contextlib.contextmanager
 def rope_kernels(model: nn.Module) -> Iterator[None]:
     """Within: `model`'s Qwen attention layers rotate q and k on `ops.rope`, by pointing their modeling module's
     `apply_rotary_pos_emb` at it; every model of that class in the process does so while inside (the caller runs
-    one frozen teacher's forward there)."""
-    saved = [(m, m.apply_rotary_pos_emb) for m in rope_modules(model)]
+    one frozen teacher's forward there). A `with_teacher_kernels` copy names its modules once
+    (`teacher_rope_modules`), so its forward of every micro-step does not walk the model for them."""
+    names = getattr(model, "teacher_rope_modules", None)
+    saved = [(m, m.apply_rotary_pos_emb) for m in map(sys.modules.__getitem__,
+                                                      rope_modules(model) if names is None else names)]
     try:
         for m, _ in saved:
             m.apply_rotary_pos_emb = _rope
@@ -105,31 +109,29 @@ def _swappable_mlp(m: nn.Module) -> bool:
             and getattr(m, "fused_sizes", None) is None)
 
 
-def _rotating(model: nn.Module) -> int:
-    """How many of `model`'s attentions call a modeling module's `apply_rotary_pos_emb` (`rope_modules`)."""
-    mods = {m.__name__ for m in rope_modules(model)}
-    return sum(type(m).__name__ in ROPE_CLASSES and type(m).__module__ in mods for m in model.modules())
+def _rotating(model: nn.Module, modules: list[str]) -> int:
+    """How many of `model`'s attentions call the `apply_rotary_pos_emb` of one of `modules` (`rope_modules`)."""
+    return sum(type(m).__name__ in ROPE_CLASSES and type(m).__module__ in modules for m in model.modules())
 
 
 def teacher_rope_count(model: nn.Module) -> int:
     """How many of `model`'s attentions rotate on `ops.rope` in its forward for distillation (0 unless it is a
     `with_teacher_kernels` copy)."""
-    return _rotating(model) if getattr(model, "teacher_rope_kernels", False) else 0
+    return _rotating(model, getattr(model, "teacher_rope_modules", []))
 
 
 def with_teacher_kernels(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     """(a copy of `model` whose RMSNorms run `ops.rmsnorm` and whose silu MLPs `ops.swiglu`, {"rmsnorm": how many,
     "swiglu": how many, "rope": how many attentions rotate on `ops.rope` inside `rope_kernels`}). The copy shares
     every parameter and buffer with `model` (no tensor is copied), and `model` itself is left as it is: the caller's
-    teacher keeps its eager modules for evaluation. The copy's `teacher_rope_kernels` tells `teacher_targets` to
-    run its forward inside `rope_kernels`."""
+    teacher keeps its eager modules for evaluation. The copy's `teacher_rope_modules` (names; empty when off) tells
+    `teacher_targets` to run its forward inside `rope_kernels`."""
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     out = copy.deepcopy(model, memo)
     # JET_NEMOTRON_TEACHER_ROPE=0 keeps eager's rotary (the GPU session's driver sets it where the kernel's card test
     # failed that very lease; the distillation's log line then says 0 attentions)
-    n = {"rmsnorm": 0, "swiglu": 0,
-         "rope": _rotating(out) if os.environ.get("JET_NEMOTRON_TEACHER_ROPE", "1") != "0" else 0}
-    out.teacher_rope_kernels = n["rope"] > 0
+    out.teacher_rope_modules = rope_modules(out) if os.environ.get("JET_NEMOTRON_TEACHER_ROPE", "1") != "0" else []
+    n = {"rmsnorm": 0, "swiglu": 0, "rope": _rotating(out, out.teacher_rope_modules)}
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
             if type(child).__name__ in NORM_CLASSES:
