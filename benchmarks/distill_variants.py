@@ -28,7 +28,10 @@ kernel), "chat_docstrings" (chat rows ask only for functions whose head holds a 
 local1_share splits stage 1), "own_answers" (N: between the two parts the student answers N function requests of the
 train files greedily, and the second part's chat rows are those chats, every answer kept: on-policy distillation,
 the teacher's predictions along what the student itself writes; 0: the corpus chats),
-"chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
+"budget_s" (the distillation's wall clock in seconds, from the end of the conversion: each stage ends by its share of
+it (split), less BUDGET_RESERVE_S for the held-out measurement after it, its steps counted on its own warm-up,
+`DistillConfig.time_budget_s`, with "steps" the caps; a stage that reaches its cap early leaves its time to the
+next), "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
 e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
 to the repository, absolute, or "@answers": the file given by --answers)}; the missing keys take the defaults below (BASE: the recipe that
 won the 2026-12-02 H200 ablation, stage 1 as attention transfer). Every variant's map gets the preset's JetBlock
@@ -96,7 +99,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
         "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
-        "teacher_kernels": True}
+        "teacher_kernels": True, "budget_s": None}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -189,6 +192,9 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
                                   or not all(isinstance(n, int) and n >= 0 for n in steps) or not sum(steps)):
             raise SystemExit(f"variant {v['name']!r}: steps is [stage 1, stage 2, stage 3] optimizer steps "
                              f"(integers >= 0, not all 0; not with local1_share), got {steps!r}")
+        if v["budget_s"] is not None and (steps is None or not v["budget_s"] > 0):
+            raise SystemExit(f"variant {v['name']!r}: budget_s (seconds > 0) times the stages against their caps, "
+                             f"the variant's steps, which it needs; got budget_s {v['budget_s']!r}, steps {steps!r}")
         try:  # DistillConfig's own rule, before the GPU session's parts arrive rather than after
             DistillConfig(stage=2, lr=v["lr"][1], jet_lr=v["jet_lr2"]).resolved()
         except (TypeError, ValueError) as err:
@@ -519,8 +525,12 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     first = _first_stage_key(v, plan[0], args, retrieval_kw)
     samplers, own_stats = stage_samplers(data, plan, args.seq_len, tok, retrieval_kw,
                                          row_workers=args.row_workers), None
+    ends = _stage_ends(plan, v)
     for i, cfg in enumerate(plan):
         sampler = samplers[i]
+        if ends is not None:  # this stage's seconds: up to its end, counted from the distillation's start
+            cfg = plan[i] = replace(cfg, time_budget_s=max(1.0, t + seconds["convert"] + ends[i]
+                                                           - time.perf_counter()))
         if own[i]:  # the student answers now, and this part's chat rows are its answers (the corpus walk goes on)
             path = args.out / f"own_answers_{_file_name(v['name'])}.jsonl.gz"
             t_own = time.perf_counter()
@@ -545,6 +555,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                 state = {k: x.detach().to("cpu", copy=True) for k, x in student.state_dict().items()}
                 _STAGE1[first] = dict(name=v["name"], summary=copy.deepcopy(s), state=state)
         kl = s["eval_kl_after"]
+        plan[i] = replace(cfg, steps=s["steps"])  # a budget's count, not its cap
         summaries.append(s)
     seconds["distil"] = time.perf_counter() - t - seconds["convert"]
     # a reused first stage's own seconds are counted, so every row's budget reads as if it ran (the card time it
@@ -614,8 +625,32 @@ def _first_stage_key(v: dict, cfg: DistillConfig, args, retrieval_kw: dict | Non
     # frozen_bf16 holds frozen weights in the bf16 that autocast casts them to anyway: the same arithmetic (bit-exact
     # on the CPU and on the H200, 2026-12-04), so it does not part two first stages
     stage = {k: x for k, x in asdict(cfg).items() if k != "frozen_bf16"}
+    # a budgeted stage's count is its machine's: never the same weights as a planned one's
     return json.dumps({"layer_map": v["layer_map"], "init": v["init"], "searched": str(args.searched),
-                       "seq_len": args.seq_len, "stage": stage, "rows": retrieval_kw}, sort_keys=True, default=str)
+                       "seq_len": args.seq_len, "stage": stage, "rows": retrieval_kw, "budget_s": v["budget_s"],
+                       "split": v["split"] if v["budget_s"] else None}, sort_keys=True, default=str)
+
+
+BUDGET_RESERVE_S = 10.0  # a stage's held-out KL after its steps, outside its time budget (3-5 s on the H100)
+
+
+def _stage_ends(plan: list[DistillConfig], v: dict) -> list[float] | None:
+    """Seconds from the distillation's start by which each stage of `plan` must end its steps: the end of its share
+    of the variant's budget_s (split), less BUDGET_RESERVE_S for the measurement after it; None without a budget.
+    The parts of a stage split in two (split2) share its span by their caps."""
+    if v["budget_s"] is None:
+        return None
+    spans, cum = {}, 0.0
+    for stage, share in zip((1, 2, 3), v["split"]):
+        spans[stage] = (cum * v["budget_s"], (cum + share) * v["budget_s"])
+        cum += share
+    out, done = [], {}
+    for c in plan:
+        lo, hi = spans[c.stage]
+        done[c.stage] = done.get(c.stage, 0) + c.steps
+        frac = done[c.stage] / sum(p.steps for p in plan if p.stage == c.stage)
+        out.append(lo + frac * (hi - lo) - BUDGET_RESERVE_S)
+    return out
 
 
 def _split_stage2(plan: list[DistillConfig], v: dict) -> tuple[list[DistillConfig], list[bool]]:

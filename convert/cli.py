@@ -102,6 +102,9 @@ def distill(
     stage3_steps: Annotated[int, typer.Option(help="long-context stage after stage 2 (trains --train2 on the "
                                                    "KL) at --stage3-seq-len; 0 skips it")] = 0,
     stage3_seq_len: Annotated[int, typer.Option(help="tokens per training row of stage 3")] = 8192,
+    time_budget_min: Annotated[Optional[float], typer.Option(
+        help="the stages' wall clock in minutes: the --stageN-steps become caps, and each stage ends by then, its "
+             "step count timed on its own warm-up, so the last stage fills what the others leave")] = None,
     stage3_batch_size: Annotated[Optional[int], typer.Option(help="default: the tokens per step of stages 1-2, "
                                                                   "batch-size x seq-len / stage3-seq-len")] = None,
     stage3_micro_batch: Annotated[Optional[int], typer.Option(help="default: min(micro-batch, "
@@ -212,7 +215,8 @@ def distill(
                        text_field=text_field, max_tokens=max_tokens, eval_fraction=eval_fraction,
                        ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,
                        corpus=corpus, retrieval=retrieval, eval_rows=eval_rows, layout=layout,
-                       row_workers=row_workers)
+                       row_workers=row_workers,
+                       time_budget_s=None if time_budget_min is None else time_budget_min * 60)
 
 
 @app.command()

@@ -57,6 +57,7 @@ from .distill_config import DistillConfig, fsdp_turns_off_transfer
 from .distill_loss import DistillLoss, mse_fn, teacher_on, teacher_targets
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
+from .step_budget import StepBudget
 from .teacher_kernels import KernelMLP, KernelRMSNorm, teacher_rope_count, with_teacher_kernels
 
 
@@ -339,6 +340,7 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
         raise FileExistsError(f"checkpoint folder {ckpt_dir} already holds checkpoints "
                               f"({_checkpoints(ckpt_dir)[-1].name}); resume them or clear the folder")
     seconds, t = {}, time.perf_counter()  # where a stage's wall clock goes besides its steps
+    deadline = t + cfg.time_budget_s if cfg.time_budget_s is not None else None
 
     def lap(name):
         nonlocal t
@@ -346,7 +348,9 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
 
     run = _prepare(student, teacher, data, cfg, acc)
     lap("prepare")
-    start, history, kl_before = _restore(acc, ckpt_dir, identity) if resume else (0, [], None)
+    start, history, kl_before, chosen = _restore(acc, ckpt_dir, identity) if resume else (0, [], None, None)
+    if chosen is not None:  # a budgeted stage's step count, chosen before it was stopped: kept, not timed again
+        cfg, deadline = replace(cfg, steps=chosen), None
     if eval_rows is not None and acc.is_main_process and start == 0:
         # the trained weights still equal the caller's student; under FSDP only the latter is whole. With
         # frozen_bf16 its frozen weights are already bf16 here (the "after" sees their fp32 values again)
@@ -355,9 +359,10 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     lap("held_out_kl_before")
     speed = _speed_info(data, student, run.teacher, cfg, acc)
     lap("flops_count")
-    t_run = time.perf_counter()
+    t_run, cap = time.perf_counter(), cfg.steps
     try:
-        stopped = _train_steps(run, data, cfg, start, history, ckpt_dir, identity, kl_before, stop, speed)
+        stopped, cfg = _train_steps(run, data, cfg, start, history, ckpt_dir, identity, kl_before, stop, speed,
+                                    deadline)
     finally:
         acc.unwrap_model(run.wrapper).release()  # the stage's capture hooks and compiled layers
         restore_fp32(student, run.fp32_frozen)  # stopped, failed or done: the caller's student is fp32 again
@@ -365,7 +370,8 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
         return {"stopped_at": stopped, "history": history}
     if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
         # the finished stage is a checkpoint too, so a resumed run skips it instead of redoing its tail
-        save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before, identity)
+        save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before, identity,
+                        cfg.steps if deadline is not None else None)
     acc.wait_for_everyone()
     unwrapped = _finish(run, student, cfg)
     wall, L = time.perf_counter() - t_run, data.seq_len
@@ -374,6 +380,8 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
                "world_size": acc.num_processes, "eval_kl_before": kl_before, "history": history,
                "tokens": cfg.steps * cfg.batch_size * L, "steps": cfg.steps, "wall_s": wall,
                "tok_per_s": (cfg.steps - start) * cfg.batch_size * L / wall if cfg.steps > start else None, **speed}
+    if deadline is not None:
+        summary["step_budget"] = {"seconds": cfg.time_budget_s, "cap": cap, "steps": cfg.steps}
     if summary["tok_per_s"] and speed["peak_flops"]:
         summary["mfu"] = summary["tok_per_s"] * speed["flops_per_token"]["total"] / (speed["peak_flops"] *
                                                                                       acc.num_processes)
@@ -460,8 +468,9 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
                      fp32_frozen)
 
 
-def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, float | None]:
-    """(start step, history, eval_kl_before) of the newest checkpoint, after checking it is this run's."""
+def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, float | None, int | None]:
+    """(start step, history, eval_kl_before, the step count a time budget chose or None) of the newest
+    checkpoint, after checking it is this run's."""
     found = _checkpoints(ckpt_dir) if ckpt_dir is not None else []
     if not found:
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {ckpt_dir}; start without resume")
@@ -477,12 +486,15 @@ def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, flo
         raise ValueError(f"checkpoint {last} cannot be loaded ({type(err).__name__}: {err}); delete it to "
                          "resume from the one before") from err
     acc.print(f"resumed from {last} at step {prog['step']}")
-    return prog["step"], prog["history"], prog.get("eval_kl_before")
+    return prog["step"], prog["history"], prog.get("eval_kl_before"), prog.get("chosen_steps")
 
 
 def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: list, ckpt_dir: Path | None,
-                 identity: dict, kl_before, stop, speed: dict) -> int | None:
-    """Optimizer steps start..cfg.steps, appending to `history`; the step it stopped at when `stop` says so.
+                 identity: dict, kl_before, stop, speed: dict, deadline: float | None = None
+                 ) -> tuple[int | None, DistillConfig]:
+    """Optimizer steps start..cfg.steps, appending to `history`; (the step it stopped at when `stop` says so, else
+    None; `cfg` with the steps it ran to). With a `deadline` (perf_counter seconds) `cfg.steps` is a cap, and
+    `StepBudget` sets the count from the stage's own step time.
 
     Batches come from `data` one step ahead (`prefetch.py`); losses stay on the device in the step meter and are
     read back (one sync) every `log_every` steps, before a checkpoint, on the last step and when `stop` says
@@ -503,13 +515,16 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
     if hasattr(data, "start"):  # generated rows' workers, forked here before the batch thread exists
         data.start()
     prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
+    budget = StepBudget(start, cfg.steps, cfg.warmup_steps, deadline) if deadline is not None else None
+    step = start
     try:
-        for step in range(start, cfg.steps):
+        while step < cfg.steps:
             saving = bool(ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0
                           and step + 1 < cfg.steps)
             stopping = stop is not None and stop(step + 1)  # a pure function of the step: asked before the update
+            timing = budget is not None and budget.marks(step + 1)
             read_back = (bool(cfg.log_every) and (step + 1) % cfg.log_every == 0) or saving or stopping \
-                or step + 1 == cfg.steps
+                or step + 1 == cfg.steps or timing
             batch = prefetch.get(step)  # [batch_size, L], built on a background thread while the last step ran
             try:
                 _one_step(run, batch, cfg, step, meter,
@@ -519,17 +534,25 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
             bar.update(1)
             if saving:
                 last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
-                                            identity)
+                                            identity, budget.chosen if budget else None)
                 meter.restart_clock()  # writing the checkpoint is not training time
+            if timing and (chosen := budget.mark(step + 1, time.perf_counter(), acc)) is not None:
+                acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step over steps "
+                          f"{budget.first + 1}-{step + 1}; {chosen} steps fit the {cfg.time_budget_s:.0f} s budget "
+                          f"(cap {cfg.steps})")
+                cfg = replace(cfg, steps=chosen)
+                bar.total = chosen
+                bar.refresh()
             if stopping:
                 acc.wait_for_everyone()
-                return step + 1
+                return step + 1, cfg
+            step += 1
     finally:
         prefetch.close()
         if hasattr(data, "close"):  # generated rows' worker processes (`row_workers.py`); restarted if used again
             data.close()
         bar.close()
-    return None
+    return None, cfg
 
 
 def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int, meter, read_back) -> None:
@@ -671,8 +694,9 @@ def _log_flush(meter, history: list, acc, bar, cfg: DistillConfig, last_good) ->
 
 
 def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, eval_kl_before=None,
-                    identity: dict | None = None) -> Path:
-    """accelerate state + progress.json (step, history, run identity) into step_{step}, via a temporary name."""
+                    identity: dict | None = None, chosen_steps: int | None = None) -> Path:
+    """accelerate state + progress.json (step, history, run identity, the step count a time budget chose) into
+    step_{step}, via a temporary name."""
     final = ckpt_dir / f"step_{step}"
     tmp = ckpt_dir / f".tmp_step_{step}"
     if acc.is_main_process:
@@ -682,7 +706,7 @@ def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, ev
     acc.save_state(str(tmp))
     acc.wait_for_everyone()  # every process writes its own files (RNG state; FSDP: its shards) before the rename
     if acc.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history,
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history, "chosen_steps": chosen_steps,
                                                        "eval_kl_before": eval_kl_before, "identity": identity}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

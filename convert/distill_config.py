@@ -78,6 +78,12 @@ class DistillConfig(TrainSchedule):
     # 684 ms attention-transfer step in the H200 profile
     teacher_kernels: bool = True
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
+    # wall-clock seconds for this stage, from the moment `distill` is called: `steps` is then a cap. The stage times
+    # its own steps over its warm-up (whose rates do not depend on the total) and sets `steps` to what fits, at most
+    # the cap, so a plan need not guess a card's step time (a 15-minute plan made from another run's times left
+    # 104 s unused on 2026-12-06). Work after the last step (held-out KL, saving) is the caller's to leave room for.
+    # The chosen count is saved with each checkpoint, so a resumed run keeps it
+    time_budget_s: float | None = None
     history: list = field(default_factory=list)
 
     def resolved(self, fsdp: bool = False) -> "DistillConfig":
@@ -115,6 +121,9 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"stage {self.stage}: temperature must be > 0, got {self.temperature}")
         if self.seq_len is not None and self.seq_len < 2:
             raise ValueError(f"stage {self.stage}: seq_len must be >= 2, got {self.seq_len}")
+        if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):
+            raise ValueError(f"stage {self.stage}: time_budget_s must be a positive number or None, got "
+                             f"{self.time_budget_s}")
         if self.peak_tflops is not None and not (self.peak_tflops > 0 and math.isfinite(self.peak_tflops)):
             raise ValueError(f"peak_tflops must be a positive number, got {self.peak_tflops}")
         if self.mixed_precision not in ("no", "bf16"):

@@ -11,6 +11,7 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -176,7 +177,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                        stage3: DistillConfig | None = None, corpus: dict | None = None,
                        retrieval: dict | None = None, eval_rows: int = 64,
                        layout: str = "transformers", start_tokens: int = 0,
-                       row_workers: int | None = None) -> dict:
+                       row_workers: int | None = None, time_budget_s: float | None = None) -> dict:
     """Stages 1, 2, 3 (any may be None), perplexities, loss curve, card; saves the student to `out`.
 
     The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
@@ -188,6 +189,9 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     functions with a docstring only) into a fraction c. Perplexity is measured on `eval_rows` held-out rows of
     `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
     split over several calls), so these stages continue the walk instead of repeating those rows.
+    `time_budget_s`: the stages' wall clock from the first one's start; their steps become caps and each stage
+    ends by then less STAGE_RESERVE_S (its count timed on its own warm-up, `DistillConfig.time_budget_s`), so a
+    stage that reaches its cap leaves the rest to the next and the last one fills what is left.
 
     Everything is validated before the models load: stage settings, data and corpus options, that `out` and
     `ckpt_dir` overlap no input, and the checkpoint folder (a fresh run needs it empty or `overwrite`; `resume`
@@ -198,6 +202,9 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     from transformers import AutoTokenizer
 
     import jet_nemotron  # noqa: F401  (registers the auto classes)
+
+    if time_budget_s is not None and not (time_budget_s > 0 and math.isfinite(time_budget_s)):
+        raise ValueError(f"time budget must be a positive number of seconds, got {time_budget_s}")
 
     out = Path(out)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
@@ -275,7 +282,8 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     acc.print(f"data: {data_.describe()}; {held.shape[0]} held-out rows of {seq_len} "
               f"({time.perf_counter() - t0:.1f} s)")
     t_data = time.perf_counter() - t0
-    summaries = _run_stages(student_model, teacher_model, samplers, held, stages, ckpt_dir, resume, identity, acc)
+    summaries = _run_stages(student_model, teacher_model, samplers, held, stages, ckpt_dir, resume, identity, acc,
+                            time_budget_s)
     seconds = {"data": t_data, "stages": time.perf_counter() - t0 - t_data}
     result = {"stages": summaries, "seconds": seconds, "data_sources": [s.manifest["settings"]["source"] for s in data_.sources],
               "data": data_.manifest(), "data_tokens": data_.train_tokens,
@@ -288,17 +296,22 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     return result
 
 
+STAGE_RESERVE_S = 10.0  # a stage's held-out KL after its steps (3-5 s on an H100), outside its time budget
+
+
 def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ckpt_dir, resume: bool,
-                identity: dict, acc) -> list[dict]:
+                identity: dict, acc, time_budget_s: float | None = None) -> list[dict]:
     """Each stage on its sampler; with `resume`, a stage resumes when its folder has a checkpoint, else starts
     fresh. Each summary records the passes over every source its stage reached."""
-    summaries = []
+    summaries, t0 = [], time.perf_counter()
     for cfg, sampler in zip(stages, samplers):
+        if time_budget_s is not None:
+            cfg = replace(cfg, time_budget_s=max(1.0, t0 + time_budget_s - STAGE_RESERVE_S - time.perf_counter()))
         sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
         again = resume and sub is not None and any(sub.glob("step_*/progress.json"))
         known = summaries[-1].get("eval_kl_after") if summaries else None  # these weights, already measured
         s = distill(student, teacher, sampler, cfg, sub, again, held, acc, identity=identity, eval_kl_before=known)
-        s["epochs"] = sampler.epochs_at(sampler.row_offset + cfg.steps * cfg.batch_size)
+        s["epochs"] = sampler.epochs_at(sampler.row_offset + s["steps"] * cfg.batch_size)
         summaries.append(s)
     return summaries
 

@@ -23,11 +23,12 @@ import json
 from dataclasses import asdict
 
 FORMAT = 1
-# DistillConfig fields that change neither the batches nor the arithmetic (beyond summation order)
+# DistillConfig fields that change neither the batches nor the arithmetic (beyond summation order); and
+# time_budget_s, whose step count is the machine's (each checkpoint holds the count it chose, which a resume keeps)
 NOT_IDENTITY = ("micro_batch", "kl_chunk", "gradient_checkpointing", "save_every", "keep_checkpoints", "log_every",
                 "eval_batch", "history", "compile", "peak_tflops", "fused_kl", "projections_as_one",
                 "kl_kernel", "fused_adam", "teacher_kernels",
-                "mse_kernel")
+                "mse_kernel", "time_budget_s")
 
 
 def _hash(obj) -> str:

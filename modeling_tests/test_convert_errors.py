@@ -147,11 +147,9 @@ def test_push_dry_run_lists_exact_files(tmp_path, qwen_dir, capsys):
     assert "would upload" in text
 
 
-def test_cli_distill_end_to_end_with_resume(tmp_path):
-    """convert -> distill (both stages, checkpoints) -> a folder that reloads; a second run resumes."""
+def _converted_tiny_with_data(tmp_path):
+    """(a tiny Qwen2 folder with its tokenizer, its conversion); tmp_path/data.jsonl holds code rows."""
     import json as _json
-
-    from transformers import AutoModelForCausalLM
 
     from convert.tiny_teacher import build_tokenizer
 
@@ -164,6 +162,16 @@ def test_cli_distill_end_to_end_with_resume(tmp_path):
                                                    for i in range(0, len(text), 300)))
     conv = tmp_path / "jet"
     assert main(["convert", str(qwen_dir), str(conv), "--layer-map", "jet,attn,swa,jet", "--window", "8"]) == 0
+    return qwen_dir, conv
+
+
+def test_cli_distill_end_to_end_with_resume(tmp_path):
+    """convert -> distill (both stages, checkpoints) -> a folder that reloads; a second run resumes."""
+    import json as _json
+
+    from transformers import AutoModelForCausalLM
+
+    qwen_dir, conv = _converted_tiny_with_data(tmp_path)
     out = tmp_path / "distilled"
     args = ["distill", str(out), "--teacher", str(qwen_dir), "--student", str(conv), "--data",
             str(tmp_path / "data.jsonl"), "--seq-len", "32", "--stage1-steps", "4", "--stage2-steps", "2",
@@ -180,3 +188,22 @@ def test_cli_distill_end_to_end_with_resume(tmp_path):
     assert main(args + ["--resume", "--overwrite"]) == 0  # both stages are complete: nothing is retrained
     again = _json.loads((out / "distillation.json").read_text())
     assert again["ppl_student"] == report["ppl_student"]
+
+
+def test_cli_time_budget_makes_the_steps_caps_and_the_last_stage_fills_what_is_left(tmp_path):
+    import json as _json
+
+    qwen_dir, conv = _converted_tiny_with_data(tmp_path)
+    out = tmp_path / "distilled"
+    base = ["distill", str(out), "--teacher", str(qwen_dir), "--student", str(conv), "--data",
+            str(tmp_path / "data.jsonl"), "--seq-len", "32", "--stage1-steps", "3", "--stage2-steps", "100000",
+            "--batch-size", "4", "--micro-batch", "2", "--warmup", "1"]
+    assert main(base + ["--time-budget-min", "0"]) == 1  # refused before anything loads
+    assert not out.exists()
+    assert main(base + ["--time-budget-min", "0.25"]) == 0
+    stages = _json.loads((out / "distillation.json").read_text())["stages"]
+    assert [s["steps"] for s in stages][0] == 3  # stage 1 reached its cap inside the budget
+    two = stages[1]
+    assert 10 <= two["steps"] < 100_000 and two["step_budget"]["cap"] == 100_000
+    assert two["step_budget"]["seconds"] <= 15 - 10  # what stage 1 and the reserve left of 15 s
+    assert len(two["history"]) == two["steps"]

@@ -518,3 +518,41 @@ def test_stage_two_takes_its_own_micro_batch_and_trains_as_it_would_at_stage_one
                        for d in ("same", "one", "ckpt"))
     assert [h["loss"] for h in one["history"]] == pytest.approx([h["loss"] for h in same["history"]], rel=1e-4)
     assert [h["loss"] for h in ckpt["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-4)
+
+
+def test_a_budget_ends_each_stage_by_its_share_less_the_measurement_after_it():
+    v = {"budget_s": 900.0, "split": [0.5, 0.5, 0.0]}
+    one, two = dv.DistillConfig(stage=1, steps=700), dv.DistillConfig(stage=2, steps=10_000)
+    r = dv.BUDGET_RESERVE_S
+    assert dv._stage_ends([one, two], v) == [450 - r, 900 - r]
+    # stage 2 in two parts (split2) shares its span by their caps
+    halves = [dv.DistillConfig(stage=2, steps=n) for n in (3_000, 1_000)]
+    assert dv._stage_ends([one, *halves], v) == [450 - r, 450 + 0.75 * 450 - r, 900 - r]
+    assert dv._stage_ends([one, two], {"budget_s": None, "split": [0.5, 0.5, 0.0]}) is None
+
+
+def test_a_budget_needs_the_steps_it_caps(tmp_path):
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps([{"name": "a", "budget_s": 60}]))
+    with pytest.raises(SystemExit, match=re.escape("budget_s (seconds > 0) times the stages against their caps")):
+        dv.variant_list(str(path), None)
+
+
+def test_a_budgeted_variant_gives_each_stage_the_seconds_left_to_its_end_and_records_what_ran(tmp_path, monkeypatch):
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps([{"name": "a", "steps": [3, 10_000, 0], "budget_s": 24.0,
+                                     "split": [0.5, 0.5, 0.0]}]))
+    seen, real = [], dv.distill
+    monkeypatch.setattr(dv, "distill", lambda s, t, smp, cfg, **k: seen.append((cfg.stage, cfg.steps,
+                                                                                cfg.time_budget_s))
+                        or real(s, t, smp, cfg, **k))
+    dv.main(["--toy", "--variants", str(variants), "--corpus-cache", str(tmp_path / "cache"),
+             "--out", str(tmp_path / "out")])
+    (one, n1, b1), (two, n2, b2) = seen
+    assert (one, n1, two, n2) == (1, 3, 2, 10_000)
+    # stage 1 had until 12 s less the reserve; it stopped at its cap of 3 steps, and stage 2 has what is left of 24
+    assert 0 < b1 <= 12 - dv.BUDGET_RESERVE_S and b1 < b2 <= 24 - dv.BUDGET_RESERVE_S
+    row = json.loads((tmp_path / "out" / "variants.json").read_text())["variants"][0]
+    ran = [p["steps"] for p in row["plan"]]
+    assert ran[0] == 3 and 10 <= ran[1] < 10_000 and row["steps"][:2] == ran
+    assert row["tokens"] == sum(ran) * 16 * 128 and len(row["history"]) == sum(ran)

@@ -1,0 +1,51 @@
+"""How many optimizer steps fit a stage's wall-clock budget, timed on the stage's own first steps.
+
+A step plan made from another run's step times guesses: a card's step time moves with its kind, the speed switches
+and the data, and on 2026-12-06 a 15-minute plan made from the previous run left 104 s of an H100 unused. A
+`StepBudget` times the steps between two marks inside the warm-up (the learning rate there does not depend on the
+total, so choosing the total late changes no step already taken) and sets the count that ends by the deadline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StepBudget:
+    """Steps of one stage against `deadline` (`time.perf_counter()` seconds), with `cap` the most it may run.
+
+    The marks sit after step `start + 2` (the first steps build and tune kernels) and at the end of the warm-up
+    (at least 8 steps later); `marks(step)` says where the loop must read its losses back (a sync, so the clock
+    sees finished work) and call `mark`. Steps after the count is chosen are assumed to take the timed mean;
+    checkpoints written inside the budget are not foreseen.
+    """
+
+    def __init__(self, start: int, cap: int, warmup_steps: int, deadline: float):
+        self.first = start + 2
+        self.last = max(start + warmup_steps, self.first + 8)
+        self.cap, self.deadline = cap, deadline
+        self.t_first: float | None = None
+        self.chosen: int | None = None
+        self.seconds_per_step: float | None = None
+
+    def marks(self, step: int) -> bool:
+        """Whether the loop times the end of `step` (1-based count of steps done)."""
+        return self.chosen is None and step in (self.first, self.last) and step <= self.cap
+
+    def mark(self, step: int, now: float, acc=None) -> int | None:
+        """Record the clock at the end of `step`; at the second mark, the chosen step count (at least `step`, at
+        most the cap), the same on every process (the main process's, under several), else None."""
+        if step == self.first:
+            self.t_first = now
+            return None
+        if self.t_first is None:
+            raise RuntimeError(f"step budget: the mark after step {step} came before the first one ({self.first})")
+        self.seconds_per_step = (now - self.t_first) / (step - self.first)
+        left = max(0.0, self.deadline - now)
+        n = min(self.cap, step + int(left / self.seconds_per_step))
+        if acc is not None and acc.num_processes > 1:  # one count for all, or the processes' collectives part ways
+            t = torch.tensor([n], device=acc.device)
+            torch.distributed.broadcast(t, src=0)
+            n = int(t.item())
+        self.chosen = n
+        return n

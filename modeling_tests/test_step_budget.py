@@ -1,0 +1,88 @@
+"""A stage's wall-clock budget: the step count timed on its own warm-up (`convert/step_budget.py`)."""
+
+from __future__ import annotations
+
+import torch
+
+from convert.distill import DistillConfig, distill, lr_at
+from convert.step_budget import StepBudget
+
+from test_convert_distill import _setup
+
+
+def test_the_count_is_the_steps_that_fit_the_time_left_at_the_timed_rate():
+    b = StepBudget(start=0, cap=1000, warmup_steps=30, deadline=100.0)
+    assert [s for s in range(1, 40) if b.marks(s)] == [2, 30]
+    assert b.mark(2, 10.0) is None
+    # 28 steps in 14 s: 0.5 s a step; 76 s left buy 152 more
+    assert b.mark(30, 24.0) == 182 and b.seconds_per_step == 0.5
+    assert not b.marks(30)  # chosen once
+
+
+def test_the_cap_bounds_the_count_and_a_passed_deadline_ends_the_stage_at_the_mark():
+    b = StepBudget(start=0, cap=50, warmup_steps=30, deadline=100.0)
+    b.mark(2, 10.0)
+    assert b.mark(30, 24.0) == 50
+    late = StepBudget(start=0, cap=50, warmup_steps=30, deadline=20.0)
+    late.mark(2, 10.0)
+    assert late.mark(30, 24.0) == 30
+
+
+def test_a_resumed_stage_times_from_its_own_start_and_a_short_warmup_still_times_eight_steps():
+    b = StepBudget(start=40, cap=1000, warmup_steps=2, deadline=100.0)
+    assert [s for s in range(1, 60) if b.marks(s)] == [42, 50]
+    assert not StepBudget(start=0, cap=5, warmup_steps=2, deadline=1.0).marks(10)  # past the cap: never timed
+
+
+def _fixed_rate(monkeypatch, chosen: int):
+    """Clock readings at the marks that make the budget choose `chosen` steps (0.01 s a step), whatever the
+    machine's speed."""
+    orig = StepBudget.mark
+
+    def mark(self, step, now, acc=None):
+        return orig(self, step, self.deadline - 0.01 * (chosen - step) - 1e-6, acc)
+
+    monkeypatch.setattr(StepBudget, "mark", mark)
+
+
+def test_a_budgeted_stage_trains_exactly_as_the_plan_of_the_count_it_chose(monkeypatch):
+    cfg = dict(stage=1, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=10, log_every=0, local=False)
+    teacher, ref, train, _ = _setup()
+    distill(ref, teacher, train, DistillConfig(steps=20, **cfg))
+    _fixed_rate(monkeypatch, 20)
+    teacher, student, train, _ = _setup()
+    s = distill(student, teacher, train, DistillConfig(steps=100, time_budget_s=60.0, **cfg))
+    assert s["steps"] == 20 and s["step_budget"] == {"seconds": 60.0, "cap": 100, "steps": 20}
+    assert [h["step"] for h in s["history"]] == list(range(1, 21))
+    # the count was chosen at the end of the warm-up, so the cosine ends at the chosen last step
+    assert s["history"][-1]["lr"] == lr_at(19, DistillConfig(steps=20, **cfg))
+    for (n, a), b in zip(ref.state_dict().items(), student.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
+
+
+def test_a_killed_budgeted_stage_resumes_with_the_count_it_chose(tmp_path, monkeypatch):
+    cfg = dict(stage=1, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=10, log_every=0, save_every=4)
+    teacher, ref, train, _ = _setup()
+    distill(ref, teacher, train, DistillConfig(steps=20, **cfg))
+    _fixed_rate(monkeypatch, 20)
+    teacher, student, train, _ = _setup()
+    out = distill(student, teacher, train, DistillConfig(steps=100, time_budget_s=60.0, **cfg), ckpt_dir=tmp_path,
+                  stop=lambda step: step >= 14)
+    assert out["stopped_at"] == 14 and (tmp_path / "step_12").is_dir()
+    monkeypatch.undo()  # the resumed process times nothing: the checkpoint holds the count
+    teacher, fresh, train, _ = _setup()
+    res = distill(fresh, teacher, train, DistillConfig(steps=100, time_budget_s=60.0, **cfg), ckpt_dir=tmp_path,
+                  resume=True)
+    assert res["steps"] == 20 and [h["step"] for h in res["history"]] == list(range(1, 21))
+    for (n, a), b in zip(ref.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
+
+
+def test_on_the_real_clock_a_small_budget_ends_the_stage_before_its_cap():
+    teacher, student, train, _ = _setup()
+    s = distill(student, teacher, train, DistillConfig(stage=1, steps=100_000, batch_size=4, micro_batch=2,
+                                                       warmup_steps=10, log_every=0, time_budget_s=1.0))
+    assert 10 <= s["steps"] < 100_000 and len(s["history"]) == s["steps"]
+    # the schedule is the chosen count's: its cosine ends at that count's last step
+    n = s["steps"]
+    assert s["history"][-1]["lr"] == lr_at(n - 1, DistillConfig(steps=n, warmup_steps=10))
