@@ -12,25 +12,25 @@ from test_convert_distill import _setup
 
 def test_the_count_is_the_steps_that_fit_the_time_left_at_the_timed_rate():
     b = StepBudget(start=0, cap=1000, warmup_steps=30, deadline=100.0)
-    assert [s for s in range(1, 40) if b.marks(s)] == [2, 30]
-    assert b.mark(2, 10.0) is None
-    # 28 steps in 14 s: 0.5 s a step; 76 s left buy 152 more
+    assert [s for s in range(1, 40) if b.marks(s)] == [5, 30]
+    assert b.mark(5, 11.5) is None
+    # 25 steps in 12.5 s: 0.5 s a step; 76 s left buy 152 more
     assert b.mark(30, 24.0) == 182 and b.seconds_per_step == 0.5
     assert not b.marks(30)  # chosen once
 
 
 def test_the_cap_bounds_the_count_and_a_passed_deadline_ends_the_stage_at_the_mark():
     b = StepBudget(start=0, cap=50, warmup_steps=30, deadline=100.0)
-    b.mark(2, 10.0)
+    b.mark(5, 10.0)
     assert b.mark(30, 24.0) == 50
     late = StepBudget(start=0, cap=50, warmup_steps=30, deadline=20.0)
-    late.mark(2, 10.0)
+    late.mark(5, 10.0)
     assert late.mark(30, 24.0) == 30
 
 
-def test_a_resumed_stage_times_from_its_own_start_and_a_short_warmup_still_times_eight_steps():
+def test_a_resumed_stage_times_from_its_own_start_and_a_short_warmup_still_times_five_steps():
     b = StepBudget(start=40, cap=1000, warmup_steps=2, deadline=100.0)
-    assert [s for s in range(1, 60) if b.marks(s)] == [42, 50]
+    assert [s for s in range(1, 60) if b.marks(s)] == [45, 50]
     assert not StepBudget(start=0, cap=5, warmup_steps=2, deadline=1.0).marks(10)  # past the cap: never timed
 
 
