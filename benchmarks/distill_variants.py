@@ -86,7 +86,7 @@ from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perp
                              teacher_on)
 from convert.export import load_tokenizer, write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
-from convert.pipeline import stage_samplers  # noqa: E402
+from convert.pipeline import follow_ran_steps, stage_samplers  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
 from convert.teacher_answers import answer_chats, function_heads, write_chats  # noqa: E402
@@ -555,6 +555,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                 state = {k: x.detach().to("cpu", copy=True) for k, x in student.state_dict().items()}
                 _STAGE1[first] = dict(name=v["name"], summary=copy.deepcopy(s), state=state)
         kl = s["eval_kl_after"]
+        follow_ran_steps(samplers, plan, i, s["steps"])
         plan[i] = replace(cfg, steps=s["steps"])  # a budget's count, not its cap
         summaries.append(s)
     seconds["distil"] = time.perf_counter() - t - seconds["convert"]

@@ -70,6 +70,15 @@ def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, r
     return out
 
 
+def follow_ran_steps(samplers: list, stages: list[DistillConfig], i: int, ran: int) -> None:
+    """Stage i ran `ran` of its planned `stages[i].steps` (a time budget's count under its cap): the later stages'
+    samplers start where it stopped instead of where its cap would have ended, so within an epoch no row is read
+    twice (an offset past the epoch's end wraps into the next one's permutation) and none is skipped."""
+    unused = (stages[i].steps - ran) * stages[i].batch_size * samplers[i].seq_len
+    for later in samplers[i + 1:]:
+        later.row_offset -= unused // later.seq_len
+
+
 def _generation_config(src_model):
     gc = getattr(src_model, "generation_config", None)
     return gc if gc is not None and src_model.can_generate() else None
@@ -311,6 +320,7 @@ def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ck
         again = resume and sub is not None and any(sub.glob("step_*/progress.json"))
         known = summaries[-1].get("eval_kl_after") if summaries else None  # these weights, already measured
         s = distill(student, teacher, sampler, cfg, sub, again, held, acc, identity=identity, eval_kl_before=known)
+        follow_ran_steps(samplers, stages, len(summaries), s["steps"])
         s["epochs"] = sampler.epochs_at(sampler.row_offset + s["steps"] * cfg.batch_size)
         summaries.append(s)
     return summaries

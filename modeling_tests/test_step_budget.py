@@ -86,3 +86,18 @@ def test_on_the_real_clock_a_small_budget_ends_the_stage_before_its_cap():
     # the schedule is the chosen count's: its cosine ends at that count's last step
     n = s["steps"]
     assert s["history"][-1]["lr"] == lr_at(n - 1, DistillConfig(steps=n, warmup_steps=10))
+
+
+def test_later_stages_start_where_a_budgeted_stage_stopped_not_where_its_cap_ended():
+    from types import SimpleNamespace
+
+    from convert.pipeline import follow_ran_steps
+
+    stages = [DistillConfig(stage=1, steps=700, batch_size=16), DistillConfig(stage=2, steps=10_000, batch_size=16),
+              DistillConfig(stage=3, steps=50, batch_size=4, seq_len=8192)]
+    samplers = [SimpleNamespace(row_offset=0, seq_len=2048), SimpleNamespace(row_offset=700 * 16, seq_len=2048),
+                SimpleNamespace(row_offset=(700 + 10_000) * 16 // 4, seq_len=8192)]
+    follow_ran_steps(samplers, stages, 0, 650)  # 50 steps of 16 rows of 2,048 tokens left undrawn
+    assert [s.row_offset for s in samplers] == [0, 650 * 16, (650 + 10_000) * 16 // 4]
+    follow_ran_steps(samplers, stages, 1, 300)
+    assert samplers[2].row_offset == (650 + 300) * 16 // 4
