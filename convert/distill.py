@@ -362,7 +362,7 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     t_run, cap = time.perf_counter(), cfg.steps
     try:
         stopped, cfg = _train_steps(run, data, cfg, start, history, ckpt_dir, identity, kl_before, stop, speed,
-                                    deadline)
+                                    deadline, chosen)
     finally:
         acc.unwrap_model(run.wrapper).release()  # the stage's capture hooks and compiled layers
         restore_fp32(student, run.fp32_frozen)  # stopped, failed or done: the caller's student is fp32 again
@@ -371,7 +371,7 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
     if ckpt_dir is not None and cfg.save_every and start < cfg.steps:
         # the finished stage is a checkpoint too, so a resumed run skips it instead of redoing its tail
         save_checkpoint(acc, ckpt_dir, cfg.steps, history, cfg.keep_checkpoints, kl_before, identity,
-                        cfg.steps if deadline is not None else None)
+                        cfg.steps if cfg.time_budget_s is not None else None)
     acc.wait_for_everyone()
     unwrapped = _finish(run, student, cfg)
     wall, L = time.perf_counter() - t_run, data.seq_len
@@ -380,7 +380,7 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
                "world_size": acc.num_processes, "eval_kl_before": kl_before, "history": history,
                "tokens": cfg.steps * cfg.batch_size * L, "steps": cfg.steps, "wall_s": wall,
                "tok_per_s": (cfg.steps - start) * cfg.batch_size * L / wall if cfg.steps > start else None, **speed}
-    if deadline is not None:
+    if cfg.time_budget_s is not None:
         summary["step_budget"] = {"seconds": cfg.time_budget_s, "cap": cap, "steps": cfg.steps}
     if summary["tok_per_s"] and speed["peak_flops"]:
         summary["mfu"] = summary["tok_per_s"] * speed["flops_per_token"]["total"] / (speed["peak_flops"] *
@@ -490,11 +490,12 @@ def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, flo
 
 
 def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: list, ckpt_dir: Path | None,
-                 identity: dict, kl_before, stop, speed: dict, deadline: float | None = None
-                 ) -> tuple[int | None, DistillConfig]:
+                 identity: dict, kl_before, stop, speed: dict, deadline: float | None = None,
+                 chosen: int | None = None) -> tuple[int | None, DistillConfig]:
     """Optimizer steps start..cfg.steps, appending to `history`; (the step it stopped at when `stop` says so, else
     None; `cfg` with the steps it ran to). With a `deadline` (perf_counter seconds) `cfg.steps` is a cap, and
-    `StepBudget` sets the count from the stage's own step time.
+    `StepBudget` sets the count from the stage's own step time; `chosen`: the count a resumed budgeted stage's
+    checkpoint held (then `cfg.steps`), written into every checkpoint again.
 
     Batches come from `data` one step ahead (`prefetch.py`); losses stay on the device in the step meter and are
     read back (one sync) every `log_every` steps, before a checkpoint, on the last step and when `stop` says
@@ -534,14 +535,14 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
             bar.update(1)
             if saving:
                 last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
-                                            identity, budget.chosen if budget else None)
+                                            identity, budget.chosen if budget else chosen)
                 meter.restart_clock()  # writing the checkpoint is not training time
-            if timing and (chosen := budget.mark(step + 1, time.perf_counter(), acc)) is not None:
+            if timing and (count := budget.mark(step + 1, time.perf_counter(), acc)) is not None:
                 acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step over steps "
-                          f"{budget.first + 1}-{step + 1}; {chosen} steps fit the {cfg.time_budget_s:.0f} s budget "
+                          f"{budget.first + 1}-{step + 1}; {count} steps fit the {cfg.time_budget_s:.0f} s budget "
                           f"(cap {cfg.steps})")
-                cfg = replace(cfg, steps=chosen)
-                bar.total = chosen
+                cfg = replace(cfg, steps=count)
+                bar.total = count
                 bar.refresh()
             if stopping:
                 acc.wait_for_everyone()

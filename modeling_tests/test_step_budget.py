@@ -76,6 +76,14 @@ def test_a_killed_budgeted_stage_resumes_with_the_count_it_chose(tmp_path, monke
     assert res["steps"] == 20 and [h["step"] for h in res["history"]] == list(range(1, 21))
     for (n, a), b in zip(ref.state_dict().items(), fresh.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
+    # the resumed stage's own checkpoints keep the count too: resuming its finished stage again trains nothing more
+    # (they once held none, and a third process went on towards the cap)
+    teacher, again, train, _ = _setup()
+    res = distill(again, teacher, train, DistillConfig(steps=100, time_budget_s=60.0, **cfg), ckpt_dir=tmp_path,
+                  resume=True)
+    assert res["steps"] == 20 and len(res["history"]) == 20
+    for (n, a), b in zip(ref.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
 
 
 def test_on_the_real_clock_a_small_budget_ends_the_stage_before_its_cap():
