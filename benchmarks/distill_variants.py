@@ -29,7 +29,7 @@ local1_share splits stage 1), "own_answers" (N: between the two parts the studen
 train files greedily, and the second part's chat rows are those chats, every answer kept: on-policy distillation,
 the teacher's predictions along what the student itself writes; 0: the corpus chats),
 "budget_s" (the distillation's wall clock in seconds, from the end of the conversion: each stage ends by its share of
-it (split), less BUDGET_RESERVE_S for the held-out measurement after it, its steps counted on its own warm-up,
+it (split), its held-out measurement after it included, its steps counted on its own warm-up,
 `DistillConfig.time_budget_s`, with "steps" the caps; a stage that reaches its cap early leaves its time to the
 next), "chat_file" (the chat rows drawn from this jsonl(.gz) of chats,
 e.g. the teacher's own answers of `benchmarks/teacher_answers.py`, instead of built from the corpus; a path relative
@@ -87,6 +87,7 @@ from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perp
 from convert.export import load_tokenizer, write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import follow_ran_steps, stage_samplers  # noqa: E402
+from convert.step_budget import budget_until  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
 from convert.teacher_answers import answer_chats, function_heads, write_chats  # noqa: E402
@@ -529,8 +530,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     for i, cfg in enumerate(plan):
         sampler = samplers[i]
         if ends is not None:  # this stage's seconds: up to its end, counted from the distillation's start
-            cfg = plan[i] = replace(cfg, time_budget_s=max(1.0, t + seconds["convert"] + ends[i]
-                                                           - time.perf_counter()))
+            cfg = plan[i] = replace(cfg, time_budget_s=budget_until(t + seconds["convert"] + ends[i]))
         if own[i]:  # the student answers now, and this part's chat rows are its answers (the corpus walk goes on)
             path = args.out / f"own_answers_{_file_name(v['name'])}.jsonl.gz"
             t_own = time.perf_counter()
@@ -632,12 +632,9 @@ def _first_stage_key(v: dict, cfg: DistillConfig, args, retrieval_kw: dict | Non
                        "split": v["split"] if v["budget_s"] else None}, sort_keys=True, default=str)
 
 
-BUDGET_RESERVE_S = 10.0  # a stage's held-out KL after its steps, outside its time budget (3-5 s on the H100)
-
-
 def _stage_ends(plan: list[DistillConfig], v: dict) -> list[float] | None:
-    """Seconds from the distillation's start by which each stage of `plan` must end its steps: the end of its share
-    of the variant's budget_s (split), less BUDGET_RESERVE_S for the measurement after it; None without a budget.
+    """Seconds from the distillation's start by which each stage of `plan` must end (its measurement after its
+    steps included, `budget_until`): the end of its share of the variant's budget_s (split); None without a budget.
     The parts of a stage split in two (split2) share its span by their caps."""
     if v["budget_s"] is None:
         return None
@@ -650,7 +647,7 @@ def _stage_ends(plan: list[DistillConfig], v: dict) -> list[float] | None:
         lo, hi = spans[c.stage]
         done[c.stage] = done.get(c.stage, 0) + c.steps
         frac = done[c.stage] / sum(p.steps for p in plan if p.stage == c.stage)
-        out.append(lo + frac * (hi - lo) - BUDGET_RESERVE_S)
+        out.append(lo + frac * (hi - lo))
     return out
 
 

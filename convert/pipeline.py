@@ -30,6 +30,7 @@ from .qwen_to_jet import convert_model
 from .retrieval_data import DEFAULT_KINDS
 from .run_identity import corpus_fingerprint, describe_difference, run_identity
 from .source_check import check_finite, read_headers, safetensors_files
+from .step_budget import budget_until
 
 
 def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, retrieval: dict | None = None,
@@ -199,7 +200,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     `seq_len`. `start_tokens`: training tokens drawn by earlier stages run in another process (a run
     split over several calls), so these stages continue the walk instead of repeating those rows.
     `time_budget_s`: the stages' wall clock from the first one's start; their steps become caps and each stage
-    ends by then less STAGE_RESERVE_S (its count timed on its own warm-up, `DistillConfig.time_budget_s`), so a
+    ends by then less `step_budget.RESERVE_S` (its count timed on its own warm-up, `DistillConfig.time_budget_s`), so a
     stage that reaches its cap leaves the rest to the next and the last one fills what is left.
 
     Everything is validated before the models load: stage settings, data and corpus options, that `out` and
@@ -305,9 +306,6 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     return result
 
 
-STAGE_RESERVE_S = 10.0  # a stage's held-out KL after its steps (3-5 s on an H100), outside its time budget
-
-
 def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ckpt_dir, resume: bool,
                 identity: dict, acc, time_budget_s: float | None = None) -> list[dict]:
     """Each stage on its sampler; with `resume`, a stage resumes when its folder has a checkpoint, else starts
@@ -315,7 +313,7 @@ def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ck
     summaries, t0 = [], time.perf_counter()
     for cfg, sampler in zip(stages, samplers):
         if time_budget_s is not None:
-            cfg = replace(cfg, time_budget_s=max(1.0, t0 + time_budget_s - STAGE_RESERVE_S - time.perf_counter()))
+            cfg = replace(cfg, time_budget_s=budget_until(t0 + time_budget_s))
         sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
         again = resume and sub is not None and any(sub.glob("step_*/progress.json"))
         known = summaries[-1].get("eval_kl_after") if summaries else None  # these weights, already measured

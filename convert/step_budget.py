@@ -8,7 +8,17 @@ total, so choosing the total late changes no step already taken) and sets the co
 
 from __future__ import annotations
 
+import time
+
 import torch
+
+RESERVE_S = 10.0  # a stage's held-out KL after its steps (3-5 s on an H100), outside its time budget
+
+
+def budget_until(end: float) -> float:
+    """The `time_budget_s` of a stage starting now whose steps end RESERVE_S before `end` (perf_counter seconds),
+    so that its measurement after them ends by `end` too; at least 1 s."""
+    return max(1.0, end - RESERVE_S - time.perf_counter())
 
 
 class StepBudget:

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import distill_variants as dv  # noqa: E402
+from convert.step_budget import RESERVE_S  # noqa: E402
 
 
 def test_uniform_map_spreads_attention_and_windows_evenly():
@@ -520,14 +521,13 @@ def test_stage_two_takes_its_own_micro_batch_and_trains_as_it_would_at_stage_one
     assert [h["loss"] for h in ckpt["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-4)
 
 
-def test_a_budget_ends_each_stage_by_its_share_less_the_measurement_after_it():
+def test_a_budget_ends_each_stage_by_its_share():
     v = {"budget_s": 900.0, "split": [0.5, 0.5, 0.0]}
     one, two = dv.DistillConfig(stage=1, steps=700), dv.DistillConfig(stage=2, steps=10_000)
-    r = dv.BUDGET_RESERVE_S
-    assert dv._stage_ends([one, two], v) == [450 - r, 900 - r]
+    assert dv._stage_ends([one, two], v) == [450, 900]
     # stage 2 in two parts (split2) shares its span by their caps
     halves = [dv.DistillConfig(stage=2, steps=n) for n in (3_000, 1_000)]
-    assert dv._stage_ends([one, *halves], v) == [450 - r, 450 + 0.75 * 450 - r, 900 - r]
+    assert dv._stage_ends([one, *halves], v) == [450, 450 + 0.75 * 450, 900]
     assert dv._stage_ends([one, two], {"budget_s": None, "split": [0.5, 0.5, 0.0]}) is None
 
 
@@ -551,7 +551,8 @@ def test_a_budgeted_variant_gives_each_stage_the_seconds_left_to_its_end_and_rec
     (one, n1, b1), (two, n2, b2) = seen
     assert (one, n1, two, n2) == (1, 3, 2, 10_000)
     # stage 1 had until 12 s less the reserve; it stopped at its cap of 3 steps, and stage 2 has what is left of 24
-    assert 0 < b1 <= 12 - dv.BUDGET_RESERVE_S and b1 < b2 <= 24 - dv.BUDGET_RESERVE_S
+    r = RESERVE_S
+    assert 0 < b1 <= 12 - r and b1 < b2 <= 24 - r
     row = json.loads((tmp_path / "out" / "variants.json").read_text())["variants"][0]
     ran = [p["steps"] for p in row["plan"]]
     assert ran[0] == 3 and 10 <= ran[1] < 10_000 and row["steps"][:2] == ran

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from convert.distill import DistillConfig, distill, lr_at
-from convert.step_budget import StepBudget
+from convert.step_budget import RESERVE_S, StepBudget, budget_until
 
 from test_convert_distill import _setup
 
@@ -109,3 +109,11 @@ def test_later_stages_start_where_a_budgeted_stage_stopped_not_where_its_cap_end
     assert [s.row_offset for s in samplers] == [0, 650 * 16, (650 + 10_000) * 16 // 4]
     follow_ran_steps(samplers, stages, 1, 300)
     assert samplers[2].row_offset == (650 + 300) * 16 // 4
+
+
+def test_a_stage_budget_leaves_the_reserve_for_the_measurement_after_it_and_is_never_below_a_second():
+    import time
+
+    end = time.perf_counter() + 100
+    assert 100 - RESERVE_S - 1 < budget_until(end) <= 100 - RESERVE_S
+    assert budget_until(time.perf_counter()) == 1.0
