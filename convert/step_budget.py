@@ -25,9 +25,10 @@ class StepBudget:
     """Steps of one stage against `deadline` (`time.perf_counter()` seconds), with `cap` the most it may run.
 
     The marks sit after step `start + 5` (the first steps build and tune kernels: on the H100 the first 10 of a
-    stage averaged 1,086 ms against 567 after, 2026-12-06) and at the end of the warm-up (at least 5 steps later); `marks(step)` says where the loop must read its losses back (a sync, so the clock
-    sees finished work) and call `mark`. Steps after the count is chosen are assumed to take the timed mean;
-    checkpoints written inside the budget are not foreseen.
+    stage averaged 1,086 ms against 567 after, 2026-12-06) and at the end of the warm-up (at least 5 steps later);
+    `marks(step)` says where the loop must read its losses back (a sync, so the clock sees finished work) and call
+    `mark`. Steps after the count is chosen are assumed to take the timed mean; checkpoints written inside the
+    budget are not foreseen.
     """
 
     def __init__(self, start: int, cap: int, warmup_steps: int, deadline: float):
