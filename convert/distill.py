@@ -533,6 +533,13 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
             except torch.OutOfMemoryError as err:
                 raise _out_of_memory(err, cfg, step, data.seq_len, acc.device, last_good) from err
             bar.update(1)
+            if read_back and not timing and budget is not None and \
+                    (count := budget.recheck(step + 1, time.perf_counter(), acc)) is not None:
+                acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step since step "
+                          f"{budget.first}; {count} steps, not {cfg.steps}, end by the budget")
+                cfg = replace(cfg, steps=count)
+                bar.total = count
+                bar.refresh()
             if saving:
                 last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
                                             identity, budget.chosen if budget else chosen)

@@ -27,8 +27,10 @@ class StepBudget:
     The marks sit after step `start + 5` (the first steps build and tune kernels: on the H100 the first 10 of a
     stage averaged 1,086 ms against 567 after, 2026-12-06) and at the end of the warm-up (at least 5 steps later);
     `marks(step)` says where the loop must read its losses back (a sync, so the clock sees finished work) and call
-    `mark`. Steps after the count is chosen are assumed to take the timed mean; checkpoints written inside the
-    budget are not foreseen.
+    `mark`. After that, `recheck` at each read-back lowers the count when the stage's mean step since the first mark
+    has grown past what the time left allows (the third run's stage 2 rose 13% after its warm-up; a checkpoint
+    written inside the budget counts the same way). It never raises it: the cosine is fitted to the count, and a
+    count lowered late only ends it sooner.
     """
 
     def __init__(self, start: int, cap: int, warmup_steps: int, deadline: float):
@@ -51,12 +53,30 @@ class StepBudget:
             return None
         if self.t_first is None:
             raise RuntimeError(f"step budget: the mark after step {step} came before the first one ({self.first})")
-        self.seconds_per_step = (now - self.t_first) / (step - self.first)
-        left = max(0.0, self.deadline - now)
-        n = min(self.cap, step + int(left / self.seconds_per_step))
-        if acc is not None and acc.num_processes > 1:  # one count for all, or the processes' collectives part ways
-            t = torch.tensor([n], device=acc.device)
-            torch.distributed.broadcast(t, src=0)
-            n = int(t.item())
+        self.chosen = _agreed(self._fits(step, now, self.cap), acc)
+        return self.chosen
+
+    def recheck(self, step: int, now: float, acc=None) -> int | None:
+        """At a read-back after the count was chosen (every process at the same step): the lower count that still
+        ends by the deadline at the stage's mean step time since the first mark, at least `step` (which then ends
+        the stage), or None to keep the count."""
+        if self.chosen is None or step >= self.chosen:
+            return None
+        n = _agreed(self._fits(step, now, self.chosen), acc)
+        if n >= self.chosen:
+            return None
         self.chosen = n
         return n
+
+    def _fits(self, step: int, now: float, most: int) -> int:
+        self.seconds_per_step = (now - self.t_first) / (step - self.first)
+        return min(most, step + int(max(0.0, self.deadline - now) / self.seconds_per_step))
+
+
+def _agreed(n: int, acc) -> int:
+    """The main process's `n` on every process: one count for all, or their collectives part ways."""
+    if acc is not None and acc.num_processes > 1:
+        t = torch.tensor([n], device=acc.device)
+        torch.distributed.broadcast(t, src=0)
+        n = int(t.item())
+    return n
