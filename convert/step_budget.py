@@ -12,6 +12,7 @@ import time
 
 import torch
 
+RAISE_AT = 0.02  # a recheck raises the count only by more than this share of it (and 2 steps): no lr jitter
 RESERVE_S = 10.0  # a stage's held-out KL after its steps (3-5 s on an H100), outside its time budget
 
 
@@ -27,10 +28,11 @@ class StepBudget:
     The marks sit after step `start + 5` (the first steps build and tune kernels: on the H100 the first 10 of a
     stage averaged 1,086 ms against 567 after, 2026-12-06) and at the end of the warm-up (at least 5 steps later);
     `marks(step)` says where the loop must read its losses back (a sync, so the clock sees finished work) and call
-    `mark`. After that, `recheck` at each read-back lowers the count when the stage's mean step since the first mark
-    has grown past what the time left allows (the third run's stage 2 rose 13% after its warm-up; a checkpoint
-    written inside the budget counts the same way). It never raises it: the cosine is fitted to the count, and a
-    count lowered late only ends it sooner.
+    `mark`. After that, `recheck` at each read-back refits the count to the stage's mean step since the first mark:
+    lower as soon as that mean no longer fits the time left (the third run's stage 2 rose 13% after its warm-up; a
+    checkpoint written inside the budget counts the same way), higher once RAISE_AT more steps fit (a timing
+    window of 5 steps is 1.5 s at batch 8 on an H100, so one slow step there costs a fifth of the count). The cosine
+    follows the count: a change of a few percent moves the learning rate by about as much.
     """
 
     def __init__(self, start: int, cap: int, warmup_steps: int, deadline: float):
@@ -57,13 +59,13 @@ class StepBudget:
         return self.chosen
 
     def recheck(self, step: int, now: float, acc=None) -> int | None:
-        """At a read-back after the count was chosen (every process at the same step): the lower count that still
-        ends by the deadline at the stage's mean step time since the first mark, at least `step` (which then ends
-        the stage), or None to keep the count."""
+        """At a read-back after the count was chosen (every process at the same step): the count that ends by the
+        deadline at the stage's mean step time since the first mark (at least `step`, which then ends the stage; at
+        most the cap) when it is lower, or higher by more than RAISE_AT; else None to keep the count."""
         if self.chosen is None or step >= self.chosen:
             return None
-        n = _agreed(self._fits(step, now, self.chosen), acc)
-        if n >= self.chosen:
+        n = _agreed(self._fits(step, now, self.cap), acc)
+        if self.chosen <= n <= max(self.chosen * (1 + RAISE_AT), self.chosen + 2):
             return None
         self.chosen = n
         return n
