@@ -30,8 +30,9 @@ class StepBudget:
     `marks(step)` says where the loop must read its losses back (a sync, so the clock sees finished work) and call
     `mark`. After that, `recheck` at each read-back refits the count to the stage's mean step since the first mark:
     lower as soon as that mean no longer fits the time left (the third run's stage 2 rose 13% after its warm-up; a
-    checkpoint written inside the budget counts the same way), higher once RAISE_AT more steps fit (a timing
-    window of 5 steps is 1.5 s at batch 8 on an H100, so one slow step there costs a fifth of the count). The cosine
+    checkpoint written inside the budget counts the same way), higher once RAISE_AT more steps fit (with
+    `DistillConfig`'s default warm-up of 10 the timing window is 5 steps, 1.5 s at batch 8 on an H100, where one slow
+    step would cost a fifth of the count). The cosine
     follows the count: a change of a few percent moves the learning rate by about as much.
     """
 
