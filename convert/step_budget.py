@@ -32,8 +32,8 @@ class StepBudget:
     lower as soon as that mean no longer fits the time left (the third run's stage 2 rose 13% after its warm-up; a
     checkpoint written inside the budget counts the same way), higher once RAISE_AT more steps fit (with
     `DistillConfig`'s default warm-up of 10 the timing window is 5 steps, 1.5 s at batch 8 on an H100, where one slow
-    step would cost a fifth of the count). The cosine
-    follows the count: a change of a few percent moves the learning rate by about as much.
+    step would cost a fifth of the count). The cosine follows the count: a change of a few percent moves the learning
+    rate by about as much.
     """
 
     def __init__(self, start: int, cap: int, warmup_steps: int, deadline: float):
