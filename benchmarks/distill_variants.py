@@ -478,12 +478,13 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     lm = layer_map_of(v, teacher.config.num_hidden_layers, args.searched)
     student = convert_model(teacher, lm, scheme=v["init"]).float()
     seconds["convert"] = time.perf_counter() - t
+    b = v["batch_size"]
+    # a variant's batch below the rows a forward takes them all at once (batch 4 with the default 8 rows a forward)
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
-                  micro_batch=args.micro_batch, frozen_bf16=v["frozen_bf16"], compile=v["compile"],
+                  micro_batch=min(args.micro_batch, b), frozen_bf16=v["frozen_bf16"], compile=v["compile"],
                   projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"],
                   mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"])
-    b = v["batch_size"]
-    mb2 = args.micro_batch2 or args.micro_batch
+    mb2 = min(args.micro_batch2 or args.micro_batch, b)
     common2 = common | {"micro_batch": mb2, "gradient_checkpointing": args.checkpoint2}  # stages 2 and 3
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
