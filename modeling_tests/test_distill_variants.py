@@ -520,7 +520,7 @@ def test_stage_two_takes_its_own_micro_batch_and_trains_as_it_would_at_stage_one
     assert [h["loss"] for h in one["history"]] == pytest.approx([h["loss"] for h in same["history"]], rel=1e-4)
     assert [h["loss"] for h in ckpt["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-4)
     # a variant's batch below the rows a forward (batch 4 against the default 8 on a card) takes them all at once
-    # (it once failed at its first stage: batch_size not a multiple of micro_batch)
+    # (without that, its first stage fails: batch_size not a multiple of micro_batch)
     variants.write_text(json.dumps([{"name": "small", "steps": [2, 2, 0], "batch_size": 1}]))
     seen.clear()
     dv.main(common + ["--out", str(tmp_path / "small")])
