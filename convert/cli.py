@@ -127,6 +127,9 @@ def distill(
                                                        "holds a docstring, as HumanEval asks")] = False,
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
+    micro_batch2: Annotated[Optional[int], typer.Option(
+        help="sequences per forward per process in stages 2-3 (default: --micro-batch): stage 2 trains every "
+             "weight, so an 80 GB card takes 2 rows of 2,048 tokens a forward there where stage 1 takes 8")] = None,
     lr1: Annotated[float, typer.Option(help="peak learning rate of stage 1 (AdamW)")] = 1e-3,
     lr2: Annotated[float, typer.Option(help="peak learning rate of stage 2 (1e-4 undid much of stage 1 on a real "
                                             "1.5B Qwen, where 3e-5 did not: convert/README.md)")] = 3e-5,
@@ -198,11 +201,12 @@ def distill(
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,
                        **batch, **common)
-    s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, jet_lr=jet_lr2, **batch,
-                       **common)
+    mb2 = micro_batch if micro_batch2 is None else micro_batch2
+    s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, jet_lr=jet_lr2,
+                       batch_size=batch_size, micro_batch=mb2, **common)
     # stage 3's defaults keep stages 1-2's tokens per step; distill_checkpoint checks its settings
     b3 = stage3_batch_size if stage3_batch_size is not None else max(1, batch_size * seq_len // max(1, stage3_seq_len))
-    m3 = stage3_micro_batch if stage3_micro_batch is not None else max(1, min(micro_batch, b3))
+    m3 = stage3_micro_batch if stage3_micro_batch is not None else max(1, min(mb2, b3))
     s3 = DistillConfig(stage=3, steps=stage3_steps, lr=lr2 if lr3 is None else lr3, mse_weight=0.0, train=train2,
                        jet_lr=jet_lr2, seq_len=stage3_seq_len, batch_size=b3, micro_batch=m3,
                        **common)

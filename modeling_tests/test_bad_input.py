@@ -387,6 +387,8 @@ DISTILL_CASES = {
     "negative-steps": (["--stage1-steps", "-3"], "--stage1-steps must be >= 0, got -3"),
     "batch-not-multiple": (["--batch-size", "3"], "--batch-size 3 is not a multiple of --micro-batch 2"),
     "micro-batch-zero": (["--micro-batch", "0"], "micro_batch must be >= 1, got 0"),
+    "micro-batch2-not-dividing": (["--stage2-steps", "1", "--micro-batch2", "3"], "--batch-size 2 is not a multiple "
+                                  "of stage 2's --micro-batch2 (else --micro-batch) 3"),
     "train-unknown": (["--train1", "mlp"], "train must be 'jet', 'non-mlp' or 'all', got 'mlp'"),
     "lr-zero": (["--lr1", "0"], "stage 1: lr must be a positive number, got 0.0"),
     "lr-negative": (["--stage2-steps", "2", "--lr2", "-1e-3"], "stage 2: lr must be a positive number"),

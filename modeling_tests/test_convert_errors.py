@@ -207,3 +207,17 @@ def test_cli_time_budget_makes_the_steps_caps_and_the_last_stage_fills_what_is_l
     assert 10 <= two["steps"] < 100_000 and two["step_budget"]["cap"] == 100_000
     assert two["step_budget"]["seconds"] <= 15 - 10  # what stage 1 and the reserve left of 15 s
     assert len(two["history"]) == two["steps"]
+
+
+def test_cli_micro_batch2_sets_the_rows_a_forward_of_stages_2_and_3_only(tmp_path, monkeypatch):
+    import convert.pipeline as pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "distill_checkpoint", lambda *a, **k: seen.update(k))
+    base = ["distill", str(tmp_path / "out"), "--teacher", "t", "--student", "s", "--data", "d", "--batch-size", "16",
+            "--micro-batch", "8", "--stage2-steps", "3", "--stage3-steps", "1"]
+    assert main(base + ["--micro-batch2", "2"]) == 0
+    assert [seen[k].micro_batch for k in ("stage1", "stage2", "stage3")] == [8, 2, 2]
+    assert main(base) == 0  # by default every stage takes --micro-batch (stage 3 at most its own batch)
+    assert [seen[k].micro_batch for k in ("stage1", "stage2", "stage3")] == [8, 8, 4]
+    assert seen["stage3"].batch_size == 4  # 16 rows of 2,048 tokens a step = 4 of 8,192
