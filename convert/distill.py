@@ -533,10 +533,10 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
             except torch.OutOfMemoryError as err:
                 raise _out_of_memory(err, cfg, step, data.seq_len, acc.device, last_good) from err
             bar.update(1)
-            if read_back and not timing and budget is not None and \
-                    (count := budget.recheck(step + 1, time.perf_counter(), acc)) is not None:
+            if read_back and budget is not None and \
+                    (count := budget.read_back(step + 1, time.perf_counter(), acc)) is not None:
                 acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step since step "
-                          f"{budget.first}; {count} steps, not {cfg.steps}, end by the budget")
+                          f"{budget.first}; {count} steps fit the {cfg.time_budget_s:.0f} s budget (cap {budget.cap})")
                 cfg = replace(cfg, steps=count)
                 bar.total = count
                 bar.refresh()
@@ -544,13 +544,6 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
                 last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
                                             identity, budget.chosen if budget else chosen)
                 meter.restart_clock()  # writing the checkpoint is not training time
-            if timing and (count := budget.mark(step + 1, time.perf_counter(), acc)) is not None:
-                acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step over steps "
-                          f"{budget.first + 1}-{step + 1}; {count} steps fit the {cfg.time_budget_s:.0f} s budget "
-                          f"(cap {cfg.steps})")
-                cfg = replace(cfg, steps=count)
-                bar.total = count
-                bar.refresh()
             if stopping:
                 acc.wait_for_everyone()
                 return step + 1, cfg

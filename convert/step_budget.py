@@ -44,6 +44,11 @@ class StepBudget:
         self.chosen: int | None = None
         self.seconds_per_step: float | None = None
 
+    def read_back(self, step: int, now: float, acc=None) -> int | None:
+        """At the loop's read-back after `step` (a sync; every process at the same step): the mark there, else the
+        recheck. The count when it is set or changed, else None."""
+        return self.mark(step, now, acc) if self.marks(step) else self.recheck(step, now, acc)
+
     def marks(self, step: int) -> bool:
         """Whether the loop times the end of `step` (1-based count of steps done)."""
         return self.chosen is None and step in (self.first, self.last) and step <= self.cap
