@@ -87,7 +87,7 @@ from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perp
 from convert.export import load_tokenizer, write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import follow_ran_steps, stage_samplers  # noqa: E402
-from convert.step_budget import budget_until  # noqa: E402
+from convert.step_budget import budget_until, stage_ends  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
 from convert.teacher_answers import answer_chats, function_heads, write_chats  # noqa: E402
@@ -639,10 +639,8 @@ def _stage_ends(plan: list[DistillConfig], v: dict) -> list[float] | None:
     The parts of a stage split in two (split2) share its span by their caps."""
     if v["budget_s"] is None:
         return None
-    spans, cum = {}, 0.0
-    for stage, share in zip((1, 2, 3), v["split"]):
-        spans[stage] = (cum * v["budget_s"], (cum + share) * v["budget_s"])
-        cum += share
+    ends = stage_ends(v["budget_s"], v["split"], 3)
+    spans = {stage: (ends[stage - 2] if stage > 1 else 0.0, ends[stage - 1]) for stage in (1, 2, 3)}
     out, done = [], {}
     for c in plan:
         lo, hi = spans[c.stage]

@@ -105,6 +105,9 @@ def distill(
     time_budget_min: Annotated[Optional[float], typer.Option(
         help="the stages' wall clock in minutes: the --stageN-steps become caps, and each stage ends by then, its "
              "step count timed on its own warm-up, so the last stage fills what the others leave")] = None,
+    time_split: Annotated[Optional[str], typer.Option(
+        help="comma-separated shares of --time-budget-min, one per stage with steps, in order, summing to 1 (e.g. "
+             "0.7,0.3): each stage ends by its running share instead of running to its cap")] = None,
     stage3_batch_size: Annotated[Optional[int], typer.Option(help="default: the tokens per step of stages 1-2, "
                                                                   "batch-size x seq-len / stage3-seq-len")] = None,
     stage3_micro_batch: Annotated[Optional[int], typer.Option(help="default: min(micro-batch, "
@@ -220,7 +223,18 @@ def distill(
                        ckpt_dir=ckpt_dir or out.with_name(out.name + ".ckpt"), resume=resume, overwrite=overwrite,
                        corpus=corpus, retrieval=retrieval, eval_rows=eval_rows, layout=layout,
                        row_workers=row_workers,
-                       time_budget_s=None if time_budget_min is None else time_budget_min * 60)
+                       time_budget_s=None if time_budget_min is None else time_budget_min * 60,
+                       time_split=_shares(time_split))
+
+
+def _shares(text: str | None) -> list[float] | None:
+    """--time-split's comma-separated numbers (checked against the stages by the pipeline)."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--time-split {text!r}: comma-separated numbers, e.g. 0.7,0.3") from None
 
 
 @app.command()

@@ -30,7 +30,7 @@ from .qwen_to_jet import convert_model
 from .retrieval_data import DEFAULT_KINDS
 from .run_identity import corpus_fingerprint, describe_difference, run_identity
 from .source_check import check_finite, read_headers, safetensors_files
-from .step_budget import budget_until
+from .step_budget import budget_until, stage_ends
 
 
 def stage_samplers(data, stages: list[DistillConfig], seq_len: int, tokenizer, retrieval: dict | None = None,
@@ -78,6 +78,24 @@ def follow_ran_steps(samplers: list, stages: list[DistillConfig], i: int, ran: i
     unused = (stages[i].steps - ran) * stages[i].batch_size * samplers[i].seq_len
     for later in samplers[i + 1:]:
         later.row_offset -= unused // later.seq_len
+
+
+def check_time_split(split: list[float] | None, budget_s: float | None, stages: list[int]) -> None:
+    """`--time-split`: a share of the budget for each stage with steps (`stages`, their numbers), each in (0, 1],
+    summing to 1."""
+    if split is None:
+        return
+    if budget_s is None:
+        raise ValueError("--time-split divides --time-budget-min between the stages; give a budget too")
+    names = ", ".join(f"stage {n}" for n in stages)
+    if len(split) != len(stages):
+        raise ValueError(f"--time-split gives {len(split)} shares, but {len(stages)} stages have steps ({names}): "
+                         f"one share for each, in order")
+    bad = [x for x in split if not (math.isfinite(x) and 0 < x <= 1)]
+    if bad:
+        raise ValueError(f"--time-split shares must be in (0, 1], got {bad[0]}")
+    if abs(sum(split) - 1) > 1e-6:
+        raise ValueError(f"--time-split shares sum to {sum(split):g}, not 1 ({names})")
 
 
 def _generation_config(src_model):
@@ -187,7 +205,8 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
                        stage3: DistillConfig | None = None, corpus: dict | None = None,
                        retrieval: dict | None = None, eval_rows: int = 64,
                        layout: str = "transformers", start_tokens: int = 0,
-                       row_workers: int | None = None, time_budget_s: float | None = None) -> dict:
+                       row_workers: int | None = None, time_budget_s: float | None = None,
+                       time_split: list[float] | None = None) -> dict:
     """Stages 1, 2, 3 (any may be None), perplexities, loss curve, card; saves the student to `out`.
 
     The data is a `corpus.build_corpus` of `data` (cached tokenisation; `corpus` holds its other keyword
@@ -201,7 +220,9 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     split over several calls), so these stages continue the walk instead of repeating those rows.
     `time_budget_s`: the stages' wall clock from the first one's start; their steps become caps and each stage
     ends by then less `step_budget.RESERVE_S` (its count timed on its own warm-up, `DistillConfig.time_budget_s`), so a
-    stage that reaches its cap leaves the rest to the next and the last one fills what is left.
+    stage that reaches its cap leaves the rest to the next and the last one fills what is left. `time_split`: one
+    share of that budget per stage with steps, in order, summing to 1; each stage then ends by its running share
+    (`step_budget.stage_ends`), as `benchmarks/distill_variants.py`'s `split` does.
 
     Everything is validated before the models load: stage settings, data and corpus options, that `out` and
     `ckpt_dir` overlap no input, and the checkpoint folder (a fresh run needs it empty or `overwrite`; `resume`
@@ -230,6 +251,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     raw = [c for c in (stage1, stage2, stage3) if c is not None and c.steps > 0]
     if not raw:
         raise ValueError("no distillation stage has steps > 0 (--stage1-steps / --stage2-steps / --stage3-steps)")
+    check_time_split(time_split, time_budget_s, [c.stage for c in raw])
     stages = [c.resolved() for c in raw]  # every field checked before anything loads
     for c in stages:
         if c.batch_size % c.micro_batch:
@@ -294,7 +316,7 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
               f"({time.perf_counter() - t0:.1f} s)")
     t_data = time.perf_counter() - t0
     summaries = _run_stages(student_model, teacher_model, samplers, held, stages, ckpt_dir, resume, identity, acc,
-                            time_budget_s)
+                            time_budget_s, time_split)
     seconds = {"data": t_data, "stages": time.perf_counter() - t0 - t_data}
     result = {"stages": summaries, "seconds": seconds, "data_sources": [s.manifest["settings"]["source"] for s in data_.sources],
               "data": data_.manifest(), "data_tokens": data_.train_tokens,
@@ -308,13 +330,15 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
 
 
 def _run_stages(student, teacher, samplers: list, held: torch.Tensor, stages, ckpt_dir, resume: bool,
-                identity: dict, acc, time_budget_s: float | None = None) -> list[dict]:
+                identity: dict, acc, time_budget_s: float | None = None,
+                time_split: list[float] | None = None) -> list[dict]:
     """Each stage on its sampler; with `resume`, a stage resumes when its folder has a checkpoint, else starts
     fresh. Each summary records the passes over every source its stage reached."""
     summaries, t0 = [], time.perf_counter()
-    for cfg, sampler in zip(stages, samplers):
-        if time_budget_s is not None:
-            cfg = replace(cfg, time_budget_s=budget_until(t0 + time_budget_s))
+    ends = stage_ends(time_budget_s, time_split, len(stages)) if time_budget_s is not None else None
+    for i, (cfg, sampler) in enumerate(zip(stages, samplers)):
+        if ends is not None:
+            cfg = replace(cfg, time_budget_s=budget_until(t0 + ends[i]))
         sub = Path(ckpt_dir) / f"stage{cfg.stage}" if ckpt_dir else None
         again = resume and sub is not None and any(sub.glob("step_*/progress.json"))
         known = summaries[-1].get("eval_kl_after") if summaries else None  # these weights, already measured

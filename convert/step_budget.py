@@ -9,6 +9,7 @@ total, so choosing the total late changes no step already taken) and sets the co
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -20,6 +21,17 @@ def budget_until(end: float) -> float:
     """The `time_budget_s` of a stage starting now whose steps end RESERVE_S before `end` (perf_counter seconds),
     so that its measurement after them ends by `end` too; at least 1 s."""
     return max(1.0, end - RESERVE_S - time.perf_counter())
+
+
+def stage_ends(budget_s: float, shares: Sequence[float] | None, n: int) -> list[float]:
+    """Seconds after the first stage's start by which each of `n` stages ends: the running sums of `shares` (each
+    stage's share of `budget_s`), or the whole budget for every stage without them (each stage then runs to its cap
+    and the last fills what the others leave)."""
+    if shares is None:
+        return [budget_s] * n
+    if len(shares) != n:
+        raise ValueError(f"{len(shares)} budget shares for {n} stages")
+    return [budget_s * sum(shares[:i + 1]) for i in range(n)]
 
 
 class StepBudget:

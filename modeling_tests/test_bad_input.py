@@ -389,6 +389,16 @@ DISTILL_CASES = {
     "micro-batch-zero": (["--micro-batch", "0"], "micro_batch must be >= 1, got 0"),
     "micro-batch2-not-dividing": (["--stage2-steps", "1", "--micro-batch2", "3"], "--batch-size 2 is not a multiple "
                                   "of stage 2's --micro-batch2 (else --micro-batch) 3"),
+    "time-split-without-budget": (["--time-split", "1"], "--time-split divides --time-budget-min between the "
+                                  "stages; give a budget too"),
+    "time-split-count": (["--time-budget-min", "1", "--stage2-steps", "2", "--time-split", "1"],
+                         "--time-split gives 1 shares, but 2 stages have steps (stage 1, stage 2)"),
+    "time-split-sum": (["--time-budget-min", "1", "--stage2-steps", "2", "--time-split", "0.7,0.2"],
+                       "--time-split shares sum to 0.9, not 1 (stage 1, stage 2)"),
+    "time-split-zero": (["--time-budget-min", "1", "--stage2-steps", "2", "--time-split", "0,1"],
+                        "--time-split shares must be in (0, 1], got 0.0"),
+    "time-split-words": (["--time-budget-min", "1", "--time-split", "most"],
+                         "--time-split 'most': comma-separated numbers, e.g. 0.7,0.3"),
     "train-unknown": (["--train1", "mlp"], "train must be 'jet', 'non-mlp' or 'all', got 'mlp'"),
     "lr-zero": (["--lr1", "0"], "stage 1: lr must be a positive number, got 0.0"),
     "lr-negative": (["--stage2-steps", "2", "--lr2", "-1e-3"], "stage 2: lr must be a positive number"),

@@ -209,6 +209,34 @@ def test_cli_time_budget_makes_the_steps_caps_and_the_last_stage_fills_what_is_l
     assert len(two["history"]) == two["steps"]
 
 
+def test_cli_time_split_ends_each_stage_by_its_running_share_of_the_budget(tmp_path, monkeypatch):
+    import json as _json
+    from dataclasses import replace
+
+    import convert.pipeline as pipeline
+    from convert.step_budget import RESERVE_S
+
+    qwen_dir, conv = _converted_tiny_with_data(tmp_path)
+    seen, real = [], pipeline.distill
+
+    def two_steps(student, teacher, sampler, cfg, *a, **k):  # the deadline each stage is given, then a short run
+        seen.append(cfg.time_budget_s)
+        return real(student, teacher, sampler, replace(cfg, steps=2, time_budget_s=None), *a, **k)
+
+    monkeypatch.setattr(pipeline, "distill", two_steps)
+    base = ["distill", "--teacher", str(qwen_dir), "--student", str(conv), "--data", str(tmp_path / "data.jsonl"),
+            "--seq-len", "32", "--stage1-steps", "1000", "--stage2-steps", "1000", "--batch-size", "4",
+            "--micro-batch", "2", "--warmup", "1", "--time-budget-min", "2"]
+    assert main([*base, str(tmp_path / "split"), "--time-split", "0.7,0.3"]) == 0
+    one, two = seen
+    # stage 1 ends by 70% of 120 s less the reserve for its held-out measurement; stage 2 by the whole budget
+    assert 84 - RESERVE_S - 30 < one <= 84 - RESERVE_S and 120 - RESERVE_S - 30 < two <= 120 - RESERVE_S
+    assert [s["steps"] for s in _json.loads((tmp_path / "split" / "distillation.json").read_text())["stages"]] == [2, 2]
+    seen.clear()
+    assert main([*base, str(tmp_path / "caps")]) == 0  # without a split every stage may use the whole budget
+    assert seen[0] > 84 - RESERVE_S
+
+
 def test_cli_micro_batch2_sets_the_rows_a_forward_of_stages_2_and_3_only(tmp_path, monkeypatch):
     import convert.pipeline as pipeline
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from convert.distill import DistillConfig, distill, lr_at
@@ -142,3 +143,13 @@ def test_a_recheck_never_passes_the_cap():
     b.mark(5, 10.0)
     assert b.mark(10, 40.0) == 36  # 6 s a step: 26 more fit the 160 s left
     assert b.recheck(30, 43.0) == 50  # steps 10-30 took 0.15 s: 1.32 s on average, 118 more fit, the cap is 50
+
+
+def test_stage_ends_are_the_running_shares_of_the_budget_or_the_whole_budget_without_shares():
+    from convert.step_budget import stage_ends
+
+    assert stage_ends(870.0, [0.7, 0.3], 2) == pytest.approx([609.0, 870.0])
+    assert stage_ends(900.0, [0.5, 0.5, 0.0], 3) == pytest.approx([450.0, 900.0, 900.0])
+    assert stage_ends(870.0, None, 2) == [870.0, 870.0]
+    with pytest.raises(ValueError, match="3 budget shares for 2 stages"):
+        stage_ends(870.0, [0.5, 0.3, 0.2], 2)
