@@ -540,6 +540,7 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
                 cfg = replace(cfg, steps=count)
                 bar.total = count
                 bar.refresh()
+                saving = saving and step + 1 < count  # a stage ending here: its end writes this step's checkpoint
             if saving:
                 last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
                                             identity, budget.chosen if budget else chosen)

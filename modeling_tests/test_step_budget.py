@@ -91,6 +91,29 @@ def test_a_killed_budgeted_stage_resumes_with_the_count_it_chose(tmp_path, monke
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
 
 
+def test_a_count_lowered_to_a_checkpoint_step_writes_that_checkpoint_once(tmp_path, monkeypatch):
+    import convert.distill as distill_mod
+
+    _fixed_rate(monkeypatch, 20)
+
+    def recheck(self, step, now, acc=None):  # at step 12 the steps have slowed: the stage ends there
+        if step == 12:
+            self.chosen = 12
+            return 12
+        return None
+
+    monkeypatch.setattr(StepBudget, "recheck", recheck)
+    written, real = [], distill_mod.save_checkpoint
+    monkeypatch.setattr(distill_mod, "save_checkpoint", lambda acc, ckpt_dir, step, *a: written.append(step)
+                        or real(acc, ckpt_dir, step, *a))
+    teacher, student, train, _ = _setup()
+    s = distill(student, teacher, train, DistillConfig(stage=1, steps=100, batch_size=4, micro_batch=2, lr=1e-2,
+                                                       warmup_steps=10, log_every=0, save_every=4, time_budget_s=60.0),
+                ckpt_dir=tmp_path)
+    assert s["steps"] == 12
+    assert written == [4, 8, 12]  # the stage's end wrote step 12; the step loop's save did not write it first
+
+
 def test_on_the_real_clock_a_small_budget_ends_the_stage_before_its_cap():
     teacher, student, train, _ = _setup()
     s = distill(student, teacher, train, DistillConfig(stage=1, steps=100_000, batch_size=4, micro_batch=2,
