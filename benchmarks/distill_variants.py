@@ -579,6 +579,8 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                "tokens": sum(s["tokens"] for s in summaries),
                # after each stage (the stage's own measurement, same rows): whether a stage moved the held-out KL
                "held_out_kl_by_stage": [s.get("eval_kl_after") for s in summaries],
+               # attention transfer's loss per JetBlock on the same rows after stage 1 (None: no transfer)
+               "held_out_mse_by_layer": summaries[0].get("eval_mse_by_layer"),
                "tok_per_s": [s.get("tok_per_s") for s in summaries], "mfu": [s.get("mfu") for s in summaries],
                "history": [h | {"local": c.local} for c, s in zip(plan, summaries) for h in s["history"]],
                "stage1_reused_from": summaries[0].get("reused_from"), "own_answers": own_stats, "seconds": seconds}

@@ -54,7 +54,7 @@ from jet_nemotron.fused_projections import step_weights
 from jet_nemotron.transformers_compat import checkpointing_disable, checkpointing_enable
 
 from .distill_config import DistillConfig, fsdp_turns_off_transfer
-from .distill_loss import DistillLoss, mse_fn, teacher_on, teacher_targets
+from .distill_loss import DistillLoss, layer_mse, mse_fn, teacher_on, teacher_targets
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
 from .step_budget import StepBudget
@@ -390,6 +390,12 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
         with _eval_autocast(cfg, acc.device):
             summary["eval_kl_after"] = eval_kl(unwrapped, run.teacher, eval_rows.to(acc.device), cfg.eval_batch,
                                                cfg.kl_chunk)
+            if cfg.local:  # attention transfer: its own objective held out, layer by layer
+                by_layer = layer_mse(unwrapped, run.teacher, eval_rows, run.mse_layers, cfg.eval_batch)
+                summary["eval_mse_by_layer"] = dict(zip(run.mse_layers, by_layer))
+                acc.print(f"stage {cfg.stage}: held-out attention MSE by layer (normalised), mean "
+                          f"{sum(by_layer) / len(by_layer):.4f}: " +
+                          ", ".join(f"{i} {m:.3f}" for i, m in zip(run.mse_layers, by_layer)))
     lap("held_out_kl_after")
     acc.free_memory()
     summary["seconds"] = seconds | {"steps_and_finish": wall}

@@ -4,6 +4,7 @@ the per-layer attention-output MSE, or in attention transfer each JetBlock alone
 
     teacher_targets(teacher, ids [B, L], layers) -> final states [B, L, d], attention outputs / inputs [B, L, d] each
     DistillLoss(student, ...)(ids, final states, teacher head [V, d], outputs, inputs) -> (loss, kl, mse) scalars
+    layer_mse(student, teacher, held-out ids [N, L], layers) -> attention transfer's loss per layer, held out
 """
 
 from __future__ import annotations
@@ -116,6 +117,25 @@ def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """mean((s - t)^2) / mean(t^2), in fp32: the attention-output loss of stage 1 and of the search's supernet.
     s, t [...] of one shape -> a scalar. The reference of `normalised_mse_triton.normalised_mse_triton`."""
     return ((s.float() - t.float()) ** 2).mean() / (t.float() ** 2).mean().clamp(min=1e-8)
+
+
+@torch.no_grad()
+def layer_mse(student, teacher, rows: torch.Tensor, layers: list[int], batch: int = 8) -> list[float]:
+    """Attention transfer's objective on held-out rows [N, L], per layer: the `normalised_mse` of each of `layers`'
+    JetBlock on the teacher's input to that layer, against the teacher's attention output, averaged over the rows
+    (in `layers`' order). Which JetBlocks stage 1 left furthest from their teacher layer, beside the one number the
+    held-out KL gives."""
+    student.eval()
+    device = next(student.parameters()).device
+    blocks = student.model.layers
+    totals, n = torch.zeros(len(layers), device=device), 0
+    for i in range(0, rows.shape[0], batch):
+        x = rows[i : i + batch].to(device)
+        _, targets, inputs = teacher_targets(teacher, x, layers, inputs=True)
+        totals += torch.stack([normalised_mse(blocks[j].self_attn(h)[0], t) * x.shape[0]
+                               for j, h, t in zip(layers, inputs, targets)])
+        n += x.shape[0]
+    return (totals / n).tolist()
 
 
 def mse_fn(kernel: bool, device):

@@ -142,6 +142,28 @@ def _setup(seed=0):
     return teacher, student, rows[:20], rows[20:]
 
 
+def test_attention_transfer_reports_its_held_out_loss_layer_by_layer():
+    from convert.distill_loss import DistillLoss, layer_mse, teacher_targets
+
+    teacher, student, train, held = _setup()
+    jet = [0, 3]  # the JetBlocks of jet,attn,swa,jet
+    before = layer_mse(student, teacher, held, jet)
+    s = distill(student, teacher, train, DistillConfig(stage=1, steps=12, batch_size=4, micro_batch=2, lr=1e-2,
+                                                       warmup_steps=2, log_every=0), eval_rows=held)
+    after = s["eval_mse_by_layer"]
+    assert list(after) == jet
+    assert all(after[i] < b for i, b in zip(jet, before))  # each JetBlock moved towards its teacher layer
+    # the held-out rows (4, one batch) give the number the stage trains on: the transfer loss's mean over layers
+    _, attn, given = teacher_targets(teacher, held, jet, inputs=True)
+    with torch.no_grad():
+        _, _, mse = DistillLoss(student, jet, 0.0, 1.0, 1024, 1.0, local=True)(held, None, None, attn, given)
+    assert sum(after.values()) / len(jet) == pytest.approx(mse.item(), rel=1e-5)
+    # an end-to-end stage has no per-layer transfer loss to report
+    s2 = distill(student, teacher, train, DistillConfig(stage=2, steps=2, batch_size=4, micro_batch=4, lr=3e-3,
+                                                        warmup_steps=1, log_every=0), eval_rows=held)
+    assert "eval_mse_by_layer" not in s2
+
+
 @pytest.fixture
 def fresh_accelerate_state():
     """accelerate keeps one process-wide precision, set by the first Accelerator: a bf16 test starts and ends with

@@ -563,3 +563,7 @@ def test_a_budgeted_variant_gives_each_stage_the_seconds_left_to_its_end_and_rec
     ran = [p["steps"] for p in row["plan"]]
     assert ran[0] == 3 and 10 <= ran[1] < 10_000 and row["steps"][:2] == ran
     assert row["tokens"] == sum(ran) * 16 * 128 and len(row["history"]) == sum(ran)
+    # stage 1 (attention transfer) left each JetBlock's held-out transfer loss, keyed by layer
+    jet = [i for i, t in enumerate(row["layer_types"]) if t == "jet"]
+    assert sorted(map(int, row["held_out_mse_by_layer"])) == jet
+    assert all(0 < m < 10 for m in row["held_out_mse_by_layer"].values())
