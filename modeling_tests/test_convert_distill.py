@@ -154,9 +154,10 @@ def test_attention_transfer_reports_its_held_out_loss_layer_by_layer():
     assert list(after) == jet
     assert all(after[i] < b for i, b in zip(jet, before))  # each JetBlock moved towards its teacher layer
     # the held-out rows (4, one batch) give the number the stage trains on: the transfer loss's mean over layers
-    _, attn, given = teacher_targets(teacher, held, jet, inputs=True)
+    dev = next(student.parameters()).device  # the trained student stays where it trained (a GPU when there is one)
+    _, attn, given = teacher_targets(teacher.to(dev), held.to(dev), jet, inputs=True)
     with torch.no_grad():
-        _, _, mse = DistillLoss(student, jet, 0.0, 1.0, 1024, 1.0, local=True)(held, None, None, attn, given)
+        _, _, mse = DistillLoss(student, jet, 0.0, 1.0, 1024, 1.0, local=True)(held.to(dev), None, None, attn, given)
     assert sum(after.values()) / len(jet) == pytest.approx(mse.item(), rel=1e-5)
     # an end-to-end stage has no per-layer transfer loss to report
     s2 = distill(student, teacher, train, DistillConfig(stage=2, steps=2, batch_size=4, micro_batch=4, lr=3e-3,
@@ -277,7 +278,7 @@ def test_local_attention_transfer_trains_each_jetblock_on_the_teachers_own_input
     from convert.distill import eval_kl
 
     fresh = _setup()[1]
-    assert eval_kl(student, teacher, held) < eval_kl(fresh, teacher, held)
+    assert eval_kl(student.cpu(), teacher, held) < eval_kl(fresh, teacher, held)  # .cpu(): trained on a GPU if any
 
 
 @pytest.mark.parametrize("kw, local", [
@@ -364,9 +365,9 @@ def _frozen_bf16_runs(runs: dict, seen: list) -> None:
         runs[frozen_bf16] = distill(student, teacher, train, cfg, stop=stop)["history"]
         for n, p in student.named_parameters():
             if ".self_attn." not in n or ".layers.1." in n or ".layers.2." in n:  # frozen in stage 1
-                assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+                assert p.dtype == torch.float32 and torch.equal(p.cpu(), before[n]), n
             elif n.endswith("q_proj.weight"):
-                assert p.dtype == torch.float32 and not torch.equal(p, before[n]), n  # a JetBlock weight trained
+                assert p.dtype == torch.float32 and not torch.equal(p.cpu(), before[n]), n  # a JetBlock weight trained
 
 
 def test_frozen_bf16_needs_a_bf16_run():
