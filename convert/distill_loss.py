@@ -122,8 +122,8 @@ def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def layer_mse(student, teacher, rows: torch.Tensor, layers: list[int], batch: int = 8) -> list[float]:
     """Attention transfer's objective on held-out rows [N, L], per layer: the `normalised_mse` of each of `layers`'
-    JetBlock on the teacher's input to that layer, against the teacher's attention output, averaged over the rows
-    (in `layers`' order). Which JetBlocks stage 1 left furthest from their teacher layer, beside the one number the
+    JetBlock on the teacher's input to that layer, against the teacher's attention output, taken per batch of rows
+    and averaged weighted by rows (in `layers`' order; one batch gives the training loss's terms on those rows). Which JetBlocks stage 1 left furthest from their teacher layer, beside the one number the
     held-out KL gives."""
     student.eval()
     device = next(student.parameters()).device
