@@ -28,15 +28,15 @@ RESULTS = Path(__file__).resolve().parent / "results" / "real_model"
 RECIPE = {"layer_map": "jet-nemotron-2b", "lr": [0.001, 3e-05, 3e-05], "mse_weight": 1.0, "retrieval_ratio": 0.1,
           "batch_size": 16, "local1": True, "train2": "all", "init": "attention", "local1_share": 0.0,
           "chat_ratio": 0.25, "chat_file": None, "retrieval_kinds": ["passkey", "kv"], "jet_lr2": None,
-          "chat_docstrings": False, "split2": 0.0, "own_answers": 0}
+          "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "batch_size2": None}
 # keys added after the first records: a record without one predates it, when the recipe's value was the only one
-LATER = {"chat_docstrings", "split2", "own_answers", "jet_lr2", "chat_file"}
+LATER = {"chat_docstrings", "split2", "own_answers", "jet_lr2", "chat_file", "batch_size2"}
 GOAL = 0.8  # issue 14: HumanEval pass@1 at least 80% of the teacher's
 
 
-def points(results: Path, problems: int = 164) -> tuple[list[dict], list[int]]:
-    """(the recipe's students measured on all `problems`: record, name, tokens, passed, card; the teacher's passes
-    in every record that measured it on them)."""
+def points(results: Path, problems: int = 164, recipe: dict = RECIPE) -> tuple[list[dict], list[int]]:
+    """(the students of `recipe` measured on all `problems`: record, name, tokens, passed, card, held-out KL after
+    each stage; the teacher's passes in every record that measured it on them)."""
     students, teacher = [], []
     for path in sorted(results.glob("*/variants.json")):
         res = json.loads(path.read_text())
@@ -48,9 +48,10 @@ def points(results: Path, problems: int = 164) -> tuple[list[dict], list[int]]:
             steps = var.get("steps") or v["steps"]
             if he.get("problems") != problems or (len(steps) > 2 and steps[2]):  # an 8K stage: another recipe
                 continue
-            if all(var[k] == want if k in var else k in LATER for k, want in RECIPE.items()):
+            if all(var[k] == want if k in var else k in LATER for k, want in recipe.items()):
                 students.append({"record": path.parent.name, "name": v["name"], "tokens": v["tokens"],
-                                 "passed": he["passed"], "card": res["stamp"][0]["card"]})
+                                 "passed": he["passed"], "card": res["stamp"][0]["card"],
+                                 "kl_by_stage": v.get("held_out_kl_by_stage")})
     return students, teacher
 
 

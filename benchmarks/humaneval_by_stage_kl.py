@@ -1,0 +1,94 @@
+"""Whether HumanEval follows the held-out KL after stage 1 or the final one, over the committed long runs of the
+recipe (any batch size), read from the real-model records.
+
+The students are `humaneval_by_tokens.py`'s recipe at any batch, with no 8K stage, measured on all 164 problems,
+with at least --min-tokens distilled (default 20 M: the 15-minute runs; the 3-minute ones sit at another stage-2
+KL altogether). For each measure the script gives Pearson's r with the passes and the least-squares slope, and
+plots both. With a handful of runs and a spread of about 6 problems between leases of one recipe, it shows a lead
+to test, not a law.
+
+    python benchmarks/humaneval_by_stage_kl.py --out benchmarks/results/real_model/humaneval_by_stage_kl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import humaneval_by_tokens as hbt  # noqa: E402
+from stamp import stamp  # noqa: E402
+
+ANY_BATCH = {k: v for k, v in hbt.RECIPE.items() if k not in ("batch_size", "batch_size2")}
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    """Pearson's r; needs two distinct values on each side."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    if not sxx or not syy:
+        raise ValueError("a correlation needs at least two distinct values of each measure")
+    return sxy / (sxx * syy) ** 0.5
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Write humaneval_by_stage_kl.json and .png under --out; print r and the slope for each measure."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=hbt.RESULTS)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--min-tokens", type=float, default=20e6)
+    args = ap.parse_args(argv)
+    students, _ = hbt.points(args.results, recipe=ANY_BATCH)
+    runs = [s for s in students if s["tokens"] >= args.min_tokens and s["kl_by_stage"]
+            and len(s["kl_by_stage"]) == 2 and None not in s["kl_by_stage"]]
+    if len(runs) < 3:
+        raise ValueError(f"{len(runs)} runs of the recipe with at least {args.min_tokens / 1e6:g} M tokens and a "
+                         f"held-out KL after both stages; a correlation needs 3")
+    passed = [s["passed"] for s in runs]
+    measures = {}
+    for i, name in enumerate(("after stage 1", "after stage 2")):
+        kl = [s["kl_by_stage"][i] for s in runs]
+        r = pearson(kl, passed)
+        slope = r * statistics.pstdev(passed) / statistics.pstdev(kl)  # passes per nat of held-out KL
+        measures[name] = {"r": r, "passes_per_nat": slope}
+        print(f"held-out KL {name}: {min(kl):.3f}-{max(kl):.3f}, r = {r:+.2f} with HumanEval's "
+              f"{min(passed)}-{max(passed)} passes over {len(runs)} runs")
+    res = {"stamp": [stamp(script="benchmarks/humaneval_by_stage_kl.py", reads="the committed records' "
+                           "variants.json")], "min_tokens": args.min_tokens, "runs": runs, "measures": measures}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "humaneval_by_stage_kl.json").write_text(json.dumps(res, indent=1))
+    _plot(runs, measures, args.min_tokens, args.out / "humaneval_by_stage_kl.png")
+    return res
+
+
+def _plot(runs: list[dict], measures: dict, min_tokens: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for i, (ax, (name, m)) in enumerate(zip(axes, measures.items())):
+        for s in runs:
+            ax.scatter(s["kl_by_stage"][i], s["passed"], marker="s" if "H100" in s["card"] else "o", color="C0")
+            ax.annotate(s["record"].replace("acceptance_", ""), (s["kl_by_stage"][i], s["passed"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_title(f"held-out KL {name}: r = {m['r']:+.2f} (n = {len(runs)})", fontsize=9)
+        ax.set_xlabel("held-out KL (nats a token)")
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.2)
+    axes[0].set_ylabel("HumanEval passes of 164 (greedy)")
+    fig.suptitle(f"runs of the recipe with at least {min_tokens / 1e6:g} M tokens (squares: H100, circles: H200)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
