@@ -10,7 +10,8 @@ placement comparison (issue 13: the searched map vs the `jet-nemotron-2b` preset
                                                                                  # save_teacher.py (GPU sessions)
 
 A variant is {"name", "layer_map" (preset / spec / JSON file; default jet-nemotron-2b), "split" (budget share of
-stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "local1" (stage 1 as
+stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch_size", "batch_size2" (stages
+2-3's batch, null: batch_size; stage 3's keeps its tokens a step), "local1" (stage 1 as
 attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set), "init" (JetBlock init scheme:
 attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`),
 "local1_share" (that share of an end-to-end stage 1's budget first as attention transfer), "steps" ([n1, n2, n3]
@@ -100,7 +101,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
         "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
-        "teacher_kernels": True, "budget_s": None}
+        "teacher_kernels": True, "budget_s": None, "batch_size2": None}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -193,6 +194,10 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
                                   or not all(isinstance(n, int) and n >= 0 for n in steps) or not sum(steps)):
             raise SystemExit(f"variant {v['name']!r}: steps is [stage 1, stage 2, stage 3] optimizer steps "
                              f"(integers >= 0, not all 0; not with local1_share), got {steps!r}")
+        for key in ("batch_size", "batch_size2"):
+            if not (isinstance(v[key], int) and v[key] >= 1) and not (key == "batch_size2" and v[key] is None):
+                raise SystemExit(f"variant {v['name']!r}: {key} is rows a step, an integer >= 1"
+                                 f"{' (or null: batch_size)' if key == 'batch_size2' else ''}; got {v[key]!r}")
         if v["budget_s"] is not None and (steps is None or not v["budget_s"] > 0):
             raise SystemExit(f"variant {v['name']!r}: budget_s (seconds > 0) times the stages against their caps, "
                              f"the variant's steps, which it needs; got budget_s {v['budget_s']!r}, steps {steps!r}")
@@ -484,15 +489,16 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                   micro_batch=min(args.micro_batch, b), frozen_bf16=v["frozen_bf16"], compile=v["compile"],
                   projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"],
                   mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"])
-    mb2 = min(args.micro_batch2 or args.micro_batch, b)
+    b2 = v["batch_size2"] or b
+    mb2 = min(args.micro_batch2 or args.micro_batch, b2)
     common2 = common | {"micro_batch": mb2, "gradient_checkpointing": args.checkpoint2}  # stages 2 and 3
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
-            DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b,
+            DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b2,
                           jet_lr=v["jet_lr2"], **common2),
             DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"], jet_lr=v["jet_lr2"],
                           seq_len=args.stage3_seq_len,
-                          batch_size=max(2, b * args.seq_len // args.stage3_seq_len),
+                          batch_size=max(2, b2 * args.seq_len // args.stage3_seq_len),
                           **(common2 | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len)}))]
     retrieval_kw = ({"ratio": v["retrieval_ratio"], "kinds": v["retrieval_kinds"], "chat_ratio": v["chat_ratio"],
                      "chat_file": chat_file_of(v), "chat_docstrings": v["chat_docstrings"]}

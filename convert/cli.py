@@ -130,6 +130,9 @@ def distill(
                                                        "holds a docstring, as HumanEval asks")] = False,
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
+    batch_size2: Annotated[Optional[int], typer.Option(
+        help="sequences per optimizer step in stage 2 (default: --batch-size); stage 3's default batch keeps its "
+             "tokens a step")] = None,
     micro_batch2: Annotated[Optional[int], typer.Option(
         help="sequences per forward per process in stages 2-3 (default: --micro-batch): stage 2 trains every "
              "weight, so an 80 GB card takes 2 rows of 2,048 tokens a forward there where stage 1 takes 8")] = None,
@@ -205,10 +208,11 @@ def distill(
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,
                        **batch, **common)
     mb2 = micro_batch if micro_batch2 is None else micro_batch2
+    b2 = batch_size if batch_size2 is None else batch_size2
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, jet_lr=jet_lr2,
-                       batch_size=batch_size, micro_batch=mb2, **common)
-    # stage 3's defaults keep stages 1-2's tokens per step; distill_checkpoint checks its settings
-    b3 = stage3_batch_size if stage3_batch_size is not None else max(1, batch_size * seq_len // max(1, stage3_seq_len))
+                       batch_size=b2, micro_batch=mb2, **common)
+    # stage 3's defaults keep stage 2's tokens per step; distill_checkpoint checks its settings
+    b3 = stage3_batch_size if stage3_batch_size is not None else max(1, b2 * seq_len // max(1, stage3_seq_len))
     m3 = stage3_micro_batch if stage3_micro_batch is not None else max(1, min(mb2, b3))
     s3 = DistillConfig(stage=3, steps=stage3_steps, lr=lr2 if lr3 is None else lr3, mse_weight=0.0, train=train2,
                        jet_lr=jet_lr2, seq_len=stage3_seq_len, batch_size=b3, micro_batch=m3,

@@ -255,8 +255,9 @@ def distill_checkpoint(teacher: str, student: str, out: str | Path, data: list[s
     stages = [c.resolved() for c in raw]  # every field checked before anything loads
     for c in stages:
         if c.batch_size % c.micro_batch:
-            size, micro = {1: ("--batch-size", "--micro-batch"), 2: ("--batch-size", "stage 2's --micro-batch2 (else "
-                           "--micro-batch)"), 3: ("--stage3-batch-size", "--stage3-micro-batch")}[c.stage]
+            size, micro = {1: ("--batch-size", "--micro-batch"), 2: ("stage 2's --batch-size2 (else --batch-size)",
+                           "stage 2's --micro-batch2 (else --micro-batch)"),
+                           3: ("--stage3-batch-size", "--stage3-micro-batch")}[c.stage]
             raise ValueError(f"{size} {c.batch_size} is not a multiple of {micro} {c.micro_batch}")
     check_data_options(corpus, retrieval, eval_fraction, eval_rows, start_tokens, len(data))
     check_row_workers(row_workers)

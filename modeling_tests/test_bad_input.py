@@ -387,8 +387,12 @@ DISTILL_CASES = {
     "negative-steps": (["--stage1-steps", "-3"], "--stage1-steps must be >= 0, got -3"),
     "batch-not-multiple": (["--batch-size", "3"], "--batch-size 3 is not a multiple of --micro-batch 2"),
     "micro-batch-zero": (["--micro-batch", "0"], "micro_batch must be >= 1, got 0"),
-    "micro-batch2-not-dividing": (["--stage2-steps", "1", "--micro-batch2", "3"], "--batch-size 2 is not a multiple "
-                                  "of stage 2's --micro-batch2 (else --micro-batch) 3"),
+    "micro-batch2-not-dividing": (["--stage2-steps", "1", "--micro-batch2", "3"], "stage 2's --batch-size2 (else "
+                                  "--batch-size) 2 is not a multiple of stage 2's --micro-batch2 (else "
+                                  "--micro-batch) 3"),
+    "batch-size2-not-dividing": (["--stage2-steps", "1", "--batch-size2", "3"], "stage 2's --batch-size2 (else "
+                                 "--batch-size) 3 is not a multiple of stage 2's --micro-batch2 (else "
+                                 "--micro-batch) 2"),
     "time-split-without-budget": (["--time-split", "1"], "--time-split divides --time-budget-min between the "
                                   "stages; give a budget too"),
     "time-split-count": (["--time-budget-min", "1", "--stage2-steps", "2", "--time-split", "1"],

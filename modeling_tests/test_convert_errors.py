@@ -249,3 +249,5 @@ def test_cli_micro_batch2_sets_the_rows_a_forward_of_stages_2_and_3_only(tmp_pat
     assert main(base) == 0  # by default every stage takes --micro-batch (stage 3 at most its own batch)
     assert [seen[k].micro_batch for k in ("stage1", "stage2", "stage3")] == [8, 8, 4]
     assert seen["stage3"].batch_size == 4  # 16 rows of 2,048 tokens a step = 4 of 8,192
+    assert main(base + ["--batch-size2", "32", "--micro-batch2", "4"]) == 0  # stage 2's own batch; stage 3 follows it
+    assert [seen[k].batch_size for k in ("stage1", "stage2", "stage3")] == [16, 32, 8]

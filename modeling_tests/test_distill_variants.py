@@ -527,6 +527,24 @@ def test_stage_two_takes_its_own_micro_batch_and_trains_as_it_would_at_stage_one
     assert seen == [(1, 1), (2, 1)]
 
 
+def test_a_variants_stage_two_takes_its_own_batch(tmp_path, monkeypatch):
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps([{"name": "a", "steps": [2, 3, 0], "batch_size": 2, "batch_size2": 4}]))
+    seen, real = [], dv.distill
+    monkeypatch.setattr(dv, "distill", lambda s, t, smp, cfg, **k: seen.append((cfg.stage, cfg.batch_size,
+                                                                                cfg.micro_batch))
+                        or real(s, t, smp, cfg, **k))
+    dv.main(["--toy", "--variants", str(variants), "--corpus-cache", str(tmp_path / "cache"),
+             "--out", str(tmp_path / "out")])
+    assert seen == [(1, 2, 2), (2, 4, 2)]
+    row = json.loads((tmp_path / "out" / "variants.json").read_text())["variants"][0]
+    assert row["tokens"] == (2 * 2 + 3 * 4) * 128  # the toy's rows of 128 tokens
+    variants.write_text(json.dumps([{"name": "b", "steps": [2, 3, 0], "batch_size2": 0}]))
+    with pytest.raises(SystemExit, match=re.escape("batch_size2 is rows a step, an integer >= 1 (or null: "
+                                                   "batch_size); got 0")):
+        dv.variant_list(str(variants), None)
+
+
 def test_a_budget_ends_each_stage_by_its_share():
     v = {"budget_s": 900.0, "split": [0.5, 0.5, 0.0]}
     one, two = dv.DistillConfig(stage=1, steps=700), dv.DistillConfig(stage=2, steps=10_000)
