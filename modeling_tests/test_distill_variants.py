@@ -527,18 +527,25 @@ def test_stage_two_takes_its_own_micro_batch_and_trains_as_it_would_at_stage_one
     assert seen == [(1, 1), (2, 1)]
 
 
-def test_a_variants_stage_two_takes_its_own_batch(tmp_path, monkeypatch):
+def _toy_run_seeing(variant: dict, fields: tuple[str, ...], tmp_path, monkeypatch) -> list[tuple]:
+    """Run one toy `variant` into tmp_path/out; each stage's DistillConfig `fields`, in the order the stages ran."""
     variants = tmp_path / "v.json"
-    variants.write_text(json.dumps([{"name": "a", "steps": [2, 3, 0], "batch_size": 2, "batch_size2": 4}]))
+    variants.write_text(json.dumps([variant]))
     seen, real = [], dv.distill
-    monkeypatch.setattr(dv, "distill", lambda s, t, smp, cfg, **k: seen.append((cfg.stage, cfg.batch_size,
-                                                                                cfg.micro_batch))
+    monkeypatch.setattr(dv, "distill", lambda s, t, smp, cfg, **k: seen.append(tuple(getattr(cfg, f) for f in fields))
                         or real(s, t, smp, cfg, **k))
     dv.main(["--toy", "--variants", str(variants), "--corpus-cache", str(tmp_path / "cache"),
              "--out", str(tmp_path / "out")])
+    return seen
+
+
+def test_a_variants_stage_two_takes_its_own_batch(tmp_path, monkeypatch):
+    seen = _toy_run_seeing({"name": "a", "steps": [2, 3, 0], "batch_size": 2, "batch_size2": 4},
+                           ("stage", "batch_size", "micro_batch"), tmp_path, monkeypatch)
     assert seen == [(1, 2, 2), (2, 4, 2)]
     row = json.loads((tmp_path / "out" / "variants.json").read_text())["variants"][0]
     assert row["tokens"] == (2 * 2 + 3 * 4) * 128  # the toy's rows of 128 tokens
+    variants = tmp_path / "v.json"
     variants.write_text(json.dumps([{"name": "b", "steps": [2, 3, 0], "batch_size2": 0}]))
     with pytest.raises(SystemExit, match=re.escape("batch_size2 is rows a step, an integer >= 1 (or null: "
                                                    "batch_size); got 0")):
@@ -563,16 +570,9 @@ def test_a_budget_needs_the_steps_it_caps(tmp_path):
 
 
 def test_a_budgeted_variant_gives_each_stage_the_seconds_left_to_its_end_and_records_what_ran(tmp_path, monkeypatch):
-    variants = tmp_path / "v.json"
-    variants.write_text(json.dumps([{"name": "a", "steps": [3, 10_000, 0], "budget_s": 24.0,
-                                     "split": [0.5, 0.5, 0.0]}]))
-    seen, real = [], dv.distill
-    monkeypatch.setattr(dv, "distill", lambda s, t, smp, cfg, **k: seen.append((cfg.stage, cfg.steps,
-                                                                                cfg.time_budget_s))
-                        or real(s, t, smp, cfg, **k))
-    dv.main(["--toy", "--variants", str(variants), "--corpus-cache", str(tmp_path / "cache"),
-             "--out", str(tmp_path / "out")])
-    (one, n1, b1), (two, n2, b2) = seen
+    (one, n1, b1), (two, n2, b2) = _toy_run_seeing({"name": "a", "steps": [3, 10_000, 0], "budget_s": 24.0,
+                                                    "split": [0.5, 0.5, 0.0]}, ("stage", "steps", "time_budget_s"),
+                                                   tmp_path, monkeypatch)
     assert (one, n1, two, n2) == (1, 3, 2, 10_000)
     # stage 1 had until 12 s less the reserve; it stopped at its cap of 3 steps, and stage 2 has what is left of 24
     r = RESERVE_S
