@@ -194,12 +194,15 @@ case "$1" in
       [ -f "$SEARCHED" ] || { echo "SEARCHED=$SEARCHED: no such layer map" >&2; exit 2; }
       search=0 V+=(--searched "$(realpath "$SEARCHED")")
     fi
+    # the flags quoted for the detached bash -c below, which splits its string again: a variant name in ONLY holds
+    # spaces and commas ("stage 1 only, batch 8, lr 1e-3")
+    VQ=$(printf '%q ' "${V[@]}")
     snapshot $JOB/tree
     setsid nohup bash -c "cd $JOB/tree && export PYTHONPATH=$JOB/tree:/tmp/site
       if [ ! -e $WORK/teacher_fp32/config.json ]; then
         # the corpus is tokenised into the cache the variants read (on the CPU, with the GGUF's tokenizer) while the
         # teacher is dequantised and saved: the variants' own tokenising (25 s on 2026-12-04) becomes a cache read
-        python3 benchmarks/distill_variants.py ${V[*]} --teacher $GGUF --tokenise-only > $JOB/tokenise.log 2>&1 &
+        python3 benchmarks/distill_variants.py $VQ --teacher $GGUF --tokenise-only > $JOB/tokenise.log 2>&1 &
         python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 > $JOB/save_teacher.log 2>&1
         wait
       fi
@@ -227,9 +230,9 @@ case "$1" in
         python3 benchmarks/search_real.py --part placement --source $WORK/teacher_fp32 --out $JOB/out \
           --data $SP/torch/_inductor $SP/torch/nn --eval-data \$(python3 -c 'import email, os; print(os.path.dirname(email.__file__))') \
           ${SEARCH_ARGS:-} > $JOB/search.log 2>&1
-        python3 benchmarks/distill_variants.py ${V[*]} --searched $JOB/out/placement/layer_map.json > $JOB/variants.log 2>&1
+        python3 benchmarks/distill_variants.py $VQ --searched $JOB/out/placement/layer_map.json > $JOB/variants.log 2>&1
       else
-        python3 benchmarks/distill_variants.py ${V[*]} \$picked > $JOB/variants.log 2>&1
+        python3 benchmarks/distill_variants.py $VQ \$picked > $JOB/variants.log 2>&1
       fi
       # EVAL=1: every saved student then goes through jet-nemotron eval beside the teacher (SUITE, EVAL_LENGTHS),
       # into OUT/eval_<name>/eval; EVAL=best: only the best of them (HumanEval, then held-out KL), as each eval

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE = """#!/bin/bash
 if [ "$1" = "-c" ] || [ "$1" = benchmarks/pick_optins.py ]; then exec "{python}" "$@"; fi
 echo "PY $*" >> "{log}"
+printf '%s\x1f' "$@" >> "{log}.argv"; echo >> "{log}.argv"
 echo "$1 keep=${{JET_NEMOTRON_KEEP_STATES:-}} conv=${{JET_NEMOTRON_CONV_FUSED_BWD:-}} cwd=$PWD" >> "{log}.env"
 """
 
@@ -400,3 +401,16 @@ def test_variants_pipeline_with_switches_by_card_test_alone(tmp_path):
     assert json.loads(fitted.read_text())[0]["steps"] == [700, 250, 0]
     env = (tmp_path / "calls.log.env").read_text().splitlines()
     assert f"benchmarks/distill_variants.py keep=1 conv=1 cwd={tmp_path / 'job' / 'tree'}" in env
+
+
+def test_a_variant_name_with_spaces_and_commas_reaches_only_as_one_argument(tmp_path):
+    """The detached chain splits its command string again: ONLY's names ("stage 1 only, batch 8, lr 1e-3") once
+    reached distill_variants.py as a dozen words."""
+    names = "stage 1 only, batch 8, lr 1e-3,stage 1 only, batch 8, lr 2e-3"
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/knobs_v8_stage1.json", ONLY=names)
+    assert r.returncode == 0, r.stderr
+    _calls(tmp_path, 2)
+    argv = next(line.split("\x1f")[:-1] for line in (tmp_path / "calls.log.argv").read_text().splitlines()
+                if "distill_variants.py" in line and "--tokenise-only" not in line)
+    assert argv[argv.index("--only") + 1] == names
+    assert argv[argv.index("--variants") + 1] == "benchmarks/variants/knobs_v8_stage1.json"
