@@ -131,8 +131,8 @@ def distill(
     batch_size: Annotated[int, typer.Option(help="sequences per optimizer step, all processes together")] = 32,
     micro_batch: Annotated[int, typer.Option(help="sequences per forward per process")] = 4,
     batch_size2: Annotated[Optional[int], typer.Option(
-        help="sequences per optimizer step in stage 2 (default: --batch-size); stage 3's default batch keeps its "
-             "tokens a step")] = None,
+        help="sequences per optimizer step in stage 2, all processes together (default: --batch-size); stage 3's "
+             "default batch keeps its tokens a step")] = None,
     micro_batch2: Annotated[Optional[int], typer.Option(
         help="sequences per forward per process in stages 2-3 (default: --micro-batch): stage 2 trains every "
              "weight, so an 80 GB card takes 2 rows of 2,048 tokens a forward there where stage 1 takes 8")] = None,
