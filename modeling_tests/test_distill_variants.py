@@ -539,6 +539,19 @@ def _toy_run_seeing(variant: dict, fields: tuple[str, ...], tmp_path, monkeypatc
     return seen
 
 
+def test_a_stage_one_only_variant_is_measured_after_its_one_stage(tmp_path, monkeypatch):
+    """knobs_v8_stage1.json's form: no stage 2, the held-out KL and each JetBlock's transfer loss after stage 1."""
+    seen = _toy_run_seeing({"name": "stage 1 only, batch 4", "steps": [3, 0, 0], "batch_size": 4},
+                           ("stage", "steps"), tmp_path, monkeypatch)
+    assert seen == [(1, 3)]
+    row = json.loads((tmp_path / "out" / "variants.json").read_text())["variants"][0]
+    assert row["steps"] == [3, 0, 0] and len(row["held_out_kl_by_stage"]) == 1
+    # the same student measured twice (on a GPU the second time as a bf16 model, hence the tolerance)
+    assert row["held_out_kl"] == pytest.approx(row["held_out_kl_by_stage"][0], rel=0.05)
+    jet = [i for i, t in enumerate(row["layer_types"]) if t == "jet"]
+    assert sorted(map(int, row["held_out_mse_by_layer"])) == jet
+
+
 def test_a_variants_stage_two_takes_its_own_batch(tmp_path, monkeypatch):
     seen = _toy_run_seeing({"name": "a", "steps": [2, 3, 0], "batch_size": 2, "batch_size2": 4},
                            ("stage", "batch_size", "micro_batch"), tmp_path, monkeypatch)
