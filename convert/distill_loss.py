@@ -107,10 +107,16 @@ class DistillLoss(nn.Module):
     def _local(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]):
         """Attention transfer: each JetBlock on the teacher's input to that layer's attention, against its
         output; the layers are independent, so their gradients never cross a layer boundary."""
-        layers = self.student.model.layers
-        terms = [self.mse(layers[i].self_attn(x)[0], t) for i, x, t in zip(self.mse_layers, inputs, targets)]
-        mse = torch.stack(terms).mean()
+        mse = transfer_terms(self.student, self.mse_layers, inputs, targets, self.mse).mean()
         return self.mse_weight * mse, mse.new_zeros(()), mse.detach()
+
+
+def transfer_terms(student, layers: list[int], inputs: list[torch.Tensor], targets: list[torch.Tensor],
+                   mse: Callable | None = None) -> torch.Tensor:
+    """Attention transfer's loss, one term a layer [len(layers)]: each of `layers`' JetBlock on the teacher's input
+    to that layer's attention [B, L, d], against the teacher's output [B, L, d], by `mse` (`normalised_mse`)."""
+    blocks, mse = student.model.layers, mse or normalised_mse
+    return torch.stack([mse(blocks[i].self_attn(x)[0], t) for i, x, t in zip(layers, inputs, targets)])
 
 
 def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -123,17 +129,15 @@ def normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def layer_mse(student, teacher, rows: torch.Tensor, layers: list[int], batch: int = 8) -> list[float]:
     """Attention transfer's objective on held-out rows [N, L], per layer: the `normalised_mse` of each of `layers`'
     JetBlock on the teacher's input to that layer, against the teacher's attention output, taken per batch of rows
-    and averaged weighted by rows (in `layers`' order; one batch gives the training loss's terms on those rows). Which JetBlocks stage 1 left furthest from their teacher layer, beside the one number the
-    held-out KL gives."""
+    and averaged weighted by rows (in `layers`' order; one batch gives the training loss's terms on those rows).
+    Which JetBlocks stage 1 left furthest from their teacher layer, beside the one number the held-out KL gives."""
     student.eval()
     device = next(student.parameters()).device
-    blocks = student.model.layers
     totals, n = torch.zeros(len(layers), device=device), 0
     for i in range(0, rows.shape[0], batch):
         x = rows[i : i + batch].to(device)
         _, targets, inputs = teacher_targets(teacher, x, layers, inputs=True)
-        totals += torch.stack([normalised_mse(blocks[j].self_attn(h)[0], t) * x.shape[0]
-                               for j, h, t in zip(layers, inputs, targets)])
+        totals += transfer_terms(student, layers, inputs, targets) * x.shape[0]
         n += x.shape[0]
     return (totals / n).tolist()
 
