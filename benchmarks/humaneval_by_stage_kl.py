@@ -26,16 +26,6 @@ from stamp import stamp  # noqa: E402
 ANY_BATCH = {k: v for k, v in hbt.RECIPE.items() if k not in ("batch_size", "batch_size2")}
 
 
-def pearson(xs: list[float], ys: list[float]) -> float:
-    """Pearson's r; needs two distinct values on each side."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    if not sxx or not syy:
-        raise ValueError("a correlation needs at least two distinct values of each measure")
-    return sxy / (sxx * syy) ** 0.5
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Write humaneval_by_stage_kl.json and .png under --out; print r and the slope for each measure."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,8 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     measures = {}
     for i, name in enumerate(("after stage 1", "after stage 2")):
         kl = [s["kl_by_stage"][i] for s in runs]
-        r = pearson(kl, passed)
-        slope = r * statistics.pstdev(passed) / statistics.pstdev(kl)  # passes per nat of held-out KL
+        try:
+            r = statistics.correlation(kl, passed)
+        except statistics.StatisticsError as err:  # every run at one value of a measure
+            raise ValueError(f"held-out KL {name} against HumanEval: {err}") from err
+        slope = statistics.linear_regression(kl, passed).slope  # passes per nat of held-out KL
         measures[name] = {"r": r, "passes_per_nat": slope}
         print(f"held-out KL {name}: {min(kl):.3f}-{max(kl):.3f}, r = {r:+.2f} with HumanEval's "
               f"{min(passed)}-{max(passed)} passes over {len(runs)} runs")
