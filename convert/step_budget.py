@@ -73,7 +73,7 @@ class StepBudget:
             return None
         if self.t_first is None:
             raise RuntimeError(f"step budget: the mark after step {step} came before the first one ({self.first})")
-        self.chosen = _agreed(self._fits(step, now, self.cap), acc)
+        self.chosen = _agreed(self._fits(step, now), acc)
         return self.chosen
 
     def recheck(self, step: int, now: float, acc=None) -> int | None:
@@ -82,15 +82,17 @@ class StepBudget:
         most the cap) when it is lower, or higher by more than RAISE_AT; else None to keep the count."""
         if self.chosen is None or step >= self.chosen:
             return None
-        n = _agreed(self._fits(step, now, self.cap), acc)
+        n = _agreed(self._fits(step, now), acc)
         if self.chosen <= n <= max(self.chosen * (1 + RAISE_AT), self.chosen + 2):
             return None
         self.chosen = n
         return n
 
-    def _fits(self, step: int, now: float, most: int) -> int:
+    def _fits(self, step: int, now: float) -> int:
+        """The steps that end by the deadline at the mean step since the first mark: at least `step`, at most the
+        cap."""
         self.seconds_per_step = (now - self.t_first) / (step - self.first)
-        return min(most, step + int(max(0.0, self.deadline - now) / self.seconds_per_step))
+        return min(self.cap, step + int(max(0.0, self.deadline - now) / self.seconds_per_step))
 
 
 def _agreed(n: int, acc) -> int:
