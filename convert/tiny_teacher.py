@@ -9,6 +9,7 @@ with the tests), sorted by path; files whose path hashes into the last 5% are he
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import sysconfig
@@ -22,6 +23,12 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+@functools.lru_cache(maxsize=4)
+def _py_files(root: Path) -> tuple[Path, ...]:
+    """The sorted .py files under root outside site-packages; walked once a process (about 1 s for the stdlib)."""
+    return tuple(sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts))
+
+
 def stdlib_files(split: str = "train", with_tests: bool = False) -> list[Path]:
     """Sorted stdlib .py files of the split ("train" ~95%, "eval" ~5%, chosen by a hash of the path).
 
@@ -31,7 +38,7 @@ def stdlib_files(split: str = "train", with_tests: bool = False) -> list[Path]:
     dropped, so the held-out text is not trained on.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    files = _py_files(root)
     is_test = lambda p: "test" in p.relative_to(root).parts  # noqa: E731
     held = lambda p: int(hashlib.md5(str(p.relative_to(root)).encode()).hexdigest(), 16) % 20 == 0  # noqa: E731
     out = [p for p in files if not is_test(p) and held(p) == (split == "eval")]
