@@ -61,9 +61,8 @@ def fit(students: list[dict]) -> dict:
     ys = [s["passed"] for s in students]
     if len(set(xs)) < 2:
         raise ValueError(f"the recipe's students span {len(set(xs))} token budget(s); a trend needs two")
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return {"intercept": my - b * mx, "per_doubling": b}
+    line = statistics.linear_regression(xs, ys)
+    return {"intercept": line.intercept, "per_doubling": line.slope}
 
 
 def main(argv: list[str] | None = None) -> dict:
