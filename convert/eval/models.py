@@ -106,18 +106,20 @@ def check_length(m: EvalModel, length: int, what: str) -> None:
 
 
 def free(m: EvalModel | None) -> None:
-    """Drop a model's weights from the GPU between models."""
+    """Drop a model's weights between models (from the GPU, or from host memory on the CPU)."""
     if m is not None and m.model is not None:
         m.model = None
-    release_memory()
+    release_memory(collect=True)
 
 
-def release_memory() -> None:
+def release_memory(collect: bool | None = None) -> None:
     """Give cached GPU memory back before the next suite, batch or model allocates its own (an H200 run ran out
-    of memory in the teacher's HumanEval prefill after the student's, 2026-12-02). Without CUDA there is no cache to
-    give back, and a full collection costs ~0.2 s a call (the toy suites called it a dozen times a run)."""
+    of memory in the teacher's HumanEval prefill after the student's, 2026-12-02). `collect`: a full garbage
+    collection first, so that tensors held only by reference cycles are gone (default: where CUDA is; on the CPU it
+    costs ~0.2 s a call and there is no cache to give back, so only `free` asks for it, once a model)."""
     import gc
 
+    if torch.cuda.is_available() if collect is None else collect:
+        gc.collect()
     if torch.cuda.is_available():
-        gc.collect()  # tensors held only by reference cycles must go before their blocks can be returned
         torch.cuda.empty_cache()
