@@ -119,7 +119,8 @@ def release_memory(collect: bool | None = None) -> None:
     costs ~0.2 s a call and there is no cache to give back, so only `free` asks for it, once a model)."""
     import gc
 
-    if torch.cuda.is_available() if collect is None else collect:
+    cuda = torch.cuda.is_available()
+    if cuda if collect is None else collect:
         gc.collect()
-    if torch.cuda.is_available():
+    if cuda:
         torch.cuda.empty_cache()
