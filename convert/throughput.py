@@ -6,7 +6,7 @@ Model FLOPs per training token (what MFU counts; recomputation from checkpointin
                                trains (and the head)
            + 2 N_train         backward to the trainable weights
            + A_s (x3 where activations flow back, else x1)   token mixing, below
-    teacher  2 N_t + A_t       forward only
+    teacher  2 N_t + A_t       forward only; N_t without the head under attention transfer (no KL)
 N counts 2-D weights of the decoder layers plus the output head ([V, d], tied or not: the KL multiplies by it
 in both models). Token mixing per token and layer, forward: full attention 4 H hd c with c the mean causal
 context (L + 1) / 2; sliding attention the same with c the mean of min(i + 1, W); JetBlock 6 H dk dv (the
@@ -63,7 +63,9 @@ def flops_per_token(student, teacher, seq_len: int, local: bool = False) -> dict
     per, head, head_train = _matmul_params(student)
     mix = _mixing_flops(student.config, seq_len)
     t_per, t_head, _ = _matmul_params(teacher)
-    t = 2 * (sum(a for a, _ in t_per.values()) + t_head) + sum(_mixing_flops(teacher.config, seq_len))
+    # the teacher's head runs only for the KL, which attention transfer has none of
+    t_weights = sum(a for a, _ in t_per.values()) + (0 if local else t_head)
+    t = 2 * t_weights + sum(_mixing_flops(teacher.config, seq_len))
     if local:
         s = sum(6 * tr + 3 * mix[i] for i, (_, tr) in per.items() if tr > 0)
         return {"student": float(s), "teacher": float(t), "total": float(s + t)}
