@@ -1,0 +1,73 @@
+"""benchmarks/gpu_by_stage.py: the card's samples lined up with a run's step log, stage by stage."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu_by_stage as gbs  # noqa: E402
+
+
+def _samples(path, rows):
+    lines = ["unix_s,sm_mhz,mem_mhz,power_w,temp_c,util_pct,reasons"]
+    lines += [f"{t},{mhz},2619,{w},{c},{u},{r}" for t, mhz, w, c, u, r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _history(stage, t_end, steps, ms, every=10):
+    """Records as StepMeter writes them: `every` steps share the time their interval was read back."""
+    out = []
+    for i in range(steps):
+        flush = (i // every + 1) * every
+        out.append({"stage": stage, "step": i + 1, "ms_per_step": ms,
+                    "time": t_end - (steps - flush) * ms / 1e3})
+    return out
+
+
+def test_each_stage_gets_the_samples_inside_its_steps(tmp_path):
+    # stage 1: 100 steps of 1 s from t=1000 to 1100 at full clock; stage 2: 50 steps of 2 s to 1200, power-capped
+    # and with a host gap; a sample before the run and one after belong to neither
+    rows = [(990, 1980, 100, 40, 0, "0x1")]
+    rows += [(t, 1980, 690, 60, 99, "0x0000000000000000") for t in range(1001, 1100, 5)]
+    rows += [(t, 1700, 700, 70, 80 if t % 2 else 99, "0x0000000000000004") for t in range(1101, 1200, 5)]
+    rows += [(1300, 1980, 80, 40, 0, "0x1")]
+    _samples(tmp_path / "s.csv", rows)
+    run = {"variants": [{"name": "v", "history": _history(1, 1100, 100, 1000) + _history(2, 1200, 50, 2000)}]}
+    (tmp_path / "v.json").write_text(json.dumps(run))
+    one, two = gbs.main(["--samples", str(tmp_path / "s.csv"), "--runs", str(tmp_path / "v.json"),
+                         "--out", str(tmp_path / "out")])
+    assert (one["start"], one["end"], two["start"], two["end"]) == pytest.approx((1000, 1100, 1100, 1200))
+    assert one["samples"] == 20 and two["samples"] == 20
+    assert (one["sm_mhz"], one["power_capped"], one["util_below_90"]) == (1980, 0, 0)
+    assert (two["sm_mhz"], two["power_capped"], two["thermal"]) == (1700, 1, 0)
+    assert two["util_below_90"] == 0.5 and two["ms_per_step"] == 2000
+    assert json.loads((tmp_path / "out" / "gpu_by_stage.json").read_text())["stages"][1]["samples"] == 20
+    assert (tmp_path / "out" / "gpu_by_stage.png").stat().st_size > 0
+
+
+def test_a_history_without_times_and_unreadable_samples_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"run 'old' logs no step times"):
+        gbs.stage_spans({"variants": [{"name": "old", "history": [{"stage": 1, "step": 1, "ms_per_step": 5}]}]},
+                        "v.json")
+    (tmp_path / "bad.csv").write_text("time,clock\n1,2\n")
+    with pytest.raises(ValueError, match=r"bad.csv: columns \['time', 'clock'\]"):
+        gbs.read_samples(tmp_path / "bad.csv")
+    _samples(tmp_path / "na.csv", [(1, "[N/A]", 1, 1, 1, "0x0"), (2, 1980, 1, 1, 1, "0x0")])
+    assert [r["unix_s"] for r in gbs.read_samples(tmp_path / "na.csv")] == [2]
+
+
+def test_step_records_carry_the_time_their_interval_ended():
+    from convert.throughput import StepMeter
+
+    meter = StepMeter(tokens_per_step=8, flops_per_token=1.0, peak=None)
+    meter.add(1, 1e-3, torch.zeros(3))
+    meter.add(2, 1e-3, torch.zeros(3))
+    before = time.time()
+    recs = meter.flush()
+    assert [r["step"] for r in recs] == [1, 2]
+    assert before <= recs[0]["time"] == recs[1]["time"] <= time.time()
