@@ -328,7 +328,7 @@ def test_distill_refuses_a_damaged_student(ws, tmp_path, refused, damage):
     refused(with_flags(distill_args(ws, "o"), ["--student", str(student)]), message, tmp_path)
 
 
-BOOLEAN_FLAGS = ("--resume", "--overwrite", "--bf16", "--dry-run", "--chat-docstrings")
+BOOLEAN_FLAGS = ("--resume", "--overwrite", "--bf16", "--dry-run", "--chat-docstrings", "--frozen-bf16")
 
 
 def with_flags(args: list[str], flags: list[str]) -> list[str]:
@@ -437,6 +437,8 @@ DISTILL_CASES = {
     "on-stale-unknown": (["--on-stale", "ignore"], "--on-stale must be 'rebuild' or 'error', got 'ignore'"),
     "tokenise-workers-zero": (["--tokenise-workers", "0"], "--tokenise-workers must be >= 1, got 0"),
     "peak-tflops-zero": (["--peak-tflops", "0"], "peak_tflops must be a positive number, got 0.0"),
+    "frozen-bf16-without-bf16": (["--frozen-bf16"], "--frozen-bf16 holds frozen weights in the bf16 that --bf16 "
+                                                    "computes them in: it needs --bf16"),
     "log-every-negative": (["--log-every", "-1"], "stage 1: log_every must be >= 0, got -1"),
     "out-is-student": (["--out", "{ws}/jet", "--overwrite"], "overlaps the student"),
     "out-holds-data": (["--out", "{ws}", "--overwrite"], "overlaps the teacher"),

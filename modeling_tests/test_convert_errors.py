@@ -251,3 +251,17 @@ def test_cli_micro_batch2_sets_the_rows_a_forward_of_stages_2_and_3_only(tmp_pat
     assert seen["stage3"].batch_size == 4  # 16 rows of 2,048 tokens a step = 4 of 8,192
     assert main(base + ["--batch-size2", "32", "--micro-batch2", "4"]) == 0  # stage 2's own batch; stage 3 follows it
     assert [seen[k].batch_size for k in ("stage1", "stage2", "stage3")] == [16, 32, 8]
+
+
+def test_cli_frozen_bf16_holds_every_stages_frozen_weights_in_bf16(tmp_path, monkeypatch):
+    """--frozen-bf16 (run l's recipe: stage 2 with frozen MLPs) reaches each stage's config; off by default."""
+    import convert.pipeline as pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "distill_checkpoint", lambda *a, **k: seen.update(k))
+    base = ["distill", str(tmp_path / "out"), "--teacher", "t", "--student", "s", "--data", "d", "--stage2-steps", "3",
+            "--stage3-steps", "1", "--bf16", "--train2", "non-mlp"]
+    assert main(base + ["--frozen-bf16"]) == 0
+    assert [seen[k].frozen_bf16 for k in ("stage1", "stage2", "stage3")] == [True, True, True]
+    assert main(base) == 0
+    assert [seen[k].frozen_bf16 for k in ("stage1", "stage2", "stage3")] == [False, False, False]
