@@ -198,13 +198,18 @@ case "$1" in
     # spaces and commas ("stage 1 only, batch 8, lr 1e-3")
     VQ=$(printf '%q ' "${V[@]}")
     snapshot $JOB/tree
+    # the card's clocks, power and utilisation through the whole job (benchmarks/gpu_by_stage.py lines them up with
+    # the steps): in-run stage-2 steps were 13% slower than their profile (2026-12-06), which step times alone
+    # cannot attribute to the card or the host
     setsid nohup bash -c "cd $JOB/tree && export PYTHONPATH=$JOB/tree:/tmp/site
+      bash benchmarks/sample_gpu.sh $JOB/out/gpu_samples.csv & sampler=\$!
       if [ ! -e $WORK/teacher_fp32/config.json ]; then
         # the corpus is tokenised into the cache the variants read (on the CPU, with the GGUF's tokenizer) while the
         # teacher is dequantised and saved: the variants' own tokenising (25 s on 2026-12-04) becomes a cache read
         python3 benchmarks/distill_variants.py $VQ --teacher $GGUF --tokenise-only > $JOB/tokenise.log 2>&1 &
+        tokenise=\$!
         python3 benchmarks/save_teacher.py $GGUF $WORK/teacher_fp32 > $JOB/save_teacher.log 2>&1
-        wait
+        wait \$tokenise  # not the sampler, which runs until the job ends
       fi
       while [ ! -e $JOB/speed.done ]; do sleep 2; done
       # ANSWERS=N: the teacher first answers N function requests (at most ANSWERS_BUDGET s), for variants whose
@@ -246,6 +251,7 @@ from distill_variants import best_student; print(best_student(\"$JOB/out/variant
             --suite ${SUITE:-ppl,niah,humaneval} --lengths ${EVAL_LENGTHS:-2048,8192,32000} --trials 3 >> $JOB/eval.log 2>&1
         done
       fi
+      kill \$sampler
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &
     echo "variants pipeline started: $JOB/pipeline.log" ;;
   poll)

@@ -125,8 +125,11 @@ class StepMeter:
         dt = time.perf_counter() - self.t0
         tok_s = len(self.pending) * self.tokens_per_step / dt
         mfu = tok_s * self.fpt / (self.peak * self.world) if self.peak else None
+        # "time": when the interval ended (Unix seconds), to line the steps up with samples taken outside the
+        # process (the card's clocks, power and utilisation: benchmarks/gpu_by_stage.py)
+        now = time.time()
         recs = [{"stage": stage, "step": s, "loss": v[0], "kl": v[1], "mse": v[2], "lr": lr, "tok_per_s": tok_s,
-                 "ms_per_step": 1000 * dt / len(self.pending), "mfu": mfu,
+                 "ms_per_step": 1000 * dt / len(self.pending), "mfu": mfu, "time": now,
                  **({"grad_norm": v[3]} if len(v) > 3 else {})}
                 for (s, lr, _), v in zip(self.pending, vals)]
         self.pending = []

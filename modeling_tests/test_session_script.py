@@ -17,6 +17,7 @@ if [ "$1" = "-c" ] || [ "$1" = benchmarks/pick_optins.py ]; then exec "{python}"
 echo "PY $*" >> "{log}"
 printf '%s\x1f' "$@" >> "{log}.argv"; echo >> "{log}.argv"
 echo "$1 keep=${{JET_NEMOTRON_KEEP_STATES:-}} conv=${{JET_NEMOTRON_CONV_FUSED_BWD:-}} cwd=$PWD" >> "{log}.env"
+sleep "${{FAKE_SECONDS:-0}}"
 """
 
 
@@ -414,3 +415,30 @@ def test_a_variant_name_with_spaces_and_commas_reaches_only_as_one_argument(tmp_
                 if "distill_variants.py" in line and "--tokenise-only" not in line)
     assert argv[argv.index("--only") + 1] == names
     assert argv[argv.index("--variants") + 1] == "benchmarks/variants/knobs_v8_stage1.json"
+
+
+def test_variants_pipeline_samples_the_card_until_it_is_done(tmp_path):
+    """sample_gpu.sh runs beside the whole detached job into out/gpu_samples.csv (which `poll` packs), in the
+    columns gpu_by_stage.py reads, and stops when the job does."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_by_stage import read_samples
+
+    # each stand-in script call takes 1.5 s, as a real job's take minutes: the sampler's first sample is taken
+    r = _run(tmp_path, ["pipeline-variants"], smi="1980, 2619, 650.52, 61, 97, 0x0000000000000004",
+             FAKE_SECONDS="1.5")
+    assert r.returncode == 0, r.stderr
+    job, t = tmp_path / "job", time.time()
+    while not (job / "done").exists() and time.time() - t < 20:
+        time.sleep(0.2)
+    assert (job / "done").exists()
+    csv_ = job / "out" / "gpu_samples.csv"
+    time.sleep(0.5)  # a sample being taken when the job ended lands within this
+    rows = read_samples(csv_)
+    assert rows and rows[0] == {"unix_s": pytest.approx(rows[0]["unix_s"]), "sm_mhz": 1980.0, "mem_mhz": 2619.0,
+                                "power_w": 650.52, "temp_c": 61.0, "util_pct": 97.0, "reasons": 4}
+    assert abs(rows[0]["unix_s"] - time.time()) < 60
+    size = csv_.stat().st_size
+    time.sleep(2.5)  # the sampler takes a sample a second while it runs
+    assert csv_.stat().st_size == size
