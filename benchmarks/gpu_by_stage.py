@@ -6,8 +6,8 @@ keep it busy (utilisation under 100% at full clocks).
 
 `--runs` is any results JSON whose runs hold a "history" of step records with "time" (Unix seconds at the end of
 each logged interval, as `convert.throughput.StepMeter` writes them since 2026-12-06): `distill_variants.py`'s
-variants.json, `distill_real.py`'s results. A stage spans from its first logged interval's start to its last record. Writes gpu_by_stage.json and
-gpu_by_stage.png; prints one line a stage.
+variants.json, `distill_real.py`'s results. A stage spans from its first logged interval's start to its last
+record. Writes gpu_by_stage.json and gpu_by_stage.png; prints one line a stage.
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def stage_spans(results: dict, where: str) -> list[dict]:
             first = [h for h in recs if h["time"] == recs[0]["time"]]  # the records of the first logged interval
             start = recs[0]["time"] - len(first) * recs[0]["ms_per_step"] / 1e3
             ms = statistics.median(h["ms_per_step"] for h in recs)
+            # the host's own pauses: Python's collector stops the thread that launches the kernels
+            gc_ms = statistics.median(h["gc_ms_per_step"] for h in recs) if "gc_ms_per_step" in recs[0] else None
             spans.append({"run": run.get("name", str(i)), "stage": stage, "start": start, "end": recs[-1]["time"],
-                          "steps": len(recs), "ms_per_step": ms})
+                          "steps": len(recs), "ms_per_step": ms, "gc_ms_per_step": gc_ms})
     if not spans:
         raise ValueError(f"{where}: no step records")
     return spans
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     spans = stage_spans(json.loads(args.runs.read_text()), str(args.runs))
     stages = [summarise(samples, s) for s in spans]
     for s in stages:
-        head = f"{s['run']}, stage {s['stage']}: {s['steps']} steps, {s['ms_per_step']:.0f} ms a step"
+        gc_ = f" (garbage collection {s['gc_ms_per_step']:.1f})" if s["gc_ms_per_step"] is not None else ""
+        head = f"{s['run']}, stage {s['stage']}: {s['steps']} steps, {s['ms_per_step']:.0f} ms a step{gc_}"
         if not s["samples"]:
             print(f"{head}; no samples in its span")
             continue

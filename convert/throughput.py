@@ -18,6 +18,7 @@ MFU is left out unless `peak_tflops` says what to divide by.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import torch
@@ -94,11 +95,33 @@ def peak_flops(device, bf16: bool, peak_tflops: float | None = None) -> tuple[fl
     return None, f"no peak known for {name}; pass peak_tflops"
 
 
+_GC = {"ms": 0.0, "full": 0, "t0": None}  # the process's time in Python's cyclic collector, from gc.callbacks
+
+
+def _gc_clock(phase: str, info: dict) -> None:
+    if phase == "start":
+        _GC["t0"] = time.perf_counter()
+    elif _GC["t0"] is not None:
+        _GC["ms"] += 1e3 * (time.perf_counter() - _GC["t0"])
+        _GC["full"] += info.get("generation") == 2
+        _GC["t0"] = None
+
+
+def gc_clock() -> tuple[float, int]:
+    """(ms spent in garbage collections, full collections) since this process first asked; the collector pauses the
+    thread that launches the device's kernels, and a full collection walks every tracked object."""
+    if _gc_clock not in gc.callbacks:
+        gc.callbacks.append(_gc_clock)
+    return _GC["ms"], _GC["full"]
+
+
 class StepMeter:
     """Per-step losses stay on the device; `flush` reads all pending ones back with one host sync.
 
     Timing is per flush interval (the only honest clock on an asynchronous device): tok/s = steps x
     tokens_per_step / interval seconds, MFU from `flops_per_token` and `peak` (FLOP/s of one device, x world).
+    Each record also carries the interval's end ("time", Unix seconds), its garbage-collection time a step
+    ("gc_ms_per_step") and the full collections in it ("gc_full", the interval's count).
     """
 
     def __init__(self, tokens_per_step: int, flops_per_token: float, peak: float | None, world: int = 1):
@@ -108,6 +131,7 @@ class StepMeter:
 
     def restart_clock(self) -> None:
         self.t0 = time.perf_counter()
+        self.gc0 = gc_clock()
 
     def add(self, step: int, lr: float, losses: torch.Tensor) -> None:
         """Record optimizer step `step` (1-based) with its losses [3] = (loss, kl, mse), a device tensor, or [4]
@@ -128,8 +152,10 @@ class StepMeter:
         # "time": when the interval ended (Unix seconds), to line the steps up with samples taken outside the
         # process (the card's clocks, power and utilisation: benchmarks/gpu_by_stage.py)
         now = time.time()
+        (gc_ms, full), (gc_ms0, full0) = gc_clock(), self.gc0
         recs = [{"stage": stage, "step": s, "loss": v[0], "kl": v[1], "mse": v[2], "lr": lr, "tok_per_s": tok_s,
                  "ms_per_step": 1000 * dt / len(self.pending), "mfu": mfu, "time": now,
+                 "gc_ms_per_step": (gc_ms - gc_ms0) / len(self.pending), "gc_full": full - full0,
                  **({"grad_norm": v[3]} if len(v) > 3 else {})}
                 for (s, lr, _), v in zip(self.pending, vals)]
         self.pending = []

@@ -142,6 +142,29 @@ def _setup(seed=0):
     return teacher, student, rows[:20], rows[20:]
 
 
+def test_the_steps_run_with_the_set_up_objects_frozen_out_of_the_collector(capsys):
+    """The objects alive when the steps start are frozen (a full collection would walk all of them while the
+    kernels wait), unfrozen when the stage ends, also when it is stopped; the step log gives the collector's time."""
+    import gc
+
+    teacher, student, train, _ = _setup()
+    frozen = []
+
+    def stop(step):
+        frozen.append(gc.get_freeze_count())
+        return step == 3
+
+    before = gc.get_freeze_count()
+    s = distill(student, teacher, train, DistillConfig(stage=1, steps=6, batch_size=4, micro_batch=2, lr=1e-2,
+                                                       warmup_steps=2, log_every=1), stop=stop)
+    assert s["stopped_at"] == 3 and len(frozen) == 3
+    assert min(frozen) > before + 10_000  # torch, transformers and the models
+    assert gc.get_freeze_count() == before
+    log = capsys.readouterr()
+    assert " gc " in log.out + log.err and " ms/step (" in log.out + log.err
+    assert all(h["gc_ms_per_step"] >= 0 and h["gc_full"] >= 0 for h in s["history"])
+
+
 def test_attention_transfer_reports_its_held_out_loss_layer_by_layer():
     from convert.distill_loss import DistillLoss, layer_mse, teacher_targets
 

@@ -38,6 +38,8 @@ def test_each_stage_gets_the_samples_inside_its_steps(tmp_path):
     rows += [(1300, 1980, 80, 40, 0, "0x1")]
     _samples(tmp_path / "s.csv", rows)
     run = {"variants": [{"name": "v", "history": _history(1, 1100, 100, 1000) + _history(2, 1200, 50, 2000)}]}
+    for h in run["variants"][0]["history"]:
+        h["gc_ms_per_step"] = 0.5 * h["stage"]
     (tmp_path / "v.json").write_text(json.dumps(run))
     one, two = gbs.main(["--samples", str(tmp_path / "s.csv"), "--runs", str(tmp_path / "v.json"),
                          "--out", str(tmp_path / "out")])
@@ -46,6 +48,7 @@ def test_each_stage_gets_the_samples_inside_its_steps(tmp_path):
     assert (one["sm_mhz"], one["power_capped"], one["util_below_90"]) == (1980, 0, 0)
     assert (two["sm_mhz"], two["power_capped"], two["thermal"]) == (1700, 1, 0)
     assert two["util_below_90"] == 0.5 and two["ms_per_step"] == 2000
+    assert (one["gc_ms_per_step"], two["gc_ms_per_step"]) == (0.5, 1.0)
     assert json.loads((tmp_path / "out" / "gpu_by_stage.json").read_text())["stages"][1]["samples"] == 20
     assert (tmp_path / "out" / "gpu_by_stage.png").stat().st_size > 0
 
@@ -61,13 +64,25 @@ def test_a_history_without_times_and_unreadable_samples_are_named(tmp_path):
     assert [r["unix_s"] for r in gbs.read_samples(tmp_path / "na.csv")] == [2]
 
 
-def test_step_records_carry_the_time_their_interval_ended():
+def test_step_records_carry_the_time_their_interval_ended_and_its_garbage_collections():
+    import gc
+
     from convert.throughput import StepMeter
 
     meter = StepMeter(tokens_per_step=8, flops_per_token=1.0, peak=None)
     meter.add(1, 1e-3, torch.zeros(3))
     meter.add(2, 1e-3, torch.zeros(3))
+    gc.collect()  # a full collection inside the interval
     before = time.time()
     recs = meter.flush()
     assert [r["step"] for r in recs] == [1, 2]
     assert before <= recs[0]["time"] == recs[1]["time"] <= time.time()
+    assert recs[0]["gc_full"] >= 1 and recs[0]["gc_ms_per_step"] > 0
+    gc.disable()  # an interval without a collection counts none (the clock restarted at the last flush)
+    try:
+        meter.restart_clock()
+        meter.add(3, 1e-3, torch.zeros(3))
+        (rec,) = meter.flush()
+    finally:
+        gc.enable()
+    assert (rec["gc_full"], rec["gc_ms_per_step"]) == (0, 0)
