@@ -27,7 +27,6 @@ def test_the_long_runs_of_any_batch_give_each_stages_correlation(tmp_path, capsy
     one, two = res["measures"]["after stage 1"], res["measures"]["after stage 2"]
     assert one["r"] == pytest.approx(-1.0) and one["passes_per_nat"] == pytest.approx(-50.0)
     assert two["r"] == pytest.approx(0.5)  # deviations (0, .002, -.002) against (-5, 5, 0)
-    assert abs(two["r"]) < 0.9
     assert (tmp_path / "out" / "humaneval_by_stage_kl.png").stat().st_size > 0
     assert "r = -1.00" in capsys.readouterr().out
 
