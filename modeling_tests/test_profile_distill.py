@@ -92,3 +92,23 @@ def test_the_switches_default_to_the_librarys_and_the_record_holds_what_ran(tmp_
     rec = json.loads((tmp_path / "profile_distill_stage1_no_keep_states_no_conv_fused_bwd_toy.json").read_text())
     assert rec["args"]["keep_states"] == rec["args"]["conv_fused_bwd"] == "False"
     assert launch.KEEP_STATES is False and dynamic_conv_triton.FUSED_BWD is False
+
+
+def test_gc_in_steps_counts_the_collections_inside_the_steps_of_both_runs(tmp_path):
+    """benchmarks/gc_in_steps.py: a run without the freeze, then one with it, each counting only the collections
+    made between the steps' start and end (the young ones happen every step)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gc
+
+    import gc_in_steps
+
+    res = gc_in_steps.main(["--steps", "2", "--out", str(tmp_path)])
+    assert [r["frozen"] for r in res["runs"]] == [False, True]
+    for r in res["runs"]:
+        assert r["collections"][0] > 0 and r["ms_per_step"][0] > 0 and r["s_per_step"] > 0
+    assert res["tracked_before"] > 100_000 and gc.get_freeze_count() == 0
+    assert json.loads((tmp_path / "gc_in_steps.json").read_text())["runs"][1]["steps"] == 2
