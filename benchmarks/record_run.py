@@ -25,7 +25,8 @@ RESULTS = HERE / "results" / "real_model"
 # (path in the archive, name in the record); a missing one is left out (a lease without a card job has no card tests)
 KEEP = [("out/card_tests.log", "card_tests.log"), ("optins.log", "optins.log"),
         ("save_teacher.log", "save_teacher.log"), ("tokenise.log", "tokenise.log"),
-        ("out/optins/optins.json", "optins.json"), ("out/kernels/kernels.json", "kernels.json"), ("out/gpu_samples.csv", "gpu_samples.csv"),
+        ("out/optins/optins.json", "optins.json"), ("out/kernels/kernels.json", "kernels.json"),
+        ("out/gpu_samples.csv", "gpu_samples.csv"),
         ("out/variants/variants.json", "variants.json"), ("out/variants/variants.md", "variants.md"),
         ("out/variants/variants_kl.png", "variants_kl.png")]
 BAR = re.compile(r"%\|")  # a tqdm progress line
