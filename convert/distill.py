@@ -530,14 +530,17 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
     # object (220 ms for 412,000 on a CI core) while the thread that launches the kernels waits. They are unfrozen
     # when the stage ends. On CUDA a collection first, once a stage: frozen garbage would keep what it holds (an
     # earlier stage's optimizer state in a reference cycle, say) on the card for the whole stage; on the CPU that
-    # walk would cost the tests more than it frees.
-    if acc.device.type == "cuda":
+    # walk would cost the tests more than it frees. A caller that froze objects itself manages the collector: the
+    # unfreeze at the end would undo its freeze too, so then nothing here touches it.
+    freeze = gc.get_freeze_count() == 0
+    if freeze and acc.device.type == "cuda":
         t = time.perf_counter()
         gc.collect()
         acc.print(f"stage {cfg.stage}: a full garbage collection took {1e3 * (time.perf_counter() - t):.0f} ms over "
                   f"{len(gc.get_objects()):,} objects; they are frozen out of the collector for the steps")
         meter.restart_clock()
-    gc.freeze()
+    if freeze:
+        gc.freeze()
     try:
         while step < cfg.steps:
             saving = bool(ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0
@@ -574,7 +577,8 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
         if hasattr(data, "close"):  # generated rows' worker processes (`row_workers.py`); restarted if used again
             data.close()
         bar.close()
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
     return None, cfg
 
 

@@ -163,6 +163,15 @@ def test_the_steps_run_with_the_set_up_objects_frozen_out_of_the_collector(capsy
     log = capsys.readouterr()
     assert " gc " in log.out + log.err and " ms/step (" in log.out + log.err
     assert all(h["gc_ms_per_step"] >= 0 and h["gc_full"] >= 0 for h in s["history"])
+    # a caller's own freeze (a forking server's, say) is left as it was: the stage's unfreeze would have undone it
+    gc.freeze()
+    try:
+        callers = gc.get_freeze_count()
+        distill(student, teacher, train, DistillConfig(stage=1, steps=2, batch_size=4, micro_batch=2, lr=1e-2,
+                                                       warmup_steps=1, log_every=0))
+        assert gc.get_freeze_count() > 0.9 * callers  # still frozen (less the objects freed meanwhile), not 0
+    finally:
+        gc.unfreeze()
 
 
 def test_attention_transfer_reports_its_held_out_loss_layer_by_layer():
