@@ -25,7 +25,6 @@ sys.path.insert(0, str(HERE.parent / "modeling_tests"))  # the tests' tiny Qwen
 
 from stamp import stamp  # noqa: E402
 
-SPEC = ",".join(["jet"] * 14 + ["attn"] + ["jet"] * 4 + ["attn", "swa", "swa"] + ["jet"] * 6)  # jet-nemotron-2b's
 
 
 def one_run(freeze: bool, steps: int) -> dict:
@@ -35,11 +34,11 @@ def one_run(freeze: bool, steps: int) -> dict:
 
     import convert.distill as distill_mod
     from convert.distill import DistillConfig, distill
-    from convert.layer_map import parse_spec
+    from convert.layer_map import PRESETS, parse_spec
     from convert.qwen_to_jet import convert_model
 
     teacher = tiny_qwen("qwen2", layers=28)
-    student = convert_model(teacher, parse_spec(SPEC), window=8)
+    student = convert_model(teacher, parse_spec(",".join(PRESETS["jet-nemotron-2b"]["layer_types"])), window=8)
     rows = torch.randint(0, 101, (64, 64), generator=torch.Generator().manual_seed(0))
     events: list[tuple[int, float]] = []
     inside = {"on": False}

@@ -12,7 +12,6 @@ its cause.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import statistics
 import sys
@@ -20,25 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from humaneval_answers import read_answers  # noqa: E402
 from stamp import stamp  # noqa: E402
-
-
-def answers(path: Path) -> dict[str, dict]:
-    """{task_id: {"passed", "completion", ...}} of a HumanEval answer file (jsonl, gzipped or not)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    out = {}
-    with opener(path, "rt") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out[row["task_id"]] = {"passed": bool(row["passed"]), "completion": row["completion"]}
-            except (json.JSONDecodeError, KeyError) as err:
-                raise ValueError(f"{path}, line {n}: not a HumanEval answer ({type(err).__name__}: {err})") from err
-    if not out:
-        raise ValueError(f"{path}: no answers")
-    return out
 
 
 def by_length(teacher: dict, students: list[dict], groups: int = 4) -> list[dict]:
@@ -70,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    groups = by_length(answers(args.teacher), [answers(p) for p in args.students], args.groups)
+    groups = by_length(read_answers(args.teacher), [read_answers(p) for p in args.students], args.groups)
     for g in groups:
         print(f"teacher's answers of {g['chars'][0]}-{g['chars'][1]} characters ({g['problems']} problems): the "
               f"students pass {g['mean']:.2f} of them ({', '.join(f'{x:.2f}' for x in g['passed'])})")

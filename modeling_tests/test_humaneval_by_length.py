@@ -16,7 +16,8 @@ import humaneval_by_length as hbl  # noqa: E402
 def _answers(path, rows):
     with gzip.open(path, "wt") as f:
         for task, passed, completion in rows:
-            f.write(json.dumps({"task_id": task, "passed": passed, "completion": completion}) + "\n")
+            f.write(json.dumps({"task_id": task, "passed": passed, "result": "passed" if passed else "failed: ",
+                                "completion": completion}) + "\n")
     return path
 
 
@@ -37,9 +38,10 @@ def test_students_are_scored_on_the_teachers_passed_problems_shortest_first(tmp_
 
 
 def test_a_student_without_some_answers_or_a_broken_file_is_named(tmp_path):
-    teacher = hbl.answers(_answers(tmp_path / "t.jsonl.gz", [("p0", True, "x"), ("p1", True, "xx")]))
+    teacher = hbl.read_answers(_answers(tmp_path / "t.jsonl.gz", [("p0", True, "x"), ("p1", True, "xx")]))
     with pytest.raises(ValueError, match="no answer to 1 of the teacher's problems, e.g. p1"):
         hbl.by_length(teacher, [{"p0": {"passed": True, "completion": ""}}], groups=2)
-    (tmp_path / "bad.jsonl").write_text('{"task_id": "p0"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl, line 1: not a HumanEval answer \(KeyError"):
-        hbl.answers(tmp_path / "bad.jsonl")
+    with gzip.open(tmp_path / "bad.jsonl.gz", "wt") as f:
+        f.write('{"task_id": "p0"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl.gz: line 1 lacks \['completion', 'passed', 'result'\]"):
+        hbl.read_answers(tmp_path / "bad.jsonl.gz")
