@@ -16,6 +16,7 @@ import gc
 import json
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +33,7 @@ def one_run(freeze: bool, steps: int) -> dict:
     import torch
     from test_convert_conversion import tiny_qwen
 
-    import convert.distill as distill_mod
+    import convert.throughput as throughput
     from convert.distill import DistillConfig, distill
     from convert.layer_map import PRESETS, parse_spec
     from convert.qwen_to_jet import convert_model
@@ -49,17 +50,17 @@ def one_run(freeze: bool, steps: int) -> dict:
         elif inside["on"]:
             events.append((info["generation"], time.perf_counter() - clock.t))
 
-    def steps_start() -> None:  # called where the steps begin: only their collections count
-        inside["on"] = True
-        real_freeze()
+    @contextmanager
+    def in_steps(collect: bool):  # in place of the steps' own: only collections inside the steps count
+        with real(collect) if freeze else nullcontext() as note:
+            inside["on"] = True
+            try:
+                yield note
+            finally:
+                inside["on"] = False
 
-    def steps_end() -> None:  # where the steps end
-        inside["on"] = False
-        real_unfreeze()
-
-    real_freeze, real_unfreeze = gc.freeze, gc.unfreeze
-    distill_mod.gc.freeze = steps_start if freeze else (lambda: inside.update(on=True))
-    distill_mod.gc.unfreeze = steps_end
+    real = throughput.collector_frozen
+    throughput.collector_frozen = in_steps
     gc.callbacks.append(clock)
     try:
         cfg = DistillConfig(stage=2, steps=steps, batch_size=16, micro_batch=2, lr=1e-4, warmup_steps=2, log_every=0,
@@ -69,8 +70,7 @@ def one_run(freeze: bool, steps: int) -> dict:
         wall = time.perf_counter() - t
     finally:
         gc.callbacks.remove(clock)
-        distill_mod.gc.freeze, distill_mod.gc.unfreeze = real_freeze, real_unfreeze
-        gc.unfreeze()
+        throughput.collector_frozen = real
     by_gen = {g: [d for k, d in events if k == g] for g in (0, 1, 2)}
     return {"frozen": freeze, "steps": steps, "s_per_step": wall / steps, "tracked_objects": len(gc.get_objects()),
             "collections": {g: len(d) for g, d in by_gen.items()},

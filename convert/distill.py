@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import json
 import math
 import os
@@ -511,7 +510,7 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
     from tqdm.auto import tqdm
 
     from .prefetch import Prefetcher
-    from .throughput import StepMeter
+    from .throughput import StepMeter, collector_frozen
 
     acc = run.acc
     bar = tqdm(total=cfg.steps, initial=start, desc=f"distill stage {cfg.stage}", unit="step",
@@ -525,60 +524,49 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
     prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
     budget = StepBudget(start, cfg.steps, cfg.warmup_steps, deadline) if deadline is not None else None
     step = start
-    # Everything set up so far (models, optimizer, data, imports: about 400,000 tracked objects with the real 1.5B
-    # teacher's shapes) is moved out of the collector's reach for the steps: a full collection walks every tracked
-    # object (220 ms for 412,000 on a CI core) while the thread that launches the kernels waits. They are unfrozen
-    # when the stage ends. On CUDA a collection first, once a stage: frozen garbage would keep what it holds (an
-    # earlier stage's optimizer state in a reference cycle, say) on the card for the whole stage; on the CPU that
-    # walk would cost the tests more than it frees. A caller that froze objects itself manages the collector: the
-    # unfreeze at the end would undo its freeze too, so then nothing here touches it.
-    freeze = gc.get_freeze_count() == 0
-    if freeze and acc.device.type == "cuda":
-        t = time.perf_counter()
-        gc.collect()
-        acc.print(f"stage {cfg.stage}: a full garbage collection took {1e3 * (time.perf_counter() - t):.0f} ms over "
-                  f"{len(gc.get_objects()):,} objects; they are frozen out of the collector for the steps")
-        meter.restart_clock()
-    if freeze:
-        gc.freeze()
-    try:
-        while step < cfg.steps:
-            saving = bool(ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0
-                          and step + 1 < cfg.steps)
-            stopping = stop is not None and stop(step + 1)  # a pure function of the step: asked before the update
-            timing = budget is not None and budget.marks(step + 1)
-            read_back = (bool(cfg.log_every) and (step + 1) % cfg.log_every == 0) or saving or stopping \
-                or step + 1 == cfg.steps or timing
-            batch = prefetch.get(step)  # [batch_size, L], built on a background thread while the last step ran
-            try:
-                _one_step(run, batch, cfg, step, meter,
-                          (lambda: _log_flush(meter, history, acc, bar, cfg, last_good)) if read_back else None)
-            except torch.OutOfMemoryError as err:
-                raise _out_of_memory(err, cfg, step, data.seq_len, acc.device, last_good) from err
-            bar.update(1)
-            if read_back and budget is not None and \
-                    (count := budget.read_back(step + 1, time.perf_counter(), acc)) is not None:
-                acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step since step "
-                          f"{budget.first}; {count} steps fit the {cfg.time_budget_s:.0f} s budget (cap {budget.cap})")
-                cfg = replace(cfg, steps=count)
-                bar.total = count
-                bar.refresh()
-                saving = saving and step + 1 < count  # a stage ending here: its end writes this step's checkpoint
-            if saving:
-                last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
-                                            identity, budget.chosen if budget else chosen)
-                meter.restart_clock()  # writing the checkpoint is not training time
-            if stopping:
-                acc.wait_for_everyone()
-                return step + 1, cfg
-            step += 1
-    finally:
-        prefetch.close()
-        if hasattr(data, "close"):  # generated rows' worker processes (`row_workers.py`); restarted if used again
-            data.close()
-        bar.close()
-        if freeze:
-            gc.unfreeze()
+    # the steps run with everything set up so far out of the collector's reach; on CUDA one full collection first,
+    # once a stage (on the CPU that walk would cost the tests more than it frees)
+    with collector_frozen(collect=acc.device.type == "cuda") as note:
+        if note:
+            acc.print(f"stage {cfg.stage}: {note}")
+            meter.restart_clock()
+        try:
+            while step < cfg.steps:
+                saving = bool(ckpt_dir is not None and cfg.save_every and (step + 1) % cfg.save_every == 0
+                              and step + 1 < cfg.steps)
+                stopping = stop is not None and stop(step + 1)  # a pure function of the step: asked before the update
+                timing = budget is not None and budget.marks(step + 1)
+                read_back = (bool(cfg.log_every) and (step + 1) % cfg.log_every == 0) or saving or stopping \
+                    or step + 1 == cfg.steps or timing
+                batch = prefetch.get(step)  # [batch_size, L], built on a background thread while the last step ran
+                try:
+                    _one_step(run, batch, cfg, step, meter,
+                              (lambda: _log_flush(meter, history, acc, bar, cfg, last_good)) if read_back else None)
+                except torch.OutOfMemoryError as err:
+                    raise _out_of_memory(err, cfg, step, data.seq_len, acc.device, last_good) from err
+                bar.update(1)
+                if read_back and budget is not None and \
+                        (count := budget.read_back(step + 1, time.perf_counter(), acc)) is not None:
+                    acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step since step "
+                              f"{budget.first}; {count} steps fit the {cfg.time_budget_s:.0f} s budget "
+                              f"(cap {budget.cap})")
+                    cfg = replace(cfg, steps=count)
+                    bar.total = count
+                    bar.refresh()
+                    saving = saving and step + 1 < count  # a stage ending here: its end writes this step's checkpoint
+                if saving:
+                    last_good = save_checkpoint(acc, ckpt_dir, step + 1, history, cfg.keep_checkpoints, kl_before,
+                                                identity, budget.chosen if budget else chosen)
+                    meter.restart_clock()  # writing the checkpoint is not training time
+                if stopping:
+                    acc.wait_for_everyone()
+                    return step + 1, cfg
+                step += 1
+        finally:
+            prefetch.close()
+            if hasattr(data, "close"):  # generated rows' worker processes (`row_workers.py`); restarted if used again
+                data.close()
+            bar.close()
     return None, cfg
 
 

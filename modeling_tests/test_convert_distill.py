@@ -174,6 +174,32 @@ def test_the_steps_run_with_the_set_up_objects_frozen_out_of_the_collector(capsy
         gc.unfreeze()
 
 
+def test_the_collector_is_frozen_for_a_block_after_one_collection_when_asked():
+    """`collector_frozen(collect=True)` (the CUDA path) collects first, so the garbage in a reference cycle is freed,
+    not frozen with the rest, and says what that cost; the block runs frozen and ends unfrozen, also on an error."""
+    import gc
+    import weakref
+
+    from convert.throughput import collector_frozen
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle: only the collector frees it
+    gone = weakref.ref(a)
+    del a, b
+    with pytest.raises(RuntimeError, match="inside"):
+        with collector_frozen(collect=True) as note:
+            assert gone() is None and gc.get_freeze_count() > 1000
+            assert note.startswith("a full garbage collection took ") and " objects;" in note
+            raise RuntimeError("inside")
+    assert gc.get_freeze_count() == 0
+    with collector_frozen(collect=False) as note:
+        assert note is None and gc.get_freeze_count() > 1000
+    assert gc.get_freeze_count() == 0
+
+
 def test_attention_transfer_reports_its_held_out_loss_layer_by_layer():
     from convert.distill_loss import DistillLoss, layer_mse, teacher_targets
 
