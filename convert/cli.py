@@ -65,8 +65,19 @@ def convert(
                        dtype=dtype, overwrite=overwrite, layout=layout)
 
 
+def _recipe(ctx: typer.Context, name: Optional[str]) -> Optional[str]:
+    """--recipe's callback, run before the other options are read (eager): the recipe's values become their
+    defaults, so a flag given on the command line still wins."""
+    if name is not None:
+        from .recipes import recipe_defaults
+
+        ctx.default_map = {**(ctx.default_map or {}), **recipe_defaults(name)}
+    return name
+
+
 @app.command()
 def distill(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="output folder of the distilled model")],
     teacher: Annotated[str, typer.Option(help="the source Qwen checkpoint (folder, Hub id or .gguf)")],
     student: Annotated[str, typer.Option(help="a folder written by `jet-nemotron convert`")],
@@ -195,11 +206,23 @@ def distill(
     seed: Annotated[int, typer.Option(help="seed of the batch order")] = 0,
     layout: Annotated[str, typer.Option(help="folder layout: 'transformers' (ours) or 'official' (NVIDIA's "
                                              "release: loads in its HF code and in SGLang)")] = "transformers",
+    recipe: Annotated[Optional[str], typer.Option(
+        is_eager=True, callback=_recipe,
+        help="a measured recipe's flag values as the defaults (convert/recipes.py; flags given here win): '15min', "
+             "issue 14's 15-minute recipe for one card (attention transfer, then stage 2 with frozen MLPs; "
+             "half of 14.5 minutes each; chat and retrieval rows; bf16)")] = None,
 ):
     """Distil a converted model from its teacher (stage 1, then stage 2 and the long-context stage 3 if their
     steps > 0) on a cached, tokenised corpus of --data."""
     from .distill import DistillConfig
     from .pipeline import distill_checkpoint
+
+    if recipe is not None:
+        # by the source's name: typer may bring its own copy of click, whose enum is not click's
+        took = [n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "DEFAULT_MAP"]
+        kept = sorted(set((ctx.default_map or {})) - set(took))
+        typer.echo(f"recipe {recipe}: " + " ".join(_as_flag(n, ctx.params[n]) for n in took)
+                   + (f"; given here instead: {', '.join('--' + n.replace('_', '-') for n in kept)}" if kept else ""))
 
     if frozen_bf16 and not bf16:
         raise ValueError("--frozen-bf16 holds frozen weights in the bf16 that --bf16 computes them in: it needs --bf16")
@@ -235,6 +258,12 @@ def distill(
                        row_workers=row_workers,
                        time_budget_s=None if time_budget_min is None else time_budget_min * 60,
                        time_split=_shares(time_split))
+
+
+def _as_flag(name: str, value) -> str:
+    """A parameter as the command line would give it: `--bf16`, `--no-bf16`, `--lr2 3e-05`."""
+    flag = name.replace("_", "-")
+    return (f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool) else f"--{flag} {value}"
 
 
 def _shares(text: str | None) -> list[float] | None:

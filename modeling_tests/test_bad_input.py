@@ -437,6 +437,7 @@ DISTILL_CASES = {
     "on-stale-unknown": (["--on-stale", "ignore"], "--on-stale must be 'rebuild' or 'error', got 'ignore'"),
     "tokenise-workers-zero": (["--tokenise-workers", "0"], "--tokenise-workers must be >= 1, got 0"),
     "peak-tflops-zero": (["--peak-tflops", "0"], "peak_tflops must be a positive number, got 0.0"),
+    "recipe-unknown": (["--recipe", "20min"], "--recipe: no recipe '20min'; known: 15min"),
     "frozen-bf16-without-bf16": (["--frozen-bf16"], "--frozen-bf16 holds frozen weights in the bf16 that --bf16 "
                                                     "computes them in: it needs --bf16"),
     "log-every-negative": (["--log-every", "-1"], "stage 1: log_every must be >= 0, got -1"),

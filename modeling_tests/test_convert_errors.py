@@ -265,3 +265,42 @@ def test_cli_frozen_bf16_holds_every_stages_frozen_weights_in_bf16(tmp_path, mon
     assert [seen[k].frozen_bf16 for k in ("stage1", "stage2", "stage3")] == [True, True, True]
     assert main(base) == 0
     assert [seen[k].frozen_bf16 for k in ("stage1", "stage2", "stage3")] == [False, False, False]
+
+
+def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path, monkeypatch, capsys):
+    """--recipe 15min gives each stage the settings of the variant that runs l and m measured
+    (benchmarks/variants/acceptance_v9_15min.json over distill_variants' BASE); a flag on the command line wins."""
+    import json as _json
+    import sys as _sys
+    from pathlib import Path
+
+    import convert.pipeline as pipeline
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    _sys.path.insert(0, str(bench))
+    from distill_variants import BASE
+
+    (variant,) = _json.loads((bench / "variants" / "acceptance_v9_15min.json").read_text())
+    v = BASE | variant
+    seen = {}
+    monkeypatch.setattr(pipeline, "distill_checkpoint", lambda *a, **k: seen.update(k))
+    base = ["distill", str(tmp_path / "out"), "--teacher", "t", "--student", "s", "--data", "d", "--recipe", "15min"]
+    assert main(base) == 0
+    s1, s2, s3 = seen["stage1"], seen["stage2"], seen["stage3"]
+    assert [s1.steps, s2.steps, s3.steps] == v["steps"]
+    assert seen["time_split"] == v["split"][:2] and seen["time_budget_s"] == v["budget_s"]
+    assert s1.batch_size == s2.batch_size == v["batch_size"] and v["batch_size2"] is None
+    assert [s1.lr, s2.lr] == v["lr"][:2] and s2.jet_lr == v["jet_lr2"] and s1.mse_weight == v["mse_weight"]
+    assert s1.train == "jet" and s1.resolved().local is v["local1"] and s2.train == v["train2"]
+    assert s1.warmup_steps == s2.warmup_steps == 30  # distill_variants' warm-up
+    assert s2.frozen_bf16 is v["frozen_bf16"] and s2.fused_adam is v["fused_adam"] and s2.mixed_precision == "bf16"
+    r = seen["retrieval"]
+    assert (r["ratio"], r["kinds"], r["chat_ratio"], r["chat_file"]) == \
+        (v["retrieval_ratio"], v["retrieval_kinds"], v["chat_ratio"], v["chat_file"])
+    assert [s1.micro_batch, s2.micro_batch] == [8, 4]  # 4 rows a forward in stage 2 fit an 80 GB card
+    assert "recipe 15min: " in capsys.readouterr().out
+    assert main(base + ["--micro-batch2", "8", "--lr2", "1e-5", "--no-fused-adam"]) == 0
+    assert seen["stage2"].micro_batch == 8 and seen["stage2"].lr == 1e-5 and seen["stage2"].fused_adam is False
+    assert seen["stage2"].jet_lr == 1e-4  # the rest still the recipe's
+    out = capsys.readouterr().out
+    assert "--fused-adam" not in out.split(";")[0] and "given here instead: --fused-adam, --lr2, --micro-batch2" in out
