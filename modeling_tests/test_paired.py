@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from convert.eval.paired import main, sign_test
+from convert.eval.paired import main, ratio_interval, sign_test
 
 
 def test_the_sign_test_counts_only_the_problems_the_two_disagree_on():
@@ -41,3 +41,35 @@ def test_the_command_compares_two_answer_files_on_the_problems_they_share(tmp_pa
     bad.write_text('{"task_id": "HumanEval/0", "passed": true}\n{"passed": false}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: line 2"):
         main([str(a), str(bad)])
+
+
+def test_the_ratio_to_the_teacher_comes_with_an_interval_that_narrows_with_more_problems():
+    """Issue 14's measure, the student's passes over the teacher's, with a paired bootstrap over the problems: the
+    interval holds the ratio, is the same for the same seed, and is about half as wide on four times the problems."""
+    teacher, student = set(range(0, 80)), set(range(0, 40)) | {150, 151}  # 42 of 80: 0.525
+    r = ratio_interval(teacher, student, set(range(160)))
+    assert r["ratio"] == pytest.approx(42 / 80) and r["low"] < r["ratio"] < r["high"]
+    assert r == ratio_interval(teacher, student, set(range(160)))
+    four = ratio_interval({i + k * 160 for i in teacher for k in range(4)},
+                          {i + k * 160 for i in student for k in range(4)}, set(range(640)))
+    assert four["ratio"] == r["ratio"]
+    assert 0.4 < (four["high"] - four["low"]) / (r["high"] - r["low"]) < 0.6
+    same = ratio_interval(teacher, teacher, set(range(160)))
+    assert (same["ratio"], same["low"], same["high"]) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="teacher passes none"):
+        ratio_interval(set(), student, set(range(160)))
+    with pytest.raises(ValueError, match="student passes problems that are not among"):
+        ratio_interval(teacher, {999}, set(range(160)))
+
+
+def test_the_command_gives_the_ratio_when_asked(tmp_path, capsys):
+    def answers(name, passed):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"task_id": f"HumanEval/{i}", "passed": i in passed}) + "\n"
+                                for i in range(20)))
+        return path
+
+    r = main([str(answers("t.jsonl", set(range(10)))), str(answers("s.jsonl", set(range(8)))), "--ratio"])
+    assert r["ratio"]["ratio"] == pytest.approx(0.8) and r["ratio"]["low"] <= 0.8 <= r["ratio"]["high"]
+    assert "b's passes over a's: 80.0% (95% bootstrap interval over the problems " in capsys.readouterr().out
+    assert "ratio" not in main([str(tmp_path / "t.jsonl"), str(tmp_path / "s.jsonl")])
