@@ -65,8 +65,36 @@ def compare(student: dict[str, dict], teacher: dict[str, dict] | None) -> dict:
         t_pass = {k for k, r in teacher.items() if r["passed"]}
         s_pass = {k for k, r in student.items() if r["passed"]}
         res |= {"teacher_passed": len(t_pass), "kept": len(s_pass & t_pass), "lost": sorted(t_pass - s_pass),
-                "gained": sorted(s_pass - t_pass)}
+                "gained": sorted(s_pass - t_pass), "divergence": divergence(teacher, student)}
     return res
+
+
+def first_difference(a: str, b: str) -> int:
+    """The first character index where `a` and `b` differ (the shorter's length if one is the other's prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def divergence(teacher: dict, student: dict) -> dict:
+    """How a student's answers part from the teacher's on the problems the teacher passes: written exactly as the
+    teacher did, written otherwise and passed, and for the lost ones where the student's answer first differs, as a
+    share of the teacher's answer, and how many already differ in its first line (another approach from the start,
+    not an answer that drifts late)."""
+    same, other, lost_at, first_line = 0, 0, [], 0
+    for task, t in teacher.items():
+        if not t["passed"]:
+            continue
+        a, b = t["completion"], student[task]["completion"]
+        if a == b:
+            same += 1
+        elif student[task]["passed"]:
+            other += 1
+        else:
+            k = first_difference(a, b)
+            lost_at.append(k / max(1, len(a)))
+            first_line += "\n" not in a[:k].lstrip("\n")
+    lost_at.sort()
+    return {"same": same, "other_passed": other, "lost": len(lost_at), "lost_in_first_line": first_line,
+            "lost_at_median": lost_at[len(lost_at) // 2] if lost_at else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
             line += (f"; of the teacher's {res['teacher_passed']}: {res['kept']} kept, {len(res['lost'])} lost; "
                      f"{len(res['gained'])} the teacher fails")
         print(line)
+        if "divergence" in res:
+            d = res["divergence"]
+            at = "" if d["lost_at_median"] is None else f" at a median {d['lost_at_median']:.0%} of its length"
+            print(f"  the teacher's passes: {d['same']} written as the teacher did, {d['other_passed']} otherwise and "
+                  f"passed; the {d['lost']} lost part from its answer{at}, {d['lost_in_first_line']} in its first line")
         fails = ", ".join(f"{k} {n}" for k, n in res["failures"].items())
         print(f"  failures: {fails or 'none'}; looping (the answer's end repeats): {res['looping']}")
         if args.show and "lost" in res:

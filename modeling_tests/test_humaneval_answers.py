@@ -49,3 +49,23 @@ def test_a_line_without_its_fields_is_named(tmp_path):
         ha.read_answers(path)
     with pytest.raises(SystemExit, match="no humaneval_"):
         ha.main([str(tmp_path / "empty")])
+
+
+def test_the_teachers_passes_are_split_by_where_the_students_answer_parts_from_the_teachers():
+    """Written exactly as the teacher did, written otherwise and passed, or lost; a lost answer's first difference as a
+    share of the teacher's answer, and whether it lies in the answer's first line (leading blank lines skipped)."""
+    t_code = "\n    total = 0\n    for x in xs:\n        total += x\n    return total\n"
+    teacher = {r["task_id"]: r for r in [_row(0, True, completion=t_code), _row(1, True, completion=t_code),
+                                         _row(2, True, completion=t_code), _row(3, True, completion=t_code),
+                                         _row(4, False, "failed: AssertionError", t_code)]}
+    student = {r["task_id"]: r for r in [
+        _row(0, True, completion=t_code),                                        # the same answer
+        _row(1, True, completion="    return sum(xs)\n"),                        # another, and it passes
+        _row(2, False, "failed: AssertionError", "\n    total = 1\n    return total\n"),  # parts in line 1
+        _row(3, False, "failed: AssertionError", t_code.replace("return total", "return -total")),  # late
+        _row(4, True, completion="    return sum(xs)\n")]}                       # the teacher failed it: not counted
+    d = ha.divergence(teacher, student)
+    assert (d["same"], d["other_passed"], d["lost"], d["lost_in_first_line"]) == (1, 1, 2, 1)
+    late = t_code.index("return total") + len("return ")
+    assert d["lost_at_median"] == pytest.approx(late / len(t_code))  # the larger of the two (index len // 2)
+    assert ha.first_difference("abc", "abd") == 2 and ha.first_difference("ab", "abc") == 2
