@@ -1,0 +1,114 @@
+"""Whether a student loses a HumanEval problem by how it opens its answer or by how it carries it out: the teacher
+continues, greedily, from the student's own answer up to the end of the line where it first parts from the
+teacher's, on every problem the teacher passes and the student fails.
+
+If the teacher, given the student's opening, fails as well, the opening was the loss (a different approach that
+the teacher cannot carry to a pass either); if it passes, the student lost the problem after its opening. A control
+gives the teacher its own answer up to the same line and must pass (it checks that this machine's teacher is the
+one that wrote the answers: a different card or dtype can change a greedy answer).
+
+    python benchmarks/humaneval_from_openings.py --teacher qwen.gguf --answers RECORD_FOLDER --out DIR
+
+RECORD_FOLDER holds `humaneval_teacher.jsonl.gz` and one student's `humaneval_*.jsonl.gz` (a record of
+`benchmarks/record_run.py`). Runs on the CPU in fp32 (about 25 minutes for 32 problems on 2 cores), or on a card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from humaneval_answers import first_difference, read_answers  # noqa: E402
+from stamp import stamp  # noqa: E402
+
+
+def opening(answer: str, other: str) -> str:
+    """`answer` up to the end of the line holding its first difference from `other` (the whole of it if that line
+    is its last)."""
+    k = first_difference(answer, other)
+    end = answer.find("\n", k)
+    return answer if end < 0 else answer[:end + 1]
+
+
+def cases(teacher: dict, student: dict) -> list[dict]:
+    """The problems the teacher passes and the student fails, with each model's opening up to that line and
+    whether the difference lies in the answer's first line."""
+    out = []
+    for task, t in teacher.items():
+        s = student[task]
+        if not t["passed"] or s["passed"]:
+            continue
+        k = first_difference(t["completion"], s["completion"])
+        out.append({"task_id": task, "student_opening": opening(s["completion"], t["completion"]),
+                    "teacher_opening": opening(t["completion"], s["completion"]),
+                    "first_line": "\n" not in t["completion"][:k].lstrip("\n")})
+    return out
+
+
+def continue_from(m, problems: dict, rows: list[dict], key: str, max_new_tokens: int, batch_size: int) -> list[dict]:
+    """The model's greedy continuation of each row's `key` opening after its HumanEval prompt, run in the sandbox."""
+    from convert.eval.generation import greedy
+    from convert.eval.humaneval import CHAT_STOPS, cut, program, prompt_text, run_sandboxed
+
+    texts = [prompt_text(m.tok, problems[r["task_id"]])[0] + r[key] for r in rows]
+    ids = [m.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    new = greedy(m, ids, max_new_tokens, batch_size, stop_strings=CHAT_STOPS, desc=f"from the {key}")
+    out = []
+    for r, n in zip(rows, new):
+        completion = r[key] + cut(m.tok.decode(n, skip_special_tokens=True), CHAT_STOPS)
+        result = run_sandboxed(program(problems[r["task_id"]], completion))
+        out.append({"task_id": r["task_id"], "passed": result == "passed", "result": result,
+                    "completion": completion})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Write from_openings.json under --out; print the counts."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", required=True, help="the teacher (.gguf, folder or Hub id)")
+    ap.add_argument("--answers", type=Path, required=True, help="a record folder with the teacher's and one "
+                                                                "student's humaneval_*.jsonl.gz")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args(argv)
+    students = sorted(p for p in args.answers.glob("humaneval_*.jsonl.gz") if p.name != "humaneval_teacher.jsonl.gz")
+    if len(students) != 1:
+        raise SystemExit(f"{args.answers}: want one student's humaneval_*.jsonl.gz beside the teacher's, "
+                         f"found {[p.name for p in students]}")
+    teacher = read_answers(args.answers / "humaneval_teacher.jsonl.gz")
+    rows = cases(teacher, read_answers(students[0]))
+
+    from convert.eval.humaneval import load_problems
+    from convert.eval.models import load
+
+    problems = {p["task_id"]: p for p in load_problems()}
+    m = load(args.teacher)
+    own = continue_from(m, problems, rows, "teacher_opening", args.max_new_tokens, args.batch_size)
+    theirs = continue_from(m, problems, rows, "student_opening", args.max_new_tokens, args.batch_size)
+    for r, a, b in zip(rows, own, theirs):
+        r |= {"from_own_opening": a, "from_student_opening": b}
+    first = [r for r in rows if r["first_line"]]
+    summary = {"lost": len(rows), "first_line": len(first),
+               "control_passed": sum(r["from_own_opening"]["passed"] for r in rows),
+               "teacher_passes_from_student_opening": sum(r["from_student_opening"]["passed"] for r in rows),
+               "of_first_line": sum(r["from_student_opening"]["passed"] for r in first)}
+    print(f"{summary['lost']} problems the teacher passes and the student fails ({summary['first_line']} parting in "
+          f"the first line): from its own opening the teacher passes {summary['control_passed']} (control); from "
+          f"the student's it passes {summary['teacher_passes_from_student_opening']} "
+          f"({summary['of_first_line']} of the first-line ones)")
+    res = {"stamp": [stamp(script="benchmarks/humaneval_from_openings.py")], "answers": str(args.answers),
+           "student": students[0].name, "summary": summary, "problems": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "from_openings.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
