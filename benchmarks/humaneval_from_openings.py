@@ -68,6 +68,31 @@ def continue_from(m, problems: dict, rows: list[dict], key: str, max_new_tokens:
     return out
 
 
+def parting_odds(m, problems: dict, teacher: dict, student: dict, rows: list[dict]) -> None:
+    """Into each row: at the first token where the student's answer parts from the teacher's (both tokenised after
+    the prompt), the teacher's probability of its own token, of the student's, and of its runner-up: whether the
+    teacher was sure there or nearly undecided. One forward of the teacher's text a row."""
+    import torch
+
+    from convert.eval.humaneval import prompt_text
+
+    for r in rows:
+        head = m.tok(prompt_text(m.tok, problems[r["task_id"]])[0], add_special_tokens=False)["input_ids"]
+        t_ids = m.tok(teacher[r["task_id"]]["completion"], add_special_tokens=False)["input_ids"]
+        s_ids = m.tok(student[r["task_id"]]["completion"], add_special_tokens=False)["input_ids"]
+        j = next((i for i, (a, b) in enumerate(zip(t_ids, s_ids)) if a != b), min(len(t_ids), len(s_ids)))
+        if j >= min(len(t_ids), len(s_ids)):
+            continue  # one answer is the other's prefix: no parting token
+        ids = torch.tensor([head + t_ids[:j]], device=m.model.device)
+        with torch.inference_mode():
+            probs = m.model(input_ids=ids).logits[0, -1].float().softmax(-1)
+        top2 = probs.topk(2)
+        r["parting"] = {"token": j, "teacher_token_p": probs[t_ids[j]].item(),
+                        "student_token_p": probs[s_ids[j]].item(), "top1_p": top2.values[0].item(),
+                        "top2_p": top2.values[1].item(), "teacher_token_is_top1": int(top2.indices[0]) == t_ids[j],
+                        "student_token_is_runner_up": int(top2.indices[1]) == s_ids[j]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Write from_openings.json under --out; print the counts."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,19 +102,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--odds-only", action="store_true", help="only the teacher's odds at each parting token "
+                                                              "(parting_odds.json; one forward a problem)")
     args = ap.parse_args(argv)
     students = sorted(p for p in args.answers.glob("humaneval_*.jsonl.gz") if p.name != "humaneval_teacher.jsonl.gz")
     if len(students) != 1:
         raise SystemExit(f"{args.answers}: want one student's humaneval_*.jsonl.gz beside the teacher's, "
                          f"found {[p.name for p in students]}")
     teacher = read_answers(args.answers / "humaneval_teacher.jsonl.gz")
-    rows = cases(teacher, read_answers(students[0]))
+    student_rows = read_answers(students[0])
+    rows = cases(teacher, student_rows)
 
     from convert.eval.humaneval import load_problems
     from convert.eval.models import load
 
     problems = {p["task_id"]: p for p in load_problems()}
     m = load(args.teacher)
+    if args.odds_only:
+        parting_odds(m, problems, teacher, student_rows, rows)
+        return _odds_summary(rows, args.out, args)
     own = continue_from(m, problems, rows, "teacher_opening", args.max_new_tokens, args.batch_size)
     theirs = continue_from(m, problems, rows, "student_opening", args.max_new_tokens, args.batch_size)
     for r, a, b in zip(rows, own, theirs):
@@ -107,6 +138,30 @@ def main(argv: list[str] | None = None) -> dict:
            "student": students[0].name, "summary": summary, "problems": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "from_openings.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _odds_summary(rows: list[dict], out: Path, args) -> dict:
+    """parting_odds.json under `out`; print how sure the teacher was where the students part from it."""
+    import statistics
+
+    got = [r for r in rows if "parting" in r]
+    sure = [r["parting"]["teacher_token_p"] for r in got]
+    summary = {"lost": len(rows), "with_a_parting_token": len(got),
+               "teacher_token_p_median": statistics.median(sure) if sure else None,
+               "student_token_p_median": statistics.median(r["parting"]["student_token_p"] for r in got) if got
+               else None,
+               "teacher_sure": sum(p >= 0.8 for p in sure), "teacher_undecided": sum(p < 0.5 for p in sure),
+               "student_token_is_runner_up": sum(r["parting"]["student_token_is_runner_up"] for r in got)}
+    print(f"{summary['with_a_parting_token']} parting tokens: the teacher's own token at a median p = "
+          f"{summary['teacher_token_p_median']:.2f}, the student's at {summary['student_token_p_median']:.2f}; "
+          f"teacher sure (p >= 0.8) at {summary['teacher_sure']}, under 0.5 at {summary['teacher_undecided']}; the "
+          f"student's token is the teacher's runner-up at {summary['student_token_is_runner_up']}")
+    res = {"stamp": [stamp(script="benchmarks/humaneval_from_openings.py --odds-only")], "answers": str(args.answers),
+           "summary": summary, "problems": [{"task_id": r["task_id"], "first_line": r["first_line"],
+                                             **({"parting": r["parting"]} if "parting" in r else {})} for r in rows]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "parting_odds.json").write_text(json.dumps(res, indent=1))
     return res
 
 

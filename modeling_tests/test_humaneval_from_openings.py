@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import humaneval_from_openings as hfo  # noqa: E402
 
@@ -60,3 +62,40 @@ def test_the_teacher_is_scored_from_its_own_and_the_students_opening(tmp_path, m
     assert by_task["HumanEval/0"]["from_student_opening"]["result"].startswith("failed: AssertionError")
     assert seen[0].startswith(problems[0]["prompt"]) and seen[0].endswith(good0)  # prompt, then the opening
     assert json.loads((tmp_path / "out" / "from_openings.json").read_text())["summary"] == s
+
+
+def test_the_teachers_odds_are_read_at_the_first_token_where_the_answers_part(tmp_path, monkeypatch):
+    """--odds-only: one forward of the teacher's prompt and answer up to the parting token; the probabilities it
+    reports are those of the teacher's own next token and the student's, at that token (one token a character
+    here, so the parting token is the first differing character)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from convert.eval import models
+    from convert.eval.humaneval import load_problems, prompt_text
+
+    class Bytes(_CharTokenizer):
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) % 256 for c in text]}
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    t_code, s_code = "    return number % 1.0\n", "    return number - 1\n"
+    for name, code in (("teacher", t_code), ("student-x", s_code)):
+        with gzip.open(tmp_path / f"humaneval_{name}.jsonl.gz", "wt") as f:
+            f.write(json.dumps({"task_id": "HumanEval/2", "passed": name == "teacher", "result": "x",
+                                "completion": code}) + "\n")
+    monkeypatch.setattr(models, "load", lambda path: models.EvalModel(path, Bytes(), model.config, 1 << 20, None,
+                                                                      model))
+    res = hfo.main(["--teacher", "t", "--answers", str(tmp_path), "--out", str(tmp_path / "o"), "--odds-only"])
+    (row,) = res["problems"]
+    j = hfo.first_difference(t_code, s_code)
+    assert row["parting"]["token"] == j and row["first_line"]
+    problem = load_problems(3)[2]
+    ids = torch.tensor([Bytes()(prompt_text(Bytes(), problem)[0] + t_code[:j])["input_ids"]])
+    probs = model(input_ids=ids).logits[0, -1].softmax(-1)
+    assert row["parting"]["teacher_token_p"] == pytest.approx(probs[ord(t_code[j])].item(), rel=1e-4)
+    assert row["parting"]["student_token_p"] == pytest.approx(probs[ord(s_code[j])].item(), rel=1e-4)
+    assert row["parting"]["top1_p"] == pytest.approx(probs.max().item(), rel=1e-4)
+    assert res["summary"]["with_a_parting_token"] == 1 and (tmp_path / "o" / "parting_odds.json").is_file()
