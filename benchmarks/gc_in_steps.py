@@ -27,7 +27,6 @@ sys.path.insert(0, str(HERE.parent / "modeling_tests"))  # the tests' tiny Qwen
 from stamp import stamp  # noqa: E402
 
 
-
 def one_run(freeze: bool, steps: int) -> dict:
     """Stage-2 steps of a fresh 28-layer student; the collector's collections inside them, by generation."""
     import torch

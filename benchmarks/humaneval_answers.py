@@ -16,7 +16,10 @@ import gzip
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+
+TEACHER = "humaneval_teacher.jsonl.gz"  # the teacher's answer file in a record folder
 
 
 def read_answers(path: Path) -> dict[str, dict]:
@@ -69,9 +72,20 @@ def compare(student: dict[str, dict], teacher: dict[str, dict] | None) -> dict:
     return res
 
 
-def first_difference(a: str, b: str) -> int:
-    """The first character index where `a` and `b` differ (the shorter's length if one is the other's prefix)."""
+def first_difference(a: Sequence, b: Sequence) -> int:
+    """The first index where `a` and `b` differ (characters of two answers, or their token ids); the shorter's
+    length if one is the other's prefix."""
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def in_first_line(answer: str, k: int) -> bool:
+    """Whether index `k` of `answer` lies in its first line (leading blank lines skipped)."""
+    return "\n" not in answer[:k].lstrip("\n")
+
+
+def student_files(folder: Path) -> list[Path]:
+    """The students' answer files of a record folder: every humaneval_*.jsonl.gz but the teacher's."""
+    return sorted(p for p in folder.glob("humaneval_*.jsonl.gz") if p.name != TEACHER)
 
 
 def divergence(teacher: dict, student: dict) -> dict:
@@ -91,7 +105,7 @@ def divergence(teacher: dict, student: dict) -> dict:
         else:
             k = first_difference(a, b)
             lost_at.append(k / max(1, len(a)))
-            first_line += "\n" not in a[:k].lstrip("\n")
+            first_line += in_first_line(a, k)
     lost_at.sort()
     return {"same": same, "other_passed": other, "lost": len(lost_at), "lost_in_first_line": first_line,
             "lost_at_median": lost_at[len(lost_at) // 2] if lost_at else None}
@@ -100,7 +114,7 @@ def divergence(teacher: dict, student: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="a folder holding humaneval_*.jsonl.gz files")
-    ap.add_argument("--teacher", default="humaneval_teacher.jsonl.gz", help="the teacher's file in that folder")
+    ap.add_argument("--teacher", default=TEACHER, help="the teacher's file in that folder")
     ap.add_argument("--show", type=int, default=0, help="print this many lost answers of each student")
     args = ap.parse_args(argv)
     files = sorted(args.folder.glob("humaneval_*.jsonl.gz"))

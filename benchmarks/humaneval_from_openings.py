@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from humaneval_answers import first_difference, read_answers  # noqa: E402
+from humaneval_answers import TEACHER, first_difference, in_first_line, read_answers, student_files  # noqa: E402
 from stamp import stamp  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def cases(teacher: dict, student: dict) -> list[dict]:
         k = first_difference(t["completion"], s["completion"])
         out.append({"task_id": task, "student_opening": opening(s["completion"], t["completion"]),
                     "teacher_opening": opening(t["completion"], s["completion"]),
-                    "first_line": "\n" not in t["completion"][:k].lstrip("\n")})
+                    "first_line": in_first_line(t["completion"], k)})
     return out
 
 
@@ -80,7 +80,7 @@ def parting_odds(m, problems: dict, teacher: dict, student: dict, rows: list[dic
         head = m.tok(prompt_text(m.tok, problems[r["task_id"]])[0], add_special_tokens=False)["input_ids"]
         t_ids = m.tok(teacher[r["task_id"]]["completion"], add_special_tokens=False)["input_ids"]
         s_ids = m.tok(student[r["task_id"]]["completion"], add_special_tokens=False)["input_ids"]
-        j = next((i for i, (a, b) in enumerate(zip(t_ids, s_ids)) if a != b), min(len(t_ids), len(s_ids)))
+        j = first_difference(t_ids, s_ids)
         if j >= min(len(t_ids), len(s_ids)):
             continue  # one answer is the other's prefix: no parting token
         ids = torch.tensor([head + t_ids[:j]], device=m.model.device)
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--odds-only", action="store_true", help="only the teacher's odds at each parting token "
                                                               "(parting_odds.json; one forward a problem)")
     args = ap.parse_args(argv)
-    students = sorted(p for p in args.answers.glob("humaneval_*.jsonl.gz") if p.name != "humaneval_teacher.jsonl.gz")
+    students = student_files(args.answers)
     if len(students) != 1:
         raise SystemExit(f"{args.answers}: want one student's humaneval_*.jsonl.gz beside the teacher's, "
                          f"found {[p.name for p in students]}")
-    teacher = read_answers(args.answers / "humaneval_teacher.jsonl.gz")
+    teacher = read_answers(args.answers / TEACHER)
     student_rows = read_answers(students[0])
     rows = cases(teacher, student_rows)
 

@@ -21,6 +21,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from humaneval_answers import student_files  # noqa: E402
+
 RESULTS = HERE / "results" / "real_model"
 # (path in the archive, name in the record); a missing one is left out (a lease without a card job has no card tests)
 KEEP = [("out/card_tests.log", "card_tests.log"), ("optins.log", "optins.log"),
@@ -46,11 +48,6 @@ def step_log(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def students(folder: Path) -> list[Path]:
-    """The students' HumanEval answer files of a record (every humaneval_*.jsonl.gz but the teacher's)."""
-    return sorted(p for p in folder.glob("humaneval_*.jsonl.gz") if p.name != "humaneval_teacher.jsonl.gz")
-
-
 def main(argv: list[str] | None = None) -> Path:
     """Write the record folder; print what it holds and each comparison; return its path."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"{dest} exists: pick another name or remove it first")
     against = [args.root / a for a in args.against]
     for a in against:
-        if not students(a):
+        if not student_files(a):
             raise SystemExit(f"{a}: no student answer files (humaneval_*.jsonl.gz) to compare with")
     with tempfile.TemporaryDirectory() as unpacked:
         try:
@@ -100,9 +97,9 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"{dest}: {', '.join(sorted(p.name for p in dest.iterdir()))}")
     from convert.eval import paired
 
-    for new in students(dest):
+    for new in student_files(dest):
         for a in against:
-            for old in students(a):
+            for old in student_files(a):
                 paired.main([str(old), str(new)])
     return dest
 

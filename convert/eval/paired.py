@@ -20,12 +20,17 @@ import math
 from pathlib import Path
 
 
+def _within(problems: set, **passed: set) -> None:
+    """Each named set of passed problems must lie among `problems`; else an error naming the set."""
+    for name, ids in passed.items():
+        if not ids <= problems:
+            raise ValueError(f"{name} passes problems that are not among those compared: {sorted(ids - problems)[:5]}")
+
+
 def sign_test(a_passed: set, b_passed: set, problems: set) -> dict:
     """b against a over `problems`: `gained` (b passes, a fails), `lost` (a passes, b fails) and `p`, the two-sided
     exact probability of a split of gained + lost at least this uneven if each went either way with chance 1/2."""
-    for name, ids in (("a", a_passed), ("b", b_passed)):
-        if not ids <= problems:
-            raise ValueError(f"{name} passes problems that are not among those compared: {sorted(ids - problems)[:5]}")
+    _within(problems, a=a_passed, b=b_passed)
     gained, lost = len(b_passed - a_passed), len(a_passed - b_passed)
     n, k = gained + lost, min(gained, lost)
     p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
@@ -41,10 +46,7 @@ def ratio_interval(teacher: set, student: set, problems: set, draws: int = 10_00
     leases, which `sign_test` between two leases measures). {"ratio", "low", "high", "draws", "level"}."""
     import numpy as np
 
-    for name, ids in (("teacher", teacher), ("student", student)):
-        if not ids <= problems:
-            raise ValueError(f"the {name} passes problems that are not among those compared: "
-                             f"{sorted(ids - problems)[:5]}")
+    _within(problems, teacher=teacher, student=student)
     if not teacher:
         raise ValueError("the teacher passes none of the problems: no ratio")
     ids = sorted(problems)
