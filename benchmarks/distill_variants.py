@@ -26,9 +26,10 @@ retrieval rows' kinds: passkey, kv, table, `convert/retrieval_data.py`), "jet_lr
 stages 2-3, `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`DistillConfig.fused_adam`: AdamW's fused
 kernel), "chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
 "split2" (stage 2 in two parts, the second that share of its steps, each part on its own schedule and optimizer, as
-local1_share splits stage 1), "own_answers" (N: between the two parts the student answers N function requests of the
-train files greedily, and the second part's chat rows are those chats, every answer kept: on-policy distillation,
-the teacher's predictions along what the student itself writes; 0: the corpus chats),
+local1_share splits stage 1), "kl_top1" (stages 2-3's KL target with that share of the teacher's mass moved
+onto its first choice, `DistillConfig.kl_top1`), "own_answers" (N: between the two parts the student answers N
+function requests of the train files greedily, and the second part's chat rows are those chats, every answer kept:
+on-policy distillation, the teacher's predictions along what the student itself writes; 0: the corpus chats),
 "budget_s" (the distillation's wall clock in seconds, from the end of the conversion: each stage ends by its share of
 it (split), its held-out measurement after it included, its steps counted on its own warm-up,
 `DistillConfig.time_budget_s`, with "steps" the caps; a stage that reaches its cap early leaves its time to the
@@ -101,7 +102,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
         "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
-        "teacher_kernels": True, "budget_s": None, "batch_size2": None}
+        "teacher_kernels": True, "budget_s": None, "batch_size2": None, "kl_top1": 0.0}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -201,10 +202,11 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
         if v["budget_s"] is not None and (steps is None or not v["budget_s"] > 0):
             raise SystemExit(f"variant {v['name']!r}: budget_s (seconds > 0) times the stages against their caps, "
                              f"the variant's steps, which it needs; got budget_s {v['budget_s']!r}, steps {steps!r}")
-        try:  # DistillConfig's own rule, before the GPU session's parts arrive rather than after
-            DistillConfig(stage=2, lr=v["lr"][1], jet_lr=v["jet_lr2"]).resolved()
+        try:  # DistillConfig's own rules, before the GPU session's parts arrive rather than after
+            DistillConfig(stage=2, lr=v["lr"][1], jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"]).resolved()
         except (TypeError, ValueError) as err:
-            raise SystemExit(f"variant {v['name']!r}: jet_lr2 (the JetBlocks' peak lr in stages 2-3): {err}") from err
+            raise SystemExit(f"variant {v['name']!r}: jet_lr2 (the JetBlocks' peak lr in stages 2-3) or kl_top1 (the "
+                             f"share of stages 2-3's KL target on the teacher's first choice): {err}") from err
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
@@ -495,8 +497,9 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], **common),
             DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b2,
-                          jet_lr=v["jet_lr2"], **common2),
+                          jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"], **common2),
             DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"], jet_lr=v["jet_lr2"],
+                          kl_top1=v["kl_top1"],
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b2 * args.seq_len // args.stage3_seq_len),
                           **(common2 | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len)}))]

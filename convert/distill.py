@@ -458,7 +458,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
                           compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl,
                           projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel,
-                          mse=mse)
+                          mse=mse, kl_top1=cfg.kl_top1)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
     opt = torch.optim.AdamW(param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
@@ -675,6 +675,7 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
               f"teacher {fpt['teacher'] / 1e9:.3g}); MFU against {peak_note}; projections as one product: "
               f"{'on' if cfg.projections_as_one else 'off'}, KL: {'Triton kernel' if cfg.kl_kernel else 'PyTorch'}"
               f"{' (fused)' if cfg.fused_kl else ' (reference)'}"
+              + (f" to the teacher with {cfg.kl_top1:g} of its mass on its first choice" if cfg.kl_top1 else "")
               + (f", attention MSE: {'Triton kernel' if cfg.mse_kernel else 'PyTorch'}" if cfg.mse_weight > 0 else "")
               + f", AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher: "
               f"{sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} RMSNorms on ops.rmsnorm, "

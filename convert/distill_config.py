@@ -33,6 +33,9 @@ class DistillConfig(TrainSchedule):
     mse_weight: float | None = None  # default: 1.0 in stage 1, 0 in stage 2
     train: str | None = None  # "jet", "non-mlp", "all"; default: "jet" in stage 1, "all" in stage 2
     temperature: float = 1.0
+    # the KL's target sharpened towards the teacher's first choice: this share of its mass moved onto the teacher's
+    # argmax (`kl.py`), a margin for greedy decoding where the teacher is unsure. 0: the plain KL
+    kl_top1: float = 0.0
     kl_chunk: int = 1024  # tokens per KL chunk
     fused_kl: bool = True  # each KL chunk's gradients taken in its forward (kl.py); False: the checkpointed reference
     mixed_precision: str = "no"  # "no" or "bf16"
@@ -119,6 +122,9 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"stage {self.stage}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.temperature > 0:
             raise ValueError(f"stage {self.stage}: temperature must be > 0, got {self.temperature}")
+        if not (0 <= self.kl_top1 < 1):
+            raise ValueError(f"stage {self.stage}: kl_top1 is the share of the KL's target moved onto the teacher's "
+                             f"first choice, in [0, 1); got {self.kl_top1}")
         if self.seq_len is not None and self.seq_len < 2:
             raise ValueError(f"stage {self.stage}: seq_len must be >= 2, got {self.seq_len}")
         if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):
@@ -146,6 +152,9 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"local attention transfer trains the JetBlocks alone on the attention MSE: it needs "
                              f"stage 1, train 'jet' and mse_weight > 0 (got stage {self.stage}, train "
                              f"{self.train!r}, mse_weight {self.mse_weight})")
+        if self.kl_top1 and (self.local or not self.kl_weight > 0):
+            raise ValueError(f"stage {self.stage}: kl_top1 sharpens the KL's target, but this stage has no KL "
+                             f"({'attention transfer' if self.local else 'kl_weight 0'})")
         return self
 
 

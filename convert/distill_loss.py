@@ -54,9 +54,10 @@ class DistillLoss(nn.Module):
 
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
                  temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
-                 projections_as_one: bool = False, kl_kernel: bool = False, mse: Callable | None = None):
+                 projections_as_one: bool = False, kl_kernel: bool = False, mse: Callable | None = None,
+                 kl_top1: float = 0.0):
         super().__init__()
-        self.local, self.fused_kl, self.kl_kernel = local, fused_kl, kl_kernel
+        self.local, self.fused_kl, self.kl_kernel, self.kl_top1 = local, fused_kl, kl_kernel, kl_top1
         self.mse = mse or normalised_mse  # the attention-output loss: `mse_fn`'s choice
         self.student = student
         # switched off again in `release`: the caller's student must decode without concatenating weights each step
@@ -97,7 +98,7 @@ class DistillLoss(nn.Module):
                 cap.close()
         zero = h.new_zeros((), dtype=torch.float32)
         kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
-                        self.temperature, self.fused_kl, self.kl_kernel) if self.kl_weight > 0 else zero
+                        self.temperature, self.fused_kl, self.kl_kernel, self.kl_top1) if self.kl_weight > 0 else zero
         mse = zero
         if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
             terms = [self.mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]

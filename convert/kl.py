@@ -12,9 +12,19 @@ Two ways to get the gradients, the same function:
   T / N * (softmax_s - softmax_t), so each chunk's forward also takes its gradients with respect to the student's
   hidden states and head (summed over chunks in fp32) and keeps those instead: four products a chunk, no
   recomputation, and backward only scales them. Under autocast the products run in its dtype as autocast runs them.
+
+`top1` > 0 sharpens the target: KL(q || p_s) with q = (1 - top1) p_t + top1 onehot(argmax t), the teacher's
+distribution with `top1` of its mass moved onto its first choice (ties: the lowest index, as torch.argmax). The
+student's optimum is then q, whose first choice leads the runner-up by (1 - top1) (p1 - p2) + top1 where the teacher's
+leads by p1 - p2: a margin, so that greedy decoding keeps the teacher's first choice where the teacher is unsure,
+which is where the 15-minute students parted from the teacher's HumanEval answers
+(`benchmarks/results/real_model/humaneval_from_openings/`). The gradient in the student's logits is closed too,
+p_s - q. top1 = 0 is the plain KL, computed as before.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -31,29 +41,49 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
-def kl_rows(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused KL's work on one chunk: s_logits, t_logits [n, V] -> (KL(p_t || p_s) per row [n] fp32, p_s - p_t
-    [n, V] in s_logits' dtype), p = softmax(logits / T) in fp32. The reference of `kl_rows_triton.kl_rows_triton`."""
+def _sharpened(log_p_t: torch.Tensor, t_logits: torch.Tensor, top1: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target q = (1 - top1) p_t + top1 onehot(argmax t_logits) [n, V] fp32 and q log q (0 where q is 0)."""
+    q = log_p_t.exp().mul_(1.0 - top1)
+    q.scatter_add_(-1, t_logits.argmax(-1, keepdim=True), q.new_full((q.shape[0], 1), top1))
+    return q, torch.where(q > 0, q * q.log(), 0.0)
+
+
+def kl_rows(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
+            top1: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused KL's work on one chunk: s_logits, t_logits [n, V] -> (KL(q || p_s) per row [n] fp32, p_s - q
+    [n, V] in s_logits' dtype), p = softmax(logits / T) in fp32, q = p_t sharpened by `top1` (module docstring; at
+    0, q = p_t). The reference of `kl_rows_triton.kl_rows_triton`."""
     log_p_s = _log_probs(s_logits, temperature)
     log_p_t = _log_probs(t_logits, temperature)
-    p_t = log_p_t.exp()
-    kl = (p_t * (log_p_t - log_p_s)).sum(-1)
+    if top1:
+        q, q_log_q = _sharpened(log_p_t, t_logits, top1)
+        kl = (q_log_q - q * log_p_s).sum(-1)
+    else:
+        q = log_p_t.exp()
+        kl = (q * (log_p_t - log_p_s)).sum(-1)
     del log_p_t
-    return kl, log_p_s.exp_().sub_(p_t).to(s_logits.dtype)
+    return kl, log_p_s.exp_().sub_(q).to(s_logits.dtype)
 
 
 def _chunk_kl_sum(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
-    """Sum over the chunk's tokens of KL(p_t || p_s); h [n, d], w [V, d]. fp32 softmax."""
+                  temperature: float, top1: float = 0.0) -> torch.Tensor:
+    """Sum over the chunk's tokens of KL(q || p_s), q = p_t sharpened by `top1`; h [n, d], w [V, d]. fp32 softmax."""
     log_p_s = _log_probs(h_s @ w_s.t(), temperature)
     with torch.no_grad():
-        log_p_t = _log_probs(h_t @ w_t.t(), temperature)
+        t_logits = h_t @ w_t.t()
+        log_p_t = _log_probs(t_logits, temperature)
+        if top1:
+            q, q_log_q = _sharpened(log_p_t, t_logits, top1)
+    if top1:
+        return (q_log_q - q * log_p_s).sum()
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum()
 
 
 def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
-               chunk: int = 1024, temperature: float = 1.0, fused: bool = True, kernel: bool = False) -> torch.Tensor:
-    """Mean over tokens of KL(softmax(h_t W_t^T / T) || softmax(h_s W_s^T / T)), times T^2 (Hinton scaling).
+               chunk: int = 1024, temperature: float = 1.0, fused: bool = True, kernel: bool = False,
+               top1: float = 0.0) -> torch.Tensor:
+    """Mean over tokens of KL(softmax(h_t W_t^T / T) || softmax(h_s W_s^T / T)), times T^2 (Hinton scaling); with
+    `top1` in (0, 1) the teacher's side is sharpened towards its argmax by that share (module docstring).
 
     h_student [N, d] (or [B, L, d]), w_student [V, d]; same for the teacher (no gradient is taken through it).
     Returns a scalar fp32 tensor. Matches `F.kl_div(log_softmax(s), log_softmax(t), log_target=True,
@@ -63,6 +93,9 @@ def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torc
     h_s, h_t = h_student.reshape(-1, h_student.shape[-1]), h_teacher.reshape(-1, h_teacher.shape[-1]).detach()
     if h_s.shape[0] != h_t.shape[0]:
         raise ValueError(f"student has {h_s.shape[0]} tokens, teacher {h_t.shape[0]}")
+    if not 0 <= top1 < 1:
+        raise ValueError(f"top1 is the share of the target moved onto the teacher's first choice, in [0, 1); "
+                         f"got {top1}")
     w_t = w_teacher.detach()
     dev = h_s.device.type
     if torch.is_autocast_enabled(dev):
@@ -71,14 +104,16 @@ def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torc
         # would sum the chunks' gradients in bf16)
         w_t = w_t.to(torch.get_autocast_dtype(dev))
     if fused and torch.is_grad_enabled() and (h_s.requires_grad or w_student.requires_grad):
-        return _FusedKL.apply(h_s, w_student, h_t, w_t, chunk, temperature, rows_fn(kernel, h_s.device))
+        rows = functools.partial(rows_fn(kernel, h_s.device), top1=top1)
+        return _FusedKL.apply(h_s, w_student, h_t, w_t, chunk, temperature, rows)
     total = h_s.new_zeros((), dtype=torch.float32)
     for i in range(0, h_s.shape[0], chunk):
         hs, ht = h_s[i : i + chunk], h_t[i : i + chunk]
         if torch.is_grad_enabled() and (hs.requires_grad or w_student.requires_grad):
-            total = total + checkpoint(_chunk_kl_sum, hs, w_student, ht, w_t, temperature, use_reentrant=False)
+            total = total + checkpoint(_chunk_kl_sum, hs, w_student, ht, w_t, temperature, top1,
+                                       use_reentrant=False)
         else:
-            total = total + _chunk_kl_sum(hs, w_student, ht, w_t, temperature)
+            total = total + _chunk_kl_sum(hs, w_student, ht, w_t, temperature, top1)
     return total * (temperature ** 2) / h_s.shape[0]
 
 
@@ -100,7 +135,7 @@ class _FusedKL(torch.autograd.Function):
             w_low, w_t = w_s.to(low), w_t.to(low)
             for i in range(0, n, chunk):
                 hs = h_s[i: i + chunk].to(low)
-                # g: d(sum of the chunk's KL) / d(logits / T), [n, V]
+                # g: d(sum of the chunk's KL) / d(logits / T), p_s - q [n, V]
                 kl, g = rows(hs @ w_low.t(), h_t[i: i + chunk].to(low) @ w_t.t(), temperature)
                 total += kl.sum()
                 if grad_h is not None:

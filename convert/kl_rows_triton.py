@@ -2,8 +2,9 @@
 fp32 chain (the two log-softmaxes, their fp32 copies, exp, subtract, multiply, sum; about 120 ms of a 1,622 ms
 stage-2 step on the H200, `benchmarks/results/real_model/teacher_answers/profile/`).
 
-Same signature and results as `kl.kl_rows`: s_logits, t_logits [n, V] (bf16 or fp32) and T give the KL per row [n]
-(fp32) and g = softmax(s / T) - softmax(t / T) [n, V] in s_logits' dtype; fp32 inside. One program a row reads both
+Same signature and results as `kl.kl_rows`: s_logits, t_logits [n, V] (bf16 or fp32), T and top1 give KL(q || p_s)
+per row [n] (fp32) and g = p_s - q [n, V] in s_logits' dtype, p = softmax(logits / T), q = p_t or, with top1 > 0,
+p_t with that share moved onto the teacher's argmax (`kl.py`); fp32 inside. One program a row reads both
 rows twice (an online log-sum-exp, then the KL and g) and writes g once: about 6 V bytes of bf16 a row against the
 reference's dozen fp32 passes.
 """
@@ -40,11 +41,28 @@ def _lse(x, base, V, inv_t, BV: tl.constexpr):
 
 
 @triton.jit
-def _kl_rows_kernel(s, t, kl, g, V, inv_t, BV: tl.constexpr):
+def _argmax(x, base, V, BV: tl.constexpr):
+    """The first index of x[base : base + V]'s largest entry (torch.argmax's), read unscaled: a lane keeps its first
+    strict maximum, then the lowest index among the lanes that hold the row's."""
+    o = tl.arange(0, BV)
+    m = tl.full([BV], float("-inf"), tl.float32)
+    at = tl.full([BV], V, tl.int32)
+    for start in range(0, V, BV):
+        idx = start + o
+        b = tl.load(x + base + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
+        at = tl.where(b > m, idx, at)
+        m = tl.maximum(m, b)
+    return tl.min(tl.where(m == tl.max(m, 0), at, V), 0)
+
+
+@triton.jit
+def _kl_rows_kernel(s, t, kl, g, V, inv_t, top1, BV: tl.constexpr, SHARPEN: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = row * V
     lse_s = _lse(s, base, V, inv_t, BV)
     lse_t = _lse(t, base, V, inv_t, BV)
+    if SHARPEN:
+        first = _argmax(t, base, V, BV)
     o = tl.arange(0, BV)
     acc = tl.zeros((BV,), tl.float32)
     for start in range(0, V, BV):
@@ -52,15 +70,20 @@ def _kl_rows_kernel(s, t, kl, g, V, inv_t, BV: tl.constexpr):
         m = idx < V
         lp_s = tl.load(s + base + idx, mask=m, other=0.0).to(tl.float32) * inv_t - lse_s
         lp_t = tl.load(t + base + idx, mask=m, other=0.0).to(tl.float32) * inv_t - lse_t
-        p_t = tl.exp(lp_t)
-        acc += tl.where(m, p_t * (lp_t - lp_s), 0.0)
-        tl.store(g + base + idx, (tl.exp(lp_s) - p_t).to(g.dtype.element_ty), mask=m)
+        if SHARPEN:
+            q = tl.exp(lp_t) * (1.0 - top1) + tl.where(idx == first, top1, 0.0)
+            acc += tl.where(m & (q > 0), q * (tl.log(q) - lp_s), 0.0)
+        else:
+            q = tl.exp(lp_t)
+            acc += tl.where(m, q * (lp_t - lp_s), 0.0)
+        tl.store(g + base + idx, (tl.exp(lp_s) - q).to(g.dtype.element_ty), mask=m)
     tl.store(kl + row, tl.sum(acc, 0))
 
 
-def kl_rows_triton(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
+def kl_rows_triton(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, top1: float = 0.0,
                    block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL(softmax(t / T) || softmax(s / T)) per row [n] fp32, softmax(s / T) - softmax(t / T) [n, V]); see module."""
+    """(KL(q || softmax(s / T)) per row [n] fp32, softmax(s / T) - q [n, V]), q = softmax(t / T) sharpened by
+    `top1`; see module."""
     if s_logits.dim() != 2 or s_logits.shape != t_logits.shape:
         raise ValueError(f"kl_rows needs two [n, V] logit blocks of one shape, got {tuple(s_logits.shape)} and "
                          f"{tuple(t_logits.shape)}")
@@ -69,5 +92,6 @@ def kl_rows_triton(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: 
     kl = torch.empty(n, dtype=torch.float32, device=s.device)
     g = torch.empty_like(s)
     if n:
-        _kl_rows_kernel[(n,)](s, t, kl, g, V, 1.0 / temperature, BV=block, num_warps=8)
+        _kl_rows_kernel[(n,)](s, t, kl, g, V, 1.0 / temperature, float(top1), BV=block, SHARPEN=bool(top1),
+                              num_warps=8)
     return kl, g

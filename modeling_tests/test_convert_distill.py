@@ -32,6 +32,67 @@ def test_chunked_kl_matches_kl_div_forward_and_backward(chunk, temperature, fuse
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("chunk,temperature", [(7, 1.0), (1000, 2.0)])
+def test_the_sharpened_kl_is_the_kl_to_the_teacher_with_a_share_moved_onto_its_first_choice(chunk, temperature, fused):
+    """top1: the KL to q = (1 - top1) p_t + top1 onehot(argmax), q built here from full logits, forward and backward;
+    its student optimum is q itself (a zero gradient there), which ranks the teacher's first choice further ahead."""
+    torch.manual_seed(0)
+    hs = torch.randn(2, 19, 16, requires_grad=True)
+    ws = torch.randn(50, 16, requires_grad=True)
+    ht, wt = torch.randn(2, 19, 16), torch.randn(50, 16)
+    got = chunked_kl(hs, ws, ht, wt, chunk=chunk, temperature=temperature, fused=fused, top1=0.3)
+    s, t = (hs @ ws.t()).flatten(0, 1) / temperature, (ht @ wt.t()).flatten(0, 1) / temperature
+    q = 0.7 * F.softmax(t, -1) + 0.3 * F.one_hot(t.argmax(-1), 50)
+    want = F.kl_div(F.log_softmax(s, -1), q, reduction="batchmean") * temperature ** 2
+    plain = chunked_kl(hs, ws, ht, wt, chunk=chunk, temperature=temperature, fused=fused)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, plain, rtol=1e-2)
+    for a, b in zip(torch.autograd.grad(got, (hs, ws)), torch.autograd.grad(want, (hs, ws))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # a student whose logits are log q: the loss and its gradient vanish
+    s_opt = (q.log() * temperature).requires_grad_(True)
+    at_q = chunked_kl(s_opt, torch.eye(50), (ht @ wt.t()).flatten(0, 1), torch.eye(50), chunk=chunk,
+                      temperature=temperature, fused=fused, top1=0.3)
+    (g,) = torch.autograd.grad(at_q, s_opt)
+    assert abs(at_q.item()) < 1e-5 and g.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("top1", [-0.1, 1.0, float("nan")])
+def test_a_top1_share_outside_zero_to_one_is_refused(top1):
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="first choice, in \\[0, 1\\)"):
+        chunked_kl(x, torch.randn(5, 8), x, torch.randn(5, 8), top1=top1)
+    with pytest.raises(ValueError, match="kl_top1 is the share"):
+        DistillConfig(stage=2, kl_top1=top1).resolved()
+
+
+@pytest.mark.parametrize("kw", [dict(stage=1), dict(stage=2, kl_weight=0.0, mse_weight=1.0)])
+def test_a_top1_share_where_the_stage_has_no_kl_is_refused(kw):
+    with pytest.raises(ValueError, match="sharpens the KL's target, but this stage has no KL"):
+        DistillConfig(kl_top1=0.2, **kw).resolved()
+
+
+def test_a_stage_with_a_top1_share_trains_on_the_sharpened_kl(monkeypatch, capsys):
+    """DistillConfig.kl_top1 reaches the stage's KL (and its first log line); the held-out KL stays the plain one."""
+    import convert.distill_loss as distill_loss
+
+    shares = []
+    real = distill_loss.chunked_kl
+    monkeypatch.setattr(distill_loss, "chunked_kl", lambda *a, **k: shares.append(a[8]) or real(*a, **k))
+    teacher, student, train, held = _setup()
+    plain = distill(student, teacher, train, DistillConfig(stage=2, steps=2, batch_size=4, micro_batch=4,
+                                                           warmup_steps=0, log_every=1), eval_rows=held)
+    assert shares == [0.0, 0.0]
+    teacher, student, train, held = _setup()
+    sharp = distill(student, teacher, train, DistillConfig(stage=2, steps=2, batch_size=4, micro_batch=4,
+                                                           warmup_steps=0, log_every=1, kl_top1=0.4), eval_rows=held)
+    assert shares[2:] == [0.4, 0.4]
+    assert sharp["history"][0]["kl"] != pytest.approx(plain["history"][0]["kl"], rel=1e-3)
+    assert sharp["eval_kl_before"] == pytest.approx(plain["eval_kl_before"], rel=1e-6)
+    assert "to the teacher with 0.4 of its mass on its first choice" in capsys.readouterr().out
+
+
 def test_chunked_kl_under_bf16_autocast_gives_what_explicit_fp32_copies_gave():
     """Under autocast, at a temperature of 1, the fp32 softmax of the bf16 logits without the division by 1: the
     same loss and the same fp32 gradients as the explicit copy and division gave."""

@@ -294,13 +294,15 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     assert s1.train == "jet" and s1.resolved().local is v["local1"] and s2.train == v["train2"]
     assert s1.warmup_steps == s2.warmup_steps == 30  # distill_variants' warm-up
     assert s2.frozen_bf16 is v["frozen_bf16"] and s2.fused_adam is v["fused_adam"] and s2.mixed_precision == "bf16"
+    assert s2.kl_top1 == s3.kl_top1 == v["kl_top1"]
     r = seen["retrieval"]
     assert (r["ratio"], r["kinds"], r["chat_ratio"], r["chat_file"]) == \
         (v["retrieval_ratio"], v["retrieval_kinds"], v["chat_ratio"], v["chat_file"])
     assert [s1.micro_batch, s2.micro_batch] == [8, 4]  # 4 rows a forward in stage 2 fit an 80 GB card
     assert "recipe 15min: " in capsys.readouterr().out
-    assert main(base + ["--micro-batch2", "8", "--lr2", "1e-5", "--no-fused-adam"]) == 0
+    assert main(base + ["--micro-batch2", "8", "--lr2", "1e-5", "--no-fused-adam", "--kl-top1", "0.2"]) == 0
     assert seen["stage2"].micro_batch == 8 and seen["stage2"].lr == 1e-5 and seen["stage2"].fused_adam is False
+    assert seen["stage2"].kl_top1 == seen["stage3"].kl_top1 == 0.2 and seen["stage1"].kl_top1 == 0
     assert seen["stage2"].jet_lr == 1e-4  # the rest still the recipe's
     out = capsys.readouterr().out
     assert "--fused-adam" not in out.split(";")[0] and "given here instead: --fused-adam, --lr2, --micro-batch2" in out

@@ -65,8 +65,10 @@ def test_recipe_presets_change_one_knob_each_from_an_attention_transfer_base():
     ([{"name": "a"}, {"name": "a"}], "variant names repeat"),
     ([], "non-empty JSON list"),
     ([{"name": "a", "init": "zeros"}], "init attention / random"),
-    ([{"name": "a", "jet_lr2": -1}], "jet_lr2 (the JetBlocks' peak lr in stages 2-3): stage 2: jet_lr must be a "
+    ([{"name": "a", "jet_lr2": -1}], "jet_lr2 (the JetBlocks' peak lr in stages 2-3) or kl_top1 (the share of "
+                                     "stages 2-3's KL target on the teacher's first choice): stage 2: jet_lr must be a "
                                      "positive number"),
+    ([{"name": "a", "kl_top1": 1.0}], "stage 2: kl_top1 is the share of the KL's target moved onto the teacher's"),
 ])
 def test_bad_variant_files_are_refused_with_the_problem_named(tmp_path, spec, message):
     path = tmp_path / "v.json"
