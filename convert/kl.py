@@ -72,11 +72,10 @@ def _chunk_kl_sum(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: 
     with torch.no_grad():
         t_logits = h_t @ w_t.t()
         log_p_t = _log_probs(t_logits, temperature)
-        if top1:
-            q, q_log_q = _sharpened(log_p_t, t_logits, top1)
-    if top1:
-        return (q_log_q - q * log_p_s).sum()
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum()
+        q, q_log_q = _sharpened(log_p_t, t_logits, top1) if top1 else (log_p_t.exp(), None)
+    if q_log_q is None:
+        return (q * (log_p_t - log_p_s)).sum()
+    return (q_log_q - q * log_p_s).sum()
 
 
 def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
