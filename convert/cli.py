@@ -201,6 +201,9 @@ def distill(
     teacher_kernels: Annotated[bool, typer.Option(
         help="the teacher's RMSNorms and MLP activations in one kernel each (jet_nemotron.ops.rmsnorm / swiglu, the "
              "teacher's own rounding) instead of eager PyTorch's chains")] = True,
+    teacher_fp8: Annotated[bool, typer.Option(
+        help="the teacher's MLP projections in FP8 (e4m3, a scale a row) for the training targets; the held-out KL "
+             "stays against the teacher itself (convert/teacher_fp8.py; opt-in until measured)")] = False,
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint of this same run (settings, "
                                               "data and models must match)")] = False,
@@ -233,7 +236,7 @@ def distill(
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
                   compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel,
-                  fused_adam=fused_adam, teacher_kernels=teacher_kernels,
+                  fused_adam=fused_adam, teacher_kernels=teacher_kernels, teacher_fp8=teacher_fp8,
                   mse_kernel=mse_kernel, frozen_bf16=frozen_bf16)
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)

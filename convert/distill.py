@@ -58,6 +58,7 @@ from .distill_loss import DistillLoss, layer_mse, mse_fn, teacher_on, teacher_ta
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
 from .step_budget import StepBudget
+from .teacher_fp8 import Fp8Linear, with_fp8_mlps
 from .teacher_kernels import KernelMLP, KernelRMSNorm, teacher_rope_count, with_teacher_kernels
 
 
@@ -295,6 +296,7 @@ class _Training:
     fsdp: bool
     n_train: int
     fp32_frozen: dict  # name -> the exact fp32 value of a frozen parameter held in bf16 (`frozen_bf16`)
+    target_teacher: nn.Module  # the teacher that gives the training targets: `teacher`, or its FP8-MLP copy
 
 
 def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Path | None = None,
@@ -357,7 +359,8 @@ def distill(student, teacher, train_rows, cfg: DistillConfig, ckpt_dir: str | Pa
         kl_before = eval_kl_before if eval_kl_before is not None else _held_out_kl(
             student, run.teacher, eval_rows, cfg, acc.device, park=run.fsdp)
     lap("held_out_kl_before")
-    speed = _speed_info(data, student, run.teacher, cfg, acc)
+    speed = _speed_info(data, student, run.teacher, cfg, acc,
+                        fp8=sum(isinstance(m, Fp8Linear) for m in run.target_teacher.modules()))
     lap("flops_count")
     t_run, cap = time.perf_counter(), cfg.steps
     try:
@@ -452,6 +455,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     teacher = teacher_on(teacher, acc.device, torch.bfloat16 if cfg.mixed_precision == "bf16" else None)
     if cfg.teacher_kernels:
         teacher, _ = with_teacher_kernels(teacher)
+    # the held-out KL measures against `teacher` itself, only the training targets come from the FP8 copy
+    target_teacher = with_fp8_mlps(teacher)[0] if cfg.teacher_fp8 else teacher
     # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
     # (on the CPU until the end) into which the trained full weights are gathered
     trained = copy.deepcopy(student.to("cpu")) if fsdp else student
@@ -471,7 +476,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     params = [p for p in wrapper.parameters() if id(p) in in_opt]
     assert len(params) == len(in_opt), "an optimized parameter is not the prepared model's"
     return _Training(acc, wrapper, opt, params, teacher, mse_layers, cfg.batch_size // per_step, fsdp, n_train,
-                     fp32_frozen)
+                     fp32_frozen, target_teacher)
 
 
 def _restore(acc, ckpt_dir: Path | None, identity: dict) -> tuple[int, list, float | None, int | None]:
@@ -593,7 +598,7 @@ def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int
             lo = (m * world + acc.process_index) * cfg.micro_batch
             x = batch[lo : lo + cfg.micro_batch].to(acc.device, non_blocking=True)
             with torch.autocast(acc.device.type, enabled=False):
-                t_hidden, t_attn, t_in = teacher_targets(run.teacher, x, run.mse_layers, inputs=cfg.local)
+                t_hidden, t_attn, t_in = teacher_targets(run.target_teacher, x, run.mse_layers, inputs=cfg.local)
             # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
             # it would keep full unsharded gradients on every device, the memory FSDP is there to save
             sync = nullcontext() if run.fsdp or m == run.accum - 1 else acc.no_sync(run.wrapper)
@@ -665,8 +670,9 @@ def compile_layers(model, local: bool = False) -> None:
         (layer.self_attn if local else layer).compile(dynamic=False)
 
 
-def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
-    """FLOPs per token of this stage's trainable set and the device's peak (the step meter's MFU), logged."""
+def _speed_info(data, student, teacher, cfg: DistillConfig, acc, fp8: int = 0) -> dict:
+    """FLOPs per token of this stage's trainable set and the device's peak (the step meter's MFU), logged; `fp8`:
+    how many of the target teacher's projections run in FP8 (the FLOPs count them as any other)."""
     from .throughput import flops_per_token, peak_flops
 
     fpt = flops_per_token(student, teacher, data.seq_len, local=cfg.local)
@@ -680,7 +686,8 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc) -> dict:
               + f", AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher: "
               f"{sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} RMSNorms on ops.rmsnorm, "
               f"{sum(isinstance(m, KernelMLP) for m in teacher.modules())} MLPs on ops.swiglu, "
-              f"{teacher_rope_count(teacher)} attentions' rotary on ops.rope")
+              f"{teacher_rope_count(teacher)} attentions' rotary on ops.rope"
+              + (f", {fp8} MLP projections in FP8 for the targets (MFU still against the bf16 peak)" if fp8 else ""))
     return {"flops_per_token": fpt, "peak_flops": peak, "peak_note": peak_note}
 
 

@@ -80,6 +80,9 @@ class DistillConfig(TrainSchedule):
     # the teacher's own rounding; `teacher_kernels.py`) instead of eager PyTorch's chains: about 40 and 20 ms of a
     # 684 ms attention-transfer step in the H200 profile
     teacher_kernels: bool = True
+    # the teacher's MLP projections in FP8 (e4m3, a scale a row; `teacher_fp8.py`) for the targets it gives while
+    # the stage trains; the held-out KL stays against the teacher as given. Opt-in until measured on a card
+    teacher_fp8: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     # wall-clock seconds for this stage, from the moment `distill` is called: `steps` is then a cap. The stage times
     # its own steps over its warm-up (whose rates do not depend on the total) and sets `steps` to what fits, at most
