@@ -101,7 +101,7 @@ case "$1" in
     if [ -n "${TESTS:-}" ]; then
       mkdir -p $JOB/out && python3 -m pytest -q -rA $TESTS > $JOB/out/tests.log 2>&1; tail -5 $JOB/out/tests.log
     fi
-    if [ -n "${SPEED:-}${PROFILE:-}${KERNEL_PARTS:-}${CARD_TESTS:-}${SWEEP:-}" ]; then
+    if [ -n "${SPEED:-}${PROFILE:-}${KERNEL_PARTS:-}${CARD_TESTS:-}${SWEEP:-}${FP8_SPEED:-}" ]; then
       # the card is idle while the parts arrive: random-weight jobs of the real shapes use it (the pipelines wait
       # for speed.done before distilling); one process each, so a cut one loses only its own, all within
       # SPEED_TIMEOUT seconds
@@ -114,6 +114,7 @@ case "$1" in
       # CARD_TESTS: pytest node ids, run in the card job, not before the parts go on as TESTS do (a lease then spends
       #   no call waiting on them; the pipeline waits for the card job), into out/card_tests.log, which names every
       #   test passed (-rA) as well as each failure;
+      # FP8_SPEED=1: the teacher's forward with FP8 MLPs against bf16 (teacher_fp8_speed.py, about a minute);
       # SWEEP=1: the per-chunk backward kernel's launch configs timed against its default (chunk_bwd_sweep.py); it
       #   writes its JSON after every config, so a cut sweep keeps what it timed
       # the job is one line of commands: a list given over several lines (CARD_TESTS="a\n b") is joined by spaces
@@ -126,6 +127,8 @@ case "$1" in
         jobs="$jobs python3 benchmarks/profile_distill.py ${p//,/ } --out $JOB/out/profile;"; done
       [ -n "${CARD_TESTS:-}" ] &&
         jobs="$jobs python3 -m pytest -q -rA $(flat $CARD_TESTS) > $JOB/out/card_tests.log 2>&1;"
+      [ -n "${FP8_SPEED:-}" ] &&
+        jobs="$jobs python3 benchmarks/teacher_fp8_speed.py --out $JOB/out/teacher_fp8;"
       [ -n "${SWEEP:-}" ] &&
         jobs="$jobs python3 benchmarks/chunk_bwd_sweep.py --out $JOB/out/sweep $(flat ${SWEEP_ARGS:-});"
       # SPEED=1: one process per context (a cut one loses only its own); SPEED=all: one process for every context

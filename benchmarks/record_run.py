@@ -29,6 +29,7 @@ KEEP = [("out/card_tests.log", "card_tests.log"), ("optins.log", "optins.log"),
         ("save_teacher.log", "save_teacher.log"), ("tokenise.log", "tokenise.log"),
         ("out/optins/optins.json", "optins.json"), ("out/kernels/kernels.json", "kernels.json"),
         ("out/gpu_samples.csv", "gpu_samples.csv"),
+        ("out/teacher_fp8/teacher_fp8_speed.json", "teacher_fp8_speed.json"),
         ("out/variants/variants.json", "variants.json"), ("out/variants/variants.md", "variants.md"),
         ("out/variants/variants_kl.png", "variants_kl.png")]
 BAR = re.compile(r"%\|")  # a tqdm progress line
