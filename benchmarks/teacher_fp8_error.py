@@ -41,13 +41,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--teacher", required=True, help="the teacher (.gguf, folder or Hub id)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokens", type=int, default=1024, help="tokens a file (its first)")
+    ap.add_argument("--projections", default="gate_proj,up_proj,down_proj", help="the MLP projections in FP8")
     args = ap.parse_args(argv)
 
     from convert.eval.models import load
     from convert.teacher_fp8 import with_fp8_mlps
 
     m = load(args.teacher, device=torch.device("cpu"), dtype=torch.float32)
-    fp8, swapped = with_fp8_mlps(m.model)
+    fp8, swapped = with_fp8_mlps(m.model, tuple(args.projections.split(",")))
     lib = Path(sysconfig.get_paths()["stdlib"])
     rows = [m.tok((lib / f).read_text(), return_tensors="pt").input_ids[:, : args.tokens] for f in FILES]
     logits = {"fp32": [], "fp8 MLPs": [], "bf16": []}
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
             logits["bf16"].append(bf16(input_ids=ids).logits[0, :-1].float())
     n = sum(ids.shape[1] - 1 for ids in rows)
     res = {"stamp": [stamp(script="benchmarks/teacher_fp8_error.py")], "teacher": args.teacher, "files": list(FILES),
-           "tokens": n, "fp8_projections": swapped, "variants": {}}
+           "tokens": n, "fp8_projections": swapped, "projections": args.projections, "variants": {}}
     for name in ("bf16", "fp8 MLPs"):
         tot = {"kl": 0.0, "top1": 0, "ce_ref": 0.0, "ce": 0.0}
         for ref, other, ids in zip(logits["fp32"], logits[name], rows):

@@ -79,16 +79,18 @@ class Fp8Linear(nn.Module):
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
-def with_fp8_mlps(model: nn.Module) -> tuple[nn.Module, int]:
-    """(a copy of `model` whose MLPs' gate / up / down projections are `Fp8Linear`, how many were swapped). The copy
-    shares every other parameter and buffer with `model`; `model` keeps its own projections (the caller's teacher
-    evaluates as it was). An MLP is a module holding all three projections as nn.Linear."""
+def with_fp8_mlps(model: nn.Module, projections: tuple[str, ...] = MLP_PROJECTIONS) -> tuple[nn.Module, int]:
+    """(a copy of `model` whose MLPs' `projections` (of gate / up / down) are `Fp8Linear`, how many were swapped).
+    The copy shares every other parameter and buffer with `model`; `model` keeps its own projections (the caller's
+    teacher evaluates as it was). An MLP is a module holding all three projections as nn.Linear."""
+    if not projections or set(projections) - set(MLP_PROJECTIONS):
+        raise ValueError(f"FP8 projections are some of {MLP_PROJECTIONS}, got {projections}")
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     out = copy.deepcopy(model, memo)
     n = 0
     for m in list(out.modules()):
         if all(isinstance(getattr(m, p, None), nn.Linear) for p in MLP_PROJECTIONS):
-            for p in MLP_PROJECTIONS:
+            for p in projections:
                 setattr(m, p, Fp8Linear(getattr(m, p)))
                 n += 1
     return out, n

@@ -95,3 +95,13 @@ def test_a_stage_with_an_fp8_teacher_trains_on_its_targets_and_measures_against_
     assert runs[1]["history"][0]["kl"] != runs[0]["history"][0]["kl"]
     assert runs[1]["history"][0]["kl"] == pytest.approx(runs[0]["history"][0]["kl"], rel=0.1)
     assert "6 MLP projections in FP8 for the targets" in capsys.readouterr().out
+
+
+def test_the_fp8_copy_takes_a_subset_of_the_projections_and_refuses_other_names():
+    teacher = tiny_qwen("qwen2", layers=2, seed=0)
+    fp8, n = with_fp8_mlps(teacher, ("gate_proj", "up_proj"))
+    mlp = fp8.model.layers[0].mlp
+    assert n == 4 and isinstance(mlp.gate_proj, Fp8Linear) and isinstance(mlp.down_proj, nn.Linear)
+    for bad in ((), ("q_proj",)):
+        with pytest.raises(ValueError, match="FP8 projections are some of"):
+            with_fp8_mlps(teacher, bad)
