@@ -58,7 +58,7 @@ from .distill_loss import DistillLoss, layer_mse, mse_fn, teacher_on, teacher_ta
 from .kl import chunked_kl, rows_fn
 from .run_identity import describe_difference, stage_fields
 from .step_budget import StepBudget
-from .teacher_fp8 import Fp8Linear, with_fp8_mlps
+from .teacher_fp8 import Fp8Linear, check_fp8_device, with_fp8_mlps
 from .teacher_kernels import KernelMLP, KernelRMSNorm, teacher_rope_count, with_teacher_kernels
 
 
@@ -456,6 +456,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     if cfg.teacher_kernels:
         teacher, _ = with_teacher_kernels(teacher)
     # the held-out KL measures against `teacher` itself, only the training targets come from the FP8 copy
+    if cfg.teacher_fp8:
+        check_fp8_device(acc.device)
     target_teacher = with_fp8_mlps(teacher)[0] if cfg.teacher_fp8 else teacher
     # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
     # (on the CPU until the end) into which the trained full weights are gathered

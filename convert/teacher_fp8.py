@@ -65,7 +65,7 @@ class Fp8Linear(nn.Module):
         w_q, w_scale = quantize_rows(linear.weight.detach())
         self.register_buffer("w_q", w_q)
         self.register_buffer("w_scale", w_scale)
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +77,14 @@ class Fp8Linear(nn.Module):
 
 
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def check_fp8_device(device: torch.device) -> None:
+    """Refuse a CUDA card without e4m3 products (before Ada / Hopper, compute capability 8.9), naming it, before any
+    step rather than at the teacher's first forward. The CPU runs the reference (the same rounding, no faster)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"teacher_fp8 (--teacher-fp8): {torch.cuda.get_device_name(device)} has no FP8 products "
+                         f"(compute capability {torch.cuda.get_device_capability(device)}, 8.9 or newer needed)")
 
 
 def with_fp8_mlps(model: nn.Module, projections: tuple[str, ...] = MLP_PROJECTIONS) -> tuple[nn.Module, int]:

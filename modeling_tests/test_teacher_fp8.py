@@ -105,3 +105,15 @@ def test_the_fp8_copy_takes_a_subset_of_the_projections_and_refuses_other_names(
     for bad in ((), ("q_proj",)):
         with pytest.raises(ValueError, match="FP8 projections are some of"):
             with_fp8_mlps(teacher, bad)
+
+
+def test_a_card_without_fp8_products_is_refused_by_name(monkeypatch):
+    from convert.teacher_fp8 import check_fp8_device
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ValueError, match="NVIDIA A100-SXM4-80GB has no FP8 products .*8.9 or newer"):
+        check_fp8_device(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    check_fp8_device(torch.device("cuda"))
+    check_fp8_device(torch.device("cpu"))
