@@ -455,9 +455,9 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     teacher = teacher_on(teacher, acc.device, torch.bfloat16 if cfg.mixed_precision == "bf16" else None)
     if cfg.teacher_kernels:
         teacher, _ = with_teacher_kernels(teacher)
-    # the held-out KL measures against `teacher` itself, only the training targets come from the FP8 copy
     if cfg.teacher_fp8:
         check_fp8_device(acc.device)
+    # the held-out KL measures against `teacher` itself, only the training targets come from the FP8 copy
     target_teacher = with_fp8_mlps(teacher)[0] if cfg.teacher_fp8 else teacher
     # FSDP shards the module it wraps in place; training a copy leaves the caller's student a plain module
     # (on the CPU until the end) into which the trained full weights are gathered
