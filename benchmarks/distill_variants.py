@@ -27,8 +27,8 @@ stages 2-3, `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`Distil
 kernel), "chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
 "split2" (stage 2 in two parts, the second that share of its steps, each part on its own schedule and optimizer, as
 local1_share splits stage 1), "kl_top1" (stages 2-3's KL target with that share of the teacher's mass moved
-onto its first choice, `DistillConfig.kl_top1`), "teacher_fp8" (the teacher's MLP projections in FP8 for the
-targets, `DistillConfig.teacher_fp8`), "own_answers" (N: between the two parts the student answers N
+onto its first choice, `DistillConfig.kl_top1`), "teacher_fp8" (the stages, e.g. [1], whose targets come from the
+teacher with its MLP projections in FP8, `DistillConfig.teacher_fp8`), "own_answers" (N: between the two parts the student answers N
 function requests of the train files greedily, and the second part's chat rows are those chats, every answer kept:
 on-policy distillation, the teacher's predictions along what the student itself writes; 0: the corpus chats),
 "budget_s" (the distillation's wall clock in seconds, from the end of the conversion: each stage ends by its share of
@@ -104,7 +104,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
         "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
         "teacher_kernels": True, "budget_s": None, "batch_size2": None, "kl_top1": 0.0,
-        "teacher_fp8": False}
+        "teacher_fp8": []}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -209,6 +209,9 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
         except (TypeError, ValueError) as err:
             raise SystemExit(f"variant {v['name']!r}: jet_lr2 (the JetBlocks' peak lr in stages 2-3) or kl_top1 (the "
                              f"share of stages 2-3's KL target on the teacher's first choice): {err}") from err
+        if not (isinstance(v["teacher_fp8"], list) and set(v["teacher_fp8"]) <= {1, 2, 3}):
+            raise SystemExit(f"variant {v['name']!r}: teacher_fp8 is a list of the stages (1, 2, 3) whose targets "
+                             f"come from the FP8 teacher, e.g. [1]; got {v['teacher_fp8']!r}")
         if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
             raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
                              f"random, got {v['train2']!r}, {v['init']!r}")
@@ -492,16 +495,16 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
                   micro_batch=min(args.micro_batch, b), frozen_bf16=v["frozen_bf16"], compile=v["compile"],
                   projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"],
-                  mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"], teacher_fp8=v["teacher_fp8"])
+                  mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"])
     b2 = v["batch_size2"] or b
     mb2 = min(args.micro_batch2 or args.micro_batch, b2)
     common2 = common | {"micro_batch": mb2, "gradient_checkpointing": args.checkpoint2}  # stages 2 and 3
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
-                          local=v["local1"], **common),
+                          local=v["local1"], teacher_fp8=1 in v["teacher_fp8"], **common),
             DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b2,
-                          jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"], **common2),
+                          jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"], teacher_fp8=2 in v["teacher_fp8"], **common2),
             DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"], jet_lr=v["jet_lr2"],
-                          kl_top1=v["kl_top1"],
+                          kl_top1=v["kl_top1"], teacher_fp8=3 in v["teacher_fp8"],
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b2 * args.seq_len // args.stage3_seq_len),
                           **(common2 | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len)}))]

@@ -4,7 +4,9 @@ through its PyTorch reference), before a card is spent timing it.
 
 Per token of whole standard-library files: KL(fp32 teacher || variant), the share of tokens whose first choice stays
 the fp32 teacher's, and the perplexity ratio. The students' held-out KL to the teacher is about 0.08 nats a token
-(runs l-n), the yardstick for what a target's error may cost.
+(runs l-n), the yardstick for what a target's error may cost. And per layer, the normalised MSE of each attention
+output against the fp32 teacher's: the targets of attention transfer (stage 1), where the students end at 0.01-0.2
+(run n's `held_out_mse_by_layer`).
 
     python benchmarks/teacher_fp8_error.py --teacher qwen.gguf --out DIR    # CPU, about 10 minutes on 2 cores
 """
@@ -35,6 +37,19 @@ def compare(ref: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> dic
             "ce_ref": -lr.gather(-1, labels[:, None]).sum().item(), "ce": -lo.gather(-1, labels[:, None]).sum().item()}
 
 
+def attention_outputs(model, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits [n - 1, V] fp32 of `ids` [1, n], every layer's attention output [n, d] fp32) of one forward."""
+    outs, hooks = [], []
+    for layer in model.model.layers:
+        hooks.append(layer.self_attn.register_forward_hook(lambda m, a, o: outs.append(o[0][0].float())))
+    try:
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, outs
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Write teacher_fp8_error.json under --out; print one line a variant."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,15 +66,22 @@ def main(argv: list[str] | None = None) -> dict:
     fp8, swapped = with_fp8_mlps(m.model, tuple(args.projections.split(",")))
     lib = Path(sysconfig.get_paths()["stdlib"])
     rows = [m.tok((lib / f).read_text(), return_tensors="pt").input_ids[:, : args.tokens] for f in FILES]
+    from convert.distill_loss import normalised_mse
+
     logits = {"fp32": [], "fp8 MLPs": [], "bf16": []}
+    attn = {k: [] for k in logits}
     with torch.inference_mode():
         for ids in rows:
-            logits["fp32"].append(m.model(input_ids=ids).logits[0, :-1].float())
-            logits["fp8 MLPs"].append(fp8(input_ids=ids).logits[0, :-1].float())
+            for name, model in (("fp32", m.model), ("fp8 MLPs", fp8)):
+                lg, at = attention_outputs(model, ids)
+                logits[name].append(lg)
+                attn[name].append(at)
         del fp8
         bf16 = m.model.to(torch.bfloat16)
         for ids in rows:
-            logits["bf16"].append(bf16(input_ids=ids).logits[0, :-1].float())
+            lg, at = attention_outputs(bf16, ids)
+            logits["bf16"].append(lg)
+            attn["bf16"].append(at)
     n = sum(ids.shape[1] - 1 for ids in rows)
     res = {"stamp": [stamp(script="benchmarks/teacher_fp8_error.py")], "teacher": args.teacher, "files": list(FILES),
            "tokens": n, "fp8_projections": swapped, "projections": args.projections, "variants": {}}
@@ -70,9 +92,17 @@ def main(argv: list[str] | None = None) -> dict:
                 tot[k] += v
         r = {"kl": tot["kl"] / n, "top1_kept": tot["top1"] / n,
              "ppl_ratio": float(torch.tensor((tot["ce"] - tot["ce_ref"]) / n).exp())}
+        # per layer, over the files' tokens together: the attention targets' error, normalised as stage 1's loss
+        layers = len(attn["fp32"][0])
+        by_layer = [normalised_mse(torch.cat([a[i] for a in attn[name]]),
+                                   torch.cat([a[i] for a in attn["fp32"]])).item() for i in range(layers)]
+        r["attention_nmse_by_layer"] = by_layer
+        r["attention_nmse_median"] = sorted(by_layer)[layers // 2]
+        r["attention_nmse_max"] = max(by_layer)
         res["variants"][name] = r
         print(f"{name}: KL to the fp32 teacher {r['kl']:.5f} nats/token, first choice kept at {r['top1_kept']:.4f} "
-              f"of {n} tokens, perplexity x{r['ppl_ratio']:.4f}")
+              f"of {n} tokens, perplexity x{r['ppl_ratio']:.4f}; attention outputs' normalised MSE median "
+              f"{r['attention_nmse_median']:.2e}, largest {r['attention_nmse_max']:.2e} over {layers} layers")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "teacher_fp8_error.json").write_text(json.dumps(res, indent=1))
     return res

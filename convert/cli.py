@@ -201,9 +201,10 @@ def distill(
     teacher_kernels: Annotated[bool, typer.Option(
         help="the teacher's RMSNorms and MLP activations in one kernel each (jet_nemotron.ops.rmsnorm / swiglu, the "
              "teacher's own rounding) instead of eager PyTorch's chains")] = True,
-    teacher_fp8: Annotated[bool, typer.Option(
-        help="the teacher's MLP projections in FP8 (e4m3, a scale a row) for the training targets; the held-out KL "
-             "stays against the teacher itself (convert/teacher_fp8.py; opt-in until measured)")] = False,
+    teacher_fp8: Annotated[str, typer.Option(
+        help="the stages (e.g. 1 or 1,2) whose training targets come from the teacher with its MLP projections in FP8 "
+             "(e4m3, a scale a row); the held-out KL stays against the teacher itself (convert/teacher_fp8.py; "
+             "opt-in until measured)")] = "",
     ckpt_dir: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default OUT.ckpt)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint of this same run (settings, "
                                               "data and models must match)")] = False,
@@ -236,22 +237,23 @@ def distill(
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
                   compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel,
-                  fused_adam=fused_adam, teacher_kernels=teacher_kernels, teacher_fp8=teacher_fp8,
+                  fused_adam=fused_adam, teacher_kernels=teacher_kernels,
                   mse_kernel=mse_kernel, frozen_bf16=frozen_bf16)
+    fp8 = _stages(teacher_fp8, "--teacher-fp8")
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)
     s1 = DistillConfig(stage=1, steps=stage1_steps, lr=lr1, mse_weight=mse_weight, train=train1, local=stage1_local,
-                       **batch, **common)
+                       teacher_fp8=1 in fp8, **batch, **common)
     mb2 = micro_batch if micro_batch2 is None else micro_batch2
     b2 = batch_size if batch_size2 is None else batch_size2
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, jet_lr=jet_lr2,
-                       batch_size=b2, micro_batch=mb2, kl_top1=kl_top1, **common)
+                       batch_size=b2, micro_batch=mb2, kl_top1=kl_top1, teacher_fp8=2 in fp8, **common)
     # stage 3's defaults keep stage 2's tokens per step; distill_checkpoint checks its settings
     b3 = stage3_batch_size if stage3_batch_size is not None else max(1, b2 * seq_len // max(1, stage3_seq_len))
     m3 = stage3_micro_batch if stage3_micro_batch is not None else max(1, min(mb2, b3))
     s3 = DistillConfig(stage=3, steps=stage3_steps, lr=lr2 if lr3 is None else lr3, mse_weight=0.0, train=train2,
                        jet_lr=jet_lr2, seq_len=stage3_seq_len, batch_size=b3, micro_batch=m3, kl_top1=kl_top1,
-                       **common)
+                       teacher_fp8=3 in fp8, **common)
     corpus = dict(weights=data_weight, held_out=held_out, cache_dir=corpus_cache, workers=tokenise_workers,
                   on_stale=on_stale)
     retrieval = {"ratio": retrieval_ratio, "kinds": [k.strip() for k in retrieval_kinds.split(",") if k.strip()],
@@ -270,6 +272,17 @@ def _as_flag(name: str, value) -> str:
     """A parameter as the command line would give it: `--bf16`, `--no-bf16`, `--lr2 3e-05`."""
     flag = name.replace("_", "-")
     return (f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool) else f"--{flag} {value}"
+
+
+def _stages(text: str, flag: str) -> set[int]:
+    """A flag's comma-separated stage numbers ("" for none) as a set of 1, 2, 3."""
+    try:
+        stages = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        stages = {0}
+    if not stages <= {1, 2, 3}:
+        raise ValueError(f"{flag} {text!r}: comma-separated stages of 1, 2, 3, e.g. 1 or 1,2")
+    return stages
 
 
 def _shares(text: str | None) -> list[float] | None:

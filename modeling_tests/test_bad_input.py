@@ -410,6 +410,9 @@ DISTILL_CASES = {
     "kl-weight-negative": (["--kl-weight", "-1"], "kl_weight must be >= 0, got -1.0"),
     "nothing-to-train-on": (["--kl-weight", "0", "--mse-weight", "0"], "kl_weight and mse_weight are both zero"),
     "kl-chunk-zero": (["--kl-chunk", "0"], "kl_chunk must be >= 1, got 0"),
+    "kl-top1-one": (["--stage2-steps", "1", "--kl-top1", "1"], "stage 2: kl_top1 is the share of the KL's target moved "
+                    "onto the teacher's first choice, in [0, 1); got 1.0"),
+    "teacher-fp8-stage-four": (["--teacher-fp8", "1,4"], "--teacher-fp8 '1,4': comma-separated stages of 1, 2, 3"),
     "max-tokens-zero": (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
     # the corpus, stage-3 and retrieval flags (issue 14) are checked before anything loads, too
     "stage3-steps-negative": (["--stage3-steps", "-1"], "--stage3-steps must be >= 0, got -1"),

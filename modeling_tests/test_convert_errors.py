@@ -300,7 +300,10 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
         (v["retrieval_ratio"], v["retrieval_kinds"], v["chat_ratio"], v["chat_file"])
     assert [s1.micro_batch, s2.micro_batch] == [8, 4]  # 4 rows a forward in stage 2 fit an 80 GB card
     assert "recipe 15min: " in capsys.readouterr().out
-    assert main(base + ["--micro-batch2", "8", "--lr2", "1e-5", "--no-fused-adam", "--kl-top1", "0.2"]) == 0
+    assert not (s1.teacher_fp8 or s2.teacher_fp8 or s3.teacher_fp8) and v["teacher_fp8"] == []
+    assert main(base + ["--micro-batch2", "8", "--lr2", "1e-5", "--no-fused-adam", "--kl-top1", "0.2",
+                        "--teacher-fp8", "1"]) == 0
+    assert seen["stage1"].teacher_fp8 and not (seen["stage2"].teacher_fp8 or seen["stage3"].teacher_fp8)
     assert seen["stage2"].micro_batch == 8 and seen["stage2"].lr == 1e-5 and seen["stage2"].fused_adam is False
     assert seen["stage2"].kl_top1 == seen["stage3"].kl_top1 == 0.2 and seen["stage1"].kl_top1 == 0
     assert seen["stage2"].jet_lr == 1e-4  # the rest still the recipe's

@@ -69,6 +69,7 @@ def test_recipe_presets_change_one_knob_each_from_an_attention_transfer_base():
                                      "stages 2-3's KL target on the teacher's first choice): stage 2: jet_lr must be a "
                                      "positive number"),
     ([{"name": "a", "kl_top1": 1.0}], "stage 2: kl_top1 is the share of the KL's target moved onto the teacher's"),
+    ([{"name": "a", "teacher_fp8": True}], "teacher_fp8 is a list of the stages (1, 2, 3)"),
 ])
 def test_bad_variant_files_are_refused_with_the_problem_named(tmp_path, spec, message):
     path = tmp_path / "v.json"
