@@ -117,3 +117,20 @@ def test_a_card_without_fp8_products_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
     check_fp8_device(torch.device("cuda"))
     check_fp8_device(torch.device("cpu"))
+
+
+def test_attention_transfer_takes_its_targets_from_the_fp8_teacher():
+    """Stage 1 as attention transfer (`--teacher-fp8 1`, v11): the JetBlocks learn towards the FP8 copy's attention
+    outputs, which differ from the teacher's, so the losses differ from the exact teacher's by a little."""
+    teacher = tiny_qwen("qwen2", layers=2, seed=0)
+    rows = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for fp8 in (False, True):
+        # the JetBlock in layer 1, whose input and target the FP8 MLP of layer 0 moves (layer 0's attention has
+        # no MLP below it)
+        student = convert_model(teacher, parse_spec("attn,jet"))
+        cfg = DistillConfig(stage=1, steps=2, batch_size=4, micro_batch=4, lr=1e-3, warmup_steps=0, log_every=1,
+                            teacher_fp8=fp8)
+        assert cfg.resolved().local
+        losses.append([h["mse"] for h in distill(student, teacher, rows, cfg)["history"]])
+    assert losses[0] != losses[1] and losses[1] == pytest.approx(losses[0], rel=0.2)
