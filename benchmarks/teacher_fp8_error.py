@@ -37,6 +37,31 @@ def compare(ref: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> dic
             "ce_ref": -lr.gather(-1, labels[:, None]).sum().item(), "ce": -lo.gather(-1, labels[:, None]).sum().item()}
 
 
+def quantize_blocks(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """x [M, K] rounded to e4m3 with one scale a block of rows x cols (its largest entry at 448), multiplied back out:
+    [M, K] fp32. The DeepSeek-style scales a blockwise FP8 product takes (1 x 128 for inputs, 128 x 128 for weights);
+    emulated here only, to measure their error before building them."""
+    from convert.teacher_fp8 import E4M3_MAX
+
+    m, k = x.shape
+    b = x.float().reshape(m // rows, rows, k // cols, cols)
+    amax = b.abs().amax(dim=(1, 3), keepdim=True)
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    return ((b / scale).to(torch.float8_e4m3fn).float() * scale).reshape(m, k)
+
+
+class BlockFp8Linear(torch.nn.Module):
+    """A frozen nn.Linear [N, K] with the weight in 128 x 128 blocks and each input in 1 x 128 blocks, emulated."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.w = quantize_blocks(linear.weight.detach(), 128, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = quantize_blocks(x.reshape(-1, x.shape[-1]), 1, 128)
+        return (x2 @ self.w.t()).to(x.dtype).reshape(*x.shape[:-1], self.w.shape[0])
+
+
 def attention_outputs(model, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(logits [n - 1, V] fp32 of `ids` [1, n], every layer's attention output [n, d] fp32) of one forward."""
     outs, hooks = [], []
@@ -57,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokens", type=int, default=1024, help="tokens a file (its first)")
     ap.add_argument("--projections", default="gate_proj,up_proj,down_proj", help="the MLP projections in FP8")
+    ap.add_argument("--blocks", action="store_true", help="scales a block of 1 x 128 (inputs) and 128 x 128 "
+                                                          "(weights), emulated, instead of a row each")
     args = ap.parse_args(argv)
 
     from convert.eval.models import load
@@ -64,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     m = load(args.teacher, device=torch.device("cpu"), dtype=torch.float32)
     fp8, swapped = with_fp8_mlps(m.model, tuple(args.projections.split(",")))
+    if args.blocks:  # the same copy, each FP8 projection's row scales replaced by the emulated block scales
+        originals = {n: mod for n, mod in m.model.named_modules()}
+        for name, mod in list(fp8.named_modules()):
+            for p in args.projections.split(","):
+                if isinstance(getattr(mod, p, None), torch.nn.Module) and f"{name}.{p}" in originals:
+                    setattr(mod, p, BlockFp8Linear(originals[f"{name}.{p}"]))
     lib = Path(sysconfig.get_paths()["stdlib"])
     rows = [m.tok((lib / f).read_text(), return_tensors="pt").input_ids[:, : args.tokens] for f in FILES]
     from convert.distill_loss import normalised_mse
@@ -84,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
             attn["bf16"].append(at)
     n = sum(ids.shape[1] - 1 for ids in rows)
     res = {"stamp": [stamp(script="benchmarks/teacher_fp8_error.py")], "teacher": args.teacher, "files": list(FILES),
-           "tokens": n, "fp8_projections": swapped, "projections": args.projections, "variants": {}}
+           "tokens": n, "fp8_projections": swapped, "projections": args.projections,
+           "scales": "blocks of 1 x 128 (inputs), 128 x 128 (weights)" if args.blocks else "a row each", "variants": {}}
     for name in ("bf16", "fp8 MLPs"):
         tot = {"kl": 0.0, "top1": 0, "ce_ref": 0.0, "ce": 0.0}
         for ref, other, ids in zip(logits["fp32"], logits[name], rows):
