@@ -25,19 +25,14 @@ from shapes import QWEN25_1_5B  # noqa: E402
 from stamp import stamp  # noqa: E402
 
 
-def time_ms(fn, reps: int) -> float:
-    """Median ms of `fn()` over `reps` runs after two warm-ups, by CUDA events."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+def time_ms(fn) -> float:
+    """Median ms of `fn()` by `triton.testing.do_bench`, as `kernel_speed.bench` times, over about 2 s of runs (a
+    forward takes 100-200 ms)."""
+    from triton.testing import do_bench
+
+    fn()  # kernels compiled and tuned outside the timing
+    torch.cuda.synchronize()
+    return do_bench(fn, warmup=500, rep=2000, return_mode="median")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,7 +41,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--rows", type=int, default=8, help="rows a forward (stage 1 takes 8, stage 2 4-8)")
     ap.add_argument("--seq-len", type=int, default=2048)
-    ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args(argv)
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -72,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
            "fp8_projections": swapped, "gflop_per_token": flops / 1e9, "peak_note": note, "teachers": {}}
     outs = {}
     for name, model in (("bf16", bf16), ("fp8 MLPs", fp8)):
-        ms = time_ms(lambda: teacher_targets(model, ids, []), args.reps)
+        ms = time_ms(lambda: teacher_targets(model, ids, []))
         outs[name] = teacher_targets(model, ids, [])[0].float()
         tflops = flops * tokens / (ms / 1e3) / 1e12
         res["teachers"][name] = {"ms": ms, "tok_per_s": tokens / (ms / 1e3), "tflops": tflops,

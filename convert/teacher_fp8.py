@@ -14,11 +14,12 @@ FP8 MLPs (CPU, the reference).
 
 from __future__ import annotations
 
-import copy
-import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .teacher_kernels import copy_sharing_tensors
 
 E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
 
@@ -31,29 +32,30 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).to(torch.float8_e4m3fn), scale
 
 
+def _rowwise(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+             product: Callable) -> torch.Tensor:
+    """x [..., K] rounded per row, `product`(x_q [M, K], x_scale [M, 1], w_q, w_scale) -> [M, N], in x's dtype (+ bias),
+    [..., N]: what the kernel and its reference share."""
+    x_q, x_scale = quantize_rows(x.reshape(-1, x.shape[-1]))
+    out = product(x_q, x_scale, w_q, w_scale).to(x.dtype)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], w_q.shape[0])
+
+
 def fp8_linear_ref(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ (w_q * w_scale)^T [K, N] with x rounded per row to e4m3 as it arrives; w_q [N, K] float8_e4m3fn,
     w_scale [N, 1] fp32; -> [..., N] in x's dtype (+ bias). fp32 products of the rounded factors: the arithmetic of
     `fp8_linear`'s kernel, in PyTorch."""
-    x2 = x.reshape(-1, x.shape[-1])
-    x_q, x_scale = quantize_rows(x2)
-    out = ((x_q.float() * x_scale) @ (w_q.float() * w_scale).t()).to(x.dtype)
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], w_q.shape[0])
+    return _rowwise(x, w_q, w_scale, bias, lambda xq, xs, wq, ws: (xq.float() * xs) @ (wq.float() * ws).t())
 
 
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """`fp8_linear_ref` on CUDA through `torch._scaled_mm` (row-wise scales, fp32 accumulation, bf16 out)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    x_q, x_scale = quantize_rows(x2)
-    out = torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale.reshape(1, -1), out_dtype=torch.bfloat16)
-    out = out.to(x.dtype)
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], w_q.shape[0])
+    return _rowwise(x, w_q, w_scale, bias, lambda xq, xs, wq, ws: torch._scaled_mm(
+        xq, wq.t(), scale_a=xs, scale_b=ws.reshape(1, -1), out_dtype=torch.bfloat16))
 
 
 class Fp8Linear(nn.Module):
@@ -93,8 +95,7 @@ def with_fp8_mlps(model: nn.Module, projections: tuple[str, ...] = MLP_PROJECTIO
     teacher evaluates as it was). An MLP is a module holding all three projections as nn.Linear."""
     if not projections or set(projections) - set(MLP_PROJECTIONS):
         raise ValueError(f"FP8 projections are some of {MLP_PROJECTIONS}, got {projections}")
-    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    out = copy.deepcopy(model, memo)
+    out = copy_sharing_tensors(model)
     n = 0
     for m in list(out.modules()):
         if all(isinstance(getattr(m, p, None), nn.Linear) for p in MLP_PROJECTIONS):

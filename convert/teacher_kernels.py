@@ -120,14 +120,20 @@ def teacher_rope_count(model: nn.Module) -> int:
     return _rotating(model, getattr(model, "teacher_rope_modules", []))
 
 
+def copy_sharing_tensors(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s module tree whose parameters and buffers are `model`'s own (none copied): modules swapped
+    in the copy leave `model` as it is."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
 def with_teacher_kernels(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     """(a copy of `model` whose RMSNorms run `ops.rmsnorm` and whose silu MLPs `ops.swiglu`, {"rmsnorm": how many,
     "swiglu": how many, "rope": how many attentions rotate on `ops.rope` inside `rope_kernels`}). The copy shares
     every parameter and buffer with `model` (no tensor is copied), and `model` itself is left as it is: the caller's
     teacher keeps its eager modules for evaluation. The copy's `teacher_rope_modules` (names; empty when off) tells
     `teacher_targets` to run its forward inside `rope_kernels`."""
-    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    out = copy.deepcopy(model, memo)
+    out = copy_sharing_tensors(model)
     # JET_NEMOTRON_TEACHER_ROPE=0 keeps eager's rotary (the GPU session's driver sets it where the kernel's card test
     # failed that very lease; the distillation's log line then says 0 attentions)
     out.teacher_rope_modules = rope_modules(out) if os.environ.get("JET_NEMOTRON_TEACHER_ROPE", "1") != "0" else []
