@@ -7,6 +7,7 @@ the next ones.
     python benchmarks/profile_distill.py --stage 2 --out $OUT
     python benchmarks/profile_distill.py --local --out $OUT         # stage 1 as attention transfer
     python benchmarks/profile_distill.py --frozen-bf16 --out $OUT   # frozen weights held in bf16
+    python benchmarks/profile_distill.py --local --teacher-fp8 --out $OUT   # the targets from FP8 teacher MLPs
     python benchmarks/profile_distill.py --toy --out /tmp/pd        # tiny shapes on the CPU: checks the script
 
 Writes OUT/profile_distill_{tag}.json (device time per kernel family: matmul, JetBlock Triton kernels, attention,
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="the student's layers recompute their activations in the backward "
                          "(DistillConfig.gradient_checkpointing): 8 rows a stage-2 forward on an 80 GB card, "
                          "where without it only 2 fit")
+    ap.add_argument("--teacher-fp8", action="store_true",
+                    help="the targets from the teacher with its MLP projections in FP8 (DistillConfig.teacher_fp8; "
+                         "Hopper or newer)")
     ap.add_argument("--toy", action="store_true")
     args = ap.parse_args(argv)
     # the switches as given, else the library's: the record's name says what was given (as for the other
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                         projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
                         fused_adam=args.fused_adam, train=args.train,
                         teacher_kernels=args.teacher_kernels, mse_kernel=args.mse_kernel,
-                        gradient_checkpointing=args.gradient_checkpointing)
+                        gradient_checkpointing=args.gradient_checkpointing, teacher_fp8=args.teacher_fp8)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         f"_train_{args.train}" if args.train else "") + (
         f"_kl_chunk{args.kl_chunk}" if args.kl_chunk != DistillConfig.kl_chunk else "") + (
         switch_tag) + (
-        "_ckpt" if args.gradient_checkpointing else "") + (
+        "_ckpt" if args.gradient_checkpointing else "") + ("_teacher_fp8" if args.teacher_fp8 else "") + (
         f"_mb{args.micro_batch}" if args.micro_batch != 8 and not args.toy else "") + ("_toy" if args.toy else "")
     res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
