@@ -81,7 +81,9 @@ class DistillConfig(TrainSchedule):
     # 684 ms attention-transfer step in the H200 profile
     teacher_kernels: bool = True
     # the teacher's MLP projections in FP8 (e4m3, a scale a row; `teacher_fp8.py`) for the targets it gives while
-    # the stage trains; the held-out KL stays against the teacher as given. Opt-in until measured on a card
+    # the stage trains; the held-out KL stays against the teacher as given. Off: on an H100 it made a stage-1 step
+    # slower, 639 against 568 ms (the per-token rounding in PyTorch;
+    # benchmarks/results/real_model/knobs_v9_fp8_stage1_h100/)
     teacher_fp8: bool = False
     peak_tflops: float | None = None  # MFU's denominator per device; None: the card's bf16 spec (throughput.py)
     # wall-clock seconds for this stage, from the moment `distill` is called: `steps` is then a cap. The stage times
