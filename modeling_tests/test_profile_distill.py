@@ -112,3 +112,22 @@ def test_gc_in_steps_counts_the_collections_inside_the_steps_of_both_runs(tmp_pa
         assert r["collections"][0] > 0 and r["ms_per_step"][0] > 0 and r["s_per_step"] > 0
     assert res["tracked_before"] > 100_000 and gc.get_freeze_count() == 0
     assert json.loads((tmp_path / "gc_in_steps.json").read_text())["runs"][1]["steps"] == 2
+
+
+def test_teacher_fp8_takes_the_targets_from_the_fp8_copy_and_names_its_record(tmp_path, monkeypatch):
+    """--teacher-fp8 profiles a step whose targets come from the teacher with its MLP projections in FP8 (what
+    knobs_v9_fp8_stage1_h100 timed), in a record of its own name."""
+    import convert.distill as distill_module
+
+    copies, original = [], distill_module.with_fp8_mlps
+
+    def counted(teacher, *args, **kwargs):
+        copy = original(teacher, *args, **kwargs)
+        copies.append(sum(isinstance(m, distill_module.Fp8Linear) for m in copy[0].modules()))
+        return copy
+
+    monkeypatch.setattr(distill_module, "with_fp8_mlps", counted)
+    pd.main(["--toy", "--local", "--teacher-fp8", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage1_local_teacher_fp8_toy.json").read_text())
+    assert rec["args"]["teacher_fp8"] == "True" and rec["tok_per_s"] > 0
+    assert copies == [12]  # one copy for the stage, the toy teacher's 4 MLPs x 3 projections in FP8
