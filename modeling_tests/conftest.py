@@ -26,6 +26,23 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests own their data: nothing may reach for the Hub
 
 
+def pytest_collection_modifyitems(config, items):
+    """JET_NEMOTRON_TEST_SHARD="i/n" keeps every n-th test from the i-th (0-based) in collection order, so n
+    processes run a file between them: the kernel file's fresh-process run (`test_kernels.test_in_fresh_process`)
+    uses both of CI's cores this way, where one process left one idle for about 4 minutes."""
+    shard = os.environ.get("JET_NEMOTRON_TEST_SHARD")
+    if not shard:
+        return
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"JET_NEMOTRON_TEST_SHARD={shard!r}: 'i/n' with 0 <= i < n, e.g. 0/2") from None
+    config.hook.pytest_deselected(items=[t for k, t in enumerate(items) if k % n != i])
+    items[:] = items[i::n]
+
+
 @pytest.fixture(autouse=True)
 def _corpus_cache_in_tmp(tmp_path_factory, monkeypatch):
     """Tokenised corpora (convert/corpus.py) go to a temporary folder, never the user's ~/.cache."""
