@@ -90,13 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     from convert.teacher_fp8 import with_fp8_mlps
 
     m = load(args.teacher, device=torch.device("cpu"), dtype=torch.float32)
-    fp8, swapped = with_fp8_mlps(m.model, tuple(args.projections.split(",")))
-    if args.blocks:  # the same copy, each FP8 projection's row scales replaced by the emulated block scales
-        originals = {n: mod for n, mod in m.model.named_modules()}
-        for name, mod in list(fp8.named_modules()):
-            for p in args.projections.split(","):
-                if isinstance(getattr(mod, p, None), torch.nn.Module) and f"{name}.{p}" in originals:
-                    setattr(mod, p, BlockFp8Linear(originals[f"{name}.{p}"]))
+    # --blocks: the emulated block scales in place of a scale a row
+    fp8, swapped = with_fp8_mlps(m.model, tuple(args.projections.split(",")),
+                                 **({"linear": BlockFp8Linear} if args.blocks else {}))
     lib = Path(sysconfig.get_paths()["stdlib"])
     rows = [m.tok((lib / f).read_text(), return_tensors="pt").input_ids[:, : args.tokens] for f in FILES]
     from convert.distill_loss import normalised_mse

@@ -89,10 +89,12 @@ def check_fp8_device(device: torch.device) -> None:
                          f"(compute capability {torch.cuda.get_device_capability(device)}, 8.9 or newer needed)")
 
 
-def with_fp8_mlps(model: nn.Module, projections: tuple[str, ...] = MLP_PROJECTIONS) -> tuple[nn.Module, int]:
-    """(a copy of `model` whose MLPs' `projections` (of gate / up / down) are `Fp8Linear`, how many were swapped).
-    The copy shares every other parameter and buffer with `model`; `model` keeps its own projections (the caller's
-    teacher evaluates as it was). An MLP is a module holding all three projections as nn.Linear."""
+def with_fp8_mlps(model: nn.Module, projections: tuple[str, ...] = MLP_PROJECTIONS,
+                  linear: Callable[[nn.Linear], nn.Module] = Fp8Linear) -> tuple[nn.Module, int]:
+    """(a copy of `model` whose MLPs' `projections` (of gate / up / down) are `linear`(the projection), `Fp8Linear` by
+    default, how many were swapped). The copy shares every other parameter and buffer with `model`; `model` keeps its
+    own projections (the caller's teacher evaluates as it was). An MLP is a module holding all three projections as
+    nn.Linear. `linear` lets a measurement swap in another rounding (`benchmarks/teacher_fp8_error.py --blocks`)."""
     if not projections or set(projections) - set(MLP_PROJECTIONS):
         raise ValueError(f"FP8 projections are some of {MLP_PROJECTIONS}, got {projections}")
     out = copy_sharing_tensors(model)
@@ -100,6 +102,6 @@ def with_fp8_mlps(model: nn.Module, projections: tuple[str, ...] = MLP_PROJECTIO
     for m in list(out.modules()):
         if all(isinstance(getattr(m, p, None), nn.Linear) for p in MLP_PROJECTIONS):
             for p in projections:
-                setattr(m, p, Fp8Linear(getattr(m, p)))
+                setattr(m, p, linear(getattr(m, p)))
                 n += 1
     return out, n

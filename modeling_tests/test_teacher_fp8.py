@@ -105,6 +105,13 @@ def test_the_fp8_copy_takes_a_subset_of_the_projections_and_refuses_other_names(
     for bad in ((), ("q_proj",)):
         with pytest.raises(ValueError, match="FP8 projections are some of"):
             with_fp8_mlps(teacher, bad)
+    # another rounding in the same places (teacher_fp8_error.py --blocks): the swap calls it with each projection
+    seen = []
+    other, n = with_fp8_mlps(teacher, ("down_proj",), linear=lambda lin: seen.append(lin) or nn.Identity())
+    assert n == 2 and isinstance(other.model.layers[1].mlp.down_proj, nn.Identity)
+    # each the copy's projection, holding the teacher's own weight
+    layers = teacher.model.layers
+    assert len(seen) == 2 and all(a.weight is layer.mlp.down_proj.weight for a, layer in zip(seen, layers))
 
 
 def test_a_card_without_fp8_products_is_refused_by_name(monkeypatch):
