@@ -123,12 +123,16 @@ def _trans_tile(b_x, scratch, i_prog, BT: tl.constexpr, SAFE_TRANS: tl.constexpr
 
 @triton.jit
 def _load_qk(q, k, row, o_k, m_tk, scale, K: tl.constexpr, USE_L2: tl.constexpr):
-    """A chunk's q and k rows [BT, BK] in fp32: raw, L2-normalised (USE_L2), and q's normalised rows times scale."""
-    b_qr = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-    b_kr = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-    b_qn = _l2norm_rows(b_qr, USE_L2)
-    b_kn = _l2norm_rows(b_kr, USE_L2)
-    return b_qr, b_kr, b_qn, b_kn, b_qn * scale
+    """A chunk's q and k rows [BT, BK] in fp32, L2-normalised with USE_L2 (as `_l2norm_rows`), q's also times scale,
+    and the norms' factors rsqrt(|x|^2 + eps) [BT] that their Jacobian needs, so the raw rows need not be kept."""
+    b_q = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+    r_q = tl.rsqrt(tl.sum(b_q * b_q, 1) + 1e-6)
+    r_k = tl.rsqrt(tl.sum(b_k * b_k, 1) + 1e-6)
+    if USE_L2:
+        b_q = b_q * r_q[:, None]
+        b_k = b_k * r_k[:, None]
+    return b_q, b_k, b_q * scale, r_q, r_k
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
@@ -147,7 +151,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     gradient of G_L (the whole chunk's decay) is added at the last row so the sum carries it to every row.
     SUM_SDS: sum(S * dS) is reduced slice by slice to a scalar, instead of kept as a [BK, BV] fp32 tile to the end
     (one tile fewer held across the loop, beside four others of [BT, BK] and [BT, BT]).
-    LATE_QK: q and k (raw, normalised, scaled: five fp32 [BT, BK] tiles) are loaded after the V loop, which needs
+    LATE_QK: q and k (normalised, and q scaled: three fp32 [BT, BK] tiles) are loaded after the V loop, which needs
     none of them, instead of before it and held in registers across it."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
@@ -156,7 +160,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k[None, :] < K)
     if not LATE_QK:
-        b_qr, b_kr, b_qn, b_kn, b_q = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
+        b_qn, b_kn, b_q, r_q, r_k = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
     b_b = tl.load(beta + row, mask=m_t, other=0.0).to(tl.float32)
     i_last = tl.minimum(i_t * BT + BT, L) - 1
     b_G, b_Gl = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
@@ -197,7 +201,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
         b_db += tl.sum(b_dvb * b_v, 1)
 
     if LATE_QK:
-        b_qr, b_kr, b_qn, b_kn, b_q = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
+        b_qn, b_kn, b_q, r_q, r_k = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
     b_eG = tl.exp(b_G)
     m_ts = o_t[:, None] >= o_t[None, :]
     b_gam = tl.where(m_ts, tl.exp(tl.where(m_ts, b_G[:, None] - b_G[None, :], 0.0)), 0.0)
@@ -253,8 +257,8 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     # through the L2 norm: dx = (dxn - xn (xn.dxn)) / ||x||
     b_dq = b_dq * scale
     if USE_L2:
-        b_dq = (b_dq - b_qn * tl.sum(b_dq * b_qn, 1)[:, None]) * tl.rsqrt(tl.sum(b_qr * b_qr, 1) + 1e-6)[:, None]
-        b_dk = (b_dk - b_kn * tl.sum(b_dk * b_kn, 1)[:, None]) * tl.rsqrt(tl.sum(b_kr * b_kr, 1) + 1e-6)[:, None]
+        b_dq = (b_dq - b_qn * tl.sum(b_dq * b_qn, 1)[:, None]) * r_q[:, None]
+        b_dk = (b_dk - b_kn * tl.sum(b_dk * b_kn, 1)[:, None]) * r_k[:, None]
     tl.store(dq + row[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + row, b_db.to(dbeta.dtype.element_ty), mask=m_t)

@@ -46,7 +46,7 @@ STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # sum_sds was faster in each of the six launches. fp32 is not measured and keeps the tile.
 # Two state products in a kernel of their own (do S^T and dv' S^T; two fp32 tiles fewer held) were slower on the
 # same H100 (3.05 against 3.02 ms at BV 64, 3.22 against 3.07 at BV 32; chunk_bwd_sweep_split_h100.json) and are gone.
-# late_qk: load q and k after the V loop instead of holding five fp32 [BT, BK] tiles of them across it (the kernel's
+# late_qk: load q and k after the V loop instead of holding three fp32 [BT, BK] tiles of them across it (the kernel's
 # LATE_QK; the same arithmetic, bit for bit). Not yet timed on a card.
 CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False, late_qk=False),
              "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True, late_qk=False)}
