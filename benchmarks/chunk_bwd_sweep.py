@@ -3,9 +3,9 @@ side in one process on one card at a training shape, each checked against the cu
 
 That kernel runs one program per chunk and head, holds the chunk's [BT, BK] and [BT, BT] fp32 accumulators and walks
 V in BV slices. It is a training step's largest JetBlock kernel: 1.75 ms a call at 8 x 2,048 tokens in the H200
-profile of an attention-transfer step, 24 calls a micro-step. Besides the launch, two switches of the kernel are
-swept, sum_sds and late_qk (where q and k are loaded; `launch.CHUNK_BWD`); the H100 sweeps of 2026-12-05 are
-`results/chunk_bwd_sweep_h100.json` and `results/chunk_bwd_sweep_split_h100.json` (a switch since removed). The state passes were swept this way
+profile of an attention-transfer step, 24 calls a micro-step. Besides the launch, one switch of the kernel is
+swept, sum_sds (`launch.CHUNK_BWD`); the H100 sweeps of 2026-12-05 are `results/chunk_bwd_sweep_h100.json` and
+`results/chunk_bwd_sweep_split_h100.json` (a switch since removed). The state passes were swept this way
 (`results/state_pass_sweep_h100.json`); `launch.CHUNK_BWD` holds the choice, read at each call.
 
 What is timed is the whole chunked backward (`chunk_bwd`, from the forward's saved G and Ai, as autograd runs it),
@@ -59,7 +59,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
           timer: Callable[[Callable], float] | None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Each config of `configs` ({BV, num_warps, stages, sum_sds, late_qk}) set as `launch.CHUNK_BWD[key]`, run,
+    """Each config of `configs` ({BV, num_warps, stages, sum_sds}) set as `launch.CHUNK_BWD[key]`, run,
     checked against the default's outputs (the largest relative error over the gradients; `ok` within `bound`) and,
     with a timer, timed in ms; `on_row(rows so far)` after each (a cut sweep keeps what it measured). The default is
     restored afterwards, whatever happened."""
@@ -89,9 +89,9 @@ def sweep(run: Callable[[], tuple], configs: list[dict], key: str, bound: float,
     return rows
 
 
-def grid(bvs, warps, stages, sum_sds=(False,), late_qk=(False,)) -> list[dict]:
-    return [dict(BV=b, num_warps=w, stages=s, sum_sds=r, late_qk=q)
-            for b, w, s, r, q in itertools.product(bvs, warps, stages, sum_sds, late_qk)]
+def grid(bvs, warps, stages, sum_sds=(False,)) -> list[dict]:
+    return [dict(BV=b, num_warps=w, stages=s, sum_sds=r)
+            for b, w, s, r in itertools.product(bvs, warps, stages, sum_sds)]
 
 
 def backward_flops(B: int, T: int, H: int, K: int, V: int) -> float:
@@ -109,8 +109,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--bv", default="32,64,128")
     ap.add_argument("--sum-sds", default="0,1",
                     help="the kernel's SUM_SDS: 0 (S * dS held as a [BK, BV] tile), 1 (reduced slice by slice)")
-    ap.add_argument("--late-qk", default="0,1",
-                    help="the kernel's LATE_QK: 0 (q and k held across the V loop), 1 (loaded after it)")
     ap.add_argument("--warps", default="4,8")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--toy", action="store_true", help="CPU interpreter: fp32, tiny shapes, no timing")
@@ -127,8 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     from jet_nemotron import gated_delta_rule_triton_launch as launch
 
     default = dict(launch.CHUNK_BWD[key])
-    configs = grid(ints(args.bv), ints(args.warps), ints(args.stages), [bool(x) for x in ints(args.sum_sds)],
-                   [bool(x) for x in ints(args.late_qk)])
+    configs = grid(ints(args.bv), ints(args.warps), ints(args.stages), [bool(x) for x in ints(args.sum_sds)])
     configs = [default] + [c for c in configs if c != default]  # the default first: every ratio's baseline
     args.out.mkdir(parents=True, exist_ok=True)
     head = {"stamp": [stamp(script="benchmarks/chunk_bwd_sweep.py")],
@@ -160,7 +157,6 @@ def main(argv: list[str] | None = None) -> dict:
         f = res["fastest"]
         share = f" ({100 * f['roofline']:.1f}% of the bf16 peak)" if "roofline" in f else ""
         print(f"fastest: BV {f['BV']}, {f['num_warps']} warps, {f['stages']} stages, sum_sds {f['sum_sds']}, "
-              f"late_qk {f['late_qk']}, "
               f"{f['ms']:.3f} ms{share}")
         if res["default_ms_over_fastest"] is not None:
             print(f"the default takes {res['default_ms_over_fastest']:.2f}x the fastest's time")

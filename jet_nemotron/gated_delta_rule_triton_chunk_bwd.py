@@ -141,7 +141,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
                       H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr,
                       SAFE_TRANS: tl.constexpr, DOT_BF16: tl.constexpr, PREC: tl.constexpr,
-                      SUM_SDS: tl.constexpr, LATE_QK: tl.constexpr):
+                      SUM_SDS: tl.constexpr):
     """All per-chunk gradients once dh and dv' are known: dq, dk, dv, dbeta, dg (see the module docstring).
 
     S = h[chunk] (state in), dS = dh[chunk] (gradient of the state out), q~ = scale * q:
@@ -151,16 +151,15 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     gradient of G_L (the whole chunk's decay) is added at the last row so the sum carries it to every row.
     SUM_SDS: sum(S * dS) is reduced slice by slice to a scalar, instead of kept as a [BK, BV] fp32 tile to the end
     (one tile fewer held across the loop, beside four others of [BT, BK] and [BT, BT]).
-    LATE_QK: q and k (normalised, and q scaled: three fp32 [BT, BK] tiles) are loaded after the V loop, which needs
-    none of them, instead of before it and held in registers across it."""
+    q and k are loaded after the V loop, which needs neither: held across it, their three fp32 [BT, BK] tiles made the
+    whole chunked backward 1.10x slower (H100, 2B shapes, 8 x 2,048 tokens, bf16: 3.01 against 2.73 ms;
+    benchmarks/results/profiles/late_qk_h100/)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
     o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k[None, :] < K)
-    if not LATE_QK:
-        b_qn, b_kn, b_q, r_q, r_k = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
     b_b = tl.load(beta + row, mask=m_t, other=0.0).to(tl.float32)
     i_last = tl.minimum(i_t * BT + BT, L) - 1
     b_G, b_Gl = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
@@ -200,8 +199,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
         tl.store(dv + row[:, None] * V + o_v[None, :], (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v, 1)
 
-    if LATE_QK:
-        b_qn, b_kn, b_q, r_q, r_k = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
+    b_qn, b_kn, b_q, r_q, r_k = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
     b_eG = tl.exp(b_G)
     m_ts = o_t[:, None] >= o_t[None, :]
     b_gam = tl.where(m_ts, tl.exp(tl.where(m_ts, b_G[:, None] - b_G[None, :], 0.0)), 0.0)
@@ -305,6 +303,5 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: boo
                      dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=cfg["BV"],
                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=safe_trans,
                      DOT_BF16=BK > 64 and q.is_cuda, PREC=dot_precision(q.dtype), SUM_SDS=cfg["sum_sds"],
-                     LATE_QK=cfg["late_qk"],
                      stages=cfg["stages"], num_warps=cfg["num_warps"])
     return dq, dk, dv, dg, dbeta, dh0

@@ -46,10 +46,10 @@ STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # sum_sds was faster in each of the six launches. fp32 is not measured and keeps the tile.
 # Two state products in a kernel of their own (do S^T and dv' S^T; two fp32 tiles fewer held) were slower on the
 # same H100 (3.05 against 3.02 ms at BV 64, 3.22 against 3.07 at BV 32; chunk_bwd_sweep_split_h100.json) and are gone.
-# late_qk: load q and k after the V loop instead of holding three fp32 [BT, BK] tiles of them across it (the kernel's
-# LATE_QK; the same arithmetic, bit for bit). Not yet timed on a card.
-CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False, late_qk=False),
-             "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True, late_qk=False)}
+# Since 2026-12-06 the kernel loads q and k after its V loop (1.10x on an H100 that day at BV 64 x 8 warps x 2 stages,
+# still the fastest launch; 16 warps 1.4x slower; benchmarks/results/profiles/late_qk_h100/).
+CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False),
+             "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True)}
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
 # fp32 slice of the state in registers; N*H*V/BV programs fill the GPU at decode batch sizes. From a sweep of BV
 # 16..128 x 1..8 warps per state dtype at B = 256 and 2048 on an H200 (benchmarks/kernel_speed.py --only step_variants):

@@ -511,6 +511,7 @@ def test_projections_as_one_feed_the_kernels_their_views():
         assert rel(one[n], g) < bound, (n, rel(one[n], g))
 
 
+@pytest.mark.skipif(CUDA, reason="CPU interpreter only: it emulates TF32 in the interpreter's dots, on CPU tensors")
 def test_model_gradients_under_emulated_tf32(monkeypatch):
     """fp32 training gradients of a tiny model (dk 16) through the kernels, with the interpreter's dots rounding
     their inputs to TF32 wherever a kernel asks for TF32, against the exact reference path.
@@ -775,25 +776,21 @@ def test_the_chunk_backward_sweep_checks_each_launch_against_the_default(tmp_pat
     default = dict(launch.CHUNK_BWD[key])
     other = dict(default, BV=64 if default["BV"] == 32 else 32, num_warps=4)
     summed = dict(default, sum_sds=not default["sum_sds"])  # S * dS reduced the other way: the same gradients
-    late = dict(default, late_qk=not default["late_qk"])  # q and k loaded on the other side of the V loop
-    configs = [default, other, dict(BV=48, num_warps=4, stages=2, sum_sds=False, late_qk=False), summed, late]
+    configs = [default, other, dict(BV=48, num_warps=4, stages=2, sum_sds=False), summed]
     rows = sweep.sweep(run, configs, key, sweep.BOUND[dtype], None)
     assert rows[0]["default"] and rows[0]["ok"] and rows[0]["max_rel_err"] == 0.0
     assert rows[1]["ok"] and 0 <= rows[1]["max_rel_err"] < sweep.BOUND[dtype] and not rows[1]["default"]
     assert "power of 2" in rows[2]["error"] and "ok" not in rows[2]  # tl.arange over a BV of 48
     assert all(r["ok"] and r["max_rel_err"] < sweep.BOUND[dtype] and not r["default"] for r in rows[3:])
-    if not CUDA:  # where q and k are loaded changes no operation: the interpreter gives the same bits
-        assert rows[4]["max_rel_err"] == 0.0
     assert json.dumps(launch.CHUNK_BWD) == before
     if not CUDA:  # the script's own --toy run (the interpreter), written stamped
         res = sweep.main(["--toy", "--out", str(tmp_path), "--bv", "32,64", "--warps", "4", "--stages", "2",
-                          "--sum-sds", "0,1", "--late-qk", "0,1"])
+                          "--sum-sds", "0,1"])
         saved = json.loads((tmp_path / "chunk_bwd_sweep.json").read_text())
         assert saved["configs"] == res["configs"] and saved["stamp"][0]["card"] == "cpu"
-        # the default first, not repeated; then 2 BV x 2 ways to sum S * dS x 2 places to load q and k
-        assert [r["default"] for r in saved["configs"]] == [True] + [False] * 8
-        assert sorted(r["sum_sds"] for r in saved["configs"][1:]) == [False] * 4 + [True] * 4
-        assert sorted(r["late_qk"] for r in saved["configs"][1:]) == [False] * 4 + [True] * 4
+        # the default first, not repeated; then 2 BV x 2 ways to sum S * dS
+        assert [r["default"] for r in saved["configs"]] == [True] + [False] * 4
+        assert sorted(r["sum_sds"] for r in saved["configs"][1:]) == [False, False, True, True]
         assert all(r["ok"] for r in saved["configs"]) and saved["fastest"] is None  # nothing timed on the CPU
 
 
