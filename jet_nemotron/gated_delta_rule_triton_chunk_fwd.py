@@ -269,8 +269,9 @@ def prepare(k, beta, g, meta: ChunkMeta, use_l2: bool):
 
 
 def wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta: ChunkMeta, use_l2: bool):
-    """w [B, T, H, K], the state entering each chunk h [chunks, H, K, V], v' = u - w S [B, T, H, V] and, if
-    `want_ht`, the final state [N, H, K, V] fp32."""
+    """w [B, T, H, K], the state entering each chunk h [chunks, H, K, V], v' = u - w S [B, T, H, V], if `want_ht`
+    the final state [N, H, K, V] fp32 (else None), and k L2-normalised in k's dtype [B, T, H, K] (k itself without
+    `use_l2`), which the state passes read."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     BK = pow2_block(K)
@@ -288,18 +289,18 @@ def wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta: ChunkMeta, use_l2: bool)
                      meta.chunk_offsets, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_H0=h0 is not None,
                      STORE_HT=want_ht, IS_VARLEN=meta.varlen, PREC=dot_precision(k.dtype),
                      stages=STATE_PASS_FWD["stages"], num_warps=STATE_PASS_FWD["num_warps"])
-    return w, h, v_new, ht
+    return w, h, v_new, ht, kn
 
 
 def chunk_fwd(q, k, v, g, beta, scale, h0, want_ht, meta: ChunkMeta, use_l2: bool):
     """Forward on contiguous [B, T, H, *] inputs; returns o, ht, what the backward keeps (G, Ai) and what it may keep
-    instead of recomputing, (w, h, v')."""
+    instead of recomputing, (w, h, v', normalised k)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     G, Ai = prepare(k, beta, g, meta, use_l2)
-    w, h, v_new, ht = wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta, use_l2)
+    w, h, v_new, ht, kn = wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta, use_l2)
     o = torch.empty_like(v)
     _fwd_o_kernel[(triton.cdiv(V, CHUNK_BV), meta.total_chunks, H)](
         q, k, v_new, h, G, o, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=pow2_block(K), BV=CHUNK_BV,
         USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
-    return o, ht, G, Ai, (w, h, v_new)
+    return o, ht, G, Ai, (w, h, v_new, kn)

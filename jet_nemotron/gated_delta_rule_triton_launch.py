@@ -18,10 +18,10 @@ from .gated_delta_rule_triton_tiles import BT
 
 # Route the backward's transposes of computed tiles through memory (`_trans_tile` in the backward); "1" forces it.
 SAFE_TRANS = os.environ.get("JET_NEMOTRON_SAFE_TRANS", "0") == "1"
-# The chunked forward keeps w, the chunk states h and v' for the backward, which then skips their recomputation (the
-# w/u kernel and the sequential state pass: about 20 ms of a 680 ms attention-transfer step in an H100 profile). It
-# costs memory while the graph lives: at the 2B shapes about 18 KB a token a JetBlock, 7 GB for 24 JetBlocks at
-# 8 x 2,048 tokens. On since its card test passed and a step was timed with it (H100, 2026-12-05: with the
+# The chunked forward keeps w, the chunk states h, v' and the normalised k for the backward, which then skips their
+# recomputation (the w/u kernel and the sequential state pass: about 20 ms of a 680 ms attention-transfer step in an
+# H100 profile). It costs memory while the graph lives: at the 2B shapes about 18 KB a token a JetBlock (7 GB for 24
+# JetBlocks at 8 x 2,048 tokens), and 2.3 KB more for the normalised k. On since its card test passed and a step was timed with it (H100, 2026-12-05: with the
 # one-kernel conv backward, a stage-1 step 616 -> 570 ms, stage 2 at 2 rows 1,537 -> 1,445 ms, peak +6.7 / +1.8 GB;
 # benchmarks/results/profiles/switches_h100/); JET_NEMOTRON_KEEP_STATES=0 trades that time back for the memory.
 # Read at each forward, like SAFE_TRANS.
@@ -35,7 +35,8 @@ CHUNK_BV = 64
 STATE_PASS_FWD = dict(BV=32, num_warps=4, stages=3)
 # Backward: BV 32, 8 warps, 3 stages, the fastest of the same sweep that keeps q's L2 norm in the loop (3.53 ms; 4
 # warps and 2 stages 4.90 ms).
-STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
+# normed: the pass reads q and k L2-normalised (in their dtype) instead of normalising them in its loop. Not yet timed.
+STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3, normed=False)
 # The per-chunk backward (`_bwd_chunk_kernel`, one program per chunk and head walking V in BV slices) by whether its
 # tiles are fp32 (half the columns fit) or 16-bit. It is a training step's largest JetBlock kernel (1.75 ms a call at
 # 8 x 2,048 tokens on the H200); `benchmarks/chunk_bwd_sweep.py` times the alternatives against this, side by side.

@@ -216,6 +216,31 @@ def test_kept_states_give_the_same_gradients_without_the_state_pass(monkeypatch,
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("lens", [None, [37, 64, 100]])
+def test_the_state_pass_on_normalised_q_and_k_gives_the_reference_gradients(monkeypatch, lens, keep):
+    """launch.STATE_PASS_BWD["normed"]: the backward's state pass reads q normalised by the dv_local kernel and k by
+    the forward's w/u kernel (kept, or recomputed with the states) instead of normalising both in its loop; the
+    gradients stay the reference's, fp32 and (CUDA) bf16."""
+    from jet_nemotron import gated_delta_rule_triton_chunk_bwd as bwd
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    monkeypatch.setitem(launch.STATE_PASS_BWD, "normed", True)
+    monkeypatch.setattr(launch, "KEEP_STATES", keep)
+    norms = []
+    real = bwd.launch_pipelined
+
+    def spy(kernel, grid, *args, **kw):  # the state pass must run without its own norm
+        if kernel is bwd._bwd_dh_kernel:
+            norms.append(kw["USE_L2"])
+        return real(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(bwd, "launch_pipelined", spy)
+    for dtype in (torch.float32, torch.bfloat16) if CUDA else (torch.float32,):
+        check_gdr(gdr_tri.chunk_gated_delta_rule_triton, 2, 130, 2, 48, 64, dtype, True, lens)
+    assert norms and not any(norms)
+
+
 @pytest.mark.skipif(not CUDA, reason="Triton's interpreter (3.9) multiplies bf16 tl.dot operands as raw bits "
                     "(a 16x16 bf16 product came out 4e9 off): bf16 is checked on CUDA only")
 def test_chunk_bf16_small():
