@@ -29,6 +29,9 @@ KEEP_STATES = os.environ.get("JET_NEMOTRON_KEEP_STATES", "1") == "1"
 
 # BV of the chunked kernels that run one program per chunk and V slice (forward output, backward dv_local).
 CHUNK_BV = 64
+# loop_v: the forward output kernel runs one program per chunk walking its V slices, computing q, k and the in-chunk
+# scores once, instead of one program per slice each recomputing them. Not yet timed.
+FWD_O = dict(loop_v=False)
 # The sequential state passes have only N*H*V/BV programs, so small slices keep more SMs busy.
 # Forward: BV 32, 4 warps, 3 stages, the fastest of BV 16-64 x 2-8 warps x 1-3 stages (2B shapes, 64K, bf16, H100:
 # 1.34 ms; 2 stages 1.6x slower; benchmarks/results/state_pass_sweep_h100.json).

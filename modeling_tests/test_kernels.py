@@ -186,12 +186,12 @@ def test_chunk_varlen_matches_reference(with_h0, dtype):
     check_gdr(gdr_tri.chunk_gated_delta_rule_triton, 0, 0, 2, 32 if not CUDA else 96, 64, dtype, with_h0, lens)
 
 
-def _padded_or_varlen(B, K, lens):
-    """fp32 inputs of 2 heads, dv 64 (make_gdr, with an initial state) and cu_seqlens: B x 130 tokens when lens is
+def _padded_or_varlen(B, K, lens, V=64):
+    """fp32 inputs of 2 heads, dv V (make_gdr, with an initial state) and cu_seqlens: B x 130 tokens when lens is
     None, else the sequences 37, 64 and 100 packed into one row."""
     cu = None if lens is None else torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device=DEVICE)
     B, T = (B, 130) if lens is None else (1, sum(lens))
-    return make_gdr(B, T, 2, K, 64, torch.float32, True, n_seq=None if lens is None else len(lens)), cu
+    return make_gdr(B, T, 2, K, V, torch.float32, True, n_seq=None if lens is None else len(lens)), cu
 
 
 @pytest.mark.parametrize("lens", [None, [37, 64, 100]])
@@ -214,6 +214,33 @@ def test_kept_states_give_the_same_gradients_without_the_state_pass(monkeypatch,
     assert runs[False][3] == 1 and runs[True][3] == 0  # recomputed once without, never with
     for a, b in zip((runs[True][0], runs[True][1], *runs[True][2]), (runs[False][0], runs[False][1], *runs[False][2])):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("lens", [None, [37, 64, 100]])
+def test_the_output_kernel_walking_its_v_slices_gives_the_same_output(monkeypatch, lens):
+    """launch.FWD_O["loop_v"]: one program a chunk walks the V slices (80 = 64 + a partial 16 here) instead of one
+    program a slice; the output and final state are the same bits in the interpreter, the reference's on CUDA."""
+    from jet_nemotron import gated_delta_rule_triton_chunk_fwd as fwd
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    grids, real = [], fwd._fwd_o_kernel
+
+    class Spy:  # the launch grid: one program a chunk when walking
+        def __getitem__(self, grid):
+            grids.append(grid[0])
+            return real[grid]
+
+    monkeypatch.setattr(fwd, "_fwd_o_kernel", Spy())
+    xs, cu = _padded_or_varlen(2, 48, lens, V=80)
+    runs = {}
+    for loop_v in (False, True):
+        monkeypatch.setitem(launch.FWD_O, "loop_v", loop_v)
+        runs[loop_v] = run_gdr(gdr_tri.chunk_gated_delta_rule_triton, xs, True, cu, backward=False)[:2]
+    assert grids == [2, 1]
+    for a, b in zip(runs[True], runs[False]):
+        assert torch.equal(a, b) if not CUDA else rel(a, b) < 1e-6
+    monkeypatch.setitem(launch.FWD_O, "loop_v", True)
+    check_gdr(gdr_tri.chunk_gated_delta_rule_triton, 2, 130, 2, 48, 80, torch.float32, True, lens)
 
 
 @pytest.mark.parametrize("keep", [False, True])
