@@ -878,3 +878,27 @@ def test_the_chunk_backward_sweep_marks_other_gradients_and_restores_the_default
     with pytest.raises(KeyboardInterrupt):
         sweep.sweep(broken, configs[::-1], "16-bit", 2e-2, None)
     assert calls[1]["BV"] == 64 and json.dumps(launch.CHUNK_BWD) == before
+
+
+@pytest.mark.skipif(CUDA, reason="the script's --toy run is the interpreter's; on a card it times (a benchmark)")
+def test_the_switch_timer_compares_each_setting_with_the_defaults(tmp_path):
+    """benchmarks/chunk_switch_speed.py --toy: the defaults, each switch alone and both, each checked against the
+    defaults' outputs and gradients; the switches are back at their values afterwards; an unknown switch is refused
+    by name."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import chunk_switch_speed
+
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+
+    before = (dict(launch.STATE_PASS_BWD), dict(launch.FWD_O))
+    res = chunk_switch_speed.main(["--toy", "--switch", "STATE_PASS_BWD.normed", "--switch", "FWD_O.loop_v",
+                                   "--out", str(tmp_path)])
+    assert (dict(launch.STATE_PASS_BWD), dict(launch.FWD_O)) == before
+    assert [r["setting"] for r in res["rows"]] == [{}, {"STATE_PASS_BWD.normed": True}, {"FWD_O.loop_v": True},
+                                                   {"STATE_PASS_BWD.normed": True, "FWD_O.loop_v": True}]
+    errs = [r["max_rel_err"] for r in res["rows"]]
+    assert errs[0] == 0.0 and errs[2] == 0.0  # walking the V slices: the same bits
+    assert 0.0 < errs[1] < 1e-5 and errs[3] == errs[1]  # q and k normalised once: fp32 summation order only
+    assert json.loads((tmp_path / "chunk_switch_speed.json").read_text())["rows"] == res["rows"]
+    with pytest.raises(SystemExit, match="FWD_O.nothing"):
+        chunk_switch_speed.main(["--toy", "--switch", "FWD_O.nothing", "--out", str(tmp_path)])
