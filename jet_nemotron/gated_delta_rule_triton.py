@@ -29,14 +29,14 @@ from .gated_delta_rule_triton_step import gated_delta_rule_step_triton
 
 class _GatedDeltaRuleFunction(torch.autograd.Function):
     """Chunked or recurrent forward (`recurrent`); one backward, the chunked one. The chunked forward keeps its G
-    and Ai for the backward, and with `launch.KEEP_STATES` its w, h, v' and normalised k too; the recurrent one has
-    none, so the backward recomputes them."""
+    and Ai for the backward, and with `launch.KEEP_STATES` its w, h and v' too; the recurrent one has none, so the
+    backward recomputes them."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_l2, recurrent):
         g_dtype, s_dtype = g.dtype, None if initial_state is None else initial_state.dtype
         q, k, v, g, beta, scale, h0, meta = prep_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens)
-        states = (None, None, None, None)
+        states = (None, None, None)
         if recurrent:
             o, ht = recurrent_fwd(q, k, v, g, beta, scale, h0, output_final_state, meta, use_l2)
             G = Ai = None
@@ -50,8 +50,8 @@ class _GatedDeltaRuleFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, beta, h0, G, Ai, w, h, v_new, kn = ctx.saved_tensors
-        states = None if h is None else (w, h, v_new, kn)
+        q, k, v, g, beta, h0, G, Ai, w, h, v_new = ctx.saved_tensors
+        states = None if h is None else (w, h, v_new)
         dq, dk, dv, dg, dbeta, dh0 = chunk_bwd(q, k, v, g, beta, ctx.scale, h0, do, dht, ctx.meta, ctx.use_l2, G, Ai,
                                                states)
         g_dtype, s_dtype = ctx.dtypes

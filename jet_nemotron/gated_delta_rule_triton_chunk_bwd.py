@@ -37,12 +37,10 @@ from .gated_delta_rule_triton_tiles import (
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
-def _bwd_dv_local_kernel(q, k, G, do, dv, qn, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
+def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                          H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                         BV: tl.constexpr, USE_L2: tl.constexpr, STORE_QN: tl.constexpr, IS_VARLEN: tl.constexpr,
-                         PREC: tl.constexpr):
-    """The in-chunk part of dv': (q k^T * Gamma)^T do. STORE_QN: the first V slice's program also writes q
-    L2-normalised in q's dtype, for the state pass."""
+                         BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """The in-chunk part of dv': (q k^T * Gamma)^T do."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_t, _, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
@@ -53,9 +51,6 @@ def _bwd_dv_local_kernel(q, k, G, do, dv, qn, cu_seqlens, chunk_indices, chunk_o
     m_tv = m_t[:, None] & (o_v[None, :] < V)
     b_q = _l2norm_rows(tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
     b_k = _l2norm_rows(tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
-    if STORE_QN:
-        if i_v == 0:
-            tl.store(qn + row[:, None] * K + o_k[None, :], b_q.to(qn.dtype.element_ty), mask=m_tk)
     b_G, _ = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
     # [s, t] = k_s.q_t Gamma[t, s] for t >= s
     m_st = o_t[:, None] <= o_t[None, :]
@@ -158,7 +153,7 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     (one tile fewer held across the loop, beside four others of [BT, BK] and [BT, BT]).
     q and k are loaded after the V loop, which needs neither: held across it, their three fp32 [BT, BK] tiles made the
     whole chunked backward 1.10x slower (H100, 2B shapes, 8 x 2,048 tokens, bf16: 3.01 against 2.73 ms;
-    benchmarks/results/profiles/late_qk_h100/)."""
+    benchmarks/results/profiles/jetblock_kernels_h100/)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
@@ -272,36 +267,30 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
 
 
 def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: bool, G=None, Ai=None, states=None):
-    """Gradients for q, k, v, g, beta and the initial state. Recomputes G and Ai if not given, and w, h, v' and the
-    normalised k unless `states` holds the forward's (w [B, T, H, K], h [chunks, H, K, V], v' [B, T, H, V],
-    kn [B, T, H, K])."""
+    """Gradients for q, k, v, g, beta and the initial state. Recomputes G and Ai if not given, and w, h and v' unless
+    `states` holds the forward's (w [B, T, H, K], h [chunks, H, K, V], v' [B, T, H, V])."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, NC = pow2_block(K), meta.total_chunks
     if G is None:
         G, Ai = prepare(k, beta, g, meta, use_l2)
     if states is None:
-        w, h, v_new, _, kn = wu_and_states(k, v, beta, G, Ai, h0, False, meta, use_l2)
+        w, h, v_new, _ = wu_and_states(k, v, beta, G, Ai, h0, False, meta, use_l2)
     else:
-        w, h, v_new, kn = states
+        w, h, v_new = states
     do = do.contiguous()
     dv_local = torch.empty_like(v)
-    # normed: the sequential state pass reads q and k already normalised (q's written by the dv_local kernel, k's by
-    # the forward's w/u kernel) instead of normalising both in its loop, on its critical path
-    normed = use_l2 and STATE_PASS_BWD["normed"]  # read at call time: the profile compares both
-    qn = torch.empty_like(q) if normed else q
-    _bwd_dv_local_kernel[(triton.cdiv(V, CHUNK_BV), NC, H)](q, k, G, do, dv_local, qn, *meta.args(), scale, T,
-                                                           meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=CHUNK_BV,
-                                                           USE_L2=use_l2, STORE_QN=normed, IS_VARLEN=meta.varlen,
-                                                           PREC=dot_precision(q.dtype), num_warps=4)
+    _bwd_dv_local_kernel[(triton.cdiv(V, CHUNK_BV), NC, H)](q, k, G, do, dv_local, *meta.args(), scale, T, meta.NT,
+                                                           H=H, K=K, V=V, BT=BT, BK=BK, BV=CHUNK_BV, USE_L2=use_l2,
+                                                           IS_VARLEN=meta.varlen, PREC=dot_precision(q.dtype),
+                                                           num_warps=4)
     dh = torch.empty_like(h)
     dv2 = torch.empty_like(v)
     dh0 = torch.empty(meta.N, H, K, V, device=q.device, dtype=torch.float32) if h0 is not None else None
     BV = STATE_PASS_BWD["BV"]
-    launch_pipelined(_bwd_dh_kernel, (triton.cdiv(V, BV), meta.N * H), qn if normed else q, kn if normed else k, w,
-                     G, do, dv_local, dv2, dh, None if dht is None else dht.contiguous(), dh0, meta.cu,
-                     meta.chunk_offsets, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_L2=use_l2 and not normed,
-                     HAS_DHT=dht is not None,
+    launch_pipelined(_bwd_dh_kernel, (triton.cdiv(V, BV), meta.N * H), q, k, w, G, do, dv_local, dv2, dh,
+                     None if dht is None else dht.contiguous(), dh0, meta.cu, meta.chunk_offsets, scale, T,
+                     H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_L2=use_l2, HAS_DHT=dht is not None,
                      STORE_DH0=h0 is not None, IS_VARLEN=meta.varlen, PREC=dot_precision(q.dtype),
                      stages=STATE_PASS_BWD["stages"], num_warps=STATE_PASS_BWD["num_warps"])
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -24,7 +24,6 @@ except ImportError as err:  # pragma: no cover - exercised only on machines with
 
 from .gated_delta_rule_triton_launch import (
     CHUNK_BV,
-    FWD_O,
     STATE_PASS_FWD,
     ChunkMeta,
     dot_precision,
@@ -224,16 +223,16 @@ def _fwd_h_kernel(k, w, u, G, h, v_new, h0, ht, cu_seqlens, chunk_offsets, T,
 @triton.jit(do_not_specialize=["T", "NT"])
 def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets, scale, T, NT,
                   H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-                  LOOP_V: tl.constexpr):
-    """o = exp(G) q S + (q k^T * Gamma) v' for one chunk and BV slice, or with LOOP_V for every slice in turn (q, k
-    and q k^T * Gamma then computed once a chunk instead of once a slice).
+                  BV: tl.constexpr, USE_L2: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """o = exp(G) q S + (q k^T * Gamma) v' for one chunk, walking V in BV slices: q, k and q k^T * Gamma once a chunk.
+    One program a slice, each recomputing them, made the chunked forward 1.08x slower (H100, 2B shapes, 8 x 2,048
+    tokens, bf16: 0.917 against 0.847 ms; benchmarks/results/profiles/jetblock_kernels_h100/).
 
     PREC is "ieee" for fp32 inputs. Under a strong decay each output is mostly its own q.k v' term, and the
     decay's gradient is the small rest: TF32's 5e-4 on these products swamped it (A_log gradients 20% off in a
     tiny fp32 model, found with TF32 emulated on the interpreter; with these three products in IEEE and TF32
     everywhere else the worst gradient error fell from 2e-1 to 1.3e-2). bf16 inputs are unaffected."""
-    i_p, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
     DT = q.dtype.element_ty
@@ -248,12 +247,8 @@ def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets
     b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     b_a = tl.where(m_ts, b_a * tl.exp(tl.where(m_ts, b_G[:, None] - b_G[None, :], 0.0)), 0.0).to(DT)
     p_h = h + (i_ch.to(tl.int64) * H + i_h) * K * V
-    if LOOP_V:
-        n_v, v0 = tl.cdiv(V, BV), 0
-    else:
-        n_v, v0 = 1, i_p
-    for j in range(n_v):
-        o_v = (v0 + j) * BV + tl.arange(0, BV)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v[None, :] < V)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0)
         b_o = tl.dot(b_q, b_h, input_precision=PREC) * tl.exp(b_G)[:, None]
@@ -277,9 +272,8 @@ def prepare(k, beta, g, meta: ChunkMeta, use_l2: bool):
 
 
 def wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta: ChunkMeta, use_l2: bool):
-    """w [B, T, H, K], the state entering each chunk h [chunks, H, K, V], v' = u - w S [B, T, H, V], if `want_ht`
-    the final state [N, H, K, V] fp32 (else None), and k L2-normalised in k's dtype [B, T, H, K] (k itself without
-    `use_l2`), which the state passes read."""
+    """w [B, T, H, K], the state entering each chunk h [chunks, H, K, V], v' = u - w S [B, T, H, V] and, if
+    `want_ht`, the final state [N, H, K, V] fp32."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     BK = pow2_block(K)
@@ -297,20 +291,18 @@ def wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta: ChunkMeta, use_l2: bool)
                      meta.chunk_offsets, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_H0=h0 is not None,
                      STORE_HT=want_ht, IS_VARLEN=meta.varlen, PREC=dot_precision(k.dtype),
                      stages=STATE_PASS_FWD["stages"], num_warps=STATE_PASS_FWD["num_warps"])
-    return w, h, v_new, ht, kn
+    return w, h, v_new, ht
 
 
 def chunk_fwd(q, k, v, g, beta, scale, h0, want_ht, meta: ChunkMeta, use_l2: bool):
     """Forward on contiguous [B, T, H, *] inputs; returns o, ht, what the backward keeps (G, Ai) and what it may keep
-    instead of recomputing, (w, h, v', normalised k)."""
+    instead of recomputing, (w, h, v')."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     G, Ai = prepare(k, beta, g, meta, use_l2)
-    w, h, v_new, ht, kn = wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta, use_l2)
+    w, h, v_new, ht = wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta, use_l2)
     o = torch.empty_like(v)
-    loop_v = FWD_O["loop_v"]  # read at call time: the profile compares both
-    _fwd_o_kernel[(1 if loop_v else triton.cdiv(V, CHUNK_BV), meta.total_chunks, H)](
+    _fwd_o_kernel[(meta.total_chunks, H)](
         q, k, v_new, h, G, o, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=pow2_block(K), BV=CHUNK_BV,
-        USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC="ieee" if q.dtype == torch.float32 else "tf32", LOOP_V=loop_v,
-        num_warps=4)
-    return o, ht, G, Ai, (w, h, v_new, kn)
+        USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
+    return o, ht, G, Ai, (w, h, v_new)

@@ -18,28 +18,28 @@ from .gated_delta_rule_triton_tiles import BT
 
 # Route the backward's transposes of computed tiles through memory (`_trans_tile` in the backward); "1" forces it.
 SAFE_TRANS = os.environ.get("JET_NEMOTRON_SAFE_TRANS", "0") == "1"
-# The chunked forward keeps w, the chunk states h, v' and the normalised k for the backward, which then skips their
-# recomputation (the w/u kernel and the sequential state pass: about 20 ms of a 680 ms attention-transfer step in an
-# H100 profile). It costs memory while the graph lives: at the 2B shapes about 18 KB a token a JetBlock (7 GB for 24
-# JetBlocks at 8 x 2,048 tokens), and 2.3 KB more for the normalised k. On since its card test passed and a step was timed with it (H100, 2026-12-05: with the
+# The chunked forward keeps w, the chunk states h and v' for the backward, which then skips their recomputation (the
+# w/u kernel and the sequential state pass: about 20 ms of a 680 ms attention-transfer step in an H100 profile). It
+# costs memory while the graph lives: at the 2B shapes about 18 KB a token a JetBlock, 7 GB for 24 JetBlocks at
+# 8 x 2,048 tokens. On since its card test passed and a step was timed with it (H100, 2026-12-05: with the
 # one-kernel conv backward, a stage-1 step 616 -> 570 ms, stage 2 at 2 rows 1,537 -> 1,445 ms, peak +6.7 / +1.8 GB;
 # benchmarks/results/profiles/switches_h100/); JET_NEMOTRON_KEEP_STATES=0 trades that time back for the memory.
 # Read at each forward, like SAFE_TRANS.
 KEEP_STATES = os.environ.get("JET_NEMOTRON_KEEP_STATES", "1") == "1"
 
-# BV of the chunked kernels that run one program per chunk and V slice (forward output, backward dv_local).
+# BV of the V slices of the chunked kernels: the backward's dv_local runs one program per chunk and slice, the forward
+# output kernel one per chunk walking them.
 CHUNK_BV = 64
-# loop_v: the forward output kernel runs one program per chunk walking its V slices, computing q, k and the in-chunk
-# scores once, instead of one program per slice each recomputing them. Not yet timed.
-FWD_O = dict(loop_v=False)
 # The sequential state passes have only N*H*V/BV programs, so small slices keep more SMs busy.
 # Forward: BV 32, 4 warps, 3 stages, the fastest of BV 16-64 x 2-8 warps x 1-3 stages (2B shapes, 64K, bf16, H100:
 # 1.34 ms; 2 stages 1.6x slower; benchmarks/results/state_pass_sweep_h100.json).
 STATE_PASS_FWD = dict(BV=32, num_warps=4, stages=3)
 # Backward: BV 32, 8 warps, 3 stages, the fastest of the same sweep that keeps q's L2 norm in the loop (3.53 ms; 4
 # warps and 2 stages 4.90 ms).
-# normed: the pass reads q and k L2-normalised (in their dtype) instead of normalising them in its loop. Not yet timed.
-STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3, normed=False)
+# Reading q and k normalised (q's written by the dv_local kernel, k's kept from the forward's w/u kernel) instead of
+# normalising both in the loop made the chunked backward slower, 0.978x (H100, 2B shapes, 8 x 2,048 tokens, bf16,
+# 2026-12-06; benchmarks/results/profiles/jetblock_kernels_h100/): the extra write and read cost more than the norms.
+STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # The per-chunk backward (`_bwd_chunk_kernel`, one program per chunk and head walking V in BV slices) by whether its
 # tiles are fp32 (half the columns fit) or 16-bit. It is a training step's largest JetBlock kernel (1.75 ms a call at
 # 8 x 2,048 tokens on the H200); `benchmarks/chunk_bwd_sweep.py` times the alternatives against this, side by side.
@@ -51,7 +51,7 @@ STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3, normed=False)
 # Two state products in a kernel of their own (do S^T and dv' S^T; two fp32 tiles fewer held) were slower on the
 # same H100 (3.05 against 3.02 ms at BV 64, 3.22 against 3.07 at BV 32; chunk_bwd_sweep_split_h100.json) and are gone.
 # Since 2026-12-06 the kernel loads q and k after its V loop (1.10x on an H100 that day at BV 64 x 8 warps x 2 stages,
-# still the fastest launch; 16 warps 1.4x slower; benchmarks/results/profiles/late_qk_h100/).
+# still the fastest launch; 16 warps 1.4x slower; benchmarks/results/profiles/jetblock_kernels_h100/).
 CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False),
              "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True)}
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
