@@ -51,7 +51,8 @@ STATE_PASS_BWD = dict(BV=32, num_warps=8, stages=3)
 # Two state products in a kernel of their own (do S^T and dv' S^T; two fp32 tiles fewer held) were slower on the
 # same H100 (3.05 against 3.02 ms at BV 64, 3.22 against 3.07 at BV 32; chunk_bwd_sweep_split_h100.json) and are gone.
 # Since 2026-12-06 the kernel loads q and k after its V loop (1.10x on an H100 that day at BV 64 x 8 warps x 2 stages,
-# still the fastest launch; 16 warps 1.4x slower; benchmarks/results/profiles/jetblock_kernels_h100/).
+# still the fastest launch, as in a sweep on an H200 after the change: 2.57 ms; 16 warps 1.4x slower;
+# benchmarks/results/profiles/jetblock_kernels_h100/).
 CHUNK_BWD = {"fp32": dict(BV=32, num_warps=8, stages=2, sum_sds=False),
              "16-bit": dict(BV=64, num_warps=8, stages=2, sum_sds=True)}
 # (BV, num_warps) of the token loop by the dtype the state is read and written in. Each program holds a [BK, BV]
