@@ -600,7 +600,8 @@ def _one_step(run: _Training, batch: torch.Tensor, cfg: DistillConfig, step: int
             lo = (m * world + acc.process_index) * cfg.micro_batch
             x = batch[lo : lo + cfg.micro_batch].to(acc.device, non_blocking=True)
             with torch.autocast(acc.device.type, enabled=False):
-                t_hidden, t_attn, t_in = teacher_targets(run.target_teacher, x, run.mse_layers, inputs=cfg.local)
+                t_hidden, t_attn, t_in = teacher_targets(run.target_teacher, x, run.mse_layers, inputs=cfg.local,
+                                                         final=not cfg.local)
             # DDP: all-reduce once per step. FSDP reduce-scatters every micro-step instead, because skipping
             # it would keep full unsharded gradients on every device, the memory FSDP is there to save
             sync = nullcontext() if run.fsdp or m == run.accum - 1 else acc.no_sync(run.wrapper)

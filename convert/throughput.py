@@ -6,7 +6,8 @@ Model FLOPs per training token (what MFU counts; recomputation from checkpointin
                                trains (and the head)
            + 2 N_train         backward to the trainable weights
            + A_s (x3 where activations flow back, else x1)   token mixing, below
-    teacher  2 N_t + A_t       forward only; N_t without the head under attention transfer (no KL)
+    teacher  2 N_t + A_t       forward only; under attention transfer (no KL) without the head, and only up to
+                               the attention of the last layer that trains (the forward stops there)
 N counts 2-D weights of the decoder layers plus the output head ([V, d], tied or not: the KL multiplies by it
 in both models). Token mixing per token and layer, forward: full attention 4 H hd c with c the mean causal
 context (L + 1) / 2; sliding attention the same with c the mean of min(i + 1, W); JetBlock 6 H dk dv (the
@@ -59,6 +60,15 @@ def _mixing_flops(config, seq_len: int) -> list[float]:
     return out
 
 
+def _runs_before(name: str, last: int) -> bool:
+    """Whether decoder-layer parameter `name` runs in a forward that stops after layer `last`'s attention."""
+    parts = name.split(".")
+    if len(parts) < 4 or parts[1] != "layers":
+        return False
+    i = int(parts[2])
+    return i < last or (i == last and parts[3] == "self_attn")
+
+
 def flops_per_token(student, teacher, seq_len: int, local: bool = False) -> dict[str, float]:
     """Model FLOPs per trained token, split {"student", "teacher", "total"}; reads requires_grad as set now.
     `local` (attention transfer): the student runs only its trainable token mixers, forward and backward, each
@@ -66,12 +76,15 @@ def flops_per_token(student, teacher, seq_len: int, local: bool = False) -> dict
     per, head, head_train = _matmul_params(student)
     mix = _mixing_flops(student.config, seq_len)
     t_per, t_head, _ = _matmul_params(teacher)
-    # the teacher's head runs only for the KL, which attention transfer has none of
-    t_weights = sum(a for a, _ in t_per.values()) + (0 if local else t_head)
-    t = 2 * t_weights + sum(_mixing_flops(teacher.config, seq_len))
+    t_mix = _mixing_flops(teacher.config, seq_len)
     if local:
+        # no KL, so no head; the forward ends at the attention of the last layer that trains
+        last = max((i for i, (_, tr) in per.items() if tr > 0), default=len(t_mix) - 1)
+        t_weights = sum(p.numel() for n, p in teacher.named_parameters() if p.dim() == 2 and _runs_before(n, last))
+        t = 2 * t_weights + sum(t_mix[: last + 1])
         s = sum(6 * tr + 3 * mix[i] for i, (_, tr) in per.items() if tr > 0)
         return {"student": float(s), "teacher": float(t), "total": float(s + t)}
+    t = 2 * (sum(a for a, _ in t_per.values()) + t_head) + sum(t_mix)
     trains = [i for i, (_, t) in per.items() if t > 0]
     lowest = min(trains) if trains else (len(mix) if head_train == 0 else len(mix) - 1)
     n_all = sum(a for a, _ in per.values()) + head

@@ -665,3 +665,32 @@ def test_a_step_casts_and_concatenates_each_trainable_weight_once_whatever_its_m
     assert four[1] == four_old[1]
     for n, p in four[2].items():
         assert torch.equal(p, four_old[2][n]), n
+
+
+def test_attention_transfer_targets_end_at_the_last_layers_attention():
+    """teacher_targets(final=False): the same attention inputs and outputs as the whole forward, no final states,
+    nothing run after the last captured layer's attention (its MLP, the final norm), and outputs that autograd can
+    save (no inference tensors); without layers to capture it is refused."""
+    from convert.distill_loss import teacher_targets
+
+    teacher, _, train, _ = _setup()
+    x = train[:2]
+    ran = []
+    hooks = [teacher.model.layers[3].mlp.register_forward_hook(lambda *a: ran.append("mlp 3")),
+             teacher.model.norm.register_forward_hook(lambda *a: ran.append("norm"))]
+    try:
+        h, attn, given = teacher_targets(teacher, x, [0, 3], inputs=True)
+        assert h is not None and ran == ["mlp 3", "norm"]
+        ran.clear()
+        h2, attn2, given2 = teacher_targets(teacher, x, [0, 3], inputs=True, final=False)
+        assert h2 is None and ran == []
+    finally:
+        for hk in hooks:
+            hk.remove()
+    assert all(torch.equal(a, b) for a, b in zip(attn + given, attn2 + given2)) and len(attn2 + given2) == 4
+    assert not any(t.is_inference() for t in attn2 + given2 + [h])
+    w = torch.ones((), requires_grad=True)
+    (w * given2[1]).sum().backward()  # saved for backward: an inference tensor would be refused here
+    assert w.grad is not None
+    with pytest.raises(ValueError, match="final=False needs mse_layers"):
+        teacher_targets(teacher, x, [], final=False)
