@@ -10,7 +10,7 @@ x1, x2 of a head and c, s of cos and sin:
 r() rounds to the input's dtype: eager low precision's three roundings, bit for bit (a product of two bf16 or fp16
 values is exact in fp32, and so is their negation). The launch turns off Triton's fp fusion: with it, the compiler
 dropped the first product's rounding into an FMA on an H100 (out = fma(x1, c1, r(-x2 s1)): a fifth of the elements
-one bf16 step off eager, caught by the card test, 2026-12-05). Forward only: the teacher runs under inference mode.
+one bf16 step off eager, caught by the card test, 2026-12-05). Forward only: the teacher runs without gradients.
 """
 
 from __future__ import annotations
