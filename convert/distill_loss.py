@@ -204,7 +204,7 @@ def teacher_targets(teacher, input_ids, mse_layers: list[int], inputs: bool = Fa
     rotary = rope_kernels(teacher) if getattr(teacher, "teacher_rope_modules", None) else nullcontext()
     h = None
     try:
-        with torch.no_grad(), rotary:
+        with rotary:  # no_grad: the decorator
             h = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
     except _Captured:
         pass
