@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=2, help="steps profiled")
     ap.add_argument("--compile", action="store_true", help="torch.compile each student decoder layer")
     ap.add_argument("--frozen-bf16", action="store_true", help="frozen weights held in bf16 (DistillConfig.frozen_bf16)")
+    ap.add_argument("--residual-bf16", action="store_true",
+                    help="the student's residual stream in bf16 (DistillConfig.residual_bf16)")
     ap.add_argument("--kl-reference", action="store_true",
                     help="the checkpointed reference KL instead of the fused one (DistillConfig.fused_kl=False)")
     # unset: DistillConfig's default (both on in a bf16 run on CUDA), so a plain profile is the default path
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = DistillConfig(stage=args.stage, steps=total, batch_size=args.batch_size, micro_batch=args.micro_batch,
                         mixed_precision="bf16" if dev.type == "cuda" else "no", log_every=1, warmup_steps=1,
                         local=args.local, compile=args.compile, frozen_bf16=args.frozen_bf16,
+                        residual_bf16=args.residual_bf16,
                         fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk,
                         projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
                         fused_adam=args.fused_adam, train=args.train,
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     for e in rows_:
         fam[family(e.key)] = fam.get(family(e.key), 0.0) + getattr(e, attr, 0.0) / 1e3 / args.steps
     tag = f"stage{args.stage}" + ("_local" if args.local else "") + ("_compiled" if args.compile else "") + (
-        "_frozen_bf16" if args.frozen_bf16 else "") + ("_kl_reference" if args.kl_reference else "") + (
+        "_frozen_bf16" if args.frozen_bf16 else "") + ("_residual_bf16" if args.residual_bf16 else "") + (
+        "_kl_reference" if args.kl_reference else "") + (
         {True: "_as_one", False: "_no_as_one", None: ""}[args.projections_as_one]) + (
         {True: "_kl_kernel", False: "_no_kl_kernel", None: ""}[args.kl_kernel]) + (
         "_fused_adam" if args.fused_adam else "") + ("" if args.teacher_kernels else "_eager_teacher") + (

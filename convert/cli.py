@@ -174,6 +174,10 @@ def distill(
                                                    "the precision autocast computes them in (the same arithmetic; "
                                                    "stage 2 with --train2 non-mlp on a 1.5B Qwen: 19 GB less and "
                                                    "10% faster a step, convert/README.md)")] = False,
+    residual_bf16: Annotated[bool, typer.Option(help="with --bf16: the student's residual stream and norm outputs "
+                                                     "in bf16 in the end-to-end stages, instead of fp32 cast around "
+                                                     "every product; changes the arithmetic, opt-in until "
+                                                     "measured")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")
                                       ] = False,
     kl_chunk: Annotated[int, typer.Option(help="tokens per chunk of the vocabulary-wide KL")] = 1024,
@@ -234,12 +238,14 @@ def distill(
 
     if frozen_bf16 and not bf16:
         raise ValueError("--frozen-bf16 holds frozen weights in the bf16 that --bf16 computes them in: it needs --bf16")
+    if residual_bf16 and not bf16:
+        raise ValueError("--residual-bf16 runs the residual stream in the bf16 of --bf16: it needs --bf16")
     common = dict(warmup_steps=warmup, kl_weight=kl_weight, min_lr_ratio=min_lr_ratio,
                   mixed_precision="bf16" if bf16 else "no", gradient_checkpointing=gradient_checkpointing,
                   kl_chunk=kl_chunk, save_every=save_every, seed=seed, log_every=log_every, peak_tflops=peak_tflops,
                   compile=compile_student, projections_as_one=projections_as_one, kl_kernel=kl_kernel,
                   fused_adam=fused_adam, teacher_kernels=teacher_kernels,
-                  mse_kernel=mse_kernel, frozen_bf16=frozen_bf16)
+                  mse_kernel=mse_kernel, frozen_bf16=frozen_bf16, residual_bf16=residual_bf16)
     fp8 = _stages(teacher_fp8, "--teacher-fp8")
     batch = dict(batch_size=batch_size, micro_batch=micro_batch)
     # stage1_local None: DistillConfig decides (on when --train1 is jet and --mse-weight > 0)

@@ -465,7 +465,8 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
                           compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl,
                           projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel,
-                          mse=mse, kl_top1=cfg.kl_top1)
+                          mse=mse, kl_top1=cfg.kl_top1,
+                          residual_dtype=torch.bfloat16 if cfg.residual_bf16 and not cfg.local else None)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
     opt = torch.optim.AdamW(param_groups(trained, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),

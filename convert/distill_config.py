@@ -57,6 +57,14 @@ class DistillConfig(TrainSchedule):
     # cast them again in every forward and the residual stream runs in bf16 from the frozen embeddings; restored
     # to their exact fp32 values when the stage ends. Opt-in until measured on the GPU
     frozen_bf16: bool = False
+    # bf16 runs, end-to-end stages (attention transfer has no residual stream): the student's residual stream in bf16
+    # from its embedding's output, as the teacher and a served bf16 student run it, and with it the norms' outputs
+    # (`JetNemotronRMSNorm` under autocast). With trainable fp32 embeddings and norms both are fp32 under autocast,
+    # and every layer casts hidden states to bf16 for its products and sums their fp32 gradients back (672 casts of
+    # [4, 2048, 1536] and the fp32 adds, about 50 ms of a 1,144 ms stage-2 step in an H100 profile,
+    # benchmarks/results/profiles/jetblock_kernels_h100/). Changes the arithmetic (each residual add and norm output
+    # rounds to bf16): opt-in until a run measures its speed and quality
+    residual_bf16: bool = False
     # the student's same-input projections (a JetBlock's seven, attention's q/k/v, the MLP's gate/up) run as one
     # product each while training: the input is cast once under autocast and its gradient accumulates in fp32 inside
     # one product (`jet_nemotron.fused_projections.linears_as_one`). None: on in bf16 runs that are not local, where
@@ -141,6 +149,9 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.kl_kernel and not self.fused_kl:
             raise ValueError(f"stage {self.stage}: kl_kernel is the fused KL's kernel; it needs fused_kl=True")
+        if self.residual_bf16 and self.mixed_precision != "bf16":
+            raise ValueError(f"stage {self.stage}: residual_bf16 runs the student's residual stream in bf16 for a bf16 "
+                             f"run; it needs mixed_precision 'bf16', got {self.mixed_precision!r}")
         if self.frozen_bf16 and self.mixed_precision != "bf16":
             raise ValueError(f"stage {self.stage}: frozen_bf16 holds frozen weights in bf16 for a bf16 run; it needs "
                              f"mixed_precision 'bf16', got {self.mixed_precision!r}")

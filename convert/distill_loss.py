@@ -64,11 +64,15 @@ class DistillLoss(nn.Module):
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
                  temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
                  projections_as_one: bool = False, kl_kernel: bool = False, mse: Callable | None = None,
-                 kl_top1: float = 0.0):
+                 kl_top1: float = 0.0, residual_dtype: torch.dtype | None = None):
         super().__init__()
         self.local, self.fused_kl, self.kl_kernel, self.kl_top1 = local, fused_kl, kl_kernel, kl_top1
         self.mse = mse or normalised_mse  # the attention-output loss: `mse_fn`'s choice
         self.student = student
+        # the student's residual stream from its embedding's output cast to it, and its norms' outputs with it
+        # (switched off again in `release`)
+        self.residual_dtype = residual_dtype
+        self._norms_in_input_dtype(residual_dtype is not None)
         # switched off again in `release`: the caller's student must decode without concatenating weights each step
         self.as_one = set_projections_as_one(student) if projections_as_one else []
         # FSDP's transformer-based wrap looks for the layer classes here: one shard unit per decoder layer
@@ -91,6 +95,12 @@ class DistillLoss(nn.Module):
         if self.as_one:  # the same modules set_projections_as_one switched on, by the same rule
             set_projections_as_one(self.student, on=False)
         self.as_one = []
+        self._norms_in_input_dtype(False)
+
+    def _norms_in_input_dtype(self, on: bool) -> None:
+        for m in self.student.modules():
+            if hasattr(m, "weight_in_input_dtype"):
+                m.weight_in_input_dtype = on
 
     def forward(self, input_ids, teacher_hidden, teacher_head, teacher_attn=None, teacher_attn_in=None):
         if self.local:
@@ -100,8 +110,12 @@ class DistillLoss(nn.Module):
             cap.outputs = []
         elif self.mse_weight > 0:
             cap = _Capture(self.student, self.mse_layers)
+        if self.residual_dtype is None:
+            given = {"input_ids": input_ids}
+        else:
+            given = {"inputs_embeds": self.student.model.embed_tokens(input_ids).to(self.residual_dtype)}
         try:
-            h = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+            h = self.student.model(**given, use_cache=False).last_hidden_state
         finally:
             if cap is not None and cap is not self.persistent:
                 cap.close()

@@ -60,17 +60,26 @@ def training_kernels() -> bool:
 
 
 class JetNemotronRMSNorm(nn.Module):
+    """Qwen2's RMSNorm: the norm in fp32, rounded to the input's dtype, times the weight; the output in the promotion
+    of the two dtypes. With `weight_in_input_dtype` (set by distillation's `residual_bf16` while a stage trains) the
+    weight is cast to the input's dtype first, so a bf16 residual stream gives bf16 outputs, as the same model held
+    in bf16 computes, instead of fp32 ones that every product after it casts back."""
+
     def __init__(self, hidden_size: int, eps: float = 1e-6, config: JetNemotronConfig | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
         self.config = config  # its kernel_backend, read at each call as the JetBlock and the MLP read it
+        self.weight_in_input_dtype = False
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if self.weight_in_input_dtype:
+            weight = weight.to(hidden_states.dtype)
         if training_kernels():  # one kernel each way on CUDA instead of PyTorch's fp32 chain, the same rounding
             backend = self.config.kernel_backend if self.config is not None else "auto"
-            return rmsnorm(hidden_states, self.weight, self.variance_epsilon, backend=backend)
-        return rmsnorm_ref(hidden_states, self.weight, self.variance_epsilon)
+            return rmsnorm(hidden_states, weight, self.variance_epsilon, backend=backend)
+        return rmsnorm_ref(hidden_states, weight, self.variance_epsilon)
 
 
 class JetNemotronRotaryEmbedding(nn.Module):

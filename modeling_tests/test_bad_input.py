@@ -328,7 +328,8 @@ def test_distill_refuses_a_damaged_student(ws, tmp_path, refused, damage):
     refused(with_flags(distill_args(ws, "o"), ["--student", str(student)]), message, tmp_path)
 
 
-BOOLEAN_FLAGS = ("--resume", "--overwrite", "--bf16", "--dry-run", "--chat-docstrings", "--frozen-bf16")
+BOOLEAN_FLAGS = ("--resume", "--overwrite", "--bf16", "--dry-run", "--chat-docstrings", "--frozen-bf16",
+                 "--residual-bf16")
 
 
 def with_flags(args: list[str], flags: list[str]) -> list[str]:
@@ -443,6 +444,8 @@ DISTILL_CASES = {
     "recipe-unknown": (["--recipe", "20min"], "--recipe: no recipe '20min'; known: 15min"),
     "frozen-bf16-without-bf16": (["--frozen-bf16"], "--frozen-bf16 holds frozen weights in the bf16 that --bf16 "
                                                     "computes them in: it needs --bf16"),
+    "residual-bf16-without-bf16": (["--residual-bf16"], "--residual-bf16 runs the residual stream in the bf16 of "
+                                                        "--bf16: it needs --bf16"),
     "log-every-negative": (["--log-every", "-1"], "stage 1: log_every must be >= 0, got -1"),
     "out-is-student": (["--out", "{ws}/jet", "--overwrite"], "overlaps the student"),
     "out-holds-data": (["--out", "{ws}", "--overwrite"], "overlaps the teacher"),

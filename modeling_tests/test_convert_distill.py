@@ -596,6 +596,38 @@ def test_stage2_with_frozen_mlps_held_in_bf16_trains_exactly_as_plain_autocast(f
         torch.testing.assert_close(runs[True][1][n], p, atol=0, rtol=0, msg=n)
 
 
+def test_a_bf16_residual_stream_feeds_the_products_bf16_and_trains_alike(fresh_accelerate_state, monkeypatch):
+    """DistillConfig.residual_bf16 (bf16 on the CPU, stage 2 with frozen MLPs): the decoder layers take and give bf16
+    hidden states and the norms give bf16, so the student's same-input projections (run as one product) get bf16
+    inputs that autocast need not cast, where the fp32 residual stream gives them fp32 ones; the losses stay within
+    bf16 rounding of the fp32 stream's; and the student is left as it was given (its norms in Qwen2's arithmetic
+    again, its own forward in fp32)."""
+    import jet_nemotron.fused_projections as fp
+
+    real, seen = fp.linears_as_one, []
+    monkeypatch.setattr(fp, "linears_as_one", lambda x, linears: seen.append(x.dtype) or real(x, linears))
+    runs = {}
+    for residual in (False, True):
+        teacher, student, train, _ = _setup()
+        layer_out = []
+        hook = student.model.layers[1].register_forward_hook(lambda m, a, out: layer_out.append(out.dtype))
+        seen.clear()
+        cfg = DistillConfig(stage=2, steps=4, batch_size=4, micro_batch=2, warmup_steps=1, log_every=1, lr=1e-3,
+                            mixed_precision="bf16", train="non-mlp", frozen_bf16=True, residual_bf16=residual)
+        s = distill(student, teacher, train, cfg)
+        hook.remove()
+        runs[residual] = ([h["kl"] for h in s["history"]], set(seen), set(layer_out))
+        assert not any(getattr(m, "weight_in_input_dtype", False) for m in student.modules())
+        with torch.no_grad():
+            assert student(input_ids=train[:1]).logits.dtype == torch.float32
+    (kl32, in32, out32), (kl16, in16, out16) = runs[False], runs[True]
+    assert in16 == {torch.bfloat16} and in32 == {torch.float32}
+    assert out16 == {torch.bfloat16} and out32 == {torch.float32}
+    assert kl16 == pytest.approx(kl32, rel=0.05) and kl16 != kl32  # another rounding, the same training
+    with pytest.raises(ValueError, match="residual_bf16 .* needs mixed_precision 'bf16'"):
+        DistillConfig(stage=2, residual_bf16=True).resolved()
+
+
 def test_fused_adam_trains_as_the_default_adamw():
     """DistillConfig.fused_adam: AdamW's fused kernel (on the CPU here) gives the default's losses and weights to
     rounding, with two learning-rate groups."""

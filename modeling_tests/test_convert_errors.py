@@ -265,6 +265,9 @@ def test_cli_frozen_bf16_holds_every_stages_frozen_weights_in_bf16(tmp_path, mon
     assert [seen[k].frozen_bf16 for k in ("stage1", "stage2", "stage3")] == [True, True, True]
     assert main(base) == 0
     assert [seen[k].frozen_bf16 for k in ("stage1", "stage2", "stage3")] == [False, False, False]
+    assert [seen[k].residual_bf16 for k in ("stage1", "stage2", "stage3")] == [False, False, False]
+    assert main(base + ["--residual-bf16"]) == 0  # every stage's config; attention transfer has no residual stream
+    assert [seen[k].residual_bf16 for k in ("stage1", "stage2", "stage3")] == [True, True, True]
 
 
 def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path, monkeypatch, capsys):
