@@ -59,9 +59,11 @@ def family(name: str) -> str:
 
 
 # the glue around the matrix products: copies and casts, and the elementwise ops that the first H200 profile
-# found as long as the products themselves
+# found as long as the products themselves; and concatenations (40 ms of an H100 stage-2 step, 2026-12-06; the
+# profiler records no shapes for a list input, so their entry gives time and calls only)
 GLUE_OPS = ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone", "aten::mul", "aten::add",
-            "aten::add_", "aten::sub", "aten::div", "aten::mul_", "aten::exp", "aten::sigmoid", "aten::silu")
+            "aten::add_", "aten::sub", "aten::div", "aten::mul_", "aten::exp", "aten::sigmoid", "aten::silu",
+            "aten::cat")
 
 
 def glue_by_shape(prof, steps: int, top: int = 40) -> list[dict]:
