@@ -37,6 +37,8 @@ def test_a_kl_chunk_other_than_the_default_names_its_record(tmp_path):
     pd.main(["--toy", "--stage", "2", "--kl-chunk", "32", "--out", str(tmp_path), "--warm", "2", "--steps", "1"])
     rec = json.loads((tmp_path / "profile_distill_stage2_kl_chunk32_toy.json").read_text())
     assert rec["args"]["kl_chunk"] == "32" and rec["tok_per_s"] > 0
+    # an end-to-end step concatenates (the eager rotary's halves at least): the glue table lists it, without shapes
+    assert any(g["op"] == "aten::cat" and g["calls_per_step"] > 0 for g in rec["glue_by_shape"])
     assert rec["peak_gb"] is None  # CPU: no device allocator to ask
 
 
