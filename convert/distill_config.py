@@ -59,9 +59,9 @@ class DistillConfig(TrainSchedule):
     frozen_bf16: bool = False
     # bf16 runs, end-to-end stages (attention transfer has no residual stream): the student's residual stream in bf16
     # from its embedding's output, as the teacher and a served bf16 student run it, and with it the norms' outputs
-    # (`JetNemotronRMSNorm` under autocast). With trainable fp32 embeddings and norms both are fp32 under autocast,
-    # and every layer casts hidden states to bf16 for its products and sums their fp32 gradients back (672 casts of
-    # [4, 2048, 1536] and the fp32 adds, about 50 ms of a 1,144 ms stage-2 step in an H100 profile,
+    # (`JetNemotronRMSNorm.weight_in_input_dtype`). With trainable fp32 embeddings and norms both are fp32 under
+    # autocast, and every layer casts hidden states to bf16 for its products and sums their fp32 gradients back (672
+    # casts of [4, 2048, 1536] and the fp32 adds, about 50 ms of a 1,144 ms stage-2 step in an H100 profile,
     # benchmarks/results/profiles/jetblock_kernels_h100/). Changes the arithmetic (each residual add and norm output
     # rounds to bf16): opt-in until a run measures its speed and quality
     residual_bf16: bool = False

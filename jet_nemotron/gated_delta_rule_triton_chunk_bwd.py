@@ -28,6 +28,7 @@ from .gated_delta_rule_triton_launch import (
 from .gated_delta_rule_triton_tiles import (
     BT,
     _chunk_rows,
+    _l2_factor_rows,
     _l2norm_cols,
     _l2norm_rows,
     _load_G,
@@ -124,11 +125,11 @@ def _trans_tile(b_x, scratch, i_prog, BT: tl.constexpr, SAFE_TRANS: tl.constexpr
 @triton.jit
 def _load_qk(q, k, row, o_k, m_tk, scale, K: tl.constexpr, USE_L2: tl.constexpr):
     """A chunk's q and k rows [BT, BK] in fp32, L2-normalised with USE_L2 (as `_l2norm_rows`), q's also times scale,
-    and the norms' factors rsqrt(|x|^2 + eps) [BT] that their Jacobian needs, so the raw rows need not be kept."""
+    and the norms' factors [BT] (`_l2_factor_rows`) that their Jacobian needs, so the raw rows need not be kept."""
     b_q = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-    r_q = tl.rsqrt(tl.sum(b_q * b_q, 1) + 1e-6)
-    r_k = tl.rsqrt(tl.sum(b_k * b_k, 1) + 1e-6)
+    r_q = _l2_factor_rows(b_q)
+    r_k = _l2_factor_rows(b_k)
     if USE_L2:
         b_q = b_q * r_q[:, None]
         b_k = b_k * r_k[:, None]

@@ -84,10 +84,17 @@ def _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT: tl.constexpr):
 
 
 @triton.jit
+def _l2_factor_rows(b_x):
+    """rsqrt(|x|^2 + eps) of each row of a [rows, BK] fp32 block [rows]: the L2 norm's factor (padding columns are
+    zero, so they do not count), which the backward also needs for the norm's Jacobian."""
+    return tl.rsqrt(tl.sum(b_x * b_x, 1) + 1e-6)
+
+
+@triton.jit
 def _l2norm_rows(b_x, USE_L2: tl.constexpr):
-    """Normalise each row of a [rows, BK] fp32 block (padding columns are zero, so they do not count)."""
+    """Normalise each row of a [rows, BK] fp32 block by `_l2_factor_rows`."""
     if USE_L2:
-        b_x = b_x * tl.rsqrt(tl.sum(b_x * b_x, 1) + 1e-6)[:, None]
+        b_x = b_x * _l2_factor_rows(b_x)[:, None]
     return b_x
 
 

@@ -833,4 +833,3 @@ def test_the_chunk_backward_sweep_marks_other_gradients_and_restores_the_default
     with pytest.raises(KeyboardInterrupt):
         sweep.sweep(broken, configs[::-1], "16-bit", 2e-2, None)
     assert calls[1]["BV"] == 64 and json.dumps(launch.CHUNK_BWD) == before
-
