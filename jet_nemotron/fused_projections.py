@@ -88,9 +88,8 @@ def _concat(linears: list[nn.Linear], x: torch.Tensor) -> tuple[torch.Tensor, to
     return weight, _concat_bias(linears, "linears_as_one", detach=False)
 
 
-def linears_as_one(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ...]:
-    """x [..., in] -> each of `linears` applied to x, computed as one product over their row-concatenated weights
-    (and biases, all or none). Gradients reach each linear's own parameters."""
+def _as_one(x: torch.Tensor, linears: list[nn.Linear]) -> torch.Tensor:
+    """x [..., in] -> the product over the linears' row-concatenated weights, [..., sum of out_features]."""
     if _STEP_WEIGHTS is None or not torch.is_grad_enabled():
         weight, bias = _concat(linears, x)
     else:
@@ -102,7 +101,25 @@ def linears_as_one(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Ten
         if hit is None or hit[0] != versions:
             hit = _STEP_WEIGHTS[key] = (versions, *_concat(linears, x))
         weight, bias = hit[1], hit[2]
-    return nn.functional.linear(x, weight, bias).split([lin.out_features for lin in linears], dim=-1)
+    return nn.functional.linear(x, weight, bias)
+
+
+def linears_as_one(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ...]:
+    """x [..., in] -> each of `linears` applied to x, computed as one product over their row-concatenated weights
+    (and biases, all or none). Gradients reach each linear's own parameters."""
+    return _as_one(x, linears).split([lin.out_features for lin in linears], dim=-1)
+
+
+def one_product(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor | None:
+    """x [..., in] -> the output of `module.same_input_linears()` side by side [..., sum of their sizes] where `project`
+    computes them as one product (fused, or `project_as_one` while gradients are recorded), else None. For a caller
+    that reads the outputs as one tensor: its gradient then comes back whole, where the split's backward would
+    concatenate the parts' gradients into a new tensor."""
+    if module.fused_sizes is not None:
+        return nn.functional.linear(x, getattr(module, name), getattr(module, name + "_bias"))
+    if module.project_as_one and torch.is_grad_enabled():
+        return _as_one(x, module.same_input_linears())
+    return None
 
 
 def project(module: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -30,10 +30,10 @@ from transformers.utils.generic import maybe_autocast
 
 from .cache_jet_nemotron import JetNemotronCache, JetNemotronStaticCache, ring_order_mask
 from .configuration_jet_nemotron import JetNemotronConfig
-from .fused_projections import fuse_linears, project
+from .fused_projections import fuse_linears, one_product, project
 from .input_checks import check_forward_inputs
 from .jet_block import DynamicConvKernelGenerator, JetBlock, decay_init
-from .ops import rmsnorm, swiglu
+from .ops import rmsnorm, swiglu, swiglu_packed
 from .rmsnorm_ref import rmsnorm_ref
 from .transformers_compat import CACHE_NAME, MASK_CACHE_NAME, pick_cache
 
@@ -294,9 +294,12 @@ class JetNemotronMLP(nn.Module):
         self.fused_sizes = fuse_linears(self, "gate_up_fused", self.same_input_linears())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = project(self, "gate_up_fused", x)
         if self.silu_gated and training_kernels():  # one kernel each way on CUDA, not five; silu(gate) not kept
-            return self.down_proj(swiglu(gate, up, backend=self.config.kernel_backend))
+            gate_up = one_product(self, "gate_up_fused", x)
+            if gate_up is not None:  # its gradient written whole, not concatenated by the split's backward
+                return self.down_proj(swiglu_packed(gate_up, backend=self.config.kernel_backend))
+            return self.down_proj(swiglu(*project(self, "gate_up_fused", x), backend=self.config.kernel_backend))
+        gate, up = project(self, "gate_up_fused", x)
         return self.down_proj(self.act_fn(gate) * up)
 
 

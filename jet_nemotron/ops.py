@@ -20,7 +20,7 @@ from .dynamic_conv_ref import dynamic_conv_ref, dynamic_conv_step_ref
 from .gated_rmsnorm_ref import gated_rmsnorm_ref
 from .rmsnorm_ref import rmsnorm_ref
 from .rope_ref import rope_ref
-from .swiglu_ref import swiglu_ref
+from .swiglu_ref import swiglu_packed_ref, swiglu_ref
 from .gated_delta_rule_ref import (
     chunk_gated_delta_rule_ref,
     gated_delta_rule_step_ref,
@@ -32,7 +32,7 @@ logger = logging.get_logger(__name__)
 # the Triton functions, replaced below where Triton imports; `_choose` never picks one that is None
 chunk_gated_delta_rule_triton = fused_recurrent_gated_delta_rule_triton = gated_delta_rule_step_triton = None
 dynamic_conv_triton = dynamic_conv_step_triton = gated_rmsnorm_triton = rmsnorm_triton = swiglu_triton = None
-rope_triton = None
+rope_triton = swiglu_packed_triton = None
 _TRITON_IMPORT_ERROR: Exception | None = None
 try:
     import triton  # noqa: F401  (only to learn whether the kernels can be built)
@@ -51,7 +51,7 @@ if _TRITON_IMPORT_ERROR is None:
         from .gated_rmsnorm_triton import gated_rmsnorm_triton
         from .rmsnorm_triton import rmsnorm_triton
         from .rope_triton import rope_triton
-        from .swiglu_triton import swiglu_triton
+        from .swiglu_triton import swiglu_packed_triton, swiglu_triton
     except ImportError as err:
         _TRITON_IMPORT_ERROR = err
 
@@ -128,6 +128,12 @@ def swiglu(gate, up, backend: str = "auto", act_rounded: bool = False):
     """The MLP's silu(gate) * up in fp32, rounded once (`act_rounded`: silu(gate) rounded first, as eager bf16).
     gate, up [..., I]; y in gate's dtype. See `swiglu_ref`."""
     return _pick("swiglu", swiglu_triton, swiglu_ref, gate, backend)(gate, up, act_rounded)
+
+
+def swiglu_packed(gate_up, backend: str = "auto", act_rounded: bool = False):
+    """`swiglu` of the halves of one product's output gate_up [..., 2I] (gate first); its gradient comes back as one
+    [..., 2I] tensor, not concatenated from two. See `swiglu_packed_ref`."""
+    return _pick("swiglu", swiglu_packed_triton, swiglu_packed_ref, gate_up, backend)(gate_up, act_rounded)
 
 
 def rope(q, k, cos, sin, backend: str = "auto"):

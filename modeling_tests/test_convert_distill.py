@@ -604,8 +604,8 @@ def test_a_bf16_residual_stream_feeds_the_products_bf16_and_trains_alike(fresh_a
     again, its own forward in fp32)."""
     import jet_nemotron.fused_projections as fp
 
-    real, seen = fp.linears_as_one, []
-    monkeypatch.setattr(fp, "linears_as_one", lambda x, linears: seen.append(x.dtype) or real(x, linears))
+    real, seen = fp._as_one, []
+    monkeypatch.setattr(fp, "_as_one", lambda x, linears: seen.append(x.dtype) or real(x, linears))
     runs = {}
     for residual in (False, True):
         teacher, student, train, _ = _setup()

@@ -415,6 +415,63 @@ def test_swiglu_matches_reference(rows, I, dtype):
         act_tri.swiglu_triton(g, u[..., :-1])
 
 
+def _aten_ops_of(fn) -> list[str]:
+    """The aten ops `fn()` runs (forward and backward alike), by name."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    seen = []
+    with Record():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_of_one_product_gives_its_gradient_whole(dtype):
+    """`swiglu_packed_triton(gate_up)`: the same output and gradient bits as `swiglu_triton` on gate_up's halves (and
+    within the bounds above of the reference), the gradient written as one tensor: no concatenation in its backward,
+    where the halves' split concatenates dgate and dup (112 copies of [4, 2048, 17920] a real stage-2 step)."""
+    gen = torch.Generator().manual_seed(3)
+    gate_up = (3 * torch.randn(2, 9, 2 * 1030, generator=gen)).to(DEVICE, dtype).requires_grad_()
+    dy = torch.randn(2, 9, 1030, generator=gen).to(DEVICE, dtype)
+    y = act_tri.swiglu_packed_triton(gate_up)
+    grad = torch.autograd.grad((y * dy).sum(), gate_up)[0]
+    y_h = act_tri.swiglu_triton(*gate_up.split(1030, dim=-1))
+    assert torch.equal(y, y_h) and torch.equal(grad, torch.autograd.grad((y_h * dy).sum(), gate_up)[0])
+    y_r = act_ref.swiglu_packed_ref(gate_up)
+    bound = 1e-6 if dtype == torch.float32 else 1e-2
+    assert rel(y, y_r) < bound and rel(grad, torch.autograd.grad((y_r * dy).sum(), gate_up)[0]) < bound
+    assert "cat" not in _aten_ops_of(lambda: torch.autograd.grad(act_tri.swiglu_packed_triton(gate_up).sum(), gate_up))
+    assert "cat" in _aten_ops_of(lambda: torch.autograd.grad(act_tri.swiglu_triton(*gate_up.chunk(2, -1)).sum(),
+                                                             gate_up))  # what the one tensor saves
+    with pytest.raises(ValueError, match="even last size"):
+        act_tri.swiglu_packed_triton(gate_up[..., :-1])
+
+
+def test_a_training_mlp_projecting_as_one_runs_no_concatenation(monkeypatch):
+    """The decoder's MLP with its gate and up as one product (distillation's `project_as_one`) hands that product to
+    the packed SwiGLU whole: its backward runs no `cat` (the forward's one is the weights', [2I, hidden]), and gives
+    the separate projections' values."""
+    from conftest import tiny_model
+    from jet_nemotron.fused_projections import set_projections_as_one
+
+    mlp = tiny_model().model.layers[0].mlp.to(DEVICE)
+    mlp.config.kernel_backend = "triton"
+    x = torch.randn(2, 7, mlp.config.hidden_size, device=DEVICE, requires_grad=True)
+    y_sep = mlp(x)
+    g_sep = torch.autograd.grad(y_sep.sum(), [x, mlp.gate_proj.weight])
+    set_projections_as_one(mlp)
+    y_one = mlp(x)
+    g_one = []
+    ops = _aten_ops_of(lambda: g_one.extend(torch.autograd.grad(y_one.sum(), [x, mlp.gate_proj.weight])))
+    assert "cat" not in ops and "mm" in ops
+    assert rel(y_one, y_sep) < 1e-6 and all(rel(a, b) < 1e-5 for a, b in zip(g_one, g_sep))
+
+
 @pytest.mark.parametrize("with_hist", [True, False])
 def test_dynamic_conv_varlen(with_hist):
     lens = [2, 40, 17]  # one sequence shorter than the kernel width

@@ -58,8 +58,8 @@ def test_a_model_trains_alike_with_its_projections_as_one(monkeypatch):
     switched = set_projections_as_one(model)
     assert len(switched) == 4 + 4  # the mixer and the MLP of each of the 4 layers
     calls = []
-    real = fused_projections.linears_as_one
-    monkeypatch.setattr(fused_projections, "linears_as_one", lambda *a: calls.append(1) or real(*a))
+    real = fused_projections._as_one  # the one product of `linears_as_one` and `one_product` (the MLPs' while training)
+    monkeypatch.setattr(fused_projections, "_as_one", lambda *a: calls.append(1) or real(*a))
     loss_one, g_one = _loss_and_grads(model, ids)
     assert len(calls) == 8 and loss_one == pytest.approx(loss_sep, rel=1e-6) and set(g_one) == set(g_sep)
     for name in g_sep:  # fp32 summation order, carried through the gated delta rule: ~2e-5 of a tensor's largest
@@ -111,8 +111,8 @@ def test_a_distillation_switches_them_on_for_its_steps_and_off_after(monkeypatch
 
     teacher = tiny_qwen("qwen2", layers=4, seed=0)
     rows = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(1))
-    seen, real = [], fused_projections.linears_as_one
-    monkeypatch.setattr(fused_projections, "linears_as_one", lambda *a: seen.append(1) or real(*a))
+    seen, real = [], fused_projections._as_one
+    monkeypatch.setattr(fused_projections, "_as_one", lambda *a: seen.append(1) or real(*a))
     losses = []
     for on in (True, False):
         student = convert_model(teacher, parse_spec("jet,attn,swa,jet"), window=8)
