@@ -271,8 +271,9 @@ def test_cli_frozen_bf16_holds_every_stages_frozen_weights_in_bf16(tmp_path, mon
 
 
 def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path, monkeypatch, capsys):
-    """--recipe 15min gives each stage the settings of the variant that runs l and m measured
-    (benchmarks/variants/acceptance_v9_15min.json over distill_variants' BASE); a flag on the command line wins."""
+    """--recipe 15min gives each stage the settings of the variant that run o measured (runs l and m's with the
+    residual stream in bf16: benchmarks/variants/acceptance_v12_15min.json over distill_variants' BASE); a flag on
+    the command line wins."""
     import json as _json
     import sys as _sys
     from pathlib import Path
@@ -283,7 +284,7 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     _sys.path.insert(0, str(bench))
     from distill_variants import BASE
 
-    (variant,) = _json.loads((bench / "variants" / "acceptance_v9_15min.json").read_text())
+    (variant,) = _json.loads((bench / "variants" / "acceptance_v12_15min.json").read_text())
     v = BASE | variant
     seen = {}
     monkeypatch.setattr(pipeline, "distill_checkpoint", lambda *a, **k: seen.update(k))
@@ -297,6 +298,7 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     assert s1.train == "jet" and s1.resolved().local is v["local1"] and s2.train == v["train2"]
     assert s1.warmup_steps == s2.warmup_steps == 30  # distill_variants' warm-up
     assert s2.frozen_bf16 is v["frozen_bf16"] and s2.fused_adam is v["fused_adam"] and s2.mixed_precision == "bf16"
+    assert s2.residual_bf16 is v["residual_bf16"] is True
     assert s2.kl_top1 == s3.kl_top1 == v["kl_top1"]
     r = seen["retrieval"]
     assert (r["ratio"], r["kinds"], r["chat_ratio"], r["chat_file"]) == \
@@ -305,10 +307,11 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     assert "recipe 15min: " in capsys.readouterr().out
     assert not (s1.teacher_fp8 or s2.teacher_fp8 or s3.teacher_fp8) and v["teacher_fp8"] == []
     assert main(base + ["--micro-batch2", "8", "--lr2", "1e-5", "--no-fused-adam", "--kl-top1", "0.2",
-                        "--teacher-fp8", "1"]) == 0
+                        "--teacher-fp8", "1", "--no-residual-bf16"]) == 0
     assert seen["stage1"].teacher_fp8 and not (seen["stage2"].teacher_fp8 or seen["stage3"].teacher_fp8)
     assert seen["stage2"].micro_batch == 8 and seen["stage2"].lr == 1e-5 and seen["stage2"].fused_adam is False
     assert seen["stage2"].kl_top1 == seen["stage3"].kl_top1 == 0.2 and seen["stage1"].kl_top1 == 0
     assert seen["stage2"].jet_lr == 1e-4  # the rest still the recipe's
+    assert seen["stage2"].residual_bf16 is False
     out = capsys.readouterr().out
     assert "--fused-adam" not in out.split(";")[0] and "given here instead: --fused-adam, --lr2, --micro-batch2" in out
