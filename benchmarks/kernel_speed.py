@@ -387,6 +387,10 @@ def table(results):
         print(f"step variants B={B} {sd} state: fastest BV {r['BV']} x {r['num_warps']} warps {r['ms']:.3f} ms "
               f"({r['roofline'] * 100:.0f}%); chosen " + (f"{chosen['ms']:.3f} ms ({chosen['roofline'] * 100:.0f}%)"
                                                            if chosen else "-"))
+    for key in sorted(k for k in by if k[0].startswith("in_place") and {"in place", "copy first"} <= set(by[k])):
+        i, c = by[key]["in place"], by[key]["copy first"]
+        print(f"{key[0]:14} rows {key[2]:>6} {key[3]:8} in place {i['ms']:.3f} ms ({i['roofline']:.0%}), copy first "
+              f"{c['ms']:.3f} ms ({c['roofline']:.0%}): {c['ms'] / i['ms']:.2f}x")
     for r in results:
         if "error" in r:
             print("error:", r["op"], r.get("shape"), r.get("T", r.get("B")), r["mode"], r["impl"], r["error"])
@@ -503,10 +507,41 @@ def run_rope(results, rows_list, bw):
                    timed_call(f, [q, k, cos, sin], "fwd", [], None), n / bw * 1e3)
 
 
+def run_in_place(results, rows_list, bw):
+    """A JetBlock's v and gate as training hands them over (column slices of its one product, [rows, 8,856] for the
+    2B shape) to the dynamic convolution and the gated norm: read where they lie (the kernels since 2026-12-07) vs a
+    contiguous copy first (what the kernels did before), both on our kernels, in one process."""
+    from jet_nemotron.dynamic_conv_triton import dynamic_conv_triton
+    from jet_nemotron.gated_rmsnorm_triton import gated_rmsnorm_triton
+
+    H, K, V = SHAPES["2B"]
+    width, KW = 2 * H * K + 2 * H * V + 2 * H + 384, 4  # q, k, v, gate, a, b and the kernel generator's w1
+    conv_impls = (("in place", dynamic_conv_triton),
+                  ("copy first", lambda x, k: dynamic_conv_triton(x.contiguous(), k)))
+    norm_impls = (("in place", gated_rmsnorm_triton),
+                  ("copy first", lambda x, g, w, eps: gated_rmsnorm_triton(x, g.contiguous(), w, eps)))
+    for rows in rows_list:  # rows = batch x 2,048 positions
+        B, T = rows // 2048, 2048
+        product = torch.randn(B, T, width, device="cuda").bfloat16().requires_grad_()
+        v = product[..., 2 * H * K:2 * H * K + H * V]
+        gate = product[..., 2 * H * K + H * V:2 * H * K + 2 * H * V].view(B, T, H, V)
+        kern = torch.randn(B, T, H * V, KW, device="cuda").bfloat16().requires_grad_()
+        n = v.numel() * 2
+        conv_bytes = n * (1 + KW + 1)  # x, kernels, y
+        time_modes(results, dict(op="in_place_conv", shape="2B", T=rows), conv_impls, [v, kern],
+                   torch.randn(B, T, H * V, device="cuda").bfloat16(), {"fwd": conv_bytes, "fwd+bwd": 3 * conv_bytes},
+                   bw)
+        x = torch.randn(B, T, H, V, device="cuda").bfloat16().requires_grad_()
+        w = torch.ones(V, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        time_modes(results, dict(op="in_place_norm", shape="2B", T=rows), norm_impls, [x, gate, w, 1e-6],
+                   torch.randn_like(x), {"fwd": 3 * n, "fwd+bwd": 8 * n}, bw)
+
+
 # the ops each part records, so that a merged run replaces exactly the rows it re-measured
 PART_OPS = {"decode_attention": ("decode_attention",), "accuracy": ("accuracy",), "step": ("step",),
             "step_variants": ("step_variant",), "chunk": ("chunk",), "conv": ("conv",), "norm": ("norm",),
-            "swiglu": ("swiglu",), "rmsnorm": ("rmsnorm",), "rope": ("rope",)}
+            "swiglu": ("swiglu",), "rmsnorm": ("rmsnorm",), "rope": ("rope",),
+            "in_place": ("in_place_conv", "in_place_norm")}
 
 
 def merge_runs(current: dict, new: dict) -> dict:
@@ -523,7 +558,7 @@ def merge_runs(current: dict, new: dict) -> dict:
 
 
 PARTS = ("decode_attention", "accuracy", "step", "step_variants", "chunk", "conv", "norm", "swiglu", "rmsnorm",
-         "rope")
+         "rope", "in_place")
 
 
 def main():
@@ -581,7 +616,8 @@ def main():
              "norm": lambda: run_norm(results, [4096, 65536], bw),
              "swiglu": lambda: run_swiglu(results, [2048, 16384], bw),
              "rmsnorm": lambda: run_rmsnorm(results, [2048, 16384], bw),
-             "rope": lambda: run_rope(results, [16384], bw)}
+             "rope": lambda: run_rope(results, [16384], bw),
+             "in_place": lambda: run_in_place(results, [8192, 16384], bw)}
     for name in args.only or PARTS:
         try:
             parts[name]()

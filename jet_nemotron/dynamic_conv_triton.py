@@ -59,11 +59,12 @@ def _tap(b_w, o_j, j: tl.constexpr):
 
 
 @triton.jit
-def _conv_input(x, hist, o, t, c, m, i_n, bos, C, HL, j: tl.constexpr, KW: tl.constexpr, HAS_HIST: tl.constexpr):
-    """x[t-KW+1+j, c] in fp32: from x inside the sequence, from the history before it."""
+def _conv_input(x, hist, t, c, m, i_n, bos, C, SX, HL, j: tl.constexpr, KW: tl.constexpr, HAS_HIST: tl.constexpr):
+    """x[t-KW+1+j, c] in fp32 (x's tokens SX elements apart): from x inside the sequence, from the history before
+    it."""
     src = t - (KW - 1) + j
     in_seq = src >= bos
-    b_x = tl.load(x + o - (KW - 1 - j) * C, mask=m & in_seq, other=0.0).to(tl.float32)
+    b_x = tl.load(x + src.to(tl.int64) * SX + c, mask=m & in_seq, other=0.0).to(tl.float32)
     if HAS_HIST:
         # before the start: the last KW-1 cached inputs, most recent at position HL-1
         b_x += tl.load(hist + (i_n * C + c) * HL + (HL - (bos - src)), mask=m & (~in_seq), other=0.0).to(tl.float32)
@@ -71,18 +72,18 @@ def _conv_input(x, hist, o, t, c, m, i_n, bos, C, HL, j: tl.constexpr, KW: tl.co
 
 
 @triton.jit
-def _conv_acc(x, kern, hist, o, t, c, m, i_n, bos, C, HL, KW: tl.constexpr, BKW: tl.constexpr,
+def _conv_acc(x, kern, hist, o, t, c, m, i_n, bos, C, SX, HL, KW: tl.constexpr, BKW: tl.constexpr,
               HAS_HIST: tl.constexpr):
     """The pre-activation sum_j kernels[t, c, j] x[t-KW+1+j, c] of each element, fp32."""
     b_w, o_j = _kernel_rows(kern, o, m, KW, BKW)
     b_acc = tl.zeros_like(_tap(b_w, o_j, 0))
     for j in tl.static_range(KW):
-        b_acc += _tap(b_w, o_j, j) * _conv_input(x, hist, o, t, c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
+        b_acc += _tap(b_w, o_j, j) * _conv_input(x, hist, t, c, m, i_n, bos, C, SX, HL, j, KW, HAS_HIST)
     return b_acc
 
 
 @triton.jit
-def _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, HL, KW: tl.constexpr, BKW: tl.constexpr,
+def _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, SX, HL, KW: tl.constexpr, BKW: tl.constexpr,
                    HAS_HIST: tl.constexpr):
     """The backward's per-element start: kernel rows [BLOCK, BKW], tap index, dz = dy * silu'(acc) fp32 [BLOCK] and
     the inputs under each tap [BLOCK, BKW] (dkernels = dz x those inputs)."""
@@ -90,7 +91,7 @@ def _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, HL, KW: tl.conste
     b_acc = tl.zeros_like(_tap(b_w, o_j, 0))
     b_xs = tl.zeros_like(b_w)
     for j in tl.static_range(KW):
-        b_x = _conv_input(x, hist, o, t, c, m, i_n, bos, C, HL, j, KW, HAS_HIST)
+        b_x = _conv_input(x, hist, t, c, m, i_n, bos, C, SX, HL, j, KW, HAS_HIST)
         b_acc += _tap(b_w, o_j, j) * b_x
         b_xs = tl.where(o_j == j, b_x[:, None], b_xs)
     b_s = tl.sigmoid(b_acc)
@@ -99,23 +100,23 @@ def _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, HL, KW: tl.conste
 
 
 @triton.jit
-def _conv_fwd_kernel(x, kern, hist, y, cu_seqlens, seq_idx, T, n_el, C, HL,
+def _conv_fwd_kernel(x, kern, hist, y, cu_seqlens, seq_idx, T, n_el, C, SX, HL,
                      KW: tl.constexpr, BKW: tl.constexpr, BLOCK: tl.constexpr, HAS_HIST: tl.constexpr,
                      IS_VARLEN: tl.constexpr):
     o, m, t, c = _elements(tl.program_id(0), n_el, C, BLOCK)
     i_n, bos, _ = _token_bounds(cu_seqlens, seq_idx, t, m, T, IS_VARLEN)
-    b_acc = _conv_acc(x, kern, hist, o, t, c, m, i_n, bos, C, HL, KW, BKW, HAS_HIST)
+    b_acc = _conv_acc(x, kern, hist, o, t, c, m, i_n, bos, C, SX, HL, KW, BKW, HAS_HIST)
     tl.store(y + o, (b_acc * tl.sigmoid(b_acc)).to(y.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _conv_bwd_dz_kernel(x, kern, hist, dy, dz, dkern, cu_seqlens, seq_idx, T, n_el, C, HL,
+def _conv_bwd_dz_kernel(x, kern, hist, dy, dz, dkern, cu_seqlens, seq_idx, T, n_el, C, SX, HL,
                         KW: tl.constexpr, BKW: tl.constexpr, BLOCK: tl.constexpr, HAS_HIST: tl.constexpr,
                         IS_VARLEN: tl.constexpr):
     """dz = dy * silu'(acc) (fp32, kept for dx) and dkernels[t, c, j] = dz[t, c] x[t-KW+1+j, c]."""
     o, m, t, c = _elements(tl.program_id(0), n_el, C, BLOCK)
     i_n, bos, _ = _token_bounds(cu_seqlens, seq_idx, t, m, T, IS_VARLEN)
-    b_w, o_j, b_dz, b_xs = _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, HL, KW, BKW, HAS_HIST)
+    b_w, o_j, b_dz, b_xs = _dz_and_inputs(x, kern, hist, dy, o, t, c, m, i_n, bos, C, SX, HL, KW, BKW, HAS_HIST)
     tl.store(dz + o, b_dz, mask=m)
     tl.store(dkern + o[:, None] * KW + o_j, (b_dz[:, None] * b_xs).to(dkern.dtype.element_ty),
              mask=m[:, None] & (o_j < KW))
@@ -140,7 +141,7 @@ def _conv_bwd_dx_kernel(kern, dz, dx, cu_seqlens, seq_idx, T, n_el, C,
 
 
 @triton.jit
-def _conv_bwd_fused_kernel(x, kern, hist, dy, dx, dkern, cu_seqlens, seq_idx, T, NTOK, C, HL,
+def _conv_bwd_fused_kernel(x, kern, hist, dy, dx, dkern, cu_seqlens, seq_idx, T, NTOK, C, SX, HL,
                            KW: tl.constexpr, BKW: tl.constexpr, BC: tl.constexpr, BT: tl.constexpr,
                            HAS_HIST: tl.constexpr, IS_VARLEN: tl.constexpr):
     """dkernels and dx in one pass over BT tokens (flattened over B*T) and BC channels: what the two kernels above
@@ -166,7 +167,8 @@ def _conv_bwd_fused_kernel(x, kern, hist, dy, dx, dkern, cu_seqlens, seq_idx, T,
             bos = i_n * T
         m = m_c & in_range
         o = u.to(tl.int64) * C + o_c
-        b_w, _, b_dz, b_xs = _dz_and_inputs(x, kern, hist, dy, o, tv, o_c, m, i_n, bos, C, HL, KW, BKW, HAS_HIST)
+        b_w, _, b_dz, b_xs = _dz_and_inputs(x, kern, hist, dy, o, tv, o_c, m, i_n, bos, C, SX, HL, KW, BKW,
+                                            HAS_HIST)
         tl.store(dkern + o[:, None] * KW + o_j, (b_dz[:, None] * b_xs).to(dkern.dtype.element_ty),
                  mask=(m & (tv < t0 + BT))[:, None] & (o_j < KW))
         # tap j of u reaches token u-KW+1+j, inside u's sequence only
@@ -211,8 +213,17 @@ FUSED_BWD = os.environ.get("JET_NEMOTRON_CONV_FUSED_BWD", "1") == "1"
 FUSED_BC, FUSED_BT = 256, 64
 
 
+def _token_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [B, T, C] as it is where its tokens are evenly spaced with unit stride along C (a slice of a wider product:
+    a JetBlock's v is one of its projections' outputs side by side), else a contiguous copy."""
+    B, T, C = x.shape
+    if x.stride(2) == 1 and x.stride(1) >= C and (B == 1 or x.stride(0) == T * x.stride(1)):
+        return x
+    return x.contiguous()
+
+
 def _layout(x, kernels, history, cu_seqlens):
-    """Flattened views and the per-token sequence index when packed."""
+    """Flattened views (x's tokens evenly spaced, `_token_rows`) and the per-token sequence index when packed."""
     B, T, C = x.shape
     KW = kernels.shape[-1]
     if kernels.shape[:3] != (B, T, C):
@@ -233,7 +244,7 @@ def _layout(x, kernels, history, cu_seqlens):
             raise ValueError(f"conv history holds {history.shape[-1]} steps, the kernel needs {KW - 1}")
         history = history.contiguous()
         HL = history.shape[-1]
-    return x.contiguous(), kernels.contiguous(), history, cu_seqlens, seq_idx, HL
+    return _token_rows(x), kernels.contiguous(), history, cu_seqlens, seq_idx, HL
 
 
 class _DynamicConvFunction(torch.autograd.Function):
@@ -242,10 +253,10 @@ class _DynamicConvFunction(torch.autograd.Function):
         x, kernels, history, cu, seq_idx, HL = _layout(x, kernels, history, cu_seqlens)
         B, T, C = x.shape
         KW = kernels.shape[-1]
-        y = torch.empty_like(x)
+        y = torch.empty(B, T, C, device=x.device, dtype=x.dtype)
         n_el = B * T * C
-        _conv_fwd_kernel[(triton.cdiv(n_el, BLOCK_CONV),)](x, kernels, history, y, cu, seq_idx, T, n_el, C, HL, KW=KW,
-                                                           BKW=triton.next_power_of_2(KW), BLOCK=BLOCK_CONV,
+        _conv_fwd_kernel[(triton.cdiv(n_el, BLOCK_CONV),)](x, kernels, history, y, cu, seq_idx, T, n_el, C, x.stride(1),
+                                                           HL, KW=KW, BKW=triton.next_power_of_2(KW), BLOCK=BLOCK_CONV,
                                                            HAS_HIST=history is not None, IS_VARLEN=cu is not None)
         ctx.save_for_backward(x, kernels, history, cu, seq_idx)
         ctx.HL = HL
@@ -257,12 +268,12 @@ class _DynamicConvFunction(torch.autograd.Function):
         B, T, C = x.shape
         KW = kernels.shape[-1]
         dkernels = torch.empty_like(kernels)
-        dx = torch.empty_like(x)
+        dx = torch.empty(B, T, C, device=x.device, dtype=x.dtype)
         BKW = triton.next_power_of_2(KW)
         if FUSED_BWD:  # read at each call: kernel_speed.py times both ways in one process
             grid = (triton.cdiv(C, FUSED_BC), triton.cdiv(B * T, FUSED_BT))
             _conv_bwd_fused_kernel[grid](x, kernels, history, dy.contiguous(), dx, dkernels, cu, seq_idx, T, B * T, C,
-                                         ctx.HL, KW=KW, BKW=BKW, BC=FUSED_BC, BT=FUSED_BT,
+                                         x.stride(1), ctx.HL, KW=KW, BKW=BKW, BC=FUSED_BC, BT=FUSED_BT,
                                          HAS_HIST=history is not None, IS_VARLEN=cu is not None, num_warps=4)
             return dx, dkernels, None, None
         n_el = B * T * C
@@ -272,7 +283,7 @@ class _DynamicConvFunction(torch.autograd.Function):
         # fewer programs fit an SM (fwd+bwd at 44-46% of the copy roofline on an H100, the forward at 95%); at 8
         # they hold 64 and 59 (cuobjdump). Not yet timed.
         _conv_bwd_dz_kernel[grid](x, kernels, history, dy.contiguous(), dz, dkernels, cu, seq_idx, T, n_el, C,
-                                  ctx.HL, KW=KW, BKW=BKW, BLOCK=BLOCK_CONV, HAS_HIST=history is not None,
+                                  x.stride(1), ctx.HL, KW=KW, BKW=BKW, BLOCK=BLOCK_CONV, HAS_HIST=history is not None,
                                   IS_VARLEN=cu is not None, num_warps=8)
         _conv_bwd_dx_kernel[grid](kernels, dz, dx, cu, seq_idx, T, n_el, C, KW=KW, BKW=BKW, BLOCK=BLOCK_CONV,
                                   IS_VARLEN=cu is not None, num_warps=8)

@@ -355,6 +355,15 @@ def test_gated_rmsnorm_matches_reference(rows, D, dtype):
     y_s = norm_tri.gated_rmsnorm_triton(x, wide[..., :D], w, 1e-6)
     assert torch.equal(y_s, y)
     assert torch.equal(torch.autograd.grad((y_s * dy).sum(), wide)[0][..., :D], grads[1])
+    # a JetBlock's layout: the heads of each token side by side in one wider product's row, read in place
+    row = torch.cat([torch.zeros(rows, 3, device=DEVICE, dtype=dtype), gate.detach().flatten(1),
+                     torch.zeros(rows, 5, device=DEVICE, dtype=dtype)], -1).requires_grad_()
+    in_row = row[:, 3:3 + 2 * D].view(rows, 2, D)
+    ops = _aten_ops_of(lambda: norm_tri.gated_rmsnorm_triton(x, in_row, w, 1e-6))
+    assert "clone" not in ops  # what .contiguous() runs (the interpreter copies arguments itself)
+    y_p = norm_tri.gated_rmsnorm_triton(x, in_row, w, 1e-6)
+    assert torch.equal(y_p, y)
+    assert torch.equal(torch.autograd.grad((y_p * dy).sum(), row)[0][:, 3:3 + 2 * D].view(rows, 2, D), grads[1])
     with pytest.raises(ValueError, match="weight"):
         norm_tri.gated_rmsnorm_triton(x, gate, w[:-1], 1e-6)
 
@@ -486,6 +495,27 @@ def test_dynamic_conv_varlen(with_hist):
     assert rel(y, y_r) < 1e-5  # fp32, a 4-term sum
     for a, b in zip(grads, grads_r):
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("B, T, lens", [(2, 70, None), (1, 59, [2, 40, 17])])
+def test_dynamic_conv_reads_a_slice_of_a_wider_product_in_place(monkeypatch, fused, B, T, lens):
+    """x as a JetBlock hands it over (its v: a column slice of the block's one product, tokens a row apart) is read
+    where it lies, without a copy, and gives the contiguous x's output and gradients bit for bit, both backwards."""
+    monkeypatch.setattr(conv_tri, "FUSED_BWD", fused)
+    C, KW = 80, 4
+    x, kern, hist = make_conv(B, T, C, KW, torch.float32, 3, n_seq=None if lens is None else len(lens))
+    cu = None if lens is None else torch.tensor([0] + list(itertools.accumulate(lens)), device=DEVICE)
+    wide = torch.cat([torch.randn(B, T, 7, device=DEVICE), x.detach(), torch.randn(B, T, 5, device=DEVICE)], -1)
+    wide.requires_grad_()
+    x_in = wide[..., 7:7 + C]
+    ops = _aten_ops_of(lambda: conv_tri.dynamic_conv_triton(x_in, kern, hist, cu))
+    assert "clone" not in ops  # what .contiguous() runs (the interpreter copies arguments itself)
+    dy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    y, y_in = conv_tri.dynamic_conv_triton(x, kern, hist, cu), conv_tri.dynamic_conv_triton(x_in, kern, hist, cu)
+    assert torch.equal(y_in, y)
+    (dx, dk), (dw, dk_in) = (torch.autograd.grad((o * dy).sum(), [a, kern]) for o, a in ((y, x), (y_in, wide)))
+    assert torch.equal(dw[..., 7:7 + C], dx) and torch.equal(dk_in, dk) and not dw[..., :7].any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
