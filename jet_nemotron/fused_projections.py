@@ -73,11 +73,6 @@ def fuse_linears(module: nn.Module, name: str, linears: list[nn.Linear]) -> list
     return sizes
 
 
-def fused_linear(module: nn.Module, name: str, x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    """x [..., in] -> the outputs of the fused projections, in the order they were fused."""
-    return nn.functional.linear(x, getattr(module, name), getattr(module, name + "_bias")).split(sizes, dim=-1)
-
-
 def _concat(linears: list[nn.Linear], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, bias) of `linears` concatenated by rows; under autocast the weight cast to its dtype here, the cast
     the product would make (cast and concatenation commute, bit for bit), so that `step_weights` keeps it."""
@@ -125,13 +120,13 @@ def one_product(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor |
 def project(module: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """x [..., in] -> the outputs of `module.same_input_linears()`, in that order: through the inference fusion's
     buffer `name` once fused (`fuse_linears`), as one product over the concatenated weights while `project_as_one`
-    is on and gradients are recorded, else each projection on its own. The one dispatch of the three modules."""
-    if module.fused_sizes is not None:
-        return fused_linear(module, name, x, module.fused_sizes)
+    is on and gradients are recorded (`one_product`), else each projection on its own. The one dispatch of the
+    three modules."""
+    out = one_product(module, name, x)
     linears = module.same_input_linears()
-    if module.project_as_one and torch.is_grad_enabled():
-        return linears_as_one(x, linears)
-    return tuple(lin(x) for lin in linears)
+    if out is None:
+        return tuple(lin(x) for lin in linears)
+    return out.split(module.fused_sizes or [lin.out_features for lin in linears], dim=-1)
 
 
 def set_projections_as_one(model: nn.Module, on: bool = True) -> list[nn.Module]:
