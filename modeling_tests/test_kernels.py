@@ -461,7 +461,7 @@ def test_swiglu_of_one_product_gives_its_gradient_whole(dtype):
         act_tri.swiglu_packed_triton(gate_up[..., :-1])
 
 
-def test_a_training_mlp_projecting_as_one_runs_no_concatenation(monkeypatch):
+def test_a_training_mlp_projecting_as_one_runs_no_concatenation():
     """The decoder's MLP with its gate and up as one product (distillation's `project_as_one`) hands that product to
     the packed SwiGLU whole: its backward runs no `cat` (the forward's one is the weights', [2I, hidden]), and gives
     the separate projections' values."""
