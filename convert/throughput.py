@@ -30,13 +30,17 @@ PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "H800": 989.4, "GH200": 989.4,
                     "L40S": 362.05, "B200": 2250.0}
 
 
-def _matmul_params(model) -> tuple[dict[int, tuple[int, int]], int, int]:
-    """({layer: (matmul params, trainable ones)}, head params, trainable head params)."""
+def _matmul_params(model, stop: int | None = None) -> tuple[dict[int, tuple[int, int]], int, int]:
+    """({layer: (matmul params, trainable ones)}, head params, trainable head params). With `stop`, only the weights
+    a forward that ends after layer `stop`'s attention runs."""
     per: dict[int, list[int]] = {}
     for name, p in model.named_parameters():
         parts = name.split(".")
-        if p.dim() == 2 and len(parts) > 2 and parts[1] == "layers":
-            e = per.setdefault(int(parts[2]), [0, 0])
+        if p.dim() == 2 and len(parts) > 3 and parts[1] == "layers":
+            i = int(parts[2])
+            if stop is not None and (i > stop or (i == stop and parts[3] != "self_attn")):
+                continue
+            e = per.setdefault(i, [0, 0])
             e[0] += p.numel()
             e[1] += p.numel() if p.requires_grad else 0
     head = model.lm_head.weight
@@ -60,30 +64,20 @@ def _mixing_flops(config, seq_len: int) -> list[float]:
     return out
 
 
-def _runs_before(name: str, last: int) -> bool:
-    """Whether decoder-layer parameter `name` runs in a forward that stops after layer `last`'s attention."""
-    parts = name.split(".")
-    if len(parts) < 4 or parts[1] != "layers":
-        return False
-    i = int(parts[2])
-    return i < last or (i == last and parts[3] == "self_attn")
-
-
 def flops_per_token(student, teacher, seq_len: int, local: bool = False) -> dict[str, float]:
     """Model FLOPs per trained token, split {"student", "teacher", "total"}; reads requires_grad as set now.
     `local` (attention transfer): the student runs only its trainable token mixers, forward and backward, each
     on the teacher's input (6 FLOPs per weight, 3x the mixing)."""
     per, head, head_train = _matmul_params(student)
     mix = _mixing_flops(student.config, seq_len)
-    t_per, t_head, _ = _matmul_params(teacher)
     t_mix = _mixing_flops(teacher.config, seq_len)
     if local:
         # no KL, so no head; the forward ends at the attention of the last layer that trains
         last = max((i for i, (_, tr) in per.items() if tr > 0), default=len(t_mix) - 1)
-        t_weights = sum(p.numel() for n, p in teacher.named_parameters() if p.dim() == 2 and _runs_before(n, last))
-        t = 2 * t_weights + sum(t_mix[: last + 1])
+        t = 2 * sum(a for a, _ in _matmul_params(teacher, stop=last)[0].values()) + sum(t_mix[: last + 1])
         s = sum(6 * tr + 3 * mix[i] for i, (_, tr) in per.items() if tr > 0)
         return {"student": float(s), "teacher": float(t), "total": float(s + t)}
+    t_per, t_head, _ = _matmul_params(teacher)
     t = 2 * (sum(a for a, _ in t_per.values()) + t_head) + sum(t_mix)
     trains = [i for i, (_, t) in per.items() if t > 0]
     lowest = min(trains) if trains else (len(mix) if head_train == 0 else len(mix) - 1)

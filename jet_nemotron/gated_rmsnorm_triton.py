@@ -65,12 +65,17 @@ def _norm_bwd_kernel(x, gate, w, dy, dx, dgate, dw_part, n_rows, D, H, SG, eps, 
     tl.store(dw_part + i.to(tl.int64) * D + o_d, tl.sum(b_dy * b_n * b_s, 0), mask=o_d < D)
 
 
+def _sizes(x):
+    """(D, rows) of x [..., D]."""
+    D = x.shape[-1]
+    return D, x.numel() // D if D else 0
+
+
 def _check(x, gate, weight):
     D = x.shape[-1]
     if gate.shape != x.shape or weight.shape != (D,):
         raise ValueError(f"gated RMSNorm needs gate of x's shape {tuple(x.shape)} and weight [{D}], got gate "
                          f"{tuple(gate.shape)} and weight {tuple(weight.shape)}")
-    return D, x.numel() // D if D else 0
 
 
 def _gate_rows(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -87,11 +92,10 @@ def _gate_rows(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return g, H, g.stride(0)
 
 
-def _forward(x, gate, weight, eps):
-    """y for contiguous x and gate as `_gate_rows` gives it."""
-    D, n_rows = _check(x, gate, weight)
+def _forward(x, g, H, SG, weight, eps):
+    """y for contiguous x [..., D] and gate as `_gate_rows` gives it (g [N, H, D], token stride SG)."""
+    D, n_rows = _sizes(x)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    g, H, SG = _gate_rows(gate)
     if n_rows:
         _norm_fwd_kernel[(triton.cdiv(n_rows, ROWS),)](x, g, weight, y, n_rows, D, H, SG, eps, BR=ROWS,
                                                        BD=triton.next_power_of_2(D), num_warps=4)
@@ -103,26 +107,25 @@ class _GatedRMSNormFunction(torch.autograd.Function):
     def forward(ctx, x, gate, weight, eps):
         _check(x, gate, weight)
         # once, for both passes; gate copied only where `_gate_rows` cannot read it in place
-        x, gate = x.contiguous(), _gate_rows(gate)[0].view(gate.shape)
-        ctx.save_for_backward(x, gate, weight)
-        ctx.eps = eps
-        return _forward(x, gate, weight, eps)
+        x, (g, H, SG) = x.contiguous(), _gate_rows(gate)
+        ctx.save_for_backward(x, g, weight)
+        ctx.eps, ctx.H, ctx.gate_shape = eps, H, gate.shape
+        return _forward(x, g, H, SG, weight, eps)
 
     @staticmethod
     def backward(ctx, dy):
-        x, gate, weight = ctx.saved_tensors
-        D, n_rows = _check(x, gate, weight)
+        x, g, weight = ctx.saved_tensors
+        D, n_rows = _sizes(x)
         dy = dy.contiguous()
         dx = torch.empty_like(x)
-        dgate = torch.empty(gate.shape, device=gate.device, dtype=gate.dtype)
-        g, H, SG = _gate_rows(gate)
+        dgate = torch.empty(ctx.gate_shape, device=g.device, dtype=g.dtype)
         n_prog = triton.cdiv(n_rows, ROWS)
         dw_part = torch.empty(n_prog, D, device=x.device, dtype=torch.float32)
         if n_rows:
             # 8 warps: at 4 the sm_90 build holds 189 registers a thread, two programs an SM, too few loads in flight
             # (69% of the copy roofline at 64K, H100); 8 warps need 80 (cuobjdump). Not yet timed.
-            _norm_bwd_kernel[(n_prog,)](x, g, weight, dy, dx, dgate, dw_part, n_rows, D, H, SG, ctx.eps, BR=ROWS,
-                                        BD=triton.next_power_of_2(D), num_warps=8)
+            _norm_bwd_kernel[(n_prog,)](x, g, weight, dy, dx, dgate, dw_part, n_rows, D, ctx.H, g.stride(0), ctx.eps,
+                                        BR=ROWS, BD=triton.next_power_of_2(D), num_warps=8)
         return dx, dgate, dw_part.sum(0).to(weight.dtype), None
 
 
@@ -130,4 +133,5 @@ def gated_rmsnorm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tens
     """RMSNorm of x times weight times silu(gate), with autograd. x, gate [..., D]; weight [D]; y in x's dtype."""
     if torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad or weight.requires_grad):
         return _GatedRMSNormFunction.apply(x, gate, weight, eps)
-    return _forward(x.contiguous(), gate, weight, eps)
+    _check(x, gate, weight)
+    return _forward(x.contiguous(), *_gate_rows(gate), weight, eps)
