@@ -52,8 +52,8 @@
 # call with JET_NEMOTRON_COMMIT=<sha> so results are stamped with it (the device copy's .git was seen stale).
 # Send a lease as part 01 alone, then every other call as one batch written beforehand (a machine idle 30 s between
 # two calls is taken back; a start that fails refuses each call of its batch at 15 s: 28 of them cost 420 s on
-# 2026-12-05): VARIANTS, PLAN_MS, MICRO_BATCH2, CHECKPOINT2 and PROFILE_RUNS may be given per card as X_H100 /
-# X_H200, read off the card itself.
+# 2026-12-05): VARIANTS, PLAN_MS, MICRO_BATCH2, CHECKPOINT2, PROFILE_RUNS, HUMANEVAL, LENGTHS, TRIALS and OPTINS may
+# be given per card as X_H100 / X_H200, read off the card itself (a lease can run a different experiment per card).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -73,7 +73,7 @@ JOB=${JOB:-/tmp/jn}  # the detached job's results (JOB/out), logs and flags: spe
 mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 if [[ "${mem:-}" =~ ^[0-9]+$ ]]; then
   [ "$mem" -ge 100000 ] && CARD=H200 || CARD=H100
-  for v in VARIANTS PLAN_MS MICRO_BATCH2 CHECKPOINT2 PROFILE_RUNS; do
+  for v in VARIANTS PLAN_MS MICRO_BATCH2 CHECKPOINT2 PROFILE_RUNS HUMANEVAL LENGTHS TRIALS OPTINS; do
     o=${v}_$CARD
     [ -n "${!o:-}" ] && export "$v=${!o}"
   done
