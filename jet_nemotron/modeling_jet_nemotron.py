@@ -298,7 +298,8 @@ class JetNemotronMLP(nn.Module):
             gate_up = one_product(self, "gate_up_fused", x)
             if gate_up is not None:  # its gradient written whole, not concatenated by the split's backward
                 return self.down_proj(swiglu_packed(gate_up, backend=self.config.kernel_backend))
-            return self.down_proj(swiglu(*project(self, "gate_up_fused", x), backend=self.config.kernel_backend))
+            # neither fused nor as one (e.g. adapter-wrapped projections): each its own product
+            return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), backend=self.config.kernel_backend))
         gate, up = project(self, "gate_up_fused", x)
         return self.down_proj(self.act_fn(gate) * up)
 
