@@ -328,12 +328,17 @@ def test_settings_of_the_card_that_came(tmp_path, mem, card):
     """X_H100 / X_H200 set X on that card (by its memory), so a whole lease goes as one batch of calls; without a
     card's number the plain settings hold."""
     r = _run(tmp_path, ["pipeline-variants"], smi=mem, VARIANTS="recipe", VARIANTS_H100="benchmarks/variants/a.json",
-             VARIANTS_H200="benchmarks/variants/b.json", MICRO_BATCH2_H100="2")
+             VARIANTS_H200="benchmarks/variants/b.json", MICRO_BATCH2_H100="2", HUMANEVAL="7", HUMANEVAL_H200="164",
+             LENGTHS_H100="2048", TRIALS_H200="10")
     assert r.returncode == 0, r.stderr
     variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
     want = {"H100": "a.json", "H200": "b.json", None: "recipe"}[card]
     assert f"--variants {'benchmarks/variants/' if card else ''}{want}" in variants
     assert ("--micro-batch2 2" in variants) == (card == "H100")
+    # a lease can run another experiment on each card: the evaluation's settings follow the card too
+    assert f"--humaneval {164 if card == 'H200' else 7}" in variants
+    assert ("--lengths 2048" in variants) == (card == "H100")
+    assert ("--trials 10" in variants) == (card == "H200")
 
 
 def test_a_card_test_list_over_several_lines_runs_as_one_logged_pytest(tmp_path):
