@@ -35,3 +35,14 @@ def test_fewer_than_three_long_runs_are_refused(tmp_path):
     _record(tmp_path / "a", [_run("base", 1.3, 0.094, 80), _run("short", 2.2, 0.2, 60, tokens=6e6)])
     with pytest.raises(ValueError, match="1 runs of the recipe with at least 20 M tokens"):
         hsk.main(["--results", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_any_recipe_takes_every_long_run_whatever_its_recipe(tmp_path):
+    _record(tmp_path / "a", [_run("base", 1.3, 0.094, 80), _run("short", 2.2, 0.2, 60, tokens=6e6),
+                             _run("more chats", 1.0, 0.09, 95, chat_ratio=0.5)])
+    _record(tmp_path / "b", [_run("frozen MLPs", 1.2, 0.092, 85, train2="non-mlp", jet_lr2=1e-4)])
+    res = hsk.main(["--results", str(tmp_path), "--out", str(tmp_path / "out"), "--any-recipe"])
+    assert sorted(r["name"] for r in res["runs"]) == ["base", "frozen MLPs", "more chats"]  # still not the short one
+    assert res["any_recipe"] and res["measures"]["after stage 1"]["r"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="1 runs of the recipe with"):  # without it: the base alone
+        hsk.main(["--results", str(tmp_path), "--out", str(tmp_path / "out2")])
