@@ -8,7 +8,8 @@ plots both. With a handful of runs and a spread of about 6 problems between leas
 to test, not a law.
 
     python benchmarks/humaneval_by_stage_kl.py --out benchmarks/results/real_model/humaneval_by_stage_kl
-    python benchmarks/humaneval_by_stage_kl.py --any-recipe --out benchmarks/results/real_model/humaneval_by_stage_kl_any
+    python benchmarks/humaneval_by_stage_kl.py --any-recipe \
+        --out benchmarks/results/real_model/humaneval_by_stage_kl_any
 
 `--any-recipe` takes every long run on all 164 problems whatever its recipe (frozen MLPs, the JetBlocks' own rate, a
 sharpened target): the question is whether stage 1's end point predicts HumanEval across the runs a lease makes.
