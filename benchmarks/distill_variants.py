@@ -15,7 +15,7 @@ stages 1, 2, 3), "lr" ([lr1, lr2, lr3]), "mse_weight", "retrieval_ratio", "batch
 attention transfer: `DistillConfig.local`), "train2" (stages 2-3's trainable set), "init" (JetBlock init scheme:
 attention / random), "frozen_bf16" (frozen weights held in bf16 while a stage trains: `DistillConfig.frozen_bf16`),
 "residual_bf16" (the student's residual stream and norm outputs in bf16 in the end-to-end stages of a bf16 run:
-`DistillConfig.residual_bf16`),
+`DistillConfig.residual_bf16`), "warmup" (each stage's warm-up in optimizer steps, at most a tenth of its steps),
 "local1_share" (that share of an end-to-end stage 1's budget first as attention transfer), "steps" ([n1, n2, n3]
 optimizer steps: an explicit plan instead of --minutes), "chat_ratio" (that fraction of the rows chats built from
 the corpus's functions: `convert/chat_data.py`), "compile" (`DistillConfig.compile`: the student's layers, or in
@@ -106,7 +106,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
         "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
         "teacher_kernels": True, "budget_s": None, "batch_size2": None, "kl_top1": 0.0,
-        "teacher_fp8": [], "residual_bf16": False}
+        "teacher_fp8": [], "residual_bf16": False, "warmup": 30}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
     # transfer since the H200 ablation of 2026-12-02 (benchmarks/results/real_model/recipe_variants/: held-out KL
@@ -199,6 +199,9 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
                                   or not all(isinstance(n, int) and n >= 0 for n in steps) or not sum(steps)):
             raise SystemExit(f"variant {v['name']!r}: steps is [stage 1, stage 2, stage 3] optimizer steps "
                              f"(integers >= 0, not all 0; not with local1_share), got {steps!r}")
+        if not (isinstance(v["warmup"], int) and not isinstance(v["warmup"], bool) and v["warmup"] >= 1):
+            raise SystemExit(f"variant {v['name']!r}: warmup is each stage's warm-up in optimizer steps, an integer "
+                             f">= 1; got {v['warmup']!r}")
         for key in ("batch_size", "batch_size2"):
             if not (isinstance(v[key], int) and v[key] >= 1) and not (key == "batch_size2" and v[key] is None):
                 raise SystemExit(f"variant {v['name']!r}: {key} is rows a step, an integer >= 1"
@@ -494,7 +497,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     seconds["convert"] = time.perf_counter() - t
     b = v["batch_size"]
     # a variant's batch below the rows a forward takes them all at once (batch 4 with the default 8 rows a forward)
-    common = dict(warmup_steps=30, mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
+    common = dict(warmup_steps=v["warmup"], mixed_precision="bf16" if bf16 else "no", log_every=10, save_every=0,
                   micro_batch=min(args.micro_batch, b), frozen_bf16=v["frozen_bf16"], compile=v["compile"],
                   projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"],
                   mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"],

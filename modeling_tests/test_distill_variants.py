@@ -70,6 +70,8 @@ def test_recipe_presets_change_one_knob_each_from_an_attention_transfer_base():
                                      "positive number"),
     ([{"name": "a", "kl_top1": 1.0}], "stage 2: kl_top1 is the share of the KL's target moved onto the teacher's"),
     ([{"name": "a", "teacher_fp8": True}], "teacher_fp8 is a list of the stages (1, 2, 3)"),
+    ([{"name": "a", "warmup": 0}], "warmup is each stage's warm-up in optimizer steps, an integer >= 1; got 0"),
+    ([{"name": "a", "warmup": 2.5}], "warmup is each stage's warm-up in optimizer steps, an integer >= 1; got 2.5"),
 ])
 def test_bad_variant_files_are_refused_with_the_problem_named(tmp_path, spec, message):
     path = tmp_path / "v.json"
@@ -553,6 +555,17 @@ def test_a_stage_one_only_variant_is_measured_after_its_one_stage(tmp_path, monk
     assert row["held_out_kl"] == pytest.approx(row["held_out_kl_by_stage"][0], rel=0.05)
     jet = [i for i, t in enumerate(row["layer_types"]) if t == "jet"]
     assert sorted(map(int, row["held_out_mse_by_layer"])) == jet
+
+
+def test_a_variants_warmup_reaches_its_stages_within_a_tenth_of_their_steps(tmp_path, monkeypatch):
+    """knobs_v11's form: the warm-up is the variant's (the harness's 30 steps unless given), capped at a tenth of
+    each stage's steps as before."""
+    seen = _toy_run_seeing({"name": "a", "steps": [30, 10, 0], "batch_size": 2, "warmup": 2},
+                           ("stage", "warmup_steps"), tmp_path, monkeypatch)
+    assert seen == [(1, 2), (2, 1)]
+    seen = _toy_run_seeing({"name": "b", "steps": [30, 0, 0], "batch_size": 2}, ("stage", "warmup_steps"),
+                           tmp_path, monkeypatch)
+    assert seen == [(1, 3)]
 
 
 def test_a_variants_stage_two_takes_its_own_batch(tmp_path, monkeypatch):
