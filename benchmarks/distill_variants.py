@@ -92,6 +92,7 @@ from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perp
 from convert.export import load_tokenizer, write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import follow_ran_steps, stage_samplers  # noqa: E402
+from convert.distill_config import TRAIN_SETS  # noqa: E402
 from convert.step_budget import budget_until, stage_ends  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
@@ -217,9 +218,9 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
         if not (isinstance(v["teacher_fp8"], list) and set(v["teacher_fp8"]) <= {1, 2, 3}):
             raise SystemExit(f"variant {v['name']!r}: teacher_fp8 is a list of the stages (1, 2, 3) whose targets "
                              f"come from the FP8 teacher, e.g. [1]; got {v['teacher_fp8']!r}")
-        if v["train2"] not in ("jet", "non-mlp", "all") or v["init"] not in ("attention", "random"):
-            raise SystemExit(f"variant {v['name']!r}: train2 must be jet / non-mlp / all and init attention / "
-                             f"random, got {v['train2']!r}, {v['init']!r}")
+        if v["train2"] not in TRAIN_SETS or v["init"] not in ("attention", "random"):
+            raise SystemExit(f"variant {v['name']!r}: train2 must be one of {' / '.join(TRAIN_SETS)} and init "
+                             f"attention / random, got {v['train2']!r}, {v['init']!r}")
         if not 0 <= v["split2"] < 1 or not isinstance(v["own_answers"], int) or v["own_answers"] < 0:
             raise SystemExit(f"variant {v['name']!r}: split2 is the share of stage 2's steps in its second part, in "
                              f"[0, 1), and own_answers a number of requests >= 0")

@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 from stamp import stamp  # noqa: E402
 
 from convert.distill import DistillConfig, distill  # noqa: E402
+from convert.distill_config import TRAIN_SETS  # noqa: E402
 
 FAMILIES = [  # first match wins; patterns over lower-cased kernel names
     # our kernels (jet_nemotron/*_triton*.py): _fwd_h/_fwd_o/_bwd_*/_wu/_prepare (gated delta rule), _conv_*
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher-kernels", action=argparse.BooleanOptionalAction, default=True,
                     help="the teacher's RMSNorms and MLP activations on ops.rmsnorm / ops.swiglu "
                          "(DistillConfig.teacher_kernels, default on)")
-    ap.add_argument("--train", choices=("jet", "non-mlp", "all"),
+    ap.add_argument("--train", choices=TRAIN_SETS,
                     help="the trainable set (DistillConfig.train; default: the stage's, e.g. all in stage 2)")
     ap.add_argument("--kl-chunk", type=int, default=DistillConfig.kl_chunk,
                     help="tokens per KL chunk: fewer chunks cast and add the [V, d] head gradient fewer times, for "

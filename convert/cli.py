@@ -161,14 +161,15 @@ def distill(
     kl_top1: Annotated[float, typer.Option(
         help="stages 2-3: this share of the KL's target moved onto the teacher's first choice, a margin for greedy "
              "decoding where the teacher is unsure (convert/kl.py; 0: the plain KL)")] = 0.0,
-    train1: Annotated[str, typer.Option(help="stage-1 trainable set: jet, non-mlp, all")] = "jet",
+    train1: Annotated[str, typer.Option(help="stage-1 trainable set: jet, mixers, non-mlp, all")] = "jet",
     stage1_local: Annotated[Optional[bool], typer.Option(
         "--stage1-local/--no-stage1-local",
         help="stage 1 as attention transfer: each JetBlock alone on the teacher's input to that layer's attention, "
              "against its output (MSE only, no KL, no end-to-end pass). Default: on when --train1 is jet and "
              "--mse-weight > 0 (on a real 1.5B Qwen, 2 minutes of it reached a held-out KL of 0.42 where an "
              "end-to-end stage 1 reached 4.54; convert/README.md)")] = None,
-    train2: Annotated[str, typer.Option(help="stage-2 trainable set: jet, non-mlp, all")] = "all",
+    train2: Annotated[str, typer.Option(help="stage-2 trainable set: jet, mixers (no MLPs, embeddings or head), "
+                                             "non-mlp, all")] = "all",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU)")] = False,
     frozen_bf16: Annotated[bool, typer.Option(help="with --bf16: hold the weights a stage does not train in bf16, "
                                                    "the precision autocast computes them in (the same arithmetic; "

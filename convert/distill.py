@@ -7,7 +7,7 @@ One call of `distill` runs one stage:
              output's mean square, averaged over JetBlock layers).
     stage 2: everything trains on the logit KL alone.
     stage 3: stage 2's defaults, meant for a longer `seq_len` (the pipeline's long-context stage).
-`train` ("jet", "non-mlp", "all") and the two weights override these defaults.
+`train` (`distill_config.TRAIN_SETS`) and the two weights override these defaults.
 
 Batches: `batch_size` sequences per optimizer step whatever the number of processes; each process takes
 `micro_batch` of them per forward and accumulates `batch_size / (micro_batch * world)` forwards. The rows come
@@ -83,6 +83,8 @@ def set_trainable(student, train: str) -> int:
             on = True
         elif train == "non-mlp":
             on = ".mlp." not in name
+        elif train == "mixers":  # the head is tied to, or beside, the embeddings: both stay as converted
+            on = ".mlp." not in name and "embed_tokens" not in name and not name.startswith("lm_head")
         else:
             on = is_jet(name)
         p.requires_grad_(on)

@@ -9,6 +9,11 @@ import math
 from dataclasses import dataclass, field, replace
 
 
+# what a stage trains (`distill.set_trainable`): the JetBlocks; the token mixers (JetBlocks and kept attention) with
+# the norms, everything but the MLPs, the embeddings and the (tied) head; everything but the MLPs; everything
+TRAIN_SETS = ("jet", "mixers", "non-mlp", "all")
+
+
 @dataclass
 class TrainSchedule:
     """Steps, batch and learning-rate schedule (warm-up, then cosine to min_lr_ratio * lr): shared by the
@@ -31,7 +36,7 @@ class DistillConfig(TrainSchedule):
     grad_clip: float = 1.0
     kl_weight: float = 1.0
     mse_weight: float | None = None  # default: 1.0 in stage 1, 0 in stage 2
-    train: str | None = None  # "jet", "non-mlp", "all"; default: "jet" in stage 1, "all" in stage 2
+    train: str | None = None  # one of TRAIN_SETS; default: "jet" in stage 1, "all" in stage 2
     temperature: float = 1.0
     # the KL's target sharpened towards the teacher's first choice: this share of its mass moved onto the teacher's
     # argmax (`kl.py`), a margin for greedy decoding where the teacher is unsure. 0: the plain KL
@@ -116,8 +121,8 @@ class DistillConfig(TrainSchedule):
             self.mse_weight = 1.0 if self.stage == 1 else 0.0
         if self.train is None:
             self.train = "jet" if self.stage == 1 else "all"
-        if self.train not in ("jet", "non-mlp", "all"):
-            raise ValueError(f"train must be 'jet', 'non-mlp' or 'all', got {self.train!r}")
+        if self.train not in TRAIN_SETS:
+            raise ValueError(f"train must be one of {', '.join(TRAIN_SETS)}, got {self.train!r}")
         if self.kl_weight <= 0 and self.mse_weight <= 0:
             raise ValueError("kl_weight and mse_weight are both zero: nothing to train on")
         for name in ("steps", "batch_size", "micro_batch", "kl_chunk", "eval_batch"):

@@ -404,7 +404,7 @@ DISTILL_CASES = {
                         "--time-split shares must be in (0, 1], got 0.0"),
     "time-split-words": (["--time-budget-min", "1", "--time-split", "most"],
                          "--time-split 'most': comma-separated numbers, e.g. 0.7,0.3"),
-    "train-unknown": (["--train1", "mlp"], "train must be 'jet', 'non-mlp' or 'all', got 'mlp'"),
+    "train-unknown": (["--train1", "mlp"], "train must be one of jet, mixers, non-mlp, all, got 'mlp'"),
     "lr-zero": (["--lr1", "0"], "stage 1: lr must be a positive number, got 0.0"),
     "lr-negative": (["--stage2-steps", "2", "--lr2", "-1e-3"], "stage 2: lr must be a positive number"),
     "lr-nan": (["--lr1", "nan"], "lr must be a positive number, got nan"),

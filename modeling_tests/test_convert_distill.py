@@ -729,3 +729,29 @@ def test_attention_transfer_targets_end_at_the_last_layers_attention():
     assert w.grad is not None
     with pytest.raises(ValueError, match="final=False needs mse_layers"):
         teacher_targets(teacher, x, [], final=False)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_mixers_train_the_token_mixers_and_norms_and_leave_mlps_embeddings_and_head(tied):
+    """train="mixers": the JetBlocks, the kept attention and the norms train; the MLPs, the embeddings and the head
+    (tied to them or not) stay as converted, and the stage's FLOP count drops the head's weight gradient."""
+    from convert.distill import set_trainable
+    from convert.throughput import flops_per_token
+
+    teacher = tiny_qwen("qwen2", layers=4, seed=0, tie=tied)
+    student = convert_model(teacher, parse_spec("jet,attn,swa,jet"), window=8)
+    n = set_trainable(student, "mixers")
+    on = {name for name, p in student.named_parameters() if p.requires_grad}
+    assert n == sum(p.numel() for p in student.parameters() if p.requires_grad) > 0
+    assert not any(".mlp." in name or "embed_tokens" in name or name.startswith("lm_head") for name in on)
+    for i in range(4):
+        assert any(name.startswith(f"model.layers.{i}.self_attn.") for name in on)  # JetBlocks and attention alike
+        assert f"model.layers.{i}.input_layernorm.weight" in on
+    assert "model.norm.weight" in on
+    mixers = flops_per_token(student, teacher, 32)["student"]
+    set_trainable(student, "non-mlp")
+    assert {name for name, p in student.named_parameters() if p.requires_grad} - on == {"model.embed_tokens.weight"} | (
+        set() if tied else {"lm_head.weight"})
+    # the head's weight gradient (2 FLOPs a weight a token) is the whole difference in the count
+    vocab, hidden = student.lm_head.weight.shape
+    assert flops_per_token(student, teacher, 32)["student"] - mixers == 2 * vocab * hidden

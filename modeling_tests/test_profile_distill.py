@@ -42,6 +42,17 @@ def test_a_kl_chunk_other_than_the_default_names_its_record(tmp_path):
     assert rec["peak_gb"] is None  # CPU: no device allocator to ask
 
 
+def test_a_stage_two_training_the_mixers_names_its_record_and_counts_no_head_gradient(tmp_path):
+    """--train mixers (acceptance_v13's stage 2): a record of its own name whose FLOP count is the non-mlp one's less
+    the head's weight gradient, as the step runs it."""
+    for train in ("non-mlp", "mixers"):
+        pd.main(["--toy", "--stage", "2", "--train", train, "--out", str(tmp_path), "--warm", "1", "--steps", "1"])
+    mixers, non_mlp = (json.loads((tmp_path / f"profile_distill_stage2_train_{t}_toy.json").read_text())
+                       for t in ("mixers", "non-mlp"))
+    assert mixers["args"]["train"] == "mixers" and mixers["tok_per_s"] > 0
+    assert 0 < non_mlp["flops_per_token"]["student"] - mixers["flops_per_token"]["student"]
+
+
 def test_gradient_checkpointing_reaches_the_step_and_names_its_record(tmp_path):
     """--gradient-checkpointing profiles a stage-2 step whose student recomputes its activations (8 rows a forward
     on an 80 GB card, where 2 fit without it), in a record of its own name."""
