@@ -89,10 +89,10 @@ from convert.chat_data import read_chats  # noqa: E402
 from convert.corpus import build_corpus  # noqa: E402
 from convert.distill import (DistillConfig, distill, eval_kl, kept_in_fp32, perplexity, set_trainable,  # noqa: E402
                              teacher_on)
+from convert.distill_config import TRAIN_SETS  # noqa: E402
 from convert.export import load_tokenizer, write_folder  # noqa: E402
 from convert.layer_map import LayerMap, resolve_layer_map  # noqa: E402
 from convert.pipeline import follow_ran_steps, stage_samplers  # noqa: E402
-from convert.distill_config import TRAIN_SETS  # noqa: E402
 from convert.step_budget import budget_until, stage_ends  # noqa: E402
 from convert.qwen_to_jet import convert_model  # noqa: E402
 from convert.retrieval_data import DEFAULT_KINDS  # noqa: E402
