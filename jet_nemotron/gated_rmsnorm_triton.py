@@ -80,7 +80,9 @@ def _check(x, gate, weight):
 
 def _gate_rows(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """(gate as [N, H, D] with unit stride along D and heads D apart, H, the stride of its tokens): a view where
-    gate [..., H, D] is so laid out, else of a contiguous copy."""
+    gate [..., H, D] is so laid out, else of a contiguous copy. Where its tokens lie H * D apart too (a contiguous
+    gate), (g, 1, D): every row then sits at row * D, and Triton compiles an integer argument of 1 as a constant,
+    so the kernel's per-row token and head arithmetic folds away and its loads are as before gate took strides."""
     H, D = (gate.shape[-2], gate.shape[-1]) if gate.dim() > 1 else (1, gate.shape[-1])
     N = math.prod(gate.shape[:-2])
     try:
@@ -89,6 +91,8 @@ def _gate_rows(gate: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         g = gate.contiguous().view(N, H, D)
     if g.stride(2) != 1 or g.stride(1) != D or g.stride(0) < H * D:
         g = g.contiguous()
+    if g.stride(0) == H * D:
+        return g, 1, D
     return g, H, g.stride(0)
 
 
@@ -109,7 +113,7 @@ class _GatedRMSNormFunction(torch.autograd.Function):
         # once, for both passes; gate copied only where `_gate_rows` cannot read it in place
         x, (g, H, SG) = x.contiguous(), _gate_rows(gate)
         ctx.save_for_backward(x, g, weight)
-        ctx.eps, ctx.H, ctx.gate_shape = eps, H, gate.shape
+        ctx.eps, ctx.H, ctx.SG, ctx.gate_shape = eps, H, SG, gate.shape
         return _forward(x, g, H, SG, weight, eps)
 
     @staticmethod
@@ -124,7 +128,7 @@ class _GatedRMSNormFunction(torch.autograd.Function):
         if n_rows:
             # 8 warps: at 4 the sm_90 build holds 189 registers a thread, two programs an SM, too few loads in flight
             # (69% of the copy roofline at 64K, H100); 8 warps need 80 (cuobjdump). Not yet timed.
-            _norm_bwd_kernel[(n_prog,)](x, g, weight, dy, dx, dgate, dw_part, n_rows, D, ctx.H, g.stride(0), ctx.eps,
+            _norm_bwd_kernel[(n_prog,)](x, g, weight, dy, dx, dgate, dw_part, n_rows, D, ctx.H, ctx.SG, ctx.eps,
                                         BR=ROWS, BD=triton.next_power_of_2(D), num_warps=8)
         return dx, dgate, dw_part.sum(0).to(weight.dtype), None
 

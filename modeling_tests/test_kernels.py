@@ -366,6 +366,10 @@ def test_gated_rmsnorm_matches_reference(rows, D, dtype):
     assert torch.equal(torch.autograd.grad((y_p * dy).sum(), row)[0][:, 3:3 + 2 * D].view(rows, 2, D), grads[1])
     with pytest.raises(ValueError, match="weight"):
         norm_tri.gated_rmsnorm_triton(x, gate, w[:-1], 1e-6)
+    # the kernels' row arithmetic: a contiguous gate goes as flat rows (H = 1, the launch before gate took strides),
+    # the in-place one by (token, head); one token's heads are contiguous wherever its row lies
+    assert norm_tri._gate_rows(gate)[1:] == (1, D)
+    assert norm_tri._gate_rows(in_row)[1:] == ((1, D) if rows == 1 else (2, 2 * D + 8))
 
 
 @pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
