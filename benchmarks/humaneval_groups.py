@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -27,15 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convert.eval.paired import passed_ids  # noqa: E402
+from convert.eval.paired import passed_ids, sign_p  # noqa: E402
+from humaneval_answers import TEACHER, student_files  # noqa: E402
 from stamp import stamp  # noqa: E402
-
-TEACHER = "humaneval_teacher.jsonl.gz"
 
 
 def student_file(record: Path) -> Path:
     """The one student answer file of a record folder (the teacher's is `humaneval_teacher.jsonl.gz`)."""
-    files = sorted(p for p in record.glob("humaneval_*.jsonl.gz") if p.name != TEACHER)
+    files = student_files(record)
     if len(files) != 1:
         raise ValueError(f"{record}: expected one student's humaneval_*.jsonl.gz besides {TEACHER}, found "
                          f"{[p.name for p in files] or 'none'}")
@@ -61,8 +59,6 @@ def compare(a: dict[str, set], b: dict[str, set], problems: set) -> dict:
             for g, grp in (("a", a), ("b", b))}
     a_higher = sum(rate["a"][p] > rate["b"][p] for p in problems)
     b_higher = sum(rate["b"][p] > rate["a"][p] for p in problems)
-    n, k = a_higher + b_higher, min(a_higher, b_higher)
-    sign_p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
     def disagree(pairs) -> float:
         return statistics.mean(len(runs[x] ^ runs[y]) for x, y in pairs)
@@ -70,7 +66,7 @@ def compare(a: dict[str, set], b: dict[str, set], problems: set) -> dict:
     return {"passed": total, "mean_a": statistics.mean(total[r] for r in a),
             "mean_b": statistics.mean(total[r] for r in b),
             "permutation": {"splits": len(splits), "p": as_far / len(splits)},
-            "problems": {"a_higher": a_higher, "b_higher": b_higher, "sign_p": sign_p},
+            "problems": {"a_higher": a_higher, "b_higher": b_higher, "sign_p": sign_p(a_higher, b_higher)},
             "disagree": {"within_a": disagree(itertools.combinations(a, 2)),
                          "within_b": disagree(itertools.combinations(b, 2)),
                          "across": disagree(itertools.product(a, b))},

@@ -27,14 +27,19 @@ def _within(problems: set, **passed: set) -> None:
             raise ValueError(f"{name} passes problems that are not among those compared: {sorted(ids - problems)[:5]}")
 
 
+def sign_p(a_wins: int, b_wins: int) -> float:
+    """Two-sided exact probability of a split of a_wins + b_wins at least this uneven if each went either way with
+    chance 1/2 (1 when there is none)."""
+    n, k = a_wins + b_wins, min(a_wins, b_wins)
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
 def sign_test(a_passed: set, b_passed: set, problems: set) -> dict:
     """b against a over `problems`: `gained` (b passes, a fails), `lost` (a passes, b fails) and `p`, the two-sided
     exact probability of a split of gained + lost at least this uneven if each went either way with chance 1/2."""
     _within(problems, a=a_passed, b=b_passed)
     gained, lost = len(b_passed - a_passed), len(a_passed - b_passed)
-    n, k = gained + lost, min(gained, lost)
-    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-    return {"gained": gained, "lost": lost, "p": p}
+    return {"gained": gained, "lost": lost, "p": sign_p(gained, lost)}
 
 
 def ratio_interval(teacher: set, student: set, problems: set, draws: int = 10_000, level: float = 0.95,
