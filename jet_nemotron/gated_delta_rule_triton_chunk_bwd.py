@@ -34,6 +34,7 @@ from .gated_delta_rule_triton_tiles import (
     _load_G,
     _seq_chunks,
     _state_tile,
+    _tile_rows,
 )
 
 
@@ -45,21 +46,26 @@ def _bwd_dv_local_kernel(q, k, G, do, dv, cu_seqlens, chunk_indices, chunk_offse
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_t, _, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
+    r0, rel = _tile_rows(bos, i_t, i_h, H, BT)
+    q += r0 * K
+    k += r0 * K
+    do += r0 * V
+    dv += r0 * V
     DT = q.dtype.element_ty
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_tk = m_t[:, None] & (o_k[None, :] < K)
     m_tv = m_t[:, None] & (o_v[None, :] < V)
-    b_q = _l2norm_rows(tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
-    b_k = _l2norm_rows(tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
+    b_q = _l2norm_rows(tl.load(q + rel[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
+    b_k = _l2norm_rows(tl.load(k + rel[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
     b_G, _ = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
     # [s, t] = k_s.q_t Gamma[t, s] for t >= s
     m_st = o_t[:, None] <= o_t[None, :]
     b_at = tl.dot(b_k.to(DT), tl.trans((b_q * scale).to(DT)), input_precision=PREC)
     b_at = tl.where(m_st, b_at * tl.exp(tl.where(m_st, b_G[None, :] - b_G[:, None], 0.0)), 0.0)
-    b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+    b_do = tl.load(do + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
     b_dv = tl.dot(b_at.to(DT), b_do.to(DT), input_precision=PREC)
-    tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
+    tl.store(dv + rel[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -86,20 +92,22 @@ def _bwd_dh_kernel(q, k, w, G, do, dv_local, dv2, dh, dht, dh0, cu_seqlens, chun
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < L
         row = (bos + o_t) * H + i_h
+        r0, rel = _tile_rows(bos, i_t, i_h, H, BT)
         m_tk = m_t[:, None] & (o_k[None, :] < K)
         m_tv = m_t[:, None] & (o_v[None, :] < V)
+        m_kt = (o_k[:, None] < K) & m_t[None, :]
         b_G, b_Gl = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
-        b_k = _l2norm_rows(tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32),
-                           USE_L2)
+        b_k = _l2norm_rows(tl.load(k + r0 * K + rel[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+                           .to(tl.float32), USE_L2)
         b_k = tl.where(m_t[:, None], b_k * tl.exp(b_Gl - b_G)[:, None], 0.0)
-        b_dv = tl.load(dv_local + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+        b_dv = tl.load(dv_local + r0 * V + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
         b_dv += tl.dot(b_k.to(DT), b_dh.to(DT), input_precision=PREC)
-        tl.store(dv2 + row[:, None] * V + o_v[None, :], b_dv.to(dv2.dtype.element_ty), mask=m_tv)
-        b_qt = _l2norm_cols(tl.load(q + row[None, :] * K + o_k[:, None], mask=(o_k[:, None] < K) & m_t[None, :], other=0.0).to(tl.float32),
-                            USE_L2)
+        tl.store(dv2 + r0 * V + rel[:, None] * V + o_v[None, :], b_dv.to(dv2.dtype.element_ty), mask=m_tv)
+        b_qt = _l2norm_cols(tl.load(q + r0 * K + rel[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
+                            .to(tl.float32), USE_L2)
         b_qt = b_qt * (scale * tl.exp(b_G))[None, :]
-        b_wt = tl.load(w + row[None, :] * K + o_k[:, None], mask=(o_k[:, None] < K) & m_t[None, :], other=0.0)
-        b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
+        b_wt = tl.load(w + r0 * K + rel[None, :] * K + o_k[:, None], mask=m_kt, other=0.0)
+        b_do = tl.load(do + r0 * V + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
         b_dh = (b_dh * tl.exp(b_Gl) + tl.dot(b_qt.to(DT), b_do, input_precision=PREC)
                 - tl.dot(b_wt, b_dv.to(DT), input_precision=PREC))
     if STORE_DH0:
@@ -158,13 +166,24 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
+    r0, rel = _tile_rows(bos, i_t, i_h, H, BT)
+    q += r0 * K
+    k += r0 * K
+    dq += r0 * K
+    dk += r0 * K
+    v += r0 * V
+    v_new += r0 * V
+    do += r0 * V
+    dv2 += r0 * V
+    dv += r0 * V
+    Ai += r0 * BT
     DT = q.dtype.element_ty
     o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k[None, :] < K)
     b_b = tl.load(beta + row, mask=m_t, other=0.0).to(tl.float32)
     i_last = tl.minimum(i_t * BT + BT, L) - 1
     b_G, b_Gl = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
-    b_ai = tl.load(Ai + row[:, None] * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None], other=0.0).to(DT)
+    b_ai = tl.load(Ai + rel[:, None] * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None], other=0.0).to(DT)
     b_ait = tl.trans(b_ai)
 
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do S^T
@@ -183,10 +202,10 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
         m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
         b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
-        b_vn = tl.load(v_new + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-        b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
-        b_du = tl.load(dv2 + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-        b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+        b_vn = tl.load(v_new + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_do = tl.load(do + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
+        b_du = tl.load(dv2 + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_v = tl.load(v + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
         b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
         b_dw += tl.dot(b_du, tl.trans(b_h), input_precision=PREC)
         b_dks += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
@@ -197,10 +216,10 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
             b_dgl += b_h.to(tl.float32) * b_dh.to(tl.float32)
         b_dT += tl.dot(b_du, tl.trans((b_v * b_b[:, None]).to(DT)), input_precision=PREC)
         b_dvb = tl.dot(b_ait, b_du, input_precision=PREC)  # Ai^T du: gradient of beta v
-        tl.store(dv + row[:, None] * V + o_v[None, :], (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        tl.store(dv + rel[:, None] * V + o_v[None, :], (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v, 1)
 
-    b_qn, b_kn, b_q, r_q, r_k = _load_qk(q, k, row, o_k, m_tk, scale, K, USE_L2)
+    b_qn, b_kn, b_q, r_q, r_k = _load_qk(q, k, rel, o_k, m_tk, scale, K, USE_L2)
     b_eG = tl.exp(b_G)
     m_ts = o_t[:, None] >= o_t[None, :]
     b_gam = tl.where(m_ts, tl.exp(tl.where(m_ts, b_G[:, None] - b_G[None, :], 0.0)), 0.0)
@@ -258,8 +277,8 @@ def _bwd_chunk_kernel(q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, d
     if USE_L2:
         b_dq = (b_dq - b_qn * tl.sum(b_dq * b_qn, 1)[:, None]) * r_q[:, None]
         b_dk = (b_dk - b_kn * tl.sum(b_dk * b_kn, 1)[:, None]) * r_k[:, None]
-    tl.store(dq + row[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
-    tl.store(dk + row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dq + rel[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + rel[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + row, b_db.to(dbeta.dtype.element_ty), mask=m_t)
     tl.store(dg + row, b_dg.to(dg.dtype.element_ty), mask=m_t)
 

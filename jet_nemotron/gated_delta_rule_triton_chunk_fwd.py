@@ -39,6 +39,7 @@ from .gated_delta_rule_triton_tiles import (
     _seq_bounds,
     _seq_chunks,
     _state_tile,
+    _tile_rows,
 )
 
 
@@ -63,7 +64,8 @@ def _load_sub(k, beta, g, bos, L, i_t, i_h, c: tl.constexpr, H, K: tl.constexpr,
     o_t = i_t * 64 + c * BC + tl.arange(0, BC)
     m_t = o_t < L
     o_k = tl.arange(0, BK)
-    p_k = k + ((bos + o_t) * H + i_h)[:, None] * K + o_k[None, :]
+    r0, _ = _tile_rows(bos, i_t, i_h, H, 64)
+    p_k = k + r0 * K + ((c * BC + tl.arange(0, BC)) * H)[:, None] * K + o_k[None, :]
     b_k = tl.load(p_k, mask=m_t[:, None] & (o_k[None, :] < K), other=0.0).to(tl.float32)
     b_k = _l2norm_rows(b_k, USE_L2).to(k.dtype.element_ty)
     b_b = tl.load(beta + (bos + o_t) * H + i_h, mask=m_t, other=0.0).to(tl.float32)
@@ -145,10 +147,12 @@ def _prepare_kernel(k, beta, g, G, Ai, cu_seqlens, chunk_indices, chunk_offsets,
     # write the 4x4 blocks of Ai [BT, BT], zeros above the diagonal so consumers can load the full tile
     o_c = tl.arange(0, BC)
     b_z = tl.zeros([BC, BC], dtype=tl.float32)
-    p0 = Ai + ((bos + o_t0) * H + i_h)[:, None] * 64 + o_c[None, :]
-    p1 = Ai + ((bos + o_t1) * H + i_h)[:, None] * 64 + o_c[None, :]
-    p2 = Ai + ((bos + o_t2) * H + i_h)[:, None] * 64 + o_c[None, :]
-    p3 = Ai + ((bos + o_t3) * H + i_h)[:, None] * 64 + o_c[None, :]
+    r0, _ = _tile_rows(bos, i_t, i_h, H, 64)
+    Ai += r0 * 64
+    p0 = Ai + (o_c * H)[:, None] * 64 + o_c[None, :]
+    p1 = Ai + ((BC + o_c) * H)[:, None] * 64 + o_c[None, :]
+    p2 = Ai + ((2 * BC + o_c) * H)[:, None] * 64 + o_c[None, :]
+    p3 = Ai + ((3 * BC + o_c) * H)[:, None] * 64 + o_c[None, :]
     _store_row(p0, b_D0, b_z, b_z, b_z, m_t0)
     _store_row(p1, b_T10, b_D1, b_z, b_z, m_t1)
     _store_row(p2, b_T20, b_T21, b_D2, b_z, m_t2)
@@ -164,23 +168,30 @@ def _wu_kernel(k, v, beta, G, Ai, w, u, kn, cu_seqlens, chunk_indices, chunk_off
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, _, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
+    r0, rel = _tile_rows(bos, i_t, i_h, H, BT)
+    k += r0 * K
+    kn += r0 * K
+    w += r0 * K
+    v += r0 * V
+    u += r0 * V
+    Ai += r0 * BT
     DT = k.dtype.element_ty
     o_k = tl.arange(0, BK)
-    b_ai = tl.load(Ai + row[:, None] * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None], other=0.0).to(DT)
+    b_ai = tl.load(Ai + rel[:, None] * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None], other=0.0).to(DT)
     b_b = tl.load(beta + row, mask=m_t, other=0.0).to(tl.float32)
     b_G, _ = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
     m_k = m_t[:, None] & (o_k[None, :] < K)
-    b_k = _l2norm_rows(tl.load(k + row[:, None] * K + o_k[None, :], mask=m_k, other=0.0).to(tl.float32), USE_L2)
+    b_k = _l2norm_rows(tl.load(k + rel[:, None] * K + o_k[None, :], mask=m_k, other=0.0).to(tl.float32), USE_L2)
     if USE_L2:
-        tl.store(kn + row[:, None] * K + o_k[None, :], b_k.to(kn.dtype.element_ty), mask=m_k)
+        tl.store(kn + rel[:, None] * K + o_k[None, :], b_k.to(kn.dtype.element_ty), mask=m_k)
     b_w = tl.dot(b_ai, (b_k * (b_b * tl.exp(b_G))[:, None]).to(DT), input_precision=PREC)
-    tl.store(w + row[:, None] * K + o_k[None, :], b_w.to(w.dtype.element_ty), mask=m_k)
+    tl.store(w + rel[:, None] * K + o_k[None, :], b_w.to(w.dtype.element_ty), mask=m_k)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = m_t[:, None] & (o_v[None, :] < V)
-        b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_v, other=0.0).to(tl.float32)
+        b_v = tl.load(v + rel[:, None] * V + o_v[None, :], mask=m_v, other=0.0).to(tl.float32)
         b_u = tl.dot(b_ai, (b_v * b_b[:, None]).to(DT), input_precision=PREC)
-        tl.store(u + row[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_v)
+        tl.store(u + rel[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_v)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -235,11 +246,16 @@ def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, i_ch, bos, L, o_t, m_t, row = _chunk_rows(cu_seqlens, chunk_indices, chunk_offsets, i_c, i_h, T, NT,
                                                   H, BT, IS_VARLEN)
+    r0, rel = _tile_rows(bos, i_t, i_h, H, BT)
+    q += r0 * K
+    k += r0 * K
+    v_new += r0 * V
+    o += r0 * V
     DT = q.dtype.element_ty
     o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k[None, :] < K)
-    b_q = _l2norm_rows(tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
-    b_k = _l2norm_rows(tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
+    b_q = _l2norm_rows(tl.load(q + rel[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
+    b_k = _l2norm_rows(tl.load(k + rel[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32), USE_L2)
     b_q = (b_q * scale).to(DT)
     b_k = b_k.to(DT)
     b_G, _ = _load_G(G, row, m_t, bos, L, i_t, i_h, H, BT)
@@ -252,9 +268,9 @@ def _fwd_o_kernel(q, k, v_new, h, G, o, cu_seqlens, chunk_indices, chunk_offsets
         m_tv = m_t[:, None] & (o_v[None, :] < V)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0)
         b_o = tl.dot(b_q, b_h, input_precision=PREC) * tl.exp(b_G)[:, None]
-        b_v = tl.load(v_new + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_v = tl.load(v_new + rel[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
         b_o += tl.dot(b_a, b_v, input_precision=PREC)
-        tl.store(o + row[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
+        tl.store(o + rel[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
 # ---------------------------------------------------------------------------------------------------- host side
