@@ -303,7 +303,7 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: boo
     _bwd_dv_local_kernel[(triton.cdiv(V, CHUNK_BV), NC, H)](q, k, G, do, dv_local, *meta.args(), scale, T, meta.NT,
                                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=CHUNK_BV, USE_L2=use_l2,
                                                            IS_VARLEN=meta.varlen, PREC=dot_precision(q.dtype),
-                                                           num_warps=4)
+                                                           num_warps=launch.CHUNK_WARPS["dv_local"])
     dh = torch.empty_like(h)
     dv2 = torch.empty_like(v)
     dh0 = torch.empty(meta.N, H, K, V, device=q.device, dtype=torch.float32) if h0 is not None else None

@@ -22,6 +22,7 @@ try:  # transformers' remote-code checker skips imports inside try blocks; ops.p
 except ImportError as err:  # pragma: no cover - exercised only on machines without Triton
     raise ImportError(f"jet_nemotron's Triton kernels need triton: {err}") from err
 
+from . import gated_delta_rule_triton_launch as launch
 from .gated_delta_rule_triton_launch import (
     CHUNK_BV,
     STATE_PASS_FWD,
@@ -283,7 +284,7 @@ def prepare(k, beta, g, meta: ChunkMeta, use_l2: bool):
     Ai = torch.empty(B, T, H, BT, device=k.device, dtype=k.dtype)
     _prepare_kernel[(meta.total_chunks, H)](k, beta, g, G, Ai, *meta.args(), T, meta.NT, H=H, K=K, BK=pow2_block(K),
                                             USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC=dot_precision(k.dtype),
-                                            num_warps=4)
+                                            num_warps=launch.CHUNK_WARPS["prepare"])
     return G, Ai
 
 
@@ -298,7 +299,7 @@ def wu_and_states(k, v, beta, G, Ai, h0, want_ht, meta: ChunkMeta, use_l2: bool)
     kn = torch.empty_like(k) if use_l2 else k
     _wu_kernel[(meta.total_chunks, H)](k, v, beta, G, Ai, w, u, kn, *meta.args(), T, meta.NT, H=H, K=K, V=V, BT=BT,
                                       BK=BK, BV=CHUNK_BV, USE_L2=use_l2, IS_VARLEN=meta.varlen,
-                                      PREC=dot_precision(k.dtype), num_warps=4)
+                                      PREC=dot_precision(k.dtype), num_warps=launch.CHUNK_WARPS["wu"])
     h = torch.empty(meta.total_chunks, H, K, V, device=k.device, dtype=k.dtype)
     v_new = torch.empty_like(u)
     ht = torch.empty(meta.N, H, K, V, device=k.device, dtype=torch.float32) if want_ht else None
@@ -320,5 +321,6 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, want_ht, meta: ChunkMeta, use_l2: boo
     o = torch.empty_like(v)
     _fwd_o_kernel[(meta.total_chunks, H)](
         q, k, v_new, h, G, o, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=pow2_block(K), BV=CHUNK_BV,
-        USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
+        USE_L2=use_l2, IS_VARLEN=meta.varlen, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=launch.CHUNK_WARPS["fwd_o"])
     return o, ht, G, Ai, (w, h, v_new)

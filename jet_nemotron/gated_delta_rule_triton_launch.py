@@ -30,6 +30,11 @@ KEEP_STATES = os.environ.get("JET_NEMOTRON_KEEP_STATES", "1") == "1"
 # BV of the V slices of the chunked kernels: the backward's dv_local runs one program per chunk and slice, the forward
 # output kernel one per chunk walking them.
 CHUNK_BV = 64
+# Warps of the per-chunk kernels launched one program a chunk (and V slice for dv_local). Read at each call, so
+# `benchmarks/kernel_ab.py --variant` can time another setting beside these. Built for sm_90 on the CPU
+# (`benchmarks/kernel_registers.py`, Triton 3.6, 2B shapes, bf16), 8 warps spill less than 4 (w/u 1,280 -> 152 B of
+# stack a thread, output 256 -> 0, dv_local 16 -> 0) but leave one program an SM where 4 warps fit two; not timed yet.
+CHUNK_WARPS = {"prepare": 4, "wu": 4, "fwd_o": 4, "dv_local": 4}
 # The sequential state passes have only N*H*V/BV programs, so small slices keep more SMs busy.
 # Forward: BV 32, 4 warps, 3 stages, the fastest of BV 16-64 x 2-8 warps x 1-3 stages (2B shapes, 64K, bf16, H100:
 # 1.34 ms; 2 stages 1.6x slower; benchmarks/results/state_pass_sweep_h100.json).

@@ -55,3 +55,24 @@ def test_a_base_without_the_package_is_refused(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/kernel_ab.py", "--base", str(tmp_path), "--out",
                           str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode != 0 and f"--base {tmp_path}: no jet_nemotron/__init__.py there" in out.stderr
+
+
+def test_a_variant_sets_the_launch_only_while_it_runs():
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(REPO / 'benchmarks')!r})
+        import kernel_ab as ab
+        from jet_nemotron import gated_delta_rule_triton_launch as launch
+        before = dict(launch.CHUNK_WARPS)
+        name, settings = ab.parse_variant('w8={{"CHUNK_WARPS": {{"wu": 8}}, "CHUNK_BV": 32}}')
+        seen = ab.with_settings(lambda: (dict(launch.CHUNK_WARPS), launch.CHUNK_BV), settings)()
+        print(json.dumps(dict(name=name, before=before, seen=seen, after=dict(launch.CHUNK_WARPS), bv=launch.CHUNK_BV)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["name"] == "w8" and got["seen"] == [{**got["before"], "wu": 8}, 32]
+    assert got["after"] == got["before"] and got["bv"] == 64
+    bad = subprocess.run([sys.executable, "benchmarks/kernel_ab.py", "--base", ".", "--out", "/tmp/x", "--variant",
+                          'x={"NO_SUCH": 1}'], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert bad.returncode != 0 and "gated_delta_rule_triton_launch has no ['NO_SUCH']" in bad.stderr
