@@ -51,15 +51,19 @@ def test_a_kernel_that_holds_a_whole_tile_spills_and_a_streaming_one_does_not(tm
     assert 0 < got["add"]["registers"] < 64 and got["add"]["stack"] == 0
 
 
-def test_the_cli_builds_the_chunked_backward_kernels_as_they_launch(tmp_path):
-    out = subprocess.run([sys.executable, "benchmarks/kernel_registers.py", "--only", "dv_local", "--out",
-                          str(tmp_path)], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+def test_every_chunked_kernel_builds_for_hopper_at_its_training_launch_and_fits_an_sm(tmp_path):
+    """A card-free check of the launches: each kernel compiles for sm_90 as `chunk_fwd` / `chunk_bwd` launch it at the
+    2B shapes in bf16, within the 227 KiB of shared memory a Hopper SM gives a block."""
+    out = subprocess.run([sys.executable, "benchmarks/kernel_registers.py", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rec = json.loads((tmp_path / "kernel_registers.json").read_text())
-    row = rec["kernels"]["dv_local"]
-    assert list(rec["kernels"]) == ["dv_local"] and rec["stamp"][0]["arch"] == "sm_90"
-    assert 0 < row["registers"] <= 255 and row["stack"] >= 0 and row["shared"] > 0
-    assert (row["num_warps"], row["num_stages"]) == (4, 3)
+    assert rec["stamp"][0]["arch"] == "sm_90"
+    assert set(rec["kernels"]) == {"prepare", "wu", "fwd_h", "fwd_o", "dv_local", "dh", "chunk"}
+    for name, row in rec["kernels"].items():
+        assert 0 < row["registers"] <= 255 and row["stack"] >= 0, name
+        assert 0 < row["shared"] <= 227 * 1024, f"{name}: {row['shared']} B of shared memory"
+    assert (rec["kernels"]["dv_local"]["num_warps"], rec["kernels"]["dv_local"]["num_stages"]) == (4, 3)
     bad = subprocess.run([sys.executable, "benchmarks/kernel_registers.py", "--only", "nope"], capture_output=True,
                          text=True, env=ENV, cwd=REPO, timeout=600)
     assert bad.returncode != 0 and "no kernel named ['nope']" in bad.stderr
