@@ -39,25 +39,28 @@ def kernels() -> dict[str, tuple]:
     leaves Triton's default)."""
     from jet_nemotron import gated_delta_rule_triton_chunk_bwd as bwd
     from jet_nemotron import gated_delta_rule_triton_chunk_fwd as fwd
-    from jet_nemotron.gated_delta_rule_triton_launch import (CHUNK_BV, CHUNK_BWD, CHUNK_WARPS, STATE_PASS_BWD,
-                                                            STATE_PASS_FWD)
+    from jet_nemotron import gated_delta_rule_triton_launch as launch
+    from jet_nemotron.gated_delta_rule_triton_launch import CHUNK_BV, CHUNK_BWD, STATE_PASS_BWD, STATE_PASS_FWD
+
+    # a tree from before CHUNK_WARPS (PYTHONPATH=<tree>, to read an older commit's kernels) launched them with 4
+    warps = getattr(launch, "CHUNK_WARPS", dict(prepare=4, wu=4, fwd_o=4, dv_local=4))
 
     chunk = dict(SHAPE, IS_VARLEN=False, PREC="tf32", **DENSE)
     state = dict(SHAPE, IS_VARLEN=False, PREC="tf32", cu_seqlens=None, chunk_offsets=None)
     cfg = CHUNK_BWD["16-bit"]
     return {
         "prepare": (fwd._prepare_kernel, dict(k=BF, beta=BF, g=F32, G=F32, Ai=BF, T=I32, NT=I32, H=I32),
-                    dict(K=96, BK=128, USE_L2=True, IS_VARLEN=False, PREC="tf32", **DENSE), CHUNK_WARPS["prepare"], 3),
+                    dict(K=96, BK=128, USE_L2=True, IS_VARLEN=False, PREC="tf32", **DENSE), warps["prepare"], 3),
         "wu": (fwd._wu_kernel, dict(k=BF, v=BF, beta=BF, G=F32, Ai=BF, w=BF, u=BF, kn=BF, T=I32, NT=I32, H=I32),
-               dict(chunk, BV=CHUNK_BV, USE_L2=True), CHUNK_WARPS["wu"], 3),
+               dict(chunk, BV=CHUNK_BV, USE_L2=True), warps["wu"], 3),
         "fwd_h": (fwd._fwd_h_kernel, dict(k=BF, w=BF, u=BF, G=F32, h=BF, v_new=BF, h0=F32, ht=F32, T=I32, H=I32),
                   dict(state, BV=STATE_PASS_FWD["BV"], HAS_H0=False, STORE_HT=False, h0=None, ht=None),
                   STATE_PASS_FWD["num_warps"], STATE_PASS_FWD["stages"]),
         "fwd_o": (fwd._fwd_o_kernel, dict(q=BF, k=BF, v_new=BF, h=BF, G=F32, o=BF, scale="fp32", T=I32, NT=I32, H=I32),
-                  dict(chunk, BV=CHUNK_BV, USE_L2=True), CHUNK_WARPS["fwd_o"], 3),
+                  dict(chunk, BV=CHUNK_BV, USE_L2=True), warps["fwd_o"], 3),
         "dv_local": (bwd._bwd_dv_local_kernel, dict(q=BF, k=BF, G=F32, do=BF, dv=BF, scale="fp32", T=I32, NT=I32,
                                                     H=I32), dict(chunk, BV=CHUNK_BV, USE_L2=True),
-                     CHUNK_WARPS["dv_local"], 3),
+                     warps["dv_local"], 3),
         "dh": (bwd._bwd_dh_kernel, dict(q=BF, k=BF, w=BF, G=F32, do=BF, dv_local=BF, dv2=BF, dh=BF, dht=F32, dh0=F32,
                                         scale="fp32", T=I32, H=I32),
                dict(state, BV=STATE_PASS_BWD["BV"], USE_L2=True, HAS_DHT=False, STORE_DH0=False, dht=None, dh0=None),
