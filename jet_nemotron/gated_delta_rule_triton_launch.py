@@ -33,7 +33,9 @@ CHUNK_BV = 64
 # Warps of the per-chunk kernels launched one program a chunk (and V slice for dv_local). Read at each call, so
 # `benchmarks/kernel_ab.py --variant` can time another setting beside these. Built for sm_90 on the CPU
 # (`benchmarks/kernel_registers.py`, Triton 3.6, 2B shapes, bf16), 8 warps spill less than 4 (w/u 1,280 -> 152 B of
-# stack a thread, output 256 -> 0, dv_local 16 -> 0) but leave one program an SM where 4 warps fit two; not timed yet.
+# stack a thread, output 256 -> 0, dv_local 16 -> 0) but leave one program an SM where 4 warps fit two, and ran slower
+# (H100, 8 x 2,048 tokens: forward 0.908 against 0.832 ms, forward + backward 3.040 against 2.973;
+# benchmarks/results/profiles/chunk_addressing_h100/), so 4 stays.
 CHUNK_WARPS = {"prepare": 4, "wu": 4, "fwd_o": 4, "dv_local": 4}
 # The sequential state passes have only N*H*V/BV programs, so small slices keep more SMs busy.
 # Forward: BV 32, 4 warps, 3 stages, the fastest of BV 16-64 x 2-8 warps x 1-3 stages (2B shapes, 64K, bf16, H100:
