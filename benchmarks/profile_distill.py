@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -28,7 +29,10 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+# The checkout's packages go after the PYTHONPATH entries, which follow the script's folder: with
+# PYTHONPATH=<another tree's copy> the profile runs that tree's jet_nemotron, where the checkout put first shadowed it
+# (a profile meant for an older tree's kernels ran this one's on 2026-12-07). The record names the package that ran.
+sys.path.insert(1 + sum(1 for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p), str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from stamp import stamp  # noqa: E402
@@ -224,7 +228,10 @@ def main(argv: list[str] | None = None) -> None:
         switch_tag) + (
         "_ckpt" if args.gradient_checkpointing else "") + ("_teacher_fp8" if args.teacher_fp8 else "") + (
         f"_mb{args.micro_batch}" if args.micro_batch != 8 and not args.toy else "") + ("_toy" if args.toy else "")
-    res = {"stamp": [stamp()], "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
+    import jet_nemotron
+
+    res = {"stamp": [stamp()], "jet_nemotron": str(Path(jet_nemotron.__file__).parent),
+           "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
            "flops_per_token": run["flops_per_token"], "time_is": "device" if on_device else "cpu (self time)",
            "ms_per_step_by_family": dict(sorted(fam.items(), key=lambda kv: -kv[1])),

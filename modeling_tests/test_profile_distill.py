@@ -144,3 +144,22 @@ def test_teacher_fp8_takes_the_targets_from_the_fp8_copy_and_names_its_record(tm
     rec = json.loads((tmp_path / "profile_distill_stage1_local_teacher_fp8_toy.json").read_text())
     assert rec["args"]["teacher_fp8"] == "True" and rec["tok_per_s"] > 0
     assert copies == [12]  # one copy for the stage, the toy teacher's 4 MLPs x 3 projections in FP8
+
+
+def test_a_tree_on_pythonpath_is_the_one_profiled_and_the_record_names_it(tmp_path):
+    """`PYTHONPATH=<tree> python benchmarks/profile_distill.py` profiles that tree's jet_nemotron (to compare a step
+    of two trees on one card), not the checkout's, which the script adds after it."""
+    import os
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "jet_nemotron", tmp_path / "tree" / "jet_nemotron",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "tree")}
+    out = subprocess.run([sys.executable, "benchmarks/profile_distill.py", "--toy", "--out", str(tmp_path / "o"),
+                          "--warm", "1", "--steps", "1"], capture_output=True, text=True, env=env, cwd=repo,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rec = json.loads((tmp_path / "o" / "profile_distill_stage1_toy.json").read_text())
+    assert rec["jet_nemotron"] == str(tmp_path / "tree" / "jet_nemotron")
