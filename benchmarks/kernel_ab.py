@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON: this tree with launch settings")
     args = ap.parse_args(argv)
     variants = dict(parse_variant(v) for v in args.variant)
-    base = op_of(load_tree(args.base))  # a wrong --base is named before anything else
+    try:  # a wrong --base is named before anything else, in one line
+        base = op_of(load_tree(args.base))
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     if not torch.cuda.is_available():
         raise SystemExit("kernel_ab.py times Triton kernels on a CUDA card; none is visible")
     import jet_nemotron.gated_delta_rule_triton as this_tree

@@ -26,11 +26,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_speed import SHAPES  # noqa: E402
 from stamp import stamp  # noqa: E402
 
 BF, F32, I32 = "*bf16", "*fp32", "i32"
 DENSE = dict(cu_seqlens=None, chunk_indices=None, chunk_offsets=None)  # not packed: the chunk tables are unused
-SHAPE = dict(K=96, V=256, BT=64, BK=128)  # the 2B JetBlock: dk 96 in a 128-wide block
 
 
 def kernels() -> dict[str, tuple]:
@@ -40,17 +40,21 @@ def kernels() -> dict[str, tuple]:
     from jet_nemotron import gated_delta_rule_triton_chunk_bwd as bwd
     from jet_nemotron import gated_delta_rule_triton_chunk_fwd as fwd
     from jet_nemotron import gated_delta_rule_triton_launch as launch
-    from jet_nemotron.gated_delta_rule_triton_launch import CHUNK_BV, CHUNK_BWD, STATE_PASS_BWD, STATE_PASS_FWD
+    from jet_nemotron.gated_delta_rule_triton_launch import (CHUNK_BV, CHUNK_BWD, STATE_PASS_BWD, STATE_PASS_FWD,
+                                                            pow2_block)
+    from jet_nemotron.gated_delta_rule_triton_tiles import BT
 
     # a tree from before CHUNK_WARPS (PYTHONPATH=<tree>, to read an older commit's kernels) launched them with 4
     warps = getattr(launch, "CHUNK_WARPS", dict(prepare=4, wu=4, fwd_o=4, dv_local=4))
 
-    chunk = dict(SHAPE, IS_VARLEN=False, PREC="tf32", **DENSE)
-    state = dict(SHAPE, IS_VARLEN=False, PREC="tf32", cu_seqlens=None, chunk_offsets=None)
+    _, K, V = SHAPES["2B"]  # the 2B JetBlock: dk 96, in a block of pow2_block(96) = 128
+    shape = dict(K=K, V=V, BT=BT, BK=pow2_block(K))
+    chunk = dict(shape, IS_VARLEN=False, PREC="tf32", **DENSE)
+    state = dict(shape, IS_VARLEN=False, PREC="tf32", cu_seqlens=None, chunk_offsets=None)
     cfg = CHUNK_BWD["16-bit"]
     return {
         "prepare": (fwd._prepare_kernel, dict(k=BF, beta=BF, g=F32, G=F32, Ai=BF, T=I32, NT=I32, H=I32),
-                    dict(K=96, BK=128, USE_L2=True, IS_VARLEN=False, PREC="tf32", **DENSE), warps["prepare"], 3),
+                    dict(K=K, BK=shape["BK"], USE_L2=True, IS_VARLEN=False, PREC="tf32", **DENSE), warps["prepare"], 3),
         "wu": (fwd._wu_kernel, dict(k=BF, v=BF, beta=BF, G=F32, Ai=BF, w=BF, u=BF, kn=BF, T=I32, NT=I32, H=I32),
                dict(chunk, BV=CHUNK_BV, USE_L2=True), warps["wu"], 3),
         "fwd_h": (fwd._fwd_h_kernel, dict(k=BF, w=BF, u=BF, G=F32, h=BF, v_new=BF, h0=F32, ht=F32, T=I32, H=I32),
