@@ -113,6 +113,29 @@ def test_perplexity_is_token_weighted_over_windows(folders):
     assert same["perplexity"] == r["perplexity"]
 
 
+def test_perplexity_forms_logits_for_a_chunk_of_tokens_across_the_batch(folders):
+    """window_nll's chunk bounds the tokens whose logits exist at once, whatever the batch (it once bounded positions
+    per row: 8 windows of 4,096 made 20 GB of fp32 logits at Qwen's vocabulary), and the sum is the unchunked one."""
+    from convert.eval.models import load
+    from convert.eval.perplexity import window_nll
+
+    m = load(folders["jet"])
+    torch.manual_seed(0)
+    rows = torch.randint(0, m.model.config.vocab_size, (4, 33))
+    seen = []
+    hook = m.model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0] * out.shape[1]))
+    try:
+        total, n = window_nll(m, rows, chunk=16)
+        whole, _ = window_nll(m, rows, chunk=10 ** 6)
+    finally:
+        hook.remove()
+    assert n == 4 * 32 and max(seen[:-1]) <= 16 and seen[-1] == n
+    assert math.isclose(total, whole, rel_tol=1e-5)
+    with torch.no_grad():
+        ref = m.model(rows, labels=rows, use_cache=False).loss.item() * n
+    assert math.isclose(total, ref, rel_tol=1e-5)
+
+
 def test_retrieval_prompts_hold_their_answer_in_real_text(folders):
     from convert.eval.models import open_model
     from convert.eval.perplexity import read_texts, token_stream

@@ -2,8 +2,8 @@
 
 Documents are tokenised, joined with EOS and cut into windows of `window` tokens (the last, shorter window is
 kept when it has two tokens or more); perplexity = exp(total next-token NLL / number of predicted tokens), so every
-token weighs the same whatever window it falls in. The vocabulary-wide logits are formed in chunks of positions,
-so a 150K vocabulary at 32K tokens does not need a [B, T, V] float tensor.
+token weighs the same whatever window it falls in. The vocabulary-wide logits are formed in chunks of tokens
+across the batch, so a 150K vocabulary at 32K tokens a batch does not need a [B, T, V] float tensor.
 """
 
 from __future__ import annotations
@@ -43,13 +43,17 @@ def windows(ids: list[int], window: int, max_tokens: int | None = None) -> list[
 
 @torch.no_grad()
 def window_nll(m: EvalModel, rows: torch.Tensor, chunk: int = 4096) -> tuple[float, int]:
-    """Summed next-token NLL (nats) and the number of predicted tokens of rows [B, T] (no padding)."""
+    """Summed next-token NLL (nats) and the number of predicted tokens of rows [B, T] (no padding). Logits exist for
+    at most `chunk` tokens at a time, all rows together: [B, chunk // B, V] in fp32 (2.5 GB at a 152K vocabulary)."""
     x = rows.to(m.device)
     hidden = m.model.model(input_ids=x, use_cache=False).last_hidden_state  # [B, T, H], final norm applied
     head = m.model.lm_head
     total = 0.0
-    for s in range(0, x.shape[1] - 1, chunk):
-        e = min(s + chunk, x.shape[1] - 1)
+    # positions per chunk shrink with the batch: a chunk of `chunk` positions per row was 8 x 4,096 x 152K fp32
+    # logits (20 GB) at the default batch, which ran a card out of memory after a distillation had fragmented it
+    step = max(1, chunk // x.shape[0])
+    for s in range(0, x.shape[1] - 1, step):
+        e = min(s + step, x.shape[1] - 1)
         logits = head(hidden[:, s:e]).float()  # [B, e - s, V]
         total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, s + 1:e + 1].flatten(),
                                                    reduction="sum").item()
