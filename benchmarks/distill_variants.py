@@ -54,7 +54,8 @@ and, with --humaneval N, HumanEval pass@1 on the first N problems; tok/s and MFU
 A variant whose first stage has an earlier variant's start, plan and rows loads that stage's weights instead of
 training them again (`--fresh-stages` trains it anyway); its row names the variant and counts that stage's seconds
 in its budget. Results are written after every variant (a run cut short keeps the finished ones; a variant that
-raises is recorded under "failed", with its error, and the next one runs): OUT/variants.json, variants.md (the
+raises is recorded under "failed", with its error, and the next one runs; an evaluation suite that raises after the
+distillation is recorded in its row's "eval_failed" and the row kept): OUT/variants.json, variants.md (the
 table), variants_kl.png (training KL against tokens, one line per variant); each student's measurements also land
 in OUT/partial.json as they are made, and each HumanEval's answers in OUT/humaneval_<name>.jsonl.gz. --teacher-last
 measures the teacher's suites after the students (its held-out perplexity still first), so that a machine taken
@@ -614,14 +615,14 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             row["answers"] = answer_agreement(student, t_dev, answers, 16, pad, dev)
         _partial(row, args.out)
         if args.humaneval:
-            row["humaneval"], row["humaneval_run"] = _humaneval(wrap(student, tok, v["name"]), args.humaneval,
-                                                                   args.out)
-            _partial(row, args.out)
-        row["retrieval"] = _retrieval_summary(retrieval(wrap(student, tok, v["name"]), filler, lengths,
-                                                        args.depth_list, args.trials, ("passkey", "niah", "kv")))
-        _partial(row, args.out)
+            _suite(row, "humaneval", args.out, lambda: dict(zip(("humaneval", "humaneval_run"), _humaneval(
+                wrap(student, tok, v["name"]), args.humaneval, args.out))))
+        row["retrieval"] = {}  # the table's cells read nan where the suite failed
+        _suite(row, "retrieval", args.out, lambda: {"retrieval": _retrieval_summary(retrieval(
+            wrap(student, tok, v["name"]), filler, lengths, args.depth_list, args.trials, ("passkey", "niah", "kv")))})
         if args.stdlib_ppl is not None:
-            row["stdlib_ppl"] = _stdlib_ppl(wrap(student, tok, v["name"]), args.stdlib_ppl)
+            _suite(row, "stdlib_ppl", args.out,
+                   lambda: {"stdlib_ppl": _stdlib_ppl(wrap(student, tok, v["name"]), args.stdlib_ppl)})
     seconds["evaluate"] = time.perf_counter() - t
     if args.save_students is not None:  # for `jet-nemotron eval` (benchmarks/eval_real.py) after this process
         t = time.perf_counter()
@@ -709,6 +710,20 @@ def _own_answers(student, tok, heads: list[tuple[str, str]], path: Path, dev, bf
         torch.cuda.empty_cache()
     write_chats(path, chats, {"stamp": [stamp()], "stats": stats})  # stamped: a result file beside the record's
     return stats | {"file": path.name}
+
+
+def _suite(row: dict, name: str, out: Path, measure) -> None:
+    """row |= measure(), then OUT/partial.json. A suite that raises (an OOM on a card a distillation has fragmented)
+    is recorded in row["eval_failed"][name] with its error and the next suite runs: the distillation before it cost
+    a quarter of an hour of a card, and its other numbers are what the run is for."""
+    try:
+        row.update(measure())
+    except Exception as err:  # noqa: BLE001 - recorded, printed, and the row goes on
+        traceback.print_exc()
+        row.setdefault("eval_failed", {})[name] = f"{type(err).__name__}: {err}"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    _partial(row, out)
 
 
 def _partial(row: dict, out: Path) -> None:
@@ -880,6 +895,8 @@ def write(res: dict, out: Path) -> None:
                          + (f" / {a['head_top1']:.3f}" if "head_top1" in a else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [f"| {f['name']} | failed: {f['error'][:200]} |" for f in res.get("failed", [])]
+    lines += [f"\n{v['name']}: {suite} failed ({err[:200]})" for v in res["variants"]
+              for suite, err in v.get("eval_failed", {}).items()]
     st = res["stamp"][0]
     # a variant with an explicit step plan ignores --minutes: its budget is the seconds its steps took
     budget = "; ".join(f"{v['name']}: {v['seconds']['distil'] / 60:.1f} min of distillation"

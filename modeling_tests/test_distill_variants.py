@@ -183,6 +183,31 @@ def test_half_attention_transfer_splits_stage_one_and_is_refused_with_full_trans
             dv.variant_list(str(bad), None)
 
 
+def test_a_failing_suite_costs_its_own_number_not_the_distilled_row(tmp_path, monkeypatch):
+    """The student's stdlib perplexity raising (as an OOM did after a 15-minute distillation on an H100) is recorded
+    under the row's eval_failed, and the row keeps its held-out KL and the suites after it."""
+    real = dv._stdlib_ppl
+
+    def stdlib_ppl(model, max_tokens):
+        if model.name != "teacher":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(model, max_tokens)
+
+    monkeypatch.setattr(dv, "_stdlib_ppl", stdlib_ppl)
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps([{"name": "base"}]))
+    out = tmp_path / "out"
+    dv.main(["--toy", "--variants", str(variants), "--minutes", "0.02", "--rate", "30000", "--stdlib-ppl", "300",
+             "--lengths", "128", "--trials", "1", "--out", str(out), "--corpus-cache", str(tmp_path / "cache")])
+    res = json.loads((out / "variants.json").read_text())
+    assert "failed" not in res and res["teacher_stdlib_ppl"] > 1
+    (row,) = res["variants"]
+    assert row["eval_failed"] == {"stdlib_ppl": "RuntimeError: CUDA out of memory (simulated)"}
+    assert "stdlib_ppl" not in row and row["held_out_kl"] > 0 and "passkey@128" in row["retrieval"]
+    assert json.loads((out / "partial.json").read_text())["eval_failed"] == row["eval_failed"]
+    assert "base: stdlib_ppl failed (RuntimeError: CUDA out of memory (simulated))" in (out / "variants.md").read_text()
+
+
 def test_the_committed_12_minute_plan_fits_15_minutes_at_the_measured_rates():
     """Issue 14 allows at most 15 minutes of distillation: the plan's steps at the tok/s each stage measured on the
     H200 (the committed 4.5-minute run, same recipe and batch) must fit, and use most of it."""
