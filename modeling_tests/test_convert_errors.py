@@ -271,9 +271,9 @@ def test_cli_frozen_bf16_holds_every_stages_frozen_weights_in_bf16(tmp_path, mon
 
 
 def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path, monkeypatch, capsys):
-    """--recipe 15min gives each stage the settings of the variant that run o measured (runs l and m's with the
-    residual stream in bf16: benchmarks/variants/acceptance_v12_15min.json over distill_variants' BASE); a flag on
-    the command line wins."""
+    """--recipe 15min gives each stage the settings of the variant that run p measured (runs l and m's with the
+    residual stream in bf16 and stage 2 training the token mixers and norms: benchmarks/variants/
+    acceptance_v13_15min.json over distill_variants' BASE); a flag on the command line wins."""
     import json as _json
     import sys as _sys
     from pathlib import Path
@@ -284,7 +284,7 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     _sys.path.insert(0, str(bench))
     from distill_variants import BASE
 
-    (variant,) = _json.loads((bench / "variants" / "acceptance_v12_15min.json").read_text())
+    (variant,) = _json.loads((bench / "variants" / "acceptance_v13_15min.json").read_text())
     v = BASE | variant
     seen = {}
     monkeypatch.setattr(pipeline, "distill_checkpoint", lambda *a, **k: seen.update(k))
@@ -295,7 +295,7 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     assert seen["time_split"] == v["split"][:2] and seen["time_budget_s"] == v["budget_s"]
     assert s1.batch_size == s2.batch_size == v["batch_size"] and v["batch_size2"] is None
     assert [s1.lr, s2.lr] == v["lr"][:2] and s2.jet_lr == v["jet_lr2"] and s1.mse_weight == v["mse_weight"]
-    assert s1.train == "jet" and s1.resolved().local is v["local1"] and s2.train == v["train2"]
+    assert s1.train == "jet" and s1.resolved().local is v["local1"] and s2.train == v["train2"] == "mixers"
     assert s1.warmup_steps == s2.warmup_steps == 30  # distill_variants' warm-up
     assert s2.frozen_bf16 is v["frozen_bf16"] and s2.fused_adam is v["fused_adam"] and s2.mixed_precision == "bf16"
     assert s2.residual_bf16 is v["residual_bf16"] is True
