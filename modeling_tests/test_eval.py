@@ -116,6 +116,7 @@ def test_perplexity_is_token_weighted_over_windows(folders):
 def test_perplexity_forms_logits_for_a_chunk_of_tokens_across_the_batch(folders):
     """window_nll's chunk bounds the tokens whose logits exist at once, whatever the batch (it once bounded positions
     per row: 8 windows of 4,096 made 20 GB of fp32 logits at Qwen's vocabulary), and the sum is the unchunked one."""
+    from convert.distill import perplexity as perplexity_of_rows
     from convert.eval.models import load
     from convert.eval.perplexity import window_nll
 
@@ -127,13 +128,20 @@ def test_perplexity_forms_logits_for_a_chunk_of_tokens_across_the_batch(folders)
     try:
         total, n = window_nll(m, rows, chunk=16)
         whole, _ = window_nll(m, rows, chunk=10 ** 6)
+        seen_before = len(seen)
+        # the distillation's held-out perplexity goes the same way, at its default chunk of 4,096 tokens
+        long_rows = torch.randint(0, m.model.config.vocab_size, (2, 4097))
+        ppl = perplexity_of_rows(m.model, long_rows, batch=2)
     finally:
         hook.remove()
-    assert n == 4 * 32 and max(seen[:-1]) <= 16 and seen[-1] == n
+    assert n == 4 * 32 and max(seen[:seen_before - 1]) <= 16 and seen[seen_before - 1] == n
+    assert seen[seen_before:] == [4096, 4096]  # 2 rows x 4,096 predictions
     assert math.isclose(total, whole, rel_tol=1e-5)
     with torch.no_grad():
         ref = m.model(rows, labels=rows, use_cache=False).loss.item() * n
+        long_ref = m.model(long_rows, labels=long_rows, use_cache=False).loss.item()
     assert math.isclose(total, ref, rel_tol=1e-5)
+    assert math.isclose(ppl, math.exp(long_ref), rel_tol=1e-5)
 
 
 def test_retrieval_prompts_hold_their_answer_in_real_text(folders):
