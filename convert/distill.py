@@ -724,7 +724,10 @@ def _log_flush(meter, history: list, acc, bar, cfg: DistillConfig, last_good) ->
     if acc.is_main_process and cfg.log_every:
         bar.write(f"step {r['step']}/{cfg.steps} loss {r['loss']:.4f} kl {r['kl']:.4f} nats/token mse {r['mse']:.4f} "
                   f"lr {r['lr']:.2e} {r['ms_per_step']:.0f} ms/step {r['tok_per_s']:,.0f} tok/s{mfu} "
-                  f"gc {r['gc_ms_per_step']:.1f} ms/step ({r['gc_full']} full)")
+                  f"gc {r['gc_ms_per_step']:.1f} ms/step ({r['gc_full']} full)"
+                  # only where it happened: a steady stage should have neither (the CPU has no such allocator)
+                  + (f" allocator {r['alloc_retries']} retries, {r['device_mallocs']} cudaMalloc"
+                     if r.get("alloc_retries") or r.get("device_mallocs") else ""))
 
 
 def save_checkpoint(acc, ckpt_dir: Path, step: int, history: list, keep: int, eval_kl_before=None,

@@ -124,6 +124,17 @@ def gc_clock() -> tuple[float, int]:
     return _GC["ms"], _GC["full"]
 
 
+def alloc_clock() -> tuple[int, int]:
+    """(allocator retries, cudaMalloc calls) of the current CUDA device so far; (0, 0) before CUDA is in use. A
+    retry frees the caching allocator's free blocks and mallocs again, and a cudaFree synchronises the device, so
+    either in a steady stage means the cache does not hold the step's memory: the host waits where it would run
+    ahead of the device."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return 0, 0
+    stats = torch.cuda.memory_stats()
+    return stats.get("num_alloc_retries", 0), stats.get("num_device_alloc", 0)
+
+
 @contextmanager
 def collector_frozen(collect: bool) -> Iterator[str | None]:
     """Everything Python's cyclic collector tracks when the block starts is frozen out of its reach until the block
@@ -156,7 +167,8 @@ class StepMeter:
     Timing is per flush interval (the only honest clock on an asynchronous device): tok/s = steps x
     tokens_per_step / interval seconds, MFU from `flops_per_token` and `peak` (FLOP/s of one device, x world).
     Each record also carries the interval's end ("time", Unix seconds), its garbage-collection time a step
-    ("gc_ms_per_step") and the full collections in it ("gc_full", the interval's count).
+    ("gc_ms_per_step"), the full collections in it ("gc_full", the interval's count) and the CUDA caching
+    allocator's retries and cudaMalloc calls in it ("alloc_retries", "device_mallocs"; `alloc_clock`).
     """
 
     def __init__(self, tokens_per_step: int, flops_per_token: float, peak: float | None, world: int = 1):
@@ -167,6 +179,7 @@ class StepMeter:
     def restart_clock(self) -> None:
         self.t0 = time.perf_counter()
         self.gc0 = gc_clock()
+        self.alloc0 = alloc_clock()
 
     def add(self, step: int, lr: float, losses: torch.Tensor) -> None:
         """Record optimizer step `step` (1-based) with its losses [3] = (loss, kl, mse), a device tensor, or [4]
@@ -188,9 +201,11 @@ class StepMeter:
         # process (the card's clocks, power and utilisation: benchmarks/gpu_by_stage.py)
         now = time.time()
         (gc_ms, full), (gc_ms0, full0) = gc_clock(), self.gc0
+        (retries, mallocs), (retries0, mallocs0) = alloc_clock(), self.alloc0
         recs = [{"stage": stage, "step": s, "loss": v[0], "kl": v[1], "mse": v[2], "lr": lr, "tok_per_s": tok_s,
                  "ms_per_step": 1000 * dt / len(self.pending), "mfu": mfu, "time": now,
                  "gc_ms_per_step": (gc_ms - gc_ms0) / len(self.pending), "gc_full": full - full0,
+                 "alloc_retries": retries - retries0, "device_mallocs": mallocs - mallocs0,
                  **({"grad_norm": v[3]} if len(v) > 3 else {})}
                 for (s, lr, _), v in zip(self.pending, vals)]
         self.pending = []

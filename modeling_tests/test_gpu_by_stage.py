@@ -86,3 +86,20 @@ def test_step_records_carry_the_time_their_interval_ended_and_its_garbage_collec
     finally:
         gc.enable()
     assert (rec["gc_full"], rec["gc_ms_per_step"]) == (0, 0)
+
+
+def test_step_records_count_the_allocators_retries_and_mallocs_of_their_interval(monkeypatch):
+    """The CUDA caching allocator's counters are cumulative: each record carries its interval's difference, the
+    clock restarting at every flush (a fake counter here: the CPU has no such allocator)."""
+    import convert.throughput as tp
+
+    counts = iter([(2, 10), (5, 17), (5, 17), (6, 30), (6, 30)])  # read at each start and each flush
+    monkeypatch.setattr(tp, "alloc_clock", lambda: next(counts))
+    meter = tp.StepMeter(tokens_per_step=8, flops_per_token=1.0, peak=None)
+    meter.add(1, 1e-3, torch.zeros(3))
+    meter.add(2, 1e-3, torch.zeros(3))
+    recs = meter.flush()
+    assert [(r["alloc_retries"], r["device_mallocs"]) for r in recs] == [(3, 7), (3, 7)]
+    meter.add(3, 1e-3, torch.zeros(3))
+    (rec,) = meter.flush()
+    assert (rec["alloc_retries"], rec["device_mallocs"]) == (1, 13)
