@@ -42,7 +42,9 @@
 #                                        and runs jet-nemotron eval on it beside the teacher: SUITE, EVAL_LENGTHS;
 #                                        EVAL=best: the best student only; OPTINS=1 PLAN_MS=n1,n2: the
 #                                        speed switches the card job's profiles chose, steps refitted;
-#                                        OPTINS=tests: the switches whose card tests passed, the planned steps)
+#                                        OPTINS=tests: the switches whose card tests passed, the planned steps;
+#                                        AFTER_TESTS="a.py::test_b ...": those card tests after the suites, within
+#                                        AFTER_TIMEOUT s (240), into out/card_tests_after.log)
 #   bash benchmarks/real_model_session.sh poll 240             # wait (at most N s, default 240), pack what is done
 #                                                              #   into $OUT/results.tgz (a call returns 8 files at
 #                                                              #   most); a call cut by a machine taken back returns
@@ -254,6 +256,14 @@ from distill_variants import best_student; print(best_student(\"$JOB/out/variant
           python3 benchmarks/eval_real.py --model \$d --baseline $WORK/teacher_fp32 --out $JOB/out/eval_\$(basename \$d) \
             --suite ${SUITE:-ppl,niah,humaneval} --lengths ${EVAL_LENGTHS:-2048,8192,32000} --trials 3 >> $JOB/eval.log 2>&1
         done
+      fi
+      # AFTER_TESTS: pytest node ids run on the card after the students' and teacher's suites, within AFTER_TIMEOUT
+      # seconds (240), into out/card_tests_after.log: the lease's slack after a 15-minute run is about 400 s, where
+      # the card job's CARD_TESTS share the 330 s before the distillation with the profiles (run p, 2026-12-07: 7
+      # tests ran there, then 48 chunked-kernel cases in a call of their own)
+      if [ -n '${AFTER_TESTS:-}' ]; then
+        timeout ${AFTER_TIMEOUT:-240} python3 -m pytest -q -rA $(echo ${AFTER_TESTS:-}) \
+          > $JOB/out/card_tests_after.log 2>&1
       fi
       kill \$sampler
       touch $JOB/done" > $JOB/pipeline.log 2>&1 < /dev/null &

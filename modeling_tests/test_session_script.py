@@ -447,3 +447,38 @@ def test_variants_pipeline_samples_the_card_until_it_is_done(tmp_path):
     size = csv_.stat().st_size
     time.sleep(2.5)  # the sampler takes a sample a second while it runs
     assert csv_.stat().st_size == size
+
+
+def test_variants_pipeline_runs_the_after_tests_last_within_their_time(tmp_path):
+    """AFTER_TESTS (over lines, as a README writes them): one logged pytest of all of them after the variants, before
+    the job is done, under `timeout AFTER_TIMEOUT`; without AFTER_TESTS no pytest runs."""
+    for case, env in (("on", {"AFTER_TESTS": "mod.py::test_a\n    mod.py::test_b", "AFTER_TIMEOUT": "2",
+                              "FAKE_SECONDS": "0.2"}), ("off", {})):
+        d = tmp_path / case
+        d.mkdir()
+        r = _run(d, ["pipeline-variants"], **env)
+        assert r.returncode == 0, r.stderr
+        job, t = d / "job", time.time()
+        while not (job / "done").exists() and time.time() - t < 20:
+            time.sleep(0.2)
+        assert (job / "done").exists()
+        calls = [c for c in (d / "calls.log").read_text().splitlines() if "--tokenise-only" not in c]
+        tests = [i for i, c in enumerate(calls) if "-m pytest" in c]
+        if case == "off":
+            assert not tests
+            continue
+        assert len(tests) == 1 and calls[tests[0]] == "PY -m pytest -q -rA mod.py::test_a mod.py::test_b", calls
+        assert tests[0] > max(i for i, c in enumerate(calls) if "distill_variants.py" in c)
+        assert (job / "out" / "card_tests_after.log").exists()
+    # the pytest is cut at AFTER_TIMEOUT: every stand-in call takes 4 s, the pytest ends after 1
+    d = tmp_path / "cut"
+    d.mkdir()
+    r = _run(d, ["pipeline-variants"], AFTER_TESTS="mod.py::test_a", AFTER_TIMEOUT="1", FAKE_SECONDS="4")
+    assert r.returncode == 0, r.stderr
+    log, job, t = d / "calls.log", d / "job", time.time()
+    while not (log.exists() and "-m pytest" in log.read_text()) and time.time() - t < 30:
+        time.sleep(0.05)
+    started = time.time()
+    while not (job / "done").exists() and time.time() - started < 10:
+        time.sleep(0.05)
+    assert (job / "done").exists() and time.time() - started < 2.5
