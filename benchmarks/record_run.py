@@ -10,6 +10,7 @@ The folder is written under a temporary name and renamed when complete; an exist
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -25,7 +26,8 @@ from humaneval_answers import student_files  # noqa: E402
 
 RESULTS = HERE / "results" / "real_model"
 # (path in the archive, name in the record); a missing one is left out (a lease without a card job has no card tests)
-KEEP = [("out/card_tests.log", "card_tests.log"), ("optins.log", "optins.log"),
+KEEP = [("out/card_tests.log", "card_tests.log"), ("out/card_tests_after.log", "card_tests_after_run.log"),
+        ("optins.log", "optins.log"),
         ("save_teacher.log", "save_teacher.log"), ("tokenise.log", "tokenise.log"),
         ("out/optins/optins.json", "optins.json"), ("out/kernels/kernels.json", "kernels.json"),
         ("out/gpu_samples.csv", "gpu_samples.csv"),
@@ -86,11 +88,21 @@ def main(argv: list[str] | None = None) -> Path:
             shutil.copy2(p, tmp / p.name)
         if (src / "variants.log").is_file():
             (tmp / "variants.log").write_text(step_log((src / "variants.log").read_text(errors="replace")))
+        runs = tmp / "variants.json"
+        # a variant that raised left no row; what it measured before is in partial.json (the last variant's row
+        # as far as it got), kept, and its step history lines up the card's samples
+        failed = {f["name"] for f in json.loads(runs.read_text()).get("failed", [])}
+        partial = src / "out/variants/partial.json"
+        if failed and partial.is_file() and json.loads(partial.read_text()).get("name") in failed:
+            shutil.copy2(partial, tmp / "partial.json")
+            runs = Path(unpacked) / "runs_with_partial.json"
+            runs.write_text(json.dumps({"variants": json.loads((tmp / "variants.json").read_text())["variants"]
+                                        + [json.loads(partial.read_text())]}))
         if (tmp / "gpu_samples.csv").is_file():
             import gpu_by_stage
 
             try:
-                gpu_by_stage.main(["--samples", str(tmp / "gpu_samples.csv"), "--runs", str(tmp / "variants.json"),
+                gpu_by_stage.main(["--samples", str(tmp / "gpu_samples.csv"), "--runs", str(runs),
                                    "--out", str(tmp)])
             except ValueError as err:  # a run logged before its steps carried times, or no readable samples
                 print(f"card samples not lined up with the steps: {err}")

@@ -50,12 +50,14 @@ def test_a_finished_lease_becomes_a_record_with_its_log_trimmed_and_its_student_
     tgz = _archive(tmp_path / "results.tgz", {
         "out/variants/variants.json": json.dumps({"variants": [{"name": "v", "history": HISTORY}]}),
         "out/variants/variants.md": "| variant |\n", "out/card_tests.log": "12 passed\n",
+        "out/card_tests_after.log": "48 passed\n",
+        "out/variants/partial.json": json.dumps({"name": "v", "history": HISTORY}),  # v finished: not kept
         "out/variants/humaneval_teacher.jsonl.gz": _answers([True, True, True, False]),
         "out/variants/humaneval_new-student.jsonl.gz": _answers([True, False, True, True]),
         "out/gpu_samples.csv": samples, "variants.log": LOG, "pipeline.log": "not kept\n"})
     dest = record_run.main([str(tgz), "new", "--against", "old", "--root", str(root)])
     assert sorted(p.name for p in dest.iterdir()) == [
-        "card_tests.log", "gpu_by_stage.json", "gpu_by_stage.png", "gpu_samples.csv", "humaneval_new-student.jsonl.gz",
+        "card_tests.log", "card_tests_after_run.log", "gpu_by_stage.json", "gpu_by_stage.png", "gpu_samples.csv", "humaneval_new-student.jsonl.gz",
         "humaneval_teacher.jsonl.gz", "variants.json", "variants.log", "variants.md"]
     assert (dest / "variants.log").read_text() == (
         "teacher: held-out ppl 2.600\nstage 1: 565 ms a step since step 5; 738 steps fit the 425 s budget (cap 1000)\n"
@@ -64,6 +66,22 @@ def test_a_finished_lease_becomes_a_record_with_its_log_trimmed_and_its_student_
     assert stage["samples"] > 0 and stage["sm_mhz"] == 1980
     assert "b gains 2, loses 1" in capsys.readouterr().out  # new against old: p2, p3 gained, p1 lost
     assert sorted(p.name for p in root.iterdir()) == ["new", "old"]  # no temporary folder left
+
+
+def test_a_variant_that_failed_keeps_its_partial_row_and_its_steps_line_up_the_samples(tmp_path):
+    """A variant that raised after its distillation (run p: an OOM in an evaluation suite) has no row in
+    variants.json; its partial.json is kept and its step history lines up the card's samples."""
+    root = tmp_path / "real_model"
+    samples = "unix_s,sm_mhz,mem_mhz,power_w,temp_c,util_pct,reasons\n" + "".join(
+        f"{t},1950,2619,650,60,98,0x0\n" for t in range(995, 1012))
+    tgz = _archive(tmp_path / "results.tgz", {
+        "out/variants/variants.json": json.dumps({"variants": [], "failed": [{"name": "v", "error": "OOM"}]}),
+        "out/variants/partial.json": json.dumps({"name": "v", "history": HISTORY, "held_out_kl": 0.08}),
+        "out/gpu_samples.csv": samples, "variants.log": LOG})
+    dest = record_run.main([str(tgz), "failed", "--root", str(root)])
+    assert json.loads((dest / "partial.json").read_text())["held_out_kl"] == 0.08
+    (stage,) = json.loads((dest / "gpu_by_stage.json").read_text())["stages"]
+    assert stage["run"] == "v" and stage["steps"] == 20 and stage["sm_mhz"] == 1950
 
 
 def test_an_unfinished_archive_or_an_existing_record_is_refused_and_nothing_is_written(tmp_path):
