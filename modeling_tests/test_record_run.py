@@ -57,8 +57,8 @@ def test_a_finished_lease_becomes_a_record_with_its_log_trimmed_and_its_student_
         "out/gpu_samples.csv": samples, "variants.log": LOG, "pipeline.log": "not kept\n"})
     dest = record_run.main([str(tgz), "new", "--against", "old", "--root", str(root)])
     assert sorted(p.name for p in dest.iterdir()) == [
-        "card_tests.log", "card_tests_after_run.log", "gpu_by_stage.json", "gpu_by_stage.png", "gpu_samples.csv", "humaneval_new-student.jsonl.gz",
-        "humaneval_teacher.jsonl.gz", "variants.json", "variants.log", "variants.md"]
+        "card_tests.log", "card_tests_after_run.log", "gpu_by_stage.json", "gpu_by_stage.png", "gpu_samples.csv",
+        "humaneval_new-student.jsonl.gz", "humaneval_teacher.jsonl.gz", "variants.json", "variants.log", "variants.md"]
     assert (dest / "variants.log").read_text() == (
         "teacher: held-out ppl 2.600\nstage 1: 565 ms a step since step 5; 738 steps fit the 425 s budget (cap 1000)\n"
         "step 10/738 loss 0.6014 kl 0.0000 nats/token\n")
