@@ -142,6 +142,14 @@ def test_perplexity_forms_logits_for_a_chunk_of_tokens_across_the_batch(folders)
         long_ref = m.model(long_rows, labels=long_rows, use_cache=False).loss.item()
     assert math.isclose(total, ref, rel_tol=1e-5)
     assert math.isclose(ppl, math.exp(long_ref), rel_tol=1e-5)
+    # a PEFT-wrapped model (examples/finetune_lora.py's) is measured through the wrapper, its adapters applied
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(m.model, LoraConfig(r=4, target_modules=["o_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        lora_ref = lora(input_ids=rows, labels=rows, use_cache=False).loss.item()
+    assert not math.isclose(lora_ref, ref / n, rel_tol=1e-4)  # the adapters change the loss
+    assert math.isclose(perplexity_of_rows(lora, rows, batch=4), math.exp(lora_ref), rel_tol=1e-5)
 
 
 def test_retrieval_prompts_hold_their_answer_in_real_text(folders):

@@ -43,17 +43,19 @@ def windows(ids: list[int], window: int, max_tokens: int | None = None) -> list[
 
 @torch.no_grad()
 def causal_nll(model, x: torch.Tensor, chunk: int = 4096) -> float:
-    """Summed next-token NLL (nats) of rows x [B, T] (no padding, on the model's device) under a causal LM with
-    `.model` (its decoder, final norm applied) and `.lm_head`. The decoder runs once; the head's logits exist for at
-    most `chunk` tokens at a time, all rows together: [B, chunk // B, V] in fp32 (2.5 GB at a 152K vocabulary)."""
-    hidden = model.model(input_ids=x, use_cache=False).last_hidden_state  # [B, T, H]
+    """Summed next-token NLL (nats) of rows x [B, T] (no padding, on the model's device) under a causal LM, found
+    through transformers' accessors (`get_decoder`, final norm applied, and `get_output_embeddings`), which a PEFT
+    wrapper passes through. The decoder runs once; the head's logits exist for at most `chunk` tokens at a time, all
+    rows together: [B, chunk // B, V] in fp32 (2.5 GB at a 152K vocabulary)."""
+    hidden = model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state  # [B, T, H]
+    head = model.get_output_embeddings()
     total = 0.0
     # positions per chunk shrink with the batch: a chunk of `chunk` positions per row was 8 x 4,096 x 152K fp32
     # logits (20 GB) at the default batch, which ran a card out of memory after a distillation had fragmented it
     step = max(1, chunk // x.shape[0])
     for s in range(0, x.shape[1] - 1, step):
         e = min(s + step, x.shape[1] - 1)
-        logits = model.lm_head(hidden[:, s:e]).float()  # [B, e - s, V]
+        logits = head(hidden[:, s:e]).float()  # [B, e - s, V]
         total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, s + 1:e + 1].flatten(),
                                                    reduction="sum").item()
     return total
