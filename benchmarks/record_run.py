@@ -91,13 +91,14 @@ def main(argv: list[str] | None = None) -> Path:
         runs = tmp / "variants.json"
         # a variant that raised left no row; what it measured before is in partial.json (the last variant's row
         # as far as it got), kept, and its step history lines up the card's samples
-        failed = {f["name"] for f in json.loads(runs.read_text()).get("failed", [])}
+        res = json.loads(runs.read_text())
+        failed = {f["name"] for f in res.get("failed", [])}
         partial = src / "out/variants/partial.json"
-        if failed and partial.is_file() and json.loads(partial.read_text()).get("name") in failed:
+        row = json.loads(partial.read_text()) if failed and partial.is_file() else {}
+        if row.get("name") in failed:
             shutil.copy2(partial, tmp / "partial.json")
             runs = Path(unpacked) / "runs_with_partial.json"
-            runs.write_text(json.dumps({"variants": json.loads((tmp / "variants.json").read_text())["variants"]
-                                        + [json.loads(partial.read_text())]}))
+            runs.write_text(json.dumps({"variants": res["variants"] + [row]}))
         if (tmp / "gpu_samples.csv").is_file():
             import gpu_by_stage
 
