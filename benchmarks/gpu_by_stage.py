@@ -64,8 +64,13 @@ def stage_spans(results: dict, where: str) -> list[dict]:
             ms = statistics.median(h["ms_per_step"] for h in recs)
             # the host's own pauses: Python's collector stops the thread that launches the kernels
             gc_ms = statistics.median(h["gc_ms_per_step"] for h in recs) if "gc_ms_per_step" in recs[0] else None
+            # the CUDA allocator's retries and cudaMallocs after the first logged interval (its warm-up fills the
+            # cache): a steady stage has none; every record of an interval carries that interval's count
+            later = {h["time"]: h for h in recs if h["time"] != recs[0]["time"]}.values()
+            alloc = ({k: sum(h[k] for h in later) for k in ("alloc_retries", "device_mallocs")}
+                     if "alloc_retries" in recs[0] else {"alloc_retries": None, "device_mallocs": None})
             spans.append({"run": run.get("name", str(i)), "stage": stage, "start": start, "end": recs[-1]["time"],
-                          "steps": len(recs), "ms_per_step": ms, "gc_ms_per_step": gc_ms})
+                          "steps": len(recs), "ms_per_step": ms, "gc_ms_per_step": gc_ms} | alloc)
     if not spans:
         raise ValueError(f"{where}: no step records")
     return spans
@@ -103,6 +108,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stages = [summarise(samples, s) for s in spans]
     for s in stages:
         gc_ = f" (garbage collection {s['gc_ms_per_step']:.1f})" if s["gc_ms_per_step"] is not None else ""
+        if s["alloc_retries"] is not None:
+            gc_ += (f", after its first interval {s['alloc_retries']} allocator retries and {s['device_mallocs']} "
+                    "cudaMalloc calls")
         head = f"{s['run']}, stage {s['stage']}: {s['steps']} steps, {s['ms_per_step']:.0f} ms a step{gc_}"
         if not s["samples"]:
             print(f"{head}; no samples in its span")

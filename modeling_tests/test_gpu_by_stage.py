@@ -40,6 +40,9 @@ def test_each_stage_gets_the_samples_inside_its_steps(tmp_path):
     run = {"variants": [{"name": "v", "history": _history(1, 1100, 100, 1000) + _history(2, 1200, 50, 2000)}]}
     for h in run["variants"][0]["history"]:
         h["gc_ms_per_step"] = 0.5 * h["stage"]
+        # stage 1: 9 cudaMallocs in its first interval (warm-up), none after; stage 2: 1 retry and 2 mallocs an
+        # interval throughout (each of an interval's records carries the interval's count)
+        h["alloc_retries"], h["device_mallocs"] = (0, 9 if h["step"] <= 10 else 0) if h["stage"] == 1 else (1, 2)
     (tmp_path / "v.json").write_text(json.dumps(run))
     one, two = gbs.main(["--samples", str(tmp_path / "s.csv"), "--runs", str(tmp_path / "v.json"),
                          "--out", str(tmp_path / "out")])
@@ -49,6 +52,8 @@ def test_each_stage_gets_the_samples_inside_its_steps(tmp_path):
     assert (two["sm_mhz"], two["power_capped"], two["thermal"]) == (1700, 1, 0)
     assert two["util_below_90"] == 0.5 and two["ms_per_step"] == 2000
     assert (one["gc_ms_per_step"], two["gc_ms_per_step"]) == (0.5, 1.0)
+    assert (one["alloc_retries"], one["device_mallocs"]) == (0, 0)  # the warm-up interval is left out
+    assert (two["alloc_retries"], two["device_mallocs"]) == (4, 8)  # 5 intervals of 10 steps, the first left out
     assert json.loads((tmp_path / "out" / "gpu_by_stage.json").read_text())["stages"][1]["samples"] == 20
     assert (tmp_path / "out" / "gpu_by_stage.png").stat().st_size > 0
 
