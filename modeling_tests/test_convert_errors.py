@@ -270,6 +270,33 @@ def test_cli_frozen_bf16_holds_every_stages_frozen_weights_in_bf16(tmp_path, mon
     assert [seen[k].residual_bf16 for k in ("stage1", "stage2", "stage3")] == [True, True, True]
 
 
+def test_the_readme_spells_out_the_15min_recipe_as_it_is():
+    """The README's usage writes --recipe 15min out as flags: each one is the recipe's value, and the recipe's keys it
+    leaves out are the CLI's defaults (lr1, stage3_steps); a recipe change the README misses fails here (its
+    `--train2` said non-mlp after the recipe had taken mixers)."""
+    import re as _re
+    from pathlib import Path
+
+    from convert.recipes import RECIPES
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("add `--recipe 15min`,", 1)[1].split("(the steps are", 1)[0]
+    words = _re.sub(r"\s*#\s*", " ", block).replace("which stands for", "").split()
+    flags, i = {}, 0
+    while i < len(words):
+        key = words[i].removeprefix("--").replace("-", "_")
+        if i + 1 < len(words) and not words[i + 1].startswith("--"):
+            flags[key], i = words[i + 1], i + 2
+        else:
+            flags[key], i = True, i + 1
+    recipe = RECIPES["15min"]
+    assert set(recipe) - set(flags) == {"lr1", "stage3_steps"} and set(flags) <= set(recipe), sorted(flags)
+    for key, value in flags.items():
+        want = recipe[key]
+        got = value if isinstance(value, bool) or isinstance(want, str) else type(want)(float(value))
+        assert got == want, (key, value, want)
+
+
 def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path, monkeypatch, capsys):
     """--recipe 15min gives each stage the settings of the variant that run p measured (runs l and m's with the
     residual stream in bf16 and stage 2 training the token mixers and norms: benchmarks/variants/
