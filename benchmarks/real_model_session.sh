@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The real-model GPU session, one device call per stage, all calls back to back on one warm machine (the
 # machine keeps /tmp between calls only while it stays warm):
-#   bash benchmarks/real_model_session.sh part 01 .. part 27   # each call carries .blob/partNN (+ .whl on 01)
-# .blob holds the GGUF in NPARTS (27) parts of 40 MiB: a call carries the tracked tree (20 MB) beside its part, within
+#   bash benchmarks/real_model_session.sh part 01 .. part 30   # each call carries .blob/partNN (+ .whl on 01)
+# .blob holds the GGUF in NPARTS (30) parts of 36 MiB: a call carries the tracked tree (24 MB) beside its part, within
 # 64 MiB, and the 22 parts of 50 MiB the model ships in no longer fit (refused on 2026-12-05), nor 24 of 45 MiB once
-# the tree passed 19 MB (2026-12-06). To make them:
-#   cat /tmp/qwen/parts/part{01..22} > q.gguf && split -b 40M -d -a 2 --numeric-suffixes=1 q.gguf .blob/part
+# the tree passed 19 MB (2026-12-06), nor 27 of 40 MiB once it passed 24 MB (2026-12-07). To make them:
+#   cat /tmp/qwen/parts/part{01..22} > q.gguf && split -b 36M -d -a 2 --numeric-suffixes=1 q.gguf .blob/part
 #   bash benchmarks/real_model_session.sh prep                 # GGUF, convert, tokenise, probe; hardware search
 #   bash benchmarks/real_model_session.sh distill 1|2|3        # one distillation stage a call (resumable)
 #   bash benchmarks/real_model_session.sh eval                 # jet-nemotron eval: student beside its teacher
@@ -63,7 +63,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_
 # card job need it in that same call (the gguf tests failed for want of it on 2026-12-05); a missing folder is
 # skipped by Python
 export PYTHONPATH=$PYTHONPATH:/tmp/site
-NPARTS=${NPARTS:-27} M=${M:-/tmp/realmodel} WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
+NPARTS=${NPARTS:-30} M=${M:-/tmp/realmodel} WORK=${WORK:-/tmp/distill_real} OUT=${OUT:-/tmp/out}
 GGUF=$WORK/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf MD5=136755df932e5b87db9bbc2bea00aba5
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
