@@ -371,7 +371,7 @@ def test_part_tests_all_run_into_a_log_the_picker_reads(tmp_path):
 
 
 def test_the_last_part_joins_all_parts_in_order(tmp_path):
-    """NPARTS parts (45 MiB each: a call carries the tracked tree beside one within 64 MiB): the call that brings the
+    """NPARTS parts (36 MiB each: a call carries the tracked tree beside one within 64 MiB): the call that brings the
     last one joins them in order into the GGUF, checks its md5 and frees the parts."""
     m, work = tmp_path / "m", tmp_path / "work"
     m.mkdir()
