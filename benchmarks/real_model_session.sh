@@ -24,7 +24,8 @@
 #                                        (RATE: stage-1 tok/s measured before, skips the probe; EXTRA: more flags)
 #                                        pipeline-variants: ROW_WORKERS=N processes draw chat / retrieval rows (0: none);
 #                                        MICRO_BATCH / MICRO_BATCH2: rows a forward in stage 1 / 2 (an 80 GB
-#                                        H100: stage 2 at 2, not the default 8; 4 would need about 78 GB;
+#                                        H100: stage 2 at 4 in the runs so far; 8 profiled at 75.4 GB with
+#                                        train2 mixers; training every weight it took 2;
 #                                        CHECKPOINT2=1: stage 2 recomputes the student's activations, 8 may fit)
 #   VARIANTS=recipe|placement bash benchmarks/real_model_session.sh pipeline-variants  # or pipeline:
 #                                        short distillations side by side (VARIANT_MIN each, ONLY=a,b, HUMANEVAL=N,
@@ -69,7 +70,7 @@ SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 BUDGET=${DISTILL_MIN:-6}
 common=(--out "$OUT" --work "$WORK" --gguf "$GGUF" --site-packages "$SP" --time-budget-min "$BUDGET")
 JOB=${JOB:-/tmp/jn}  # the detached job's results (JOB/out), logs and flags: speed.done, done
-# The card decides some settings (an 80 GB H100 takes stage 2 at 2 rows a forward, a 141 GB H200 at 8), and a lease
+# The card decides some settings (an 80 GB H100 has taken stage 2 at 4 rows a forward, a 141 GB H200 at 8), and a lease
 # is one batch of calls sent before any reply says which card came: X_H100 / X_H200 set X on that card, for X in
 # the list below (a card of at least 100 GB counts as an H200).
 mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
