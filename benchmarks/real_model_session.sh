@@ -6,6 +6,7 @@
 # 64 MiB, and the 22 parts of 50 MiB the model ships in no longer fit (refused on 2026-12-05), nor 24 of 45 MiB once
 # the tree passed 19 MB (2026-12-06), nor 27 of 40 MiB once it passed 24 MB (2026-12-07). To make them:
 #   cat /tmp/qwen/parts/part{01..22} > q.gguf && split -b 36M -d -a 2 --numeric-suffixes=1 q.gguf .blob/part
+#   bash benchmarks/real_model_session.sh fits                 # here, before a lease: do the calls fit 64 MiB?
 #   bash benchmarks/real_model_session.sh prep                 # GGUF, convert, tokenise, probe; hardware search
 #   bash benchmarks/real_model_session.sh distill 1|2|3        # one distillation stage a call (resumable)
 #   bash benchmarks/real_model_session.sh eval                 # jet-nemotron eval: student beside its teacher
@@ -89,6 +90,20 @@ snapshot() {
     tar --exclude=./.git --exclude=./.blob --exclude=./.whl -cf - . | tar -xf - -C "$1"
 }
 case "$1" in
+  fits)
+    # here, before a lease: a call carries the tracked and the untracked-not-ignored files beside its part (and .whl
+    # on part 01), and one over 64 MiB is refused; a lease's first call was, three times (2026-12-05 / 06 / 07), as
+    # each run's record grew the tree. Exit 1 when the tree, the largest part and the wheels pass 64 MiB.
+    limit=$((64 * 1024 * 1024))
+    tree=$({ git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 -r stat -c %s -- 2>/dev/null |
+      awk '{s += $1} END {print s + 0}')
+    part=$(ls -S .blob/part* 2>/dev/null | head -1)
+    [ -n "$part" ] || { echo "no .blob/part*: make the parts first (the split above)"; exit 2; }
+    whl=$(cat .whl/*.whl 2>/dev/null | wc -c)
+    total=$((tree + $(stat -c %s "$part") + whl))
+    echo "tree $tree + $part $(stat -c %s "$part") + wheels $whl = $total bytes of $limit"
+    [ "$total" -le "$limit" ] || { echo "over 64 MiB: split the GGUF in smaller parts (NPARTS and the split above)"
+                                   exit 1; } ;;
   part)
     mkdir -p "$M" && cp ".blob/part$2" "$M/part$2" && echo "$(ls "$M" | wc -l) parts"
     if ls .whl/*.whl >/dev/null 2>&1; then

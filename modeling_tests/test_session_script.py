@@ -482,3 +482,44 @@ def test_variants_pipeline_runs_the_after_tests_last_within_their_time(tmp_path)
     while not (job / "done").exists() and time.time() - started < 10:
         time.sleep(0.05)
     assert (job / "done").exists() and time.time() - started < 2.5
+
+
+
+def test_fits_says_whether_a_part_and_the_tree_stay_within_what_a_call_carries(tmp_path):
+    """`fits` (run before a lease) adds the tracked and untracked-not-ignored files, the largest part and the wheels,
+    and exits 1 past 64 MiB, so a tree grown by run records is caught here, not by a lease's refused first call."""
+    repo, mib = tmp_path / "repo", 1024 * 1024
+    (repo / "benchmarks").mkdir(parents=True)
+    script = "benchmarks/real_model_session.sh"
+    (repo / script).write_text((ROOT / script).read_text())
+    (repo / ".gitignore").write_text("/.blob/\n/.whl/\n")
+    (repo / "tracked.bin").write_bytes(b"t" * 4096)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "t"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True)
+    (repo / ".blob").mkdir()
+    (repo / ".whl").mkdir()
+    (repo / ".whl" / "a-1-py3-none-any.whl").write_bytes(b"w" * 1000)
+
+    def sized(path, n: int) -> None:
+        with open(path, "wb") as f:
+            f.truncate(n)  # sparse: the size counts, not the disk
+
+    def fits() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "benchmarks/real_model_session.sh", "fits"], cwd=repo, capture_output=True,
+                              text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+
+    missing = fits()
+    assert missing.returncode == 2 and "no .blob/part*" in missing.stdout, missing.stdout + missing.stderr
+    sized(repo / ".blob" / "part01", 1000)
+    sized(repo / ".blob" / "part02", 36 * mib)  # the largest part is the one that counts
+    ok = fits()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    tree = sum((repo / f).stat().st_size for f in (".gitignore", "tracked.bin", script))
+    assert f"tree {tree} + .blob/part02 {36 * mib} + wheels 1000 = {tree + 36 * mib + 1000} bytes" in ok.stdout
+    sized(repo / ".blob" / "part02", 64 * mib - 4096)  # the tracked file and the wheel push it over
+    over = fits()
+    assert over.returncode == 1 and "over 64 MiB" in over.stdout, over.stdout + over.stderr
+    sized(repo / ".blob" / "part02", 36 * mib)
+    sized(repo / "untracked.bin", 30 * mib)  # an untracked file that git does not ignore travels too
+    assert fits().returncode == 1
