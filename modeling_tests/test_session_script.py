@@ -484,7 +484,6 @@ def test_variants_pipeline_runs_the_after_tests_last_within_their_time(tmp_path)
     assert (job / "done").exists() and time.time() - started < 2.5
 
 
-
 def test_fits_says_whether_a_part_and_the_tree_stay_within_what_a_call_carries(tmp_path):
     """`fits` (run before a lease) adds the tracked and untracked-not-ignored files, the largest part and the wheels,
     and exits 1 past 64 MiB, so a tree grown by run records is caught here, not by a lease's refused first call."""
