@@ -95,13 +95,13 @@ case "$1" in
     # on part 01), and one over 64 MiB is refused; a lease's first call was, three times (2026-12-05 / 06 / 07), as
     # each run's record grew the tree. Exit 1 when the tree, the largest part and the wheels pass 64 MiB.
     limit=$((64 * 1024 * 1024))
-    tree=$({ git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 -r stat -c %s -- 2>/dev/null |
-      awk '{s += $1} END {print s + 0}')
+    bytes() { xargs -0 -r stat -c %s -- 2>/dev/null | awk '{s += $1} END {print s + 0}'; }  # of NUL-ended paths
+    tree=$({ git ls-files -z; git ls-files -z --others --exclude-standard; } | bytes)
     part=$(ls -S .blob/part* 2>/dev/null | head -1)
     [ -n "$part" ] || { echo "no .blob/part*: make the parts first (the split above)"; exit 2; }
-    whl=$(cat .whl/*.whl 2>/dev/null | wc -c)
-    total=$((tree + $(stat -c %s "$part") + whl))
-    echo "tree $tree + $part $(stat -c %s "$part") + wheels $whl = $total bytes of $limit"
+    size=$(printf '%s\0' "$part" | bytes) whl=$(printf '%s\0' .whl/*.whl | bytes)
+    total=$((tree + size + whl))
+    echo "tree $tree + $part $size + wheels $whl = $total bytes of $limit"
     [ "$total" -le "$limit" ] || { echo "over 64 MiB: split the GGUF in smaller parts (NPARTS and the split above)"
                                    exit 1; } ;;
   part)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -274,14 +276,11 @@ def test_the_readme_spells_out_the_15min_recipe_as_it_is():
     """The README's usage writes --recipe 15min out as flags: each one is the recipe's value, and the recipe's keys it
     leaves out are the CLI's defaults (lr1, stage3_steps); a recipe change the README misses fails here (its
     `--train2` said non-mlp after the recipe had taken mixers)."""
-    import re as _re
-    from pathlib import Path
-
     from convert.recipes import RECIPES
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = text.split("add `--recipe 15min`,", 1)[1].split("(the steps are", 1)[0]
-    words = _re.sub(r"\s*#\s*", " ", block).replace("which stands for", "").split()
+    words = re.sub(r"\s*#\s*", " ", block).replace("which stands for", "").split()
     flags, i = {}, 0
     while i < len(words):
         key = words[i].removeprefix("--").replace("-", "_")
@@ -301,9 +300,7 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     """--recipe 15min gives each stage the settings of the variant that run p measured (runs l and m's with the
     residual stream in bf16 and stage 2 training the token mixers and norms: benchmarks/variants/
     acceptance_v13_15min.json over distill_variants' BASE); a flag on the command line wins."""
-    import json as _json
     import sys as _sys
-    from pathlib import Path
 
     import convert.pipeline as pipeline
 
@@ -311,7 +308,7 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     _sys.path.insert(0, str(bench))
     from distill_variants import BASE
 
-    (variant,) = _json.loads((bench / "variants" / "acceptance_v13_15min.json").read_text())
+    (variant,) = json.loads((bench / "variants" / "acceptance_v13_15min.json").read_text())
     v = BASE | variant
     seen = {}
     monkeypatch.setattr(pipeline, "distill_checkpoint", lambda *a, **k: seen.update(k))

@@ -505,8 +505,8 @@ def test_fits_says_whether_a_part_and_the_tree_stay_within_what_a_call_carries(t
             f.truncate(n)  # sparse: the size counts, not the disk
 
     def fits() -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "benchmarks/real_model_session.sh", "fits"], cwd=repo, capture_output=True,
-                              text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        return subprocess.run(["bash", script, "fits"], cwd=repo, capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
 
     missing = fits()
     assert missing.returncode == 2 and "no .blob/part*" in missing.stdout, missing.stdout + missing.stderr
