@@ -195,8 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     # shapes recorded: which tensors the copies and casts move (logits, the residual stream, weights) is read
     # off their shapes
-    prof = profile(activities=acts, schedule=schedule(wait=0, warmup=args.warm - 1, active=args.steps, repeat=1),
-                   record_shapes=True)
+    # the profiler traces only its last two warm steps: a long warm-up (--warm 100, to see a minute of steady
+    # state) then runs untraced, so its step records time the step as a run does
+    wait = max(0, args.warm - 3)
+    prof = profile(activities=acts, schedule=schedule(wait=wait, warmup=args.warm - 1 - wait, active=args.steps,
+                                                      repeat=1), record_shapes=True)
 
     def tick(step: int) -> bool:  # asked once a step, before its update: the profiler's step boundary
         prof.step()
@@ -237,7 +240,11 @@ def main(argv: list[str] | None = None) -> None:
            "ms_per_step_by_family": dict(sorted(fam.items(), key=lambda kv: -kv[1])),
            "busy_ms_per_step": sum(fam.values()), "busy_fraction": sum(fam.values()) / ms,
            # a larger KL chunk trades memory for fewer passes over the head gradient: its peak says what it costs
-           "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None}
+           "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None,
+           # every step's record with its Unix time: `gpu_by_stage.py --runs` lines the card job's clock samples up
+           # with them, to tell whether a profile and a run (575 against 528 ms a stage-1 step, 2026-12-07) ran
+           # the card at the same clocks and power
+           "history": run["history"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     sort = "self_cuda_time_total" if on_device else "self_cpu_time_total"

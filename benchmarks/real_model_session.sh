@@ -159,8 +159,11 @@ case "$1" in
           jobs="$jobs python3 benchmarks/generation.py --contexts $c $(flat ${SPEED_ARGS:-}) --out $JOB/out/gen_$c;"; done
       fi
       snapshot $JOB/tree.card
+      # the card's clocks and power beside the profiles too (gpu_by_stage.py on a profile's JSON), as the pipeline
+      # samples its runs: a profile and a run of the same step can differ by the card's clocks, not the code
       setsid nohup bash -c "cd $JOB/tree.card && export PYTHONPATH=$JOB/tree.card:/tmp/site
-        timeout ${SPEED_TIMEOUT:-360} bash -c '$jobs'; touch $JOB/speed.done" \
+        bash benchmarks/sample_gpu.sh $JOB/out/gpu_samples_card.csv & sampler=\$!
+        timeout ${SPEED_TIMEOUT:-360} bash -c '$jobs'; kill \$sampler; touch $JOB/speed.done" \
         > $JOB/speed.log 2>&1 < /dev/null &
       echo "card job started: $JOB/speed.log ($jobs)"
     fi

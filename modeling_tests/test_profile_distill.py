@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -31,6 +32,22 @@ def test_toy_profile_writes_its_record(tmp_path):
     assert glue and all(g["op"] in pd.GLUE_OPS and g["shapes"].startswith("[[") and g["calls_per_step"] > 0
                         for g in glue)
     assert [g["ms_per_step"] for g in glue] == sorted((g["ms_per_step"] for g in glue), reverse=True)
+
+
+def test_the_record_keeps_every_steps_time_for_the_cards_samples(tmp_path):
+    """Each step's record, warm ones too, with its Unix time: gpu_by_stage.py reads the record as a run and gives the
+    card's clocks over the profile's steps (a run's stage-1 step ran 9% over its profile's on 2026-12-07)."""
+    import gpu_by_stage as gbs
+
+    t0 = time.time()
+    pd.main(["--toy", "--out", str(tmp_path), "--warm", "4", "--steps", "1"])
+    rec = json.loads((tmp_path / "profile_distill_stage1_toy.json").read_text())
+    hist = rec["history"]
+    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5] and all(h["ms_per_step"] > 0 for h in hist)
+    times = [h["time"] for h in hist]
+    assert t0 < times[0] and times == sorted(times) and times[-1] <= time.time()
+    (span,) = gbs.stage_spans(rec, "profile")
+    assert span["stage"] == 1 and span["steps"] == 5 and t0 <= span["start"] < span["end"] == times[-1]
 
 
 def test_a_kl_chunk_other_than_the_default_names_its_record(tmp_path):

@@ -449,6 +449,31 @@ def test_variants_pipeline_samples_the_card_until_it_is_done(tmp_path):
     assert csv_.stat().st_size == size
 
 
+def test_the_card_job_samples_the_card_beside_its_profiles_until_it_is_done(tmp_path):
+    """PROFILE on part 01: sample_gpu.sh runs beside the card job into out/gpu_samples_card.csv (which `poll`
+    packs), so a profile's clocks and power can be set beside a run's, and stops with the job."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_by_stage import read_samples
+
+    with _a_part01():
+        r = _run(tmp_path, ["part", "01"], smi="1980, 2619, 650.52, 61, 97, 0x0000000000000004", PROFILE="1",
+                 PROFILE_RUNS="--stage=1,--local", SPEED_TIMEOUT="30", FAKE_SECONDS="1.5", M=str(tmp_path / "m"))
+        assert r.returncode == 0, r.stderr
+        job, t = tmp_path / "job", time.time()
+        while not (job / "speed.done").exists() and time.time() - t < 20:
+            time.sleep(0.2)
+    assert (job / "speed.done").exists()
+    csv_ = job / "out" / "gpu_samples_card.csv"
+    time.sleep(0.5)  # a sample being taken when the job ended lands within this
+    rows = read_samples(csv_)
+    assert rows and (rows[0]["sm_mhz"], rows[0]["power_w"], rows[0]["reasons"]) == (1980.0, 650.52, 4)
+    size = csv_.stat().st_size
+    time.sleep(2.5)  # the sampler takes a sample a second while it runs
+    assert csv_.stat().st_size == size
+
+
 def test_variants_pipeline_runs_the_after_tests_last_within_their_time(tmp_path):
     """AFTER_TESTS (over lines, as a README writes them): one logged pytest of all of them after the variants, before
     the job is done, under `timeout AFTER_TIMEOUT`; without AFTER_TESTS no pytest runs."""
