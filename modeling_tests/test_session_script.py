@@ -422,14 +422,25 @@ def test_a_variant_name_with_spaces_and_commas_reaches_only_as_one_argument(tmp_
     assert argv[argv.index("--variants") + 1] == "benchmarks/variants/knobs_v8_stage1.json"
 
 
-def test_variants_pipeline_samples_the_card_until_it_is_done(tmp_path):
-    """sample_gpu.sh runs beside the whole detached job into out/gpu_samples.csv (which `poll` packs), in the
-    columns gpu_by_stage.py reads, and stops when the job does."""
+def _samples_of_a_stopped_sampler(csv_: Path) -> list[dict]:
+    """sample_gpu.sh's rows in `csv_` (at least one), once the job that ran it has ended; fails if the sampler
+    still writes (it takes a sample a second while it runs)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gpu_by_stage import read_samples
 
+    time.sleep(0.5)  # a sample being taken when the job ended lands within this
+    rows = read_samples(csv_)
+    size = csv_.stat().st_size
+    time.sleep(2.5)
+    assert rows and csv_.stat().st_size == size
+    return rows
+
+
+def test_variants_pipeline_samples_the_card_until_it_is_done(tmp_path):
+    """sample_gpu.sh runs beside the whole detached job into out/gpu_samples.csv (which `poll` packs), in the
+    columns gpu_by_stage.py reads, and stops when the job does."""
     # each stand-in script call takes 1.5 s, as a real job's take minutes: the sampler's first sample is taken
     r = _run(tmp_path, ["pipeline-variants"], smi="1980, 2619, 650.52, 61, 97, 0x0000000000000004",
              FAKE_SECONDS="1.5")
@@ -438,25 +449,15 @@ def test_variants_pipeline_samples_the_card_until_it_is_done(tmp_path):
     while not (job / "done").exists() and time.time() - t < 20:
         time.sleep(0.2)
     assert (job / "done").exists()
-    csv_ = job / "out" / "gpu_samples.csv"
-    time.sleep(0.5)  # a sample being taken when the job ended lands within this
-    rows = read_samples(csv_)
-    assert rows and rows[0] == {"unix_s": pytest.approx(rows[0]["unix_s"]), "sm_mhz": 1980.0, "mem_mhz": 2619.0,
-                                "power_w": 650.52, "temp_c": 61.0, "util_pct": 97.0, "reasons": 4}
+    rows = _samples_of_a_stopped_sampler(job / "out" / "gpu_samples.csv")
+    assert rows[0] == {"unix_s": pytest.approx(rows[0]["unix_s"]), "sm_mhz": 1980.0, "mem_mhz": 2619.0,
+                       "power_w": 650.52, "temp_c": 61.0, "util_pct": 97.0, "reasons": 4}
     assert abs(rows[0]["unix_s"] - time.time()) < 60
-    size = csv_.stat().st_size
-    time.sleep(2.5)  # the sampler takes a sample a second while it runs
-    assert csv_.stat().st_size == size
 
 
 def test_the_card_job_samples_the_card_beside_its_profiles_until_it_is_done(tmp_path):
     """PROFILE on part 01: sample_gpu.sh runs beside the card job into out/gpu_samples_card.csv (which `poll`
     packs), so a profile's clocks and power can be set beside a run's, and stops with the job."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gpu_by_stage import read_samples
-
     with _a_part01():
         r = _run(tmp_path, ["part", "01"], smi="1980, 2619, 650.52, 61, 97, 0x0000000000000004", PROFILE="1",
                  PROFILE_RUNS="--stage=1,--local", SPEED_TIMEOUT="30", FAKE_SECONDS="1.5", M=str(tmp_path / "m"))
@@ -465,13 +466,8 @@ def test_the_card_job_samples_the_card_beside_its_profiles_until_it_is_done(tmp_
         while not (job / "speed.done").exists() and time.time() - t < 20:
             time.sleep(0.2)
     assert (job / "speed.done").exists()
-    csv_ = job / "out" / "gpu_samples_card.csv"
-    time.sleep(0.5)  # a sample being taken when the job ended lands within this
-    rows = read_samples(csv_)
-    assert rows and (rows[0]["sm_mhz"], rows[0]["power_w"], rows[0]["reasons"]) == (1980.0, 650.52, 4)
-    size = csv_.stat().st_size
-    time.sleep(2.5)  # the sampler takes a sample a second while it runs
-    assert csv_.stat().st_size == size
+    rows = _samples_of_a_stopped_sampler(job / "out" / "gpu_samples_card.csv")
+    assert (rows[0]["sm_mhz"], rows[0]["power_w"], rows[0]["reasons"]) == (1980.0, 650.52, 4)
 
 
 def test_variants_pipeline_runs_the_after_tests_last_within_their_time(tmp_path):
