@@ -1,6 +1,7 @@
 """A GPU lease's `results.tgz` (from `real_model_session.sh poll`) into a record folder under
 benchmarks/results/real_model/: the files a record keeps, the step log without its progress bars, the card's samples
-by stage, and the student's HumanEval against earlier records' students. NOTES.md is left to a person.
+by stage (and the card job's over each profile's steps), and the student's HumanEval against earlier records'
+students. NOTES.md is left to a person.
 
     python benchmarks/record_run.py RESULTS.tgz acceptance_v9_15min_h100 [--against acceptance_v8_15min_h100 ...]
 
@@ -30,7 +31,7 @@ KEEP = [("out/card_tests.log", "card_tests.log"), ("out/card_tests_after.log", "
         ("optins.log", "optins.log"),
         ("save_teacher.log", "save_teacher.log"), ("tokenise.log", "tokenise.log"),
         ("out/optins/optins.json", "optins.json"), ("out/kernels/kernels.json", "kernels.json"),
-        ("out/gpu_samples.csv", "gpu_samples.csv"),
+        ("out/gpu_samples.csv", "gpu_samples.csv"), ("out/gpu_samples_card.csv", "gpu_samples_card.csv"),
         ("out/teacher_fp8/teacher_fp8_speed.json", "teacher_fp8_speed.json"),
         ("out/variants/variants.json", "variants.json"), ("out/variants/variants.md", "variants.md"),
         ("out/variants/variants_kl.png", "variants_kl.png")]
@@ -86,8 +87,9 @@ def main(argv: list[str] | None = None) -> Path:
             shutil.copy2(p, tmp / p.name)
         for p in (src / "out/profile").glob("*") if (src / "out/profile").is_dir() else []:
             shutil.copy2(p, tmp / p.name)
-        if (src / "variants.log").is_file():
-            (tmp / "variants.log").write_text(step_log((src / "variants.log").read_text(errors="replace")))
+        for log, name in (("variants.log", "variants.log"), ("speed.log", "card_job.log")):
+            if (src / log).is_file():
+                (tmp / name).write_text(step_log((src / log).read_text(errors="replace")))
         runs = tmp / "variants.json"
         # a variant that raised left no row; what it measured before is in partial.json (the last variant's row
         # as far as it got), kept, and its step history lines up the card's samples
@@ -107,6 +109,19 @@ def main(argv: list[str] | None = None) -> Path:
                                    "--out", str(tmp)])
             except ValueError as err:  # a run logged before its steps carried times, or no readable samples
                 print(f"card samples not lined up with the steps: {err}")
+        # the card job's clocks over each profile's steps (the profiles keep their step records since 6f8f688),
+        # to set beside the run's stages above: clocks_<profile>/gpu_by_stage.json
+        if (tmp / "gpu_samples_card.csv").is_file():
+            import gpu_by_stage
+
+            for prof in sorted(tmp.glob("profile_distill_*.json")):
+                if "history" not in json.loads(prof.read_text()):
+                    continue
+                try:
+                    gpu_by_stage.main(["--samples", str(tmp / "gpu_samples_card.csv"), "--runs", str(prof),
+                                       "--out", str(tmp / f"clocks_{prof.stem.removeprefix('profile_distill_')}")])
+                except ValueError as err:
+                    print(f"{prof.name}: card samples not lined up with its steps: {err}")
         tmp.rename(dest)
     print(f"{dest}: {', '.join(sorted(p.name for p in dest.iterdir()))}")
     from convert.eval import paired

@@ -68,6 +68,29 @@ def test_a_finished_lease_becomes_a_record_with_its_log_trimmed_and_its_student_
     assert sorted(p.name for p in root.iterdir()) == ["new", "old"]  # no temporary folder left
 
 
+def test_the_card_jobs_samples_line_up_each_profiles_steps_and_its_log_is_kept(tmp_path):
+    """The card job's clock samples and log are kept, and each profile whose JSON holds its step records gets the
+    card's clocks over those steps (a profile and a run of the same step set side by side); one without is left."""
+    root = tmp_path / "real_model"
+    card = "unix_s,sm_mhz,mem_mhz,power_w,temp_c,util_pct,reasons\n" + "".join(
+        f"{t},1965,2619,648,60,96,0x4\n" for t in range(995, 1012))
+    run = "unix_s,sm_mhz,mem_mhz,power_w,temp_c,util_pct,reasons\n" + "".join(
+        f"{t},1950,2619,653,60,100,0x4\n" for t in range(995, 1012))
+    tgz = _archive(tmp_path / "results.tgz", {
+        "out/variants/variants.json": json.dumps({"variants": [{"name": "v", "history": HISTORY}]}),
+        "out/gpu_samples.csv": run, "out/gpu_samples_card.csv": card, "speed.log": LOG,
+        "out/profile/profile_distill_stage1_local.json": json.dumps({"ms_per_step": 536.0, "history": HISTORY}),
+        "out/profile/profile_distill_stage2_old.json": json.dumps({"ms_per_step": 984.0})})
+    dest = record_run.main([str(tgz), "new", "--root", str(root)])
+    assert (dest / "gpu_samples_card.csv").read_text() == card
+    assert (dest / "card_job.log").read_text() == record_run.step_log(LOG)  # without its progress bars
+    (prof,) = json.loads((dest / "clocks_stage1_local" / "gpu_by_stage.json").read_text())["stages"]
+    assert prof["samples"] > 0 and prof["sm_mhz"] == 1965 and prof["power_capped"] == 1
+    (stage,) = json.loads((dest / "gpu_by_stage.json").read_text())["stages"]
+    assert stage["sm_mhz"] == 1950  # the run's stages from the run's samples
+    assert not (dest / "clocks_stage2_old").exists()
+
+
 def test_a_variant_that_failed_keeps_its_partial_row_and_its_steps_line_up_the_samples(tmp_path):
     """A variant that raised after its distillation (run p: an OOM in an evaluation suite) has no row in
     variants.json; its partial.json is kept and its step history lines up the card's samples."""
