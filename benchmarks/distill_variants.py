@@ -302,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
                          "checkpointing), so an 80 GB card takes --micro-batch2 8 (2 rows fit without it)")
     ap.add_argument("--row-workers", type=int, help="processes drawing the chat and retrieval rows (default: "
                                                     "convert.row_workers.default_workers(); 0: the batch thread)")
+    ap.add_argument("--trace-steps", type=int, default=0,
+                    help="trace this many steps of every stage (after its first --trace-after) under torch.profiler "
+                         "into OUT/trace/<variant>/ (DistillConfig.trace_steps): a run's own step beside a profile's")
+    ap.add_argument("--trace-after", type=int, default=DistillConfig.trace_after,
+                    help="steps of a stage before its traced ones (past the warm-up a time budget is timed on)")
     ap.add_argument("--lengths", default="2048,8192", help="retrieval prompt lengths")
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--depths", default="0,0.5,1",
@@ -503,7 +508,8 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                   micro_batch=min(args.micro_batch, b), frozen_bf16=v["frozen_bf16"], compile=v["compile"],
                   projections_as_one=v["projections_as_one"], kl_kernel=v["kl_kernel"], fused_adam=v["fused_adam"],
                   mse_kernel=v["mse_kernel"], teacher_kernels=v["teacher_kernels"],
-                  residual_bf16=v["residual_bf16"])
+                  residual_bf16=v["residual_bf16"], trace_steps=args.trace_steps, trace_after=args.trace_after,
+                  trace_dir=str(args.out / "trace" / _file_name(v["name"])) if args.trace_steps else None)
     b2 = v["batch_size2"] or b
     mb2 = min(args.micro_batch2 or args.micro_batch, b2)
     common2 = common | {"micro_batch": mb2, "gradient_checkpointing": args.checkpoint2}  # stages 2 and 3

@@ -39,6 +39,7 @@ from stamp import stamp  # noqa: E402
 
 from convert.distill import DistillConfig, distill  # noqa: E402
 from convert.distill_config import TRAIN_SETS  # noqa: E402
+from convert.step_trace import kernel_times  # noqa: E402
 
 FAMILIES = [  # first match wins; patterns over lower-cased kernel names
     # our kernels (jet_nemotron/*_triton*.py): _fwd_h/_fwd_o/_bwd_*/_wu/_prepare (gated delta rule), _conv_*
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     table = events.table(sort_by=sort, row_limit=30)
     copies = glue_by_shape(prof, args.steps)
     res["glue_by_shape"] = copies
+    # each kernel's time a step, as a run's own traced steps record it (`convert/step_trace.py`): the two compare
+    # kernel by kernel (benchmarks/trace_vs_profile.py)
+    res["kernels"] = kernel_times(prof, args.steps)["kernels"]
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     st = res["stamp"][0]
     lines = [f"{c['ms_per_step']:9.2f} ms/step {c['calls_per_step']:7.1f} calls/step  {c['op']}  {c['shapes']}"

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> Path:
             shutil.copy2(p, tmp / p.name)
         for p in (src / "out/profile").glob("*") if (src / "out/profile").is_dir() else []:
             shutil.copy2(p, tmp / p.name)
+        if (src / "out/variants/trace").is_dir():  # a run's own traced steps (TRACE_STEPS), by variant
+            shutil.copytree(src / "out/variants/trace", tmp / "trace")
         for log, name in (("variants.log", "variants.log"), ("speed.log", "card_job.log")):
             if (src / log).is_file():
                 (tmp / name).write_text(step_log((src / log).read_text(errors="replace")))

@@ -524,6 +524,7 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
     from tqdm.auto import tqdm
 
     from .prefetch import Prefetcher
+    from .step_trace import StepTrace
     from .throughput import StepMeter, collector_frozen
 
     acc = run.acc
@@ -537,6 +538,8 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
         data.start()
     prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
     budget = StepBudget(start, cfg.steps, cfg.warmup_steps, deadline) if deadline is not None else None
+    trace = (StepTrace(start + cfg.trace_after, cfg.trace_steps, cfg.trace_dir, cfg.stage, acc.device)
+             if cfg.trace_steps and acc.is_main_process else None)
     step = start
     # the steps run with everything set up so far out of the collector's reach; on CUDA one full collection first,
     # once a stage (on the CPU that walk would cost the tests more than it frees)
@@ -553,12 +556,18 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
                 read_back = (bool(cfg.log_every) and (step + 1) % cfg.log_every == 0) or saving or stopping \
                     or step + 1 == cfg.steps or timing
                 batch = prefetch.get(step)  # [batch_size, L], built on a background thread while the last step ran
+                if trace is not None:
+                    trace.before(step)
                 try:
                     _one_step(run, batch, cfg, step, meter,
                               (lambda: _log_flush(meter, history, acc, bar, cfg, last_good)) if read_back else None)
                 except torch.OutOfMemoryError as err:
                     raise _out_of_memory(err, cfg, step, data.seq_len, acc.device, last_good) from err
                 bar.update(1)
+                # the trace's own seconds stay in its log interval and in the stage's budget: it spends them
+                if trace is not None and (path := trace.after(step)) is not None:
+                    acc.print(f"stage {cfg.stage}: steps {trace.first + 1}-{trace.last + 1} traced into {path} "
+                              f"({trace.seconds:.1f} s with the profiler's start and its table)")
                 if read_back and budget is not None and \
                         (count := budget.read_back(step + 1, time.perf_counter(), acc)) is not None:
                     acc.print(f"stage {cfg.stage}: {budget.seconds_per_step * 1e3:.0f} ms a step since step "
@@ -577,6 +586,8 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
                     return step + 1, cfg
                 step += 1
         finally:
+            if trace is not None:
+                trace.close()
             prefetch.close()
             if hasattr(data, "close"):  # generated rows' worker processes (`row_workers.py`); restarted if used again
                 data.close()

@@ -106,6 +106,12 @@ class DistillConfig(TrainSchedule):
     # 104 s unused on 2026-12-06). Work after the last step (held-out KL, saving) is the caller's to leave room for.
     # The chosen count is saved with each checkpoint, so a resumed run keeps it
     time_budget_s: float | None = None
+    # a diagnostic: `trace_steps` optimizer steps of the stage, after its first `trace_after` (past the warm-up that
+    # a time budget is timed on), run under torch.profiler and written to `trace_dir` as each kernel's time a step
+    # (`step_trace.py`), to set a run's own step beside a random-weight profile of it. 0: none
+    trace_steps: int = 0
+    trace_after: int = 50
+    trace_dir: str | None = None
     history: list = field(default_factory=list)
 
     def resolved(self, fsdp: bool = False) -> "DistillConfig":
@@ -128,8 +134,10 @@ class DistillConfig(TrainSchedule):
         for name in ("steps", "batch_size", "micro_batch", "kl_chunk", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage {self.stage}: {name} must be >= 1, got {getattr(self, name)}")
+        if self.trace_steps and not self.trace_dir:
+            raise ValueError(f"stage {self.stage}: trace_steps {self.trace_steps} needs a trace_dir to write to")
         for name in ("warmup_steps", "save_every", "log_every", "keep_checkpoints", "weight_decay", "grad_clip",
-                     "kl_weight", "mse_weight"):
+                     "kl_weight", "mse_weight", "trace_steps", "trace_after"):
             v = getattr(self, name)
             if not v >= 0 or not math.isfinite(v):
                 raise ValueError(f"stage {self.stage}: {name} must be >= 0, got {v}")

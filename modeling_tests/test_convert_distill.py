@@ -755,3 +755,37 @@ def test_mixers_train_the_token_mixers_and_norms_and_leave_mlps_embeddings_and_h
     # the head's weight gradient (2 FLOPs a weight a token) is the whole difference in the count
     vocab, hidden = student.lm_head.weight.shape
     assert flops_per_token(student, teacher, 32)["student"] - mixers == 2 * vocab * hidden
+
+
+def test_traced_steps_write_each_kernels_time_and_train_exactly_as_untraced(tmp_path, capsys):
+    """trace_steps: the stage's steps 4-5 run under torch.profiler into a record of each kernel's time a step (on the
+    CPU, self times), and the trained weights are those of the same stage untraced, bit for bit."""
+    import json
+
+    cfg = dict(stage=1, steps=7, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=2, log_every=1)
+    teacher, ref, train, _ = _setup()
+    distill(ref, teacher, train, DistillConfig(**cfg))
+    teacher, student, train, _ = _setup()
+    distill(student, teacher, train, DistillConfig(**cfg, trace_steps=2, trace_after=3, trace_dir=str(tmp_path)))
+    for (n, a), b in zip(ref.state_dict().items(), student.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage1_steps4-5.json", "stage1_steps4-5.txt"]
+    rec = json.loads((tmp_path / "stage1_steps4-5.json").read_text())
+    assert rec["stage"] == 1 and rec["steps"] == [4, 5] and rec["time_is"].startswith("cpu")
+    assert rec["wall_ms_per_step"] > 0 and rec["busy_ms_per_step"] > 0
+    names = [k["name"] for k in rec["kernels"]]
+    assert "aten::mm" in names and not any(n.startswith("ProfilerStep") for n in names)
+    ms = [k["ms_per_step"] for k in rec["kernels"]]
+    assert ms == sorted(ms, reverse=True) and all(k["calls_per_step"] > 0 for k in rec["kernels"])
+    assert "traced into" in capsys.readouterr().out
+
+
+def test_a_trace_the_stage_ends_inside_writes_nothing_and_a_trace_needs_somewhere_to_go(tmp_path):
+    teacher, student, train, _ = _setup()
+    distill(student, teacher, train, DistillConfig(stage=1, steps=4, batch_size=4, micro_batch=2, warmup_steps=1,
+                                                   trace_steps=3, trace_after=2, trace_dir=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="trace_steps 2 needs a trace_dir"):
+        DistillConfig(trace_steps=2).resolved()
+    with pytest.raises(ValueError, match="trace_after must be >= 0"):
+        DistillConfig(trace_steps=2, trace_after=-1, trace_dir=str(tmp_path)).resolved()

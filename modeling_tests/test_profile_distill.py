@@ -46,6 +46,7 @@ def test_the_record_keeps_every_steps_time_for_the_cards_samples(tmp_path):
     assert [h["step"] for h in hist] == [1, 2, 3, 4, 5] and all(h["ms_per_step"] > 0 for h in hist)
     times = [h["time"] for h in hist]
     assert t0 < times[0] and times == sorted(times) and times[-1] <= time.time()
+    assert rec["kernels"] and rec["kernels"][0]["ms_per_step"] > 0  # the table a run's traced steps keep
     (span,) = gbs.stage_spans(rec, "profile")
     assert span["stage"] == 1 and span["steps"] == 5 and t0 <= span["start"] < span["end"] == times[-1]
 

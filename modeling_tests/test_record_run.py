@@ -80,7 +80,8 @@ def test_the_card_jobs_samples_line_up_each_profiles_steps_and_its_log_is_kept(t
         "out/variants/variants.json": json.dumps({"variants": [{"name": "v", "history": HISTORY}]}),
         "out/gpu_samples.csv": run, "out/gpu_samples_card.csv": card, "speed.log": LOG,
         "out/profile/profile_distill_stage1_local.json": json.dumps({"ms_per_step": 536.0, "history": HISTORY}),
-        "out/profile/profile_distill_stage2_old.json": json.dumps({"ms_per_step": 984.0})})
+        "out/profile/profile_distill_stage2_old.json": json.dumps({"ms_per_step": 984.0}),
+        "out/variants/trace/v/stage1_steps51-52.json": json.dumps({"wall_ms_per_step": 579.0})})
     dest = record_run.main([str(tgz), "new", "--root", str(root)])
     assert (dest / "gpu_samples_card.csv").read_text() == card
     assert (dest / "card_job.log").read_text() == record_run.step_log(LOG)  # without its progress bars
@@ -89,6 +90,7 @@ def test_the_card_jobs_samples_line_up_each_profiles_steps_and_its_log_is_kept(t
     (stage,) = json.loads((dest / "gpu_by_stage.json").read_text())["stages"]
     assert stage["sm_mhz"] == 1950  # the run's stages from the run's samples
     assert not (dest / "clocks_stage2_old").exists()
+    assert json.loads((dest / "trace" / "v" / "stage1_steps51-52.json").read_text()) == {"wall_ms_per_step": 579.0}
 
 
 def test_a_variant_that_failed_keeps_its_partial_row_and_its_steps_line_up_the_samples(tmp_path):

@@ -271,6 +271,15 @@ def test_variants_pipeline_passes_each_stages_micro_batch(tmp_path):
     assert r.returncode == 0, r.stderr
     variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
     assert "--micro-batch 8 --micro-batch2 2 --checkpoint2" in variants
+    assert "--trace-steps" not in variants
+
+
+def test_variants_pipeline_traces_steps_when_asked(tmp_path):
+    """TRACE_STEPS reaches distill_variants: a run's own steps traced beside the card job's profiles."""
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/knobs_v4_3min.json", TRACE_STEPS="2")
+    assert r.returncode == 0, r.stderr
+    variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
+    assert "--trace-steps 2" in variants
 
 
 def test_variants_pipeline_runs_with_the_switches_the_card_job_picked(tmp_path):

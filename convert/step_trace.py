@@ -1,0 +1,91 @@
+"""A few optimizer steps of a running stage under torch.profiler, written as each kernel's time a step, so a run's own
+step can be set beside a random-weight profile of the same step (`benchmarks/profile_distill.py`, whose record keeps
+the same table): on 2026-12-07 an H100 run's stage-1 step took 579 ms against its profile's 537 at the same clocks
+and power, and only the run's own kernels can say where the 43 ms go.
+
+    DistillConfig(trace_steps=2, trace_after=50, trace_dir="out/trace")   # steps 51-52 of the stage
+
+The traced steps are the stage's own (same batches, same updates); the card is synchronised once before them and
+once after, so their wall clock is theirs alone. The profiler's start and its table cost seconds, which stay in the
+stage's step log and its time budget (a budgeted stage fits fewer steps). Writes TRACE_DIR/stage{N}_steps{a}-{b}.json (and .txt, the
+profiler's table).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def kernel_times(prof, steps: int, top: int = 200) -> dict:
+    """{"time_is", "busy_ms_per_step", "kernels": [{"name", "ms_per_step", "calls_per_step"}]} from a finished
+    torch.profiler run over `steps` steps: each kernel's own device time (CPU self time where nothing ran on a
+    device), most first, the `top` longest; busy is the sum over all of them. The profiler's step spans
+    ("ProfilerStep#N") hold their kernels' time again and are left out."""
+    events = prof.key_averages()
+    on_device = [e for e in events if getattr(e, "device_type", None) is not None
+                 and str(e.device_type).endswith("CUDA")]
+    rows = [e for e in (on_device or events) if not e.key.startswith("ProfilerStep")]
+    attr = "self_device_time_total" if on_device else "self_cpu_time_total"
+    kernels = sorted(({"name": e.key, "ms_per_step": getattr(e, attr, 0.0) / 1e3 / steps,
+                       "calls_per_step": e.count / steps} for e in rows), key=lambda k: -k["ms_per_step"])
+    return {"time_is": "device" if on_device else "cpu (self time)",
+            "busy_ms_per_step": sum(k["ms_per_step"] for k in kernels), "kernels": kernels[:top]}
+
+
+class StepTrace:
+    """Traces the loop's steps first .. first + steps - 1 (0-based, as the loop counts them): `before(step)` ahead of
+    a step's work, `after(step)` once its update is applied, `close()` when the loop ends. A stage that ends before the
+window's last step writes nothing."""
+
+    def __init__(self, first: int, steps: int, out_dir: str | Path, stage: int, device: torch.device):
+        self.first, self.last, self.stage, self.device = first, first + steps - 1, stage, device
+        self.out_dir = Path(out_dir)
+        self.prof = None
+        self.t0 = self.t_start = 0.0
+        self.seconds = 0.0  # the trace's whole cost: the profiler's start, the steps, their table
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def before(self, step: int) -> None:
+        if step != self.first:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        self.t_start = time.perf_counter()
+        self._sync()  # the steps before leave the card first: their kernels are not the traced steps'
+        self.prof = profile(activities=acts)
+        self.prof.__enter__()
+        self.t0 = time.perf_counter()
+
+    def after(self, step: int) -> Path | None:
+        """The record's path once the window's last step is done, else None."""
+        if step != self.last or self.prof is None:
+            return None
+        self._sync()
+        wall = time.perf_counter() - self.t0
+        self.prof.__exit__(None, None, None)
+        n = self.last - self.first + 1
+        rec = {"stage": self.stage, "steps": [self.first + 1, self.last + 1], "wall_ms_per_step": wall * 1e3 / n,
+               **kernel_times(self.prof, n)}
+        rec["busy_fraction"] = rec["busy_ms_per_step"] / rec["wall_ms_per_step"]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"stage{self.stage}_steps{self.first + 1}-{self.last + 1}.json"
+        path.write_text(json.dumps(rec, indent=1))
+        sort = "self_cuda_time_total" if rec["time_is"] == "device" else "self_cpu_time_total"
+        path.with_suffix(".txt").write_text(self.prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+        self.prof = None
+        self.seconds = time.perf_counter() - self.t_start
+        return path
+
+    def close(self) -> None:
+        """Ends a trace the stage stopped inside (a budget or `stop` ending it first), writing nothing."""
+        if self.prof is not None:
+            self.prof.__exit__(None, None, None)
+            self.prof = None
