@@ -15,8 +15,10 @@ Stage 2 leaves the embeddings and the tied head as converted too (`train2` "mixe
 and norms train) since run p (`acceptance_v13_15min.json`, H100): the same held-out KL (0.082) and HumanEval (86,
 +4 / -4 against o), 1.6% off a profiled stage-2 step, and no optimizer state for the 233 M embedding weights.
 With mixers, stage 2 at 4 rows peaks at 47.7 GB on an H100 and at 8 rows at 75.4 GB, 6% less time a step in
-profiles of two leases (`benchmarks/results/profiles/stage2_mb8_h100/`); the recipe keeps 4 until a whole run on an
-80 GB card has held 8 rows (a run adds its evaluations and fragmentation to a profile's peak).
+profiles of two leases (`benchmarks/results/profiles/stage2_mb8_h100/`). A 5-minute run of the recipe held 8 rows
+through both stages on an H100 (`benchmarks/results/real_model/mfu_v13_5min_h100/`: 1,040 ms a stage-2 step, 39.7%
+MFU, no allocator retries; run p at 4 rows 1,053-1,056 ms on another lease); the recipe keeps 4 until a 15-minute
+run has held 8 (three times the stage-2 steps, with their evaluations and fragmentation).
 """
 
 from __future__ import annotations
