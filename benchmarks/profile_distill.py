@@ -211,15 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     hist = run["history"][args.warm:]
     # the profiled steps' own wall clock (the same interval tok_per_s is measured over)
     ms = hist[-1]["ms_per_step"]
-    events = prof.key_averages()
-    on_device = [e for e in events if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")]
-    # the profiler's step spans ("ProfilerStep#N") carry the whole step's device time: counted, every kernel
-    # would be counted twice (the first H200 profile put 1,622 ms a step under "other" that way)
-    rows_ = [e for e in (on_device or events) if not e.key.startswith("ProfilerStep")]
-    attr = "self_device_time_total" if on_device else "self_cpu_time_total"
+    # each kernel's own time a step (the profiler's step spans left out: counted, every kernel would be counted
+    # twice; the first H200 profile put 1,622 ms a step under "other" that way), as a run's traced steps keep it
+    kernels = kernel_times(prof, args.steps, top=None)
     fam: dict[str, float] = {}
-    for e in rows_:
-        fam[family(e.key)] = fam.get(family(e.key), 0.0) + getattr(e, attr, 0.0) / 1e3 / args.steps
+    for k in kernels["kernels"]:
+        fam[family(k["name"])] = fam.get(family(k["name"]), 0.0) + k["ms_per_step"]
     tag = f"stage{args.stage}" + ("_local" if args.local else "") + ("_compiled" if args.compile else "") + (
         "_frozen_bf16" if args.frozen_bf16 else "") + ("_residual_bf16" if args.residual_bf16 else "") + (
         "_kl_reference" if args.kl_reference else "") + (
@@ -237,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     res = {"stamp": [stamp()], "jet_nemotron": str(Path(jet_nemotron.__file__).parent),
            "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
-           "flops_per_token": run["flops_per_token"], "time_is": "device" if on_device else "cpu (self time)",
+           "flops_per_token": run["flops_per_token"], "time_is": kernels["time_is"],
            "ms_per_step_by_family": dict(sorted(fam.items(), key=lambda kv: -kv[1])),
            "busy_ms_per_step": sum(fam.values()), "busy_fraction": sum(fam.values()) / ms,
            # a larger KL chunk trades memory for fewer passes over the head gradient: its peak says what it costs
@@ -248,13 +245,13 @@ def main(argv: list[str] | None = None) -> None:
            "history": run["history"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
-    sort = "self_cuda_time_total" if on_device else "self_cpu_time_total"
-    table = events.table(sort_by=sort, row_limit=30)
+    sort = "self_cuda_time_total" if kernels["time_is"] == "device" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30)
     copies = glue_by_shape(prof, args.steps)
     res["glue_by_shape"] = copies
     # each kernel's time a step, as a run's own traced steps record it (`convert/step_trace.py`): the two compare
     # kernel by kernel (benchmarks/trace_vs_profile.py)
-    res["kernels"] = kernel_times(prof, args.steps)["kernels"]
+    res["kernels"] = kernels["kernels"][:200]
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     st = res["stamp"][0]
     lines = [f"{c['ms_per_step']:9.2f} ms/step {c['calls_per_step']:7.1f} calls/step  {c['op']}  {c['shapes']}"

@@ -7,8 +7,8 @@ and power, and only the run's own kernels can say where the 43 ms go.
 
 The traced steps are the stage's own (same batches, same updates); the card is synchronised once before them and
 once after, so their wall clock is theirs alone. The profiler's start and its table cost seconds, which stay in the
-stage's step log and its time budget (a budgeted stage fits fewer steps). Writes TRACE_DIR/stage{N}_steps{a}-{b}.json (and .txt, the
-profiler's table).
+stage's step log and its time budget (a budgeted stage fits fewer steps). Writes TRACE_DIR/stage{N}_steps{a}-{b}.json
+(and .txt, the profiler's table).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 
-def kernel_times(prof, steps: int, top: int = 200) -> dict:
+def kernel_times(prof, steps: int, top: int | None = 200) -> dict:
     """{"time_is", "busy_ms_per_step", "kernels": [{"name", "ms_per_step", "calls_per_step"}]} from a finished
     torch.profiler run over `steps` steps: each kernel's own device time (CPU self time where nothing ran on a
-    device), most first, the `top` longest; busy is the sum over all of them. The profiler's step spans
+    device), most first, the `top` longest (None: all); busy is the sum over all of them. The profiler's step spans
     ("ProfilerStep#N") hold their kernels' time again and are left out."""
     events = prof.key_averages()
     on_device = [e for e in events if getattr(e, "device_type", None) is not None
@@ -38,8 +38,8 @@ def kernel_times(prof, steps: int, top: int = 200) -> dict:
 
 class StepTrace:
     """Traces the loop's steps first .. first + steps - 1 (0-based, as the loop counts them): `before(step)` ahead of
-    a step's work, `after(step)` once its update is applied, `close()` when the loop ends. A stage that ends before the
-window's last step writes nothing."""
+    a step's work, `after(step)` once its update is applied, `close()` when the loop ends. A stage that ends before
+    the window's last step writes nothing."""
 
     def __init__(self, first: int, steps: int, out_dir: str | Path, stage: int, device: torch.device):
         self.first, self.last, self.stage, self.device = first, first + steps - 1, stage, device
