@@ -7,7 +7,8 @@ and power, and only the run's own kernels can say where the 43 ms go.
 
 The traced steps are the stage's own (same batches, same updates); the card is synchronised once before them and
 once after, so their wall clock is theirs alone. The profiler's start and its table cost seconds, which stay in the
-stage's step log and its time budget (a budgeted stage fits fewer steps). Writes TRACE_DIR/stage{N}_steps{a}-{b}.json
+stage's step log and its time budget (a budgeted stage fits fewer steps). A trace that fails warns and is dropped:
+the run it watches goes on. Writes TRACE_DIR/stage{N}_steps{a}-{b}.json
 (and .txt, the profiler's table).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,6 +54,13 @@ class StepTrace:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _failed(self, what: str, err: Exception) -> None:
+        # a diagnostic that fails must not end the run it watches (a 15-minute lease's distillation): said loudly,
+        # the trace dropped, training goes on
+        warnings.warn(f"stage {self.stage}: the trace of steps {self.first + 1}-{self.last + 1} failed {what} "
+                      f"({type(err).__name__}: {err}); nothing written, training goes on", RuntimeWarning)
+        self.prof = None
+
     def before(self, step: int) -> None:
         if step != self.first:
             return
@@ -60,8 +69,11 @@ class StepTrace:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
         self.t_start = time.perf_counter()
         self._sync()  # the steps before leave the card first: their kernels are not the traced steps'
-        self.prof = profile(activities=acts)
-        self.prof.__enter__()
+        try:
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+        except Exception as err:  # noqa: BLE001 - e.g. another profiler holding the card's counters
+            self._failed("to start", err)
         self.t0 = time.perf_counter()
 
     def after(self, step: int) -> Path | None:
@@ -70,6 +82,13 @@ class StepTrace:
             return None
         self._sync()
         wall = time.perf_counter() - self.t0
+        try:
+            return self._write(wall)
+        except Exception as err:  # noqa: BLE001 - see _failed
+            self._failed("to write its record", err)
+            return None
+
+    def _write(self, wall: float) -> Path:
         self.prof.__exit__(None, None, None)
         n = self.last - self.first + 1
         rec = {"stage": self.stage, "steps": [self.first + 1, self.last + 1], "wall_ms_per_step": wall * 1e3 / n,
@@ -87,5 +106,5 @@ class StepTrace:
     def close(self) -> None:
         """Ends a trace the stage stopped inside (a budget or `stop` ending it first), writing nothing."""
         if self.prof is not None:
-            self.prof.__exit__(None, None, None)
-            self.prof = None
+            prof, self.prof = self.prof, None
+            prof.__exit__(None, None, None)

@@ -789,3 +789,24 @@ def test_a_trace_the_stage_ends_inside_writes_nothing_and_a_trace_needs_somewher
         DistillConfig(trace_steps=2).resolved()
     with pytest.raises(ValueError, match="trace_after must be >= 0"):
         DistillConfig(trace_steps=2, trace_after=-1, trace_dir=str(tmp_path)).resolved()
+
+
+def test_a_trace_that_fails_warns_and_the_run_goes_on_unchanged(tmp_path, monkeypatch):
+    """A diagnostic must not end the run it watches: a trace whose record cannot be made warns, writes nothing, and
+    the stage trains to the same weights as untraced."""
+    import convert.step_trace as step_trace
+
+    cfg = dict(stage=1, steps=6, batch_size=4, micro_batch=2, lr=1e-2, warmup_steps=2, log_every=0)
+    teacher, ref, train, _ = _setup()
+    distill(ref, teacher, train, DistillConfig(**cfg))
+
+    def broken(*a, **k):
+        raise RuntimeError("no kernel table")
+
+    monkeypatch.setattr(step_trace, "kernel_times", broken)
+    teacher, student, train, _ = _setup()
+    with pytest.warns(RuntimeWarning, match=r"trace of steps 3-4 failed to write its record .*no kernel table"):
+        distill(student, teacher, train, DistillConfig(**cfg, trace_steps=2, trace_after=2, trace_dir=str(tmp_path)))
+    assert not list(tmp_path.glob("*.json"))
+    for (n, a), b in zip(ref.state_dict().items(), student.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
