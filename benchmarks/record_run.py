@@ -52,6 +52,19 @@ def step_log(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def stamp_traces(folder: Path, stamps: list[dict]) -> None:
+    """The run's stamp into each trace record under `folder` (`convert/step_trace.py` writes them inside a run,
+    which knows no commit) and onto each trace table's first line, as every result file carries one."""
+    for f in sorted(folder.rglob("*.json")):
+        rec = json.loads(f.read_text())
+        f.write_text(json.dumps({"stamp": stamps, **{k: v for k, v in rec.items() if k != "stamp"}}, indent=1))
+    s = stamps[0]
+    for f in sorted(folder.rglob("*.txt")):
+        text = f.read_text()
+        if not text.startswith("stamp: commit "):
+            f.write_text(f"stamp: commit {s['commit']}, card {s['card']}, date {s['date']}\n\n{text}")
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Write the record folder; print what it holds and each comparison; return its path."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,6 +106,8 @@ def main(argv: list[str] | None = None) -> Path:
             if (src / log).is_file():
                 (tmp / name).write_text(step_log((src / log).read_text(errors="replace")))
         runs = tmp / "variants.json"
+        if (tmp / "trace").is_dir():  # traced in the run's process: the run's stamp is theirs
+            stamp_traces(tmp / "trace", json.loads(runs.read_text())["stamp"])
         # a variant that raised left no row; what it measured before is in partial.json (the last variant's row
         # as far as it got), kept, and its step history lines up the card's samples
         res = json.loads(runs.read_text())

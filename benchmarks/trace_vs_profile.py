@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from profile_distill import family  # noqa: E402
+from stamp import stamp  # noqa: E402
 
 
 def by_family(kernels: list[dict]) -> dict[str, float]:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     for n, a, b, d in diff["kernels"]:
         print(f"  {n[:56]:56s} {a:9.2f} {b:9.2f} {d:+14.2f}")
     if args.out:
-        args.out.write_text(json.dumps(diff, indent=1))
+        args.out.write_text(json.dumps({"stamp": [stamp(reads=[str(args.run), str(args.profile)])], **diff}, indent=1))
     return diff
 
 

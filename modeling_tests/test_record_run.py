@@ -37,6 +37,7 @@ LOG = ("teacher: held-out ppl 2.600\n"
        "distill stage 1:   1%|          | 6/738 [00:03<07:00,  1.75step/s]stage 1: 565 ms a step since step 5; "
        "738 steps fit the 425 s budget (cap 1000)\n"
        "step 10/738 loss 0.6014 kl 0.0000 nats/token\n\n")
+STAMP = {"commit": "abc1234", "card": "NVIDIA H100 80GB HBM3", "date": "2026-12-07T15:24:19+00:00"}
 HISTORY = [{"stage": 1, "step": s, "ms_per_step": 500.0, "time": 1000.0 + 5 * (s // 10), "gc_ms_per_step": 0.0}
            for s in range(1, 21)]
 
@@ -77,8 +78,9 @@ def test_the_card_jobs_samples_line_up_each_profiles_steps_and_its_log_is_kept(t
     run = "unix_s,sm_mhz,mem_mhz,power_w,temp_c,util_pct,reasons\n" + "".join(
         f"{t},1950,2619,653,60,100,0x4\n" for t in range(995, 1012))
     tgz = _archive(tmp_path / "results.tgz", {
-        "out/variants/variants.json": json.dumps({"variants": [{"name": "v", "history": HISTORY}]}),
+        "out/variants/variants.json": json.dumps({"stamp": [STAMP], "variants": [{"name": "v", "history": HISTORY}]}),
         "out/gpu_samples.csv": run, "out/gpu_samples_card.csv": card, "speed.log": LOG,
+        "out/variants/trace/v/stage1_steps51-52.txt": "Name  Self CUDA\n",
         "out/profile/profile_distill_stage1_local.json": json.dumps({"ms_per_step": 536.0, "history": HISTORY}),
         "out/profile/profile_distill_stage2_old.json": json.dumps({"ms_per_step": 984.0}),
         "out/variants/trace/v/stage1_steps51-52.json": json.dumps({"wall_ms_per_step": 579.0})})
@@ -90,7 +92,11 @@ def test_the_card_jobs_samples_line_up_each_profiles_steps_and_its_log_is_kept(t
     (stage,) = json.loads((dest / "gpu_by_stage.json").read_text())["stages"]
     assert stage["sm_mhz"] == 1950  # the run's stages from the run's samples
     assert not (dest / "clocks_stage2_old").exists()
-    assert json.loads((dest / "trace" / "v" / "stage1_steps51-52.json").read_text()) == {"wall_ms_per_step": 579.0}
+    # the traces carry the run's stamp, as every result file does
+    assert json.loads((dest / "trace" / "v" / "stage1_steps51-52.json").read_text()) == {
+        "stamp": [STAMP], "wall_ms_per_step": 579.0}
+    assert (dest / "trace" / "v" / "stage1_steps51-52.txt").read_text() == (
+        "stamp: commit abc1234, card NVIDIA H100 80GB HBM3, date 2026-12-07T15:24:19+00:00\n\nName  Self CUDA\n")
 
 
 def test_a_variant_that_failed_keeps_its_partial_row_and_its_steps_line_up_the_samples(tmp_path):

@@ -31,7 +31,9 @@ def test_the_run_and_the_profile_are_set_side_by_side_largest_difference_first(t
     assert diff["families"][0] == ["jetblock triton", 16.0, 7.0, 9.0]
     assert [f[0] for f in diff["families"]][1:] == ["elementwise / reduce", "matmul"]
     assert [k[0] for k in diff["kernels"]] == ["_bwd_chunk_kernel", "_fwd_h_kernel", "aten::cat"]
-    assert json.loads((tmp_path / "d.json").read_text()) == diff
+    written = json.loads((tmp_path / "d.json").read_text())
+    assert written.pop("stamp")[0]["reads"] == [str(tmp_path / "run.json"), str(tmp_path / "prof.json")]
+    assert written == diff
     assert "kernels busy" in capsys.readouterr().out
 
 
