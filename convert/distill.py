@@ -77,17 +77,19 @@ def jetblock_weight(student) -> Callable[[str], bool]:
 def set_trainable(student, train: str) -> int:
     """Freeze per `train`; returns the number of trainable parameters."""
     is_jet = jetblock_weight(student)
-    # the embeddings and the head, tied or not, by transformers' own accessors rather than by name
+    # the embeddings and the head, tied or not, by transformers' own accessors, and the MLPs by each decoder layer's
+    # own module, rather than by name
     ends = {id(p) for m in (student.get_input_embeddings(), student.get_output_embeddings()) if m is not None
             for p in m.parameters()}
+    mlps = {id(p) for layer in student.get_decoder().layers for p in layer.mlp.parameters()}
     n = 0
     for name, p in student.named_parameters():
         if train == "all":
             on = True
         elif train == "non-mlp":
-            on = ".mlp." not in name
+            on = id(p) not in mlps
         elif train == "mixers":
-            on = ".mlp." not in name and id(p) not in ends
+            on = id(p) not in mlps and id(p) not in ends
         else:
             on = is_jet(name)
         p.requires_grad_(on)
