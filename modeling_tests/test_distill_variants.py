@@ -238,13 +238,13 @@ def test_traced_steps_of_each_stage_land_in_the_variants_own_folder(tmp_path):
     """--trace-steps / --trace-after reach every stage's DistillConfig: each stage's traced step is written under
     OUT/trace/<variant>/, as the session's TRACE_STEPS asks on the GPU."""
     variants = tmp_path / "v.json"
-    variants.write_text(json.dumps([{"name": "traced run", "steps": [5, 4, 0], "split": [0.5, 0.5, 0.0]}]))
+    variants.write_text(json.dumps([{"name": "traced run", "steps": [3, 3, 0], "batch_size": 2}]))
     out = tmp_path / "out"
     dv.main(["--toy", "--variants", str(variants), "--out", str(out), "--corpus-cache", str(tmp_path / "cache"),
-             "--trace-steps", "1", "--trace-after", "2", "--row-workers", "0"])
+             "--trace-steps", "1", "--trace-after", "1"])
     folder = out / "trace" / dv._file_name("traced run")
-    assert sorted(p.name for p in folder.glob("*.json")) == ["stage1_steps3-3.json", "stage2_steps3-3.json"]
-    assert json.loads((folder / "stage2_steps3-3.json").read_text())["kernels"]
+    assert sorted(p.name for p in folder.glob("*.json")) == ["stage1_steps2-2.json", "stage2_steps2-2.json"]
+    assert json.loads((folder / "stage2_steps2-2.json").read_text())["kernels"]
 
 
 def test_best_student_prefers_humaneval_then_held_out_kl(tmp_path):
