@@ -94,7 +94,7 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path,
                                     "layer_types": ["attn", "jet", "jet", "jet"]}))
     out = tmp_path / "out"
     # a given rate: a probe's depends on how busy the machine is, and under load it planned 0 steps (a CI flake)
-    dv.main(["--toy", "--variants", "placement", "--searched", str(searched), "--minutes", "0.04", "--rate", "30000",
+    dv.main(["--toy", "--variants", "placement", "--searched", str(searched), "--minutes", "0.02", "--rate", "30000",
              "--humaneval", "2", "--out", str(out), "--corpus-cache", str(tmp_path / "cache"), "--depths", "0,0.25,1"])
     res = json.loads((out / "variants.json").read_text())
     rows = res["variants"]
@@ -117,7 +117,7 @@ def test_toy_placement_comparison_runs_each_variant_on_the_same_budget(tmp_path,
     assert "HumanEval against searched: + / - (p)" in table and "| +0 / -0 (1.00) |" in table
     assert table.count("\n| ") == 4 and "| uniform |" in table  # header row aside: teacher + 3 variants
     # the footer gives each variant's own distillation time, not only --minutes (ignored by explicit plans)
-    assert "--minutes 0.04." in table and "searched: " in table and "min of distillation" in table
+    assert "--minutes 0.02." in table and "searched: " in table and "min of distillation" in table
     assert (out / "variants_kl.png").stat().st_size > 0
 
 
