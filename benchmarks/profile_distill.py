@@ -64,6 +64,14 @@ def family(name: str) -> str:
     return next((f for f, pat in FAMILIES if re.search(pat, low)), "other")
 
 
+def by_family(kernels: list[dict]) -> dict[str, float]:
+    """ms a step by family, most first, from `step_trace.kernel_times`' kernels (a profile's or a run's trace)."""
+    out: dict[str, float] = {}
+    for k in kernels:
+        out[family(k["name"])] = out.get(family(k["name"]), 0.0) + k["ms_per_step"]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 # the glue around the matrix products: copies and casts, and the elementwise ops that the first H200 profile
 # found as long as the products themselves; and concatenations (40 ms of an H100 stage-2 step, 2026-12-06; the
 # profiler records no shapes for a list input, so their entry gives time and calls only)
@@ -213,10 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     ms = hist[-1]["ms_per_step"]
     # each kernel's own time a step (the profiler's step spans left out: counted, every kernel would be counted
     # twice; the first H200 profile put 1,622 ms a step under "other" that way), as a run's traced steps keep it
-    kernels = kernel_times(prof, args.steps, top=None)
-    fam: dict[str, float] = {}
-    for k in kernels["kernels"]:
-        fam[family(k["name"])] = fam.get(family(k["name"]), 0.0) + k["ms_per_step"]
+    events = prof.key_averages()
+    kernels = kernel_times(events, args.steps, top=None)
+    fam = by_family(kernels["kernels"])
     tag = f"stage{args.stage}" + ("_local" if args.local else "") + ("_compiled" if args.compile else "") + (
         "_frozen_bf16" if args.frozen_bf16 else "") + ("_residual_bf16" if args.residual_bf16 else "") + (
         "_kl_reference" if args.kl_reference else "") + (
@@ -235,8 +242,8 @@ def main(argv: list[str] | None = None) -> None:
            "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
            "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
            "flops_per_token": run["flops_per_token"], "time_is": kernels["time_is"],
-           "ms_per_step_by_family": dict(sorted(fam.items(), key=lambda kv: -kv[1])),
-           "busy_ms_per_step": sum(fam.values()), "busy_fraction": sum(fam.values()) / ms,
+           "ms_per_step_by_family": fam,
+           "busy_ms_per_step": kernels["busy_ms_per_step"], "busy_fraction": kernels["busy_ms_per_step"] / ms,
            # a larger KL chunk trades memory for fewer passes over the head gradient: its peak says what it costs
            "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None,
            # every step's record with its Unix time: `gpu_by_stage.py --runs` lines the card job's clock samples up
@@ -246,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     sort = "self_cuda_time_total" if kernels["time_is"] == "device" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=30)
+    table = events.table(sort_by=sort, row_limit=30)
     copies = glue_by_shape(prof, args.steps)
     res["glue_by_shape"] = copies
     # each kernel's time a step, as a run's own traced steps record it (`convert/step_trace.py`): the two compare

@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> Path:
             if (src / log).is_file():
                 (tmp / name).write_text(step_log((src / log).read_text(errors="replace")))
         runs = tmp / "variants.json"
+        res = json.loads(runs.read_text())
         if (tmp / "trace").is_dir():  # traced in the run's process: the run's stamp is theirs
-            stamp_traces(tmp / "trace", json.loads(runs.read_text())["stamp"])
+            stamp_traces(tmp / "trace", res["stamp"])
         # a variant that raised left no row; what it measured before is in partial.json (the last variant's row
         # as far as it got), kept, and its step history lines up the card's samples
-        res = json.loads(runs.read_text())
         failed = {f["name"] for f in res.get("failed", [])}
         partial = src / "out/variants/partial.json"
         row = json.loads(partial.read_text()) if failed and partial.is_file() else {}

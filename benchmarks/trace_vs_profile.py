@@ -15,15 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from profile_distill import family  # noqa: E402
+from profile_distill import by_family  # noqa: E402
 from stamp import stamp  # noqa: E402
-
-
-def by_family(kernels: list[dict]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k in kernels:
-        out[family(k["name"])] = out.get(family(k["name"]), 0.0) + k["ms_per_step"]
-    return out
 
 
 def compare(run: dict, prof: dict, top: int = 15) -> dict:

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 
-def kernel_times(prof, steps: int, top: int | None = 200) -> dict:
+def kernel_times(events, steps: int, top: int | None = 200) -> dict:
     """{"time_is", "busy_ms_per_step", "kernels": [{"name", "ms_per_step", "calls_per_step"}]} from a finished
-    torch.profiler run over `steps` steps: each kernel's own device time (CPU self time where nothing ran on a
-    device), most first, the `top` longest (None: all); busy is the sum over all of them. The profiler's step spans
-    ("ProfilerStep#N") hold their kernels' time again and are left out."""
-    events = prof.key_averages()
+    torch.profiler run's `key_averages()` over `steps` steps (averaging a step's tens of thousands of events takes
+    seconds: the caller does it once, for its table too): each kernel's own device time (CPU self time where nothing
+    ran on a device), most first, the `top` longest (None: all); busy is the sum over all of them. The profiler's step
+    spans ("ProfilerStep#N") hold their kernels' time again and are left out."""
     on_device = [e for e in events if getattr(e, "device_type", None) is not None
                  and str(e.device_type).endswith("CUDA")]
     rows = [e for e in (on_device or events) if not e.key.startswith("ProfilerStep")]
@@ -91,14 +91,15 @@ class StepTrace:
     def _write(self, wall: float) -> Path:
         self.prof.__exit__(None, None, None)
         n = self.last - self.first + 1
+        events = self.prof.key_averages()
         rec = {"stage": self.stage, "steps": [self.first + 1, self.last + 1], "wall_ms_per_step": wall * 1e3 / n,
-               **kernel_times(self.prof, n)}
+               **kernel_times(events, n)}
         rec["busy_fraction"] = rec["busy_ms_per_step"] / rec["wall_ms_per_step"]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"stage{self.stage}_steps{self.first + 1}-{self.last + 1}.json"
         path.write_text(json.dumps(rec, indent=1))
         sort = "self_cuda_time_total" if rec["time_is"] == "device" else "self_cpu_time_total"
-        path.with_suffix(".txt").write_text(self.prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+        path.with_suffix(".txt").write_text(events.table(sort_by=sort, row_limit=40) + "\n")
         self.prof = None
         self.seconds = time.perf_counter() - self.t_start
         return path
