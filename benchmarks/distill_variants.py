@@ -492,7 +492,8 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                 rate: float | None, answers: list[tuple[list[int], int]] | None = None,
                 heads: list[tuple[str, str]] | None = None):
     """Convert, distil for the variant's budget, measure; (row for the table, the stage-1 rate to reuse). t_dev: the
-    teacher on the device as it is measured (bf16 on CUDA), shared by every variant's measurements; answers: the
+    teacher on the device as it is measured (bf16 on CUDA), shared by every variant's measurements and distillations
+    (the CPU `teacher` is only converted from and counted); answers: the
     rows of `held_out_answers`, or None."""
     from convert.eval.models import wrap
     from convert.eval.retrieval import retrieval
@@ -527,7 +528,7 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
                     if v["retrieval_ratio"] or v["chat_ratio"] else None)
     if rate is None and v["steps"] is None:  # no --rate: the first variant times an end-to-end stage 1 on a
         # copy (the rate's reference, f1 below, whatever its own stage 1 is), the later ones reuse it
-        rate = _probe_rate(student, teacher, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)
+        rate = _probe_rate(student, t_dev, data, tok, replace(cfgs[0], local=False), args, retrieval_kw)
     # equal MFU across stages: a stage's rate is end-to-end stage 1's (measured) scaled by its FLOPs per token,
     # counted on the first variant's student for all of them, so equal settings give equal step counts (the
     # same token budget) whatever the placement
@@ -577,7 +578,9 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
             print(f"{v['name']}: stage {cfg.stage} ({cfg.steps} steps) is {kept['name']!r}'s, the same plan, rows "
                   f"and start: its weights reused, {s['wall_s']:.0f} s of the card saved")
         else:
-            s = distill(student, teacher, sampler, cfg, eval_rows=held, eval_kl_before=kl)
+            # the measuring teacher, already on the card in the run's dtype, so distill trains on it instead of a
+            # second copy of its own (a 1.5B teacher's 3.6 GB that stage 2 at 8 rows a forward wants on an 80 GB card)
+            s = distill(student, t_dev, sampler, cfg, eval_rows=held, eval_kl_before=kl)
             if i == 0 and len(plan) > 1 and not args.fresh_stages:
                 while len(_STAGE1) >= STAGE1_KEPT:  # a 1.5B student's weights are 6 GB of host memory
                     _STAGE1.pop(next(iter(_STAGE1)))

@@ -1,5 +1,6 @@
 """benchmarks/distill_variants.py: several short distillations from one converted start, same data and budget."""
 
+import copy
 import gzip
 import json
 import re
@@ -505,6 +506,28 @@ def test_own_answers_train_the_second_part_of_stage_2_on_what_the_student_wrote(
     assert part.steps == 2 and rows["chat_file"] == str(out / "own_answers_own.jsonl.gz")
     # the corpus walk goes on after the rows the earlier parts drew
     assert kw["start_tokens"] == sum(c.steps * c.batch_size * 128 for c in plan[:2])
+
+
+def test_variants_distil_on_the_measuring_teacher_not_a_second_copy(tmp_path, monkeypatch):
+    """The teacher on the device (bf16 on a card) that measures every variant is the one each distillation trains
+    on: handing `distill` the CPU teacher made it cast a second device copy, 3.6 GB of a 1.5B teacher on the card."""
+    class Distilled(BaseException):  # not an Exception: run_variant records those and goes on
+        pass
+
+    placed, given = [], []
+    monkeypatch.setattr(dv, "teacher_on", lambda t, dev, dtype=None: placed.append(copy.deepcopy(t)) or placed[-1])
+
+    def distill(student, teacher, *a, **k):
+        given.append(teacher)
+        raise Distilled
+
+    monkeypatch.setattr(dv, "distill", distill)
+    variants = tmp_path / "v.json"
+    variants.write_text(json.dumps([{"name": "one", "steps": [1, 0, 0]}]))
+    with pytest.raises(Distilled):
+        dv.main(["--toy", "--variants", str(variants), "--answers-eval", "0", "--teacher-last", "--out",
+                 str(tmp_path / "out"), "--corpus-cache", str(tmp_path / "cache")])
+    assert len(placed) == 1 and len(given) == 1 and given[0] is placed[0]
 
 
 @pytest.mark.parametrize("spec, match", [({"own_answers": 8}, "needs split2 > 0"),
