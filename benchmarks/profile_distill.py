@@ -1,7 +1,7 @@
 """Where a distillation step's time goes: the real 1.5B shapes (Qwen2.5-1.5B teacher, `jet-nemotron-2b` student) with
 random weights and tokens (a step's time does not depend on their values, so no GGUF is needed and it can run while
-the real model's parts are still arriving), a few warm steps of `convert.distill.distill`, then torch.profiler over
-the next ones.
+the real model's parts are still arriving), a few warm steps of `convert.distill.distill`, then the next ones
+under torch.profiler inside the run, as a real run's steps are traced (`convert/step_trace.py`, with shapes).
 
     python benchmarks/profile_distill.py --out $OUT                 # stage 1, batch 16 x 2048, micro 8, bf16 (GPU)
     python benchmarks/profile_distill.py --stage 2 --out $OUT
@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from stamp import stamp  # noqa: E402
 
 from convert.distill import DistillConfig, distill  # noqa: E402
 from convert.distill_config import TRAIN_SETS  # noqa: E402
-from convert.step_trace import kernel_times  # noqa: E402
+from convert.throughput import peak_flops  # noqa: E402
 
 FAMILIES = [  # first match wins; patterns over lower-cased kernel names
     # our kernels (jet_nemotron/*_triton*.py): _fwd_h/_fwd_o/_bwd_*/_wu/_prepare (gated delta rule), _conv_*
@@ -70,26 +71,6 @@ def by_family(kernels: list[dict]) -> dict[str, float]:
     for k in kernels:
         out[family(k["name"])] = out.get(family(k["name"]), 0.0) + k["ms_per_step"]
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
-
-# the glue around the matrix products: copies and casts, and the elementwise ops that the first H200 profile
-# found as long as the products themselves; and concatenations (40 ms of an H100 stage-2 step, 2026-12-06; the
-# profiler records no shapes for a list input, so their entry gives time and calls only)
-GLUE_OPS = ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone", "aten::mul", "aten::add",
-            "aten::add_", "aten::sub", "aten::div", "aten::mul_", "aten::exp", "aten::sigmoid", "aten::silu",
-            "aten::cat")
-
-
-def glue_by_shape(prof, steps: int, top: int = 40) -> list[dict]:
-    """The glue ops grouped by input shapes, most device time first: [{op, shapes, ms_per_step, calls_per_step}]
-    (CPU time where there is no device). `aten::to` and `aten::contiguous` include the `copy_` they call, so a
-    shape can show under both."""
-    rows = []
-    for e in prof.key_averages(group_by_input_shape=True):
-        if e.key in GLUE_OPS:
-            ms = (getattr(e, "device_time_total", 0.0) or getattr(e, "cpu_time_total", 0.0)) / 1e3 / steps
-            rows.append({"op": e.key, "shapes": str(e.input_shapes), "ms_per_step": ms, "calls_per_step": e.count / steps})
-    return sorted(rows, key=lambda r: -r["ms_per_step"])[:top]
 
 
 def build(toy: bool):
@@ -181,8 +162,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.conv_fused_bwd is not None:
             dynamic_conv_triton.FUSED_BWD = args.conv_fused_bwd
         args.keep_states, args.conv_fused_bwd = launch.KEEP_STATES, dynamic_conv_triton.FUSED_BWD
-    from torch.profiler import ProfilerActivity, profile, schedule
-
     if args.toy:
         args.seq_len, args.batch_size, args.micro_batch = 64, 4, 2
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -190,40 +169,37 @@ def main(argv: list[str] | None = None) -> None:
     teacher, student = build(args.toy)
     build_s = time.perf_counter() - t0
     total = args.warm + args.steps
-    cfg = DistillConfig(stage=args.stage, steps=total, batch_size=args.batch_size, micro_batch=args.micro_batch,
-                        mixed_precision="bf16" if dev.type == "cuda" else "no", log_every=1, warmup_steps=1,
-                        local=args.local, compile=args.compile, frozen_bf16=args.frozen_bf16,
-                        residual_bf16=args.residual_bf16,
-                        fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk,
-                        projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
-                        fused_adam=args.fused_adam, train=args.train,
-                        teacher_kernels=args.teacher_kernels, mse_kernel=args.mse_kernel,
-                        gradient_checkpointing=args.gradient_checkpointing, teacher_fp8=args.teacher_fp8)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, teacher.config.vocab_size, (args.batch_size * total, args.seq_len), generator=g)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    # shapes recorded: which tensors the copies and casts move (logits, the residual stream, weights) is read
-    # off their shapes
-    # the profiler traces only its last two warm steps: a long warm-up (--warm 100, to see a minute of steady
-    # state) then runs untraced, so its step records time the step as a run does
-    wait = max(0, args.warm - 3)
-    prof = profile(activities=acts, schedule=schedule(wait=wait, warmup=args.warm - 1 - wait, active=args.steps,
-                                                      repeat=1), record_shapes=True)
-
-    def tick(step: int) -> bool:  # asked once a step, before its update: the profiler's step boundary
-        prof.step()
-        return False
-
-    with prof:
-        run = distill(student, teacher, rows, cfg, stop=tick)
-    hist = run["history"][args.warm:]
-    # the profiled steps' own wall clock (the same interval tok_per_s is measured over)
-    ms = hist[-1]["ms_per_step"]
-    # each kernel's own time a step (the profiler's step spans left out: counted, every kernel would be counted
-    # twice; the first H200 profile put 1,622 ms a step under "other" that way), as a run's traced steps keep it
-    events = prof.key_averages()
-    kernels = kernel_times(events, args.steps, top=None)
-    fam = by_family(kernels["kernels"])
+    with tempfile.TemporaryDirectory() as trace_dir:
+        # the profiled steps are the run's own trace (convert/step_trace.py, as a real run's steps are traced) with
+        # shapes recorded: which tensors the copies and casts move (logits, the residual stream, weights) is read off
+        # their shapes. The warm steps before it run untraced: a long warm-up (--warm 100, a minute of steady state)
+        # times the step as a run does
+        cfg = DistillConfig(stage=args.stage, steps=total, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                            mixed_precision="bf16" if dev.type == "cuda" else "no", log_every=1, warmup_steps=1,
+                            local=args.local, compile=args.compile, frozen_bf16=args.frozen_bf16,
+                            residual_bf16=args.residual_bf16,
+                            fused_kl=not args.kl_reference, kl_chunk=args.kl_chunk,
+                            projections_as_one=args.projections_as_one, kl_kernel=args.kl_kernel,
+                            fused_adam=args.fused_adam, train=args.train,
+                            teacher_kernels=args.teacher_kernels, mse_kernel=args.mse_kernel,
+                            gradient_checkpointing=args.gradient_checkpointing, teacher_fp8=args.teacher_fp8,
+                            trace_steps=args.steps, trace_after=args.warm, trace_dir=trace_dir, trace_shapes=True)
+        run = distill(student, teacher, rows, cfg)
+        path = Path(trace_dir) / f"stage{args.stage}_steps{args.warm + 1}-{total}.json"
+        if not path.exists():
+            raise SystemExit(f"profile_distill: the trace of steps {args.warm + 1}-{total} wrote nothing (its "
+                             "warning above says why)")
+        trace = json.loads(path.read_text())
+        table = path.with_suffix(".txt").read_text()
+    # the traced steps' own wall clock, the card synchronised before and after them (their log interval also holds
+    # the trace's writing)
+    ms = trace["wall_ms_per_step"]
+    tok_per_s = args.batch_size * args.seq_len * 1e3 / ms
+    peak, _ = peak_flops(dev, cfg.mixed_precision == "bf16")
+    # each kernel's own time a step (the profiler's step spans left out), as a run's traced steps keep it
+    fam = by_family(trace["kernels"])
     tag = f"stage{args.stage}" + ("_local" if args.local else "") + ("_compiled" if args.compile else "") + (
         "_frozen_bf16" if args.frozen_bf16 else "") + ("_residual_bf16" if args.residual_bf16 else "") + (
         "_kl_reference" if args.kl_reference else "") + (
@@ -240,26 +216,23 @@ def main(argv: list[str] | None = None) -> None:
 
     res = {"stamp": [stamp()], "jet_nemotron": str(Path(jet_nemotron.__file__).parent),
            "args": {k: str(v) for k, v in vars(args).items()}, "build_s": build_s,
-           "ms_per_step": ms, "tok_per_s": hist[-1]["tok_per_s"], "mfu": hist[-1].get("mfu"),
-           "flops_per_token": run["flops_per_token"], "time_is": kernels["time_is"],
+           "ms_per_step": ms, "tok_per_s": tok_per_s,
+           "mfu": tok_per_s * run["flops_per_token"]["total"] / peak if peak else None,
+           "flops_per_token": run["flops_per_token"], "time_is": trace["time_is"],
            "ms_per_step_by_family": fam,
-           "busy_ms_per_step": kernels["busy_ms_per_step"], "busy_fraction": kernels["busy_ms_per_step"] / ms,
+           "busy_ms_per_step": trace["busy_ms_per_step"], "busy_fraction": trace["busy_fraction"],
            # a larger KL chunk trades memory for fewer passes over the head gradient: its peak says what it costs
            "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None,
            # every step's record with its Unix time: `gpu_by_stage.py --runs` lines the card job's clock samples up
            # with them, to tell whether a profile and a run (575 against 528 ms a stage-1 step, 2026-12-07) ran
            # the card at the same clocks and power
-           "history": run["history"]}
+           "history": run["history"],
+           # the copies, casts and elementwise ops by input shape; each kernel's time a step, as a run's own
+           # traced steps record it: the two compare kernel by kernel (benchmarks/trace_vs_profile.py)
+           "glue_by_shape": trace["glue_by_shape"], "kernels": trace["kernels"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
-    sort = "self_cuda_time_total" if kernels["time_is"] == "device" else "self_cpu_time_total"
-    table = events.table(sort_by=sort, row_limit=30)
-    copies = glue_by_shape(prof, args.steps)
-    res["glue_by_shape"] = copies
-    # each kernel's time a step, as a run's own traced steps record it (`convert/step_trace.py`): the two compare
-    # kernel by kernel (benchmarks/trace_vs_profile.py)
-    res["kernels"] = kernels["kernels"][:200]
-    (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
+    copies = res["glue_by_shape"]
     st = res["stamp"][0]
     lines = [f"{c['ms_per_step']:9.2f} ms/step {c['calls_per_step']:7.1f} calls/step  {c['op']}  {c['shapes']}"
              for c in copies]

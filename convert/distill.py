@@ -540,7 +540,8 @@ def _train_steps(run: _Training, data, cfg: DistillConfig, start: int, history: 
         data.start()
     prefetch = Prefetcher(lambda s: data.batch(s, cfg.batch_size), start, cfg.steps, pin=acc.device.type == "cuda")
     budget = StepBudget(start, cfg.steps, cfg.warmup_steps, deadline) if deadline is not None else None
-    trace = (StepTrace(start + cfg.trace_after, cfg.trace_steps, cfg.trace_dir, cfg.stage, acc.device)
+    trace = (StepTrace(start + cfg.trace_after, cfg.trace_steps, cfg.trace_dir, cfg.stage, acc.device,
+                       shapes=cfg.trace_shapes)
              if cfg.trace_steps and acc.is_main_process else None)
     step = start
     # the steps run with everything set up so far out of the collector's reach; on CUDA one full collection first,

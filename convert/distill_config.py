@@ -112,6 +112,7 @@ class DistillConfig(TrainSchedule):
     trace_steps: int = 0
     trace_after: int = 50
     trace_dir: str | None = None
+    trace_shapes: bool = False  # the trace records input shapes and the glue ops by shape (profile_distill.py's)
     history: list = field(default_factory=list)
 
     def resolved(self, fsdp: bool = False) -> "DistillConfig":

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 
-def kernel_times(events, steps: int, top: int | None = 200) -> dict:
+def kernel_times(events, steps: int) -> dict:
     """{"time_is", "busy_ms_per_step", "kernels": [{"name", "ms_per_step", "calls_per_step"}]} from a finished
     torch.profiler run's `key_averages()` over `steps` steps (averaging a step's tens of thousands of events takes
     seconds: the caller does it once, for its table too): each kernel's own device time (CPU self time where nothing
-    ran on a device), most first, the `top` longest (None: all); busy is the sum over all of them. The profiler's step
-    spans ("ProfilerStep#N") hold their kernels' time again and are left out."""
+    ran on a device), most first, every kernel (a few hundred), so families sum to busy, the sum over all of them.
+    The profiler's step spans ("ProfilerStep#N") hold their kernels' time again and are left out."""
     on_device = [e for e in events if getattr(e, "device_type", None) is not None
                  and str(e.device_type).endswith("CUDA")]
     rows = [e for e in (on_device or events) if not e.key.startswith("ProfilerStep")]
@@ -35,16 +35,39 @@ def kernel_times(events, steps: int, top: int | None = 200) -> dict:
     kernels = sorted(({"name": e.key, "ms_per_step": getattr(e, attr, 0.0) / 1e3 / steps,
                        "calls_per_step": e.count / steps} for e in rows), key=lambda k: -k["ms_per_step"])
     return {"time_is": "device" if on_device else "cpu (self time)",
-            "busy_ms_per_step": sum(k["ms_per_step"] for k in kernels), "kernels": kernels[:top]}
+            "busy_ms_per_step": sum(k["ms_per_step"] for k in kernels), "kernels": kernels}
+
+
+# the glue around the matrix products: copies and casts, and the elementwise ops that the first H200 profile
+# found as long as the products themselves; and concatenations (40 ms of an H100 stage-2 step, 2026-12-06; the
+# profiler records no shapes for a list input, so their entry gives time and calls only)
+GLUE_OPS = ("aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone", "aten::mul", "aten::add",
+            "aten::add_", "aten::sub", "aten::div", "aten::mul_", "aten::exp", "aten::sigmoid", "aten::silu",
+            "aten::cat")
+
+
+def glue_by_shape(prof, steps: int, top: int = 40) -> list[dict]:
+    """The glue ops of a finished torch.profiler run that recorded shapes, grouped by input shapes, most device time
+    first: [{op, shapes, ms_per_step, calls_per_step}] (CPU time where there is no device). `aten::to` and
+    `aten::contiguous` include the `copy_` they call, so a shape can show under both."""
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in GLUE_OPS:
+            ms = (getattr(e, "device_time_total", 0.0) or getattr(e, "cpu_time_total", 0.0)) / 1e3 / steps
+            rows.append({"op": e.key, "shapes": str(e.input_shapes), "ms_per_step": ms, "calls_per_step": e.count / steps})
+    return sorted(rows, key=lambda r: -r["ms_per_step"])[:top]
 
 
 class StepTrace:
     """Traces the loop's steps first .. first + steps - 1 (0-based, as the loop counts them): `before(step)` ahead of
     a step's work, `after(step)` once its update is applied, `close()` when the loop ends. A stage that ends before
-    the window's last step writes nothing."""
+    the window's last step writes nothing. `shapes`: the profiler records input shapes too, and the record holds
+    the glue ops by shape (`glue_by_shape`; seconds more a trace, for `benchmarks/profile_distill.py`)."""
 
-    def __init__(self, first: int, steps: int, out_dir: str | Path, stage: int, device: torch.device):
+    def __init__(self, first: int, steps: int, out_dir: str | Path, stage: int, device: torch.device,
+                 shapes: bool = False):
         self.first, self.last, self.stage, self.device = first, first + steps - 1, stage, device
+        self.shapes = shapes
         self.out_dir = Path(out_dir)
         self.prof = None
         self.t0 = self.t_start = 0.0
@@ -70,7 +93,7 @@ class StepTrace:
         self.t_start = time.perf_counter()
         self._sync()  # the steps before leave the card first: their kernels are not the traced steps'
         try:
-            self.prof = profile(activities=acts)
+            self.prof = profile(activities=acts, record_shapes=self.shapes)
             self.prof.__enter__()
         except Exception as err:  # noqa: BLE001 - e.g. another profiler holding the card's counters
             self._failed("to start", err)
@@ -95,6 +118,8 @@ class StepTrace:
         rec = {"stage": self.stage, "steps": [self.first + 1, self.last + 1], "wall_ms_per_step": wall * 1e3 / n,
                **kernel_times(events, n)}
         rec["busy_fraction"] = rec["busy_ms_per_step"] / rec["wall_ms_per_step"]
+        if self.shapes:
+            rec["glue_by_shape"] = glue_by_shape(self.prof, n)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"stage{self.stage}_steps{self.first + 1}-{self.last + 1}.json"
         path.write_text(json.dumps(rec, indent=1))
