@@ -524,8 +524,9 @@ def test_dynamic_conv_reads_a_slice_of_a_wider_product_in_place(monkeypatch, fus
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B, T, hist_len, lens", [(2, 70, 0, None),  # 140 tokens: a partial token block
-                                                   (2, 130, 3, None),  # history; a block crossing into row 2
+# 140 tokens in blocks of 64 (FUSED_BT): the second block crosses into row 2, the third is partial
+@pytest.mark.parametrize("B, T, hist_len, lens", [(2, 70, 0, None),
+                                                   (2, 70, 3, None),  # each row's history, row 2's mid-block
                                                    (1, 59, 3, [2, 40, 17])])  # varlen, a sequence shorter than KW
 def test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients(monkeypatch, B, T, hist_len, lens, dtype):
     """dynamic_conv_triton.FUSED_BWD: dkernels as the two kernels give them, bit for bit (the same products), and dx
