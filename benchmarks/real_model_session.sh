@@ -45,8 +45,9 @@
 #                                        EVAL=best: the best student only; OPTINS=1 PLAN_MS=n1,n2: the
 #                                        speed switches the card job's profiles chose, steps refitted;
 #                                        OPTINS=tests: the switches whose card tests passed, the planned steps;
-#                                        TRACE_STEPS=N: N steps of each stage (after its first 50) traced under
-#                                        torch.profiler into out/variants/trace/ (a run's step beside a profile's);
+#                                        TRACE_STEPS=N: N steps of each stage (after its first TRACE_AFTER, 50)
+#                                        traced under torch.profiler into out/variants/trace/ (a run's step beside
+#                                        a profile's);
 #                                        AFTER_TESTS="a.py::test_b ...": those card tests after the suites, within
 #                                        AFTER_TIMEOUT s (240), into out/card_tests_after.log)
 #   bash benchmarks/real_model_session.sh poll 240             # wait (at most N s, default 240), pack what is done
@@ -214,6 +215,7 @@ case "$1" in
        ${MAX_TOKENS:+--max-tokens $MAX_TOKENS} ${MICRO_BATCH:+--micro-batch $MICRO_BATCH}
        ${MICRO_BATCH2:+--micro-batch2 $MICRO_BATCH2} ${CHECKPOINT2:+--checkpoint2} ${TEACHER_LAST:+--teacher-last}
        ${ROW_WORKERS:+--row-workers $ROW_WORKERS} ${TRACE_STEPS:+--trace-steps $TRACE_STEPS}
+       ${TRACE_AFTER:+--trace-after $TRACE_AFTER}
        ${EVAL:+--save-students $WORK/students} ${ANSWERS:+--answers $JOB/out/answers/teacher_answers.jsonl.gz})
     # placement presets search first, unless SEARCHED names a map a search wrote before (e.g. the committed one)
     search=0; case "${VARIANTS:-recipe}" in placement*) search=1 ;; esac

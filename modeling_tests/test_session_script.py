@@ -275,11 +275,13 @@ def test_variants_pipeline_passes_each_stages_micro_batch(tmp_path):
 
 
 def test_variants_pipeline_traces_steps_when_asked(tmp_path):
-    """TRACE_STEPS reaches distill_variants: a run's own steps traced beside the card job's profiles."""
-    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/knobs_v4_3min.json", TRACE_STEPS="2")
+    """TRACE_STEPS (and TRACE_AFTER) reach distill_variants: a run's own steps traced beside the card job's
+    profiles."""
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/knobs_v4_3min.json", TRACE_STEPS="2",
+             TRACE_AFTER="30")
     assert r.returncode == 0, r.stderr
     variants = next(c for c in _calls(tmp_path, 2) if "distill_variants.py" in c)
-    assert "--trace-steps 2" in variants
+    assert "--trace-steps 2 --trace-after 30" in variants
 
 
 def test_variants_pipeline_runs_with_the_switches_the_card_job_picked(tmp_path):
