@@ -7,7 +7,9 @@ keep it busy (utilisation under 100% at full clocks).
 `--runs` is any results JSON whose runs hold a "history" of step records with "time" (Unix seconds at the end of
 each logged interval, as `convert.throughput.StepMeter` writes them since 2026-12-06): `distill_variants.py`'s
 variants.json, `distill_real.py`'s results. A stage spans from its first logged interval's start to its last
-record. Writes gpu_by_stage.json and gpu_by_stage.png; prints one line a stage.
+record; its samples are summarised from the end of that first interval (the first step's compile and the allocator's
+warm-up leave the card idle for seconds: 19 s of a 20-step profile's 30, 2026-12-07). Writes gpu_by_stage.json and
+gpu_by_stage.png; prints one line a stage.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def read_samples(path: Path) -> list[dict]:
 
 
 def stage_spans(results: dict, where: str) -> list[dict]:
-    """[{"run", "stage", "start", "end", "ms_per_step"}] of every run's stages in `results`, start and end in Unix
-    seconds, ms_per_step the median of the stage's logged intervals."""
+    """[{"run", "stage", "start", "steady", "end", "ms_per_step"}] of every run's stages in `results`, start, steady
+    (the end of the first logged interval, or start where there is no other) and end in Unix seconds, ms_per_step the
+    median of the stage's logged intervals."""
     runs = results.get("variants") or [results]
     spans = []
     for i, run in enumerate(runs):
@@ -69,7 +72,9 @@ def stage_spans(results: dict, where: str) -> list[dict]:
             later = {h["time"]: h for h in recs if h["time"] != recs[0]["time"]}.values()
             alloc = ({k: sum(h[k] for h in later) for k in ("alloc_retries", "device_mallocs")}
                      if "alloc_retries" in recs[0] else {"alloc_retries": None, "device_mallocs": None})
-            spans.append({"run": run.get("name", str(i)), "stage": stage, "start": start, "end": recs[-1]["time"],
+            steady = recs[0]["time"] if len(later) else start
+            spans.append({"run": run.get("name", str(i)), "stage": stage, "start": start, "steady": steady,
+                          "end": recs[-1]["time"],
                           "steps": len(recs), "ms_per_step": ms, "gc_ms_per_step": gc_ms} | alloc)
     if not spans:
         raise ValueError(f"{where}: no step records")
@@ -77,9 +82,9 @@ def stage_spans(results: dict, where: str) -> list[dict]:
 
 
 def summarise(samples: list[dict], span: dict) -> dict:
-    """The samples inside `span`: medians of clock, power, utilisation; the share of samples with each clock
-    event; the hottest temperature."""
-    inside = [s for s in samples if span["start"] <= s["unix_s"] <= span["end"]]
+    """The samples inside `span` after its first interval (steady .. end): medians of clock, power, utilisation;
+    the share of samples with each clock event; the hottest temperature."""
+    inside = [s for s in samples if span["steady"] <= s["unix_s"] <= span["end"]]
     if not inside:
         return span | {"samples": 0}
 

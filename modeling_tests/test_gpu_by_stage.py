@@ -30,10 +30,12 @@ def _history(stage, t_end, steps, ms, every=10):
 
 
 def test_each_stage_gets_the_samples_inside_its_steps(tmp_path):
-    # stage 1: 100 steps of 1 s from t=1000 to 1100 at full clock; stage 2: 50 steps of 2 s to 1200, power-capped
-    # and with a host gap; a sample before the run and one after belong to neither
+    # stage 1: 100 steps of 1 s from t=1000 to 1100 at full clock, its first interval (10 steps, a compile) idle;
+    # stage 2: 50 steps of 2 s to 1200, power-capped and with a host gap; a sample before the run and one after
+    # belong to neither
     rows = [(990, 1980, 100, 40, 0, "0x1")]
-    rows += [(t, 1980, 690, 60, 99, "0x0000000000000000") for t in range(1001, 1100, 5)]
+    rows += [(t, 1980, 690, 60, 99 if t > 1010 else 0, "0x0000000000000000" if t > 1010 else "0x1")
+             for t in range(1001, 1100, 5)]
     rows += [(t, 1700, 700, 70, 80 if t % 2 else 99, "0x0000000000000004") for t in range(1101, 1200, 5)]
     rows += [(1300, 1980, 80, 40, 0, "0x1")]
     _samples(tmp_path / "s.csv", rows)
@@ -47,14 +49,15 @@ def test_each_stage_gets_the_samples_inside_its_steps(tmp_path):
     one, two = gbs.main(["--samples", str(tmp_path / "s.csv"), "--runs", str(tmp_path / "v.json"),
                          "--out", str(tmp_path / "out")])
     assert (one["start"], one["end"], two["start"], two["end"]) == pytest.approx((1000, 1100, 1100, 1200))
-    assert one["samples"] == 20 and two["samples"] == 20
+    assert (one["steady"], two["steady"]) == pytest.approx((1010, 1120))
+    assert one["samples"] == 18 and two["samples"] == 16  # from the end of the first interval: the idle one left out
     assert (one["sm_mhz"], one["power_capped"], one["util_below_90"]) == (1980, 0, 0)
     assert (two["sm_mhz"], two["power_capped"], two["thermal"]) == (1700, 1, 0)
     assert two["util_below_90"] == 0.5 and two["ms_per_step"] == 2000
     assert (one["gc_ms_per_step"], two["gc_ms_per_step"]) == (0.5, 1.0)
     assert (one["alloc_retries"], one["device_mallocs"]) == (0, 0)  # the warm-up interval is left out
     assert (two["alloc_retries"], two["device_mallocs"]) == (4, 8)  # 5 intervals of 10 steps, the first left out
-    assert json.loads((tmp_path / "out" / "gpu_by_stage.json").read_text())["stages"][1]["samples"] == 20
+    assert json.loads((tmp_path / "out" / "gpu_by_stage.json").read_text())["stages"][1]["samples"] == 16
     assert (tmp_path / "out" / "gpu_by_stage.png").stat().st_size > 0
 
 
