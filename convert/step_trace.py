@@ -54,7 +54,8 @@ def glue_by_shape(prof, steps: int, top: int = 40) -> list[dict]:
     for e in prof.key_averages(group_by_input_shape=True):
         if e.key in GLUE_OPS:
             ms = (getattr(e, "device_time_total", 0.0) or getattr(e, "cpu_time_total", 0.0)) / 1e3 / steps
-            rows.append({"op": e.key, "shapes": str(e.input_shapes), "ms_per_step": ms, "calls_per_step": e.count / steps})
+            rows.append({"op": e.key, "shapes": str(e.input_shapes), "ms_per_step": ms,
+                         "calls_per_step": e.count / steps})
     return sorted(rows, key=lambda r: -r["ms_per_step"])[:top]
 
 
