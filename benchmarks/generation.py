@@ -49,7 +49,7 @@ from jet_nemotron import JetNemotronConfig, JetNemotronForCausalLM, cache_nbytes
 from jet_nemotron.configuration_jet_nemotron import JET_NEMOTRON_2B_LAYER_TYPES  # noqa: E402
 from roofline import ceilings  # noqa: E402
 from shapes import QWEN25_1_5B  # noqa: E402
-from stamp import stamp  # noqa: E402
+from stamp import stamp, stamp_line  # noqa: E402
 
 # the measuring machinery lives in the package, where `jet-nemotron eval` reuses it
 from convert.eval.speed import (decode_tok_s, fill_static_cache, greedy, largest_batch,  # noqa: E402
@@ -154,9 +154,7 @@ def _profiled(fn, device):
 
 def _write_tables(out: Path, name: str, tables: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    st = stamp()
-    (out / name).write_text(f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}\n\n"
-                            + "\n\n".join(tables))
+    (out / name).write_text(f"{stamp_line(stamp())}\n\n" + "\n\n".join(tables))
     print("\n\n".join(tables), flush=True)
 
 

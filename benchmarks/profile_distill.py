@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(1 + sum(1 for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p), str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from stamp import stamp  # noqa: E402
+from stamp import stamp, stamp_line  # noqa: E402
 
 from convert.distill import DistillConfig, distill  # noqa: E402
 from convert.distill_config import TRAIN_SETS  # noqa: E402
@@ -233,11 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_distill_{tag}.json").write_text(json.dumps(res, indent=1, default=str))
     copies = res["glue_by_shape"]
-    st = res["stamp"][0]
     lines = [f"{c['ms_per_step']:9.2f} ms/step {c['calls_per_step']:7.1f} calls/step  {c['op']}  {c['shapes']}"
              for c in copies]
     (args.out / f"profile_distill_{tag}.txt").write_text(
-        f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}\n\n{table}\n\ncopies, casts and "
+        f"{stamp_line(res['stamp'][0])}\n\n{table}\n\ncopies, casts and "
         f"elementwise ops by input shape (device time, top {len(copies)}):\n" + "\n".join(lines) + "\n")
     print(table)
     print(f"{tag}: {ms:,.0f} ms a step, {res['tok_per_s']:,.0f} tok/s, MFU {res['mfu'] or float('nan'):.1%}; kernels busy "

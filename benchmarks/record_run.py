@@ -24,6 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from humaneval_answers import student_files  # noqa: E402
+from stamp import stamp_line  # noqa: E402
 
 RESULTS = HERE / "results" / "real_model"
 # (path in the archive, name in the record); a missing one is left out (a lease without a card job has no card tests)
@@ -58,11 +59,10 @@ def stamp_traces(folder: Path, stamps: list[dict]) -> None:
     for f in sorted(folder.rglob("*.json")):
         rec = json.loads(f.read_text())
         f.write_text(json.dumps({"stamp": stamps, **{k: v for k, v in rec.items() if k != "stamp"}}, indent=1))
-    s = stamps[0]
     for f in sorted(folder.rglob("*.txt")):
         text = f.read_text()
         if not text.startswith("stamp: commit "):
-            f.write_text(f"stamp: commit {s['commit']}, card {s['card']}, date {s['date']}\n\n{text}")
+            f.write_text(f"{stamp_line(stamps[0])}\n\n{text}")
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -56,3 +56,8 @@ def stamp(**extra) -> dict:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return {"commit": commit(), "card": card, "date": date, "versions": versions(), **extra}
+
+
+def stamp_line(st: dict) -> str:
+    """A text result's first line, from a stamp: its commit, card and date."""
+    return f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}"

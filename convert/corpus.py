@@ -72,8 +72,8 @@ def _is_saved_dataset(p: Path) -> bool:
     return p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists())
 
 
-def _stat(p: Path) -> tuple[int, int]:
-    st = p.stat()
+def _stat(p: Path | str) -> tuple[int, int]:
+    st = os.stat(p)
     return st.st_size, st.st_mtime_ns
 
 
@@ -106,11 +106,11 @@ def list_units(source: Path, text_field: str) -> tuple[str, list[dict] | None, l
                 continue
             f = os.path.join(root, name)
             try:
-                st = os.stat(f)
+                size, mtime = _stat(f)
             except OSError:  # a dangling link
                 continue
             units.append({"rel": prefix + name, "path": f})
-            fp.append([prefix + name, st.st_size, st.st_mtime_ns])
+            fp.append([prefix + name, size, mtime])
     if not units:
         raise ValueError(f"data path {source} holds no {'/'.join(TEXT_SUFFIXES + FOLDER_ROW_SUFFIXES)} files")
     return "files", units, fp
