@@ -13,6 +13,11 @@ whose card test failed in this lease is turned off for the run (`DEFAULT_ON`: th
 With --no-profiles (a lease whose minutes go to the run, not to profiles) every switch whose card test passed is on,
 and the variants keep their own steps, planned for the switched-on step: the run's step log measures it.
 
+A switch whose card test did not run at all is off like a failed one: that is how three runs of 2026-12-07 (p, the
+5-minute MFU run and q) lost stage 1's one-kernel conv backward and kept states to a CARD_TESTS list naming other
+tests, 579 ms a step against the profile's 541 (the in-run trace of q found it). So `--untested` prints the node ids of the switches' tests that no log holds, and the session
+script runs those on the card before it picks (seconds); the choice line names any switch still untested.
+
     python benchmarks/pick_optins.py --profiles JOB/out/profile \\
         --card-tests JOB/out/card_tests.log JOB/out/tests.log \\
         --variants benchmarks/variants/acceptance_v3_15min_h100.json --plan-ms 652,1886 --out JOB/out/optins
@@ -36,6 +41,8 @@ sys.path.insert(0, str(HERE))
 
 from stamp import stamp  # noqa: E402
 
+# the file holding every switch's card test
+TESTS = "modeling_tests/test_kernels.py"
 # switch: (its env var, the card test each of its runs must pass)
 SWITCHES = {
     "keep_states": ("JET_NEMOTRON_KEEP_STATES",
@@ -63,6 +70,11 @@ def passed_switches(log: str) -> set[str]:
     """The switches whose card test ran and passed in every parametrisation."""
     return {sw for sw, (_, test) in SWITCHES.items()
             if outcomes(log, test) and all(r == "PASSED" for r in outcomes(log, test))}
+
+
+def untested_switches(log: str) -> list[str]:
+    """The switches whose card test has no outcome in the log (it did not run)."""
+    return sorted(sw for sw, (_, test) in SWITCHES.items() if not outcomes(log, test))
 
 
 def failed_defaults(log: str) -> set[str]:
@@ -107,24 +119,33 @@ def choose(profiles: list[dict], passed: set[str], seconds: tuple[float, float],
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", type=Path, required=True, help="the card job's profile_distill records")
+    ap.add_argument("--profiles", type=Path, help="the card job's profile_distill records")
     ap.add_argument("--card-tests", type=Path, nargs="+", required=True,
                     help="pytest -rA logs of this lease's card tests (a missing one reads as empty)")
-    ap.add_argument("--variants", type=Path, required=True, help="a variants file whose variants give explicit steps")
+    ap.add_argument("--variants", type=Path, help="a variants file whose variants give explicit steps")
     ap.add_argument("--plan-ms", default="",
                     help="stage-1,stage-2 ms a step the variants' steps were planned at (their seconds = steps x ms)")
     ap.add_argument("--no-profiles", action="store_true",
                     help="no profiles ran: every switch whose card test passed, the variants' own steps")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--untested", action="store_true",
+                    help="only print the node ids of the switches' card tests that no log holds, one a line")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    log = "".join(f.read_text() for f in args.card_tests if f.exists())
+    if args.untested:
+        ids = [f"{TESTS}::{SWITCHES[sw][1]}" for sw in untested_switches(log)]
+        print("\n".join(ids))
+        return {"untested": ids}
+    if None in (args.profiles, args.variants, args.out):
+        ap.error("--profiles, --variants and --out are required unless --untested")
     plan_ms = [float(x) for x in args.plan_ms.split(",") if x]
     variants = json.loads(args.variants.read_text())
     explicit = all(isinstance(v.get("steps"), list) and v["steps"][2] == 0 for v in variants)
     if (len(plan_ms) != 2 and not args.no_profiles) or not explicit:
         raise SystemExit(f"{args.variants}: every variant needs explicit steps [n1, n2, 0], and --plan-ms two "
                          f"numbers (got {args.plan_ms!r})")
-    log = "".join(f.read_text() for f in args.card_tests if f.exists())
     passed = passed_switches(log)
+    untested = untested_switches(log)
     profiles = read_profiles(args.profiles) if args.profiles.is_dir() and not args.no_profiles else []
 
     def seconds(v: dict) -> tuple[float, float]:
@@ -150,13 +171,15 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "optins.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     (args.out / "optins.args").write_text(" ".join(flags) + "\n")
     (args.out / "variants_fitted.json").write_text(json.dumps(fitted, indent=1) + "\n")
-    rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "defaults_off": sorted(failed),
+    rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "untested": untested, "defaults_off": sorted(failed),
            "profiles": profiles, "plan_ms": plan_ms,
            "margin": MARGIN, "no_profiles": args.no_profiles, "chosen": c, "env": env, "flags": flags,
            "steps": [v["steps"] for v in fitted], "planned_steps": [v["steps"] for v in variants]}
     (args.out / "optins.json").write_text(json.dumps(rec, indent=1) + "\n")
     if failed:
         print(f"kernels off for this run, their card test failed: {', '.join(sorted(failed))}")
+    if untested:
+        print(f"switches off for this run, their card test did not run: {', '.join(untested)}")
     if args.no_profiles:
         print(f"opt-ins by card tests alone: {', '.join(c['switches']) or 'none'}; the planned steps")
     elif c:

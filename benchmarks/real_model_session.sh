@@ -249,10 +249,14 @@ case "$1" in
       # OPTINS=1: the speed switches and stage 2's shape the card job's profiles and tests chose on this card, and
       # the variants' steps fitted to the seconds they were planned for at PLAN_MS (benchmarks/pick_optins.py);
       # OPTINS=tests: no profiles, every switch whose card test passed, the variants' own steps
+      # (a switch whose card test ran nowhere in this lease has it run here first, seconds, rather than be off)
       picked=''
       if [ -n '${OPTINS:-}' ]; then
+        logs=\"$JOB/out/card_tests.log $JOB/out/tests.log $JOB/out/switch_tests.log\"
+        untested=\$(python3 benchmarks/pick_optins.py --untested --card-tests \$logs)
+        [ -n \"\$untested\" ] && timeout 300 python3 -m pytest -q -rA \$untested > $JOB/out/switch_tests.log 2>&1
         python3 benchmarks/pick_optins.py --profiles $JOB/out/profile \
-          --card-tests $JOB/out/card_tests.log $JOB/out/tests.log --variants ${VARIANTS:-recipe} \
+          --card-tests \$logs --variants ${VARIANTS:-recipe} \
           --plan-ms '${PLAN_MS:-}' $([ "${OPTINS:-}" = tests ] && echo --no-profiles) --out $JOB/out/optins \
           > $JOB/optins.log 2>&1
         if [ -f $JOB/out/optins/variants_fitted.json ]; then

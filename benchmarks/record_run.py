@@ -29,6 +29,7 @@ from stamp import stamp_line  # noqa: E402
 RESULTS = HERE / "results" / "real_model"
 # (path in the archive, name in the record); a missing one is left out (a lease without a card job has no card tests)
 KEEP = [("out/card_tests.log", "card_tests.log"), ("out/card_tests_after.log", "card_tests_after_run.log"),
+        ("out/switch_tests.log", "switch_tests.log"),
         ("optins.log", "optins.log"),
         ("save_teacher.log", "save_teacher.log"), ("tokenise.log", "tokenise.log"),
         ("out/optins/optins.json", "optins.json"), ("out/kernels/kernels.json", "kernels.json"),

@@ -125,3 +125,17 @@ def test_without_profiles_every_switch_whose_test_passed_and_the_planned_steps(t
     # with profiles the same files would refit the steps: the flag is what keeps them
     po.main(_files(tmp_path, f"PASSED {KEEP}\nPASSED {CONV}\n", steps=(600, 275, 0)))
     assert _out(tmp_path)[2][0]["steps"] != [600, 275, 0]
+
+
+def test_untested_prints_the_switch_tests_no_log_holds(tmp_path, capsys):
+    """A switch whose card test ran nowhere is off like a failed one (three runs lost their fast stage 1 so): the
+    session script asks --untested which tests to run on the card before it picks; a failed one is not rerun."""
+    for log, want in (("", [CONV, KEEP]), (f"PASSED {KEEP}[None]\n", [CONV]),
+                      (f"FAILED {KEEP}[None] - x\nPASSED {CONV}[a]\n", []), ("PASSED other.py::test_x\n", [CONV, KEEP])):
+        (tmp_path / "a.log").write_text(log)
+        assert po.main(["--untested", "--card-tests", str(tmp_path / "a.log"), str(tmp_path / "none.log")]) == {
+            "untested": want}
+        assert capsys.readouterr().out.split() == want
+    # the choice names what stayed untested
+    rec = po.main(_files(tmp_path, f"PASSED {KEEP}[None]\n"))
+    assert rec["untested"] == ["conv_fused_bwd"] and "did not run: conv_fused_bwd" in capsys.readouterr().out

@@ -418,6 +418,26 @@ def test_variants_pipeline_with_switches_by_card_test_alone(tmp_path):
     assert json.loads(fitted.read_text())[0]["steps"] == [700, 250, 0]
     env = (tmp_path / "calls.log.env").read_text().splitlines()
     assert f"benchmarks/distill_variants.py keep=1 conv=1 cwd={tmp_path / 'job' / 'tree'}" in env
+    assert not any(c.startswith("PY -m pytest") for c in _calls(tmp_path, 2))
+
+
+def test_switch_tests_that_ran_nowhere_in_the_lease_run_before_the_pick(tmp_path):
+    """OPTINS with card tests that named other tests (run q's CARD_TESTS): the switches' own tests run on the card
+    first, into out/switch_tests.log, which the picker then reads; without it they were silently off."""
+    (tmp_path / "job" / "out").mkdir(parents=True)
+    (tmp_path / "job" / "out" / "card_tests.log").write_text(
+        "PASSED modeling_tests/test_kernels.py::test_gated_rmsnorm_matches_reference[300-256-dtype0]\n"
+        "PASSED modeling_tests/test_kernels.py::test_the_one_kernel_conv_backward_gives_the_two_kernels_gradients\n")
+    (tmp_path / "job" / "speed.done").touch()
+    r = _run(tmp_path, ["pipeline-variants"], VARIANTS="benchmarks/variants/acceptance_v4_15min_h100.json",
+             OPTINS="tests")
+    assert r.returncode == 0, r.stderr
+    calls = _calls(tmp_path, 3)
+    assert calls[-2:][0] == ("PY -m pytest -q -rA modeling_tests/test_kernels.py::"
+                             "test_kept_states_give_the_same_gradients_without_the_state_pass")
+    assert "distill_variants.py" in calls[-1]
+    picked = (tmp_path / "job" / "optins.log").read_text()
+    assert "did not run: keep_states" in picked  # the stand-in pytest wrote no log
 
 
 def test_a_variant_name_with_spaces_and_commas_reaches_only_as_one_argument(tmp_path):
