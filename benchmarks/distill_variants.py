@@ -29,8 +29,10 @@ stages 2-3, `DistillConfig.jet_lr`; null: the stage's lr), "fused_adam" (`Distil
 kernel), "chat_docstrings" (chat rows ask only for functions whose head holds a docstring, as HumanEval asks),
 "split2" (stage 2 in two parts, the second that share of its steps, each part on its own schedule and optimizer, as
 local1_share splits stage 1), "kl_top1" (stages 2-3's KL target with that share of the teacher's mass moved
-onto its first choice, `DistillConfig.kl_top1`), "teacher_fp8" (the stages, e.g. [1], whose targets come from the
-teacher with its MLP projections in FP8, `DistillConfig.teacher_fp8`), "own_answers" (N: between the two parts the student answers N
+onto its first choice, `DistillConfig.kl_top1`), "kl_focus" (stages 2-3's KL weighed per token by 1 + kl_focus
+(1 - the teacher's top probability), `DistillConfig.kl_focus`), "teacher_fp8" (the stages, e.g. [1], whose targets
+come from the teacher with its MLP projections in FP8, `DistillConfig.teacher_fp8`), "own_answers" (N: between the
+two parts the student answers N
 function requests of the train files greedily, and the second part's chat rows are those chats, every answer kept:
 on-policy distillation, the teacher's predictions along what the student itself writes; 0: the corpus chats),
 "budget_s" (the distillation's wall clock in seconds, from the end of the conversion: each stage ends by its share of
@@ -107,7 +109,7 @@ BASE = {"layer_map": "jet-nemotron-2b", "split": [0.55, 0.25, 0.2], "lr": [1e-3,
         "frozen_bf16": False, "local1_share": 0.0, "steps": None, "chat_ratio": 0.1, "chat_file": None, "compile": False,
         "projections_as_one": None, "kl_kernel": None, "retrieval_kinds": list(DEFAULT_KINDS), "jet_lr2": None,
         "fused_adam": False, "chat_docstrings": False, "split2": 0.0, "own_answers": 0, "mse_kernel": None,
-        "teacher_kernels": True, "budget_s": None, "batch_size2": None, "kl_top1": 0.0,
+        "teacher_kernels": True, "budget_s": None, "batch_size2": None, "kl_top1": 0.0, "kl_focus": 0.0,
         "teacher_fp8": [], "residual_bf16": False, "warmup": 30}
 PRESETS = {
     # one change each from the base, so each row reads as an ablation of one knob. The base's stage 1 is attention
@@ -212,10 +214,12 @@ def variant_list(spec: str, searched: Path | None, answers: Path | None = None) 
             raise SystemExit(f"variant {v['name']!r}: budget_s (seconds > 0) times the stages against their caps, "
                              f"the variant's steps, which it needs; got budget_s {v['budget_s']!r}, steps {steps!r}")
         try:  # DistillConfig's own rules, before the GPU session's parts arrive rather than after
-            DistillConfig(stage=2, lr=v["lr"][1], jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"]).resolved()
+            DistillConfig(stage=2, lr=v["lr"][1], jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"],
+                          kl_focus=v["kl_focus"]).resolved()
         except (TypeError, ValueError) as err:
-            raise SystemExit(f"variant {v['name']!r}: jet_lr2 (the JetBlocks' peak lr in stages 2-3) or kl_top1 (the "
-                             f"share of stages 2-3's KL target on the teacher's first choice): {err}") from err
+            raise SystemExit(f"variant {v['name']!r}: jet_lr2 (the JetBlocks' peak lr in stages 2-3), kl_top1 (the "
+                             f"share of stages 2-3's KL target on the teacher's first choice) or kl_focus (its "
+                             f"uncertainty weight): {err}") from err
         if not (isinstance(v["teacher_fp8"], list) and set(v["teacher_fp8"]) <= {1, 2, 3}):
             raise SystemExit(f"variant {v['name']!r}: teacher_fp8 is a list of the stages (1, 2, 3) whose targets "
                              f"come from the FP8 teacher, e.g. [1]; got {v['teacher_fp8']!r}")
@@ -517,9 +521,10 @@ def run_variant(v: dict, teacher, t_dev, tok, data, held, filler, lengths, args,
     cfgs = [DistillConfig(stage=1, steps=1, lr=v["lr"][0], mse_weight=v["mse_weight"], train="jet", batch_size=b,
                           local=v["local1"], teacher_fp8=1 in v["teacher_fp8"], **common),
             DistillConfig(stage=2, steps=1, lr=v["lr"][1], mse_weight=0.0, train=v["train2"], batch_size=b2,
-                          jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"], teacher_fp8=2 in v["teacher_fp8"], **common2),
+                          jet_lr=v["jet_lr2"], kl_top1=v["kl_top1"], kl_focus=v["kl_focus"],
+                          teacher_fp8=2 in v["teacher_fp8"], **common2),
             DistillConfig(stage=3, steps=1, lr=v["lr"][2], mse_weight=0.0, train=v["train2"], jet_lr=v["jet_lr2"],
-                          kl_top1=v["kl_top1"], teacher_fp8=3 in v["teacher_fp8"],
+                          kl_top1=v["kl_top1"], kl_focus=v["kl_focus"], teacher_fp8=3 in v["teacher_fp8"],
                           seq_len=args.stage3_seq_len,
                           batch_size=max(2, b2 * args.seq_len // args.stage3_seq_len),
                           **(common2 | {"micro_batch": max(1, mb2 * args.seq_len // args.stage3_seq_len)}))]

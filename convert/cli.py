@@ -161,6 +161,9 @@ def distill(
     kl_top1: Annotated[float, typer.Option(
         help="stages 2-3: this share of the KL's target moved onto the teacher's first choice, a margin for greedy "
              "decoding where the teacher is unsure (convert/kl.py; 0: the plain KL)")] = 0.0,
+    kl_focus: Annotated[float, typer.Option(
+        help="stages 2-3: each token's KL weighed by 1 + this x (1 - the teacher's top probability there), towards "
+             "the tokens where the teacher is unsure (convert/kl.py; 0: the plain mean)")] = 0.0,
     train1: Annotated[str, typer.Option(help="stage-1 trainable set: jet, mixers, non-mlp, all")] = "jet",
     stage1_local: Annotated[Optional[bool], typer.Option(
         "--stage1-local/--no-stage1-local",
@@ -256,13 +259,14 @@ def distill(
     mb2 = micro_batch if micro_batch2 is None else micro_batch2
     b2 = batch_size if batch_size2 is None else batch_size2
     s2 = DistillConfig(stage=2, steps=stage2_steps, lr=lr2, mse_weight=0.0, train=train2, jet_lr=jet_lr2,
-                       batch_size=b2, micro_batch=mb2, kl_top1=kl_top1, teacher_fp8=2 in fp8, **common)
+                       batch_size=b2, micro_batch=mb2, kl_top1=kl_top1, kl_focus=kl_focus, teacher_fp8=2 in fp8,
+                       **common)
     # stage 3's defaults keep stage 2's tokens per step; distill_checkpoint checks its settings
     b3 = stage3_batch_size if stage3_batch_size is not None else max(1, b2 * seq_len // max(1, stage3_seq_len))
     m3 = stage3_micro_batch if stage3_micro_batch is not None else max(1, min(mb2, b3))
     s3 = DistillConfig(stage=3, steps=stage3_steps, lr=lr2 if lr3 is None else lr3, mse_weight=0.0, train=train2,
                        jet_lr=jet_lr2, seq_len=stage3_seq_len, batch_size=b3, micro_batch=m3, kl_top1=kl_top1,
-                       teacher_fp8=3 in fp8, **common)
+                       kl_focus=kl_focus, teacher_fp8=3 in fp8, **common)
     corpus = dict(weights=data_weight, held_out=held_out, cache_dir=corpus_cache, workers=tokenise_workers,
                   on_stale=on_stale)
     retrieval = {"ratio": retrieval_ratio, "kinds": [k.strip() for k in retrieval_kinds.split(",") if k.strip()],

@@ -473,7 +473,7 @@ def _prepare(student, teacher, data, cfg: DistillConfig, acc) -> _Training:
     wrapper = DistillLoss(trained, mse_layers, cfg.kl_weight, cfg.mse_weight, cfg.kl_chunk, cfg.temperature,
                           compiled=cfg.compile, local=cfg.local, fused_kl=cfg.fused_kl,
                           projections_as_one=cfg.projections_as_one, kl_kernel=cfg.kl_kernel,
-                          mse=mse, kl_top1=cfg.kl_top1,
+                          mse=mse, kl_top1=cfg.kl_top1, kl_focus=cfg.kl_focus,
                           residual_dtype=torch.bfloat16 if cfg.residual_bf16 and not cfg.local else None)
     if cfg.compile:
         compile_layers(trained, local=cfg.local)
@@ -706,6 +706,8 @@ def _speed_info(data, student, teacher, cfg: DistillConfig, acc, fp8: int = 0) -
               f"{'on' if cfg.projections_as_one else 'off'}, KL: {'Triton kernel' if cfg.kl_kernel else 'PyTorch'}"
               f"{' (fused)' if cfg.fused_kl else ' (reference)'}"
               + (f" to the teacher with {cfg.kl_top1:g} of its mass on its first choice" if cfg.kl_top1 else "")
+              + (f", each token's KL weighed by 1 + {cfg.kl_focus:g} (1 - the teacher's top probability)"
+                 if cfg.kl_focus else "")
               + (f", attention MSE: {'Triton kernel' if cfg.mse_kernel else 'PyTorch'}" if cfg.mse_weight > 0 else "")
               + f", AdamW: {'fused' if cfg.fused_adam else 'default'}, teacher: "
               f"{sum(isinstance(m, KernelRMSNorm) for m in teacher.modules())} RMSNorms on ops.rmsnorm, "

@@ -41,6 +41,9 @@ class DistillConfig(TrainSchedule):
     # the KL's target sharpened towards the teacher's first choice: this share of its mass moved onto the teacher's
     # argmax (`kl.py`), a margin for greedy decoding where the teacher is unsure. 0: the plain KL
     kl_top1: float = 0.0
+    # each token's KL weighed by 1 + kl_focus (1 - the teacher's top probability there), towards the tokens where
+    # the teacher is unsure (`kl.py`). 0: the plain mean over tokens
+    kl_focus: float = 0.0
     kl_chunk: int = 1024  # tokens per KL chunk
     fused_kl: bool = True  # each KL chunk's gradients taken in its forward (kl.py); False: the checkpointed reference
     mixed_precision: str = "no"  # "no" or "bf16"
@@ -150,6 +153,9 @@ class DistillConfig(TrainSchedule):
             raise ValueError(f"stage {self.stage}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.temperature > 0:
             raise ValueError(f"stage {self.stage}: temperature must be > 0, got {self.temperature}")
+        if not (self.kl_focus >= 0 and math.isfinite(self.kl_focus)):
+            raise ValueError(f"stage {self.stage}: kl_focus weighs a token's KL by 1 + kl_focus (1 - the teacher's "
+                             f"top probability), a finite number >= 0; got {self.kl_focus}")
         if not (0 <= self.kl_top1 < 1):
             raise ValueError(f"stage {self.stage}: kl_top1 is the share of the KL's target moved onto the teacher's "
                              f"first choice, in [0, 1); got {self.kl_top1}")
@@ -185,6 +191,9 @@ class DistillConfig(TrainSchedule):
                              f"{self.train!r}, mse_weight {self.mse_weight})")
         if self.kl_top1 and (self.local or not self.kl_weight > 0):
             raise ValueError(f"stage {self.stage}: kl_top1 sharpens the KL's target, but this stage has no KL "
+                             f"({'attention transfer' if self.local else 'kl_weight 0'})")
+        if self.kl_focus and (self.local or not self.kl_weight > 0):
+            raise ValueError(f"stage {self.stage}: kl_focus weighs the KL's tokens, but this stage has no KL "
                              f"({'attention transfer' if self.local else 'kl_weight 0'})")
         return self
 

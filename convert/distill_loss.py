@@ -64,9 +64,10 @@ class DistillLoss(nn.Module):
     def __init__(self, student, mse_layers: list[int], kl_weight: float, mse_weight: float, chunk: int,
                  temperature: float, compiled: bool = False, local: bool = False, fused_kl: bool = True,
                  projections_as_one: bool = False, kl_kernel: bool = False, mse: Callable | None = None,
-                 kl_top1: float = 0.0, residual_dtype: torch.dtype | None = None):
+                 kl_top1: float = 0.0, residual_dtype: torch.dtype | None = None, kl_focus: float = 0.0):
         super().__init__()
         self.local, self.fused_kl, self.kl_kernel, self.kl_top1 = local, fused_kl, kl_kernel, kl_top1
+        self.kl_focus = kl_focus
         self.mse = mse or normalised_mse  # the attention-output loss: `mse_fn`'s choice
         self.student = student
         # the student's residual stream from its embedding's output cast to it, and its norms' outputs with it
@@ -121,7 +122,8 @@ class DistillLoss(nn.Module):
                 cap.close()
         zero = h.new_zeros((), dtype=torch.float32)
         kl = chunked_kl(h, self.student.lm_head.weight, teacher_hidden, teacher_head, self.chunk,
-                        self.temperature, self.fused_kl, self.kl_kernel, self.kl_top1) if self.kl_weight > 0 else zero
+                        self.temperature, self.fused_kl, self.kl_kernel, self.kl_top1,
+                        focus=self.kl_focus) if self.kl_weight > 0 else zero
         mse = zero
         if cap is not None and cap.outputs:  # a student without JetBlocks has no attention output to match
             terms = [self.mse(s, t) for s, t in zip(cap.outputs, teacher_attn)]

@@ -20,11 +20,20 @@ leads by p1 - p2: a margin, so that greedy decoding keeps the teacher's first ch
 which is where the 15-minute students parted from the teacher's HumanEval answers
 (`benchmarks/results/real_model/humaneval_from_openings/`). The gradient in the student's logits is closed too,
 p_s - q. top1 = 0 is the plain KL, computed as before.
+
+`focus` > 0 weighs each token's KL by w = 1 + focus (1 - max p_t), the teacher's own uncertainty at that token:
+w = 1 where the teacher is sure, up to 1 + focus where its first choice holds little mass. The loss is the mean over
+tokens of w KL (w a constant of the teacher's, no gradient), so the gradient in a token's logits is w (p_s - q). The
+15-minute students parted from the teacher's passing HumanEval answers at tokens where the teacher's own first
+choice held a median p of 0.43 (`humaneval_from_openings/`), tokens the plain mean weighs like any other. AdamW
+does not see the loss's scale, the gradient clip does: a focus f raises the gradient norm by at most 1 + f.
+focus = 0 is the plain mean.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +57,17 @@ def _sharpened(log_p_t: torch.Tensor, t_logits: torch.Tensor, top1: float) -> tu
     return q, torch.where(q > 0, q * q.log(), 0.0)
 
 
+def _focus_weights(log_p_t: torch.Tensor, focus: float) -> torch.Tensor:
+    """w = 1 + focus (1 - max p_t) per row [n] fp32, from the teacher's fp32 log-probabilities [n, V]."""
+    return 1.0 + focus * (1.0 - log_p_t.amax(-1).exp())
+
+
 def kl_rows(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
-            top1: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused KL's work on one chunk: s_logits, t_logits [n, V] -> (KL(q || p_s) per row [n] fp32, p_s - q
-    [n, V] in s_logits' dtype), p = softmax(logits / T) in fp32, q = p_t sharpened by `top1` (module docstring; at
-    0, q = p_t). The reference of `kl_rows_triton.kl_rows_triton`."""
+            top1: float = 0.0, focus: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused KL's work on one chunk: s_logits, t_logits [n, V] -> (w KL(q || p_s) per row [n] fp32,
+    w (p_s - q) [n, V] in s_logits' dtype), p = softmax(logits / T) in fp32, q = p_t sharpened by `top1` (module
+    docstring; at 0, q = p_t), w the teacher's uncertainty weight by `focus` (at 0, w = 1). The reference of
+    `kl_rows_triton.kl_rows_triton`."""
     log_p_s = _log_probs(s_logits, temperature)
     log_p_t = _log_probs(t_logits, temperature)
     if top1:
@@ -61,28 +76,34 @@ def kl_rows(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
     else:
         q = log_p_t.exp()
         kl = (q * (log_p_t - log_p_s)).sum(-1)
+    w = _focus_weights(log_p_t, focus) if focus else None
     del log_p_t
-    return kl, log_p_s.exp_().sub_(q).to(s_logits.dtype)
+    g = log_p_s.exp_().sub_(q)
+    if w is not None:
+        kl, g = kl * w, g.mul_(w[:, None])
+    return kl, g.to(s_logits.dtype)
 
 
 def _chunk_kl_sum(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
-                  temperature: float, top1: float = 0.0) -> torch.Tensor:
-    """Sum over the chunk's tokens of KL(q || p_s), q = p_t sharpened by `top1`; h [n, d], w [V, d]. fp32 softmax."""
+                  temperature: float, top1: float = 0.0, focus: float = 0.0) -> torch.Tensor:
+    """Sum over the chunk's tokens of w KL(q || p_s), q = p_t sharpened by `top1`, w the uncertainty weight by
+    `focus`; h [n, d], w [V, d]. fp32 softmax."""
     log_p_s = _log_probs(h_s @ w_s.t(), temperature)
     with torch.no_grad():
         t_logits = h_t @ w_t.t()
         log_p_t = _log_probs(t_logits, temperature)
         q, q_log_q = _sharpened(log_p_t, t_logits, top1) if top1 else (log_p_t.exp(), None)
-    if q_log_q is None:
-        return (q * (log_p_t - log_p_s)).sum()
-    return (q_log_q - q * log_p_s).sum()
+        w = _focus_weights(log_p_t, focus) if focus else None
+    kl = (q * (log_p_t - log_p_s)).sum(-1) if q_log_q is None else (q_log_q - q * log_p_s).sum(-1)
+    return kl.sum() if w is None else (w * kl).sum()
 
 
 def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
                chunk: int = 1024, temperature: float = 1.0, fused: bool = True, kernel: bool = False,
-               top1: float = 0.0) -> torch.Tensor:
+               top1: float = 0.0, focus: float = 0.0) -> torch.Tensor:
     """Mean over tokens of KL(softmax(h_t W_t^T / T) || softmax(h_s W_s^T / T)), times T^2 (Hinton scaling); with
-    `top1` in (0, 1) the teacher's side is sharpened towards its argmax by that share (module docstring).
+    `top1` in (0, 1) the teacher's side is sharpened towards its argmax by that share, with `focus` > 0 each token's
+    KL is weighed by the teacher's uncertainty there (module docstring).
 
     h_student [N, d] (or [B, L, d]), w_student [V, d]; same for the teacher (no gradient is taken through it).
     Returns a scalar fp32 tensor. Matches `F.kl_div(log_softmax(s), log_softmax(t), log_target=True,
@@ -95,6 +116,9 @@ def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torc
     if not 0 <= top1 < 1:
         raise ValueError(f"top1 is the share of the target moved onto the teacher's first choice, in [0, 1); "
                          f"got {top1}")
+    if not (focus >= 0 and math.isfinite(focus)):
+        raise ValueError(f"focus weighs a token's KL by 1 + focus (1 - the teacher's top probability), a finite "
+                         f"number >= 0; got {focus}")
     w_t = w_teacher.detach()
     dev = h_s.device.type
     if torch.is_autocast_enabled(dev):
@@ -103,16 +127,16 @@ def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torc
         # would sum the chunks' gradients in bf16)
         w_t = w_t.to(torch.get_autocast_dtype(dev))
     if fused and torch.is_grad_enabled() and (h_s.requires_grad or w_student.requires_grad):
-        rows = functools.partial(rows_fn(kernel, h_s.device), top1=top1)
+        rows = functools.partial(rows_fn(kernel, h_s.device), top1=top1, focus=focus)
         return _FusedKL.apply(h_s, w_student, h_t, w_t, chunk, temperature, rows)
     total = h_s.new_zeros((), dtype=torch.float32)
     for i in range(0, h_s.shape[0], chunk):
         hs, ht = h_s[i : i + chunk], h_t[i : i + chunk]
         if torch.is_grad_enabled() and (hs.requires_grad or w_student.requires_grad):
-            total = total + checkpoint(_chunk_kl_sum, hs, w_student, ht, w_t, temperature, top1,
+            total = total + checkpoint(_chunk_kl_sum, hs, w_student, ht, w_t, temperature, top1, focus,
                                        use_reentrant=False)
         else:
-            total = total + _chunk_kl_sum(hs, w_student, ht, w_t, temperature, top1)
+            total = total + _chunk_kl_sum(hs, w_student, ht, w_t, temperature, top1, focus)
     return total * (temperature ** 2) / h_s.shape[0]
 
 

@@ -4,9 +4,10 @@ stage-2 step on the H200, `benchmarks/results/real_model/teacher_answers/profile
 
 Same signature and results as `kl.kl_rows`: s_logits, t_logits [n, V] (bf16 or fp32), T and top1 give KL(q || p_s)
 per row [n] (fp32) and g = p_s - q [n, V] in s_logits' dtype, p = softmax(logits / T), q = p_t or, with top1 > 0,
-p_t with that share moved onto the teacher's argmax (`kl.py`); fp32 inside. One program a row reads both
-rows twice (an online log-sum-exp, then the KL and g) and writes g once: about 6 V bytes of bf16 a row against the
-reference's dozen fp32 passes.
+p_t with that share moved onto the teacher's argmax (`kl.py`), both times w = 1 + focus (1 - max p_t), the
+teacher's uncertainty weight; fp32 inside. One program a row reads both rows twice (an online log-sum-exp, then the
+KL and g) and writes g once: about 6 V bytes of bf16 a row against the reference's dozen fp32 passes. A focus reads
+the teacher's row once more for its max; at focus 0 the kernel compiles without it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ def _lse(x, base, V, inv_t, BV: tl.constexpr):
 
 
 @triton.jit
+def _row_max(x, base, V, BV: tl.constexpr):
+    """max(x[base : base + V]), read unscaled."""
+    o = tl.arange(0, BV)
+    m = tl.full([BV], float("-inf"), tl.float32)
+    for start in range(0, V, BV):
+        idx = start + o
+        m = tl.maximum(m, tl.load(x + base + idx, mask=idx < V, other=float("-inf")).to(tl.float32))
+    return tl.max(m, 0)
+
+
+@triton.jit
 def _argmax(x, base, V, BV: tl.constexpr):
     """The first index of x[base : base + V]'s largest entry (torch.argmax's), read unscaled: a lane keeps its first
     strict maximum, then the lowest index among the lanes that hold the row's."""
@@ -56,11 +68,14 @@ def _argmax(x, base, V, BV: tl.constexpr):
 
 
 @triton.jit
-def _kl_rows_kernel(s, t, kl, g, V, inv_t, top1, BV: tl.constexpr, SHARPEN: tl.constexpr):
+def _kl_rows_kernel(s, t, kl, g, V, inv_t, top1, focus, BV: tl.constexpr, SHARPEN: tl.constexpr,
+                    FOCUS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = row * V
     lse_s = _lse(s, base, V, inv_t, BV)
     lse_t = _lse(t, base, V, inv_t, BV)
+    if FOCUS:  # the teacher's top probability: exp(its largest logit / T - its log-sum-exp), T > 0
+        w = 1.0 + focus * (1.0 - tl.exp(_row_max(t, base, V, BV) * inv_t - lse_t))
     if SHARPEN:
         first = _argmax(t, base, V, BV)
     o = tl.arange(0, BV)
@@ -76,14 +91,19 @@ def _kl_rows_kernel(s, t, kl, g, V, inv_t, top1, BV: tl.constexpr, SHARPEN: tl.c
         else:
             q = tl.exp(lp_t)
             acc += tl.where(m, q * (lp_t - lp_s), 0.0)
-        tl.store(g + base + idx, (tl.exp(lp_s) - q).to(g.dtype.element_ty), mask=m)
+        d = tl.exp(lp_s) - q
+        if FOCUS:
+            d = d * w
+        tl.store(g + base + idx, d.to(g.dtype.element_ty), mask=m)
+    if FOCUS:
+        acc = acc * w
     tl.store(kl + row, tl.sum(acc, 0))
 
 
 def kl_rows_triton(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, top1: float = 0.0,
-                   block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL(q || softmax(s / T)) per row [n] fp32, softmax(s / T) - q [n, V]), q = softmax(t / T) sharpened by
-    `top1`; see module."""
+                   focus: float = 0.0, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w KL(q || softmax(s / T)) per row [n] fp32, w (softmax(s / T) - q) [n, V]), q = softmax(t / T) sharpened
+    by `top1`, w the teacher's uncertainty weight by `focus`; see module."""
     if s_logits.dim() != 2 or s_logits.shape != t_logits.shape:
         raise ValueError(f"kl_rows needs two [n, V] logit blocks of one shape, got {tuple(s_logits.shape)} and "
                          f"{tuple(t_logits.shape)}")
@@ -92,6 +112,6 @@ def kl_rows_triton(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: 
     kl = torch.empty(n, dtype=torch.float32, device=s.device)
     g = torch.empty_like(s)
     if n:
-        _kl_rows_kernel[(n,)](s, t, kl, g, V, 1.0 / temperature, float(top1), BV=block, SHARPEN=bool(top1),
-                              num_warps=8)
+        _kl_rows_kernel[(n,)](s, t, kl, g, V, 1.0 / temperature, float(top1), float(focus), BV=block,
+                              SHARPEN=bool(top1), FOCUS=bool(focus), num_warps=8)
     return kl, g

@@ -413,6 +413,8 @@ DISTILL_CASES = {
     "kl-chunk-zero": (["--kl-chunk", "0"], "kl_chunk must be >= 1, got 0"),
     "kl-top1-one": (["--stage2-steps", "1", "--kl-top1", "1"], "stage 2: kl_top1 is the share of the KL's target moved "
                     "onto the teacher's first choice, in [0, 1); got 1.0"),
+    "kl-focus-negative": (["--stage2-steps", "1", "--kl-focus", "-1"], "stage 2: kl_focus weighs a token's KL by 1 + "
+                          "kl_focus (1 - the teacher's top probability), a finite number >= 0; got -1.0"),
     "teacher-fp8-stage-four": (["--teacher-fp8", "1,4"], "--teacher-fp8 '1,4': comma-separated stages of 1, 2, 3"),
     "max-tokens-zero": (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
     # the corpus, stage-3 and retrieval flags (issue 14) are checked before anything loads, too

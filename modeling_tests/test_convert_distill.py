@@ -58,6 +58,62 @@ def test_the_sharpened_kl_is_the_kl_to_the_teacher_with_a_share_moved_onto_its_f
     assert abs(at_q.item()) < 1e-5 and g.abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("chunk,temperature,top1", [(7, 1.0, 0.0), (1000, 2.0, 0.3)])
+def test_the_focused_kl_weighs_each_token_by_the_teachers_uncertainty(chunk, temperature, top1, fused):
+    """focus: mean over tokens of w KL, w = 1 + focus (1 - max p_t) built here from full logits, forward and
+    backward (w a constant); tokens where the teacher is sure keep w = 1, and focus 0 is the plain mean."""
+    torch.manual_seed(0)
+    hs = torch.randn(2, 19, 16, requires_grad=True)
+    ws = torch.randn(50, 16, requires_grad=True)
+    ht, wt = torch.randn(2, 19, 16), torch.randn(50, 16)
+    ht[0, :3] *= 30  # near one-hot teacher rows beside flat ones
+    s, t = (hs @ ws.t()).flatten(0, 1) / temperature, (ht @ wt.t()).flatten(0, 1) / temperature
+    p_t = F.softmax(t, -1)
+    q = (1 - top1) * p_t + top1 * F.one_hot(t.argmax(-1), 50)
+    w = 1 + 2.0 * (1 - p_t.amax(-1))
+    assert w.min() < 1.01 and w.max() > 2.5  # the weights span sure and unsure tokens
+    per_token = (q * (q.clamp_min(1e-30).log() - F.log_softmax(s, -1))).sum(-1)
+    want = (w * per_token).mean() * temperature ** 2
+    got = chunked_kl(hs, ws, ht, wt, chunk=chunk, temperature=temperature, fused=fused, top1=top1, focus=2.0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(got, (hs, ws)), torch.autograd.grad(want, (hs, ws))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    plain = chunked_kl(hs, ws, ht, wt, chunk=chunk, temperature=temperature, fused=fused, top1=top1)
+    assert torch.equal(chunked_kl(hs, ws, ht, wt, chunk=chunk, temperature=temperature, fused=fused, top1=top1,
+                                  focus=0.0), plain)
+
+
+@pytest.mark.parametrize("focus", [-0.5, float("nan"), float("inf")])
+def test_a_negative_focus_is_refused(focus):
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="focus weighs a token's KL"):
+        chunked_kl(x, torch.randn(5, 8), x, torch.randn(5, 8), focus=focus)
+    with pytest.raises(ValueError, match="kl_focus weighs"):
+        DistillConfig(stage=2, kl_focus=focus).resolved()
+    with pytest.raises(ValueError, match="weighs the KL's tokens, but this stage has no KL"):
+        DistillConfig(stage=1, kl_focus=1.0).resolved()
+
+
+def test_a_stage_with_a_focus_trains_on_the_focused_kl(monkeypatch, capsys):
+    """DistillConfig.kl_focus reaches the stage's KL (and its first log line); the held-out KL stays the plain one."""
+    import convert.distill_loss as distill_loss
+
+    focuses = []
+    real = distill_loss.chunked_kl
+    monkeypatch.setattr(distill_loss, "chunked_kl", lambda *a, **k: focuses.append(k.get("focus")) or real(*a, **k))
+    runs = []
+    for focus in (0.0, 3.0):
+        teacher, student, train, held = _setup()
+        runs.append(distill(student, teacher, train, DistillConfig(stage=2, steps=2, batch_size=4, micro_batch=4,
+                                                                   warmup_steps=0, log_every=1, kl_focus=focus),
+                            eval_rows=held))
+    assert focuses == [0.0, 0.0, 3.0, 3.0]
+    assert runs[1]["history"][0]["kl"] > runs[0]["history"][0]["kl"] * 1.01  # w >= 1, > 1 at unsure tokens
+    assert runs[1]["eval_kl_before"] == pytest.approx(runs[0]["eval_kl_before"], rel=1e-6)
+    assert "each token's KL weighed by 1 + 3 (1 - the teacher's top probability)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("top1", [-0.1, 1.0, float("nan")])
 def test_a_top1_share_outside_zero_to_one_is_refused(top1):
     x = torch.randn(4, 8)

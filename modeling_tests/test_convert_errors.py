@@ -323,7 +323,7 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     assert s1.warmup_steps == s2.warmup_steps == 30  # distill_variants' warm-up
     assert s2.frozen_bf16 is v["frozen_bf16"] and s2.fused_adam is v["fused_adam"] and s2.mixed_precision == "bf16"
     assert s2.residual_bf16 is v["residual_bf16"] is True
-    assert s2.kl_top1 == s3.kl_top1 == v["kl_top1"]
+    assert s2.kl_top1 == s3.kl_top1 == v["kl_top1"] and s2.kl_focus == s3.kl_focus == v["kl_focus"]
     r = seen["retrieval"]
     assert (r["ratio"], r["kinds"], r["chat_ratio"], r["chat_file"]) == \
         (v["retrieval_ratio"], v["retrieval_kinds"], v["chat_ratio"], v["chat_file"])
@@ -331,10 +331,11 @@ def test_cli_recipe_15min_is_the_measured_variant_and_a_given_flag_wins(tmp_path
     assert "recipe 15min: " in capsys.readouterr().out
     assert not (s1.teacher_fp8 or s2.teacher_fp8 or s3.teacher_fp8) and v["teacher_fp8"] == []
     assert main(base + ["--micro-batch2", "8", "--lr2", "1e-5", "--no-fused-adam", "--kl-top1", "0.2",
-                        "--teacher-fp8", "1", "--no-residual-bf16"]) == 0
+                        "--teacher-fp8", "1", "--no-residual-bf16", "--kl-focus", "2"]) == 0
     assert seen["stage1"].teacher_fp8 and not (seen["stage2"].teacher_fp8 or seen["stage3"].teacher_fp8)
     assert seen["stage2"].micro_batch == 8 and seen["stage2"].lr == 1e-5 and seen["stage2"].fused_adam is False
     assert seen["stage2"].kl_top1 == seen["stage3"].kl_top1 == 0.2 and seen["stage1"].kl_top1 == 0
+    assert seen["stage2"].kl_focus == seen["stage3"].kl_focus == 2.0 and seen["stage1"].kl_focus == 0
     assert seen["stage2"].jet_lr == 1e-4  # the rest still the recipe's
     assert seen["stage2"].residual_bf16 is False
     out = capsys.readouterr().out

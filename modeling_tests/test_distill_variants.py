@@ -66,9 +66,10 @@ def test_recipe_presets_change_one_knob_each_from_an_attention_transfer_base():
     ([{"name": "a"}, {"name": "a"}], "variant names repeat"),
     ([], "non-empty JSON list"),
     ([{"name": "a", "init": "zeros"}], "init attention / random"),
-    ([{"name": "a", "jet_lr2": -1}], "jet_lr2 (the JetBlocks' peak lr in stages 2-3) or kl_top1 (the share of "
-                                     "stages 2-3's KL target on the teacher's first choice): stage 2: jet_lr must be a "
-                                     "positive number"),
+    ([{"name": "a", "jet_lr2": -1}], "jet_lr2 (the JetBlocks' peak lr in stages 2-3), kl_top1 (the share of "
+                                     "stages 2-3's KL target on the teacher's first choice) or kl_focus (its "
+                                     "uncertainty weight): stage 2: jet_lr must be a positive number"),
+    ([{"name": "a", "kl_focus": -1.0}], "stage 2: kl_focus weighs a token's KL by 1 + kl_focus"),
     ([{"name": "a", "kl_top1": 1.0}], "stage 2: kl_top1 is the share of the KL's target moved onto the teacher's"),
     ([{"name": "a", "teacher_fp8": True}], "teacher_fp8 is a list of the stages (1, 2, 3)"),
     ([{"name": "a", "warmup": 0}], "warmup is each stage's warm-up in optimizer steps, an integer >= 1; got 0"),

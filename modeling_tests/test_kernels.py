@@ -650,12 +650,14 @@ def test_model_gradients_under_emulated_tf32(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("temperature,top1", [(1.0, 0.0), (2.0, 0.0), (1.0, 0.3), (2.0, 0.3)])
-def test_kl_rows_kernel_matches_its_reference(dtype, temperature, top1):
+@pytest.mark.parametrize("temperature,top1,focus", [(1.0, 0.0, 0.0), (2.0, 0.0, 0.0), (1.0, 0.3, 0.0), (2.0, 0.3, 0.0),
+                                                    (2.0, 0.0, 1.5), (1.0, 0.3, 2.0)])
+def test_kl_rows_kernel_matches_its_reference(dtype, temperature, top1, focus):
     """The fused KL's per-chunk kernel (convert/kl_rows_triton.py) against `kl.kl_rows`: a vocabulary that is no
     multiple of the block (the last block is partial) and logits up to +-60, where an exp without its running max
     overflows; with a top1 share, teacher rows whose first choice is tied (in one block, in one lane of two blocks,
-    in two lanes of two blocks), where torch.argmax takes the lowest index. GPU: the real vocabulary and block."""
+    in two lanes of two blocks), where torch.argmax takes the lowest index; with a focus, each row weighed by the
+    teacher's uncertainty (rows from near-one-hot to flat). GPU: the real vocabulary and block."""
     from convert.kl import kl_rows
     from convert.kl_rows_triton import BLOCK, kl_rows_triton
 
@@ -667,16 +669,18 @@ def test_kl_rows_kernel_matches_its_reference(dtype, temperature, top1):
     for row, (a, b) in zip((2, 3, 4), ((20, 10), (block + 5, 5), (block + 6, 3))):
         t[row, a] = t[row, b] = 80.0  # exact in bf16 too
     s, t = s.to(DEVICE, dtype), t.to(DEVICE, dtype)
-    kl, d = kl_rows_triton(s, t, temperature, top1, block=block)
-    kl_ref, d_ref = kl_rows(s, t, temperature, top1)
+    kl, d = kl_rows_triton(s, t, temperature, top1, focus, block=block)
+    kl_ref, d_ref = kl_rows(s, t, temperature, top1, focus)
     assert kl.dtype == torch.float32 and d.dtype == dtype and d.shape == (n, V)
     assert (kl >= -1e-6).all() and rel(kl, kl_ref) < 1e-5
     assert rel(d.float(), d_ref.float()) < (1e-5 if dtype == torch.float32 else 1e-2)
     # the share lands on one entry a row, the first of a tie: no other entry may differ by more than rounding
     assert (d.float() - d_ref.float()).abs().max() < (1e-5 if dtype == torch.float32 else 1e-2)
     if top1:
-        assert torch.equal(kl_ref, kl_rows(s, t, temperature, top1)[0])
-        assert not torch.allclose(kl_ref, kl_rows(s, t, temperature)[0], rtol=1e-2)
+        assert torch.equal(kl_ref, kl_rows(s, t, temperature, top1, focus)[0])
+        assert not torch.allclose(kl_ref, kl_rows(s, t, temperature, 0.0, focus)[0], rtol=1e-2)
+    if focus:  # the weights must bite: the rows' teacher maxima span sure and unsure
+        assert not torch.allclose(kl_ref, kl_rows(s, t, temperature, top1)[0], rtol=1e-2)
 
 
 def test_the_fused_kl_with_the_kernel_gives_the_reference_gradients():
@@ -687,9 +691,9 @@ def test_the_fused_kl_with_the_kernel_gives_the_reference_gradients():
     ws = torch.randn(300, 16, generator=g).to(DEVICE).requires_grad_(True)
     ht, wt = torch.randn(37, 16, generator=g).to(DEVICE), torch.randn(300, 16, generator=g).to(DEVICE)
     out = {}
-    for top1 in (0.0, 0.25):
+    for top1, focus in ((0.0, 0.0), (0.25, 0.0), (0.0, 2.0)):
         for kernel in (True, False):
-            loss = chunked_kl(hs, ws, ht, wt, chunk=8, temperature=1.5, kernel=kernel, top1=top1)
+            loss = chunked_kl(hs, ws, ht, wt, chunk=8, temperature=1.5, kernel=kernel, top1=top1, focus=focus)
             out[kernel] = (loss.item(), *torch.autograd.grad(loss, (hs, ws)))
         assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
         assert rel(out[True][1], out[False][1]) < 1e-5 and rel(out[True][2], out[False][2]) < 1e-5
