@@ -15,8 +15,9 @@ and the variants keep their own steps, planned for the switched-on step: the run
 
 A switch whose card test did not run at all is off like a failed one: that is how three runs of 2026-12-07 (p, the
 5-minute MFU run and q) lost stage 1's one-kernel conv backward and kept states to a CARD_TESTS list naming other
-tests, 579 ms a step against the profile's 541 (the in-run trace of q found it). So `--untested` prints the node ids of the switches' tests that no log holds, and the session
-script runs those on the card before it picks (seconds); the choice line names any switch still untested.
+tests, 579 ms a step against the profile's 541 (the in-run trace of q found it). So `--untested` prints the node ids
+of the switches' tests that no log holds, and the session script runs those on the card before it picks (seconds);
+the choice line names any switch still untested.
 
     python benchmarks/pick_optins.py --profiles JOB/out/profile \\
         --card-tests JOB/out/card_tests.log JOB/out/tests.log \\
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "optins.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     (args.out / "optins.args").write_text(" ".join(flags) + "\n")
     (args.out / "variants_fitted.json").write_text(json.dumps(fitted, indent=1) + "\n")
-    rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "untested": untested, "defaults_off": sorted(failed),
-           "profiles": profiles, "plan_ms": plan_ms,
+    rec = {"stamp": [stamp()], "card_tests_passed": sorted(passed), "untested": untested,
+           "defaults_off": sorted(failed), "profiles": profiles, "plan_ms": plan_ms,
            "margin": MARGIN, "no_profiles": args.no_profiles, "chosen": c, "env": env, "flags": flags,
            "steps": [v["steps"] for v in fitted], "planned_steps": [v["steps"] for v in variants]}
     (args.out / "optins.json").write_text(json.dumps(rec, indent=1) + "\n")

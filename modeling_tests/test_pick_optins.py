@@ -131,7 +131,8 @@ def test_untested_prints_the_switch_tests_no_log_holds(tmp_path, capsys):
     """A switch whose card test ran nowhere is off like a failed one (three runs lost their fast stage 1 so): the
     session script asks --untested which tests to run on the card before it picks; a failed one is not rerun."""
     for log, want in (("", [CONV, KEEP]), (f"PASSED {KEEP}[None]\n", [CONV]),
-                      (f"FAILED {KEEP}[None] - x\nPASSED {CONV}[a]\n", []), ("PASSED other.py::test_x\n", [CONV, KEEP])):
+                      (f"FAILED {KEEP}[None] - x\nPASSED {CONV}[a]\n", []),
+                      ("PASSED other.py::test_x\n", [CONV, KEEP])):
         (tmp_path / "a.log").write_text(log)
         assert po.main(["--untested", "--card-tests", str(tmp_path / "a.log"), str(tmp_path / "none.log")]) == {
             "untested": want}
