@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -40,38 +39,8 @@ from stamp import stamp, stamp_line  # noqa: E402
 
 from convert.distill import DistillConfig, distill  # noqa: E402
 from convert.distill_config import TRAIN_SETS  # noqa: E402
+from convert.step_trace import by_family  # noqa: E402
 from convert.throughput import peak_flops  # noqa: E402
-
-FAMILIES = [  # first match wins; patterns over lower-cased kernel names
-    # our kernels (jet_nemotron/*_triton*.py): _fwd_h/_fwd_o/_bwd_*/_wu/_prepare (gated delta rule), _conv_*
-    # (dynamic convolution), _norm_* (gated RMSNorm), _recurrent
-    ("jetblock triton", r"_fwd_h_kernel|_fwd_o_kernel|_bwd_chunk_kernel|_bwd_dh_kernel|_bwd_dv_local_kernel|"
-                        r"_wu_kernel|_prepare_kernel|_conv_\w*kernel|_norm_\w*kernel|_recurrent_kernel"),
-    ("rmsnorm", r"_rmsnorm_\w*kernel"),  # the decoder's norms while training (rmsnorm_triton.py)
-    ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),
-    ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|sm90_|cublas|ampere_|splitk|aten::(add)?mm$|aten::bmm|aten::linear"),
-    ("kl / softmax", r"softmax|logsumexp|kl_div|log_softmax|cross_entropy|nll"),
-    # the MLP's silu(gate) * up as ours (swiglu_triton.py), or PyTorch's silu kernels (the JetBlocks' too); before
-    # 2026-12-04 evening these fell under "elementwise / reduce"
-    ("silu / swiglu", r"_swiglu_\w*kernel|silu"),
-    ("optimizer", r"adam|foreach|multi_tensor|fused_adam"),
-    ("copy / cast", r"copy|cast|convert|to_copy|memcpy|memset|fill"),
-    ("elementwise / reduce", r"elementwise|vectorized|reduce|triton_|unrolled|index|cat|where"),
-]
-
-
-def family(name: str) -> str:
-    low = name.lower()
-    return next((f for f, pat in FAMILIES if re.search(pat, low)), "other")
-
-
-def by_family(kernels: list[dict]) -> dict[str, float]:
-    """ms a step by family, most first, from `step_trace.kernel_times`' kernels (a profile's or a run's trace)."""
-    out: dict[str, float] = {}
-    for k in kernels:
-        out[family(k["name"])] = out.get(family(k["name"]), 0.0) + k["ms_per_step"]
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
 
 def build(toy: bool):
     """(teacher, student) at the real shapes (or a toy's), random weights, the teacher as distill_real loads it."""

@@ -14,15 +14,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from profile_distill import by_family  # noqa: E402
 from stamp import stamp  # noqa: E402
+
+from convert.step_trace import by_family  # noqa: E402
 
 
 def compare(run: dict, prof: dict, top: int = 15) -> dict:
     """{"wall", "busy", "families", "kernels"}: each a (run, profile, difference) in ms a step; families and kernels
-    by the largest difference first. A kernel absent from one side counts 0 there (each side keeps its longest 200,
-    so a short kernel's absence may be the cut, not the step)."""
+    by the largest difference first. A kernel absent from one side counts 0 there (records before ac0a60b kept each
+    side's longest 200 kernels, so there a short kernel's absence may be the cut, not the step)."""
     for name, rec in (("run trace", run), ("profile", prof)):
         if "kernels" not in rec:
             raise ValueError(f"{name} has no kernel table (a profile from before 2026-12-07 evening, or not a trace)")

@@ -15,11 +15,44 @@ the run it watches goes on. Writes TRACE_DIR/stage{N}_steps{a}-{b}.json
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from pathlib import Path
 
 import torch
+
+
+FAMILIES = [  # first match wins; patterns over lower-cased kernel names
+    # our kernels (jet_nemotron/*_triton*.py): _fwd_h/_fwd_o/_bwd_*/_wu/_prepare (gated delta rule), _conv_*
+    # (dynamic convolution), _norm_* (gated RMSNorm), _recurrent
+    ("jetblock triton", r"_fwd_h_kernel|_fwd_o_kernel|_bwd_chunk_kernel|_bwd_dh_kernel|_bwd_dv_local_kernel|"
+                        r"_wu_kernel|_prepare_kernel|_conv_\w*kernel|_norm_\w*kernel|_recurrent_kernel"),
+    ("rmsnorm", r"_rmsnorm_\w*kernel"),  # the decoder's norms while training (rmsnorm_triton.py)
+    ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),
+    ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|sm90_|cublas|ampere_|splitk|aten::(add)?mm$|aten::bmm|aten::linear"),
+    ("kl / softmax", r"softmax|logsumexp|kl_div|log_softmax|cross_entropy|nll"),
+    # the MLP's silu(gate) * up as ours (swiglu_triton.py), or PyTorch's silu kernels (the JetBlocks' too); before
+    # 2026-12-04 evening these fell under "elementwise / reduce"
+    ("silu / swiglu", r"_swiglu_\w*kernel|silu"),
+    ("optimizer", r"adam|foreach|multi_tensor|fused_adam"),
+    ("copy / cast", r"copy|cast|convert|to_copy|memcpy|memset|fill"),
+    ("elementwise / reduce", r"elementwise|vectorized|reduce|triton_|unrolled|index|cat|where"),
+]
+
+
+def family(name: str) -> str:
+    low = name.lower()
+    return next((f for f, pat in FAMILIES if re.search(pat, low)), "other")
+
+
+def by_family(kernels: list[dict]) -> dict[str, float]:
+    """ms a step by family, most first, from `kernel_times`' kernels (a profile's or a run's trace): the families
+    come from kernel names, a heuristic."""
+    out: dict[str, float] = {}
+    for k in kernels:
+        out[family(k["name"])] = out.get(family(k["name"]), 0.0) + k["ms_per_step"]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def kernel_times(events, steps: int) -> dict:

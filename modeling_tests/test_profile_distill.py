@@ -9,18 +9,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import profile_distill as pd  # noqa: E402
 
-from convert.step_trace import GLUE_OPS  # noqa: E402
+from convert.step_trace import GLUE_OPS, family  # noqa: E402
 
 
 def test_kernel_names_fall_into_their_families():
-    assert pd.family("_fwd_h_kernel") == pd.family("_conv_bwd_dx_kernel") == "jetblock triton"
-    assert pd.family("fmha_cutlassF_bf16_aligned_64x64") == "attention"  # before cutlass's matmul pattern
-    assert pd.family("sm90_xmma_gemm_bf16bf16_bf16f32") == pd.family("aten::addmm") == "matmul"
-    assert pd.family("cunn_SoftMaxForward") == "kl / softmax"
-    assert pd.family("multi_tensor_apply_kernel") == "optimizer"
-    assert pd.family("_swiglu_bwd_kernel") == pd.family("aten::silu_backward") == "silu / swiglu"
-    assert pd.family("_rmsnorm_bwd_kernel") == "rmsnorm" and pd.family("_norm_bwd_kernel") == "jetblock triton"
-    assert pd.family("something_new") == "other"
+    assert family("_fwd_h_kernel") == family("_conv_bwd_dx_kernel") == "jetblock triton"
+    assert family("fmha_cutlassF_bf16_aligned_64x64") == "attention"  # before cutlass's matmul pattern
+    assert family("sm90_xmma_gemm_bf16bf16_bf16f32") == family("aten::addmm") == "matmul"
+    assert family("cunn_SoftMaxForward") == "kl / softmax"
+    assert family("multi_tensor_apply_kernel") == "optimizer"
+    assert family("_swiglu_bwd_kernel") == family("aten::silu_backward") == "silu / swiglu"
+    assert family("_rmsnorm_bwd_kernel") == "rmsnorm" and family("_norm_bwd_kernel") == "jetblock triton"
+    assert family("something_new") == "other"
 
 
 def test_toy_profile_writes_its_record(tmp_path):
