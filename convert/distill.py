@@ -736,10 +736,14 @@ def _log_flush(meter, history: list, acc, bar, cfg: DistillConfig, last_good) ->
     history.extend(recs)
     r = recs[-1]
     mfu = f" MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+    # the last step's gradient norm before clipping: whether the clip, the one part of AdamW's step that sees the
+    # loss's scale, engages (a weighted KL, `kl_focus`, raises that scale)
+    grad = "" if "grad_norm" not in r else f" grad norm {r['grad_norm']:.3g}" + (
+        f" (clipped to {cfg.grad_clip:g})" if r["grad_norm"] > cfg.grad_clip else "")
     bar.set_postfix(loss=f"{r['loss']:.4f}", kl=f"{r['kl']:.4f}", tok_s=f"{r['tok_per_s']:.0f}")
     if acc.is_main_process and cfg.log_every:
         bar.write(f"step {r['step']}/{cfg.steps} loss {r['loss']:.4f} kl {r['kl']:.4f} nats/token mse {r['mse']:.4f} "
-                  f"lr {r['lr']:.2e} {r['ms_per_step']:.0f} ms/step {r['tok_per_s']:,.0f} tok/s{mfu} "
+                  f"lr {r['lr']:.2e}{grad} {r['ms_per_step']:.0f} ms/step {r['tok_per_s']:,.0f} tok/s{mfu} "
                   f"gc {r['gc_ms_per_step']:.1f} ms/step ({r['gc_full']} full)"
                   # only where it happened: a steady stage should have neither (the CPU has no such allocator)
                   + (f" allocator {r['alloc_retries']} retries, {r['device_mallocs']} cudaMalloc"

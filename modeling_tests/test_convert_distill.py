@@ -273,12 +273,16 @@ def test_the_steps_run_with_the_set_up_objects_frozen_out_of_the_collector(capsy
 
     before = gc.get_freeze_count()
     s = distill(student, teacher, train, DistillConfig(stage=1, steps=6, batch_size=4, micro_batch=2, lr=1e-2,
-                                                       warmup_steps=2, log_every=1), stop=stop)
+                                                       warmup_steps=2, log_every=1, grad_clip=1e-3), stop=stop)
     assert s["stopped_at"] == 3 and len(frozen) == 3
     assert min(frozen) > before + 10_000  # torch, transformers and the models
     assert gc.get_freeze_count() == before
     log = capsys.readouterr()
     assert " gc " in log.out + log.err and " ms/step (" in log.out + log.err
+    # each logged step's gradient norm before clipping, as the history holds it
+    line = next(ln for ln in (log.out + log.err).splitlines() if ln.startswith("step 3/6 "))
+    assert f" grad norm {s['history'][2]['grad_norm']:.3g}" in line
+    assert s["history"][2]["grad_norm"] > 1e-3 and "(clipped to 0.001)" in line, line
     assert all(h["gc_ms_per_step"] >= 0 and h["gc_full"] >= 0 for h in s["history"])
     # a caller's own freeze (a forking server's, say) is left as it was: the stage's unfreeze would have undone it
     gc.freeze()
