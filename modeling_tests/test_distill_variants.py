@@ -550,12 +550,11 @@ def test_own_answers_in_bf16_leave_the_trained_fp32_weights_as_they_are(tmp_path
     from convert.chat_data import read_chats
     from convert.qwen_to_jet import convert_model
     from convert.teacher_answers import function_heads
-    from convert.tiny_teacher import stdlib_files
 
     teacher, _, tok = toy_models(tmp_path)
     student = convert_model(teacher, dv.layer_map_of({**dv.BASE, "name": "x"}, teacher.config.num_hidden_layers,
                                                      None)).float()
-    heads = function_heads([stdlib_files("train")[0].parent], ["json"], 4)
+    heads = function_heads(*dv.TOY_CORPUS, 4)  # the toy run's train files, as its own answers' requests
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     stats = dv._own_answers(student, tok, heads, tmp_path / "own.jsonl.gz", torch.device("cpu"), True, 8)
     assert stats["asked"] == stats["answered"] == 4 and len(read_chats(tmp_path / "own.jsonl.gz")) == 4
