@@ -86,16 +86,16 @@ def kl_rows(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
 
 def _chunk_kl_sum(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
                   temperature: float, top1: float = 0.0, focus: float = 0.0) -> torch.Tensor:
-    """Sum over the chunk's tokens of w KL(q || p_s), q = p_t sharpened by `top1`, w the uncertainty weight by
-    `focus`; h [n, d], w [V, d]. fp32 softmax."""
+    """Sum over the chunk's tokens of KL(q || p_s) times the teacher's uncertainty weight by `focus` (1 at 0),
+    q = p_t sharpened by `top1`; h [n, d], w [V, d]. fp32 softmax."""
     log_p_s = _log_probs(h_s @ w_s.t(), temperature)
     with torch.no_grad():
         t_logits = h_t @ w_t.t()
         log_p_t = _log_probs(t_logits, temperature)
         q, q_log_q = _sharpened(log_p_t, t_logits, top1) if top1 else (log_p_t.exp(), None)
-        w = _focus_weights(log_p_t, focus) if focus else None
+        weight = _focus_weights(log_p_t, focus) if focus else None
     kl = (q * (log_p_t - log_p_s)).sum(-1) if q_log_q is None else (q_log_q - q * log_p_s).sum(-1)
-    return kl.sum() if w is None else (w * kl).sum()
+    return kl.sum() if weight is None else (weight * kl).sum()
 
 
 def chunked_kl(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
