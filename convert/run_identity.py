@@ -13,14 +13,16 @@ cadence) are left out, so a run may resume on another number of processes or wit
 The data fingerprint hashes the tokenised corpus's identity (`corpus_fingerprint` below: its manifest's settings,
 file fingerprints and counts, the mixing weights, the held-out split) plus the token cap and held-out rows; the
 retrieval rows and the corpus offset (`start_tokens`) are their own fields. `describe_difference` names every
-field that differs.
+field that differs, except a stage's field that the checkpoint lacks and this run holds at its declared default: a
+field added after the checkpoint was written, whose default is what the version before it did (an opt-in such as
+`kl_focus` is added so), so a run resumes across such an upgrade.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import MISSING, asdict
 
 FORMAT = 1
 # DistillConfig fields that change neither the batches nor the arithmetic (beyond summation order); and
@@ -80,11 +82,23 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _added_at_default(key: str, value) -> bool:
+    """Whether flat `key` ("stage2.kl_focus", "this_stage.lr") is a DistillConfig field that `value` holds at its
+    declared default."""
+    from .distill_config import DistillConfig
+
+    head, _, name = key.partition(".")
+    f = DistillConfig.__dataclass_fields__.get(name)
+    return ((head.startswith("stage") or head == "this_stage") and f is not None and f.default is not MISSING
+            and f.default == value)
+
+
 def describe_difference(saved: dict | None, current: dict) -> str:
-    """'' when equal, else 'stage1.lr 0.001 -> 0.002; data 1a2b.. -> 3c4d..' (config_hash left out)."""
+    """'' when equal, else 'stage1.lr 0.001 -> 0.002; data 1a2b.. -> 3c4d..' (config_hash left out; a stage field
+    the saved identity lacks, here at its default, is no difference: module docstring)."""
     if not saved:
         return "the checkpoint records no run identity (written by an older version)"
     a, b = _flat(saved), _flat(current)
     diffs = [f"{k} {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted(set(a) | set(b))
-             if k != "config_hash" and a.get(k) != b.get(k)]
+             if k != "config_hash" and a.get(k) != b.get(k) and not (k not in a and _added_at_default(k, b[k]))]
     return "; ".join(diffs)
