@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from humaneval_answers import student_files  # noqa: E402
-from stamp import stamp_line  # noqa: E402
+from stamp import STAMP_LINE_START, stamp_line  # noqa: E402
 
 RESULTS = HERE / "results" / "real_model"
 # (path in the archive, name in the record); a missing one is left out (a lease without a card job has no card tests)
@@ -62,7 +62,7 @@ def stamp_traces(folder: Path, stamps: list[dict]) -> None:
         f.write_text(json.dumps({"stamp": stamps, **{k: v for k, v in rec.items() if k != "stamp"}}, indent=1))
     for f in sorted(folder.rglob("*.txt")):
         text = f.read_text()
-        if not text.startswith("stamp: commit "):
+        if not text.startswith(STAMP_LINE_START):
             f.write_text(f"{stamp_line(stamps[0])}\n\n{text}")
 
 

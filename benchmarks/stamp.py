@@ -58,6 +58,10 @@ def stamp(**extra) -> dict:
     return {"commit": commit(), "card": card, "date": date, "versions": versions(), **extra}
 
 
+# how a text result's first line begins (`stamp_line`): a text that begins so is stamped already
+STAMP_LINE_START = "stamp: commit "
+
+
 def stamp_line(st: dict) -> str:
     """A text result's first line, from a stamp: its commit, card and date."""
-    return f"stamp: commit {st['commit']}, card {st['card']}, date {st['date']}"
+    return f"{STAMP_LINE_START}{st['commit']}, card {st['card']}, date {st['date']}"

@@ -51,7 +51,8 @@ def by_family(kernels: list[dict]) -> dict[str, float]:
     come from kernel names, a heuristic."""
     out: dict[str, float] = {}
     for k in kernels:
-        out[family(k["name"])] = out.get(family(k["name"]), 0.0) + k["ms_per_step"]
+        f = family(k["name"])
+        out[f] = out.get(f, 0.0) + k["ms_per_step"]
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
