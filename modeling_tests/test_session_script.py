@@ -433,8 +433,8 @@ def test_switch_tests_that_ran_nowhere_in_the_lease_run_before_the_pick(tmp_path
              OPTINS="tests")
     assert r.returncode == 0, r.stderr
     calls = _calls(tmp_path, 3)
-    assert calls[-2:][0] == ("PY -m pytest -q -rA modeling_tests/test_kernels.py::"
-                             "test_kept_states_give_the_same_gradients_without_the_state_pass")
+    assert calls[-2] == ("PY -m pytest -q -rA modeling_tests/test_kernels.py::"
+                          "test_kept_states_give_the_same_gradients_without_the_state_pass")
     assert "distill_variants.py" in calls[-1]
     picked = (tmp_path / "job" / "optins.log").read_text()
     assert "did not run: keep_states" in picked  # the stand-in pytest wrote no log
