@@ -6,8 +6,8 @@ Same signature and results as `kl.kl_rows`: s_logits, t_logits [n, V] (bf16 or f
 per row [n] (fp32) and g = p_s - q [n, V] in s_logits' dtype, p = softmax(logits / T), q = p_t or, with top1 > 0,
 p_t with that share moved onto the teacher's argmax (`kl.py`), both times w = 1 + focus (1 - max p_t), the
 teacher's uncertainty weight; fp32 inside. One program a row reads both rows twice (an online log-sum-exp, then the
-KL and g) and writes g once: about 6 V bytes of bf16 a row against the reference's dozen fp32 passes. A focus reads
-the teacher's row once more for its max; at focus 0 the kernel compiles without it.
+KL and g) and writes g once: about 6 V bytes of bf16 a row against the reference's dozen fp32 passes. A focus takes
+the teacher's max from its log-sum-exp pass, so it reads nothing more; at focus 0 the kernel compiles without it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ BLOCK = 4096  # vocabulary entries a program holds at once: 16 fp32 a thread at 
 
 @triton.jit
 def _lse(x, base, V, inv_t, BV: tl.constexpr):
-    """log(sum(exp(x[base : base + V] * inv_t))), online per lane over blocks of BV, then across the lanes (the
-    flash-attention form; a lane that never held an entry, V < BV, stays at -inf and adds nothing)."""
+    """(log(sum(exp(x[base : base + V] * inv_t))), max(x[base : base + V] * inv_t)): online per lane over blocks of
+    BV, then across the lanes (the flash-attention form; a lane that never held an entry, V < BV, stays at -inf and
+    adds nothing). The max comes free with the sum: a focus needs it, the default path drops it."""
     o = tl.arange(0, BV)
     m = tl.full([BV], float("-inf"), tl.float32)
     acc = tl.zeros([BV], tl.float32)
@@ -38,18 +39,7 @@ def _lse(x, base, V, inv_t, BV: tl.constexpr):
         acc = acc * tl.exp(m - shift) + tl.exp(b - shift)
         m = m_new
     top = tl.max(m, 0)
-    return top + tl.log(tl.sum(acc * tl.exp(m - top), 0))
-
-
-@triton.jit
-def _row_max(x, base, V, BV: tl.constexpr):
-    """max(x[base : base + V]), read unscaled."""
-    o = tl.arange(0, BV)
-    m = tl.full([BV], float("-inf"), tl.float32)
-    for start in range(0, V, BV):
-        idx = start + o
-        m = tl.maximum(m, tl.load(x + base + idx, mask=idx < V, other=float("-inf")).to(tl.float32))
-    return tl.max(m, 0)
+    return top + tl.log(tl.sum(acc * tl.exp(m - top), 0)), top
 
 
 @triton.jit
@@ -72,10 +62,10 @@ def _kl_rows_kernel(s, t, kl, g, V, inv_t, top1, focus, BV: tl.constexpr, SHARPE
                     FOCUS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = row * V
-    lse_s = _lse(s, base, V, inv_t, BV)
-    lse_t = _lse(t, base, V, inv_t, BV)
-    if FOCUS:  # the teacher's top probability: exp(its largest logit / T - its log-sum-exp), T > 0
-        w = 1.0 + focus * (1.0 - tl.exp(_row_max(t, base, V, BV) * inv_t - lse_t))
+    lse_s, _ = _lse(s, base, V, inv_t, BV)
+    lse_t, top_t = _lse(t, base, V, inv_t, BV)
+    if FOCUS:  # the teacher's top probability: exp(its largest logit / T - its log-sum-exp)
+        w = 1.0 + focus * (1.0 - tl.exp(top_t - lse_t))
     if SHARPEN:
         first = _argmax(t, base, V, BV)
     o = tl.arange(0, BV)
