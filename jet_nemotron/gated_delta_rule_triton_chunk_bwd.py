@@ -325,6 +325,6 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, do, dht, meta: ChunkMeta, use_l2: boo
     launch_pipelined(_bwd_chunk_kernel, (NC, H), q, k, v, beta, G, Ai, h, dh, v_new, do, dv2, dq, dk, dv, dbeta,
                      dg, scratch, *meta.args(), scale, T, meta.NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=cfg["BV"],
                      USE_L2=use_l2, IS_VARLEN=meta.varlen, SAFE_TRANS=safe_trans,
-                     DOT_BF16=BK > 64 and q.is_cuda, PREC=dot_precision(q.dtype), SUM_SDS=cfg["sum_sds"],
+                     DOT_BF16=launch.dot_bf16(BK, q.is_cuda), PREC=dot_precision(q.dtype), SUM_SDS=cfg["sum_sds"],
                      stages=cfg["stages"], num_warps=cfg["num_warps"])
     return dq, dk, dv, dg, dbeta, dh0

@@ -81,6 +81,13 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def dot_bf16(bk: int, on_card: bool) -> bool:
+    """Whether the per-chunk backward (`_bwd_chunk_kernel`) multiplies bf16 operands: on a card where fp32 [BT, BK]
+    operands would overflow an SM's shared memory (BK > 64); Triton's interpreter has none to overflow and keeps
+    them fp32, exact as the CPU tests hold them."""
+    return bk > 64 and on_card
+
+
 def pow2_block(n: int) -> int:
     """The block that holds a whole head dimension n: the next power of two, at least 32."""
     # at least 32: with a 16-wide K block the backward kernels read out of bounds on Hopper with Triton 3.6
