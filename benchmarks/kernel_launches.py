@@ -204,8 +204,12 @@ def build(s: dict, arch: int = 90) -> dict:
     kernel = getattr(importlib.import_module(mod_name), name)
     target = GPUTarget("cuda", arch, 32)
     options = triton.compiler.make_backend(target).parse_options(s["options"])
-    compiled = triton.compile(ASTSource(fn=kernel, signature=s["signature"], constexprs=s["constexprs"]),
-                              target=target, options=options.__dict__)
+    try:
+        compiled = triton.compile(ASTSource(fn=kernel, signature=s["signature"], constexprs=s["constexprs"]),
+                                  target=target, options=options.__dict__)
+    except Exception as err:  # the compiler's message names the line; this names the launch
+        raise RuntimeError(f"{s['kernel']} does not build for sm_{arch} with {s['constexprs']} and {s['options']}: "
+                           f"{err}") from err
     return dict(kernel=s["kernel"], **resource_usage(compiled.asm["cubin"]), shared=compiled.metadata.shared)
 
 
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--T", type=int, default=256, help="tokens a sequence op runs over (the launches hardly vary)")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="builds at once (processes)")
     ap.add_argument("--record-to", type=Path, help=argparse.SUPPRESS)  # the interpreter child's half
     args = ap.parse_args(argv)
     if args.record_to:
@@ -243,12 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     missing = kernels_defined() - {launch["kernel"] for launch in launches}
     todo = distinct([spec(launch) for launch in launches])
     print(f"{len(launches)} launches, {len(todo)} distinct builds", flush=True)
+    rows = []
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(build, todo))
-    for row, s in zip(rows, todo):
-        row["constexprs"], row["options"] = s["constexprs"], s["options"]
-        print(f"{row['kernel']:62s} {row['registers']:3d} registers, {row['stack']:5d} B stack, "
-              f"{row['shared'] / 1024:4.0f} KiB shared", flush=True)
+        for row, s in zip(pool.map(build, todo), todo):  # in order, each as soon as it and those before are built
+            row["constexprs"], row["options"] = s["constexprs"], s["options"]
+            rows.append(row)
+            print(f"{row['kernel']:62s} {row['registers']:3d} registers, {row['stack']:5d} B stack, "
+                  f"{row['shared'] / 1024:4.0f} KiB shared", flush=True)
     if args.out:
         import triton
 

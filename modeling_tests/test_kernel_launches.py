@@ -74,3 +74,4 @@ def test_a_kernel_the_interpreter_runs_but_the_compiler_refuses_fails_its_build(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path,
                          timeout=300)
     assert out.returncode != 0 and "CompilationError" in out.stderr, out.stderr[-3000:]
+    assert "odd_kernels:_odd_kernel does not build for sm_90 with {'BLOCK': 16}" in out.stderr, out.stderr[-3000:]
