@@ -5,8 +5,8 @@ itself makes at the 2B shapes.
 launches. Its ops run once under Triton's interpreter with every launch recorded and skipped (a dry launch: outputs
 stay uninitialised, while the shapes, dtypes, constexprs and warps are the real ones), then each distinct launch is
 compiled for sm_90 in a process without the interpreter. A kernel that the interpreter runs but the compiler refuses
-(a Python call inside a kernel, a non-constexpr `tl.arange` bound, a tuple it cannot unpack) fails here, on the CPU,
-instead of on the first card that runs it.
+(a value set under a runtime `if` and read after it: Python defines it on the branch taken, the compiler wants it on
+both) fails here, on the CPU, instead of on the first card that runs it.
 
     python benchmarks/kernel_launches.py [--T 256] [--out DIR]   # a table; DIR/kernel_launches.json
 """
