@@ -191,26 +191,18 @@ def spec(launch: dict) -> dict:
 
 
 def build(s: dict, arch: int = 90) -> dict:
-    """Compile one spec for sm_`arch`: {"kernel", "registers", "stack", "shared"} (kernel_registers' resource use;
-    shared in bytes)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """Compile one spec for sm_`arch`: {"kernel", "registers", "stack", "shared", "global_loads"}
+    (`kernel_registers.build_for`)."""
     sys.path.insert(0, str(HERE))
-    from kernel_registers import resource_usage
+    from kernel_registers import build_for
 
     mod_name, name = s["kernel"].split(":")
     kernel = getattr(importlib.import_module(mod_name), name)
-    target = GPUTarget("cuda", arch, 32)
-    options = triton.compiler.make_backend(target).parse_options(s["options"])
     try:
-        compiled = triton.compile(ASTSource(fn=kernel, signature=s["signature"], constexprs=s["constexprs"]),
-                                  target=target, options=options.__dict__)
+        return dict(kernel=s["kernel"], **build_for(kernel, s["signature"], s["constexprs"], s["options"], arch))
     except Exception as err:  # the compiler's message names the line; this names the launch
         raise RuntimeError(f"{s['kernel']} does not build for sm_{arch} with {s['constexprs']} and {s['options']}: "
                            f"{err}") from err
-    return dict(kernel=s["kernel"], **resource_usage(compiled.asm["cubin"]), shared=compiled.metadata.shared)
 
 
 def distinct(specs: list[dict]) -> list[dict]:

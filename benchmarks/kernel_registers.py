@@ -91,16 +91,23 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return dict(zip(("registers", "stack"), map(int, found.groups())))
 
 
-def compile_for(kernel, types: dict, consts: dict, num_warps: int, num_stages: int, arch: int = 90) -> dict:
-    """Compile `kernel` for sm_`arch` with these argument types and constexprs; its resource use, with the shared
-    memory a block takes (bytes; Triton's own count, the pipeline's buffers included)."""
-    signature = {name: "constexpr" if name in consts else types[name] for name in kernel.arg_names}
+def build_for(kernel, signature: dict, consts: dict, options: dict, arch: int = 90) -> dict:
+    """Compile `kernel` for sm_`arch` with this signature (a type or "constexpr" by argument), constexpr values and
+    launch options (num_warps, num_stages, ...): its resource use, with the shared memory a block takes (bytes;
+    Triton's own count, the pipeline's buffers included) and its global loads (`ld.global` in its PTX: a pass over
+    memory more shows there)."""
     target = GPUTarget("cuda", arch, 32)
-    backend = triton.compiler.make_backend(target)
-    options = backend.parse_options({"num_warps": num_warps, "num_stages": num_stages})
+    parsed = triton.compiler.make_backend(target).parse_options(options)
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=consts), target=target,
-                              options=options.__dict__)
-    return dict(resource_usage(compiled.asm["cubin"]), shared=compiled.metadata.shared)
+                              options=parsed.__dict__)
+    return dict(resource_usage(compiled.asm["cubin"]), shared=compiled.metadata.shared,
+                global_loads=len(re.findall(r"\bld\.global", compiled.asm["ptx"])))
+
+
+def compile_for(kernel, types: dict, consts: dict, num_warps: int, num_stages: int, arch: int = 90) -> dict:
+    """`build_for` with a signature made from argument types and constexprs."""
+    signature = {name: "constexpr" if name in consts else types[name] for name in kernel.arg_names}
+    return build_for(kernel, signature, consts, {"num_warps": num_warps, "num_stages": num_stages}, arch)
 
 
 def main(argv: list[str] | None = None) -> None:
